@@ -1,0 +1,10 @@
+//! Gatehouse: a self-hosted access-control plane for video calls with a Daily-compatible REST
+//! API. The binary (`src/main.rs`) is a thin shell over this library; tests and benchmarks use
+//! the library directly where a black-box server would be too coarse.
+
+pub mod clock;
+pub mod events;
+pub mod properties;
+pub mod rooms;
+pub mod store;
+pub mod tokens;

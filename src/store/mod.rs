@@ -1,0 +1,546 @@
+//! The durable store: the only user of sled and bincode (DESIGN invariant 7). It owns the
+//! trees and their key layouts, the versioned records, the single writer that applies every
+//! mutation in order, and group commit (a mutation is answered only after a flush covers it).
+//!
+//! Reads go straight to the trees. Writes go through [`Store::submit`] as a [`Command`].
+//! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens` functions the
+//! writer calls.
+
+mod keys;
+mod records;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use records::TokenRecord;
+pub use writer::{Command, Outcome};
+
+use crate::clock::SharedClock;
+use crate::rooms::{Privacy, Room};
+use records::{EventRecord, RoomRecord};
+
+/// The on-disk schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot write (disk full, I/O error) or is shutting down: nothing was acknowledged.
+    #[error("the store cannot accept writes: {0}")]
+    Unavailable(String),
+    #[error("stored record in tree '{tree}' at key '{key}' is unreadable: {why}")]
+    Corrupt {
+        tree: &'static str,
+        key: String,
+        why: String,
+    },
+    #[error("could not encode a record: {0}")]
+    Encode(String),
+    #[error("storage error: {0}")]
+    Io(#[from] sled::Error),
+    #[error("data dir: {0}")]
+    Setup(String),
+}
+
+/// How hard a flush pushes data down before a mutation is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncMode {
+    /// sled's `flush()` only (`sync_file_range`): survives a process crash, not necessarily a power cut.
+    Flush,
+    /// `flush()` then `fdatasync` of the store file: survives both.
+    Fdatasync,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub cache_bytes: u64,
+    /// sled's background flusher period; `None` switches it off (crash tests use this so an
+    /// acknowledgement before our own flush cannot hide).
+    pub background_flush_ms: Option<u64>,
+    pub sync: SyncMode,
+    /// Base of room URLs (`<public_url>/<name>`), for room payloads in events.
+    pub public_url: String,
+}
+
+/// Where in the room list to start.
+#[derive(Debug, Clone)]
+pub enum RoomCursor {
+    First,
+    /// Rooms older than this room id.
+    After(uuid::Uuid),
+    /// Rooms newer than this room id.
+    Before(uuid::Uuid),
+}
+
+/// A page of events.
+#[derive(Debug, Clone)]
+pub struct EventPage {
+    pub envelopes: Vec<String>,
+    /// Highest seq examined (even if filtered out).
+    pub next_after: u64,
+    pub has_more: bool,
+    pub head_seq: u64,
+}
+
+/// The sled trees, in the order of [`Tree`].
+#[derive(Clone)]
+pub(crate) struct Trees(Vec<sled::Tree>);
+
+/// Names of the trees (part of the on-disk format).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Tree {
+    Meta,
+    Rooms,
+    RoomsById,
+    RoomsByCreated,
+    Tokens,
+    TokensByRoom,
+    Events,
+}
+
+impl Tree {
+    const ALL: [Tree; 7] = [
+        Tree::Meta,
+        Tree::Rooms,
+        Tree::RoomsById,
+        Tree::RoomsByCreated,
+        Tree::Tokens,
+        Tree::TokensByRoom,
+        Tree::Events,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Rooms => "rooms",
+            Tree::RoomsById => "rooms_by_id",
+            Tree::RoomsByCreated => "rooms_by_created",
+            Tree::Tokens => "tokens",
+            Tree::TokensByRoom => "tokens_by_room",
+            Tree::Events => "events",
+        }
+    }
+}
+
+impl Trees {
+    fn get(&self, t: Tree) -> &sled::Tree {
+        &self.0[t as usize]
+    }
+}
+
+/// What the writer shares with readers.
+struct Shared {
+    db: sled::Db,
+    trees: Trees,
+    domain_id: uuid::Uuid,
+    /// Highest event seq covered by a completed flush: readers never look past it.
+    durable: watch::Receiver<u64>,
+    /// False while the last write or flush failed (disk full): mutations answer 503.
+    writable: Arc<AtomicBool>,
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+    jobs: mpsc::Sender<writer::Job>,
+    writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+}
+
+impl Store {
+    /// Opens (or creates) the store and starts its writer thread.
+    pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
+        let db = sled::Config::new()
+            .path(&opts.path)
+            .cache_capacity(opts.cache_bytes)
+            .flush_every_ms(opts.background_flush_ms)
+            .open()?;
+        let trees = Trees(
+            Tree::ALL
+                .iter()
+                .map(|t| db.open_tree(t.name()))
+                .collect::<Result<_, _>>()?,
+        );
+        let meta = trees.get(Tree::Meta);
+        check_schema(meta)?;
+        let domain_id = load_domain_id(meta)?;
+        let next_seq = recover_next_seq(&trees)?;
+        db.flush()?;
+
+        let (durable_tx, durable_rx) = watch::channel(next_seq - 1);
+        let writable = Arc::new(AtomicBool::new(true));
+        let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+        let state = writer::Writer::new(writer::WriterInit {
+            db: db.clone(),
+            trees: trees.clone(),
+            next_seq,
+            room_count: read_u64(meta, keys::META_ROOMS)?.unwrap_or(0),
+            domain8: domain_id.simple().to_string()[..8].to_string(),
+            sync_file: match opts.sync {
+                SyncMode::Flush => None,
+                SyncMode::Fdatasync => Some(
+                    std::fs::File::open(store_file(&opts.path))
+                        .map_err(|e| StoreError::Setup(e.to_string()))?,
+                ),
+            },
+            public_url: opts.public_url.clone(),
+            clock,
+            durable: durable_tx,
+            writable: writable.clone(),
+        });
+        let handle = std::thread::Builder::new()
+            .name("gatehouse-writer".into())
+            .spawn(move || state.run(jobs_rx))
+            .map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                db,
+                trees,
+                domain_id,
+                durable: durable_rx,
+                writable,
+            }),
+            jobs: jobs_tx,
+            writer_thread: Arc::new(std::sync::Mutex::new(Some(handle))),
+        })
+    }
+
+    /// Applies a command through the writer and waits until it is durable.
+    pub async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the store is shutting down".into());
+        self.jobs
+            .send(writer::Job { cmd, reply: tx })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Stops the writer after it has applied and flushed everything queued before this call.
+    pub async fn close(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .jobs
+            .send(writer::Job {
+                cmd: Command::Shutdown,
+                reply: tx,
+            })
+            .await
+            .is_ok()
+        {
+            let _ = rx.await;
+        }
+        let handle = self.writer_thread.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+
+    pub fn domain_id(&self) -> uuid::Uuid {
+        self.shared.domain_id
+    }
+
+    pub fn is_writable(&self) -> bool {
+        self.shared.writable.load(Ordering::SeqCst)
+    }
+
+    /// Highest durable event seq.
+    pub fn durable_seq(&self) -> u64 {
+        *self.shared.durable.borrow()
+    }
+
+    /// Notified whenever the durable head moves.
+    pub fn watch_durable(&self) -> watch::Receiver<u64> {
+        self.shared.durable.clone()
+    }
+
+    /// Bytes the store occupies on disk, as sled reports it.
+    pub fn size_on_disk(&self) -> u64 {
+        self.shared.db.size_on_disk().unwrap_or(0)
+    }
+
+    fn tree(&self, t: Tree) -> &sled::Tree {
+        self.shared.trees.get(t)
+    }
+
+    pub fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+        match self.tree(Tree::Rooms).get(name.as_bytes())? {
+            Some(bytes) => Ok(Some(room_from_record(decode_room(
+                name.as_bytes(),
+                &bytes,
+            )?)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn room_count(&self) -> Result<u64, StoreError> {
+        Ok(read_u64(self.tree(Tree::Meta), keys::META_ROOMS)?.unwrap_or(0))
+    }
+
+    /// A page of rooms, newest first. `Ok(None)` when the cursor names no room.
+    pub fn list_rooms(
+        &self,
+        limit: usize,
+        cursor: &RoomCursor,
+    ) -> Result<Option<Vec<Room>>, StoreError> {
+        let by_created = self.tree(Tree::RoomsByCreated);
+        let names: Vec<sled::IVec> = match cursor {
+            RoomCursor::First => by_created
+                .iter()
+                .values()
+                .rev()
+                .take(limit)
+                .collect::<Result<_, _>>()?,
+            RoomCursor::After(id) | RoomCursor::Before(id) => {
+                let Some(anchor) = self.room_by_id(id)? else {
+                    return Ok(None);
+                };
+                let key = keys::room_created(anchor.created_ms, &anchor.name);
+                if matches!(cursor, RoomCursor::After(_)) {
+                    by_created
+                        .range(..key)
+                        .values()
+                        .rev()
+                        .take(limit)
+                        .collect::<Result<_, _>>()?
+                } else {
+                    let mut newer: Vec<sled::IVec> = by_created
+                        .range(key..)
+                        .values()
+                        .skip(1)
+                        .take(limit)
+                        .collect::<Result<_, _>>()?;
+                    newer.reverse();
+                    newer
+                }
+            }
+        };
+        let mut rooms = Vec::with_capacity(names.len());
+        for n in names {
+            if let Some(r) = self.room(&String::from_utf8_lossy(&n))? {
+                rooms.push(r);
+            }
+        }
+        Ok(Some(rooms))
+    }
+
+    fn room_by_id(&self, id: &uuid::Uuid) -> Result<Option<Room>, StoreError> {
+        match self.tree(Tree::RoomsById).get(id.as_bytes())? {
+            Some(name) => self.room(&String::from_utf8_lossy(&name)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn token(&self, jti: &str) -> Result<Option<TokenRecord>, StoreError> {
+        match self.tree(Tree::Tokens).get(jti.as_bytes())? {
+            Some(b) => Ok(Some(records::decode(
+                "tokens",
+                jti.as_bytes(),
+                records::TOKEN_V1,
+                &b,
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Issued tokens, newest first (jtis are UUIDv7, so key order is creation order).
+    /// `room`: only those for that room. `before`: only those older than this jti.
+    pub fn list_tokens(
+        &self,
+        room: Option<&str>,
+        limit: usize,
+        before: Option<&str>,
+    ) -> Result<Vec<TokenRecord>, StoreError> {
+        let jtis: Vec<Vec<u8>> = match room {
+            Some(room) => {
+                let prefix = keys::room_prefix(room);
+                let end = match before {
+                    Some(b) => keys::token_room(Some(room), b),
+                    None => {
+                        let mut e = prefix.clone();
+                        e.push(0xff);
+                        e
+                    }
+                };
+                self.tree(Tree::TokensByRoom)
+                    .range(prefix.clone()..end)
+                    .keys()
+                    .rev()
+                    .take(limit)
+                    .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
+                    .collect::<Result<_, _>>()?
+            }
+            None => {
+                let tokens = self.tree(Tree::Tokens);
+                let it = match before {
+                    Some(b) => tokens.range(..b.as_bytes().to_vec()),
+                    None => tokens.range::<Vec<u8>, _>(..),
+                };
+                it.keys()
+                    .rev()
+                    .take(limit)
+                    .map(|k| k.map(|k| k.to_vec()))
+                    .collect::<Result<_, _>>()?
+            }
+        };
+        let mut out = Vec::with_capacity(jtis.len());
+        for j in jtis {
+            if let Some(t) = self.token(&String::from_utf8_lossy(&j))? {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Durable events after `after`, at most `limit`, only of `types` when given.
+    pub fn events(
+        &self,
+        after: u64,
+        limit: usize,
+        types: Option<&[String]>,
+    ) -> Result<EventPage, StoreError> {
+        let head = self.durable_seq();
+        let mut page = EventPage {
+            envelopes: Vec::new(),
+            next_after: after,
+            has_more: false,
+            head_seq: head,
+        };
+        if after >= head {
+            return Ok(page);
+        }
+        // Bound how much one call examines when a filter skips most events.
+        let mut examined = 0usize;
+        let budget = limit.saturating_mul(100).max(10_000);
+        for item in self
+            .tree(Tree::Events)
+            .range(keys::seq(after + 1)..=keys::seq(head))
+        {
+            let (k, v) = item?;
+            let seq = keys::u64_of(&k).ok_or_else(|| StoreError::Corrupt {
+                tree: "events",
+                key: keys::printable(&k),
+                why: "key is not a u64".into(),
+            })?;
+            if page.envelopes.len() >= limit || examined >= budget {
+                page.has_more = true;
+                break;
+            }
+            examined += 1;
+            page.next_after = seq;
+            let rec: EventRecord = records::decode("events", &k, records::EVENT_V1, &v)?;
+            if types.is_none_or(|t| t.iter().any(|t| *t == rec.kind)) {
+                page.envelopes.push(rec.envelope);
+            }
+        }
+        Ok(page)
+    }
+
+    /// Seq of the oldest retained event (1 until compaction exists), or head+1 if empty.
+    pub fn oldest_seq(&self) -> Result<u64, StoreError> {
+        match self.tree(Tree::Events).first()? {
+            Some((k, _)) => Ok(keys::u64_of(&k).unwrap_or(1)),
+            None => Ok(self.durable_seq() + 1),
+        }
+    }
+}
+
+/// The sled file that `fdatasync` targets.
+fn store_file(path: &Path) -> PathBuf {
+    path.join("db")
+}
+
+fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
+    match tree.get(key)? {
+        Some(v) => keys::u64_of(&v)
+            .map(Some)
+            .ok_or_else(|| StoreError::Corrupt {
+                tree: "meta",
+                key: keys::printable(key),
+                why: "not a u64".into(),
+            }),
+        None => Ok(None),
+    }
+}
+
+fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
+    match meta.get(keys::META_SCHEMA)? {
+        None => {
+            meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            Ok(())
+        }
+        Some(v) => {
+            let found = <[u8; 4]>::try_from(v.as_ref())
+                .map(u32::from_be_bytes)
+                .map_err(|_| StoreError::Setup("unreadable schema version".into()))?;
+            if found > SCHEMA_VERSION {
+                return Err(StoreError::Setup(format!(
+                    "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
+                )));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn load_domain_id(meta: &sled::Tree) -> Result<uuid::Uuid, StoreError> {
+    if let Some(v) = meta.get(keys::META_DOMAIN)? {
+        return uuid::Uuid::from_slice(&v)
+            .map_err(|_| StoreError::Setup("unreadable domain id".into()));
+    }
+    let id = uuid::Uuid::new_v4();
+    meta.insert(keys::META_DOMAIN, id.as_bytes())?;
+    Ok(id)
+}
+
+/// The next event seq: the stored counter, cross-checked against the last event (both are
+/// written in the same transaction, so they agree unless the data dir was tampered with).
+fn recover_next_seq(trees: &Trees) -> Result<u64, StoreError> {
+    let stored = read_u64(trees.get(Tree::Meta), keys::META_NEXT_SEQ)?.unwrap_or(1);
+    let last = match trees.get(Tree::Events).last()? {
+        Some((k, _)) => keys::u64_of(&k).unwrap_or(0),
+        None => 0,
+    };
+    Ok(stored.max(last + 1).max(1))
+}
+
+fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, StoreError> {
+    records::decode("rooms", key, records::ROOM_V1, bytes)
+}
+
+fn room_from_record(r: RoomRecord) -> Result<Room, StoreError> {
+    let config: Map<String, Value> =
+        serde_json::from_str(&r.config_json).map_err(|e| StoreError::Corrupt {
+            tree: "rooms",
+            key: r.name.clone(),
+            why: format!("config is not a JSON object: {e}"),
+        })?;
+    Ok(Room {
+        id: uuid::Uuid::from_bytes(r.id),
+        name: r.name,
+        privacy: if r.private {
+            Privacy::Private
+        } else {
+            Privacy::Public
+        },
+        created_ms: r.created_ms,
+        api_created: r.api_created,
+        config,
+    })
+}
+
+fn room_to_record(room: &Room) -> RoomRecord {
+    RoomRecord {
+        id: *room.id.as_bytes(),
+        name: room.name.clone(),
+        private: room.privacy == Privacy::Private,
+        created_ms: room.created_ms,
+        api_created: room.api_created,
+        config_json: Value::Object(room.config.clone()).to_string(),
+    }
+}

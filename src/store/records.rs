@@ -1,0 +1,113 @@
+//! On-disk records: their own versioned types (never the API's JSON types), encoded with
+//! bincode 2 behind a leading version byte. A record that fails to decode is an error naming
+//! the tree and key, never a panic.
+//!
+//! Must not: change a field of a released version in place. A new shape is a new version byte
+//! with a decoder for the old one kept beside it.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::StoreError;
+
+pub const ROOM_V1: u8 = 1;
+pub const TOKEN_V1: u8 = 1;
+pub const EVENT_V1: u8 = 1;
+
+/// A room. `config_json` is the JSON object of set properties, kept as text because bincode
+/// cannot decode free-form JSON.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoomRecord {
+    pub id: [u8; 16],
+    pub name: String,
+    /// 0 public, 1 private.
+    pub private: bool,
+    pub created_ms: i64,
+    pub api_created: bool,
+    pub config_json: String,
+}
+
+/// An issued meeting token's metadata (never the JWT itself).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    pub jti: String,
+    /// `kid` of the signing key.
+    pub kid: String,
+    pub room: Option<String>,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub is_owner: bool,
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub created_ms: i64,
+}
+
+/// One event: its type (for filtering without parsing) and the envelope exactly as delivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub kind: String,
+    pub ts_ms: i64,
+    pub envelope: String,
+}
+
+pub fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreError> {
+    let mut out = vec![version];
+    bincode::serde::encode_into_std_write(value, &mut out, bincode::config::standard())
+        .map_err(|e| StoreError::Encode(e.to_string()))?;
+    Ok(out)
+}
+
+pub fn decode<T: DeserializeOwned>(
+    tree: &'static str,
+    key: &[u8],
+    version: u8,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
+    let corrupt = |why: String| StoreError::Corrupt {
+        tree,
+        key: super::keys::printable(key),
+        why,
+    };
+    let (v, body) = bytes
+        .split_first()
+        .ok_or_else(|| corrupt("empty record".into()))?;
+    if *v != version {
+        return Err(corrupt(format!(
+            "record version {v}, this build reads {version}"
+        )));
+    }
+    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
+        .map_err(|e| corrupt(e.to_string()))?;
+    if used != body.len() {
+        return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_refusals() {
+        let r = TokenRecord {
+            jti: "j".into(),
+            kid: "k".into(),
+            room: None,
+            user_id: Some("u".into()),
+            user_name: None,
+            is_owner: true,
+            nbf: None,
+            exp: Some(5),
+            created_ms: 1,
+        };
+        let bytes = encode(TOKEN_V1, &r).unwrap();
+        assert_eq!(
+            decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &bytes).unwrap(),
+            r
+        );
+        assert!(decode::<TokenRecord>("tokens", b"j", 2, &bytes).is_err());
+        assert!(decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &bytes[..3]).is_err());
+        assert!(decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &[]).is_err());
+    }
+}

@@ -1,0 +1,614 @@
+//! Meeting tokens: API keys as signing keys (the key ring), Daily's compact claims, signing,
+//! and verification with a pinned algorithm (HS256) and our own `nbf`/`exp` checks.
+//!
+//! Must not: touch the store or HTTP, or log a token or key. The only user of `jsonwebtoken`
+//! (DESIGN invariant 7). jsonwebtoken's own claim checks are switched off: its defaults (60 s
+//! leeway, `nbf` unchecked, `exp` required and integer-only) are not Daily's rules.
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::properties::{self, Kind, PropertyError};
+
+/// Every property `POST /v1/meeting-tokens` accepts.
+const PROPERTIES: &[(&str, Kind)] = &[
+    ("room_name", Kind::Str(crate::rooms::MAX_NAME_LEN)),
+    ("user_name", Kind::Text(100)),
+    ("user_id", Kind::Text(255)),
+    ("is_owner", Kind::Bool),
+    ("nbf", Kind::UnixSecs),
+    ("exp", Kind::UnixSecs),
+    ("eject_at_token_exp", Kind::Bool),
+    ("eject_after_elapsed", Kind::Int(1, 315_360_000)),
+    ("permissions", Kind::Permissions),
+    ("enable_screenshare", Kind::Bool),
+    ("start_video_off", Kind::Bool),
+    ("start_audio_off", Kind::Bool),
+    ("enable_recording", Kind::StrOrFalse(64)),
+    ("enable_prejoin_ui", Kind::Bool),
+    ("enable_live_captions_ui", Kind::Bool),
+    ("enable_recording_ui", Kind::Bool),
+    ("enable_terse_logging", Kind::Bool),
+    ("start_cloud_recording", Kind::Bool),
+    ("start_cloud_recording_opts", Kind::Object),
+    ("auto_start_transcription", Kind::Bool),
+    ("close_tab_on_exit", Kind::Bool),
+    ("redirect_on_meeting_exit", Kind::Str(2048)),
+    ("lang", Kind::Str(16)),
+];
+
+/// Long property name → Daily's compact claim name. Properties not listed travel under their
+/// long names, as Daily's own tokens and real clients do.
+const COMPACT: &[(&str, &str)] = &[
+    ("room_name", "r"),
+    ("user_name", "u"),
+    ("user_id", "ud"),
+    ("is_owner", "o"),
+    ("nbf", "nbf"),
+    ("exp", "exp"),
+    ("eject_at_token_exp", "ejt"),
+    ("eject_after_elapsed", "eje"),
+    ("permissions", "p"),
+    ("enable_screenshare", "ss"),
+    ("start_video_off", "vo"),
+    ("start_audio_off", "ao"),
+    ("enable_recording", "er"),
+];
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TokenError {
+    #[error("meeting token {0}")]
+    Property(#[from] PropertyError),
+    #[error("could not sign the token")]
+    Signing,
+    #[error("API key {0}")]
+    WeakKey(String),
+}
+
+/// Why a token was refused before any time or room check. `detail()` is the machine word that
+/// events and `?verbose=true` carry.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum Rejection {
+    #[error("token is malformed: {0}")]
+    Malformed(String),
+    #[error("token algorithm is not accepted (only HS256 is)")]
+    Algorithm,
+    #[error("token is signed with a key this server does not have")]
+    UnknownKey,
+    #[error("token signature does not verify")]
+    BadSignature,
+    #[error("token was issued for another domain")]
+    WrongDomain,
+    #[error("token claim '{0}' has the wrong type")]
+    BadClaim(&'static str),
+}
+
+impl Rejection {
+    pub fn detail(&self) -> &'static str {
+        match self {
+            Rejection::Malformed(_) => "malformed",
+            Rejection::Algorithm => "bad_algorithm",
+            Rejection::UnknownKey => "unknown_key",
+            Rejection::BadSignature | Rejection::WrongDomain => "bad_signature",
+            Rejection::BadClaim(_) => "bad_claim",
+        }
+    }
+}
+
+/// One API key: it authenticates admin calls and signs tokens.
+pub struct SigningKey {
+    /// Short public hash of the key: the JWT `kid` and the `api:<kid>` in events.
+    pub kid: String,
+    digest: [u8; 32],
+    enc: EncodingKey,
+    dec: DecodingKey,
+}
+
+/// All active API keys. The first one signs tokens made without a specific key.
+pub struct KeyRing {
+    keys: Vec<SigningKey>,
+}
+
+/// The `kid` of a key: the first 8 bytes of its SHA-256, in hex.
+pub fn kid_for(secret: &str) -> String {
+    let d = Sha256::digest(secret.as_bytes());
+    d[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Rough entropy of a key in bits, from the smallest alphabet it fits in. Keys also sign
+/// tokens, so guessable ones are refused at start-up.
+pub fn estimated_bits(key: &str) -> f64 {
+    let distinct: std::collections::BTreeSet<char> = key.chars().collect();
+    let per_char: f64 = if key.chars().all(|c| c.is_ascii_digit()) {
+        10f64.log2()
+    } else if key.chars().all(|c| c.is_ascii_hexdigit()) {
+        4.0
+    } else if key.chars().all(|c| c.is_ascii_alphanumeric()) {
+        62f64.log2()
+    } else {
+        6.0
+    };
+    // A key made of a handful of symbols repeated is not random, whatever its length.
+    let diversity = (distinct.len() as f64).log2().max(0.0);
+    key.chars().count() as f64 * per_char.min(diversity.max(1.0))
+}
+
+impl KeyRing {
+    pub fn new(secrets: &[String]) -> Result<KeyRing, TokenError> {
+        let mut keys = Vec::with_capacity(secrets.len());
+        for s in secrets {
+            let bits = estimated_bits(s);
+            if bits < 128.0 {
+                return Err(TokenError::WeakKey(format!(
+                    "{} has about {bits:.0} bits of entropy; at least 128 are needed (e.g. 32 random hex characters)",
+                    kid_for(s)
+                )));
+            }
+            keys.push(SigningKey {
+                kid: kid_for(s),
+                digest: Sha256::digest(s.as_bytes()).into(),
+                enc: EncodingKey::from_secret(s.as_bytes()).map_err(|_| TokenError::Signing)?,
+                dec: DecodingKey::from_secret(s.as_bytes()).map_err(|_| TokenError::Signing)?,
+            });
+        }
+        if keys.is_empty() {
+            return Err(TokenError::WeakKey("list is empty".into()));
+        }
+        Ok(KeyRing { keys })
+    }
+
+    /// The key equal to `presented`, compared in constant time: digests of equal length are
+    /// compared, and every key is compared whatever matched before.
+    pub fn authenticate(&self, presented: &str) -> Option<&SigningKey> {
+        let d: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for k in &self.keys {
+            if bool::from(k.digest.ct_eq(&d)) {
+                found = Some(k);
+            }
+        }
+        found
+    }
+
+    pub fn primary(&self) -> &SigningKey {
+        // `new` refuses an empty ring, so there is always a first key.
+        &self.keys[0]
+    }
+
+    fn by_kid(&self, kid: &str) -> Option<&SigningKey> {
+        self.keys.iter().find(|k| k.kid == kid)
+    }
+}
+
+/// Validated properties of a token to be issued (long names, only those set).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenProps(pub Map<String, Value>);
+
+impl TokenProps {
+    pub fn validate(props: &Map<String, Value>) -> Result<TokenProps, TokenError> {
+        let out = properties::validate(PROPERTIES, props, false)?;
+        if let Some(room) = out.get("room_name").and_then(Value::as_str) {
+            if crate::rooms::validate_name(room).is_err() {
+                return Err(properties::bad("room_name", "is not a valid room name").into());
+            }
+        }
+        Ok(TokenProps(out))
+    }
+
+    pub fn str(&self, name: &str) -> Option<&str> {
+        self.0.get(name).and_then(Value::as_str)
+    }
+
+    pub fn int(&self, name: &str) -> Option<i64> {
+        self.0.get(name).and_then(Value::as_i64)
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.0
+            .get("is_owner")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// Signs `props` as a Daily-style token: compact claims plus `d` (domain), `iat` and `jti`,
+/// with the key's `kid` in the header.
+pub fn sign(
+    key: &SigningKey,
+    props: &TokenProps,
+    domain_id: &str,
+    iat_secs: i64,
+    jti: &str,
+) -> Result<String, TokenError> {
+    let mut claims = Map::new();
+    for (long, v) in &props.0 {
+        let name = COMPACT
+            .iter()
+            .find(|(l, _)| l == long)
+            .map_or(long.as_str(), |(_, c)| c);
+        claims.insert(name.to_string(), v.clone());
+    }
+    claims.insert("d".into(), Value::from(domain_id));
+    claims.insert("iat".into(), Value::from(iat_secs));
+    claims.insert("jti".into(), Value::from(jti));
+    let mut header = Header::new(Algorithm::HS256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, &Value::Object(claims), &key.enc).map_err(|_| TokenError::Signing)
+}
+
+/// A token whose signature, algorithm, key and domain check out. Time and room are the
+/// caller's to check, with [`Claims::time_status`].
+#[derive(Debug, Clone)]
+pub struct Verified {
+    pub claims: Claims,
+    /// `kid` of the key that verified it.
+    pub kid: String,
+    /// What revocation is keyed by: the `jti`, or `sha256:<hex>` of the token when it has none.
+    pub token_id: String,
+}
+
+/// The claims Gatehouse acts on, from compact or long names. Unknown claims are ignored.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Claims {
+    pub room: Option<String>,
+    pub user_name: Option<String>,
+    pub user_id: Option<String>,
+    pub is_owner: bool,
+    pub nbf: Option<f64>,
+    pub exp: Option<f64>,
+    pub iat: Option<f64>,
+    pub jti: Option<String>,
+    pub eject_at_token_exp: bool,
+    pub eject_after_elapsed: Option<u64>,
+    pub permissions: Option<Value>,
+    /// UI-only properties, long names, carried through.
+    pub ui: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeStatus {
+    Valid,
+    NotYetValid,
+    Expired,
+}
+
+impl Claims {
+    /// `nbf`/`exp` against `now_ms`, with `leeway_s` of tolerance on both sides.
+    pub fn time_status(&self, now_ms: i64, leeway_s: u64, ignore_nbf: bool) -> TimeStatus {
+        let now = now_ms as f64 / 1000.0;
+        let leeway = leeway_s as f64;
+        if let Some(exp) = self.exp {
+            if now >= exp + leeway {
+                return TimeStatus::Expired;
+            }
+        }
+        match self.nbf {
+            Some(nbf) if !ignore_nbf && now + leeway < nbf => TimeStatus::NotYetValid,
+            _ => TimeStatus::Valid,
+        }
+    }
+
+    /// True when the token may manage participants: owner, or `canAdmin` true or naming `participants`.
+    pub fn can_admin_participants(&self) -> bool {
+        if self.is_owner {
+            return true;
+        }
+        match self.permissions.as_ref().and_then(|p| p.get("canAdmin")) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
+            _ => false,
+        }
+    }
+
+    /// The properties with Daily's long names, as `GET /v1/meeting-tokens/:token` shows them.
+    pub fn to_long_json(&self) -> Value {
+        let mut m = self.ui.clone();
+        let mut put = |k: &str, v: Option<Value>| {
+            if let Some(v) = v {
+                m.insert(k.to_string(), v);
+            }
+        };
+        put("room_name", self.room.clone().map(Value::from));
+        put("user_name", self.user_name.clone().map(Value::from));
+        put("user_id", self.user_id.clone().map(Value::from));
+        put("is_owner", Some(Value::from(self.is_owner)));
+        put("nbf", self.nbf.map(number));
+        put("exp", self.exp.map(number));
+        put(
+            "eject_at_token_exp",
+            self.eject_at_token_exp.then_some(Value::Bool(true)),
+        );
+        put(
+            "eject_after_elapsed",
+            self.eject_after_elapsed.map(Value::from),
+        );
+        put("permissions", self.permissions.clone());
+        Value::Object(m)
+    }
+}
+
+/// Whole numbers print as integers, as Daily does.
+fn number(f: f64) -> Value {
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        Value::from(f as i64)
+    } else {
+        serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)
+    }
+}
+
+/// Verifies signature (HS256 only), key and domain. `domain_id` is this server's; a `d` claim
+/// naming another domain is refused.
+pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, Rejection> {
+    let header = jsonwebtoken::decode_header(token).map_err(|_| {
+        Rejection::Malformed("the header is not a JWT header with a supported algorithm".into())
+    })?;
+    if header.alg != Algorithm::HS256 {
+        return Err(Rejection::Algorithm);
+    }
+    let candidates: Vec<&SigningKey> = match header.kid.as_deref() {
+        Some(kid) => vec![ring.by_kid(kid).ok_or(Rejection::UnknownKey)?],
+        None => ring.keys.iter().collect(),
+    };
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation.leeway = 0;
+    for key in candidates {
+        match jsonwebtoken::decode::<Map<String, Value>>(token, &key.dec, &validation) {
+            Ok(data) => {
+                let claims = parse_claims(&data.claims)?;
+                if let Some(d) = data.claims.get("d") {
+                    if d.as_str() != Some(domain_id) {
+                        return Err(Rejection::WrongDomain);
+                    }
+                }
+                let token_id = claims.jti.clone().unwrap_or_else(|| token_hash(token));
+                return Ok(Verified {
+                    claims,
+                    kid: key.kid.clone(),
+                    token_id,
+                });
+            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
+                continue
+            }
+            Err(_) => {
+                return Err(Rejection::Malformed(
+                    "the payload is not a JSON object of claims".into(),
+                ))
+            }
+        }
+    }
+    Err(Rejection::BadSignature)
+}
+
+/// `sha256:<hex>` of a token: how tokens without `jti` are named in revocations and logs.
+pub fn token_hash(token: &str) -> String {
+    let d = Sha256::digest(token.as_bytes());
+    format!(
+        "sha256:{}",
+        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    )
+}
+
+/// A short, non-secret name for a token in logs and events: its `jti` or a hash prefix.
+pub fn short_id(token_id: &str) -> &str {
+    token_id.get(..23).unwrap_or(token_id)
+}
+
+fn claim<'a>(c: &'a Map<String, Value>, short: &str, long: &str) -> Option<&'a Value> {
+    c.get(short)
+        .or_else(|| c.get(long))
+        .filter(|v| !v.is_null())
+}
+
+fn string_claim(
+    c: &Map<String, Value>,
+    short: &str,
+    long: &str,
+    name: &'static str,
+) -> Result<Option<String>, Rejection> {
+    match claim(c, short, long) {
+        None => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(Rejection::BadClaim(name)),
+    }
+}
+
+fn time_claim(c: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Rejection> {
+    match claim(c, name, name) {
+        None => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_f64()
+            .filter(|f| f.is_finite())
+            .map(Some)
+            .ok_or(Rejection::BadClaim(name)),
+        Some(_) => Err(Rejection::BadClaim(name)),
+    }
+}
+
+fn bool_claim(
+    c: &Map<String, Value>,
+    short: &str,
+    long: &str,
+    name: &'static str,
+) -> Result<bool, Rejection> {
+    match claim(c, short, long) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(Rejection::BadClaim(name)),
+    }
+}
+
+fn parse_claims(c: &Map<String, Value>) -> Result<Claims, Rejection> {
+    let eje = match claim(c, "eje", "eject_after_elapsed") {
+        None => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or(Rejection::BadClaim("eje"))?
+                .ceil() as u64,
+        ),
+    };
+    let ui = PROPERTIES
+        .iter()
+        .filter(|(long, _)| !COMPACT.iter().any(|(l, _)| l == long))
+        .filter_map(|(long, _)| c.get(*long).map(|v| (long.to_string(), v.clone())))
+        .chain(
+            [
+                ("ss", "enable_screenshare"),
+                ("vo", "start_video_off"),
+                ("ao", "start_audio_off"),
+                ("er", "enable_recording"),
+            ]
+            .iter()
+            .filter_map(|(s, l)| claim(c, s, l).map(|v| (l.to_string(), v.clone()))),
+        )
+        .collect();
+    Ok(Claims {
+        room: string_claim(c, "r", "room_name", "r")?,
+        user_name: string_claim(c, "u", "user_name", "u")?,
+        user_id: string_claim(c, "ud", "user_id", "ud")?,
+        is_owner: bool_claim(c, "o", "is_owner", "o")?,
+        nbf: time_claim(c, "nbf")?,
+        exp: time_claim(c, "exp")?,
+        iat: time_claim(c, "iat")?,
+        jti: string_claim(c, "jti", "jti", "jti")?,
+        eject_at_token_exp: bool_claim(c, "ejt", "eject_at_token_exp", "ejt")?,
+        eject_after_elapsed: eje,
+        permissions: claim(c, "p", "permissions").cloned(),
+        ui,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    const DOMAIN: &str = "6f1c1a52-0000-4000-8000-000000000000";
+
+    fn ring() -> KeyRing {
+        KeyRing::new(&[KEY.to_string()]).unwrap()
+    }
+
+    fn offline(claims: Value, alg: Algorithm, key: &str) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(key.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn weak_keys_refused() {
+        assert!(KeyRing::new(&["short".into()]).is_err());
+        assert!(KeyRing::new(&["a".repeat(64)]).is_err());
+        assert!(KeyRing::new(&["0123456789abcdef0123456789abcde".into()]).is_err());
+        assert!(KeyRing::new(&[KEY.into()]).is_ok());
+    }
+
+    #[test]
+    fn authenticate_is_exact() {
+        let r = ring();
+        assert!(r.authenticate(KEY).is_some());
+        assert!(r.authenticate(&KEY[1..]).is_none());
+        assert!(r.authenticate("").is_none());
+    }
+
+    #[test]
+    fn issued_token_round_trips() {
+        let r = ring();
+        let props = TokenProps::validate(json!({"room_name": "hello", "is_owner": true, "exp": 2000000000, "enable_prejoin_ui": true}).as_object().unwrap()).unwrap();
+        let t = sign(r.primary(), &props, DOMAIN, 1_700_000_000, "jti-1").unwrap();
+        let v = verify(&r, DOMAIN, &t).unwrap();
+        assert_eq!(v.claims.room.as_deref(), Some("hello"));
+        assert!(v.claims.is_owner);
+        assert_eq!(v.token_id, "jti-1");
+        assert_eq!(v.claims.to_long_json()["enable_prejoin_ui"], json!(true));
+        assert_eq!(v.claims.to_long_json()["exp"], json!(2000000000));
+        assert_eq!(
+            verify(&r, "other-domain", &t).unwrap_err(),
+            Rejection::WrongDomain
+        );
+    }
+
+    #[test]
+    fn offline_token_without_kid_or_iat() {
+        let t = offline(
+            json!({"r": "hello", "d": DOMAIN, "ud": "u1"}),
+            Algorithm::HS256,
+            KEY,
+        );
+        let v = verify(&ring(), DOMAIN, &t).unwrap();
+        assert_eq!(v.claims.user_id.as_deref(), Some("u1"));
+        assert!(v.token_id.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn refusals() {
+        let r = ring();
+        let other = offline(
+            json!({"r": "x"}),
+            Algorithm::HS256,
+            "ffffffffffffffffffffffffffffffffffffffff",
+        );
+        assert_eq!(
+            verify(&r, DOMAIN, &other).unwrap_err(),
+            Rejection::BadSignature
+        );
+        let hs384 = offline(json!({"r": "x"}), Algorithm::HS384, KEY);
+        assert_eq!(
+            verify(&r, DOMAIN, &hs384).unwrap_err(),
+            Rejection::Algorithm
+        );
+        let string_exp = offline(json!({"exp": "2000000000"}), Algorithm::HS256, KEY);
+        assert_eq!(
+            verify(&r, DOMAIN, &string_exp).unwrap_err(),
+            Rejection::BadClaim("exp")
+        );
+        // alg "none": header {"alg":"none","typ":"JWT"}, payload {}, empty signature.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.";
+        assert!(matches!(
+            verify(&r, DOMAIN, none).unwrap_err(),
+            Rejection::Malformed(_)
+        ));
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some("nope".into());
+        let unknown = jsonwebtoken::encode(
+            &h,
+            &json!({}),
+            &EncodingKey::from_secret(KEY.as_bytes()).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            verify(&r, DOMAIN, &unknown).unwrap_err(),
+            Rejection::UnknownKey
+        );
+        let good = offline(json!({"r": "x"}), Algorithm::HS256, KEY);
+        let tampered = good.replace(".eyJ", ".eyK");
+        assert!(verify(&r, DOMAIN, &tampered).is_err());
+        assert!(verify(&r, DOMAIN, "garbage").is_err());
+    }
+
+    #[test]
+    fn time_checks_are_ours() {
+        let c = Claims {
+            nbf: Some(100.0),
+            exp: Some(200.5),
+            ..Default::default()
+        };
+        assert_eq!(c.time_status(99_999, 0, false), TimeStatus::NotYetValid);
+        assert_eq!(c.time_status(99_999, 0, true), TimeStatus::Valid);
+        assert_eq!(c.time_status(100_000, 0, false), TimeStatus::Valid);
+        assert_eq!(c.time_status(200_499, 0, false), TimeStatus::Valid);
+        assert_eq!(c.time_status(200_500, 0, false), TimeStatus::Expired);
+        assert_eq!(c.time_status(200_500, 1, false), TimeStatus::Valid);
+    }
+}
