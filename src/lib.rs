@@ -8,3 +8,6 @@ pub mod properties;
 pub mod rooms;
 pub mod store;
 pub mod tokens;
+pub mod api;
+pub mod app;
+pub mod config;

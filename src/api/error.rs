@@ -1,0 +1,106 @@
+//! The API's error type and the one place where domain and store errors become HTTP statuses.
+//! Body shape: `{"error": "<type>", "info": "<human text>"}` (Daily's); `info` never holds a secret.
+
+use hyper::StatusCode;
+use serde_json::{json, Value};
+
+use crate::rooms::RoomError;
+use crate::store::StoreError;
+use crate::tokens::TokenError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub kind: &'static str,
+    pub info: String,
+    /// Extra top-level fields (e.g. `oldest_seq` on 410).
+    pub extra: Option<Value>,
+    /// `Retry-After` seconds, for 429/503.
+    pub retry_after: Option<u64>,
+    /// `Allow`, for 405.
+    pub allow: Option<&'static str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, kind: &'static str, info: impl Into<String>) -> Self {
+        ApiError { status, kind, info: info.into(), extra: None, retry_after: None, allow: None }
+    }
+
+    pub fn invalid(info: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid-request-error", info)
+    }
+
+    pub fn not_found(info: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", info)
+    }
+
+    pub fn unauthenticated(info: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "authentication-error", info)
+    }
+
+    pub fn json_parsing(info: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "json-parsing-error", info)
+    }
+
+    pub fn too_large(limit: usize) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid-request-error", format!("request body is larger than {limit} bytes"))
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Self {
+        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid-request-error", format!("method not allowed here; use {allow}"));
+        e.allow = Some(allow);
+        e
+    }
+
+    pub fn internal(request_id: &str) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", format!("internal error (request id {request_id})"))
+    }
+
+    pub fn body(&self) -> Value {
+        let mut v = json!({"error": self.kind, "info": self.info});
+        if let (Some(Value::Object(extra)), Some(obj)) = (&self.extra, v.as_object_mut()) {
+            for (k, x) in extra {
+                obj.insert(k.clone(), x.clone());
+            }
+        }
+        v
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => {
+                tracing::error!(error = %why, "store unavailable");
+                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server-error", "the store cannot accept writes right now; nothing was saved");
+                e.retry_after = Some(5);
+                e
+            }
+            other => {
+                tracing::error!(error = %other, "store error");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", "internal storage error; see the server log")
+            }
+        }
+    }
+}
+
+impl From<RoomError> for ApiError {
+    fn from(e: RoomError) -> Self {
+        match e {
+            RoomError::NotFound => ApiError::not_found("room not found"),
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        match e {
+            TokenError::Property(_) => ApiError::invalid(e.to_string()),
+            TokenError::Signing | TokenError::WeakKey(_) => {
+                tracing::error!(error = %e, "token signing failed");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", "could not sign the token")
+            }
+        }
+    }
+}

@@ -1,0 +1,173 @@
+//! The HTTP API: the hyper 1 server, routing, and one handler module per resource. The only
+//! user of hyper's server types (DESIGN invariant 7). Handlers read the store directly and
+//! hand mutations to the writer; they never call the scheduler or webhook code.
+
+mod auth;
+mod error;
+mod events;
+mod ops;
+mod rooms;
+mod tokens;
+mod wire;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use error::ApiError;
+
+use crate::clock::SharedClock;
+use crate::store::Store;
+use crate::tokens::KeyRing;
+
+/// Response body type for every handler (plain JSON now, streams later).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+/// Settings the handlers need.
+#[derive(Debug, Clone)]
+pub struct ApiSettings {
+    pub public_url: String,
+    pub domain_name: String,
+    pub body_limit: usize,
+    pub token_leeway_secs: u64,
+}
+
+/// Everything a handler can reach. Shared behind an `Arc`.
+pub struct AppState {
+    pub store: Store,
+    pub keys: KeyRing,
+    pub clock: SharedClock,
+    pub settings: ApiSettings,
+    /// The test control endpoint's handle on the clock (`test-clock` builds only).
+    #[cfg(feature = "test-clock")]
+    pub test_clock: Arc<crate::clock::OffsetClock>,
+    /// Set once start-up has finished (store open; later also timers loaded).
+    pub ready: AtomicBool,
+    request_ids: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(
+        store: Store,
+        keys: KeyRing,
+        clock: SharedClock,
+        settings: ApiSettings,
+        #[cfg(feature = "test-clock")] test_clock: Arc<crate::clock::OffsetClock>,
+    ) -> AppState {
+        AppState {
+            store,
+            keys,
+            clock,
+            settings,
+            #[cfg(feature = "test-clock")]
+            test_clock,
+            ready: AtomicBool::new(false),
+            request_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// This server's domain id as it appears in tokens' `d` claim.
+    pub fn domain_id(&self) -> String {
+        self.store.domain_id().to_string()
+    }
+}
+
+/// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
+/// in-flight connections `grace` to finish.
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+    }
+}
+
+/// Runs one request in its own task so that a panic becomes a 500, not a dropped connection.
+async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let started = Instant::now();
+    let id = format!("{:x}", state.request_ids.fetch_add(1, Ordering::Relaxed));
+    let method = req.method().clone();
+    let route = route_name(req.method(), req.uri().path());
+    let st = state.clone();
+    let res = match tokio::spawn(async move { dispatch(&st, peer, req).await }).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => wire::error_response(&e),
+        Err(_) => {
+            tracing::error!(request_id = %id, %route, "handler panicked");
+            wire::error_response(&ApiError::internal(&id))
+        }
+    };
+    tracing::debug!(request_id = %id, %method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    Ok(res)
+}
+
+/// The route pattern of a path, for logs: never the path itself, which may hold a token.
+fn route_name(method: &Method, path: &str) -> String {
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let pattern = match segs.as_slice() {
+        ["v1", "meeting-tokens", t] if *t != "revoke" => "/v1/meeting-tokens/:token".to_string(),
+        ["v1", "rooms", _, rest @ ..] => format!("/v1/rooms/:name{}", rest.iter().map(|r| format!("/{r}")).collect::<String>()),
+        ["v1", ..] | ["healthz"] | ["readyz"] => path.to_string(),
+        _ => "/:page".to_string(),
+    };
+    format!("{method} {pattern}")
+}
+
+async fn dispatch(state: &Arc<AppState>, _peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let segs = wire::segments(req.uri().path())?;
+    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    let m = req.method().clone();
+    match (segs.as_slice(), &m) {
+        (["healthz"], &Method::GET) => Ok(ops::healthz()),
+        (["readyz"], &Method::GET) => Ok(ops::readyz(state)),
+        (["v1"], &Method::GET) => ops::domain(state, &req),
+        (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
+        (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,
+        (["v1", "rooms", name], &Method::GET) => rooms::get(state, &req, name),
+        (["v1", "rooms", name], &Method::POST) => rooms::update(state, req, &name.to_string()).await,
+        (["v1", "rooms", name], &Method::DELETE) => rooms::delete(state, &req, name).await,
+        (["v1", "meeting-tokens"], &Method::POST) => tokens::create(state, req).await,
+        (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
+        (["v1", "meeting-tokens", token], &Method::GET) => tokens::validate(state, &req, token),
+        (["v1", "events"], &Method::GET) => events::list(state, &req).await,
+        #[cfg(feature = "test-clock")]
+        (["v1", "_test", "clock"], &Method::POST) => ops::test_clock(state, req).await,
+        (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => Err(ApiError::method_not_allowed("GET")),
+        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+        (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        _ => Err(ApiError::not_found("no such route")),
+    }
+}

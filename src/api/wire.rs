@@ -1,0 +1,150 @@
+//! Reading requests and writing responses: size-limited bodies, JSON parsing with errors that
+//! say what is wrong, query strings, path segments, and typed field extraction.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Map, Value};
+
+use super::error::ApiError;
+use super::Body;
+
+/// Reads the whole body, refusing more than `limit` bytes (413).
+pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(req.into_body(), limit).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(_) => Err(ApiError::invalid("could not read the request body")),
+    }
+}
+
+/// Parses a JSON object body; an empty body is `{}`.
+pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(Map::new());
+    }
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::json_parsing(format!("body is not valid JSON: {e}")))?;
+    match v {
+        Value::Object(m) => Ok(m),
+        _ => Err(ApiError::invalid("body must be a JSON object")),
+    }
+}
+
+/// Refuses fields not in `allowed`, naming the first one.
+pub fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
+    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::invalid(format!("unknown parameter '{}'", clip(k)))),
+        None => Ok(()),
+    }
+}
+
+/// An optional string field (`null` = absent).
+pub fn opt_str<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be a string"))),
+    }
+}
+
+/// An optional object field (`null` = absent).
+pub fn opt_object<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be an object"))),
+    }
+}
+
+/// Shortens text we echo in error messages (names, not secrets).
+pub fn clip(s: &str) -> String {
+    let mut out: String = s.chars().take(64).filter(|c| !c.is_control()).collect();
+    if s.chars().count() > 64 {
+        out.push('…');
+    }
+    out
+}
+
+/// Query parameters (form-encoded). Invalid UTF-8 is a 400.
+pub fn query(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
+    let mut out = HashMap::new();
+    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        out.insert(decode_component(k)?, decode_component(v)?);
+    }
+    Ok(out)
+}
+
+fn decode_component(s: &str) -> Result<String, ApiError> {
+    let plus = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&plus)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::invalid("query string is not valid UTF-8"))
+}
+
+/// The path split into decoded segments. Invalid UTF-8 is a 400.
+pub fn segments(path: &str) -> Result<Vec<String>, ApiError> {
+    path.split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ApiError::invalid("request path is not valid UTF-8"))
+        })
+        .collect()
+}
+
+/// An optional integer query parameter within a range.
+pub fn int_param(q: &HashMap<String, String>, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+    match q.get(name) {
+        None => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(ApiError::invalid(format!("'{name}' must be an integer between {min} and {max}"))),
+        },
+    }
+}
+
+pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiError> {
+    match q.get(name).map(String::as_str) {
+        None | Some("false") | Some("0") => Ok(false),
+        Some("true") | Some("1") | Some("") => Ok(true),
+        Some(_) => Err(ApiError::invalid(format!("'{name}' must be true or false"))),
+    }
+}
+
+pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+pub fn ok(v: &Value) -> Response<Body> {
+    json_response(StatusCode::OK, v)
+}
+
+pub fn full(b: Bytes) -> Body {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+pub fn error_response(e: &ApiError) -> Response<Body> {
+    let mut r = json_response(e.status, &e.body());
+    if let Some(secs) = e.retry_after {
+        r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+    }
+    if let Some(allow) = e.allow {
+        r.headers_mut().insert("allow", HeaderValue::from_static(allow));
+    }
+    r
+}

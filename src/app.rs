@@ -1,0 +1,144 @@
+//! Wiring, in the order it happens: data dir, API keys, clock, store (and its writer), HTTP
+//! server; then one shutdown signal, and an ordered teardown (stop accepting, let requests
+//! finish within the grace period, flush the store, exit). The only code that handles OS signals.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use tokio::sync::watch;
+
+use crate::api::{self, ApiSettings, AppState};
+use crate::clock::SharedClock;
+use crate::config::Settings;
+use crate::store::{Store, StoreOptions};
+use crate::tokens::KeyRing;
+
+/// File in the data dir holding the generated API key.
+const KEY_FILE: &str = "api_key";
+
+pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    create_data_dir(&settings.data_dir)?;
+    let keys = load_keys(&settings)?;
+
+    #[cfg(feature = "test-clock")]
+    let test_clock = Arc::new(crate::clock::OffsetClock::default());
+    #[cfg(feature = "test-clock")]
+    let clock: SharedClock = test_clock.clone();
+    #[cfg(not(feature = "test-clock"))]
+    let clock: SharedClock = Arc::new(crate::clock::SystemClock);
+
+    let opts = StoreOptions {
+        path: settings.data_dir.join("store"),
+        cache_bytes: settings.cache_bytes,
+        background_flush_ms: settings.sled_flush_every_ms,
+        sync: settings.sync,
+        public_url: settings.public_url.clone(),
+    };
+    let started = std::time::Instant::now();
+    let store = tokio::task::spawn_blocking({
+        let clock = clock.clone();
+        move || Store::open(opts, clock)
+    })
+    .await?
+    .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
+    tracing::info!(millis = started.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
+
+    let api_settings = ApiSettings {
+        public_url: settings.public_url.clone(),
+        domain_name: settings.domain_name.clone(),
+        body_limit: settings.body_limit,
+        token_leeway_secs: settings.token_leeway_secs,
+    };
+    let state = Arc::new(AppState::new(
+        store.clone(),
+        keys,
+        clock,
+        api_settings,
+        #[cfg(feature = "test-clock")]
+        test_clock,
+    ));
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    state.ready.store(true, Ordering::SeqCst);
+    // Tests and scripts read this line to find the port when listening on :0.
+    println!("gatehouse listening on http://{addr}");
+    let _ = std::io::stdout().flush();
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace));
+    wait_for_signal().await?;
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+    state.ready.store(false, Ordering::SeqCst);
+    let _ = shutdown_tx.send(true);
+    let _ = server.await;
+    store.close().await;
+    tracing::info!("store flushed; bye");
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+    Ok(())
+}
+
+fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data dir is readable by others; consider chmod 700");
+    }
+    Ok(())
+}
+
+/// Keys from `GATEHOUSE_API_KEY`; else the data dir's key file; else a new key, written there
+/// (mode 0600) and printed once.
+fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
+    if !settings.api_keys.is_empty() {
+        return KeyRing::new(&settings.api_keys).map_err(|e| anyhow::anyhow!("GATEHOUSE_API_KEY: {e}"));
+    }
+    let path = settings.data_dir.join(KEY_FILE);
+    if path.exists() {
+        let key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let key = key.trim().to_string();
+        if key.is_empty() {
+            bail!("{} is empty; delete it to generate a new key", path.display());
+        }
+        tracing::info!(file = %path.display(), "using the API key stored in the data dir");
+        return KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
+    }
+    let key = generate_key();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(f, "{key}")?;
+    f.sync_all()?;
+    println!("Generated a new API key. It is shown only this once and stored in {} (mode 0600):\n\n    {key}\n", path.display());
+    KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// 256 random bits from the OS-seeded CSPRNG, as 64 hex characters.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

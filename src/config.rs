@@ -1,0 +1,147 @@
+//! Settings: parsed once from flags and `GATEHOUSE_*` environment variables (flags win), then
+//! validated into [`Settings`], which is passed explicitly to whoever needs it (never global).
+//!
+//! Must not: open files or sockets; `app` does that with the validated settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::store::SyncMode;
+
+#[derive(Parser, Debug)]
+#[command(name = "gatehouse", version, about = "Self-hosted access control for video calls (Daily-compatible REST API)")]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// `serve`'s options, so that plain `gatehouse` serves.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default command).
+    Serve(ServeArgs),
+    /// API key tools.
+    Keys {
+        #[command(subcommand)]
+        action: KeysAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysAction {
+    /// Print a new strong API key (256 random bits, hex).
+    Generate,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncArg {
+    /// sled flush, then fdatasync of the store file: acknowledged writes survive a power cut.
+    Fdatasync,
+    /// sled flush only (sync_file_range): acknowledged writes survive a process crash.
+    Flush,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Data directory (created mode 0700).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// Public base URL for room URLs; defaults to http://<listen>.
+    #[arg(long, env = "GATEHOUSE_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Name shown by GET /v1/.
+    #[arg(long, env = "GATEHOUSE_DOMAIN_NAME", default_value = "gatehouse")]
+    pub domain_name: String,
+    /// What an acknowledged write survives.
+    #[arg(long, env = "GATEHOUSE_SYNC", value_enum, default_value = "fdatasync")]
+    pub sync: SyncArg,
+    /// sled page cache size in MiB.
+    #[arg(long, env = "GATEHOUSE_CACHE_MB", default_value_t = 64)]
+    pub cache_mb: u64,
+    /// Largest accepted request body in bytes.
+    #[arg(long, env = "GATEHOUSE_BODY_LIMIT", default_value_t = 64 * 1024)]
+    pub body_limit: usize,
+    /// Tolerance in seconds on token nbf/exp.
+    #[arg(long, env = "GATEHOUSE_TOKEN_LEEWAY_SECS", default_value_t = 0)]
+    pub token_leeway_secs: u64,
+    /// Seconds in-flight requests get to finish at shutdown.
+    #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+    /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
+    #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
+    pub sled_flush_every_ms: u64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub public_url: String,
+    pub domain_name: String,
+    pub sync: SyncMode,
+    pub cache_bytes: u64,
+    pub body_limit: usize,
+    pub token_leeway_secs: u64,
+    pub shutdown_grace: std::time::Duration,
+    pub sled_flush_every_ms: Option<u64>,
+    /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
+    pub api_keys: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--public-url must start with http:// or https:// (got '{0}')")]
+    PublicUrl(String),
+    #[error("--cache-mb must be between 8 and 65536")]
+    Cache,
+    #[error("--body-limit must be between 1024 and 16777216 bytes")]
+    BodyLimit,
+}
+
+impl ServeArgs {
+    pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
+        let public_url = match self.public_url {
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => u.trim_end_matches('/').to_string(),
+            Some(u) => return Err(ConfigError::PublicUrl(u)),
+            None => format!("http://{}", self.listen),
+        };
+        if !(8..=65_536).contains(&self.cache_mb) {
+            return Err(ConfigError::Cache);
+        }
+        if !(1024..=16 * 1024 * 1024).contains(&self.body_limit) {
+            return Err(ConfigError::BodyLimit);
+        }
+        let api_keys = api_key_env
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        Ok(Settings {
+            listen: self.listen,
+            data_dir: self.data_dir,
+            public_url,
+            domain_name: self.domain_name,
+            sync: match self.sync {
+                SyncArg::Fdatasync => SyncMode::Fdatasync,
+                SyncArg::Flush => SyncMode::Flush,
+            },
+            cache_bytes: self.cache_mb * 1024 * 1024,
+            body_limit: self.body_limit,
+            token_leeway_secs: self.token_leeway_secs,
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
+            sled_flush_every_ms: (self.sled_flush_every_ms > 0).then_some(self.sled_flush_every_ms),
+            api_keys,
+        })
+    }
+}
