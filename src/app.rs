@@ -31,12 +31,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     #[cfg(not(feature = "test-clock"))]
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
 
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = listener.local_addr()?;
+    let public_url = settings
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{addr}"));
+
     let opts = StoreOptions {
         path: settings.data_dir.join("store"),
         cache_bytes: settings.cache_bytes,
         background_flush_ms: settings.sled_flush_every_ms,
         sync: settings.sync,
-        public_url: settings.public_url.clone(),
+        public_url: public_url.clone(),
     };
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -45,10 +54,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-    tracing::info!(millis = started.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
+    tracing::info!(
+        millis = started.elapsed().as_millis() as u64,
+        head_seq = store.durable_seq(),
+        "store open"
+    );
 
     let api_settings = ApiSettings {
-        public_url: settings.public_url.clone(),
+        public_url,
         domain_name: settings.domain_name.clone(),
         body_limit: settings.body_limit,
         token_leeway_secs: settings.token_leeway_secs,
@@ -62,17 +75,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         test_clock,
     ));
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
     state.ready.store(true, Ordering::SeqCst);
     // Tests and scripts read this line to find the port when listening on :0.
     println!("gatehouse listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace));
+    let server = tokio::spawn(api::serve(
+        listener,
+        state.clone(),
+        shutdown_rx,
+        settings.shutdown_grace,
+    ));
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
@@ -111,14 +125,19 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// (mode 0600) and printed once.
 fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
     if !settings.api_keys.is_empty() {
-        return KeyRing::new(&settings.api_keys).map_err(|e| anyhow::anyhow!("GATEHOUSE_API_KEY: {e}"));
+        return KeyRing::new(&settings.api_keys)
+            .map_err(|e| anyhow::anyhow!("GATEHOUSE_API_KEY: {e}"));
     }
     let path = settings.data_dir.join(KEY_FILE);
     if path.exists() {
-        let key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let key = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
         let key = key.trim().to_string();
         if key.is_empty() {
-            bail!("{} is empty; delete it to generate a new key", path.display());
+            bail!(
+                "{} is empty; delete it to generate a new key",
+                path.display()
+            );
         }
         tracing::info!(file = %path.display(), "using the API key stored in the data dir");
         return KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));

@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::store::SyncMode;
 
 #[derive(Parser, Debug)]
-#[command(name = "gatehouse", version, about = "Self-hosted access control for video calls (Daily-compatible REST API)")]
+#[command(
+    name = "gatehouse",
+    version,
+    about = "Self-hosted access control for video calls (Daily-compatible REST API)"
+)]
 #[command(args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -76,7 +80,12 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
-    #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
+    #[arg(
+        long,
+        env = "GATEHOUSE_SLED_FLUSH_EVERY_MS",
+        default_value_t = 500,
+        hide = true
+    )]
     pub sled_flush_every_ms: u64,
 }
 
@@ -85,7 +94,8 @@ pub struct ServeArgs {
 pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub public_url: String,
+    /// `None`: `http://<the address actually bound>` (known only after binding, e.g. for port 0).
+    pub public_url: Option<String>,
     pub domain_name: String,
     pub sync: SyncMode,
     pub cache_bytes: u64,
@@ -110,9 +120,11 @@ pub enum ConfigError {
 impl ServeArgs {
     pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
         let public_url = match self.public_url {
-            Some(u) if u.starts_with("http://") || u.starts_with("https://") => u.trim_end_matches('/').to_string(),
+            Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
+                Some(u.trim_end_matches('/').to_string())
+            }
             Some(u) => return Err(ConfigError::PublicUrl(u)),
-            None => format!("http://{}", self.listen),
+            None => None,
         };
         if !(8..=65_536).contains(&self.cache_mb) {
             return Err(ConfigError::Cache);

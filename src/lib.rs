@@ -2,12 +2,12 @@
 //! API. The binary (`src/main.rs`) is a thin shell over this library; tests and benchmarks use
 //! the library directly where a black-box server would be too coarse.
 
+pub mod api;
+pub mod app;
 pub mod clock;
+pub mod config;
 pub mod events;
 pub mod properties;
 pub mod rooms;
 pub mod store;
 pub mod tokens;
-pub mod api;
-pub mod app;
-pub mod config;

@@ -6,11 +6,16 @@ use gatehouse::config::{Cli, Command, KeysAction};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
+                .unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {
-        Some(Command::Keys { action: KeysAction::Generate }) => {
+        Some(Command::Keys {
+            action: KeysAction::Generate,
+        }) => {
             println!("{}", gatehouse::app::generate_key());
             return Ok(());
         }
@@ -18,6 +23,8 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     let settings = args.validate(std::env::var("GATEHOUSE_API_KEY").ok())?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(gatehouse::app::run(settings))
 }

@@ -11,8 +11,16 @@ use crate::tokens::{KeyRing, SigningKey};
 /// The bearer credential, if the header is present. A header that is not `Bearer <credential>`
 /// is a 400 `authorization-header-error`.
 pub fn bearer(req: &Request<Incoming>) -> Result<Option<&str>, ApiError> {
-    let Some(v) = req.headers().get(AUTHORIZATION) else { return Ok(None) };
-    let malformed = || ApiError::new(StatusCode::BAD_REQUEST, "authorization-header-error", "Authorization header must be 'Bearer <credential>'");
+    let Some(v) = req.headers().get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let malformed = || {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "authorization-header-error",
+            "Authorization header must be 'Bearer <credential>'",
+        )
+    };
     let s = v.to_str().map_err(|_| malformed())?;
     let (scheme, cred) = s.split_once(' ').ok_or_else(malformed)?;
     let cred = cred.trim();
@@ -24,6 +32,8 @@ pub fn bearer(req: &Request<Incoming>) -> Result<Option<&str>, ApiError> {
 
 /// The API key the request carries, or 401/400.
 pub fn api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a SigningKey, ApiError> {
-    let cred = bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header with an API key"))?;
-    keys.authenticate(cred).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))
+    let cred = bearer(req)?
+        .ok_or_else(|| ApiError::unauthenticated("missing Authorization header with an API key"))?;
+    keys.authenticate(cred)
+        .ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))
 }

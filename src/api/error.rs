@@ -23,7 +23,14 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, info: impl Into<String>) -> Self {
-        ApiError { status, kind, info: info.into(), extra: None, retry_after: None, allow: None }
+        ApiError {
+            status,
+            kind,
+            info: info.into(),
+            extra: None,
+            retry_after: None,
+            allow: None,
+        }
     }
 
     pub fn invalid(info: impl Into<String>) -> Self {
@@ -43,17 +50,29 @@ impl ApiError {
     }
 
     pub fn too_large(limit: usize) -> Self {
-        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "invalid-request-error", format!("request body is larger than {limit} bytes"))
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid-request-error",
+            format!("request body is larger than {limit} bytes"),
+        )
     }
 
     pub fn method_not_allowed(allow: &'static str) -> Self {
-        let mut e = Self::new(StatusCode::METHOD_NOT_ALLOWED, "invalid-request-error", format!("method not allowed here; use {allow}"));
+        let mut e = Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid-request-error",
+            format!("method not allowed here; use {allow}"),
+        );
         e.allow = Some(allow);
         e
     }
 
     pub fn internal(request_id: &str) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", format!("internal error (request id {request_id})"))
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server-error",
+            format!("internal error (request id {request_id})"),
+        )
     }
 
     pub fn body(&self) -> Value {
@@ -72,13 +91,21 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(why) => {
                 tracing::error!(error = %why, "store unavailable");
-                let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server-error", "the store cannot accept writes right now; nothing was saved");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server-error",
+                    "the store cannot accept writes right now; nothing was saved",
+                );
                 e.retry_after = Some(5);
                 e
             }
             other => {
                 tracing::error!(error = %other, "store error");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", "internal storage error; see the server log")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server-error",
+                    "internal storage error; see the server log",
+                )
             }
         }
     }
@@ -99,7 +126,11 @@ impl From<TokenError> for ApiError {
             TokenError::Property(_) => ApiError::invalid(e.to_string()),
             TokenError::Signing | TokenError::WeakKey(_) => {
                 tracing::error!(error = %e, "token signing failed");
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", "could not sign the token")
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server-error",
+                    "could not sign the token",
+                )
             }
         }
     }

@@ -11,7 +11,10 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 
-pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn list(
+    state: &Arc<AppState>,
+    req: &Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let after = wire::int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0) as u64;
@@ -21,15 +24,25 @@ pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Resp
         None => None,
         Some(s) => {
             let list: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
-            if let Some(bad) = list.iter().find(|t| !crate::events::ALL_TYPES.contains(&t.as_str())) {
-                return Err(ApiError::invalid(format!("unknown event type '{}'", wire::clip(bad))));
+            if let Some(bad) = list
+                .iter()
+                .find(|t| !crate::events::ALL_TYPES.contains(&t.as_str()))
+            {
+                return Err(ApiError::invalid(format!(
+                    "unknown event type '{}'",
+                    wire::clip(bad)
+                )));
             }
             Some(list)
         }
     };
     let oldest = state.store.oldest_seq()?;
     if after > 0 && after + 1 < oldest {
-        let mut e = ApiError::new(StatusCode::GONE, "gone", "that position is older than the retained event log");
+        let mut e = ApiError::new(
+            StatusCode::GONE,
+            "gone",
+            "that position is older than the retained event log",
+        );
         e.extra = Some(json!({"oldest_seq": oldest, "head_seq": state.store.durable_seq()}));
         return Err(e);
     }
@@ -37,12 +50,23 @@ pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Resp
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let page = state.store.events(after, limit, types.as_deref())?;
-        let waiting = page.envelopes.is_empty() && page.next_after == after && tokio::time::Instant::now() < deadline;
+        let waiting = page.envelopes.is_empty()
+            && page.next_after == after
+            && tokio::time::Instant::now() < deadline;
         if !waiting {
-            let data: Vec<Value> = page.envelopes.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
-            return Ok(ok(&json!({"data": data, "next_after": page.next_after, "has_more": page.has_more, "head_seq": page.head_seq})));
+            let data: Vec<Value> = page
+                .envelopes
+                .iter()
+                .filter_map(|e| serde_json::from_str(e).ok())
+                .collect();
+            return Ok(ok(
+                &json!({"data": data, "next_after": page.next_after, "has_more": page.has_more, "head_seq": page.head_seq}),
+            ));
         }
-        if tokio::time::timeout_at(deadline, durable.changed()).await.is_err() {
+        if tokio::time::timeout_at(deadline, durable.changed())
+            .await
+            .is_err()
+        {
             continue;
         }
     }

@@ -84,7 +84,12 @@ impl AppState {
 
 /// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
 /// in-flight connections `grace` to finish.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -110,13 +115,23 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs(),
+            "some connections were still busy at the shutdown deadline"
+        );
     }
 }
 
 /// Runs one request in its own task so that a panic becomes a 500, not a dropped connection.
-async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(
+    state: Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = format!("{:x}", state.request_ids.fetch_add(1, Ordering::Relaxed));
     let method = req.method().clone();
@@ -139,14 +154,21 @@ fn route_name(method: &Method, path: &str) -> String {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let pattern = match segs.as_slice() {
         ["v1", "meeting-tokens", t] if *t != "revoke" => "/v1/meeting-tokens/:token".to_string(),
-        ["v1", "rooms", _, rest @ ..] => format!("/v1/rooms/:name{}", rest.iter().map(|r| format!("/{r}")).collect::<String>()),
+        ["v1", "rooms", _, rest @ ..] => format!(
+            "/v1/rooms/:name{}",
+            rest.iter().map(|r| format!("/{r}")).collect::<String>()
+        ),
         ["v1", ..] | ["healthz"] | ["readyz"] => path.to_string(),
         _ => "/:page".to_string(),
     };
     format!("{method} {pattern}")
 }
 
-async fn dispatch(state: &Arc<AppState>, _peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+async fn dispatch(
+    state: &Arc<AppState>,
+    _peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let segs = wire::segments(req.uri().path())?;
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method().clone();
@@ -157,7 +179,9 @@ async fn dispatch(state: &Arc<AppState>, _peer: SocketAddr, req: Request<Incomin
         (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
         (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,
         (["v1", "rooms", name], &Method::GET) => rooms::get(state, &req, name),
-        (["v1", "rooms", name], &Method::POST) => rooms::update(state, req, &name.to_string()).await,
+        (["v1", "rooms", name], &Method::POST) => {
+            rooms::update(state, req, &name.to_string()).await
+        }
         (["v1", "rooms", name], &Method::DELETE) => rooms::delete(state, &req, name).await,
         (["v1", "meeting-tokens"], &Method::POST) => tokens::create(state, req).await,
         (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
@@ -165,8 +189,12 @@ async fn dispatch(state: &Arc<AppState>, _peer: SocketAddr, req: Request<Incomin
         (["v1", "events"], &Method::GET) => events::list(state, &req).await,
         #[cfg(feature = "test-clock")]
         (["v1", "_test", "clock"], &Method::POST) => ops::test_clock(state, req).await,
-        (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => Err(ApiError::method_not_allowed("GET")),
-        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+        (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => {
+            Err(ApiError::method_not_allowed("GET"))
+        }
+        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => {
+            Err(ApiError::method_not_allowed("GET, POST"))
+        }
         (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
         _ => Err(ApiError::not_found("no such route")),
     }

@@ -19,7 +19,11 @@ pub fn healthz() -> Response<Body> {
 pub fn readyz(state: &AppState) -> Response<Body> {
     let ready = state.ready.load(Ordering::SeqCst);
     let writable = state.store.is_writable();
-    let status = if ready && writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready && writable {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     wire::json_response(status, &json!({"ready": ready, "store_writable": writable}))
 }
 
@@ -37,7 +41,10 @@ pub fn domain(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response
 
 /// Moves the server's clock: `{"advance_secs": n}` or `{"set_ms": t}`. Test builds only.
 #[cfg(feature = "test-clock")]
-pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+pub async fn test_clock(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(req, state.settings.body_limit).await?;
     let body = wire::parse_object(&bytes)?;
@@ -48,5 +55,7 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     } else {
         return Err(ApiError::invalid("give 'advance_secs' or 'set_ms'"));
     }
-    Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
+    Ok(ok(
+        &json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())}),
+    ))
 }

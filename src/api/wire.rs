@@ -15,7 +15,11 @@ use super::Body;
 
 /// Reads the whole body, refusing more than `limit` bytes (413).
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
@@ -31,7 +35,8 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::json_parsing(format!("body is not valid JSON: {e}")))?;
+    let v: Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::json_parsing(format!("body is not valid JSON: {e}")))?;
     match v {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::invalid("body must be a JSON object")),
@@ -41,7 +46,10 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// Refuses fields not in `allowed`, naming the first one.
 pub fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid(format!("unknown parameter '{}'", clip(k)))),
+        Some(k) => Err(ApiError::invalid(format!(
+            "unknown parameter '{}'",
+            clip(k)
+        ))),
         None => Ok(()),
     }
 }
@@ -56,7 +64,10 @@ pub fn opt_str<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'
 }
 
 /// An optional object field (`null` = absent).
-pub fn opt_object<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+pub fn opt_object<'a>(
+    body: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<&'a Map<String, Value>>, ApiError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -76,7 +87,13 @@ pub fn clip(s: &str) -> String {
 /// Query parameters (form-encoded). Invalid UTF-8 is a 400.
 pub fn query(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
-    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+    for pair in req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+    {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         out.insert(decode_component(k)?, decode_component(v)?);
     }
@@ -105,12 +122,19 @@ pub fn segments(path: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// An optional integer query parameter within a range.
-pub fn int_param(q: &HashMap<String, String>, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
+pub fn int_param(
+    q: &HashMap<String, String>,
+    name: &str,
+    min: i64,
+    max: i64,
+) -> Result<Option<i64>, ApiError> {
     match q.get(name) {
         None => Ok(None),
         Some(s) => match s.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::invalid(format!("'{name}' must be an integer between {min} and {max}"))),
+            _ => Err(ApiError::invalid(format!(
+                "'{name}' must be an integer between {min} and {max}"
+            ))),
         },
     }
 }
@@ -126,7 +150,8 @@ pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiEr
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
@@ -141,10 +166,12 @@ pub fn full(b: Bytes) -> Body {
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.status, &e.body());
     if let Some(secs) = e.retry_after {
-        r.headers_mut().insert("retry-after", HeaderValue::from(secs));
+        r.headers_mut()
+            .insert("retry-after", HeaderValue::from(secs));
     }
     if let Some(allow) = e.allow {
-        r.headers_mut().insert("allow", HeaderValue::from_static(allow));
+        r.headers_mut()
+            .insert("allow", HeaderValue::from_static(allow));
     }
     r
 }

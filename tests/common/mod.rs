@@ -1,0 +1,297 @@
+//! Black-box test harness: starts the real `gatehouse` binary on 127.0.0.1:0 with a temp data
+//! dir, and talks HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+/// A strong, fixed key for tests (64 hex chars).
+pub const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
+
+pub struct Server {
+    child: Option<Child>,
+    pub base: String,
+    pub key: String,
+    pub dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+    pub text: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Server {
+    /// A fresh server with a temp data dir and the test key.
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, &[]);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// A server on `dir` (kept), with extra environment variables.
+    pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir)
+            .env("GATEHOUSE_API_KEY", KEY)
+            .env("GATEHOUSE_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Server::spawn(cmd, dir, KEY)
+    }
+
+    pub fn spawn(mut cmd: Command, dir: &Path, key: &str) -> Server {
+        let mut child = cmd.spawn().expect("start gatehouse");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stderr);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                log2.lock().unwrap().push_str(&line);
+                line.clear();
+            }
+        });
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(stdout);
+            let mut line = String::new();
+            while r.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                if let Some(url) = line.trim().strip_prefix("gatehouse listening on ") {
+                    let _ = tx.send(url.to_string());
+                }
+                line.clear();
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(b) => b,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("server did not start; stderr:\n{}", log.lock().unwrap());
+            }
+        };
+        Server {
+            child: Some(child),
+            base,
+            key: key.to_string(),
+            dir: dir.to_path_buf(),
+            _tmp: None,
+            stderr: log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    /// Everything the server wrote to stderr so far (its log).
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGKILL, then wait for the process to be gone.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), "TERM");
+        c.wait().unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn call(&self, method: &str, path: &str, auth: Option<&str>, body: Option<&str>) -> Reply {
+        call_url(method, &self.url(path), auth, body, &[])
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.call("GET", path, Some(&self.key), None)
+    }
+
+    pub fn post(&self, path: &str, body: &Value) -> Reply {
+        self.call("POST", path, Some(&self.key), Some(&body.to_string()))
+    }
+
+    pub fn delete(&self, path: &str) -> Reply {
+        self.call("DELETE", path, Some(&self.key), None)
+    }
+
+    /// Moves the server's clock forward (needs a `test-clock` build).
+    pub fn advance(&self, secs: f64) {
+        let r = self.post(
+            "/v1/_test/clock",
+            &serde_json::json!({"advance_secs": secs}),
+        );
+        assert_eq!(r.status, 200, "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`");
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        let r = self.post("/v1/_test/clock", &serde_json::json!({"advance_secs": 0}));
+        assert_eq!(r.status, 200, "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`");
+        r.body["now_ms"].as_i64().unwrap() / 1000
+    }
+
+    pub fn create_room(&self, body: Value) -> Value {
+        let r = self.post("/v1/rooms", &body);
+        assert_eq!(r.status, 200, "create room: {}", r.text);
+        r.body
+    }
+
+    pub fn token(&self, props: Value) -> String {
+        let r = self.post(
+            "/v1/meeting-tokens",
+            &serde_json::json!({"properties": props}),
+        );
+        assert_eq!(r.status, 200, "create token: {}", r.text);
+        r.body["token"].as_str().unwrap().to_string()
+    }
+
+    /// All durable events, oldest first.
+    pub fn events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        let mut after = 0;
+        loop {
+            let r = self.get(&format!("/v1/events?after={after}&limit=1000"));
+            assert_eq!(r.status, 200, "{}", r.text);
+            out.extend(r.body["data"].as_array().unwrap().iter().cloned());
+            after = r.body["next_after"].as_u64().unwrap();
+            if !r.body["has_more"].as_bool().unwrap() {
+                return out;
+            }
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+pub fn call_url(
+    method: &str,
+    url: &str,
+    auth: Option<&str>,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build();
+    let mut req = agent.request(method, url);
+    if let Some(a) = auth {
+        req = req.set("Authorization", &format!("Bearer {a}"));
+    }
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    let res = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let resp = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = resp.status();
+    let headers = resp
+        .headers_names()
+        .iter()
+        .map(|n| (n.clone(), resp.header(n).unwrap_or("").to_string()))
+        .collect();
+    let mut text = String::new();
+    resp.into_reader()
+        .take(50_000_000)
+        .read_to_string(&mut text)
+        .unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+    Reply {
+        status,
+        body,
+        text,
+        headers,
+    }
+}
+
+/// Sends raw bytes on a fresh TCP connection and returns the raw response (for requests a
+/// normal client refuses to build: invalid UTF-8 paths, lying Content-Length...).
+pub fn raw(base: &str, request: &[u8]) -> String {
+    use std::io::Write;
+    let addr = base.trim_start_matches("http://");
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n") && response_complete(&out) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+fn response_complete(out: &[u8]) -> bool {
+    let text = String::from_utf8_lossy(out);
+    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+        return false;
+    };
+    let len = head.lines().find_map(|l| {
+        l.to_ascii_lowercase()
+            .strip_prefix("content-length:")
+            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+    });
+    len.is_some_and(|n| body.len() >= n)
+}
