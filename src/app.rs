@@ -35,10 +35,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = settings
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{addr}"));
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
 
     let opts = StoreOptions {
         path: settings.data_dir.join("store"),
@@ -125,19 +122,14 @@ fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
 /// (mode 0600) and printed once.
 fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
     if !settings.api_keys.is_empty() {
-        return KeyRing::new(&settings.api_keys)
-            .map_err(|e| anyhow::anyhow!("GATEHOUSE_API_KEY: {e}"));
+        return KeyRing::new(&settings.api_keys).map_err(|e| anyhow::anyhow!("GATEHOUSE_API_KEY: {e}"));
     }
     let path = settings.data_dir.join(KEY_FILE);
     if path.exists() {
-        let key = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
+        let key = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let key = key.trim().to_string();
         if key.is_empty() {
-            bail!(
-                "{} is empty; delete it to generate a new key",
-                path.display()
-            );
+            bail!("{} is empty; delete it to generate a new key", path.display());
         }
         tracing::info!(file = %path.display(), "using the API key stored in the data dir");
         return KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
@@ -151,7 +143,10 @@ fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
         .with_context(|| format!("writing {}", path.display()))?;
     writeln!(f, "{key}")?;
     f.sync_all()?;
-    println!("Generated a new API key. It is shown only this once and stored in {} (mode 0600):\n\n    {key}\n", path.display());
+    println!(
+        "Generated a new API key. It is shown only this once and stored in {} (mode 0600):\n\n    {key}\n",
+        path.display()
+    );
     KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{e}"))
 }
 

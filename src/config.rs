@@ -80,12 +80,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
-    #[arg(
-        long,
-        env = "GATEHOUSE_SLED_FLUSH_EVERY_MS",
-        default_value_t = 500,
-        hide = true
-    )]
+    #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
 }
 

@@ -76,13 +76,7 @@ mod tests {
 
     #[test]
     fn envelope_shape() {
-        let s = render(
-            "abcd1234",
-            7,
-            ROOM_CREATED,
-            &serde_json::json!({"room": "r"}),
-            1_500,
-        );
+        let s = render("abcd1234", 7, ROOM_CREATED, &serde_json::json!({"room": "r"}), 1_500);
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["id"], "evt_abcd1234_7");
         assert_eq!(v["seq"], 7);

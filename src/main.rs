@@ -6,10 +6,7 @@ use gatehouse::config::{Cli, Command, KeysAction};
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG")
-                .unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {
@@ -23,8 +20,6 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     let settings = args.validate(std::env::var("GATEHOUSE_API_KEY").ok())?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(gatehouse::app::run(settings))
 }

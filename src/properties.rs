@@ -90,9 +90,7 @@ pub fn check(name: &str, kind: Kind, v: &Value) -> Result<(), PropertyError> {
         Kind::Number => v.as_f64().is_some_and(f64::is_finite),
         Kind::Str(max) => v.as_str().is_some_and(|s| s.chars().count() <= max),
         Kind::Text(max) => v.as_str().is_some_and(|s| is_plain_text(s, max)),
-        Kind::StrOrFalse(max) => {
-            v == &Value::Bool(false) || v.as_str().is_some_and(|s| s.chars().count() <= max)
-        }
+        Kind::StrOrFalse(max) => v == &Value::Bool(false) || v.as_str().is_some_and(|s| s.chars().count() <= max),
         Kind::Object => v.is_object(),
         Kind::Permissions => return check_permissions(name, v),
     };
@@ -126,17 +124,15 @@ fn expectation(kind: Kind) -> String {
 }
 
 fn check_permissions(name: &str, v: &Value) -> Result<(), PropertyError> {
-    let obj = v
-        .as_object()
-        .ok_or_else(|| bad(name, "must be an object"))?;
+    let obj = v.as_object().ok_or_else(|| bad(name, "must be an object"))?;
     for (k, pv) in obj {
         let ok = match k.as_str() {
             "hasPresence" => pv.is_boolean(),
             "canSend" | "canAdmin" | "canReceive" => {
                 pv.is_boolean()
-                    || pv.as_array().is_some_and(|a| {
-                        a.len() <= 32 && a.iter().all(|s| s.as_str().is_some_and(|s| s.len() <= 64))
-                    })
+                    || pv
+                        .as_array()
+                        .is_some_and(|a| a.len() <= 32 && a.iter().all(|s| s.as_str().is_some_and(|s| s.len() <= 64)))
             }
             _ => return Err(bad(name, format!("has an unknown field '{k}'"))),
         };
@@ -186,15 +182,7 @@ mod tests {
 
     #[test]
     fn nulls_dropped_or_kept() {
-        assert_eq!(
-            validate(T, &obj(json!({"exp": null})), false)
-                .unwrap()
-                .len(),
-            0
-        );
-        assert_eq!(
-            validate(T, &obj(json!({"exp": null})), true).unwrap().len(),
-            1
-        );
+        assert_eq!(validate(T, &obj(json!({"exp": null})), false).unwrap().len(), 0);
+        assert_eq!(validate(T, &obj(json!({"exp": null})), true).unwrap().len(), 1);
     }
 }

@@ -236,9 +236,7 @@ mod tests {
     fn random_names_are_20_lowercase_alnum() {
         let a = random_name();
         assert_eq!(a.len(), 20);
-        assert!(a
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
+        assert!(a.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()));
         assert_ne!(a, random_name());
     }
 

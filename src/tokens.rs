@@ -206,10 +206,7 @@ impl TokenProps {
     }
 
     pub fn is_owner(&self) -> bool {
-        self.0
-            .get("is_owner")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        self.0.get("is_owner").and_then(Value::as_bool).unwrap_or(false)
     }
 }
 
@@ -320,10 +317,7 @@ impl Claims {
             "eject_at_token_exp",
             self.eject_at_token_exp.then_some(Value::Bool(true)),
         );
-        put(
-            "eject_after_elapsed",
-            self.eject_after_elapsed.map(Value::from),
-        );
+        put("eject_after_elapsed", self.eject_after_elapsed.map(Value::from));
         put("permissions", self.permissions.clone());
         Value::Object(m)
     }
@@ -341,9 +335,8 @@ fn number(f: f64) -> Value {
 /// Verifies signature (HS256 only), key and domain. `domain_id` is this server's; a `d` claim
 /// naming another domain is refused.
 pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, Rejection> {
-    let header = jsonwebtoken::decode_header(token).map_err(|_| {
-        Rejection::Malformed("the header is not a JWT header with a supported algorithm".into())
-    })?;
+    let header = jsonwebtoken::decode_header(token)
+        .map_err(|_| Rejection::Malformed("the header is not a JWT header with a supported algorithm".into()))?;
     if header.alg != Algorithm::HS256 {
         return Err(Rejection::Algorithm);
     }
@@ -373,9 +366,7 @@ pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, 
                     token_id,
                 });
             }
-            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => {
-                continue
-            }
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => continue,
             Err(_) => {
                 return Err(Rejection::Malformed(
                     "the payload is not a JSON object of claims".into(),
@@ -389,10 +380,7 @@ pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, 
 /// `sha256:<hex>` of a token: how tokens without `jti` are named in revocations and logs.
 pub fn token_hash(token: &str) -> String {
     let d = Sha256::digest(token.as_bytes());
-    format!(
-        "sha256:{}",
-        d.iter().map(|b| format!("{b:02x}")).collect::<String>()
-    )
+    format!("sha256:{}", d.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// A short, non-secret name for a token in logs and events: its `jti` or a hash prefix.
@@ -401,9 +389,7 @@ pub fn short_id(token_id: &str) -> &str {
 }
 
 fn claim<'a>(c: &'a Map<String, Value>, short: &str, long: &str) -> Option<&'a Value> {
-    c.get(short)
-        .or_else(|| c.get(long))
-        .filter(|v| !v.is_null())
+    c.get(short).or_else(|| c.get(long)).filter(|v| !v.is_null())
 }
 
 fn string_claim(
@@ -431,12 +417,7 @@ fn time_claim(c: &Map<String, Value>, name: &'static str) -> Result<Option<f64>,
     }
 }
 
-fn bool_claim(
-    c: &Map<String, Value>,
-    short: &str,
-    long: &str,
-    name: &'static str,
-) -> Result<bool, Rejection> {
+fn bool_claim(c: &Map<String, Value>, short: &str, long: &str, name: &'static str) -> Result<bool, Rejection> {
     match claim(c, short, long) {
         None => Ok(false),
         Some(Value::Bool(b)) => Ok(*b),
@@ -525,7 +506,12 @@ mod tests {
     #[test]
     fn issued_token_round_trips() {
         let r = ring();
-        let props = TokenProps::validate(json!({"room_name": "hello", "is_owner": true, "exp": 2000000000, "enable_prejoin_ui": true}).as_object().unwrap()).unwrap();
+        let props = TokenProps::validate(
+            json!({"room_name": "hello", "is_owner": true, "exp": 2000000000, "enable_prejoin_ui": true})
+                .as_object()
+                .unwrap(),
+        )
+        .unwrap();
         let t = sign(r.primary(), &props, DOMAIN, 1_700_000_000, "jti-1").unwrap();
         let v = verify(&r, DOMAIN, &t).unwrap();
         assert_eq!(v.claims.room.as_deref(), Some("hello"));
@@ -533,19 +519,12 @@ mod tests {
         assert_eq!(v.token_id, "jti-1");
         assert_eq!(v.claims.to_long_json()["enable_prejoin_ui"], json!(true));
         assert_eq!(v.claims.to_long_json()["exp"], json!(2000000000));
-        assert_eq!(
-            verify(&r, "other-domain", &t).unwrap_err(),
-            Rejection::WrongDomain
-        );
+        assert_eq!(verify(&r, "other-domain", &t).unwrap_err(), Rejection::WrongDomain);
     }
 
     #[test]
     fn offline_token_without_kid_or_iat() {
-        let t = offline(
-            json!({"r": "hello", "d": DOMAIN, "ud": "u1"}),
-            Algorithm::HS256,
-            KEY,
-        );
+        let t = offline(json!({"r": "hello", "d": DOMAIN, "ud": "u1"}), Algorithm::HS256, KEY);
         let v = verify(&ring(), DOMAIN, &t).unwrap();
         assert_eq!(v.claims.user_id.as_deref(), Some("u1"));
         assert!(v.token_id.starts_with("sha256:"));
@@ -559,38 +538,18 @@ mod tests {
             Algorithm::HS256,
             "ffffffffffffffffffffffffffffffffffffffff",
         );
-        assert_eq!(
-            verify(&r, DOMAIN, &other).unwrap_err(),
-            Rejection::BadSignature
-        );
+        assert_eq!(verify(&r, DOMAIN, &other).unwrap_err(), Rejection::BadSignature);
         let hs384 = offline(json!({"r": "x"}), Algorithm::HS384, KEY);
-        assert_eq!(
-            verify(&r, DOMAIN, &hs384).unwrap_err(),
-            Rejection::Algorithm
-        );
+        assert_eq!(verify(&r, DOMAIN, &hs384).unwrap_err(), Rejection::Algorithm);
         let string_exp = offline(json!({"exp": "2000000000"}), Algorithm::HS256, KEY);
-        assert_eq!(
-            verify(&r, DOMAIN, &string_exp).unwrap_err(),
-            Rejection::BadClaim("exp")
-        );
+        assert_eq!(verify(&r, DOMAIN, &string_exp).unwrap_err(), Rejection::BadClaim("exp"));
         // alg "none": header {"alg":"none","typ":"JWT"}, payload {}, empty signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.";
-        assert!(matches!(
-            verify(&r, DOMAIN, none).unwrap_err(),
-            Rejection::Malformed(_)
-        ));
+        assert!(matches!(verify(&r, DOMAIN, none).unwrap_err(), Rejection::Malformed(_)));
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some("nope".into());
-        let unknown = jsonwebtoken::encode(
-            &h,
-            &json!({}),
-            &EncodingKey::from_secret(KEY.as_bytes()).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            verify(&r, DOMAIN, &unknown).unwrap_err(),
-            Rejection::UnknownKey
-        );
+        let unknown = jsonwebtoken::encode(&h, &json!({}), &EncodingKey::from_secret(KEY.as_bytes()).unwrap()).unwrap();
+        assert_eq!(verify(&r, DOMAIN, &unknown).unwrap_err(), Rejection::UnknownKey);
         let good = offline(json!({"r": "x"}), Algorithm::HS256, KEY);
         let tampered = good.replace(".eyJ", ".eyK");
         assert!(verify(&r, DOMAIN, &tampered).is_err());

@@ -13,8 +13,7 @@ fn random_names_are_20_chars_of_a_z_0_9() {
         let name = room["name"].as_str().unwrap();
         assert_eq!(name.len(), 20);
         assert!(
-            name.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
+            name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
             "{name}"
         );
         assert!(seen.insert(name.to_string()));
@@ -25,13 +24,7 @@ fn random_names_are_20_chars_of_a_z_0_9() {
         assert!(uuid_like(room["id"].as_str().unwrap()));
     }
     // An empty name is "no name" too (the dashboard sends it).
-    assert_eq!(
-        s.create_room(json!({"name": ""}))["name"]
-            .as_str()
-            .unwrap()
-            .len(),
-        20
-    );
+    assert_eq!(s.create_room(json!({"name": ""}))["name"].as_str().unwrap().len(), 20);
 }
 
 fn uuid_like(s: &str) -> bool {
@@ -44,9 +37,7 @@ fn named_private_room_with_properties_round_trips() {
     let props = json!({"exp": 1893456000, "max_participants": 4, "enable_chat": false, "enable_prejoin_ui": false,
         "enable_emoji_reactions": false, "eject_at_room_exp": false, "start_video_off": false, "lang": "fr",
         "enable_recording": "cloud", "permissions": {"canSend": true}});
-    let room = s.create_room(
-        json!({"name": "private-room-test", "privacy": "private", "properties": props}),
-    );
+    let room = s.create_room(json!({"name": "private-room-test", "privacy": "private", "properties": props}));
     assert_eq!(room["name"], "private-room-test");
     assert_eq!(room["privacy"], "private");
     assert_eq!(room["config"], props);
@@ -79,21 +70,13 @@ fn taken_and_reserved_and_bad_names_are_refused() {
     ] {
         let r = s.post("/v1/rooms", &json!({"name": reserved}));
         assert_eq!(r.status, 400, "{reserved}");
-        assert!(
-            r.body["info"].as_str().unwrap().contains("reserved"),
-            "{}",
-            r.text
-        );
+        assert!(r.body["info"].as_str().unwrap().contains("reserved"), "{}", r.text);
     }
     for bad in ["a b", "x/y", "é", "a.b", &"a".repeat(129)] {
         let r = s.post("/v1/rooms", &json!({"name": bad}));
         assert_eq!(r.status, 400, "{bad}");
     }
-    assert_eq!(
-        s.post("/v1/rooms", &json!({"name": "a".repeat(128)}))
-            .status,
-        200
-    );
+    assert_eq!(s.post("/v1/rooms", &json!({"name": "a".repeat(128)})).status, 200);
     assert_eq!(s.post("/v1/rooms", &json!({"name": 5})).status, 400);
 }
 
@@ -101,27 +84,15 @@ fn taken_and_reserved_and_bad_names_are_refused() {
 fn properties_are_validated_and_unknown_ones_named() {
     let s = Server::start();
     let cases = [
-        (
-            json!({"properties": {"no_such_thing": true}}),
-            "no_such_thing",
-        ),
+        (json!({"properties": {"no_such_thing": true}}), "no_such_thing"),
         (json!({"properties": {"exp": "tomorrow"}}), "exp"),
         (json!({"properties": {"exp": -5}}), "exp"),
         (json!({"properties": {"nbf": 1e300}}), "nbf"),
         (json!({"properties": {"exp": 99999999999999999u64}}), "exp"),
-        (
-            json!({"properties": {"max_participants": 0}}),
-            "max_participants",
-        ),
-        (
-            json!({"properties": {"max_participants": 2.5}}),
-            "max_participants",
-        ),
+        (json!({"properties": {"max_participants": 0}}), "max_participants"),
+        (json!({"properties": {"max_participants": 2.5}}), "max_participants"),
         (json!({"properties": {"enable_chat": "yes"}}), "enable_chat"),
-        (
-            json!({"properties": {"nbf": 2000000000, "exp": 1900000000}}),
-            "nbf",
-        ),
+        (json!({"properties": {"nbf": 2000000000, "exp": 1900000000}}), "nbf"),
         (json!({"privacy": "secret"}), "privacy"),
         (json!({"properties": []}), "properties"),
         (json!({"nmae": "typo"}), "nmae"),
@@ -130,11 +101,7 @@ fn properties_are_validated_and_unknown_ones_named() {
         let r = s.post("/v1/rooms", &body);
         assert_eq!(r.status, 400, "{body}");
         assert_eq!(r.body["error"], "invalid-request-error", "{body}");
-        assert!(
-            r.body["info"].as_str().unwrap().contains(word),
-            "{body} → {}",
-            r.text
-        );
+        assert!(r.body["info"].as_str().unwrap().contains(word), "{body} → {}", r.text);
     }
     assert_eq!(s.get("/v1/rooms").body["total_count"], 0);
 }
@@ -149,28 +116,14 @@ fn update_merges_and_null_removes() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["privacy"], "private");
-    assert_eq!(
-        r.body["config"],
-        json!({"enable_chat": true, "max_participants": 3})
-    );
+    assert_eq!(r.body["config"], json!({"enable_chat": true, "max_participants": 3}));
     assert_eq!(
         s.get("/v1/rooms/r1").body["config"],
         json!({"enable_chat": true, "max_participants": 3})
     );
-    assert_eq!(
-        s.post("/v1/rooms/r1", &json!({"properties": {"bogus": 1}}))
-            .status,
-        400
-    );
-    assert_eq!(
-        s.post("/v1/rooms/r1", &json!({"name": "renamed"})).status,
-        400
-    );
-    assert_eq!(
-        s.post("/v1/rooms/nope", &json!({"privacy": "public"}))
-            .status,
-        404
-    );
+    assert_eq!(s.post("/v1/rooms/r1", &json!({"properties": {"bogus": 1}})).status, 400);
+    assert_eq!(s.post("/v1/rooms/r1", &json!({"name": "renamed"})).status, 400);
+    assert_eq!(s.post("/v1/rooms/nope", &json!({"privacy": "public"})).status, 404);
     // nbf after the stored exp is refused against the merged state.
     s.post("/v1/rooms/r1", &json!({"properties": {"exp": 1893456000}}));
     let r = s.post("/v1/rooms/r1", &json!({"properties": {"nbf": 1893456001}}));
@@ -226,24 +179,17 @@ fn list_is_newest_first_with_cursors() {
     expect.reverse();
     assert_eq!(listed, expect);
 
-    let page1 = s.get("/v1/rooms?limit=3").body["data"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let page1 = s.get("/v1/rooms?limit=3").body["data"].as_array().unwrap().clone();
     assert_eq!(page1.len(), 3);
     let last_id = page1[2]["id"].as_str().unwrap();
-    let page2 = s
-        .get(&format!("/v1/rooms?limit=3&starting_after={last_id}"))
-        .body["data"]
+    let page2 = s.get(&format!("/v1/rooms?limit=3&starting_after={last_id}")).body["data"]
         .as_array()
         .unwrap()
         .clone();
     let p2: Vec<&str> = page2.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(p2, vec!["room-3", "room-2", "room-1"]);
     let first_of_p2 = page2[0]["id"].as_str().unwrap();
-    let back = s
-        .get(&format!("/v1/rooms?limit=2&ending_before={first_of_p2}"))
-        .body["data"]
+    let back = s.get(&format!("/v1/rooms?limit=2&ending_before={first_of_p2}")).body["data"]
         .as_array()
         .unwrap()
         .clone();
@@ -260,10 +206,7 @@ fn list_is_newest_first_with_cursors() {
         assert_eq!(s.get(&format!("/v1/rooms?{bad}")).status, 400, "{bad}");
     }
     let unknown = "00000000-0000-4000-8000-000000000000";
-    assert_eq!(
-        s.get(&format!("/v1/rooms?starting_after={unknown}")).status,
-        400
-    );
+    assert_eq!(s.get(&format!("/v1/rooms?starting_after={unknown}")).status, 400);
 }
 
 #[test]
@@ -277,10 +220,6 @@ fn rooms_and_events_survive_a_clean_restart() {
     let s2 = Server::start_in(&dir, &[]);
     assert_eq!(s2.get("/v1/rooms/keep").body["privacy"], "private");
     s2.create_room(json!({"name": "after"}));
-    let seqs: Vec<u64> = s2
-        .events()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = s2.events().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 2]);
 }

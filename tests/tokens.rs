@@ -9,43 +9,25 @@ use serde_json::{json, Value};
 fn offline(claims: Value, alg: Algorithm, key: &str, kid: Option<&str>) -> String {
     let mut h = Header::new(alg);
     h.kid = kid.map(String::from);
-    jsonwebtoken::encode(
-        &h,
-        &claims,
-        &EncodingKey::from_secret(key.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(key.as_bytes()).unwrap()).unwrap()
 }
 
 fn payload(token: &str) -> Value {
     use base64::Engine;
     let seg = token.split('.').nth(1).unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(seg)
-            .unwrap(),
-    )
-    .unwrap()
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).unwrap()).unwrap()
 }
 
 fn header(token: &str) -> Value {
     use base64::Engine;
     let seg = token.split('.').next().unwrap();
-    serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(seg)
-            .unwrap(),
-    )
-    .unwrap()
+    serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(seg).unwrap()).unwrap()
 }
 
 #[test]
 fn issued_token_uses_compact_claims_kid_and_domain() {
     let s = Server::start();
-    let domain = s.get("/v1/").body["domain_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let domain = s.get("/v1/").body["domain_id"].as_str().unwrap().to_string();
     let t = s.token(json!({"room_name": "private-room-test", "is_owner": true, "user_name": "Ann", "user_id": "u-1",
         "exp": 1893456000, "nbf": 1500000000, "eject_at_token_exp": true, "eject_after_elapsed": 3, "enable_prejoin_ui": true}));
     let p = payload(&t);
@@ -91,9 +73,7 @@ fn token_created_event_and_listing_never_hold_the_jwt() {
     assert_eq!(page["has_more"], true);
     let after = page["data"][1]["jti"].as_str().unwrap();
     let rest = s
-        .get(&format!(
-            "/v1/meeting-tokens?limit=2&starting_after={after}"
-        ))
+        .get(&format!("/v1/meeting-tokens?limit=2&starting_after={after}"))
         .body;
     assert_eq!(rest["data"].as_array().unwrap().len(), 1);
     assert_eq!(rest["data"][0]["room_name"], "a");
@@ -105,36 +85,20 @@ fn token_properties_are_validated() {
     let s = Server::start();
     let cases = [
         (json!({"properties": {"room": "x"}}), "room"),
-        (
-            json!({"properties": {"user_name": "x".repeat(101)}}),
-            "user_name",
-        ),
-        (
-            json!({"properties": {"user_name": "bell\u{7}"}}),
-            "user_name",
-        ),
+        (json!({"properties": {"user_name": "x".repeat(101)}}), "user_name"),
+        (json!({"properties": {"user_name": "bell\u{7}"}}), "user_name"),
         (json!({"properties": {"exp": "soon"}}), "exp"),
         (json!({"properties": {"nbf": -1}}), "nbf"),
         (json!({"properties": {"is_owner": "yes"}}), "is_owner"),
-        (
-            json!({"properties": {"room_name": "bad name"}}),
-            "room_name",
-        ),
-        (
-            json!({"properties": {"permissions": {"canAdmin": 5}}}),
-            "permissions",
-        ),
+        (json!({"properties": {"room_name": "bad name"}}), "room_name"),
+        (json!({"properties": {"permissions": {"canAdmin": 5}}}), "permissions"),
         (json!({"properties": {"nbf": 20, "exp": 10}}), "nbf"),
         (json!({"props": {}}), "props"),
     ];
     for (body, word) in cases {
         let r = s.post("/v1/meeting-tokens", &body);
         assert_eq!(r.status, 400, "{body}");
-        assert!(
-            r.body["info"].as_str().unwrap().contains(word),
-            "{body}: {}",
-            r.text
-        );
+        assert!(r.body["info"].as_str().unwrap().contains(word), "{body}: {}", r.text);
     }
 }
 
@@ -146,21 +110,15 @@ fn time_checks_ignore_nbf_and_verbose() {
     let r = s.get(&format!("/v1/meeting-tokens/{later}"));
     assert_eq!(r.status, 400);
     assert!(r.body["info"].as_str().unwrap().contains("not valid yet"));
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}?ignoreNbf=true")).status, 200);
     assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?ignoreNbf=true"))
-            .status,
-        200
-    );
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true"))
-            .body["status"],
+        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
         "not_yet_valid"
     );
     s.advance(3600.0);
     assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}")).status, 200);
     assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true"))
-            .body["status"],
+        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
         "valid"
     );
     s.advance(3600.0);
@@ -168,8 +126,7 @@ fn time_checks_ignore_nbf_and_verbose() {
     assert_eq!(r.status, 400);
     assert!(r.body["info"].as_str().unwrap().contains("expired"));
     assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true"))
-            .body["status"],
+        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
         "expired"
     );
 }
@@ -177,10 +134,7 @@ fn time_checks_ignore_nbf_and_verbose() {
 #[test]
 fn offline_tokens_minted_with_the_api_key_validate() {
     let s = Server::start();
-    let domain = s.get("/v1/").body["domain_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let domain = s.get("/v1/").body["domain_id"].as_str().unwrap().to_string();
     // As a real client mints them: no kid, no iat, some long names, unknown extras.
     let t = offline(
         json!({"r": "room-1", "d": domain, "u": "Zoe", "o": false, "enable_prejoin_ui": true,
@@ -207,21 +161,13 @@ fn bad_tokens_get_clear_400s() {
     let s = Server::start();
     let other_key = "9999999999999999999999999999999999999999999999999999999999999999aa";
     let cases: Vec<(String, &str)> = vec![
-        (
-            offline(json!({"r": "x"}), Algorithm::HS384, KEY, None),
-            "algorithm",
-        ),
+        (offline(json!({"r": "x"}), Algorithm::HS384, KEY, None), "algorithm"),
         (
             offline(json!({"r": "x"}), Algorithm::HS256, other_key, None),
             "signature",
         ),
         (
-            offline(
-                json!({"r": "x"}),
-                Algorithm::HS256,
-                KEY,
-                Some("0000000000000000"),
-            ),
+            offline(json!({"r": "x"}), Algorithm::HS256, KEY, Some("0000000000000000")),
             "key",
         ),
         (
@@ -243,11 +189,7 @@ fn bad_tokens_get_clear_400s() {
         let r = s.get(&format!("/v1/meeting-tokens/{t}"));
         assert_eq!(r.status, 400, "{word}: {}", r.text);
         assert_eq!(r.body["error"], "invalid-request-error");
-        assert!(
-            r.body["info"].as_str().unwrap().contains(word),
-            "{word}: {}",
-            r.text
-        );
+        assert!(r.body["info"].as_str().unwrap().contains(word), "{word}: {}", r.text);
         assert!(!r.text.contains(t.as_str()), "the token is echoed");
         let v = s.get(&format!("/v1/meeting-tokens/{t}?verbose=true"));
         assert_eq!(v.status, 200);
@@ -261,23 +203,16 @@ fn bad_tokens_get_clear_400s() {
         "another-key-another-key-another-key-123",
         None,
     );
-    let tampered = format!(
-        "{}.{}.{}",
-        parts[0],
-        forged.split('.').nth(1).unwrap(),
-        parts[2]
-    );
+    let tampered = format!("{}.{}.{}", parts[0], forged.split('.').nth(1).unwrap(), parts[2]);
     let r = s.get(&format!("/v1/meeting-tokens/{tampered}"));
     assert_eq!(r.status, 400);
     assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{tampered}?verbose=true"))
-            .body["status"],
+        s.get(&format!("/v1/meeting-tokens/{tampered}?verbose=true")).body["status"],
         "bad_signature"
     );
     let unknown_kid = &cases[2].0;
     assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{unknown_kid}?verbose=true"))
-            .body["status"],
+        s.get(&format!("/v1/meeting-tokens/{unknown_kid}?verbose=true")).body["status"],
         "unknown_key"
     );
     // The key never appears in the log.

@@ -11,10 +11,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 
-pub async fn list(
-    state: &Arc<AppState>,
-    req: &Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let after = wire::int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0) as u64;
@@ -24,14 +21,8 @@ pub async fn list(
         None => None,
         Some(s) => {
             let list: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
-            if let Some(bad) = list
-                .iter()
-                .find(|t| !crate::events::ALL_TYPES.contains(&t.as_str()))
-            {
-                return Err(ApiError::invalid(format!(
-                    "unknown event type '{}'",
-                    wire::clip(bad)
-                )));
+            if let Some(bad) = list.iter().find(|t| !crate::events::ALL_TYPES.contains(&t.as_str())) {
+                return Err(ApiError::invalid(format!("unknown event type '{}'", wire::clip(bad))));
             }
             Some(list)
         }
@@ -50,9 +41,7 @@ pub async fn list(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let page = state.store.events(after, limit, types.as_deref())?;
-        let waiting = page.envelopes.is_empty()
-            && page.next_after == after
-            && tokio::time::Instant::now() < deadline;
+        let waiting = page.envelopes.is_empty() && page.next_after == after && tokio::time::Instant::now() < deadline;
         if !waiting {
             let data: Vec<Value> = page
                 .envelopes
@@ -63,10 +52,7 @@ pub async fn list(
                 &json!({"data": data, "next_after": page.next_after, "has_more": page.has_more, "head_seq": page.head_seq}),
             ));
         }
-        if tokio::time::timeout_at(deadline, durable.changed())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout_at(deadline, durable.changed()).await.is_err() {
             continue;
         }
     }

@@ -84,12 +84,7 @@ impl AppState {
 
 /// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
 /// in-flight connections `grace` to finish.
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
-    grace: Duration,
-) {
+pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -115,10 +110,7 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             grace_secs = grace.as_secs(),
             "some connections were still busy at the shutdown deadline"
@@ -127,11 +119,7 @@ pub async fn serve(
 }
 
 /// Runs one request in its own task so that a panic becomes a 500, not a dropped connection.
-async fn handle(
-    state: Arc<AppState>,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = format!("{:x}", state.request_ids.fetch_add(1, Ordering::Relaxed));
     let method = req.method().clone();
@@ -179,9 +167,7 @@ async fn dispatch(
         (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
         (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,
         (["v1", "rooms", name], &Method::GET) => rooms::get(state, &req, name),
-        (["v1", "rooms", name], &Method::POST) => {
-            rooms::update(state, req, &name.to_string()).await
-        }
+        (["v1", "rooms", name], &Method::POST) => rooms::update(state, req, &name.to_string()).await,
         (["v1", "rooms", name], &Method::DELETE) => rooms::delete(state, &req, name).await,
         (["v1", "meeting-tokens"], &Method::POST) => tokens::create(state, req).await,
         (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
@@ -192,9 +178,7 @@ async fn dispatch(
         (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => {
             Err(ApiError::method_not_allowed("GET"))
         }
-        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => {
-            Err(ApiError::method_not_allowed("GET, POST"))
-        }
+        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => Err(ApiError::method_not_allowed("GET, POST")),
         (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
         _ => Err(ApiError::not_found("no such route")),
     }

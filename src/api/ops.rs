@@ -41,10 +41,7 @@ pub fn domain(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response
 
 /// Moves the server's clock: `{"advance_secs": n}` or `{"set_ms": t}`. Test builds only.
 #[cfg(feature = "test-clock")]
-pub async fn test_clock(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(req, state.settings.body_limit).await?;
     let body = wire::parse_object(&bytes)?;

@@ -12,10 +12,7 @@ use super::{auth, AppState, Body};
 use crate::rooms::{self, Privacy, Room};
 use crate::store::{Command, Outcome, RoomCursor};
 
-async fn json_body(
-    state: &AppState,
-    req: Request<Incoming>,
-) -> Result<Map<String, Value>, ApiError> {
+async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(req, state.settings.body_limit).await?;
     wire::parse_object(&bytes)
@@ -41,10 +38,7 @@ pub(super) fn unexpected(o: Outcome) -> ApiError {
     ApiError::internal("writer")
 }
 
-pub async fn create(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = json_body(state, req).await?;
     wire::only_fields(&body, &["name", "privacy", "properties"])?;
     let name = wire::opt_str(&body, "name")?.filter(|n| !n.is_empty());
@@ -52,8 +46,7 @@ pub async fn create(
         rooms::validate_name(n)?;
     }
     let privacy = privacy_field(&body)?.unwrap_or(Privacy::Public);
-    let config =
-        rooms::validate_properties(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
+    let config = rooms::validate_properties(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
     let out = state
         .store
         .submit(Command::CreateRoom {
@@ -75,20 +68,13 @@ fn live_room(state: &AppState, name: &str) -> Result<Room, ApiError> {
         .ok_or_else(|| ApiError::not_found("room not found"))
 }
 
-pub fn get(
-    state: &Arc<AppState>,
-    req: &Request<Incoming>,
-    name: &str,
-) -> Result<Response<Body>, ApiError> {
+pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     let room = live_room(state, name)?;
     Ok(ok(&room.to_json(&state.settings.public_url)))
 }
 
-fn cursor_param(
-    q: &std::collections::HashMap<String, String>,
-    name: &str,
-) -> Result<Option<uuid::Uuid>, ApiError> {
+fn cursor_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<uuid::Uuid>, ApiError> {
     match q.get(name).filter(|s| !s.is_empty()) {
         None => Ok(None),
         Some(s) => uuid::Uuid::parse_str(s)
@@ -101,10 +87,7 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let limit = wire::int_param(&q, "limit", 1, 100)?.unwrap_or(100) as usize;
-    let cursor = match (
-        cursor_param(&q, "starting_after")?,
-        cursor_param(&q, "ending_before")?,
-    ) {
+    let cursor = match (cursor_param(&q, "starting_after")?, cursor_param(&q, "ending_before")?) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "use either 'starting_after' or 'ending_before', not both",
@@ -124,21 +107,14 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
         .filter(|r| !r.is_expired(now))
         .map(|r| r.to_json(&state.settings.public_url))
         .collect();
-    Ok(ok(
-        &json!({"total_count": state.store.room_count()?, "data": data}),
-    ))
+    Ok(ok(&json!({"total_count": state.store.room_count()?, "data": data})))
 }
 
-pub async fn update(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-    name: &str,
-) -> Result<Response<Body>, ApiError> {
+pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
     let body = json_body(state, req).await?;
     wire::only_fields(&body, &["privacy", "properties"])?;
     let privacy = privacy_field(&body)?;
-    let patch =
-        rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
+    let patch = rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
     let out = state
         .store
         .submit(Command::UpdateRoom {
@@ -150,18 +126,12 @@ pub async fn update(
     room_response(state, out)
 }
 
-pub async fn delete(
-    state: &Arc<AppState>,
-    req: &Request<Incoming>,
-    name: &str,
-) -> Result<Response<Body>, ApiError> {
+pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     live_room(state, name)?;
     match state
         .store
-        .submit(Command::DeleteRoom {
-            name: name.to_string(),
-        })
+        .submit(Command::DeleteRoom { name: name.to_string() })
         .await?
     {
         Outcome::RoomDeleted(name) => Ok(ok(&json!({"deleted": true, "name": name}))),

@@ -13,25 +13,15 @@ use crate::events::{self, NewEvent};
 use crate::store::{Command, Outcome, TokenRecord};
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
-pub async fn create(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let key = auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(req, state.settings.body_limit).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["properties"])?;
-    let props =
-        TokenProps::validate(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
+    let props = TokenProps::validate(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
     let now_ms = state.clock.now_ms();
     let jti = uuid::Uuid::now_v7().to_string();
-    let token = tokens::sign(
-        key,
-        &props,
-        &state.domain_id(),
-        now_ms.div_euclid(1000),
-        &jti,
-    )?;
+    let token = tokens::sign(key, &props, &state.domain_id(), now_ms.div_euclid(1000), &jti)?;
     let record = TokenRecord {
         jti: jti.clone(),
         kid: key.kid.clone(),
@@ -44,11 +34,7 @@ pub async fn create(
         created_ms: now_ms,
     };
     let event = NewEvent::new(events::MEETING_TOKEN_CREATED, record_json(&record));
-    match state
-        .store
-        .submit(Command::CreateToken { record, event })
-        .await?
-    {
+    match state.store.submit(Command::CreateToken { record, event }).await? {
         Outcome::TokenRecorded => Ok(ok(&json!({"token": token}))),
         other => Err(super::rooms::unexpected(other)),
     }
@@ -77,29 +63,20 @@ fn status_word(r: &Rejection) -> &'static str {
     }
 }
 
-pub fn validate(
-    state: &Arc<AppState>,
-    req: &Request<Incoming>,
-    token: &str,
-) -> Result<Response<Body>, ApiError> {
+pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let ignore_nbf = wire::bool_param(&q, "ignoreNbf")?;
     let verbose = wire::bool_param(&q, "verbose")?;
     let verified = match tokens::verify(&state.keys, &state.domain_id(), token) {
         Ok(v) => v,
-        Err(r) if verbose => {
-            return Ok(ok(
-                &json!({"status": status_word(&r), "info": r.to_string()}),
-            ))
-        }
+        Err(r) if verbose => return Ok(ok(&json!({"status": status_word(&r), "info": r.to_string()}))),
         Err(r) => return Err(ApiError::invalid(r.to_string())),
     };
-    let status = match verified.claims.time_status(
-        state.clock.now_ms(),
-        state.settings.token_leeway_secs,
-        ignore_nbf,
-    ) {
+    let status = match verified
+        .claims
+        .time_status(state.clock.now_ms(), state.settings.token_leeway_secs, ignore_nbf)
+    {
         TimeStatus::Valid => "valid",
         TimeStatus::NotYetValid => "not_yet_valid",
         TimeStatus::Expired => "expired",
@@ -116,9 +93,7 @@ pub fn validate(
     }
     match status {
         "valid" => Ok(ok(&body)),
-        "not_yet_valid" => Err(ApiError::invalid(
-            "token is not valid yet (nbf is in the future)",
-        )),
+        "not_yet_valid" => Err(ApiError::invalid("token is not valid yet (nbf is in the future)")),
         _ => Err(ApiError::invalid("token has expired")),
     }
 }
@@ -127,14 +102,8 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let limit = wire::int_param(&q, "limit", 1, 100)?.unwrap_or(100) as usize;
-    let room = q
-        .get("room_name")
-        .filter(|s| !s.is_empty())
-        .map(String::as_str);
-    let before = q
-        .get("starting_after")
-        .filter(|s| !s.is_empty())
-        .map(String::as_str);
+    let room = q.get("room_name").filter(|s| !s.is_empty()).map(String::as_str);
+    let before = q.get("starting_after").filter(|s| !s.is_empty()).map(String::as_str);
     let records = state.store.list_tokens(room, limit + 1, before)?;
     let has_more = records.len() > limit;
     let data: Vec<Value> = records.iter().take(limit).map(record_json).collect();

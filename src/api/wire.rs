@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
@@ -13,6 +13,10 @@ use serde_json::{Map, Value};
 use super::error::ApiError;
 use super::Body;
 
+/// How much of an oversized body we read and discard so the client sees our 413 instead of a
+/// reset connection. Beyond this we answer at once and let the connection drop.
+const DRAIN_LIMIT: u64 = 1024 * 1024;
+
 /// Reads the whole body, refusing more than `limit` bytes (413).
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared = req
@@ -20,13 +24,36 @@ pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, Ap
         .get(CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let mut body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
+        if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
+            drain(&mut body).await;
+        }
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(req.into_body(), limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
-        Err(_) => Err(ApiError::invalid("could not read the request body")),
+    let mut buf = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(ApiError::invalid("could not read the request body"));
+        };
+        if let Ok(data) = frame.into_data() {
+            if buf.len() + data.len() > limit {
+                drain(&mut body).await;
+                return Err(ApiError::too_large(limit));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(Bytes::from(buf))
+}
+
+async fn drain(body: &mut Incoming) {
+    let mut seen = 0u64;
+    while let Some(Ok(frame)) = body.frame().await {
+        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if seen > DRAIN_LIMIT {
+            return;
+        }
     }
 }
 
@@ -35,8 +62,8 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(Map::new());
     }
-    let v: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::json_parsing(format!("body is not valid JSON: {e}")))?;
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::json_parsing(format!("body is not valid JSON: {e}")))?;
     match v {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::invalid("body must be a JSON object")),
@@ -46,10 +73,7 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
 /// Refuses fields not in `allowed`, naming the first one.
 pub fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
     match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid(format!(
-            "unknown parameter '{}'",
-            clip(k)
-        ))),
+        Some(k) => Err(ApiError::invalid(format!("unknown parameter '{}'", clip(k)))),
         None => Ok(()),
     }
 }
@@ -64,10 +88,7 @@ pub fn opt_str<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'
 }
 
 /// An optional object field (`null` = absent).
-pub fn opt_object<'a>(
-    body: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<&'a Map<String, Value>>, ApiError> {
+pub fn opt_object<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -87,13 +108,7 @@ pub fn clip(s: &str) -> String {
 /// Query parameters (form-encoded). Invalid UTF-8 is a 400.
 pub fn query(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();
-    for pair in req
-        .uri()
-        .query()
-        .unwrap_or("")
-        .split('&')
-        .filter(|p| !p.is_empty())
-    {
+    for pair in req.uri().query().unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         out.insert(decode_component(k)?, decode_component(v)?);
     }
@@ -122,12 +137,7 @@ pub fn segments(path: &str) -> Result<Vec<String>, ApiError> {
 }
 
 /// An optional integer query parameter within a range.
-pub fn int_param(
-    q: &HashMap<String, String>,
-    name: &str,
-    min: i64,
-    max: i64,
-) -> Result<Option<i64>, ApiError> {
+pub fn int_param(q: &HashMap<String, String>, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
     match q.get(name) {
         None => Ok(None),
         Some(s) => match s.parse::<i64>() {
@@ -166,12 +176,10 @@ pub fn full(b: Bytes) -> Body {
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut r = json_response(e.status, &e.body());
     if let Some(secs) = e.retry_after {
-        r.headers_mut()
-            .insert("retry-after", HeaderValue::from(secs));
+        r.headers_mut().insert("retry-after", HeaderValue::from(secs));
     }
     if let Some(allow) = e.allow {
-        r.headers_mut()
-            .insert("allow", HeaderValue::from_static(allow));
+        r.headers_mut().insert("allow", HeaderValue::from_static(allow));
     }
     r
 }

@@ -8,10 +8,7 @@ pub const META_ROOMS: &[u8] = b"room_count";
 
 /// `rooms_by_created`: created_ms (BE, negative clamped to 0) then the name.
 pub fn room_created(created_ms: i64, name: &str) -> Vec<u8> {
-    let mut k = u64::try_from(created_ms)
-        .unwrap_or(0)
-        .to_be_bytes()
-        .to_vec();
+    let mut k = u64::try_from(created_ms).unwrap_or(0).to_be_bytes().to_vec();
     k.extend_from_slice(name.as_bytes());
     k
 }

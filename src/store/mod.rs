@@ -183,10 +183,9 @@ impl Store {
             domain8: domain_id.simple().to_string()[..8].to_string(),
             sync_file: match opts.sync {
                 SyncMode::Flush => None,
-                SyncMode::Fdatasync => Some(
-                    std::fs::File::open(store_file(&opts.path))
-                        .map_err(|e| StoreError::Setup(e.to_string()))?,
-                ),
+                SyncMode::Fdatasync => {
+                    Some(std::fs::File::open(store_file(&opts.path)).map_err(|e| StoreError::Setup(e.to_string()))?)
+                }
             },
             public_url: opts.public_url.clone(),
             clock,
@@ -270,10 +269,7 @@ impl Store {
 
     pub fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
         match self.tree(Tree::Rooms).get(name.as_bytes())? {
-            Some(bytes) => Ok(Some(room_from_record(decode_room(
-                name.as_bytes(),
-                &bytes,
-            )?)?)),
+            Some(bytes) => Ok(Some(room_from_record(decode_room(name.as_bytes(), &bytes)?)?)),
             None => Ok(None),
         }
     }
@@ -283,19 +279,10 @@ impl Store {
     }
 
     /// A page of rooms, newest first. `Ok(None)` when the cursor names no room.
-    pub fn list_rooms(
-        &self,
-        limit: usize,
-        cursor: &RoomCursor,
-    ) -> Result<Option<Vec<Room>>, StoreError> {
+    pub fn list_rooms(&self, limit: usize, cursor: &RoomCursor) -> Result<Option<Vec<Room>>, StoreError> {
         let by_created = self.tree(Tree::RoomsByCreated);
         let names: Vec<sled::IVec> = match cursor {
-            RoomCursor::First => by_created
-                .iter()
-                .values()
-                .rev()
-                .take(limit)
-                .collect::<Result<_, _>>()?,
+            RoomCursor::First => by_created.iter().values().rev().take(limit).collect::<Result<_, _>>()?,
             RoomCursor::After(id) | RoomCursor::Before(id) => {
                 let Some(anchor) = self.room_by_id(id)? else {
                     return Ok(None);
@@ -338,12 +325,7 @@ impl Store {
 
     pub fn token(&self, jti: &str) -> Result<Option<TokenRecord>, StoreError> {
         match self.tree(Tree::Tokens).get(jti.as_bytes())? {
-            Some(b) => Ok(Some(records::decode(
-                "tokens",
-                jti.as_bytes(),
-                records::TOKEN_V1,
-                &b,
-            )?)),
+            Some(b) => Ok(Some(records::decode("tokens", jti.as_bytes(), records::TOKEN_V1, &b)?)),
             None => Ok(None),
         }
     }
@@ -398,12 +380,7 @@ impl Store {
     }
 
     /// Durable events after `after`, at most `limit`, only of `types` when given.
-    pub fn events(
-        &self,
-        after: u64,
-        limit: usize,
-        types: Option<&[String]>,
-    ) -> Result<EventPage, StoreError> {
+    pub fn events(&self, after: u64, limit: usize, types: Option<&[String]>) -> Result<EventPage, StoreError> {
         let head = self.durable_seq();
         let mut page = EventPage {
             envelopes: Vec::new(),
@@ -417,10 +394,7 @@ impl Store {
         // Bound how much one call examines when a filter skips most events.
         let mut examined = 0usize;
         let budget = limit.saturating_mul(100).max(10_000);
-        for item in self
-            .tree(Tree::Events)
-            .range(keys::seq(after + 1)..=keys::seq(head))
-        {
+        for item in self.tree(Tree::Events).range(keys::seq(after + 1)..=keys::seq(head)) {
             let (k, v) = item?;
             let seq = keys::u64_of(&k).ok_or_else(|| StoreError::Corrupt {
                 tree: "events",
@@ -457,13 +431,11 @@ fn store_file(path: &Path) -> PathBuf {
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
     match tree.get(key)? {
-        Some(v) => keys::u64_of(&v)
-            .map(Some)
-            .ok_or_else(|| StoreError::Corrupt {
-                tree: "meta",
-                key: keys::printable(key),
-                why: "not a u64".into(),
-            }),
+        Some(v) => keys::u64_of(&v).map(Some).ok_or_else(|| StoreError::Corrupt {
+            tree: "meta",
+            key: keys::printable(key),
+            why: "not a u64".into(),
+        }),
         None => Ok(None),
     }
 }
@@ -490,8 +462,7 @@ fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
 
 fn load_domain_id(meta: &sled::Tree) -> Result<uuid::Uuid, StoreError> {
     if let Some(v) = meta.get(keys::META_DOMAIN)? {
-        return uuid::Uuid::from_slice(&v)
-            .map_err(|_| StoreError::Setup("unreadable domain id".into()));
+        return uuid::Uuid::from_slice(&v).map_err(|_| StoreError::Setup("unreadable domain id".into()));
     }
     let id = uuid::Uuid::new_v4();
     meta.insert(keys::META_DOMAIN, id.as_bytes())?;
@@ -514,20 +485,15 @@ fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, StoreError> {
 }
 
 fn room_from_record(r: RoomRecord) -> Result<Room, StoreError> {
-    let config: Map<String, Value> =
-        serde_json::from_str(&r.config_json).map_err(|e| StoreError::Corrupt {
-            tree: "rooms",
-            key: r.name.clone(),
-            why: format!("config is not a JSON object: {e}"),
-        })?;
+    let config: Map<String, Value> = serde_json::from_str(&r.config_json).map_err(|e| StoreError::Corrupt {
+        tree: "rooms",
+        key: r.name.clone(),
+        why: format!("config is not a JSON object: {e}"),
+    })?;
     Ok(Room {
         id: uuid::Uuid::from_bytes(r.id),
         name: r.name,
-        privacy: if r.private {
-            Privacy::Private
-        } else {
-            Privacy::Public
-        },
+        privacy: if r.private { Privacy::Private } else { Privacy::Public },
         created_ms: r.created_ms,
         api_created: r.api_created,
         config,

@@ -57,27 +57,18 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreErro
     Ok(out)
 }
 
-pub fn decode<T: DeserializeOwned>(
-    tree: &'static str,
-    key: &[u8],
-    version: u8,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
+pub fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], version: u8, bytes: &[u8]) -> Result<T, StoreError> {
     let corrupt = |why: String| StoreError::Corrupt {
         tree,
         key: super::keys::printable(key),
         why,
     };
-    let (v, body) = bytes
-        .split_first()
-        .ok_or_else(|| corrupt("empty record".into()))?;
+    let (v, body) = bytes.split_first().ok_or_else(|| corrupt("empty record".into()))?;
     if *v != version {
-        return Err(corrupt(format!(
-            "record version {v}, this build reads {version}"
-        )));
+        return Err(corrupt(format!("record version {v}, this build reads {version}")));
     }
-    let (value, used) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| corrupt(e.to_string()))?;
+    let (value, used) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard()).map_err(|e| corrupt(e.to_string()))?;
     if used != body.len() {
         return Err(corrupt(format!("{} trailing bytes", body.len() - used)));
     }
@@ -102,10 +93,7 @@ mod tests {
             created_ms: 1,
         };
         let bytes = encode(TOKEN_V1, &r).unwrap();
-        assert_eq!(
-            decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &bytes).unwrap(),
-            r
-        );
+        assert_eq!(decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &bytes).unwrap(), r);
         assert!(decode::<TokenRecord>("tokens", b"j", 2, &bytes).is_err());
         assert!(decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &bytes[..3]).is_err());
         assert!(decode::<TokenRecord>("tokens", b"j", TOKEN_V1, &[]).is_err());

@@ -141,15 +141,15 @@ impl Writer {
 
     /// Flushes sled (and `fdatasync`s its file when configured), then publishes the new head.
     fn flush(&mut self) -> Result<(), String> {
-        let res =
-            self.s
-                .db
-                .flush()
-                .map_err(|e| e.to_string())
-                .and_then(|_| match &self.s.sync_file {
-                    Some(f) => f.sync_data().map_err(|e| e.to_string()),
-                    None => Ok(()),
-                });
+        let res = self
+            .s
+            .db
+            .flush()
+            .map_err(|e| e.to_string())
+            .and_then(|_| match &self.s.sync_file {
+                Some(f) => f.sync_data().map_err(|e| e.to_string()),
+                None => Ok(()),
+            });
         match &res {
             Ok(_) => {
                 self.s.writable.store(true, Ordering::SeqCst);
@@ -169,16 +169,10 @@ impl Writer {
             self.flush().map_err(StoreError::Unavailable)?;
         }
         let (ws, outcome) = match cmd {
-            Command::CreateRoom {
-                name,
-                privacy,
-                config,
-            } => self.create_room(name.take(), *privacy, std::mem::take(config))?,
-            Command::UpdateRoom {
-                name,
-                privacy,
-                patch,
-            } => self.update_room(name, *privacy, patch)?,
+            Command::CreateRoom { name, privacy, config } => {
+                self.create_room(name.take(), *privacy, std::mem::take(config))?
+            }
+            Command::UpdateRoom { name, privacy, patch } => self.update_room(name, *privacy, patch)?,
             Command::DeleteRoom { name } => self.delete_room(name)?,
             Command::CreateToken { record, event } => self.create_token(record, event)?,
             Command::Shutdown => return Ok(Outcome::Stopped),
@@ -195,10 +189,7 @@ impl Writer {
 
     fn get_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
         match self.s.trees.get(Tree::Rooms).get(name.as_bytes())? {
-            Some(b) => Ok(Some(room_from_record(super::decode_room(
-                name.as_bytes(),
-                &b,
-            )?)?)),
+            Some(b) => Ok(Some(room_from_record(super::decode_room(name.as_bytes(), &b)?)?)),
             None => Ok(None),
         }
     }
@@ -291,10 +282,7 @@ impl Writer {
         let mut ws = WriteSet::default();
         ws.del(Tree::Rooms, room.name.as_bytes());
         ws.del(Tree::RoomsById, room.id.as_bytes().to_vec());
-        ws.del(
-            Tree::RoomsByCreated,
-            keys::room_created(room.created_ms, &room.name),
-        );
+        ws.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
         ws.room_delta = -1;
         ws.event(events::ROOM_DELETED, self.room_json(&room));
         Ok((Some(ws), Outcome::RoomDeleted(room.name)))
@@ -374,9 +362,7 @@ impl Writer {
                 tracing::error!(error = %e, "store write failed; refusing writes until a flush succeeds");
                 Err(StoreError::Unavailable(e.to_string()))
             }
-            Err(TransactionError::Abort(())) => {
-                Err(StoreError::Unavailable("transaction aborted".into()))
-            }
+            Err(TransactionError::Abort(())) => Err(StoreError::Unavailable("transaction aborted".into())),
         }
     }
 }

@@ -155,16 +155,19 @@ impl Server {
 
     /// Moves the server's clock forward (needs a `test-clock` build).
     pub fn advance(&self, secs: f64) {
-        let r = self.post(
-            "/v1/_test/clock",
-            &serde_json::json!({"advance_secs": secs}),
+        let r = self.post("/v1/_test/clock", &serde_json::json!({"advance_secs": secs}));
+        assert_eq!(
+            r.status, 200,
+            "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`"
         );
-        assert_eq!(r.status, 200, "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`");
     }
 
     pub fn now_secs(&self) -> i64 {
         let r = self.post("/v1/_test/clock", &serde_json::json!({"advance_secs": 0}));
-        assert_eq!(r.status, 200, "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`");
+        assert_eq!(
+            r.status, 200,
+            "the clock control endpoint is missing: run the tests with `cargo test --features test-clock`"
+        );
         r.body["now_ms"].as_i64().unwrap() / 1000
     }
 
@@ -175,10 +178,7 @@ impl Server {
     }
 
     pub fn token(&self, props: Value) -> String {
-        let r = self.post(
-            "/v1/meeting-tokens",
-            &serde_json::json!({"properties": props}),
-        );
+        let r = self.post("/v1/meeting-tokens", &serde_json::json!({"properties": props}));
         assert_eq!(r.status, 200, "create token: {}", r.text);
         r.body["token"].as_str().unwrap().to_string()
     }
@@ -212,16 +212,8 @@ fn unsafe_kill(pid: u32, sig: &str) {
         .status();
 }
 
-pub fn call_url(
-    method: &str,
-    url: &str,
-    auth: Option<&str>,
-    body: Option<&str>,
-    headers: &[(&str, &str)],
-) -> Reply {
-    let agent = ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build();
+pub fn call_url(method: &str, url: &str, auth: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> Reply {
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build();
     let mut req = agent.request(method, url);
     if let Some(a) = auth {
         req = req.set("Authorization", &format!("Bearer {a}"));
@@ -245,10 +237,7 @@ pub fn call_url(
         .map(|n| (n.clone(), resp.header(n).unwrap_or("").to_string()))
         .collect();
     let mut text = String::new();
-    resp.into_reader()
-        .take(50_000_000)
-        .read_to_string(&mut text)
-        .unwrap();
+    resp.into_reader().take(50_000_000).read_to_string(&mut text).unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
     Reply {
         status,
