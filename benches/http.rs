@@ -1,1 +1,502 @@
-fn main() {}
+//! HTTP benchmark: the release server against a bare hyper hello-world baseline, same client,
+//! same concurrency (64 keep-alive connections), in the same run. Prints requests/s, p50/p99
+//! latency and the ratio to the baseline; then fills a store with 1,000,000 rooms and 1,000,000
+//! issued tokens and reports restart-to-ready time and RSS.
+//!
+//! Run: `cargo bench --bench http` (add `-- --quick` to skip the million-record part).
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use tokio::net::TcpStream;
+
+const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
+const CONNECTIONS: usize = 64;
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(6);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--baseline-server") {
+        return baseline_server();
+    }
+    if args.iter().any(|a| a == "--fill") {
+        return fill(&args[args.iter().position(|a| a == "--fill").unwrap() + 1]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(run(quick));
+}
+
+/// A hello-world hyper 1 server with the same server builder Gatehouse uses.
+fn baseline_server() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("gatehouse listening on http://{}", listener.local_addr().unwrap());
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let _ = stream.set_nodelay(true);
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(|_req| async {
+                    let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"{\"hello\":\"world\"}")));
+                    r.headers_mut().insert(
+                        "content-type",
+                        hyper::header::HeaderValue::from_static("application/json"),
+                    );
+                    Ok::<_, std::convert::Infallible>(r)
+                });
+                let b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+                let _ = b.serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+            });
+        }
+    });
+}
+
+struct Proc {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spawn(mut cmd: Command) -> Proc {
+    use std::io::BufRead;
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    for line in out.lines() {
+        let line = line.unwrap();
+        if let Some(url) = line.strip_prefix("gatehouse listening on http://") {
+            return Proc {
+                child,
+                addr: url.to_string(),
+            };
+        }
+    }
+    panic!("server did not start");
+}
+
+fn gatehouse(dir: &std::path::Path, sync: &str) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--sync", sync, "--data-dir"])
+        .arg(dir)
+        .env("GATEHOUSE_API_KEY", KEY)
+        .env("GATEHOUSE_LOG", "warn");
+    spawn(cmd)
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Get,
+    Post,
+}
+
+struct Result {
+    name: String,
+    rps: f64,
+    p50_us: u64,
+    p99_us: u64,
+    errors: u64,
+}
+
+/// Drives `CONNECTIONS` keep-alive connections as fast as they answer; `body(i)` makes the i-th body.
+async fn load(
+    name: &str,
+    addr: &str,
+    kind: Kind,
+    path: String,
+    body: Arc<dyn Fn(u64) -> String + Send + Sync>,
+) -> Result {
+    let counter = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..CONNECTIONS {
+        let (addr, path, body, counter, errors) = (
+            addr.to_string(),
+            path.clone(),
+            body.clone(),
+            counter.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let stream = TcpStream::connect(&addr).await.unwrap();
+            stream.set_nodelay(true).unwrap();
+            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            let mut lat = Vec::new();
+            loop {
+                let now = Instant::now();
+                if now - start > WARMUP + MEASURE {
+                    break;
+                }
+                let i = counter.fetch_add(1, Ordering::Relaxed);
+                let b = match kind {
+                    Kind::Get => Request::get(&path).body(Full::new(Bytes::new())),
+                    Kind::Post => Request::post(&path)
+                        .header("content-type", "application/json")
+                        .body(Full::new(Bytes::from(body(i)))),
+                };
+                let req = b
+                    .map(|mut r| {
+                        r.headers_mut().insert("host", "bench".parse().unwrap());
+                        r.headers_mut()
+                            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+                        r
+                    })
+                    .unwrap();
+                let t = Instant::now();
+                let res = send.send_request(req).await.unwrap();
+                let ok = res.status().is_success();
+                let _ = res.into_body().collect().await;
+                if now - start > WARMUP {
+                    lat.push(t.elapsed().as_micros() as u64);
+                    if !ok {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort_unstable();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    Result {
+        name: name.to_string(),
+        rps: all.len() as f64 / MEASURE.as_secs_f64(),
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        errors: errors.load(Ordering::Relaxed),
+    }
+}
+
+fn no_body() -> Arc<dyn Fn(u64) -> String + Send + Sync> {
+    Arc::new(|_| String::new())
+}
+
+async fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(path)
+        .header("host", "bench")
+        .header("authorization", format!("Bearer {KEY}"))
+        .body(Full::new(Bytes::from(body.to_string())))
+        .unwrap();
+    let res = send.send_request(req).await.unwrap();
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn run(quick: bool) {
+    let mut results = Vec::new();
+    {
+        let base = spawn({
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.arg("--baseline-server");
+            c
+        });
+        results.push(
+            load(
+                "baseline: hyper hello-world GET",
+                &base.addr,
+                Kind::Get,
+                "/".into(),
+                no_body(),
+            )
+            .await,
+        );
+    }
+    for sync in ["fdatasync", "flush"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let gh = gatehouse(&tmp.path().join("data"), sync);
+        let label = |s: &str| {
+            if sync == "fdatasync" {
+                s.to_string()
+            } else {
+                format!("{s} (--sync flush)")
+            }
+        };
+        results.push(
+            load(
+                &label("POST /v1/rooms (durable)"),
+                &gh.addr,
+                Kind::Post,
+                "/v1/rooms".into(),
+                Arc::new(|_| "{}".to_string()),
+            )
+            .await,
+        );
+        results.push(
+            load(
+                &label("POST /v1/meeting-tokens (durable)"),
+                &gh.addr,
+                Kind::Post,
+                "/v1/meeting-tokens".into(),
+                Arc::new(|_| r#"{"properties":{"room_name":"bench","user_id":"u"}}"#.to_string()),
+            )
+            .await,
+        );
+        if sync == "flush" {
+            continue;
+        }
+        post_json(&gh.addr, "/v1/rooms", r#"{"name":"bench"}"#).await;
+        let token = post_json(
+            &gh.addr,
+            "/v1/meeting-tokens",
+            r#"{"properties":{"room_name":"bench"}}"#,
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        results.push(
+            load(
+                "GET /v1/meeting-tokens/:token",
+                &gh.addr,
+                Kind::Get,
+                format!("/v1/meeting-tokens/{token}"),
+                no_body(),
+            )
+            .await,
+        );
+        results.push(
+            load(
+                "GET /v1/rooms/:name",
+                &gh.addr,
+                Kind::Get,
+                "/v1/rooms/bench".into(),
+                no_body(),
+            )
+            .await,
+        );
+    }
+    let baseline = results[0].rps;
+    println!(
+        "\n{CONNECTIONS} connections, {}s measured after {}s warm-up, client and server on the same {} cores\n",
+        MEASURE.as_secs(),
+        WARMUP.as_secs(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
+    println!(
+        "| {:<46} | {:>9} | {:>8} | {:>8} | {:>6} | {:>6} |",
+        "request", "req/s", "p50 ms", "p99 ms", "× base", "errors"
+    );
+    println!(
+        "|{:-<48}|{:-<11}|{:-<10}|{:-<10}|{:-<8}|{:-<8}|",
+        "", "", "", "", "", ""
+    );
+    for r in &results {
+        println!(
+            "| {:<46} | {:>9.0} | {:>8.2} | {:>8.2} | {:>6.2} | {:>6} |",
+            r.name,
+            r.rps,
+            r.p50_us as f64 / 1000.0,
+            r.p99_us as f64 / 1000.0,
+            r.rps / baseline,
+            r.errors
+        );
+    }
+    if !quick {
+        big_store().await;
+    }
+}
+
+/// Fills a data dir with 1,000,000 rooms and 1,000,000 tokens through the store's own writer
+/// (the same commands the API submits), then measures a restart of the release server on it.
+async fn big_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("data");
+    let started = Instant::now();
+    let status = Command::new(std::env::current_exe().unwrap())
+        .arg("--fill")
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    println!(
+        "\nfilled 1,000,000 rooms + 1,000,000 tokens in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let disk = dir_size(&dir);
+    let t0 = Instant::now();
+    let gh = gatehouse(&dir, "fdatasync");
+    let ready = wait_ready(&gh.addr).await;
+    let to_ready = t0.elapsed();
+    let _ = ready;
+    let rss_idle = rss_mib(gh.child.id());
+    let r = load(
+        "GET /v1/rooms/:name (1M rooms stored)",
+        &gh.addr,
+        Kind::Get,
+        "/v1/rooms/room-500000".into(),
+        no_body(),
+    )
+    .await;
+    let w = load(
+        "POST /v1/rooms (1M rooms stored)",
+        &gh.addr,
+        Kind::Post,
+        "/v1/rooms".into(),
+        Arc::new(|_| "{}".to_string()),
+    )
+    .await;
+    let rss_loaded = rss_mib(gh.child.id());
+    println!("store on disk: {:.0} MiB", disk as f64 / 1048576.0);
+    println!("restart to ready: {:.2}s", to_ready.as_secs_f64());
+    println!("RSS after start: {rss_idle:.0} MiB; after load: {rss_loaded:.0} MiB");
+    println!(
+        "with 1M rooms: GET room {:.0} req/s (p99 {:.2} ms), POST room {:.0} req/s (p99 {:.2} ms)",
+        r.rps,
+        r.p99_us as f64 / 1000.0,
+        w.rps,
+        w.p99_us as f64 / 1000.0
+    );
+}
+
+async fn wait_ready(addr: &str) -> bool {
+    for _ in 0..6000 {
+        if let Ok(stream) = TcpStream::connect(addr).await {
+            if let Ok((mut send, conn)) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
+            {
+                tokio::spawn(conn);
+                let req = Request::get("/readyz")
+                    .header("host", "bench")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                if let Ok(res) = send.send_request(req).await {
+                    if res.status().is_success() {
+                        return true;
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    false
+}
+
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
+}
+
+fn dir_size(p: &std::path::Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// `--fill DIR`: the million-record store, written through the writer in concurrent batches.
+fn fill(dir: &str) {
+    use gatehouse::store::{Command as Cmd, Store, StoreOptions, SyncMode, TokenRecord};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let path = std::path::Path::new(dir);
+        std::fs::create_dir_all(path).unwrap();
+        let opts = StoreOptions {
+            path: path.join("store"),
+            cache_bytes: 64 << 20,
+            background_flush_ms: Some(500),
+            sync: SyncMode::Flush,
+            public_url: "http://bench".into(),
+        };
+        let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
+        const N: u64 = 1_000_000;
+        let mut tasks = Vec::new();
+        for w in 0..256u64 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut i = w;
+                while i < N {
+                    let name = format!("room-{i}");
+                    store
+                        .submit(Cmd::CreateRoom {
+                            name: Some(name.clone()),
+                            privacy: gatehouse::rooms::Privacy::Public,
+                            config: Default::default(),
+                        })
+                        .await
+                        .unwrap();
+                    let jti = uuid::Uuid::now_v7().to_string();
+                    let record = TokenRecord {
+                        jti: jti.clone(),
+                        kid: "bench".into(),
+                        room: Some(name),
+                        user_id: Some(format!("u{i}")),
+                        user_name: None,
+                        is_owner: false,
+                        nbf: None,
+                        exp: Some(4102444800),
+                        created_ms: 0,
+                    };
+                    store
+                        .submit(Cmd::CreateToken {
+                            record,
+                            event: gatehouse::events::NewEvent::new(
+                                "meeting-token.created",
+                                serde_json::json!({"jti": jti}),
+                            ),
+                        })
+                        .await
+                        .unwrap();
+                    i += 256;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        store.close().await;
+    });
+}

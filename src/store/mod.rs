@@ -6,6 +6,7 @@
 //! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens` functions the
 //! writer calls.
 
+mod journal;
 mod keys;
 mod records;
 mod writer;
@@ -49,14 +50,16 @@ pub enum StoreError {
 /// How hard a flush pushes data down before a mutation is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
-    /// sled's `flush()` only (`sync_file_range`): survives a process crash, not necessarily a power cut.
+    /// The journal is written (not synced) before the acknowledgement: survives a process crash,
+    /// not a power cut.
     Flush,
-    /// `flush()` then `fdatasync` of the store file: survives both.
+    /// The journal is `fdatasync`ed before the acknowledgement: survives both.
     Fdatasync,
 }
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
+    /// Folder holding sled's files (`store/`), the journal (`journal/`) beside it.
     pub path: PathBuf,
     pub cache_bytes: u64,
     /// sled's background flusher period; `None` switches it off (crash tests use this so an
@@ -149,11 +152,13 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<writer::Job>,
-    writer_thread: Arc<std::sync::Mutex<Option<std::thread::JoinHandle<()>>>>,
+    /// The writer and checkpointer threads, joined by `close`.
+    threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
 
 impl Store {
-    /// Opens (or creates) the store and starts its writer thread.
+    /// Opens (or creates) the store, replays the journal into sled, and starts the writer and
+    /// checkpointer threads.
     pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
         let db = sled::Config::new()
             .path(&opts.path)
@@ -169,33 +174,42 @@ impl Store {
         let meta = trees.get(Tree::Meta);
         check_schema(meta)?;
         let domain_id = load_domain_id(meta)?;
+        let journal_dir = journal_dir(&opts.path);
+        std::fs::create_dir_all(&journal_dir).map_err(|e| StoreError::Setup(format!("journal folder: {e}")))?;
+        recover(&db, &trees, &journal_dir, &opts.path)?;
         let next_seq = recover_next_seq(&trees)?;
-        db.flush()?;
 
         let (durable_tx, durable_rx) = watch::channel(next_seq - 1);
         let writable = Arc::new(AtomicBool::new(true));
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
         let state = writer::Writer::new(writer::WriterInit {
-            db: db.clone(),
             trees: trees.clone(),
             next_seq,
             room_count: read_u64(meta, keys::META_ROOMS)?.unwrap_or(0),
             domain8: domain_id.simple().to_string()[..8].to_string(),
-            sync_file: match opts.sync {
-                SyncMode::Flush => None,
-                SyncMode::Fdatasync => {
-                    Some(std::fs::File::open(store_file(&opts.path)).map_err(|e| StoreError::Setup(e.to_string()))?)
-                }
-            },
+            journal: journal::Journal::create(&journal_dir)?,
+            sync: opts.sync,
+            checkpoints: ckpt_tx,
             public_url: opts.public_url.clone(),
             clock,
             durable: durable_tx,
             writable: writable.clone(),
         });
-        let handle = std::thread::Builder::new()
-            .name("gatehouse-writer".into())
-            .spawn(move || state.run(jobs_rx))
-            .map_err(|e| StoreError::Setup(format!("cannot start the writer thread: {e}")))?;
+        let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name(name.into())
+                .spawn(f)
+                .map_err(|e| StoreError::Setup(format!("cannot start the {name} thread: {e}")))
+        };
+        let writer = spawn("gatehouse-writer", Box::new(move || state.run(jobs_rx)))?;
+        let ckpt = {
+            let (db, path, dir) = (db.clone(), opts.path.clone(), journal_dir.clone());
+            spawn(
+                "gatehouse-checkpoint",
+                Box::new(move || checkpointer(db, path, dir, ckpt_rx)),
+            )?
+        };
         Ok(Store {
             shared: Arc::new(Shared {
                 db,
@@ -205,7 +219,7 @@ impl Store {
                 writable,
             }),
             jobs: jobs_tx,
-            writer_thread: Arc::new(std::sync::Mutex::new(Some(handle))),
+            threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
         })
     }
 
@@ -234,10 +248,12 @@ impl Store {
         {
             let _ = rx.await;
         }
-        let handle = self.writer_thread.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
+        let handles: Vec<_> = self
+            .threads
+            .lock()
+            .map(|mut t| t.drain(..).collect())
+            .unwrap_or_default();
+        let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
     }
 
     pub fn domain_id(&self) -> uuid::Uuid {
@@ -424,9 +440,54 @@ impl Store {
     }
 }
 
-/// The sled file that `fdatasync` targets.
-fn store_file(path: &Path) -> PathBuf {
-    path.join("db")
+/// The journal lives beside sled's folder: `<data>/store` → `<data>/journal`.
+fn journal_dir(store: &Path) -> PathBuf {
+    store.with_file_name("journal")
+}
+
+/// Makes everything sled holds durable: `flush()` (sync_file_range), then a real `fdatasync`
+/// of its file, since journal files are deleted on the strength of it.
+fn checkpoint_sled(db: &sled::Db, store: &Path) -> Result<(), StoreError> {
+    db.flush()?;
+    std::fs::File::open(store.join("db"))
+        .and_then(|f| f.sync_data())
+        .map_err(|e| StoreError::Setup(format!("fdatasync of the store: {e}")))
+}
+
+/// Replays journal entries sled does not have yet (those whose events are past sled's last
+/// event: every entry carries events, and sled applies each entry atomically and in order),
+/// then checkpoints and starts over with an empty journal.
+fn recover(db: &sled::Db, trees: &Trees, journal_dir: &Path, store: &Path) -> Result<(), StoreError> {
+    let files = journal::list(journal_dir)?;
+    let Some(last_file) = files.last().map(|(n, _)| *n) else {
+        return Ok(());
+    };
+    let have = recover_next_seq(trees)? - 1;
+    let mut replayed = 0u64;
+    for entry in journal::read_all(journal_dir)? {
+        if entry.first_seq > have {
+            writer::apply_ops(trees, &entry.ops)?;
+            replayed += 1;
+        }
+    }
+    checkpoint_sled(db, store)?;
+    journal::remove_upto(journal_dir, last_file)?;
+    tracing::info!(replayed, "journal recovered");
+    Ok(())
+}
+
+/// Folds closed journal files into sled: checkpoint, then delete them. On failure the files
+/// stay and the next round covers them too.
+fn checkpointer(db: sled::Db, store: PathBuf, journal_dir: PathBuf, rx: std::sync::mpsc::Receiver<u64>) {
+    while let Ok(mut upto) = rx.recv() {
+        while let Ok(later) = rx.try_recv() {
+            upto = later;
+        }
+        let res = checkpoint_sled(&db, &store).and_then(|_| journal::remove_upto(&journal_dir, upto));
+        if let Err(e) = res {
+            tracing::error!(error = %e, "checkpoint failed; the journal is kept and replayed if needed");
+        }
+    }
 }
 
 fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {

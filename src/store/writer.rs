@@ -1,10 +1,12 @@
 //! The one writer (DESIGN invariant 1) and group commit (invariant 2).
 //!
 //! A dedicated thread takes commands in arrival order. Each command runs its checks against the
-//! current trees (it is the only writer, so what it reads cannot change under it), then commits
-//! its state change *and* its events in one sled transaction. Commands that arrive while a flush
-//! is running queue up and share the next flush. Replies go out only after the flush that
-//! covers them; then the durable head advances, which wakes event readers.
+//! current trees (it is the only writer, so what it reads cannot change under it), appends its
+//! write set (state change *and* events) to the journal, then applies it to sled in one
+//! transaction. Commands that arrive while a sync is running queue up and share the next one:
+//! after each batch the journal is synced once, then the durable head advances, replies go
+//! out, and event readers wake. Every few seconds the journal is rotated and the closed file
+//! handed to the checkpointer thread, which flushes sled and deletes what sled now covers.
 //!
 //! Must not: do anything with side effects inside a transaction closure (sled may re-run it);
 //! the closure only replays a prepared write set.
@@ -17,14 +19,19 @@ use serde_json::{Map, Value};
 use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::journal::{self, Journal};
 use super::records::{self, EventRecord, TokenRecord};
-use super::{keys, room_from_record, room_to_record, StoreError, Tree, Trees};
+use super::{keys, room_from_record, room_to_record, StoreError, SyncMode, Tree, Trees};
 use crate::clock::SharedClock;
 use crate::events::{self, NewEvent};
 use crate::rooms::{self, Privacy, Room, RoomError};
 
-/// Most commands applied before one flush.
+/// Most commands applied before one journal sync.
 const MAX_BATCH: usize = 1024;
+/// The journal is rotated (and sled checkpointed) when its file passes this size...
+const ROTATE_BYTES: u64 = 16 << 20;
+/// ...or this long after the last rotation, if anything was written.
+const ROTATE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A mutation. Inputs are already validated by the domain module; the writer runs the checks
 /// that depend on current state.
@@ -68,12 +75,14 @@ pub(super) struct Job {
 }
 
 pub(super) struct WriterInit {
-    pub db: sled::Db,
     pub trees: Trees,
     pub next_seq: u64,
     pub room_count: u64,
     pub domain8: String,
-    pub sync_file: Option<std::fs::File>,
+    pub journal: Journal,
+    pub sync: SyncMode,
+    /// Closed journal file numbers go to the checkpointer.
+    pub checkpoints: std::sync::mpsc::Sender<u64>,
     pub public_url: String,
     pub clock: SharedClock,
     pub durable: watch::Sender<u64>,
@@ -82,6 +91,13 @@ pub(super) struct WriterInit {
 
 pub(super) struct Writer {
     s: WriterInit,
+    /// A sled write or a journal sync failed after the journal took a record: the in-memory
+    /// state can no longer be trusted, so every later command answers 503 until a restart
+    /// (whose recovery replays the journal).
+    poisoned: Option<String>,
+    last_rotation: std::time::Instant,
+    /// Commands committed since the last journal sync.
+    unsynced: bool,
 }
 
 /// Staged writes of one command: replayed verbatim inside the transaction.
@@ -108,10 +124,15 @@ impl WriteSet {
 
 impl Writer {
     pub fn new(s: WriterInit) -> Writer {
-        Writer { s }
+        Writer {
+            s,
+            poisoned: None,
+            last_rotation: std::time::Instant::now(),
+            unsynced: false,
+        }
     }
 
-    /// The writer loop: take a batch, apply each command, flush once, answer everyone.
+    /// The writer loop: take a batch, apply each command, sync the journal once, answer everyone.
     pub fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         while let Some(first) = rx.blocking_recv() {
             let mut batch = vec![first];
@@ -123,9 +144,9 @@ impl Writer {
             }
             let stop = batch.iter().any(|j| matches!(j.cmd, Command::Shutdown));
             let results: Vec<_> = batch.iter_mut().map(|j| self.apply(&mut j.cmd)).collect();
-            let flushed = self.flush();
+            let synced = self.sync();
             for (job, res) in batch.into_iter().zip(results) {
-                let answer = match (&flushed, res) {
+                let answer = match (&synced, res) {
                     (Ok(()), r) => r,
                     (Err(e), _) => Err(StoreError::Unavailable(e.clone())),
                 };
@@ -134,39 +155,61 @@ impl Writer {
             if stop {
                 break;
             }
+            self.maybe_rotate(false);
         }
-        // Every sender is gone or Shutdown arrived: leave nothing unflushed.
-        let _ = self.flush();
+        // Every sender is gone or Shutdown arrived: hand the last file to the checkpointer.
+        let _ = self.sync();
+        self.maybe_rotate(true);
     }
 
-    /// Flushes sled (and `fdatasync`s its file when configured), then publishes the new head.
-    fn flush(&mut self) -> Result<(), String> {
-        let res = self
-            .s
-            .db
-            .flush()
-            .map_err(|e| e.to_string())
-            .and_then(|_| match &self.s.sync_file {
-                Some(f) => f.sync_data().map_err(|e| e.to_string()),
-                None => Ok(()),
-            });
-        match &res {
-            Ok(_) => {
-                self.s.writable.store(true, Ordering::SeqCst);
-                self.s.durable.send_replace(self.s.next_seq - 1);
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "store flush failed; refusing writes until a flush succeeds");
-                self.s.writable.store(false, Ordering::SeqCst);
+    /// Makes the batch durable (journal `fdatasync`, unless `--sync flush`), then publishes the new head.
+    fn sync(&mut self) -> Result<(), String> {
+        if let Some(why) = &self.poisoned {
+            return Err(why.clone());
+        }
+        if self.unsynced && self.s.sync == SyncMode::Fdatasync {
+            if let Err(e) = self.s.journal.sync() {
+                self.poison(e.clone());
+                return Err(e);
             }
         }
-        res
+        self.unsynced = false;
+        self.s.durable.send_replace(self.s.next_seq - 1);
+        Ok(())
+    }
+
+    fn poison(&mut self, why: String) {
+        tracing::error!(error = %why, "the store cannot write; refusing writes until restart (recovery replays the journal)");
+        self.s.writable.store(false, Ordering::SeqCst);
+        self.poisoned = Some(why);
+    }
+
+    /// Starts a new journal file when the current one is big or old, and lets the checkpointer
+    /// fold the closed one into sled.
+    fn maybe_rotate(&mut self, force: bool) {
+        let len = self.s.journal.len();
+        let due = len >= ROTATE_BYTES || (len > 0 && self.last_rotation.elapsed() >= ROTATE_EVERY);
+        if self.poisoned.is_some() || !(due || (force && len > 0)) {
+            return;
+        }
+        // The counter is also recoverable from the last event; storing it keeps that true after compaction.
+        let _ = self
+            .s
+            .trees
+            .get(Tree::Meta)
+            .insert(keys::META_NEXT_SEQ, &self.s.next_seq.to_be_bytes());
+        match self.s.journal.rotate() {
+            Ok(closed) => {
+                self.last_rotation = std::time::Instant::now();
+                let _ = self.s.checkpoints.send(closed);
+            }
+            Err(e) => tracing::warn!(error = %e, "journal rotation failed; will retry"),
+        }
     }
 
     fn apply(&mut self, cmd: &mut Command) -> Result<Outcome, StoreError> {
-        if !self.s.writable.load(Ordering::SeqCst) && !matches!(cmd, Command::Shutdown) {
-            // Try to recover first: if the disk has room again, carry on.
-            self.flush().map_err(StoreError::Unavailable)?;
+        if let Some(why) = &self.poisoned {
+            return Err(StoreError::Unavailable(why.clone()));
         }
         let (ws, outcome) = match cmd {
             Command::CreateRoom { name, privacy, config } => {
@@ -308,10 +351,12 @@ impl Writer {
         Ok((Some(ws), Outcome::TokenRecorded))
     }
 
-    /// One transaction: the state change, its events (with the next seqs), and the counters.
+    /// Journals the write set (state change, its events with the next seqs, counters), then
+    /// applies it to sled in one transaction.
     fn commit(&mut self, mut ws: WriteSet) -> Result<(), StoreError> {
         let ts = self.now_ms();
-        let mut seq = self.s.next_seq;
+        let first_seq = self.s.next_seq;
+        let mut seq = first_seq;
         for ev in std::mem::take(&mut ws.events) {
             let envelope = events::render(&self.s.domain8, seq, ev.kind, &ev.payload, ts);
             let rec = EventRecord {
@@ -326,43 +371,71 @@ impl Writer {
             );
             seq += 1;
         }
-        ws.put(Tree::Meta, keys::META_NEXT_SEQ, seq.to_be_bytes().to_vec());
         let rooms = self.s.room_count.saturating_add_signed(ws.room_delta);
         if ws.room_delta != 0 {
             ws.put(Tree::Meta, keys::META_ROOMS, rooms.to_be_bytes().to_vec());
         }
-
-        let used: Vec<Tree> = ws
-            .ops
-            .iter()
-            .map(|(t, _, _)| *t)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let handles: Vec<sled::Tree> = used.iter().map(|t| self.s.trees.get(*t).clone()).collect();
-        let slot = |t: Tree| used.iter().position(|u| *u == t).unwrap_or(0);
-        let res: Result<(), TransactionError<()>> = handles.as_slice().transaction(|txs| {
-            for (t, k, v) in &ws.ops {
-                let tx = &txs[slot(*t)];
-                match v {
-                    Some(v) => tx.insert(k.as_slice(), v.as_slice())?,
-                    None => tx.remove(k.as_slice())?,
-                };
-            }
-            Ok::<(), ConflictableTransactionError<()>>(())
-        });
-        match res {
+        let entry = journal::Entry {
+            first_seq,
+            last_seq: seq - 1,
+            ops: ws.ops.into_iter().map(|(t, k, v)| (t as u8, k, v)).collect(),
+        };
+        let record = journal::encode_record(&entry)?;
+        if let Err(e) = self.s.journal.append(&record) {
+            // Nothing was applied; the file was cut back. Refuse this one and carry on.
+            self.s.writable.store(false, Ordering::SeqCst);
+            tracing::error!(error = %e, "journal append failed");
+            return Err(StoreError::Unavailable(e));
+        }
+        self.s.writable.store(true, Ordering::SeqCst);
+        self.unsynced = true;
+        // From here the record may be replayed at recovery, so its seqs are spent either way.
+        self.s.next_seq = seq;
+        match apply_ops(&self.s.trees, &entry.ops) {
             Ok(()) => {
-                self.s.next_seq = seq;
                 self.s.room_count = rooms;
                 Ok(())
             }
-            Err(TransactionError::Storage(e)) => {
-                self.s.writable.store(false, Ordering::SeqCst);
-                tracing::error!(error = %e, "store write failed; refusing writes until a flush succeeds");
+            Err(e) => {
+                self.poison(format!("sled write failed: {e}"));
                 Err(StoreError::Unavailable(e.to_string()))
             }
-            Err(TransactionError::Abort(())) => Err(StoreError::Unavailable("transaction aborted".into())),
         }
+    }
+}
+
+/// Applies journaled ops to sled in one transaction over the trees they touch. Used by the
+/// writer and by recovery.
+pub(super) fn apply_ops(trees: &Trees, ops: &[(u8, Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+    let used: Vec<u8> = ops
+        .iter()
+        .map(|(t, _, _)| *t)
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut handles = Vec::with_capacity(used.len());
+    for t in &used {
+        let tree = Tree::ALL.get(usize::from(*t)).ok_or_else(|| StoreError::Corrupt {
+            tree: "journal",
+            key: String::new(),
+            why: format!("unknown tree index {t}"),
+        })?;
+        handles.push(trees.get(*tree).clone());
+    }
+    let slot = |t: u8| used.iter().position(|u| *u == t).unwrap_or(0);
+    let res: Result<(), TransactionError<()>> = handles.as_slice().transaction(|txs| {
+        for (t, k, v) in ops {
+            let tx = &txs[slot(*t)];
+            match v {
+                Some(v) => tx.insert(k.as_slice(), v.as_slice())?,
+                None => tx.remove(k.as_slice())?,
+            };
+        }
+        Ok::<(), ConflictableTransactionError<()>>(())
+    });
+    match res {
+        Ok(()) => Ok(()),
+        Err(TransactionError::Storage(e)) => Err(StoreError::Io(e)),
+        Err(TransactionError::Abort(())) => Err(StoreError::Unavailable("transaction aborted".into())),
     }
 }
