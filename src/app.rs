@@ -43,6 +43,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         background_flush_ms: settings.sled_flush_every_ms,
         sync: settings.sync,
         public_url: public_url.clone(),
+        lease_ms: settings.lease_ms,
     };
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -62,14 +63,27 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         domain_name: settings.domain_name.clone(),
         body_limit: settings.body_limit,
         token_leeway_secs: settings.token_leeway_secs,
+        lease_ms: settings.lease_ms,
+        join_rate: settings.join_rate,
+        join_burst: settings.join_burst,
+        trusted_proxies: settings.trusted_proxies.clone(),
     };
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let state = Arc::new(AppState::new(
         store.clone(),
         keys,
         clock,
         api_settings,
+        shutdown_rx.clone(),
         #[cfg(feature = "test-clock")]
         test_clock,
+    ));
+    // The timers are in the store: from here overdue state is enforced by check-on-read, and
+    // the deadline task fires what is due right away.
+    let deadlines = tokio::spawn(crate::scheduler::run_deadlines(
+        store.clone(),
+        state.clock.clone(),
+        shutdown_rx.clone(),
     ));
 
     state.ready.store(true, Ordering::SeqCst);
@@ -77,7 +91,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("gatehouse listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let server = tokio::spawn(api::serve(
         listener,
         state.clone(),
@@ -89,6 +102,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::SeqCst);
     let _ = shutdown_tx.send(true);
     let _ = server.await;
+    let _ = deadlines.await;
     store.close().await;
     tracing::info!("store flushed; bye");
     Ok(())

@@ -79,6 +79,18 @@ pub struct ServeArgs {
     /// Seconds in-flight requests get to finish at shutdown.
     #[arg(long, env = "GATEHOUSE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// Presence lease in seconds: a session not heard from for this long leaves (reason `timeout`).
+    #[arg(long, env = "GATEHOUSE_LEASE_SECS", default_value_t = 30)]
+    pub lease_secs: u64,
+    /// Join attempts allowed per client address per second (sustained).
+    #[arg(long, env = "GATEHOUSE_JOIN_RATE", default_value_t = 5.0)]
+    pub join_rate: f64,
+    /// Join attempts a client address may make in a burst.
+    #[arg(long, env = "GATEHOUSE_JOIN_BURST", default_value_t = 50)]
+    pub join_burst: u32,
+    /// Proxy addresses whose X-Forwarded-For is trusted (comma-separated IPs).
+    #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',')]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
@@ -98,6 +110,10 @@ pub struct Settings {
     pub token_leeway_secs: u64,
     pub shutdown_grace: std::time::Duration,
     pub sled_flush_every_ms: Option<u64>,
+    pub lease_ms: i64,
+    pub join_rate: f64,
+    pub join_burst: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -110,6 +126,10 @@ pub enum ConfigError {
     Cache,
     #[error("--body-limit must be between 1024 and 16777216 bytes")]
     BodyLimit,
+    #[error("--lease-secs must be between 5 and 3600")]
+    Lease,
+    #[error("--join-rate must be positive and --join-burst at least 1")]
+    JoinRate,
 }
 
 impl ServeArgs {
@@ -126,6 +146,12 @@ impl ServeArgs {
         }
         if !(1024..=16 * 1024 * 1024).contains(&self.body_limit) {
             return Err(ConfigError::BodyLimit);
+        }
+        if !(5..=3600).contains(&self.lease_secs) {
+            return Err(ConfigError::Lease);
+        }
+        if !(self.join_rate > 0.0 && self.join_rate.is_finite()) || self.join_burst == 0 {
+            return Err(ConfigError::JoinRate);
         }
         let api_keys = api_key_env
             .unwrap_or_default()
@@ -148,6 +174,10 @@ impl ServeArgs {
             token_leeway_secs: self.token_leeway_secs,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             sled_flush_every_ms: (self.sled_flush_every_ms > 0).then_some(self.sled_flush_every_ms),
+            lease_ms: (self.lease_secs * 1000) as i64,
+            join_rate: self.join_rate,
+            join_burst: self.join_burst,
+            trusted_proxies: self.trusted_proxies,
             api_keys,
         })
     }

@@ -9,6 +9,15 @@ pub const ROOM_CREATED: &str = "room.created";
 pub const ROOM_UPDATED: &str = "room.updated";
 pub const ROOM_DELETED: &str = "room.deleted";
 pub const MEETING_TOKEN_CREATED: &str = "meeting-token.created";
+pub const MEETING_TOKEN_REVOKED: &str = "meeting-token.revoked";
+pub const MEETING_STARTED: &str = "meeting.started";
+pub const MEETING_ENDED: &str = "meeting.ended";
+pub const PARTICIPANT_JOINED: &str = "participant.joined";
+pub const PARTICIPANT_LEFT: &str = "participant.left";
+pub const PARTICIPANT_EJECTED: &str = "participant.ejected";
+pub const PARTICIPANT_JOIN_DENIED: &str = "participant.join-denied";
+pub const BAN_CREATED: &str = "ban.created";
+pub const BAN_REMOVED: &str = "ban.removed";
 
 /// Every event type the API documents; `types=` filters are checked against it.
 pub const ALL_TYPES: &[&str] = &[

@@ -9,5 +9,7 @@ pub mod config;
 pub mod events;
 pub mod properties;
 pub mod rooms;
+pub mod scheduler;
+pub mod sessions;
 pub mod store;
 pub mod tokens;

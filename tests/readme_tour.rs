@@ -12,20 +12,28 @@ struct Step {
 
 fn tour_steps() -> Vec<Step> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("<!-- tour:start -->").expect("README has a tour:start marker");
+    let start = readme
+        .find("<!-- tour:start -->")
+        .expect("README has a tour:start marker");
     let end = readme.find("<!-- tour:end -->").expect("README has a tour:end marker");
     let mut steps = Vec::new();
     let mut commands = String::new();
     for line in readme[start..end].lines() {
         let t = line.trim();
         if let Some(exp) = t.strip_prefix("# →") {
-            steps.push(Step { commands: std::mem::take(&mut commands), expect: exp.split(" … ").map(|s| s.trim().to_string()).collect() });
+            steps.push(Step {
+                commands: std::mem::take(&mut commands),
+                expect: exp.split(" … ").map(|s| s.trim().to_string()).collect(),
+            });
         } else if !(t.starts_with('#') || t.starts_with("```") || t.starts_with("<!--") || t.is_empty()) {
             commands.push_str(line);
             commands.push('\n');
         }
     }
-    assert!(commands.trim().is_empty(), "commands after the last expectation: {commands}");
+    assert!(
+        commands.trim().is_empty(),
+        "commands after the last expectation: {commands}"
+    );
     steps
 }
 
@@ -38,9 +46,19 @@ fn readme_tour_works_as_written() {
     for (i, step) in steps.iter().enumerate() {
         script.push_str(&format!("echo '@@STEP {i}'\n{}echo\n", step.commands));
     }
-    let out = std::process::Command::new("bash").arg("-c").arg(&script).env("GH", &s.base).env("KEY", &s.key).output().unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .env("GH", &s.base)
+        .env("KEY", &s.key)
+        .output()
+        .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "tour script failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "tour script failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for (i, step) in steps.iter().enumerate() {
         let from = stdout.find(&format!("@@STEP {i}\n")).unwrap();
         let rest = &stdout[from..];
@@ -49,7 +67,10 @@ fn readme_tour_works_as_written() {
         for frag in &step.expect {
             match section[at..].find(frag.as_str()) {
                 Some(p) => at += p + frag.len(),
-                None => panic!("step {i} ({}) lacks {frag:?} in order; output:\n{section}", step.commands.trim()),
+                None => panic!(
+                    "step {i} ({}) lacks {frag:?} in order; output:\n{section}",
+                    step.commands.trim()
+                ),
             }
         }
     }

@@ -31,6 +31,7 @@ fn open(path: &std::path::Path, clock: SharedClock) -> Store {
             background_flush_ms: None,
             sync: SyncMode::Flush,
             public_url: "http://x".into(),
+            lease_ms: 30_000,
         },
         clock,
     )
@@ -141,7 +142,7 @@ async fn run(seed: u64) {
                 }
             }
             5..=6 => {
-                let out = store.submit(Command::DeleteRoom { name: name.clone() }).await.unwrap();
+                let out = store.submit(Command::DeleteRoom { name: name.clone(), by: "test".into() }).await.unwrap();
                 if model.rooms.remove(&name).is_some() {
                     assert!(matches!(out, Outcome::RoomDeleted(_)));
                     model.events += 1;

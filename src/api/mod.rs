@@ -6,6 +6,8 @@ mod auth;
 mod error;
 mod events;
 mod ops;
+mod participants;
+mod ratelimit;
 mod rooms;
 mod tokens;
 mod wire;
@@ -40,6 +42,10 @@ pub struct ApiSettings {
     pub domain_name: String,
     pub body_limit: usize,
     pub token_leeway_secs: u64,
+    pub lease_ms: i64,
+    pub join_rate: f64,
+    pub join_burst: u32,
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// Everything a handler can reach. Shared behind an `Arc`.
@@ -51,8 +57,11 @@ pub struct AppState {
     /// The test control endpoint's handle on the clock (`test-clock` builds only).
     #[cfg(feature = "test-clock")]
     pub test_clock: Arc<crate::clock::OffsetClock>,
-    /// Set once start-up has finished (store open; later also timers loaded).
+    /// Set once start-up has finished (store open, timers loaded).
     pub ready: AtomicBool,
+    pub limiter: ratelimit::JoinLimiter,
+    /// Turns true at shutdown; long-lived responses (streams) watch it.
+    pub shutdown: watch::Receiver<bool>,
     request_ids: AtomicU64,
 }
 
@@ -62,13 +71,20 @@ impl AppState {
         keys: KeyRing,
         clock: SharedClock,
         settings: ApiSettings,
+        shutdown: watch::Receiver<bool>,
         #[cfg(feature = "test-clock")] test_clock: Arc<crate::clock::OffsetClock>,
     ) -> AppState {
         AppState {
             store,
             keys,
             clock,
+            limiter: ratelimit::JoinLimiter::new(
+                settings.join_rate,
+                settings.join_burst,
+                settings.trusted_proxies.clone(),
+            ),
             settings,
+            shutdown,
             #[cfg(feature = "test-clock")]
             test_clock,
             ready: AtomicBool::new(false),
@@ -152,11 +168,7 @@ fn route_name(method: &Method, path: &str) -> String {
     format!("{method} {pattern}")
 }
 
-async fn dispatch(
-    state: &Arc<AppState>,
-    _peer: SocketAddr,
-    req: Request<Incoming>,
-) -> Result<Response<Body>, ApiError> {
+async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let segs = wire::segments(req.uri().path())?;
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let m = req.method().clone();
@@ -169,6 +181,16 @@ async fn dispatch(
         (["v1", "rooms", name], &Method::GET) => rooms::get(state, &req, name),
         (["v1", "rooms", name], &Method::POST) => rooms::update(state, req, &name.to_string()).await,
         (["v1", "rooms", name], &Method::DELETE) => rooms::delete(state, &req, name).await,
+        (["v1", "rooms", name, "join"], &Method::POST) => participants::join(state, req, peer, &name.to_string()).await,
+        (["v1", "rooms", name, "eject"], &Method::POST) => participants::eject(state, req, &name.to_string()).await,
+        (["v1", "rooms", name, "presence"], &Method::GET) => participants::room_presence(state, &req, name),
+        (["v1", "rooms", name, "bans"], &Method::GET) => participants::bans(state, &req, name),
+        (["v1", "rooms", name, "bans", user], &Method::DELETE) => participants::lift_ban(state, &req, name, user).await,
+        (["v1", "presence"], &Method::GET) => participants::presence_all(state, &req),
+        (["v1", "sessions", id, "heartbeat"], &Method::POST) => participants::heartbeat(state, &req, id).await,
+        (["v1", "sessions", id, "leave"], &Method::POST) => participants::leave(state, &req, id).await,
+        (["v1", "sessions", id, "stream"], &Method::GET) => participants::stream(state, &req, id).await,
+        (["v1", "meeting-tokens", "revoke"], &Method::POST) => tokens::revoke(state, req).await,
         (["v1", "meeting-tokens"], &Method::POST) => tokens::create(state, req).await,
         (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
         (["v1", "meeting-tokens", token], &Method::GET) => tokens::validate(state, &req, token),
@@ -180,6 +202,12 @@ async fn dispatch(
         }
         (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => Err(ApiError::method_not_allowed("GET, POST")),
         (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        (["v1", "rooms", _, "join" | "eject"] | ["v1", "sessions", _, "heartbeat" | "leave"], _) => {
+            Err(ApiError::method_not_allowed("POST"))
+        }
+        (["v1", "rooms", _, "presence" | "bans"] | ["v1", "presence"] | ["v1", "sessions", _, "stream"], _) => {
+            Err(ApiError::method_not_allowed("GET"))
+        }
         _ => Err(ApiError::not_found("no such route")),
     }
 }

@@ -52,6 +52,8 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     } else {
         return Err(ApiError::invalid("give 'advance_secs' or 'set_ms'"));
     }
+    // Let the deadline task look again at once.
+    state.store.timers_changed().notify_one();
     Ok(ok(
         &json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())}),
     ))

@@ -127,11 +127,14 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
 }
 
 pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+    let key = auth::api_key(req, &state.keys)?;
     live_room(state, name)?;
     match state
         .store
-        .submit(Command::DeleteRoom { name: name.to_string() })
+        .submit(Command::DeleteRoom {
+            name: name.to_string(),
+            by: format!("api:{}", key.kid),
+        })
         .await?
     {
         Outcome::RoomDeleted(name) => Ok(ok(&json!({"deleted": true, "name": name}))),

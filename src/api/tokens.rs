@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::events::{self, NewEvent};
-use crate::store::{Command, Outcome, TokenRecord};
+use crate::store::{Command, Outcome, RevokeRequest, TokenRecord};
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -94,6 +94,8 @@ pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> 
     match status {
         "valid" => Ok(ok(&body)),
         "not_yet_valid" => Err(ApiError::invalid("token is not valid yet (nbf is in the future)")),
+        "revoked" => Err(ApiError::invalid("token has been revoked")),
+        "banned" => Err(ApiError::invalid("the token's user is banned from its room")),
         _ => Err(ApiError::invalid("token has expired")),
     }
 }
@@ -108,4 +110,68 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     let has_more = records.len() > limit;
     let data: Vec<Value> = records.iter().take(limit).map(record_json).collect();
     Ok(ok(&json!({"data": data, "has_more": has_more})))
+}
+
+/// `POST /v1/meeting-tokens/revoke`: by `jti`, by `token`, by (`room_name`, `user_id`), or by
+/// (`room_name`, `issued_before`). Sessions using what is revoked are ejected.
+pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let key = auth::api_key(&req, &state.keys)?;
+    let by = format!("api:{}", key.kid);
+    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["jti", "token", "room_name", "user_id", "issued_before"])?;
+    let jti = wire::opt_str(&body, "jti")?;
+    let token = wire::opt_str(&body, "token")?;
+    let room = wire::opt_str(&body, "room_name")?;
+    let user = wire::opt_str(&body, "user_id")?;
+    let before = match body.get("issued_before") {
+        None | Some(Value::Null) => None,
+        Some(v) => Some(
+            v.as_f64()
+                .filter(|f| f.is_finite() && *f >= 0.0)
+                .ok_or_else(|| ApiError::invalid("'issued_before' must be a unix time in seconds"))?,
+        ),
+    };
+    let request = match (jti, token, room, user, before) {
+        (Some(jti), None, None, None, None) => {
+            let exp_ms = state
+                .store
+                .token(jti)?
+                .and_then(|t| t.exp)
+                .map(|e| e.saturating_mul(1000));
+            RevokeRequest::Token {
+                token_id: jti.to_string(),
+                exp_ms,
+                by,
+            }
+        }
+        (None, Some(t), None, None, None) => {
+            let v = tokens::verify(&state.keys, &state.domain_id(), t)
+                .map_err(|r| ApiError::invalid(format!("cannot revoke: {r}")))?;
+            RevokeRequest::Token {
+                token_id: v.token_id,
+                exp_ms: v.claims.exp.map(|e| (e * 1000.0) as i64),
+                by,
+            }
+        }
+        (None, None, Some(r), Some(u), None) => RevokeRequest::RoomUser {
+            room: r.to_string(),
+            user_id: u.to_string(),
+            by,
+        },
+        (None, None, Some(r), None, Some(b)) => RevokeRequest::RoomBefore {
+            room: r.to_string(),
+            before_s: b,
+            by,
+        },
+        _ => {
+            return Err(ApiError::invalid(
+                "give exactly one of: 'jti'; 'token'; 'room_name' with 'user_id'; 'room_name' with 'issued_before'",
+            ))
+        }
+    };
+    match state.store.submit(Command::Revoke(Box::new(request))).await? {
+        Outcome::Revoked { ejected } => Ok(ok(&json!({"revoked": true, "ejectedIds": ejected}))),
+        other => Err(super::rooms::unexpected(other)),
+    }
 }

@@ -41,3 +41,58 @@ pub fn printable(key: &[u8]) -> String {
         _ => key.iter().map(|b| format!("{b:02x}")).collect(),
     }
 }
+
+/// `sessions_by_room` and `sessions_by_token`: prefix (room or token id), `\0`, session id.
+pub fn pair(a: &str, b: &str) -> Vec<u8> {
+    let mut k = room_prefix(a);
+    k.extend_from_slice(b.as_bytes());
+    k
+}
+
+/// `sessions_by_user`: room, `\0`, user id, `\0`, session id. Also `bans` (without the session).
+pub fn triple(a: &str, b: &str, c: &str) -> Vec<u8> {
+    let mut k = pair(a, b);
+    k.push(0);
+    k.extend_from_slice(c.as_bytes());
+    k
+}
+
+/// Revocation keys: `j` + token id; `u` + room + `\0` + user; `r` + room.
+pub fn revoke_token(token_id: &str) -> Vec<u8> {
+    [b"j", token_id.as_bytes()].concat()
+}
+
+pub fn revoke_user(room: &str, user: &str) -> Vec<u8> {
+    [b"u".as_slice(), &pair(room, user)].concat()
+}
+
+pub fn revoke_room(room: &str) -> Vec<u8> {
+    [b"r", room.as_bytes()].concat()
+}
+
+/// Timer kinds (part of the on-disk format).
+pub const TIMER_LEASE: u8 = 1;
+pub const TIMER_EJECT: u8 = 2;
+
+/// `timers`: deadline ms (BE, negative clamped to 0), kind, id.
+pub fn timer(deadline_ms: i64, kind: u8, id: &str) -> Vec<u8> {
+    let mut k = u64::try_from(deadline_ms).unwrap_or(0).to_be_bytes().to_vec();
+    k.push(kind);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `timers_by_key`: kind, id.
+pub fn timer_ref(kind: u8, id: &str) -> Vec<u8> {
+    let mut k = vec![kind];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// Splits a `timers` key back into (deadline ms, kind, id).
+pub fn parse_timer(k: &[u8]) -> Option<(i64, u8, String)> {
+    let deadline = i64::try_from(u64_of(k.get(..8)?)?).ok()?;
+    let kind = *k.get(8)?;
+    let id = String::from_utf8(k.get(9..)?.to_vec()).ok()?;
+    Some((deadline, kind, id))
+}

@@ -8,6 +8,7 @@
 
 mod journal;
 mod keys;
+mod participants;
 mod records;
 mod writer;
 
@@ -18,8 +19,9 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use records::BanRecord;
 pub use records::TokenRecord;
-pub use writer::{Command, Outcome};
+pub use writer::{Command, EjectRequest, JoinRequest, Outcome, RevokeRequest};
 
 use crate::clock::SharedClock;
 use crate::rooms::{Privacy, Room};
@@ -68,6 +70,8 @@ pub struct StoreOptions {
     pub sync: SyncMode,
     /// Base of room URLs (`<public_url>/<name>`), for room payloads in events.
     pub public_url: String,
+    /// Presence lease length in ms.
+    pub lease_ms: i64,
 }
 
 /// Where in the room list to start.
@@ -104,10 +108,19 @@ pub(crate) enum Tree {
     Tokens,
     TokensByRoom,
     Events,
+    Sessions,
+    SessionsByRoom,
+    SessionsByToken,
+    SessionsByUser,
+    Bans,
+    Revocations,
+    Timers,
+    TimersByKey,
 }
 
 impl Tree {
-    const ALL: [Tree; 7] = [
+    /// In on-disk order: journal records name trees by their index here, so only append.
+    const ALL: [Tree; 15] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::RoomsById,
@@ -115,6 +128,14 @@ impl Tree {
         Tree::Tokens,
         Tree::TokensByRoom,
         Tree::Events,
+        Tree::Sessions,
+        Tree::SessionsByRoom,
+        Tree::SessionsByToken,
+        Tree::SessionsByUser,
+        Tree::Bans,
+        Tree::Revocations,
+        Tree::Timers,
+        Tree::TimersByKey,
     ];
 
     fn name(self) -> &'static str {
@@ -126,6 +147,14 @@ impl Tree {
             Tree::Tokens => "tokens",
             Tree::TokensByRoom => "tokens_by_room",
             Tree::Events => "events",
+            Tree::Sessions => "sessions",
+            Tree::SessionsByRoom => "sessions_by_room",
+            Tree::SessionsByToken => "sessions_by_token",
+            Tree::SessionsByUser => "sessions_by_user",
+            Tree::Bans => "bans",
+            Tree::Revocations => "revocations",
+            Tree::Timers => "timers",
+            Tree::TimersByKey => "timers_by_key",
         }
     }
 }
@@ -145,6 +174,8 @@ struct Shared {
     durable: watch::Receiver<u64>,
     /// False while the last write or flush failed (disk full): mutations answer 503.
     writable: Arc<AtomicBool>,
+    /// Notified when timers change (the deadline task waits on it).
+    timers_changed: Arc<tokio::sync::Notify>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -183,6 +214,7 @@ impl Store {
         let writable = Arc::new(AtomicBool::new(true));
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
+        let timers_changed = Arc::new(tokio::sync::Notify::new());
         let state = writer::Writer::new(writer::WriterInit {
             trees: trees.clone(),
             next_seq,
@@ -195,7 +227,9 @@ impl Store {
             clock,
             durable: durable_tx,
             writable: writable.clone(),
-        });
+            lease_ms: opts.lease_ms,
+            timers_changed: timers_changed.clone(),
+        })?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
@@ -217,10 +251,29 @@ impl Store {
                 domain_id,
                 durable: durable_rx,
                 writable,
+                timers_changed,
             }),
             jobs: jobs_tx,
             threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
         })
+    }
+
+    /// Submits commands in this order (they may share a batch) and waits for every answer.
+    pub async fn submit_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, StoreError>> {
+        let gone = || StoreError::Unavailable("the store is shutting down".into());
+        let mut waits = Vec::with_capacity(cmds.len());
+        for cmd in cmds {
+            let (tx, rx) = oneshot::channel();
+            if self.jobs.send(writer::Job { cmd, reply: tx }).await.is_err() {
+                break;
+            }
+            waits.push(rx);
+        }
+        let mut out = Vec::with_capacity(waits.len());
+        for rx in waits {
+            out.push(rx.await.unwrap_or_else(|_| Err(gone())));
+        }
+        out
     }
 
     /// Applies a command through the writer and waits until it is durable.
@@ -429,6 +482,93 @@ impl Store {
             }
         }
         Ok(page)
+    }
+
+    /// Woken whenever a timer is written or the clock is moved (test builds).
+    pub fn timers_changed(&self) -> Arc<tokio::sync::Notify> {
+        self.shared.timers_changed.clone()
+    }
+
+    /// A live session and the digest of its secret.
+    pub fn session(&self, id: &str) -> Result<Option<(crate::sessions::Session, [u8; 32])>, StoreError> {
+        participants::read_session(self.tree(Tree::Sessions), id)
+    }
+
+    /// Sessions present in a room (by check-on-read: not past their ejection deadline).
+    pub fn room_sessions(&self, room: &str, now_ms: i64) -> Result<Vec<crate::sessions::Session>, StoreError> {
+        let mut out = Vec::new();
+        for k in self
+            .tree(Tree::SessionsByRoom)
+            .scan_prefix(keys::room_prefix(room))
+            .keys()
+        {
+            let k = k?;
+            let id = String::from_utf8_lossy(&k[room.len() + 1..]).to_string();
+            if let Some((s, _)) = self.session(&id)? {
+                if !s.is_over(now_ms) {
+                    out.push(s);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every present session, for `GET /v1/presence`.
+    pub fn all_sessions(&self, now_ms: i64) -> Result<Vec<crate::sessions::Session>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(Tree::Sessions).iter() {
+            let (k, v) = item?;
+            let (s, _) = participants::decode_session(&k, &v)?;
+            if !s.is_over(now_ms) {
+                out.push(s);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bans in force for a room: (user id, ban).
+    pub fn bans(&self, room: &str, now_ms: i64) -> Result<Vec<(String, BanRecord)>, StoreError> {
+        participants::read_bans(self.tree(Tree::Bans), room, now_ms)
+    }
+
+    pub fn is_banned(&self, room: &str, user_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        participants::is_banned(self.tree(Tree::Bans), room, user_id, now_ms)
+    }
+
+    /// Whether a verified token is revoked for use in `room` (its own room when `None`).
+    pub fn is_revoked(
+        &self,
+        claims: &crate::tokens::Claims,
+        token_id: &str,
+        room: Option<&str>,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        participants::is_revoked(self.tree(Tree::Revocations), claims, token_id, room, now_ms)
+    }
+
+    /// The earliest timer: `(deadline_ms, kind, id)`.
+    pub fn first_timer(&self) -> Result<Option<(i64, u8, String)>, StoreError> {
+        Ok(self
+            .tree(Tree::Timers)
+            .first()?
+            .and_then(|(k, _)| keys::parse_timer(&k)))
+    }
+
+    /// Timers due at `now_ms`, earliest first, at most `limit`.
+    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, u8, String)>, StoreError> {
+        let end = u64::try_from(now_ms).unwrap_or(0).saturating_add(1).to_be_bytes();
+        let mut out = Vec::new();
+        for k in self.tree(Tree::Timers).range(..end.to_vec()).keys().take(limit) {
+            if let Some(t) = keys::parse_timer(&k?) {
+                out.push(t);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Number of pending timers.
+    pub fn timer_count(&self) -> usize {
+        self.tree(Tree::Timers).len()
     }
 
     /// Seq of the oldest retained event (1 until compaction exists), or head+1 if empty.

@@ -13,6 +13,51 @@ use super::StoreError;
 pub const ROOM_V1: u8 = 1;
 pub const TOKEN_V1: u8 = 1;
 pub const EVENT_V1: u8 = 1;
+pub const SESSION_V1: u8 = 1;
+pub const BAN_V1: u8 = 1;
+pub const REVOCATION_V1: u8 = 1;
+
+/// A live participant session. Ended sessions are deleted (their story is in the event log).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecord {
+    pub id: String,
+    /// SHA-256 of the session secret; the secret itself is never stored.
+    pub secret_digest: [u8; 32],
+    pub room: String,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub owner: bool,
+    /// `jti`, or `sha256:<hex>` for tokens without one.
+    pub token_id: Option<String>,
+    pub token_iat: Option<f64>,
+    pub token_exp: Option<f64>,
+    pub joined_ms: i64,
+    pub eject_at_ms: Option<i64>,
+    pub eject_reason: Option<String>,
+    pub permissions_json: Option<String>,
+    pub meeting_id: String,
+    pub meeting_start_ms: i64,
+}
+
+/// A ban of one user id from one room name.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BanRecord {
+    /// Unix ms; `None` = until lifted.
+    pub until_ms: Option<i64>,
+    pub created_ms: i64,
+    pub by: String,
+}
+
+/// A revocation: of one token (until it would have expired anyway), or of every token for a
+/// room (and user) issued before a time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RevocationRecord {
+    /// Unix ms after which the revocation no longer matters; `None` = forever.
+    pub until_ms: Option<i64>,
+    /// For room-wide and room+user revocations: tokens with `iat` before this (or without `iat`).
+    pub issued_before_s: Option<f64>,
+    pub created_ms: i64,
+}
 
 /// A room. `config_json` is the JSON object of set properties, kept as text because bincode
 /// cannot decode free-form JSON.

@@ -25,6 +25,9 @@ use super::{keys, room_from_record, room_to_record, StoreError, SyncMode, Tree, 
 use crate::clock::SharedClock;
 use crate::events::{self, NewEvent};
 use crate::rooms::{self, Privacy, Room, RoomError};
+use crate::sessions::{Denial, Session};
+
+pub use super::participants::{EjectRequest, JoinRequest, RevokeRequest};
 
 /// Most commands applied before one journal sync.
 const MAX_BATCH: usize = 1024;
@@ -48,8 +51,30 @@ pub enum Command {
         privacy: Option<Privacy>,
         patch: Map<String, Value>,
     },
+    /// Deletes the room and ejects everyone present (reason `room_deleted`); `by` names the caller.
     DeleteRoom {
         name: String,
+        by: String,
+    },
+    Join(Box<JoinRequest>),
+    Leave {
+        session_id: String,
+    },
+    /// Extends a session's lease in memory only: no event, no journal record, no sync.
+    Heartbeat {
+        session_id: String,
+    },
+    Eject(Box<EjectRequest>),
+    LiftBan {
+        room: String,
+        user_id: String,
+    },
+    Revoke(Box<RevokeRequest>),
+    /// A deadline that came due. It re-checks current state, so firing twice is harmless.
+    FireTimer {
+        deadline_ms: i64,
+        kind: u8,
+        id: String,
     },
     CreateToken {
         record: TokenRecord,
@@ -66,6 +91,15 @@ pub enum Outcome {
     RoomDeleted(String),
     TokenRecorded,
     Refused(RoomError),
+    Joined(Box<Session>),
+    JoinDenied(Denial),
+    SessionEnded,
+    NoSession,
+    Heartbeat { lease_until_ms: i64 },
+    Ejected(Vec<String>),
+    BanLifted(bool),
+    Revoked { ejected: Vec<String> },
+    Fired(usize),
     Stopped,
 }
 
@@ -87,10 +121,27 @@ pub(super) struct WriterInit {
     pub clock: SharedClock,
     pub durable: watch::Sender<u64>,
     pub writable: Arc<AtomicBool>,
+    /// Presence lease length.
+    pub lease_ms: i64,
+    /// Woken whenever timers are written, so the deadline task re-reads the earliest one.
+    pub timers_changed: Arc<tokio::sync::Notify>,
+}
+
+/// Who is in a room right now (the writer's own bookkeeping, rebuilt from `sessions` at start).
+#[derive(Debug, Clone)]
+pub(super) struct RoomLive {
+    pub count: u64,
+    pub meeting_id: String,
+    pub start_ms: i64,
 }
 
 pub(super) struct Writer {
-    s: WriterInit,
+    pub(super) s: WriterInit,
+    /// Live session count and meeting per room: capacity checks without scans.
+    pub(super) live: std::collections::HashMap<String, RoomLive>,
+    /// Last sign of life per session (join, heartbeat, open stream). Memory only: after a
+    /// restart every live session starts with a fresh lease.
+    pub(super) leases: std::collections::HashMap<String, i64>,
     /// A sled write or a journal sync failed after the journal took a record: the in-memory
     /// state can no longer be trusted, so every later command answers 503 until a restart
     /// (whose recovery replays the journal).
@@ -101,35 +152,63 @@ pub(super) struct Writer {
 }
 
 /// Staged writes of one command: replayed verbatim inside the transaction.
+/// A write set without events (a lease timer moved) is "soft": applied to sled without a
+/// journal record, because losing it in a crash changes nothing (leases restart fresh).
 #[derive(Default)]
-struct WriteSet {
+pub(super) struct WriteSet {
     ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
     events: Vec<NewEvent>,
     room_delta: i64,
+    /// In-memory presence changes, applied only once the write set is committed.
+    pub(super) live: Vec<LiveChange>,
+    timers_touched: bool,
+}
+
+#[derive(Debug)]
+pub(super) enum LiveChange {
+    Joined {
+        room: String,
+        session_id: String,
+        meeting_id: String,
+        start_ms: i64,
+        at_ms: i64,
+    },
+    Left {
+        room: String,
+        session_id: String,
+    },
 }
 
 impl WriteSet {
-    fn put(&mut self, t: Tree, k: impl Into<Vec<u8>>, v: Vec<u8>) {
+    pub(super) fn put(&mut self, t: Tree, k: impl Into<Vec<u8>>, v: Vec<u8>) {
+        self.timers_touched |= t == Tree::Timers;
         self.ops.push((t, k.into(), Some(v)));
     }
 
-    fn del(&mut self, t: Tree, k: impl Into<Vec<u8>>) {
+    pub(super) fn del(&mut self, t: Tree, k: impl Into<Vec<u8>>) {
         self.ops.push((t, k.into(), None));
     }
 
-    fn event(&mut self, kind: &'static str, payload: Value) {
+    pub(super) fn event(&mut self, kind: &'static str, payload: Value) {
         self.events.push(NewEvent::new(kind, payload));
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.ops.is_empty() && self.events.is_empty()
     }
 }
 
 impl Writer {
-    pub fn new(s: WriterInit) -> Writer {
-        Writer {
+    pub fn new(s: WriterInit) -> Result<Writer, StoreError> {
+        let (live, leases) = super::participants::rebuild_presence(&s.trees, s.clock.now_ms())?;
+        Ok(Writer {
             s,
+            live,
+            leases,
             poisoned: None,
             last_rotation: std::time::Instant::now(),
             unsynced: false,
-        }
+        })
     }
 
     /// The writer loop: take a batch, apply each command, sync the journal once, answer everyone.
@@ -216,8 +295,15 @@ impl Writer {
                 self.create_room(name.take(), *privacy, std::mem::take(config))?
             }
             Command::UpdateRoom { name, privacy, patch } => self.update_room(name, *privacy, patch)?,
-            Command::DeleteRoom { name } => self.delete_room(name)?,
+            Command::DeleteRoom { name, by } => self.delete_room(name, by)?,
             Command::CreateToken { record, event } => self.create_token(record, event)?,
+            Command::Join(req) => self.join(req)?,
+            Command::Leave { session_id } => self.leave(session_id)?,
+            Command::Heartbeat { session_id } => (None, self.heartbeat(session_id)?),
+            Command::Eject(req) => self.eject(req)?,
+            Command::LiftBan { room, user_id } => self.lift_ban(room, user_id)?,
+            Command::Revoke(req) => self.revoke(req)?,
+            Command::FireTimer { deadline_ms, kind, id } => self.fire_timer(*deadline_ms, *kind, id)?,
             Command::Shutdown => return Ok(Outcome::Stopped),
         };
         if let Some(ws) = ws {
@@ -226,18 +312,18 @@ impl Writer {
         Ok(outcome)
     }
 
-    fn now_ms(&self) -> i64 {
+    pub(super) fn now_ms(&self) -> i64 {
         self.s.clock.now_ms()
     }
 
-    fn get_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+    pub(super) fn get_room(&self, name: &str) -> Result<Option<Room>, StoreError> {
         match self.s.trees.get(Tree::Rooms).get(name.as_bytes())? {
             Some(b) => Ok(Some(room_from_record(super::decode_room(name.as_bytes(), &b)?)?)),
             None => Ok(None),
         }
     }
 
-    fn room_json(&self, room: &Room) -> Value {
+    pub(super) fn room_json(&self, room: &Room) -> Value {
         events::room_payload(&room.to_json(&self.s.public_url))
     }
 
@@ -318,11 +404,13 @@ impl Writer {
         Ok((Some(ws), Outcome::Room(room)))
     }
 
-    fn delete_room(&mut self, name: &str) -> Result<(Option<WriteSet>, Outcome), StoreError> {
+    fn delete_room(&mut self, name: &str, by: &str) -> Result<(Option<WriteSet>, Outcome), StoreError> {
         let Some(room) = self.get_room(name)? else {
             return Ok((None, Outcome::Refused(RoomError::NotFound)));
         };
         let mut ws = WriteSet::default();
+        let present = self.room_sessions(&room.name)?;
+        self.end_sessions(&mut ws, &present, "room_deleted", by)?;
         ws.del(Tree::Rooms, room.name.as_bytes());
         ws.del(Tree::RoomsById, room.id.as_bytes().to_vec());
         ws.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
@@ -353,7 +441,10 @@ impl Writer {
 
     /// Journals the write set (state change, its events with the next seqs, counters), then
     /// applies it to sled in one transaction.
-    fn commit(&mut self, mut ws: WriteSet) -> Result<(), StoreError> {
+    pub(super) fn commit(&mut self, mut ws: WriteSet) -> Result<(), StoreError> {
+        if ws.events.is_empty() {
+            return self.commit_soft(ws);
+        }
         let ts = self.now_ms();
         let first_seq = self.s.next_seq;
         let mut seq = first_seq;
@@ -394,12 +485,60 @@ impl Writer {
         match apply_ops(&self.s.trees, &entry.ops) {
             Ok(()) => {
                 self.s.room_count = rooms;
+                self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched);
                 Ok(())
             }
             Err(e) => {
                 self.poison(format!("sled write failed: {e}"));
                 Err(StoreError::Unavailable(e.to_string()))
             }
+        }
+    }
+}
+
+impl Writer {
+    /// A write set without events: straight to sled, no journal record (see [`WriteSet`]).
+    fn commit_soft(&mut self, mut ws: WriteSet) -> Result<(), StoreError> {
+        let ops: Vec<_> = std::mem::take(&mut ws.ops)
+            .into_iter()
+            .map(|(t, k, v)| (t as u8, k, v))
+            .collect();
+        apply_ops(&self.s.trees, &ops)?;
+        self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched);
+        Ok(())
+    }
+
+    fn after_commit(&mut self, live: Vec<LiveChange>, timers_touched: bool) {
+        for change in live {
+            match change {
+                LiveChange::Joined {
+                    room,
+                    session_id,
+                    meeting_id,
+                    start_ms,
+                    at_ms,
+                } => {
+                    let entry = self.live.entry(room).or_insert(RoomLive {
+                        count: 0,
+                        meeting_id,
+                        start_ms,
+                    });
+                    entry.count += 1;
+                    self.leases.insert(session_id, at_ms);
+                }
+                LiveChange::Left { room, session_id } => {
+                    self.leases.remove(&session_id);
+                    if let Some(l) = self.live.get_mut(&room) {
+                        l.count = l.count.saturating_sub(1);
+                        if l.count == 0 {
+                            self.live.remove(&room);
+                        }
+                    }
+                }
+            }
+        }
+        if timers_touched {
+            self.s.timers_changed.notify_one();
         }
     }
 }

@@ -1,0 +1,415 @@
+//! Participant-facing endpoints: join, session heartbeat / leave / stream, presence, eject,
+//! and bans. Joins carry a meeting token (or none, for public rooms); session calls carry the
+//! session secret as a bearer. Neither is ever logged or echoed.
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::wire::{self, ok};
+use super::{auth, AppState, Body};
+use crate::sessions::{self, Session, TokenCheck};
+use crate::store::{Command, EjectRequest, JoinRequest, Outcome};
+use crate::tokens;
+
+fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Verifies a token as far as possible without state.
+pub(super) fn check_token(state: &AppState, token: Option<&str>) -> TokenCheck {
+    match token {
+        None => TokenCheck::None,
+        Some(t) => match tokens::verify(&state.keys, &state.domain_id(), t) {
+            Ok(v) => TokenCheck::Valid {
+                claims: Box::new(v.claims),
+                token_id: v.token_id,
+            },
+            Err(r) => TokenCheck::Invalid(r),
+        },
+    }
+}
+
+pub async fn join(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    room: &str,
+) -> Result<Response<Body>, ApiError> {
+    let client = state.limiter.client(peer, req.headers());
+    if let Err(retry) = state.limiter.check(client) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate-limit-error",
+            "too many join attempts from this address; retry later",
+        );
+        e.retry_after = Some(retry);
+        return Err(e);
+    }
+    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["token", "user_name"])?;
+    let token = wire::opt_str(&body, "token")?.filter(|t| !t.is_empty());
+    let user_name = wire::opt_str(&body, "user_name")?;
+    if let Some(n) = user_name {
+        if !crate::properties::is_plain_text(n, 100) {
+            return Err(ApiError::invalid(
+                "'user_name' must be at most 100 characters, without control characters",
+            ));
+        }
+    }
+    let secret = random_hex(32);
+    let request = JoinRequest {
+        room: room.chars().take(crate::rooms::MAX_NAME_LEN).collect(),
+        token: check_token(state, token),
+        user_name: user_name.map(String::from),
+        session_id: uuid::Uuid::new_v4().to_string(),
+        secret_digest: Sha256::digest(secret.as_bytes()).into(),
+        leeway_s: state.settings.token_leeway_secs,
+    };
+    match state.store.submit(Command::Join(Box::new(request))).await? {
+        Outcome::Joined(s) => {
+            let mut body = s.joined_payload();
+            if let Some(o) = body.as_object_mut() {
+                o.insert("session_secret".into(), json!(secret));
+                o.insert("lease_seconds".into(), json!(state.settings.lease_ms / 1000));
+            }
+            Ok(ok(&body))
+        }
+        Outcome::JoinDenied(d) => {
+            let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
+            Err(ApiError::new(status, d.error, d.info))
+        }
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+/// The session named in the path, if the bearer is its secret.
+fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Session, ApiError> {
+    let secret = auth::bearer(req)?
+        .ok_or_else(|| ApiError::unauthenticated("missing Authorization header with the session secret"))?;
+    let (session, digest) = state
+        .store
+        .session(id)?
+        .ok_or_else(|| ApiError::not_found("no such session"))?;
+    let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+    if !bool::from(presented.ct_eq(&digest)) {
+        return Err(ApiError::unauthenticated("the session secret is not valid"));
+    }
+    Ok(session)
+}
+
+pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    session_auth(state, req, id)?;
+    match state
+        .store
+        .submit(Command::Heartbeat {
+            session_id: id.to_string(),
+        })
+        .await?
+    {
+        Outcome::Heartbeat { lease_until_ms } => Ok(ok(&json!({"lease_until": lease_until_ms / 1000}))),
+        Outcome::NoSession => Err(ApiError::not_found("no such session")),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+pub async fn leave(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    session_auth(state, req, id)?;
+    match state
+        .store
+        .submit(Command::Leave {
+            session_id: id.to_string(),
+        })
+        .await?
+    {
+        Outcome::SessionEnded => Ok(ok(&json!({"left": true, "session_id": id}))),
+        Outcome::NoSession => Err(ApiError::not_found("no such session")),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+/// A response body fed by a channel: each message is one SSE chunk.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        self.0.poll_recv(cx).map(|m| m.map(|b| Ok(Frame::data(b))))
+    }
+}
+
+pub(super) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
+    let mut r = Response::new(ChannelBody(rx).boxed());
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
+    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
+    Bytes::from(format!("{id}event: {kind}\ndata: {data}\n\n"))
+}
+
+/// `GET /v1/sessions/:id/stream`: the room's presence changes and this session's own end, as
+/// SSE. Keeps the lease alive while open; closes on ejection, on leaving, and at shutdown.
+pub async fn stream(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    let session = session_auth(state, req, id)?;
+    let (tx, rx) = mpsc::channel(64);
+    let state = state.clone();
+    tokio::spawn(async move { follow(state, session, tx).await });
+    Ok(sse_response(rx))
+}
+
+async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
+    let mut durable = state.store.watch_durable();
+    let mut after = state.store.durable_seq();
+    let mut shutdown = state.shutdown.clone();
+    let now = state.clock.now_ms();
+    let present: Vec<Value> = state
+        .store
+        .room_sessions(&me.room, now)
+        .unwrap_or_default()
+        .iter()
+        .map(|s| s.presence(now))
+        .collect();
+    let hello = json!({"session_id": me.id, "room": me.room, "participants": present, "will_eject_at": me.eject_at_ms.map(|m| m / 1000)});
+    if tx.send(sse("presence", None, &hello.to_string())).await.is_err() {
+        return;
+    }
+    let keepalive = Duration::from_millis(u64::try_from(state.settings.lease_ms / 3).unwrap_or(10_000));
+    let mut renew = tokio::time::interval(keepalive);
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => {
+                let _ = tx.send(sse("shutdown", None, "{}")).await;
+                return;
+            }
+            _ = renew.tick() => {
+                if !matches!(state.store.submit(Command::Heartbeat { session_id: me.id.clone() }).await, Ok(Outcome::Heartbeat { .. })) {
+                    let _ = tx.send(sse("ended", None, &json!({"session_id": me.id}).to_string())).await;
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
+                    return;
+                }
+            }
+            changed = durable.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                match forward(&state, &me, &tx, &mut after).await {
+                    Ok(true) => continue,
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// Sends the room's new durable events; `Ok(false)` once this session has ended.
+async fn forward(state: &AppState, me: &Session, tx: &mpsc::Sender<Bytes>, after: &mut u64) -> Result<bool, ()> {
+    loop {
+        let page = state.store.events(*after, 500, None).map_err(|_| ())?;
+        *after = page.next_after;
+        for env in &page.envelopes {
+            let Ok(v) = serde_json::from_str::<Value>(env) else {
+                continue;
+            };
+            if v["payload"]["room"].as_str() != Some(me.room.as_str()) {
+                continue;
+            }
+            let kind = v["type"].as_str().unwrap_or("");
+            tx.send(sse(kind, v["seq"].as_u64(), env)).await.map_err(|_| ())?;
+            let mine = v["payload"]["session_id"].as_str() == Some(me.id.as_str());
+            if (mine && kind == "participant.left") || kind == "room.deleted" {
+                return Ok(false);
+            }
+        }
+        if !page.has_more {
+            return Ok(true);
+        }
+    }
+}
+
+pub fn presence_all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let now = state.clock.now_ms();
+    let mut out: Map<String, Value> = Map::new();
+    for s in state.store.all_sessions(now)? {
+        if let Value::Array(list) = out.entry(s.room.clone()).or_insert_with(|| json!([])) {
+            list.push(s.presence(now));
+        }
+    }
+    Ok(ok(&Value::Object(out)))
+}
+
+pub fn room_presence(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let now = state.clock.now_ms();
+    if state.store.room(room)?.is_none() {
+        return Err(ApiError::not_found("room not found"));
+    }
+    let data: Vec<Value> = state
+        .store
+        .room_sessions(room, now)?
+        .iter()
+        .map(|s| s.presence(now))
+        .collect();
+    Ok(ok(&json!({"total_count": data.len(), "data": data})))
+}
+
+/// Who may eject in `room`: an API key, or a meeting token for that room that passes every
+/// join check and may administer participants.
+fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Result<(String, bool), ApiError> {
+    let cred = auth::bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header"))?;
+    if let Some(key) = state.keys.authenticate(cred) {
+        return Ok((format!("api:{}", key.kid), false));
+    }
+    if cred.split('.').count() != 3 {
+        return Err(ApiError::unauthenticated(
+            "the credential is neither an API key nor a meeting token",
+        ));
+    }
+    let forbidden = |why: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden-error", why);
+    let v = tokens::verify(&state.keys, &state.domain_id(), cred)
+        .map_err(|_| forbidden("the meeting token is not valid"))?;
+    let c = &v.claims;
+    if c.room.as_deref() != Some(room) {
+        return Err(forbidden("the meeting token is not for this room"));
+    }
+    let now = state.clock.now_ms();
+    if c.time_status(now, state.settings.token_leeway_secs, false) != tokens::TimeStatus::Valid {
+        return Err(forbidden("the meeting token is expired or not valid yet"));
+    }
+    if state.store.is_revoked(c, &v.token_id, Some(room), now)? {
+        return Err(forbidden("the meeting token has been revoked"));
+    }
+    if let Some(u) = &c.user_id {
+        if state.store.is_banned(room, u, now)? {
+            return Err(forbidden("the token's user is banned from this room"));
+        }
+    }
+    if !c.can_admin_participants() {
+        return Err(forbidden(
+            "only an owner token, or one with canAdmin 'participants', may eject",
+        ));
+    }
+    Ok((format!("token:{}", tokens::short_id(&v.token_id)), true))
+}
+
+fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+    let bad = || {
+        ApiError::invalid(format!(
+            "'{name}' must be an array of at most {} strings",
+            sessions::MAX_EJECT_IDS
+        ))
+    };
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => a
+            .iter()
+            .map(|v| v.as_str().filter(|s| s.len() <= 255).map(String::from).ok_or_else(bad))
+            .collect(),
+        Some(_) => Err(bad()),
+    }
+}
+
+pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
+    let (by, by_token) = eject_authority(state, &req, room)?;
+    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["ids", "user_ids", "ban", "ban_until"])?;
+    let ids = id_list(&body, "ids")?;
+    let user_ids = id_list(&body, "user_ids")?;
+    let ban = match body.get("ban") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(ApiError::invalid("'ban' must be true or false")),
+    };
+    let ban_until_s = match body.get("ban_until") {
+        None | Some(Value::Null) => None,
+        Some(v) => {
+            let now = state.clock.now_secs();
+            match v.as_i64() {
+                Some(t) if t > now && t <= crate::properties::MAX_UNIX_SECS => Some(t),
+                _ => return Err(ApiError::invalid("'ban_until' must be a future unix time in seconds")),
+            }
+        }
+    };
+    if state
+        .store
+        .room(room)?
+        .filter(|r| !r.is_expired(state.clock.now_secs()))
+        .is_none()
+    {
+        return Err(ApiError::not_found("room not found"));
+    }
+    let request = EjectRequest {
+        room: room.to_string(),
+        ids,
+        user_ids,
+        ban,
+        ban_until_s,
+        by,
+        by_token,
+    };
+    match state.store.submit(Command::Eject(Box::new(request))).await? {
+        Outcome::Ejected(ids) => Ok(ok(&json!({"ejectedIds": ids}))),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+pub fn bans(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let data: Vec<Value> = state
+        .store
+        .bans(room, state.clock.now_ms())?
+        .into_iter()
+        .map(|(user, b)| json!({"user_id": user, "until": b.until_ms.map(|m| m / 1000), "created_at": crate::clock::rfc3339_ms(b.created_ms), "by": b.by}))
+        .collect();
+    Ok(ok(&json!({"total_count": data.len(), "data": data})))
+}
+
+pub async fn lift_ban(
+    state: &Arc<AppState>,
+    req: &Request<Incoming>,
+    room: &str,
+    user_id: &str,
+) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    match state
+        .store
+        .submit(Command::LiftBan {
+            room: room.to_string(),
+            user_id: user_id.to_string(),
+        })
+        .await?
+    {
+        Outcome::BanLifted(true) => Ok(ok(&json!({"deleted": true, "room": room, "user_id": user_id}))),
+        Outcome::BanLifted(false) => Err(ApiError::not_found("no such ban")),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}

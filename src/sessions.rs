@@ -1,0 +1,352 @@
+//! Participant rules: the join decision, ejection deadlines (token settings override the
+//! room's, as in Daily), bans' lifetimes, and the shapes sessions take in responses and events.
+//! Pure functions over facts the writer gathers; no I/O.
+//!
+//! Must not: touch the store or HTTP, or put a token or session secret in anything it returns.
+
+use serde_json::{json, Value};
+
+use crate::rooms::{Privacy, Room};
+use crate::tokens::{Claims, Rejection, TimeStatus};
+
+/// Default presence lease: a session not heard from for this long leaves with reason `timeout`.
+pub const DEFAULT_LEASE_MS: i64 = 30_000;
+/// A ban made with a meeting token, without `ban_until`, on a room without `exp`.
+pub const TOKEN_BAN_DEFAULT_MS: i64 = 24 * 3600 * 1000;
+/// Most `ids` / `user_ids` in one eject call.
+pub const MAX_EJECT_IDS: usize = 100;
+
+/// Why a join was refused: Daily's error type, a precise detail word for the event log, and
+/// the text the participant sees. Never carries a secret.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Denial {
+    pub error: &'static str,
+    pub detail: &'static str,
+    pub info: String,
+}
+
+impl Denial {
+    fn new(error: &'static str, detail: &'static str, info: &str) -> Denial {
+        Denial {
+            error,
+            detail,
+            info: info.to_string(),
+        }
+    }
+
+    fn not_allowed(detail: &'static str) -> Denial {
+        Denial::new("not-allowed", detail, "You are not allowed to join this meeting")
+    }
+
+    /// 404 for `no-room`, 403 for every other refusal.
+    pub fn status(&self) -> u16 {
+        if self.error == "no-room" {
+            404
+        } else {
+            403
+        }
+    }
+}
+
+/// The token part of a join attempt, as verified by the handler.
+#[derive(Debug, Clone)]
+pub enum TokenCheck {
+    None,
+    Invalid(Rejection),
+    Valid { claims: Box<Claims>, token_id: String },
+}
+
+/// Facts the writer gathers for one join attempt.
+pub struct JoinFacts<'a> {
+    pub now_ms: i64,
+    pub leeway_s: u64,
+    pub room: Option<&'a Room>,
+    pub token: &'a TokenCheck,
+    pub revoked: bool,
+    pub banned: bool,
+    pub present: u64,
+}
+
+/// Decides a join in Daily's order of checks. `Ok` means admitted (capacity included).
+pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
+    let Some(room) = f.room else {
+        return Err(Denial::new("no-room", "no_room", "This room does not exist"));
+    };
+    let now_s = f.now_ms.div_euclid(1000);
+    if room.nbf().is_some_and(|nbf| now_s < nbf) {
+        return Err(Denial::new(
+            "nbf-room",
+            "room_not_started",
+            "This meeting has not started yet",
+        ));
+    }
+    if room.is_expired(now_s) {
+        return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
+    }
+    match f.token {
+        TokenCheck::None if room.privacy == Privacy::Private => return Err(Denial::not_allowed("private_room")),
+        TokenCheck::None => {}
+        TokenCheck::Invalid(r) => return Err(Denial::not_allowed(r.detail())),
+        TokenCheck::Valid { claims, .. } => {
+            if claims.room.as_deref().is_some_and(|r| r != room.name) {
+                return Err(Denial::not_allowed("wrong_room"));
+            }
+            match claims.time_status(f.now_ms, f.leeway_s, false) {
+                TimeStatus::NotYetValid => {
+                    return Err(Denial::new(
+                        "nbf-token",
+                        "token_not_yet_valid",
+                        "Your meeting token is not valid yet",
+                    ))
+                }
+                TimeStatus::Expired => {
+                    return Err(Denial::new(
+                        "exp-token",
+                        "token_expired",
+                        "Your meeting token has expired",
+                    ))
+                }
+                TimeStatus::Valid => {}
+            }
+            if f.revoked {
+                return Err(Denial::not_allowed("revoked"));
+            }
+        }
+    }
+    if f.banned {
+        return Err(Denial::new(
+            "ejected",
+            "banned",
+            "You were removed from this meeting and cannot rejoin",
+        ));
+    }
+    if f.present >= room.max_participants() {
+        return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
+    }
+    Ok(())
+}
+
+/// When a session will be ejected and why. Token settings (`ejt`/`eje`) replace the room's
+/// (`eject_at_room_exp`, `eject_after_elapsed`) for that session when either is set.
+pub fn eject_deadline(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Option<(i64, &'static str)> {
+    let mut candidates: Vec<(i64, &'static str)> = Vec::new();
+    let token_rules = claims.filter(|c| c.eject_at_token_exp || c.eject_after_elapsed.is_some());
+    match token_rules {
+        Some(c) => {
+            if let Some(secs) = c.eject_after_elapsed {
+                candidates.push((joined_ms.saturating_add(secs_to_ms(secs)), "elapsed"));
+            }
+            if let (true, Some(exp)) = (c.eject_at_token_exp, c.exp) {
+                candidates.push(((exp * 1000.0) as i64, "token_expired"));
+            }
+        }
+        None => {
+            if let Some(secs) = room.config.get("eject_after_elapsed").and_then(Value::as_u64) {
+                candidates.push((joined_ms.saturating_add(secs_to_ms(secs)), "elapsed"));
+            }
+            let at_exp = room
+                .config
+                .get("eject_at_room_exp")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            if let (true, Some(exp)) = (at_exp, room.exp()) {
+                candidates.push((exp.saturating_mul(1000), "room_expired"));
+            }
+        }
+    }
+    candidates.into_iter().min_by_key(|(at, _)| *at)
+}
+
+fn secs_to_ms(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX / 1000).saturating_mul(1000)
+}
+
+/// How long a ban lasts, in unix ms (`None` = until lifted). API-key bans last until
+/// `ban_until` or forever; token bans at most until `ban_until`, else the room's `exp`, else 24 h.
+pub fn ban_until_ms(by_token: bool, ban_until_s: Option<i64>, room_exp_s: Option<i64>, now_ms: i64) -> Option<i64> {
+    let asked = ban_until_s.map(|s| s.saturating_mul(1000));
+    if !by_token {
+        return asked;
+    }
+    let cap = room_exp_s
+        .map(|e| e.saturating_mul(1000))
+        .unwrap_or(now_ms + TOKEN_BAN_DEFAULT_MS);
+    Some(asked.map_or(cap, |a| a.min(cap)))
+}
+
+/// A live session as the domain sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Session {
+    pub id: String,
+    pub room: String,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub owner: bool,
+    pub token_id: Option<String>,
+    /// `iat` of the token used (seconds), for `issued_before` revocations.
+    pub token_iat: Option<f64>,
+    pub joined_ms: i64,
+    pub eject_at_ms: Option<i64>,
+    pub eject_reason: Option<String>,
+    pub permissions: Option<Value>,
+    pub meeting_id: String,
+}
+
+fn secs(ms: i64) -> f64 {
+    ms as f64 / 1000.0
+}
+
+impl Session {
+    /// `participant.joined` payload (also the base of the join response and `participant.left`).
+    pub fn joined_payload(&self) -> Value {
+        json!({
+            "joined_at": secs(self.joined_ms),
+            "session_id": self.id,
+            "room": self.room,
+            "user_id": self.user_id,
+            "user_name": self.user_name,
+            "owner": self.owner,
+            "will_eject_at": self.eject_at_ms.map(|ms| ms.div_euclid(1000)),
+            "permissions": self.permissions.clone().unwrap_or_else(|| json!({"hasPresence": true})),
+        })
+    }
+
+    pub fn left_payload(&self, now_ms: i64, reason: &str) -> Value {
+        let mut v = self.joined_payload();
+        if let Some(o) = v.as_object_mut() {
+            o.insert("duration".into(), json!(((now_ms - self.joined_ms).max(0)) / 1000));
+            o.insert("reason".into(), json!(reason));
+        }
+        v
+    }
+
+    pub fn ejected_payload(&self, reason: &str, by: &str) -> Value {
+        json!({"session_id": self.id, "room": self.room, "user_id": self.user_id, "user_name": self.user_name, "reason": reason, "by": by})
+    }
+
+    /// Daily's presence participant.
+    pub fn presence(&self, now_ms: i64) -> Value {
+        json!({
+            "room": self.room,
+            "id": self.id,
+            "userId": self.user_id,
+            "userName": self.user_name,
+            "joinTime": crate::clock::rfc3339_ms(self.joined_ms),
+            "duration": ((now_ms - self.joined_ms).max(0)) / 1000,
+            "owner": self.owner,
+        })
+    }
+
+    /// Gone at `now_ms` by check-on-read: its ejection deadline has passed.
+    pub fn is_over(&self, now_ms: i64) -> bool {
+        self.eject_at_ms.is_some_and(|at| now_ms >= at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Map;
+
+    fn room(config: Value, privacy: Privacy) -> Room {
+        Room {
+            id: uuid::Uuid::nil(),
+            name: "r".into(),
+            privacy,
+            created_ms: 0,
+            api_created: true,
+            config: config.as_object().cloned().unwrap_or_else(Map::new),
+        }
+    }
+
+    fn facts<'a>(room: Option<&'a Room>, token: &'a TokenCheck) -> JoinFacts<'a> {
+        JoinFacts {
+            now_ms: 100_000,
+            leeway_s: 0,
+            room,
+            token,
+            revoked: false,
+            banned: false,
+            present: 0,
+        }
+    }
+
+    #[test]
+    fn refusals_in_order() {
+        let none = TokenCheck::None;
+        assert_eq!(decide_join(&facts(None, &none)).unwrap_err().error, "no-room");
+        let early = room(json!({"nbf": 200}), Privacy::Public);
+        assert_eq!(decide_join(&facts(Some(&early), &none)).unwrap_err().error, "nbf-room");
+        let late = room(json!({"exp": 100}), Privacy::Public);
+        assert_eq!(decide_join(&facts(Some(&late), &none)).unwrap_err().error, "exp-room");
+        let private = room(json!({}), Privacy::Private);
+        let d = decide_join(&facts(Some(&private), &none)).unwrap_err();
+        assert_eq!(
+            (d.error, d.info.as_str()),
+            ("not-allowed", "You are not allowed to join this meeting")
+        );
+        let other = TokenCheck::Valid {
+            claims: Box::new(Claims {
+                room: Some("x".into()),
+                ..Default::default()
+            }),
+            token_id: "j".into(),
+        };
+        assert_eq!(
+            decide_join(&facts(Some(&private), &other)).unwrap_err().detail,
+            "wrong_room"
+        );
+        let expired = TokenCheck::Valid {
+            claims: Box::new(Claims {
+                exp: Some(99.0),
+                ..Default::default()
+            }),
+            token_id: "j".into(),
+        };
+        assert_eq!(
+            decide_join(&facts(Some(&private), &expired)).unwrap_err().error,
+            "exp-token"
+        );
+        let full = room(json!({"max_participants": 2}), Privacy::Public);
+        let mut f = facts(Some(&full), &none);
+        f.present = 2;
+        assert_eq!(decide_join(&f).unwrap_err().error, "meeting-full");
+        f.present = 1;
+        assert!(decide_join(&f).is_ok());
+        f.banned = true;
+        assert_eq!(decide_join(&f).unwrap_err().error, "ejected");
+    }
+
+    #[test]
+    fn token_eject_settings_replace_the_rooms() {
+        let r = room(
+            json!({"eject_after_elapsed": 60, "eject_at_room_exp": true, "exp": 500}),
+            Privacy::Public,
+        );
+        assert_eq!(eject_deadline(&r, None, 1_000), Some((61_000, "elapsed")));
+        let c = Claims {
+            eject_after_elapsed: Some(3),
+            ..Default::default()
+        };
+        assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((4_000, "elapsed")));
+        let c = Claims {
+            eject_at_token_exp: true,
+            exp: Some(200.0),
+            ..Default::default()
+        };
+        assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((200_000, "token_expired")));
+        let plain = Claims::default();
+        assert_eq!(eject_deadline(&r, Some(&plain), 1_000), Some((61_000, "elapsed")));
+        let r2 = room(json!({"eject_at_room_exp": true, "exp": 50}), Privacy::Public);
+        assert_eq!(eject_deadline(&r2, None, 1_000), Some((50_000, "room_expired")));
+    }
+
+    #[test]
+    fn ban_lifetimes() {
+        assert_eq!(ban_until_ms(false, None, Some(10), 0), None);
+        assert_eq!(ban_until_ms(false, Some(5), None, 0), Some(5_000));
+        assert_eq!(ban_until_ms(true, None, Some(10), 0), Some(10_000));
+        assert_eq!(ban_until_ms(true, None, None, 7), Some(7 + TOKEN_BAN_DEFAULT_MS));
+        assert_eq!(ban_until_ms(true, Some(50), Some(10), 0), Some(10_000));
+    }
+}
