@@ -450,6 +450,7 @@ fn fill(dir: &str) {
             background_flush_ms: Some(500),
             sync: SyncMode::Flush,
             public_url: "http://bench".into(),
+            lease_ms: 30_000,
         };
         let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
         const N: u64 = 1_000_000;

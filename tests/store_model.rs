@@ -142,7 +142,13 @@ async fn run(seed: u64) {
                 }
             }
             5..=6 => {
-                let out = store.submit(Command::DeleteRoom { name: name.clone(), by: "test".into() }).await.unwrap();
+                let out = store
+                    .submit(Command::DeleteRoom {
+                        name: name.clone(),
+                        by: "test".into(),
+                    })
+                    .await
+                    .unwrap();
                 if model.rooms.remove(&name).is_some() {
                     assert!(matches!(out, Outcome::RoomDeleted(_)));
                     model.events += 1;

@@ -289,9 +289,9 @@ impl Writer {
             }
             (Ok(()), None) => return Err(StoreError::Unavailable("join admitted without a room".into())),
         };
-        let remaining = self.end_sessions(&mut ws, &duplicates, "duplicate_user_id", "scheduler")?;
+        self.end_sessions_inner(&mut ws, &duplicates, "duplicate_user_id", "scheduler", true)?;
         let (meeting_id, start_ms) = match self.live.get(&req.room) {
-            Some(l) if remaining > 0 => (l.meeting_id.clone(), l.start_ms),
+            Some(l) if l.count > 0 => (l.meeting_id.clone(), l.start_ms),
             _ => {
                 let id = uuid::Uuid::new_v4().to_string();
                 ws.event(
@@ -365,10 +365,20 @@ impl Writer {
         ended: &[Session],
         reason: &str,
         by: &str,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(), StoreError> {
+        self.end_sessions_inner(ws, ended, reason, by, false)
+    }
+
+    fn end_sessions_inner(
+        &self,
+        ws: &mut WriteSet,
+        ended: &[Session],
+        reason: &str,
+        by: &str,
+        replaced: bool,
+    ) -> Result<(), StoreError> {
         let now = self.now_ms();
         let mut remaining: HashMap<&str, u64> = HashMap::new();
-        let mut last = 0;
         let mut seen = BTreeSet::new();
         for s in ended {
             if !seen.insert(s.id.clone()) {
@@ -394,8 +404,7 @@ impl Writer {
             ws.event(crate::events::PARTICIPANT_LEFT, s.left_payload(now, left_reason));
             let left = remaining.entry(&s.room).or_insert_with(|| self.present(&s.room));
             *left = left.saturating_sub(1);
-            last = *left;
-            if *left == 0 {
+            if *left == 0 && !replaced {
                 let (meeting_id, start) = self.live.get(&s.room).map_or((s.meeting_id.clone(), s.joined_ms), |l| {
                     (l.meeting_id.clone(), l.start_ms)
                 });
@@ -409,7 +418,7 @@ impl Writer {
                 session_id: s.id.clone(),
             });
         }
-        Ok(last)
+        Ok(())
     }
 
     pub(super) fn leave(&mut self, id: &str) -> Result<(Option<WriteSet>, Outcome), StoreError> {

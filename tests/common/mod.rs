@@ -48,6 +48,63 @@ impl Server {
         s
     }
 
+    /// A fresh server with a temp data dir and extra environment variables.
+    pub fn start_with(env: &[(&str, &str)]) -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mut s = Server::start_in(&dir, env);
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Joins `room` with an optional token; returns the reply.
+    pub fn join(&self, room: &str, token: Option<&str>, user_name: Option<&str>) -> Reply {
+        let mut body = serde_json::Map::new();
+        if let Some(t) = token {
+            body.insert("token".into(), t.into());
+        }
+        if let Some(n) = user_name {
+            body.insert("user_name".into(), n.into());
+        }
+        self.call(
+            "POST",
+            &format!("/v1/rooms/{room}/join"),
+            None,
+            Some(&Value::Object(body).to_string()),
+        )
+    }
+
+    /// Joins and asserts success; returns (session id, secret, reply body).
+    pub fn join_ok(&self, room: &str, token: Option<&str>) -> (String, String, Value) {
+        let r = self.join(room, token, Some("someone"));
+        assert_eq!(r.status, 200, "join {room}: {}", r.text);
+        (
+            r.body["session_id"].as_str().unwrap().to_string(),
+            r.body["session_secret"].as_str().unwrap().to_string(),
+            r.body,
+        )
+    }
+
+    /// Events of the given type, oldest first.
+    pub fn events_of(&self, kind: &str) -> Vec<Value> {
+        self.events().into_iter().filter(|e| e["type"] == kind).collect()
+    }
+
+    /// Waits (bounded) until an event of `kind` matching `pred` is in the log; for work the
+    /// deadline task does asynchronously after the clock moved.
+    pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            if let Some(e) = self.events_of(kind).into_iter().find(|e| pred(e)) {
+                return e;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "no {kind} event matching after 5 s; log:\n{}",
+            serde_json::to_string_pretty(&self.events()).unwrap()
+        );
+    }
+
     /// A server on `dir` (kept), with extra environment variables.
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
@@ -58,6 +115,8 @@ impl Server {
             .arg(dir)
             .env("GATEHOUSE_API_KEY", KEY)
             .env("GATEHOUSE_LOG", "info")
+            .env("GATEHOUSE_JOIN_RATE", "100000")
+            .env("GATEHOUSE_JOIN_BURST", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
