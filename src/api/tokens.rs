@@ -73,13 +73,18 @@ pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> 
         Err(r) if verbose => return Ok(ok(&json!({"status": status_word(&r), "info": r.to_string()}))),
         Err(r) => return Err(ApiError::invalid(r.to_string())),
     };
-    let status = match verified
-        .claims
-        .time_status(state.clock.now_ms(), state.settings.token_leeway_secs, ignore_nbf)
-    {
+    let now = state.clock.now_ms();
+    let c = &verified.claims;
+    let banned = match (&c.room, &c.user_id) {
+        (Some(r), Some(u)) => state.store.is_banned(r, u, now)?,
+        _ => false,
+    };
+    let status = match c.time_status(now, state.settings.token_leeway_secs, ignore_nbf) {
+        TimeStatus::Expired => "expired",
+        _ if state.store.is_revoked(c, &verified.token_id, None, now)? => "revoked",
+        _ if banned => "banned",
         TimeStatus::Valid => "valid",
         TimeStatus::NotYetValid => "not_yet_valid",
-        TimeStatus::Expired => "expired",
     };
     let mut body = verified.claims.to_long_json();
     if verbose {
