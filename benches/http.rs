@@ -98,7 +98,9 @@ fn gatehouse(dir: &std::path::Path, sync: &str) -> Proc {
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--sync", sync, "--data-dir"])
         .arg(dir)
         .env("GATEHOUSE_API_KEY", KEY)
-        .env("GATEHOUSE_LOG", "warn");
+        .env("GATEHOUSE_LOG", "warn")
+        .env("GATEHOUSE_JOIN_RATE", "1000000000")
+        .env("GATEHOUSE_JOIN_BURST", "1000000000");
     spawn(cmd)
 }
 
@@ -296,6 +298,33 @@ async fn run(quick: bool) {
                 Kind::Get,
                 "/v1/rooms/bench".into(),
                 no_body(),
+            )
+            .await,
+        );
+        post_json(
+            &gh.addr,
+            "/v1/rooms",
+            r#"{"name":"joinbench","properties":{"max_participants":100000}}"#,
+        )
+        .await;
+        let jt = post_json(
+            &gh.addr,
+            "/v1/meeting-tokens",
+            r#"{"properties":{"room_name":"joinbench","user_name":"bench"}}"#,
+        )
+        .await["token"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let join_body = format!(r#"{{"token":"{jt}"}}"#);
+        let body = Arc::new(move |_| join_body.clone());
+        results.push(
+            load(
+                "POST /v1/rooms/:name/join (durable)",
+                &gh.addr,
+                Kind::Post,
+                "/v1/rooms/joinbench/join".into(),
+                body,
             )
             .await,
         );
