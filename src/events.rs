@@ -8,6 +8,7 @@ use serde_json::Value;
 pub const ROOM_CREATED: &str = "room.created";
 pub const ROOM_UPDATED: &str = "room.updated";
 pub const ROOM_DELETED: &str = "room.deleted";
+pub const ROOM_EXPIRED: &str = "room.expired";
 pub const MEETING_TOKEN_CREATED: &str = "meeting-token.created";
 pub const MEETING_TOKEN_REVOKED: &str = "meeting-token.revoked";
 pub const MEETING_STARTED: &str = "meeting.started";

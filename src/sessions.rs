@@ -126,9 +126,30 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
     Ok(())
 }
 
+/// True when the room's ejection settings apply to a session: its token sets neither
+/// `eject_at_token_exp` nor `eject_after_elapsed` (Daily's rule).
+pub fn follows_room_rules(claims: Option<&Claims>) -> bool {
+    !claims.is_some_and(|c| c.eject_at_token_exp || c.eject_after_elapsed.is_some())
+}
+
 /// When a session will be ejected and why. Token settings (`ejt`/`eje`) replace the room's
 /// (`eject_at_room_exp`, `eject_after_elapsed`) for that session when either is set.
 pub fn eject_deadline(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Option<(i64, &'static str)> {
+    eject_candidates(room, claims, joined_ms)
+        .into_iter()
+        .min_by_key(|(at, _)| *at)
+}
+
+/// The session's own ejection timer: like [`eject_deadline`] but without the room's expiry,
+/// which the room's own timer enforces for everyone at once (and moves when `exp` changes).
+pub fn eject_timer(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Option<(i64, &'static str)> {
+    eject_candidates(room, claims, joined_ms)
+        .into_iter()
+        .filter(|(_, r)| *r != "room_expired")
+        .min_by_key(|(at, _)| *at)
+}
+
+fn eject_candidates(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Vec<(i64, &'static str)> {
     let mut candidates: Vec<(i64, &'static str)> = Vec::new();
     let token_rules = claims.filter(|c| c.eject_at_token_exp || c.eject_after_elapsed.is_some());
     match token_rules {
@@ -154,7 +175,7 @@ pub fn eject_deadline(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> O
             }
         }
     }
-    candidates.into_iter().min_by_key(|(at, _)| *at)
+    candidates
 }
 
 fn secs_to_ms(s: u64) -> i64 {
@@ -190,6 +211,8 @@ pub struct Session {
     pub eject_reason: Option<String>,
     pub permissions: Option<Value>,
     pub meeting_id: String,
+    /// The room's ejection settings apply (the token set none of its own).
+    pub room_rules: bool,
 }
 
 fn secs(ms: i64) -> f64 {
@@ -339,6 +362,16 @@ mod tests {
         assert_eq!(eject_deadline(&r, Some(&plain), 1_000), Some((61_000, "elapsed")));
         let r2 = room(json!({"eject_at_room_exp": true, "exp": 50}), Privacy::Public);
         assert_eq!(eject_deadline(&r2, None, 1_000), Some((50_000, "room_expired")));
+        assert_eq!(
+            eject_timer(&r2, None, 1_000),
+            None,
+            "the room's own timer handles its expiry"
+        );
+        assert!(follows_room_rules(Some(&plain)) && follows_room_rules(None));
+        assert!(!follows_room_rules(Some(&Claims {
+            eject_after_elapsed: Some(3),
+            ..Default::default()
+        })));
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub fn revoke_room(room: &str) -> Vec<u8> {
 /// Timer kinds (part of the on-disk format).
 pub const TIMER_LEASE: u8 = 1;
 pub const TIMER_EJECT: u8 = 2;
+/// A room's `exp` (id = room name).
+pub const TIMER_ROOM_EXP: u8 = 3;
+/// A ban's `until` (id = room + `\0` + user id).
+pub const TIMER_BAN: u8 = 4;
 
 /// `timers`: deadline ms (BE, negative clamped to 0), kind, id.
 pub fn timer(deadline_ms: i64, kind: u8, id: &str) -> Vec<u8> {

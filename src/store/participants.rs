@@ -8,7 +8,7 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Value};
 
-use super::keys::{self, TIMER_EJECT, TIMER_LEASE};
+use super::keys::{self, TIMER_BAN, TIMER_EJECT, TIMER_LEASE, TIMER_ROOM_EXP};
 use super::records::{self, BanRecord, RevocationRecord, SessionRecord};
 use super::writer::{LiveChange, Outcome, RoomLive, WriteSet, Writer};
 use super::{StoreError, Tree, Trees};
@@ -70,6 +70,7 @@ pub(super) fn decode_session(key: &[u8], bytes: &[u8]) -> Result<(Session, [u8; 
         eject_reason: r.eject_reason,
         permissions,
         meeting_id: r.meeting_id,
+        room_rules: r.room_rules,
     };
     Ok((s, r.secret_digest))
 }
@@ -322,10 +323,11 @@ impl Writer {
             permissions_json: claims.and_then(|c| c.permissions.as_ref()).map(Value::to_string),
             meeting_id: meeting_id.clone(),
             meeting_start_ms: start_ms,
+            room_rules: sessions::follows_room_rules(claims),
         };
         self.put_session(&mut ws, &record)?;
         self.put_timer(&mut ws, TIMER_LEASE, &record.id, now + self.s.lease_ms)?;
-        if let Some((at, _)) = deadline {
+        if let Some((at, _)) = sessions::eject_timer(&room, claims, now) {
             self.put_timer(&mut ws, TIMER_EJECT, &record.id, at)?;
         }
         let (session, _) = decode_session(record.id.as_bytes(), &records::encode(records::SESSION_V1, &record)?)?;
@@ -412,11 +414,80 @@ impl Writer {
                     crate::events::MEETING_ENDED,
                     json!({"room": s.room, "meeting_id": meeting_id, "start_ts": start as f64 / 1000.0, "end_ts": now as f64 / 1000.0}),
                 );
+                // The last one out of an expired room takes its tombstone away.
+                if let Some(room) = self.get_room(&s.room)?.filter(|r| r.is_expired(now.div_euclid(1000))) {
+                    self.drop_room_records(ws, &room)?;
+                }
             }
             ws.live.push(LiveChange::Left {
                 room: s.room.clone(),
                 session_id: s.id.clone(),
             });
+        }
+        Ok(())
+    }
+
+    /// Removes a room's records and its expiry timer (once per write set).
+    pub(super) fn drop_room_records(&self, ws: &mut WriteSet, room: &crate::rooms::Room) -> Result<(), StoreError> {
+        if !ws.removed_rooms.insert(room.name.clone()) {
+            return Ok(());
+        }
+        ws.del(Tree::Rooms, room.name.as_bytes());
+        ws.del(Tree::RoomsById, room.id.as_bytes().to_vec());
+        ws.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
+        ws.room_delta -= 1;
+        self.del_timer(ws, TIMER_ROOM_EXP, &room.name)
+    }
+
+    /// Ends everyone in the room, then removes it.
+    pub(super) fn remove_room(
+        &self,
+        ws: &mut WriteSet,
+        room: &crate::rooms::Room,
+        reason: &str,
+        by: &str,
+    ) -> Result<(), StoreError> {
+        ws.removed_rooms.insert(room.name.clone());
+        let present = self.room_sessions(&room.name)?;
+        self.end_sessions(ws, &present, reason, by)?;
+        ws.removed_rooms.remove(&room.name);
+        self.drop_room_records(ws, room)
+    }
+
+    /// Keeps the room's expiry timer in step with its `exp`.
+    pub(super) fn sync_room_timer(&self, ws: &mut WriteSet, room: &crate::rooms::Room) -> Result<(), StoreError> {
+        match room.exp() {
+            Some(exp) => self.put_timer(ws, TIMER_ROOM_EXP, &room.name, exp.saturating_mul(1000)),
+            None => self.del_timer(ws, TIMER_ROOM_EXP, &room.name),
+        }
+    }
+
+    /// After a room's settings change: recomputes the ejection deadline of every session that
+    /// follows the room's rules, and moves its timer.
+    pub(super) fn reschedule_room_sessions(
+        &self,
+        ws: &mut WriteSet,
+        room: &crate::rooms::Room,
+    ) -> Result<(), StoreError> {
+        for s in self.room_sessions(&room.name)?.into_iter().filter(|s| s.room_rules) {
+            let Some(mut r) = full_record(self.sessions_tree(), &s.id)? else {
+                continue;
+            };
+            let all = sessions::eject_deadline(room, None, r.joined_ms);
+            let own = sessions::eject_timer(room, None, r.joined_ms);
+            if r.eject_at_ms != all.map(|d| d.0) {
+                r.eject_at_ms = all.map(|d| d.0);
+                r.eject_reason = all.map(|d| d.1.to_string());
+                ws.put(
+                    Tree::Sessions,
+                    r.id.as_bytes(),
+                    records::encode(records::SESSION_V1, &r)?,
+                );
+            }
+            match own {
+                Some((at, _)) => self.put_timer(ws, TIMER_EJECT, &r.id, at)?,
+                None => self.del_timer(ws, TIMER_EJECT, &r.id)?,
+            }
         }
         Ok(())
     }
@@ -481,11 +552,13 @@ impl Writer {
                     created_ms: now,
                     by: req.by.clone(),
                 };
-                ws.put(
-                    Tree::Bans,
-                    keys::pair(&req.room, &u),
-                    records::encode(records::BAN_V1, &ban)?,
-                );
+                let key = keys::pair(&req.room, &u);
+                let timer_id = String::from_utf8_lossy(&key).to_string();
+                match until {
+                    Some(at) => self.put_timer(&mut ws, TIMER_BAN, &timer_id, at)?,
+                    None => self.del_timer(&mut ws, TIMER_BAN, &timer_id)?,
+                }
+                ws.put(Tree::Bans, key, records::encode(records::BAN_V1, &ban)?);
                 ws.event(
                     crate::events::BAN_CREATED,
                     json!({"room": req.room, "user_id": u, "until": until.map(|ms| ms / 1000), "by": req.by}),
@@ -530,6 +603,7 @@ impl Writer {
             return Ok((None, Outcome::BanLifted(false)));
         }
         let mut ws = WriteSet::default();
+        self.del_timer(&mut ws, TIMER_BAN, &String::from_utf8_lossy(&key))?;
         ws.del(Tree::Bans, key);
         ws.event(
             crate::events::BAN_REMOVED,
@@ -602,25 +676,78 @@ impl Writer {
             ws.del(Tree::Timers, keys::timer(deadline, kind, id));
             return Ok((Some(ws), Outcome::Fired(0)));
         }
-        let Some((s, _)) = read_session(self.sessions_tree(), id)? else {
-            self.del_timer(&mut ws, kind, id)?;
-            return Ok((Some(ws), Outcome::Fired(0)));
+        let fired = match kind {
+            TIMER_LEASE | TIMER_EJECT => self.fire_session_timer(&mut ws, kind, id, now)?,
+            TIMER_ROOM_EXP => self.fire_room_expiry(&mut ws, id, now)?,
+            TIMER_BAN => self.fire_ban_expiry(&mut ws, id, now)?,
+            _ => {
+                self.del_timer(&mut ws, kind, id)?;
+                0
+            }
         };
-        match kind {
-            TIMER_LEASE => {
-                let seen = self.leases.get(id).copied().unwrap_or(s.joined_ms);
-                if now - seen >= self.s.lease_ms {
-                    self.end_sessions(&mut ws, &[s], "timeout", "scheduler")?;
-                } else {
-                    self.put_timer(&mut ws, TIMER_LEASE, id, seen + self.s.lease_ms)?;
-                }
+        Ok((Some(ws), Outcome::Fired(fired)))
+    }
+
+    fn fire_session_timer(&self, ws: &mut WriteSet, kind: u8, id: &str, now: i64) -> Result<usize, StoreError> {
+        let Some((s, _)) = read_session(self.sessions_tree(), id)? else {
+            self.del_timer(ws, kind, id)?;
+            return Ok(0);
+        };
+        if kind == TIMER_LEASE {
+            let seen = self.leases.get(id).copied().unwrap_or(s.joined_ms);
+            if now - seen < self.s.lease_ms {
+                self.put_timer(ws, TIMER_LEASE, id, seen + self.s.lease_ms)?;
+                return Ok(0);
             }
-            TIMER_EJECT => {
-                let reason = s.eject_reason.clone().unwrap_or_else(|| "elapsed".into());
-                self.end_sessions(&mut ws, &[s], &reason, "scheduler")?;
-            }
-            _ => self.del_timer(&mut ws, kind, id)?,
+            self.end_sessions(ws, &[s], "timeout", "scheduler")?;
+            return Ok(1);
         }
-        Ok((Some(ws), Outcome::Fired(1)))
+        // A session's own timer is never the room's expiry (the room's timer does that), so a
+        // stored "room_expired" here means the room's exp moved and the elapsed time is due.
+        let reason = match s.eject_reason.as_deref() {
+            Some("token_expired") => "token_expired",
+            _ => "elapsed",
+        };
+        self.end_sessions(ws, &[s], reason, "scheduler")?;
+        Ok(1)
+    }
+
+    /// `room.expired`; with `eject_at_room_exp`, everyone following the room's rules is
+    /// ejected; an empty expired room is removed, otherwise it stays as a tombstone (joins get
+    /// `exp-room`) until its last participant is gone.
+    fn fire_room_expiry(&self, ws: &mut WriteSet, name: &str, now: i64) -> Result<usize, StoreError> {
+        self.del_timer(ws, TIMER_ROOM_EXP, name)?;
+        let Some(room) = self.get_room(name)?.filter(|r| r.is_expired(now.div_euclid(1000))) else {
+            return Ok(0);
+        };
+        ws.event(crate::events::ROOM_EXPIRED, self.room_json(&room));
+        let present = self.room_sessions(name)?;
+        let eject_all = room.config.get("eject_at_room_exp").and_then(Value::as_bool) == Some(true);
+        let (ejected, staying): (Vec<Session>, Vec<Session>) =
+            present.into_iter().partition(|s| eject_all && s.room_rules);
+        self.end_sessions(ws, &ejected, "room_expired", "scheduler")?;
+        if staying.is_empty() {
+            self.drop_room_records(ws, &room)?;
+        }
+        Ok(1)
+    }
+
+    fn fire_ban_expiry(&self, ws: &mut WriteSet, id: &str, now: i64) -> Result<usize, StoreError> {
+        self.del_timer(ws, TIMER_BAN, id)?;
+        let key = id.as_bytes().to_vec();
+        let Some(v) = self.s.trees.get(Tree::Bans).get(&key)? else {
+            return Ok(0);
+        };
+        let ban: BanRecord = records::decode("bans", &key, records::BAN_V1, &v)?;
+        if ban.until_ms.is_none_or(|u| u > now) {
+            return Ok(0);
+        }
+        let (room, user) = id.split_once('\0').unwrap_or((id, ""));
+        ws.del(Tree::Bans, key);
+        ws.event(
+            crate::events::BAN_REMOVED,
+            json!({"room": room, "user_id": user, "reason": "expired"}),
+        );
+        Ok(1)
     }
 }

@@ -37,6 +37,8 @@ pub struct SessionRecord {
     pub permissions_json: Option<String>,
     pub meeting_id: String,
     pub meeting_start_ms: i64,
+    /// The room's ejection settings apply to this session (its token set none).
+    pub room_rules: bool,
 }
 
 /// A ban of one user id from one room name.

@@ -158,7 +158,9 @@ pub(super) struct Writer {
 pub(super) struct WriteSet {
     ops: Vec<(Tree, Vec<u8>, Option<Vec<u8>>)>,
     events: Vec<NewEvent>,
-    room_delta: i64,
+    pub(super) room_delta: i64,
+    /// Rooms this write set removes (so a tombstone is not removed twice).
+    pub(super) removed_rooms: BTreeSet<String>,
     /// In-memory presence changes, applied only once the write set is committed.
     pub(super) live: Vec<LiveChange>,
     timers_touched: bool,
@@ -342,10 +344,17 @@ impl Writer {
         privacy: Privacy,
         config: Map<String, Value>,
     ) -> Result<(Option<WriteSet>, Outcome), StoreError> {
+        let mut ws = WriteSet::default();
+        let now_s = self.now_ms().div_euclid(1000);
         let name = match name {
             Some(n) => {
-                if self.get_room(&n)?.is_some() {
-                    return Ok((None, Outcome::Refused(RoomError::NameTaken(n))));
+                match self.get_room(&n)? {
+                    // An expired room's tombstone: its leftovers go first, then the name is free.
+                    Some(old) if old.is_expired(now_s) => {
+                        self.remove_room(&mut ws, &old, "room_deleted", "scheduler")?
+                    }
+                    Some(_) => return Ok((None, Outcome::Refused(RoomError::NameTaken(n)))),
+                    None => {}
                 }
                 n
             }
@@ -364,8 +373,8 @@ impl Writer {
             api_created: true,
             config,
         };
-        let mut ws = WriteSet::default();
         self.put_room(&mut ws, &room)?;
+        self.sync_room_timer(&mut ws, &room)?;
         ws.put(
             Tree::RoomsById,
             room.id.as_bytes().to_vec(),
@@ -400,6 +409,8 @@ impl Writer {
         }
         let mut ws = WriteSet::default();
         self.put_room(&mut ws, &room)?;
+        self.sync_room_timer(&mut ws, &room)?;
+        self.reschedule_room_sessions(&mut ws, &room)?;
         ws.event(events::ROOM_UPDATED, self.room_json(&room));
         Ok((Some(ws), Outcome::Room(room)))
     }
@@ -409,12 +420,7 @@ impl Writer {
             return Ok((None, Outcome::Refused(RoomError::NotFound)));
         };
         let mut ws = WriteSet::default();
-        let present = self.room_sessions(&room.name)?;
-        self.end_sessions(&mut ws, &present, "room_deleted", by)?;
-        ws.del(Tree::Rooms, room.name.as_bytes());
-        ws.del(Tree::RoomsById, room.id.as_bytes().to_vec());
-        ws.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
-        ws.room_delta = -1;
+        self.remove_room(&mut ws, &room, "room_deleted", by)?;
         ws.event(events::ROOM_DELETED, self.room_json(&room));
         Ok((Some(ws), Outcome::RoomDeleted(room.name)))
     }
