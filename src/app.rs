@@ -85,6 +85,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         state.clock.clone(),
         shutdown_rx.clone(),
     ));
+    let mut housekeeping =
+        crate::scheduler::start_housekeeping(&settings.housekeeping_cron, store.clone(), state.housekeeping.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "--housekeeping-cron '{}' (six fields, seconds first)",
+                    settings.housekeeping_cron
+                )
+            })?;
 
     state.ready.store(true, Ordering::SeqCst);
     // Tests and scripts read this line to find the port when listening on :0.
@@ -103,6 +112,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     let _ = deadlines.await;
+    let _ = housekeeping.shutdown().await;
     store.close().await;
     tracing::info!("store flushed; bye");
     Ok(())

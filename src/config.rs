@@ -91,6 +91,9 @@ pub struct ServeArgs {
     /// Proxy addresses whose X-Forwarded-For is trusted (comma-separated IPs).
     #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// When housekeeping runs (six-field cron, seconds first): purges dead revocations and token records.
+    #[arg(long, env = "GATEHOUSE_HOUSEKEEPING_CRON", default_value = "0 */5 * * * *")]
+    pub housekeeping_cron: String,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
@@ -114,6 +117,7 @@ pub struct Settings {
     pub join_rate: f64,
     pub join_burst: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    pub housekeeping_cron: String,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -178,6 +182,7 @@ impl ServeArgs {
             join_rate: self.join_rate,
             join_burst: self.join_burst,
             trusted_proxies: self.trusted_proxies,
+            housekeeping_cron: self.housekeeping_cron,
             api_keys,
         })
     }

@@ -61,3 +61,66 @@ pub async fn run_deadlines(store: Store, clock: SharedClock, mut shutdown: watch
         }
     }
 }
+
+/// Housekeeping totals, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct HousekeepingStats {
+    pub runs: std::sync::atomic::AtomicU64,
+    pub revocations_purged: std::sync::atomic::AtomicU64,
+    pub tokens_purged: std::sync::atomic::AtomicU64,
+}
+
+/// Most records of each kind one sweep removes (the writer is busy for that long).
+const PURGE_LIMIT: usize = 10_000;
+
+/// One housekeeping sweep: what the cron job runs, callable directly (tests do). Safe to repeat.
+pub async fn housekeep_once(
+    store: &Store,
+    stats: &HousekeepingStats,
+) -> Result<crate::store::PurgeReport, crate::store::StoreError> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let mut total = crate::store::PurgeReport::default();
+    loop {
+        let report = match store.submit(Command::Purge { limit: PURGE_LIMIT }).await? {
+            crate::store::Outcome::Purged(r) => r,
+            _ => break,
+        };
+        total.revocations += report.revocations;
+        total.tokens += report.tokens;
+        if report.revocations < PURGE_LIMIT as u64 && report.tokens < PURGE_LIMIT as u64 {
+            break;
+        }
+    }
+    stats.runs.fetch_add(1, Relaxed);
+    stats.revocations_purged.fetch_add(total.revocations, Relaxed);
+    stats.tokens_purged.fetch_add(total.tokens, Relaxed);
+    if total != crate::store::PurgeReport::default() {
+        tracing::info!(
+            revocations = total.revocations,
+            tokens = total.tokens,
+            "housekeeping purged dead records"
+        );
+    }
+    Ok(total)
+}
+
+/// Starts the housekeeping cron job (six-field cron, seconds first). Jobs are not persisted by
+/// tokio-cron-scheduler, so this runs at every start-up.
+pub async fn start_housekeeping(
+    cron: &str,
+    store: Store,
+    stats: std::sync::Arc<HousekeepingStats>,
+) -> Result<tokio_cron_scheduler::JobScheduler, tokio_cron_scheduler::JobSchedulerError> {
+    let sched = tokio_cron_scheduler::JobScheduler::new().await?;
+    let job = tokio_cron_scheduler::Job::new_async(cron, move |_id, _sched| {
+        let (store, stats) = (store.clone(), stats.clone());
+        Box::pin(async move {
+            if let Err(e) = housekeep_once(&store, &stats).await {
+                tracing::warn!(error = %e, "housekeeping failed; the next run tries again");
+            }
+        })
+    })?;
+    sched.add(job).await?;
+    sched.start().await?;
+    Ok(sched)
+}

@@ -60,6 +60,8 @@ pub struct AppState {
     /// Set once start-up has finished (store open, timers loaded).
     pub ready: AtomicBool,
     pub limiter: ratelimit::JoinLimiter,
+    /// Housekeeping totals (for metrics).
+    pub housekeeping: Arc<crate::scheduler::HousekeepingStats>,
     /// Turns true at shutdown; long-lived responses (streams) watch it.
     pub shutdown: watch::Receiver<bool>,
     request_ids: AtomicU64,
@@ -85,6 +87,7 @@ impl AppState {
             ),
             settings,
             shutdown,
+            housekeeping: Arc::default(),
             #[cfg(feature = "test-clock")]
             test_clock,
             ready: AtomicBool::new(false),

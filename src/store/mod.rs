@@ -6,6 +6,7 @@
 //! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens` functions the
 //! writer calls.
 
+mod housekeeping;
 mod journal;
 mod keys;
 mod participants;
@@ -19,6 +20,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use housekeeping::PurgeReport;
 pub use records::BanRecord;
 pub use records::TokenRecord;
 pub use writer::{Command, EjectRequest, JoinRequest, Outcome, RevokeRequest};

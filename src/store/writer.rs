@@ -80,6 +80,10 @@ pub enum Command {
         record: TokenRecord,
         event: NewEvent,
     },
+    /// Housekeeping: purge at most this many dead records of each kind.
+    Purge {
+        limit: usize,
+    },
     /// Flush, answer, and stop the writer.
     Shutdown,
 }
@@ -100,6 +104,7 @@ pub enum Outcome {
     BanLifted(bool),
     Revoked { ejected: Vec<String> },
     Fired(usize),
+    Purged(super::PurgeReport),
     Stopped,
 }
 
@@ -306,6 +311,7 @@ impl Writer {
             Command::LiftBan { room, user_id } => self.lift_ban(room, user_id)?,
             Command::Revoke(req) => self.revoke(req)?,
             Command::FireTimer { deadline_ms, kind, id } => self.fire_timer(*deadline_ms, *kind, id)?,
+            Command::Purge { limit } => self.purge(*limit)?,
             Command::Shutdown => return Ok(Outcome::Stopped),
         };
         if let Some(ws) = ws {

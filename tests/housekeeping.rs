@@ -1,0 +1,131 @@
+//! The housekeeping job's body, called directly: it purges what can no longer matter, keeps
+//! what can, reports what it removed, and is safe to repeat.
+
+use std::sync::Arc;
+
+use gatehouse::clock::ManualClock;
+use gatehouse::events::NewEvent;
+use gatehouse::scheduler::{housekeep_once, HousekeepingStats};
+use gatehouse::store::{Command, PurgeReport, RevokeRequest, Store, StoreOptions, SyncMode, TokenRecord};
+use serde_json::json;
+
+fn token(jti: &str, exp: Option<i64>) -> Command {
+    let record = TokenRecord {
+        jti: jti.into(),
+        kid: "k".into(),
+        room: Some("r".into()),
+        user_id: None,
+        user_name: None,
+        is_owner: false,
+        nbf: None,
+        exp,
+        created_ms: 0,
+    };
+    Command::CreateToken {
+        record,
+        event: NewEvent::new("meeting-token.created", json!({"jti": jti})),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let opts = StoreOptions {
+        path: tmp.path().join("store"),
+        cache_bytes: 8 << 20,
+        background_flush_ms: None,
+        sync: SyncMode::Flush,
+        public_url: "http://x".into(),
+        lease_ms: 30_000,
+    };
+    let store = Store::open(opts, clock.clone()).unwrap();
+    let t0 = 1_000_000; // seconds
+    store.submit(token("dies", Some(t0 + 10))).await.unwrap();
+    store.submit(token("lives", Some(t0 + 100_000))).await.unwrap();
+    store.submit(token("forever", None)).await.unwrap();
+    for (id, exp) in [("r-dies", Some((t0 + 10) * 1000)), ("r-forever", None)] {
+        store
+            .submit(Command::Revoke(Box::new(RevokeRequest::Token {
+                token_id: id.into(),
+                exp_ms: exp,
+                by: "t".into(),
+            })))
+            .await
+            .unwrap();
+    }
+    let stats = HousekeepingStats::default();
+    assert_eq!(
+        housekeep_once(&store, &stats).await.unwrap(),
+        PurgeReport::default(),
+        "nothing is dead yet"
+    );
+
+    clock.set_ms((t0 + 10) * 1000 + 3_600_000);
+    let report = housekeep_once(&store, &stats).await.unwrap();
+    assert_eq!(
+        report,
+        PurgeReport {
+            revocations: 1,
+            tokens: 1
+        }
+    );
+    assert!(store.token("dies").unwrap().is_none());
+    assert!(store.token("lives").unwrap().is_some());
+    assert!(store.token("forever").unwrap().is_some());
+    assert_eq!(
+        store.list_tokens(Some("r"), 10, None).unwrap().len(),
+        2,
+        "the room index follows"
+    );
+    assert_eq!(
+        housekeep_once(&store, &stats).await.unwrap(),
+        PurgeReport::default(),
+        "safe to repeat"
+    );
+    use std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        (
+            stats.runs.load(Relaxed),
+            stats.revocations_purged.load(Relaxed),
+            stats.tokens_purged.load(Relaxed)
+        ),
+        (3, 1, 1)
+    );
+    // Purges write no events.
+    assert_eq!(store.events(0, 100, None).unwrap().envelopes.len(), 5);
+    store.close().await;
+}
+
+#[test]
+fn a_bad_cron_expression_stops_start_up_with_a_clear_message() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("d"))
+        .env(
+            "GATEHOUSE_API_KEY",
+            "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9",
+        )
+        .env("GATEHOUSE_HOUSEKEEPING_CRON", "every tuesday")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--housekeeping-cron 'every tuesday'"), "{err}");
+}
+
+#[test]
+fn weak_api_keys_are_refused_at_start_up() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path().join("d"))
+        .env("GATEHOUSE_API_KEY", "password123")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("128"), "{err}");
+    assert!(!err.contains("password123"), "the key is never echoed");
+}
