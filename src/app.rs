@@ -69,12 +69,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         trusted_proxies: settings.trusted_proxies.clone(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // One TLS crypto provider for outbound webhooks (ring: pure Rust build, no cmake).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private)
+        .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
     let state = Arc::new(AppState::new(
         store.clone(),
         keys,
         clock,
         api_settings,
         shutdown_rx.clone(),
+        outbound.clone(),
         #[cfg(feature = "test-clock")]
         test_clock,
     ));
@@ -82,6 +87,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // the deadline task fires what is due right away.
     let deadlines = tokio::spawn(crate::scheduler::run_deadlines(
         store.clone(),
+        state.clock.clone(),
+        shutdown_rx.clone(),
+    ));
+    let deliveries = tokio::spawn(crate::webhooks::run(
+        store.clone(),
+        outbound,
         state.clock.clone(),
         shutdown_rx.clone(),
     ));
@@ -112,6 +123,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = server.await;
     let _ = deadlines.await;
+    let _ = deliveries.await;
     let _ = housekeeping.shutdown().await;
     store.close().await;
     tracing::info!("store flushed; bye");

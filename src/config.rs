@@ -91,6 +91,10 @@ pub struct ServeArgs {
     /// Proxy addresses whose X-Forwarded-For is trusted (comma-separated IPs).
     #[arg(long, env = "GATEHOUSE_TRUSTED_PROXIES", value_delimiter = ',')]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Refuse webhook targets in private, loopback, link-local and shared address ranges
+    /// (checked at connect time for every request). Off by default: on one VM the receiver is often local.
+    #[arg(long, env = "GATEHOUSE_WEBHOOK_DENY_PRIVATE")]
+    pub webhook_deny_private: bool,
     /// When housekeeping runs (six-field cron, seconds first): purges dead revocations and token records.
     #[arg(long, env = "GATEHOUSE_HOUSEKEEPING_CRON", default_value = "0 */5 * * * *")]
     pub housekeeping_cron: String,
@@ -118,6 +122,7 @@ pub struct Settings {
     pub join_burst: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub housekeeping_cron: String,
+    pub webhook_deny_private: bool,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -183,6 +188,7 @@ impl ServeArgs {
             join_burst: self.join_burst,
             trusted_proxies: self.trusted_proxies,
             housekeeping_cron: self.housekeeping_cron,
+            webhook_deny_private: self.webhook_deny_private,
             api_keys,
         })
     }

@@ -19,6 +19,10 @@ pub const PARTICIPANT_EJECTED: &str = "participant.ejected";
 pub const PARTICIPANT_JOIN_DENIED: &str = "participant.join-denied";
 pub const BAN_CREATED: &str = "ban.created";
 pub const BAN_REMOVED: &str = "ban.removed";
+pub const WEBHOOK_FAILED: &str = "webhook.failed";
+pub const WEBHOOK_CREATED: &str = "webhook.created";
+pub const WEBHOOK_UPDATED: &str = "webhook.updated";
+pub const WEBHOOK_DELETED: &str = "webhook.deleted";
 
 /// Every event type the API documents; `types=` filters are checked against it.
 pub const ALL_TYPES: &[&str] = &[
@@ -37,6 +41,9 @@ pub const ALL_TYPES: &[&str] = &[
     "ban.created",
     "ban.removed",
     "webhook.failed",
+    "webhook.created",
+    "webhook.updated",
+    "webhook.deleted",
 ];
 
 /// An event a command wants logged; the writer gives it its sequence number and time.

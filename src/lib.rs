@@ -13,3 +13,4 @@ pub mod scheduler;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod webhooks;

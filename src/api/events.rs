@@ -57,3 +57,85 @@ pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Resp
         }
     }
 }
+
+/// The event type filter of a request (`types=a,b`), checked against the known types.
+fn types_param(q: &std::collections::HashMap<String, String>) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(s) = q.get("types").filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    let list: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
+    if let Some(bad) = list.iter().find(|t| !crate::events::ALL_TYPES.contains(&t.as_str())) {
+        return Err(ApiError::invalid(format!("unknown event type '{}'", wire::clip(bad))));
+    }
+    Ok(Some(list))
+}
+
+/// 410 with `oldest_seq`/`head_seq` when `after` is older than the retained log.
+fn check_position(state: &AppState, after: u64) -> Result<(), ApiError> {
+    let oldest = state.store.oldest_seq()?;
+    if after > 0 && after + 1 < oldest {
+        let mut e = ApiError::new(
+            StatusCode::GONE,
+            "gone",
+            "that position is older than the retained event log",
+        );
+        e.extra = Some(json!({"oldest_seq": oldest, "head_seq": state.store.durable_seq()}));
+        return Err(e);
+    }
+    Ok(())
+}
+
+/// `GET /v1/events/stream`: SSE with `id:` = seq, resuming after `Last-Event-ID` (which wins)
+/// or `after`; a comment every 15 s; only durable events.
+pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let q = wire::query(req)?;
+    let types = types_param(&q)?;
+    let from_header = match req.headers().get("last-event-id") {
+        None => None,
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be an event seq"))?,
+        ),
+    };
+    let after = match from_header {
+        Some(a) => a,
+        None => wire::int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0) as u64,
+    };
+    check_position(state, after)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let state = state.clone();
+    tokio::spawn(async move {
+        let mut after = after;
+        let mut durable = state.store.watch_durable();
+        let mut shutdown = state.shutdown.clone();
+        let mut ping = tokio::time::interval(Duration::from_secs(15));
+        ping.tick().await;
+        loop {
+            let Ok(page) = state.store.events(after, 500, types.as_deref()) else {
+                return;
+            };
+            for env in &page.envelopes {
+                let Ok(v) = serde_json::from_str::<Value>(env) else {
+                    continue;
+                };
+                let chunk = super::participants::sse(v["type"].as_str().unwrap_or("event"), v["seq"].as_u64(), env);
+                if tx.send(chunk).await.is_err() {
+                    return;
+                }
+            }
+            after = page.next_after;
+            if page.has_more {
+                continue;
+            }
+            tokio::select! {
+                r = durable.changed() => if r.is_err() { return },
+                _ = ping.tick() => if tx.send(bytes::Bytes::from_static(b": heartbeat\n\n")).await.is_err() { return },
+                _ = shutdown.changed() => return,
+            }
+        }
+    });
+    Ok(super::participants::sse_response(rx))
+}

@@ -10,6 +10,7 @@ mod participants;
 mod ratelimit;
 mod rooms;
 mod tokens;
+mod webhooks;
 mod wire;
 
 use std::convert::Infallible;
@@ -60,6 +61,8 @@ pub struct AppState {
     /// Set once start-up has finished (store open, timers loaded).
     pub ready: AtomicBool,
     pub limiter: ratelimit::JoinLimiter,
+    /// Outbound HTTP for webhook test POSTs.
+    pub outbound: crate::webhooks::Outbound,
     /// Housekeeping totals (for metrics).
     pub housekeeping: Arc<crate::scheduler::HousekeepingStats>,
     /// Turns true at shutdown; long-lived responses (streams) watch it.
@@ -74,6 +77,7 @@ impl AppState {
         clock: SharedClock,
         settings: ApiSettings,
         shutdown: watch::Receiver<bool>,
+        outbound: crate::webhooks::Outbound,
         #[cfg(feature = "test-clock")] test_clock: Arc<crate::clock::OffsetClock>,
     ) -> AppState {
         AppState {
@@ -87,6 +91,7 @@ impl AppState {
             ),
             settings,
             shutdown,
+            outbound,
             housekeeping: Arc::default(),
             #[cfg(feature = "test-clock")]
             test_clock,
@@ -198,12 +203,25 @@ async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming
         (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
         (["v1", "meeting-tokens", token], &Method::GET) => tokens::validate(state, &req, token),
         (["v1", "events"], &Method::GET) => events::list(state, &req).await,
+        (["v1", "events", "stream"], &Method::GET) => events::stream(state, &req),
+        (["v1", "webhooks"], &Method::POST) => webhooks::create(state, req).await,
+        (["v1", "webhooks"], &Method::GET) => webhooks::list(state, &req),
+        (["v1", "webhooks", id], &Method::GET) => webhooks::get(state, &req, id),
+        (["v1", "webhooks", id], &Method::POST) => webhooks::update(state, req, &id.to_string()).await,
+        (["v1", "webhooks", id], &Method::DELETE) => webhooks::delete(state, &req, id).await,
+        (["v1", "webhooks", id, "replay"], &Method::POST) => webhooks::replay(state, req, &id.to_string()).await,
+        (["v1", "webhooks", id, "attempts"], &Method::GET) => webhooks::attempts(state, &req, id),
         #[cfg(feature = "test-clock")]
         (["v1", "_test", "clock"], &Method::POST) => ops::test_clock(state, req).await,
         (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => {
             Err(ApiError::method_not_allowed("GET"))
         }
-        (["v1", "rooms"] | ["v1", "meeting-tokens"], _) => Err(ApiError::method_not_allowed("GET, POST")),
+        (["v1", "rooms"] | ["v1", "meeting-tokens"] | ["v1", "webhooks"], _) => {
+            Err(ApiError::method_not_allowed("GET, POST"))
+        }
+        (["v1", "webhooks", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
+        (["v1", "webhooks", _, "replay"], _) => Err(ApiError::method_not_allowed("POST")),
+        (["v1", "webhooks", _, "attempts"] | ["v1", "events", "stream"], _) => Err(ApiError::method_not_allowed("GET")),
         (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
         (["v1", "rooms", _, "join" | "eject"] | ["v1", "sessions", _, "heartbeat" | "leave"], _) => {
             Err(ApiError::method_not_allowed("POST"))

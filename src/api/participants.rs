@@ -165,7 +165,7 @@ pub(super) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     r
 }
 
-fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
+pub(super) fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
     let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
     Bytes::from(format!("{id}event: {kind}\ndata: {data}\n\n"))
 }

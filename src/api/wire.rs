@@ -105,6 +105,11 @@ pub fn clip(s: &str) -> String {
     out
 }
 
+/// Like [`clip`], for longer diagnostics (transport errors).
+pub fn clip_long(s: &str) -> String {
+    s.chars().take(300).filter(|c| !c.is_control()).collect()
+}
+
 /// Query parameters (form-encoded). Invalid UTF-8 is a 400.
 pub fn query(req: &Request<Incoming>) -> Result<HashMap<String, String>, ApiError> {
     let mut out = HashMap::new();

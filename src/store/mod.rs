@@ -11,6 +11,7 @@ mod journal;
 mod keys;
 mod participants;
 mod records;
+mod webhooks;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -21,8 +22,9 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use housekeeping::PurgeReport;
-pub use records::BanRecord;
 pub use records::TokenRecord;
+pub use records::{AttemptRecord, BanRecord, WebhookRecord};
+pub use webhooks::{public_payload as webhook_payload, Delivery, WebhookPatch};
 pub use writer::{Command, EjectRequest, JoinRequest, Outcome, RevokeRequest};
 
 use crate::clock::SharedClock;
@@ -118,11 +120,13 @@ pub(crate) enum Tree {
     Revocations,
     Timers,
     TimersByKey,
+    Webhooks,
+    Attempts,
 }
 
 impl Tree {
     /// In on-disk order: journal records name trees by their index here, so only append.
-    const ALL: [Tree; 15] = [
+    const ALL: [Tree; 17] = [
         Tree::Meta,
         Tree::Rooms,
         Tree::RoomsById,
@@ -138,6 +142,8 @@ impl Tree {
         Tree::Revocations,
         Tree::Timers,
         Tree::TimersByKey,
+        Tree::Webhooks,
+        Tree::Attempts,
     ];
 
     fn name(self) -> &'static str {
@@ -157,6 +163,8 @@ impl Tree {
             Tree::Revocations => "revocations",
             Tree::Timers => "timers",
             Tree::TimersByKey => "timers_by_key",
+            Tree::Webhooks => "webhooks",
+            Tree::Attempts => "attempts",
         }
     }
 }
@@ -178,6 +186,7 @@ struct Shared {
     writable: Arc<AtomicBool>,
     /// Notified when timers change (the deadline task waits on it).
     timers_changed: Arc<tokio::sync::Notify>,
+    webhooks_changed: Arc<watch::Sender<u64>>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -217,6 +226,7 @@ impl Store {
         let (jobs_tx, jobs_rx) = mpsc::channel(4096);
         let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
         let timers_changed = Arc::new(tokio::sync::Notify::new());
+        let webhooks_changed = Arc::new(watch::channel(0u64).0);
         let state = writer::Writer::new(writer::WriterInit {
             trees: trees.clone(),
             next_seq,
@@ -231,6 +241,7 @@ impl Store {
             writable: writable.clone(),
             lease_ms: opts.lease_ms,
             timers_changed: timers_changed.clone(),
+            webhooks_changed: webhooks_changed.clone(),
         })?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -254,6 +265,7 @@ impl Store {
                 durable: durable_rx,
                 writable,
                 timers_changed,
+                webhooks_changed,
             }),
             jobs: jobs_tx,
             threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
@@ -489,6 +501,40 @@ impl Store {
     /// Woken whenever a timer is written or the clock is moved (test builds).
     pub fn timers_changed(&self) -> Arc<tokio::sync::Notify> {
         self.shared.timers_changed.clone()
+    }
+
+    /// Changes whenever webhook configuration or state changes.
+    pub fn watch_webhooks(&self) -> watch::Receiver<u64> {
+        self.shared.webhooks_changed.subscribe()
+    }
+
+    pub fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        webhooks::read(self.tree(Tree::Webhooks), id)
+    }
+
+    pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.tree(Tree::Webhooks).iter() {
+            let (k, v) = item?;
+            out.push(records::decode("webhooks", &k, records::WEBHOOK_V1, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Recorded failed attempts of a webhook, newest first.
+    pub fn attempts(&self, id: &str, limit: usize) -> Result<Vec<AttemptRecord>, StoreError> {
+        let mut out = Vec::new();
+        for item in self
+            .tree(Tree::Attempts)
+            .scan_prefix(keys::room_prefix(id))
+            .values()
+            .rev()
+            .take(limit)
+        {
+            let v = item?;
+            out.push(records::decode("attempts", id.as_bytes(), records::ATTEMPT_V1, &v)?);
+        }
+        Ok(out)
     }
 
     /// A live session and the digest of its secret.

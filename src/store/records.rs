@@ -16,6 +16,45 @@ pub const EVENT_V1: u8 = 1;
 pub const SESSION_V1: u8 = 1;
 pub const BAN_V1: u8 = 1;
 pub const REVOCATION_V1: u8 = 1;
+pub const WEBHOOK_V1: u8 = 1;
+pub const ATTEMPT_V1: u8 = 1;
+
+/// A webhook subscription with its delivery cursor and failure counters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecord {
+    pub uuid: String,
+    pub url: String,
+    /// Base64 of the signing secret (Daily's `hmac`).
+    pub hmac: String,
+    pub basic_auth: Option<String>,
+    /// "circuit-breaker" or "exponential".
+    pub retry_type: String,
+    /// Empty = every type.
+    pub event_types: Vec<String>,
+    /// "ACTIVE", "FAILED" or "INACTIVE".
+    pub state: String,
+    /// Consecutive failed attempts.
+    pub failed_count: u32,
+    /// Highest seq delivered (or skipped as not matching).
+    pub cursor: u64,
+    pub last_pushed_ms: Option<i64>,
+    pub first_failure_ms: Option<i64>,
+    pub successes: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+/// One failed delivery attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    pub seq: u64,
+    pub at_ms: i64,
+    /// HTTP status, or 0 when there was no response.
+    pub status: u16,
+    pub duration_ms: u64,
+    /// What went wrong: the start of the response body, or the transport error.
+    pub detail: String,
+}
 
 /// A live participant session. Ended sessions are deleted (their story is in the event log).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -80,6 +80,24 @@ pub enum Command {
         record: TokenRecord,
         event: NewEvent,
     },
+    CreateWebhook(Box<super::WebhookRecord>),
+    UpdateWebhook {
+        id: String,
+        patch: super::WebhookPatch,
+    },
+    DeleteWebhook {
+        id: String,
+    },
+    ReplayWebhook {
+        id: String,
+        from_seq: u64,
+    },
+    /// A delivery worker's report; dropped if the cursor moved meanwhile.
+    WebhookProgress {
+        id: String,
+        expect_cursor: u64,
+        delivery: super::Delivery,
+    },
     /// Housekeeping: purge at most this many dead records of each kind.
     Purge {
         limit: usize,
@@ -99,12 +117,20 @@ pub enum Outcome {
     JoinDenied(Denial),
     SessionEnded,
     NoSession,
-    Heartbeat { lease_until_ms: i64 },
+    Heartbeat {
+        lease_until_ms: i64,
+    },
     Ejected(Vec<String>),
     BanLifted(bool),
-    Revoked { ejected: Vec<String> },
+    Revoked {
+        ejected: Vec<String>,
+    },
     Fired(usize),
     Purged(super::PurgeReport),
+    Webhook(Box<super::WebhookRecord>),
+    /// A worker's report arrived after the cursor or state was changed by the API: not applied.
+    StaleWebhookReport(Box<super::WebhookRecord>),
+    NoWebhook,
     Stopped,
 }
 
@@ -130,6 +156,8 @@ pub(super) struct WriterInit {
     pub lease_ms: i64,
     /// Woken whenever timers are written, so the deadline task re-reads the earliest one.
     pub timers_changed: Arc<tokio::sync::Notify>,
+    /// Sends a new value whenever webhook configuration or state changes.
+    pub webhooks_changed: Arc<watch::Sender<u64>>,
 }
 
 /// Who is in a room right now (the writer's own bookkeeping, rebuilt from `sessions` at start).
@@ -169,6 +197,8 @@ pub(super) struct WriteSet {
     /// In-memory presence changes, applied only once the write set is committed.
     pub(super) live: Vec<LiveChange>,
     timers_touched: bool,
+    /// Webhook configuration or state changed: the delivery manager reloads.
+    pub(super) webhooks_touched: bool,
 }
 
 #[derive(Debug)]
@@ -312,6 +342,15 @@ impl Writer {
             Command::Revoke(req) => self.revoke(req)?,
             Command::FireTimer { deadline_ms, kind, id } => self.fire_timer(*deadline_ms, *kind, id)?,
             Command::Purge { limit } => self.purge(*limit)?,
+            Command::CreateWebhook(w) => self.create_webhook(w)?,
+            Command::UpdateWebhook { id, patch } => self.update_webhook(id, patch)?,
+            Command::DeleteWebhook { id } => self.delete_webhook(id)?,
+            Command::ReplayWebhook { id, from_seq } => self.replay_webhook(id, *from_seq)?,
+            Command::WebhookProgress {
+                id,
+                expect_cursor,
+                delivery,
+            } => self.webhook_progress(id, *expect_cursor, delivery)?,
             Command::Shutdown => return Ok(Outcome::Stopped),
         };
         if let Some(ws) = ws {
@@ -497,7 +536,7 @@ impl Writer {
         match apply_ops(&self.s.trees, &entry.ops) {
             Ok(()) => {
                 self.s.room_count = rooms;
-                self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched);
+                self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched, ws.webhooks_touched);
                 Ok(())
             }
             Err(e) => {
@@ -516,11 +555,14 @@ impl Writer {
             .map(|(t, k, v)| (t as u8, k, v))
             .collect();
         apply_ops(&self.s.trees, &ops)?;
-        self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched);
+        self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched, ws.webhooks_touched);
         Ok(())
     }
 
-    fn after_commit(&mut self, live: Vec<LiveChange>, timers_touched: bool) {
+    fn after_commit(&mut self, live: Vec<LiveChange>, timers_touched: bool, webhooks_touched: bool) {
+        if webhooks_touched {
+            self.s.webhooks_changed.send_modify(|v| *v += 1);
+        }
         for change in live {
             match change {
                 LiveChange::Joined {

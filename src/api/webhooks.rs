@@ -1,0 +1,263 @@
+//! `/v1/webhooks`: Daily's webhook API (create with a test POST, list, get, update —
+//! re-activating — and delete), plus replay and the failed-attempt log.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde_json::{json, Map, Value};
+
+use super::error::ApiError;
+use super::wire::{self, ok};
+use super::{auth, AppState, Body};
+use crate::clock::rfc3339_ms;
+use crate::store::{Command, Outcome, WebhookPatch, WebhookRecord};
+use crate::webhooks::{self, signing};
+
+const RETRY_TYPES: &[&str] = &["circuit-breaker", "exponential"];
+const FIELDS: &[&str] = &["url", "eventTypes", "hmac", "basicAuth", "retryType"];
+
+/// Daily's webhook object, plus the cursor and success count.
+fn webhook_json(w: &WebhookRecord) -> Value {
+    json!({
+        "uuid": w.uuid,
+        "url": w.url,
+        "hmac": w.hmac,
+        "basicAuth": w.basic_auth,
+        "retryType": w.retry_type,
+        "eventTypes": w.event_types,
+        "state": w.state,
+        "failedCount": w.failed_count,
+        "lastMomentPushed": w.last_pushed_ms.map(rfc3339_ms),
+        "createdAt": rfc3339_ms(w.created_ms),
+        "updatedAt": rfc3339_ms(w.updated_ms),
+        "cursor": w.cursor,
+        "successes": w.successes,
+    })
+}
+
+/// Validated fields of a create or update body.
+fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
+    wire::only_fields(body, FIELDS)?;
+    let mut p = WebhookPatch::default();
+    if let Some(u) = wire::opt_str(body, "url")? {
+        if u.len() > 2048 || !(u.starts_with("http://") || u.starts_with("https://")) || reqwest_url_invalid(u) {
+            return Err(ApiError::invalid(
+                "'url' must be an http(s) URL of at most 2048 characters",
+            ));
+        }
+        p.url = Some(u.to_string());
+    }
+    if let Some(h) = wire::opt_str(body, "hmac")? {
+        if signing::secret_key(h).is_none_or(|k| k.len() < 16) {
+            return Err(ApiError::invalid("'hmac' must be base64 of at least 16 bytes"));
+        }
+        p.hmac = Some(h.to_string());
+    }
+    match body.get("basicAuth") {
+        None => {}
+        Some(Value::Null) => p.basic_auth = Some(None),
+        Some(Value::String(s)) if s.len() <= 512 && !s.chars().any(char::is_control) => {
+            p.basic_auth = Some(Some(s.clone()))
+        }
+        Some(_) => {
+            return Err(ApiError::invalid(
+                "'basicAuth' must be a string of at most 512 characters",
+            ))
+        }
+    }
+    if let Some(r) = wire::opt_str(body, "retryType")? {
+        if !RETRY_TYPES.contains(&r) {
+            return Err(ApiError::invalid(
+                "'retryType' must be \"circuit-breaker\" or \"exponential\"",
+            ));
+        }
+        p.retry_type = Some(r.to_string());
+    }
+    match body.get("eventTypes") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            let mut types = Vec::new();
+            for t in a {
+                match t.as_str() {
+                    Some(t) if crate::events::ALL_TYPES.contains(&t) => types.push(t.to_string()),
+                    _ => {
+                        return Err(ApiError::invalid(format!(
+                            "unknown event type {}",
+                            wire::clip(&t.to_string())
+                        )))
+                    }
+                }
+            }
+            p.event_types = Some(types);
+        }
+        Some(_) => return Err(ApiError::invalid("'eventTypes' must be an array of event types")),
+    }
+    Ok(p)
+}
+
+fn reqwest_url_invalid(u: &str) -> bool {
+    url::Url::parse(u).map(|u| u.host().is_none()).unwrap_or(true)
+}
+
+async fn probe(state: &AppState, w: &WebhookRecord) -> Result<(), ApiError> {
+    webhooks::probe(
+        &state.outbound,
+        &w.url,
+        &w.hmac,
+        w.basic_auth.as_deref(),
+        state.clock.now_secs(),
+    )
+    .await
+    .map_err(|e| {
+        ApiError::invalid(format!(
+            "the URL must answer a test POST with 2xx: {}",
+            wire::clip_long(&e)
+        ))
+    })
+}
+
+async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
+    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    wire::parse_object(&bytes)
+}
+
+fn answer(out: Outcome) -> Result<Response<Body>, ApiError> {
+    match out {
+        Outcome::Webhook(w) => Ok(ok(&webhook_json(&w))),
+        Outcome::NoWebhook => Err(ApiError::not_found("webhook not found")),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let body = object_body(state, req).await?;
+    let p = parse(&body)?;
+    let url = p.url.clone().ok_or_else(|| ApiError::invalid("'url' is required"))?;
+    let now = state.clock.now_ms();
+    let w = WebhookRecord {
+        uuid: uuid::Uuid::new_v4().to_string(),
+        url,
+        hmac: p.hmac.unwrap_or_else(signing::new_secret),
+        basic_auth: p.basic_auth.flatten(),
+        retry_type: p.retry_type.unwrap_or_else(|| "circuit-breaker".into()),
+        event_types: p.event_types.unwrap_or_default(),
+        state: "ACTIVE".into(),
+        failed_count: 0,
+        cursor: 0,
+        last_pushed_ms: None,
+        first_failure_ms: None,
+        successes: 0,
+        created_ms: now,
+        updated_ms: now,
+    };
+    probe(state, &w).await?;
+    answer(state.store.submit(Command::CreateWebhook(Box::new(w))).await?)
+}
+
+pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let all: Vec<Value> = state.store.webhooks()?.iter().map(webhook_json).collect();
+    Ok(ok(&Value::Array(all)))
+}
+
+pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let w = state
+        .store
+        .webhook(id)?
+        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    Ok(ok(&webhook_json(&w)))
+}
+
+/// Updates and re-activates: a `FAILED` webhook resumes from its cursor, losing nothing.
+pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let body = object_body(state, req).await?;
+    let p = parse(&body)?;
+    let mut preview = state
+        .store
+        .webhook(id)?
+        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    if let Some(u) = &p.url {
+        preview.url = u.clone();
+    }
+    if let Some(h) = &p.hmac {
+        preview.hmac = h.clone();
+    }
+    if let Some(b) = &p.basic_auth {
+        preview.basic_auth = b.clone();
+    }
+    probe(state, &preview).await?;
+    answer(
+        state
+            .store
+            .submit(Command::UpdateWebhook {
+                id: id.to_string(),
+                patch: p,
+            })
+            .await?,
+    )
+}
+
+pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    match state
+        .store
+        .submit(Command::DeleteWebhook { id: id.to_string() })
+        .await?
+    {
+        Outcome::Webhook(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
+        Outcome::NoWebhook => Err(ApiError::not_found("webhook not found")),
+        other => Err(super::rooms::unexpected(other)),
+    }
+}
+
+pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let body = object_body(state, req).await?;
+    wire::only_fields(&body, &["from_seq"])?;
+    let head = state.store.durable_seq();
+    let from = body
+        .get("from_seq")
+        .and_then(Value::as_u64)
+        .filter(|f| *f >= 1 && *f <= head + 1)
+        .ok_or_else(|| ApiError::invalid(format!("'from_seq' must be an event seq between 1 and {}", head + 1)))?;
+    let oldest = state.store.oldest_seq()?;
+    if from < oldest {
+        let mut e = ApiError::new(
+            StatusCode::GONE,
+            "gone",
+            "that position is older than the retained event log",
+        );
+        e.extra = Some(json!({"oldest_seq": oldest, "head_seq": head}));
+        return Err(e);
+    }
+    answer(
+        state
+            .store
+            .submit(Command::ReplayWebhook {
+                id: id.to_string(),
+                from_seq: from,
+            })
+            .await?,
+    )
+}
+
+pub fn attempts(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let w = state
+        .store
+        .webhook(id)?
+        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    let data: Vec<Value> = state
+        .store
+        .attempts(id, 100)?
+        .iter()
+        .map(|a| json!({"seq": a.seq, "at": rfc3339_ms(a.at_ms), "status": a.status, "duration_ms": a.duration_ms, "detail": a.detail}))
+        .collect();
+    Ok(ok(
+        &json!({"uuid": id, "state": w.state, "successes": w.successes, "failedCount": w.failed_count, "cursor": w.cursor, "data": data}),
+    ))
+}

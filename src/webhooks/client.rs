@@ -1,0 +1,205 @@
+//! Outbound HTTP for webhooks (the only outbound HTTP in Gatehouse): a 15 s timeout, no
+//! redirects, proxy variables ignored, and optionally no private targets — checked at connect
+//! time for every request, through the DNS resolver and for literal-IP URLs alike.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Per-request timeout.
+pub const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Loopback, private, link-local, shared (100.64/10), unique-local, unspecified, multicast,
+/// broadcast, and IPv4-mapped forms of those.
+pub fn is_private(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || (o[0] == 100 && (o[1] & 0xc0) == 64)
+                || o[0] == 0
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_private(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+/// Resolves names and drops private addresses when asked to.
+struct GuardedResolver;
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| !is_private(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err(format!("{host} resolves only to private addresses, which are refused").into());
+            }
+            Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+#[derive(Clone)]
+pub struct Outbound {
+    client: reqwest::Client,
+    deny_private: bool,
+}
+
+impl Outbound {
+    pub fn new(deny_private: bool) -> Result<Outbound, String> {
+        let mut b = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
+            .user_agent(concat!("Gatehouse-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if deny_private {
+            b = b.dns_resolver(Arc::new(GuardedResolver));
+        }
+        Ok(Outbound {
+            client: b.build().map_err(|e| e.to_string())?,
+            deny_private,
+        })
+    }
+
+    /// Refuses URLs that cannot be delivered to: bad scheme, or a literal private IP when
+    /// private targets are refused (names are checked by the resolver at connect time).
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
+        let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+        if !matches!(u.scheme(), "http" | "https") {
+            return Err("the URL must be http or https".into());
+        }
+        if self.deny_private {
+            let literal = match u.host() {
+                Some(url::Host::Ipv4(v4)) => Some(IpAddr::V4(v4)),
+                Some(url::Host::Ipv6(v6)) => Some(IpAddr::V6(v6)),
+                _ => None,
+            };
+            if literal.is_some_and(is_private) {
+                return Err("private, loopback and link-local addresses are refused (--webhook-deny-private)".into());
+            }
+        }
+        Ok(u)
+    }
+
+    /// POSTs `body` with `headers`; returns the status, `Retry-After`, and the start of the body.
+    pub async fn post(
+        &self,
+        url: &str,
+        basic_auth: Option<&str>,
+        headers: &[(&'static str, String)],
+        body: String,
+    ) -> Result<Response, String> {
+        let u = self.check_url(url)?;
+        let mut req = self
+            .client
+            .post(u)
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        if let Some(b) = basic_auth {
+            use base64::Engine as _;
+            req = req.header(
+                "authorization",
+                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)),
+            );
+        }
+        let res = req.send().await.map_err(describe)?;
+        let status = res.status().as_u16();
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| Duration::from_secs(s.min(3600)));
+        let text = res.text().await.unwrap_or_default();
+        Ok(Response {
+            status,
+            retry_after,
+            snippet: text.chars().take(512).collect(),
+        })
+    }
+}
+
+pub struct Response {
+    pub status: u16,
+    pub retry_after: Option<Duration>,
+    pub snippet: String,
+}
+
+fn describe(e: reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "could not connect"
+    } else {
+        "request failed"
+    };
+    let mut msg = format!("{kind}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    msg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_ranges() {
+        for ip in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "::ffff:10.0.0.1",
+        ] {
+            assert!(is_private(ip.parse().unwrap()), "{ip}");
+        }
+        for ip in ["93.184.216.34", "2606:4700::1111", "100.128.0.1"] {
+            assert!(!is_private(ip.parse().unwrap()), "{ip}");
+        }
+    }
+
+    #[test]
+    fn literal_private_urls_refused_when_asked() {
+        let strict = Outbound::new(true).unwrap();
+        assert!(strict.check_url("http://127.0.0.1:9/x").is_err());
+        assert!(strict.check_url("http://[::ffff:7f00:1]/x").is_err());
+        assert!(strict.check_url("ftp://example.com/").is_err());
+        assert!(strict.check_url("https://example.com/hook").is_ok());
+        let open = Outbound::new(false).unwrap();
+        assert!(open.check_url("http://127.0.0.1:9/x").is_ok());
+    }
+}
