@@ -29,20 +29,13 @@ fn main() {
         return fill(&args[args.iter().position(|a| a == "--fill").unwrap() + 1]);
     }
     let quick = args.iter().any(|a| a == "--quick");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(run(quick));
 }
 
 /// A hello-world hyper 1 server with the same server builder Gatehouse uses.
 fn baseline_server() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("gatehouse listening on http://{}", listener.local_addr().unwrap());
@@ -52,10 +45,7 @@ fn baseline_server() {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|_req| async {
                     let mut r = hyper::Response::new(Full::new(Bytes::from_static(b"{\"hello\":\"world\"}")));
-                    r.headers_mut().insert(
-                        "content-type",
-                        hyper::header::HeaderValue::from_static("application/json"),
-                    );
+                    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
                     Ok::<_, std::convert::Infallible>(r)
                 });
                 let b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
@@ -84,10 +74,7 @@ fn spawn(mut cmd: Command) -> Proc {
     for line in out.lines() {
         let line = line.unwrap();
         if let Some(url) = line.strip_prefix("gatehouse listening on http://") {
-            return Proc {
-                child,
-                addr: url.to_string(),
-            };
+            return Proc { child, addr: url.to_string() };
         }
     }
     panic!("server did not start");
@@ -131,19 +118,13 @@ async fn load(
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..CONNECTIONS {
-        let (addr, path, body, counter, errors) = (
-            addr.to_string(),
-            path.clone(),
-            body.clone(),
-            counter.clone(),
-            errors.clone(),
-        );
+        let (addr, path, body, counter, errors) =
+            (addr.to_string(), path.clone(), body.clone(), counter.clone(), errors.clone());
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(&addr).await.unwrap();
             stream.set_nodelay(true).unwrap();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-                .await
-                .unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
             let mut lat = Vec::new();
             loop {
@@ -161,8 +142,7 @@ async fn load(
                 let req = b
                     .map(|mut r| {
                         r.headers_mut().insert("host", "bench".parse().unwrap());
-                        r.headers_mut()
-                            .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
+                        r.headers_mut().insert("authorization", format!("Bearer {KEY}").parse().unwrap());
                         r
                     })
                     .unwrap();
@@ -185,11 +165,8 @@ async fn load(
         all.extend(t.await.unwrap());
     }
     all.sort_unstable();
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
+    let pct =
+        |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
     Result {
         name: name.to_string(),
         rps: all.len() as f64 / MEASURE.as_secs_f64(),
@@ -205,9 +182,7 @@ fn no_body() -> Arc<dyn Fn(u64) -> String + Send + Sync> {
 
 async fn post_json(addr: &str, path: &str, body: &str) -> serde_json::Value {
     let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-        .await
-        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
     tokio::spawn(conn);
     let req = Request::post(path)
         .header("host", "bench")
@@ -227,16 +202,7 @@ async fn run(quick: bool) {
             c.arg("--baseline-server");
             c
         });
-        results.push(
-            load(
-                "baseline: hyper hello-world GET",
-                &base.addr,
-                Kind::Get,
-                "/".into(),
-                no_body(),
-            )
-            .await,
-        );
+        results.push(load("baseline: hyper hello-world GET", &base.addr, Kind::Get, "/".into(), no_body()).await);
     }
     for sync in ["fdatasync", "flush"] {
         let tmp = tempfile::tempdir().unwrap();
@@ -272,12 +238,7 @@ async fn run(quick: bool) {
             continue;
         }
         post_json(&gh.addr, "/v1/rooms", r#"{"name":"bench"}"#).await;
-        let token = post_json(
-            &gh.addr,
-            "/v1/meeting-tokens",
-            r#"{"properties":{"room_name":"bench"}}"#,
-        )
-        .await["token"]
+        let token = post_json(&gh.addr, "/v1/meeting-tokens", r#"{"properties":{"room_name":"bench"}}"#).await["token"]
             .as_str()
             .unwrap()
             .to_string();
@@ -291,22 +252,8 @@ async fn run(quick: bool) {
             )
             .await,
         );
-        results.push(
-            load(
-                "GET /v1/rooms/:name",
-                &gh.addr,
-                Kind::Get,
-                "/v1/rooms/bench".into(),
-                no_body(),
-            )
-            .await,
-        );
-        post_json(
-            &gh.addr,
-            "/v1/rooms",
-            r#"{"name":"joinbench","properties":{"max_participants":100000}}"#,
-        )
-        .await;
+        results.push(load("GET /v1/rooms/:name", &gh.addr, Kind::Get, "/v1/rooms/bench".into(), no_body()).await);
+        post_json(&gh.addr, "/v1/rooms", r#"{"name":"joinbench","properties":{"max_participants":100000}}"#).await;
         let jt = post_json(
             &gh.addr,
             "/v1/meeting-tokens",
@@ -319,14 +266,8 @@ async fn run(quick: bool) {
         let join_body = format!(r#"{{"token":"{jt}"}}"#);
         let body = Arc::new(move |_| join_body.clone());
         results.push(
-            load(
-                "POST /v1/rooms/:name/join (durable)",
-                &gh.addr,
-                Kind::Post,
-                "/v1/rooms/joinbench/join".into(),
-                body,
-            )
-            .await,
+            load("POST /v1/rooms/:name/join (durable)", &gh.addr, Kind::Post, "/v1/rooms/joinbench/join".into(), body)
+                .await,
         );
     }
     let baseline = results[0].rps;
@@ -340,10 +281,7 @@ async fn run(quick: bool) {
         "| {:<46} | {:>9} | {:>8} | {:>8} | {:>6} | {:>6} |",
         "request", "req/s", "p50 ms", "p99 ms", "× base", "errors"
     );
-    println!(
-        "|{:-<48}|{:-<11}|{:-<10}|{:-<10}|{:-<8}|{:-<8}|",
-        "", "", "", "", "", ""
-    );
+    println!("|{:-<48}|{:-<11}|{:-<10}|{:-<10}|{:-<8}|{:-<8}|", "", "", "", "", "", "");
     for r in &results {
         println!(
             "| {:<46} | {:>9.0} | {:>8.2} | {:>8.2} | {:>6.2} | {:>6} |",
@@ -366,16 +304,9 @@ async fn big_store() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("data");
     let started = Instant::now();
-    let status = Command::new(std::env::current_exe().unwrap())
-        .arg("--fill")
-        .arg(&dir)
-        .status()
-        .unwrap();
+    let status = Command::new(std::env::current_exe().unwrap()).arg("--fill").arg(&dir).status().unwrap();
     assert!(status.success());
-    println!(
-        "\nfilled 1,000,000 rooms + 1,000,000 tokens in {:.0}s",
-        started.elapsed().as_secs_f64()
-    );
+    println!("\nfilled 1,000,000 rooms + 1,000,000 tokens in {:.0}s", started.elapsed().as_secs_f64());
     let disk = dir_size(&dir);
     let t0 = Instant::now();
     let gh = gatehouse(&dir, "fdatasync");
@@ -383,14 +314,9 @@ async fn big_store() {
     let to_ready = t0.elapsed();
     let _ = ready;
     let rss_idle = rss_mib(gh.child.id());
-    let r = load(
-        "GET /v1/rooms/:name (1M rooms stored)",
-        &gh.addr,
-        Kind::Get,
-        "/v1/rooms/room-500000".into(),
-        no_body(),
-    )
-    .await;
+    let r =
+        load("GET /v1/rooms/:name (1M rooms stored)", &gh.addr, Kind::Get, "/v1/rooms/room-500000".into(), no_body())
+            .await;
     let w = load(
         "POST /v1/rooms (1M rooms stored)",
         &gh.addr,
@@ -419,10 +345,7 @@ async fn wait_ready(addr: &str) -> bool {
                 hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await
             {
                 tokio::spawn(conn);
-                let req = Request::get("/readyz")
-                    .header("host", "bench")
-                    .body(Full::new(Bytes::new()))
-                    .unwrap();
+                let req = Request::get("/readyz").header("host", "bench").body(Full::new(Bytes::new())).unwrap();
                 if let Ok(res) = send.send_request(req).await {
                     if res.status().is_success() {
                         return true;
@@ -465,11 +388,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 /// `--fill DIR`: the million-record store, written through the writer in concurrent batches.
 fn fill(dir: &str) {
     use gatehouse::store::{Command as Cmd, Store, StoreOptions, SyncMode, TokenRecord};
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let path = std::path::Path::new(dir);
         std::fs::create_dir_all(path).unwrap();

@@ -52,11 +52,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     })
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-    tracing::info!(
-        millis = started.elapsed().as_millis() as u64,
-        head_seq = store.durable_seq(),
-        "store open"
-    );
+    tracing::info!(millis = started.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
 
     let api_settings = ApiSettings {
         public_url,
@@ -85,25 +81,15 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ));
     // The timers are in the store: from here overdue state is enforced by check-on-read, and
     // the deadline task fires what is due right away.
-    let deadlines = tokio::spawn(crate::scheduler::run_deadlines(
-        store.clone(),
-        state.clock.clone(),
-        shutdown_rx.clone(),
-    ));
-    let deliveries = tokio::spawn(crate::webhooks::run(
-        store.clone(),
-        outbound,
-        state.clock.clone(),
-        shutdown_rx.clone(),
-    ));
+    let deadlines =
+        tokio::spawn(crate::scheduler::run_deadlines(store.clone(), state.clock.clone(), shutdown_rx.clone()));
+    let deliveries =
+        tokio::spawn(crate::webhooks::run(store.clone(), outbound, state.clock.clone(), shutdown_rx.clone()));
     let mut housekeeping =
         crate::scheduler::start_housekeeping(&settings.housekeeping_cron, store.clone(), state.housekeeping.clone())
             .await
             .with_context(|| {
-                format!(
-                    "--housekeeping-cron '{}' (six fields, seconds first)",
-                    settings.housekeeping_cron
-                )
+                format!("--housekeeping-cron '{}' (six fields, seconds first)", settings.housekeeping_cron)
             })?;
 
     state.ready.store(true, Ordering::SeqCst);
@@ -111,12 +97,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("gatehouse listening on http://{addr}");
     let _ = std::io::stdout().flush();
 
-    let server = tokio::spawn(api::serve(
-        listener,
-        state.clone(),
-        shutdown_rx,
-        settings.shutdown_grace,
-    ));
+    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace));
     wait_for_signal().await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);

@@ -55,8 +55,7 @@ impl OffsetClock {
     }
 
     pub fn set_ms(&self, target: i64) {
-        self.offset_ms
-            .store(target.saturating_sub(system_now_ms()), Ordering::SeqCst);
+        self.offset_ms.store(target.saturating_sub(system_now_ms()), Ordering::SeqCst);
     }
 }
 
@@ -92,12 +91,7 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        sod / 3600,
-        (sod % 3600) / 60,
-        sod % 60
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
 }
 
 /// Howard Hinnant's days-to-civil algorithm.

@@ -10,9 +10,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {
-        Some(Command::Keys {
-            action: KeysAction::Generate,
-        }) => {
+        Some(Command::Keys { action: KeysAction::Generate }) => {
             println!("{}", gatehouse::app::generate_key());
             return Ok(());
         }

@@ -39,10 +39,7 @@ pub enum PropertyError {
 }
 
 pub fn bad(name: &str, problem: impl Into<String>) -> PropertyError {
-    PropertyError::Bad {
-        name: name.to_string(),
-        problem: problem.into(),
-    }
+    PropertyError::Bad { name: name.to_string(), problem: problem.into() }
 }
 
 pub fn kind_of(table: &[(&str, Kind)], name: &str) -> Option<Kind> {
@@ -148,12 +145,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const T: &[(&str, Kind)] = &[
-        ("nbf", Kind::UnixSecs),
-        ("exp", Kind::UnixSecs),
-        ("n", Kind::Text(5)),
-        ("p", Kind::Permissions),
-    ];
+    const T: &[(&str, Kind)] =
+        &[("nbf", Kind::UnixSecs), ("exp", Kind::UnixSecs), ("n", Kind::Text(5)), ("p", Kind::Permissions)];
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
@@ -161,22 +154,14 @@ mod tests {
 
     #[test]
     fn refuses_unknown_and_mistyped() {
-        assert_eq!(
-            validate(T, &obj(json!({"x": 1})), false),
-            Err(PropertyError::Unknown("x".into()))
-        );
+        assert_eq!(validate(T, &obj(json!({"x": 1})), false), Err(PropertyError::Unknown("x".into())));
         assert!(validate(T, &obj(json!({"exp": "1"})), false).is_err());
         assert!(validate(T, &obj(json!({"exp": 1.5})), false).is_err());
         assert!(validate(T, &obj(json!({"exp": 99999999999999u64})), false).is_err());
         assert!(validate(T, &obj(json!({"n": "a\u{7}"})), false).is_err());
         assert!(validate(T, &obj(json!({"n": "abcdef"})), false).is_err());
         assert!(validate(T, &obj(json!({"nbf": 5, "exp": 5})), false).is_err());
-        assert!(validate(
-            T,
-            &obj(json!({"p": {"canAdmin": ["participants"], "hasPresence": true}})),
-            false
-        )
-        .is_ok());
+        assert!(validate(T, &obj(json!({"p": {"canAdmin": ["participants"], "hasPresence": true}})), false).is_ok());
         assert!(validate(T, &obj(json!({"p": {"canAdmin": 3}})), false).is_err());
     }
 

@@ -16,16 +16,7 @@ pub const RANDOM_NAME_LEN: usize = 20;
 pub const DEFAULT_MAX_PARTICIPANTS: u64 = 200;
 
 /// The server's own first path segments, so they cannot be room names (compared case-insensitively).
-const RESERVED: &[&str] = &[
-    "v1",
-    "api",
-    "healthz",
-    "readyz",
-    "metrics",
-    "dashboard",
-    "assets",
-    "static",
-];
+const RESERVED: &[&str] = &["v1", "api", "healthz", "readyz", "metrics", "dashboard", "assets", "static"];
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum RoomError {
@@ -67,9 +58,7 @@ impl Privacy {
 }
 
 pub fn validate_name(name: &str) -> Result<(), RoomError> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let ok_chars = name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
     if name.is_empty() || name.len() > MAX_NAME_LEN || !ok_chars {
         return Err(RoomError::BadName);
     }
@@ -82,9 +71,7 @@ pub fn validate_name(name: &str) -> Result<(), RoomError> {
 /// A fresh random name from `[a-z0-9]`, drawn from the thread's CSPRNG (ChaCha, OS-seeded).
 pub fn random_name() -> String {
     const ALPHABET: &[u8; 36] = b"abcdefghijklmnopqrstuvwxyz0123456789";
-    (0..RANDOM_NAME_LEN)
-        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
-        .collect()
+    (0..RANDOM_NAME_LEN).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
 }
 
 /// Every property a room accepts: Daily's behavioural ones first, then the UI-only ones
@@ -184,10 +171,7 @@ impl Room {
     }
 
     pub fn max_participants(&self) -> u64 {
-        self.config
-            .get("max_participants")
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_MAX_PARTICIPANTS)
+        self.config.get("max_participants").and_then(Value::as_u64).unwrap_or(DEFAULT_MAX_PARTICIPANTS)
     }
 
     /// Expired at `now_secs` (check on read: no scheduler needed to make it so).
@@ -226,10 +210,7 @@ mod tests {
         assert_eq!(validate_name(""), Err(RoomError::BadName));
         assert_eq!(validate_name("a b"), Err(RoomError::BadName));
         assert_eq!(validate_name("é"), Err(RoomError::BadName));
-        assert_eq!(
-            validate_name("Dashboard"),
-            Err(RoomError::ReservedName("Dashboard".into()))
-        );
+        assert_eq!(validate_name("Dashboard"), Err(RoomError::ReservedName("Dashboard".into())));
     }
 
     #[test]
@@ -261,9 +242,6 @@ mod tests {
         let patch = obj(json!({"exp": null, "max_participants": 3}));
         let patch = validate_patch(&patch).unwrap();
         let merged = merge_properties(&cur, &patch).unwrap();
-        assert_eq!(
-            Value::Object(merged),
-            json!({"enable_chat": true, "max_participants": 3})
-        );
+        assert_eq!(Value::Object(merged), json!({"enable_chat": true, "max_participants": 3}));
     }
 }

@@ -35,10 +35,8 @@ pub async fn run_deadlines(store: Store, clock: SharedClock, mut shutdown: watch
         };
         if !due.is_empty() {
             let n = due.len();
-            let cmds = due
-                .into_iter()
-                .map(|(deadline_ms, kind, id)| Command::FireTimer { deadline_ms, kind, id })
-                .collect();
+            let cmds =
+                due.into_iter().map(|(deadline_ms, kind, id)| Command::FireTimer { deadline_ms, kind, id }).collect();
             for r in store.submit_all(cmds).await {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "a deadline could not fire; it stays and is retried");
@@ -95,11 +93,7 @@ pub async fn housekeep_once(
     stats.revocations_purged.fetch_add(total.revocations, Relaxed);
     stats.tokens_purged.fetch_add(total.tokens, Relaxed);
     if total != crate::store::PurgeReport::default() {
-        tracing::info!(
-            revocations = total.revocations,
-            tokens = total.tokens,
-            "housekeeping purged dead records"
-        );
+        tracing::info!(revocations = total.revocations, tokens = total.tokens, "housekeeping purged dead records");
     }
     Ok(total)
 }

@@ -27,11 +27,7 @@ pub struct Denial {
 
 impl Denial {
     fn new(error: &'static str, detail: &'static str, info: &str) -> Denial {
-        Denial {
-            error,
-            detail,
-            info: info.to_string(),
-        }
+        Denial { error, detail, info: info.to_string() }
     }
 
     fn not_allowed(detail: &'static str) -> Denial {
@@ -74,11 +70,7 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
     };
     let now_s = f.now_ms.div_euclid(1000);
     if room.nbf().is_some_and(|nbf| now_s < nbf) {
-        return Err(Denial::new(
-            "nbf-room",
-            "room_not_started",
-            "This meeting has not started yet",
-        ));
+        return Err(Denial::new("nbf-room", "room_not_started", "This meeting has not started yet"));
     }
     if room.is_expired(now_s) {
         return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
@@ -93,18 +85,10 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
             }
             match claims.time_status(f.now_ms, f.leeway_s, false) {
                 TimeStatus::NotYetValid => {
-                    return Err(Denial::new(
-                        "nbf-token",
-                        "token_not_yet_valid",
-                        "Your meeting token is not valid yet",
-                    ))
+                    return Err(Denial::new("nbf-token", "token_not_yet_valid", "Your meeting token is not valid yet"))
                 }
                 TimeStatus::Expired => {
-                    return Err(Denial::new(
-                        "exp-token",
-                        "token_expired",
-                        "Your meeting token has expired",
-                    ))
+                    return Err(Denial::new("exp-token", "token_expired", "Your meeting token has expired"))
                 }
                 TimeStatus::Valid => {}
             }
@@ -114,11 +98,7 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
         }
     }
     if f.banned {
-        return Err(Denial::new(
-            "ejected",
-            "banned",
-            "You were removed from this meeting and cannot rejoin",
-        ));
+        return Err(Denial::new("ejected", "banned", "You were removed from this meeting and cannot rejoin"));
     }
     if f.present >= room.max_participants() {
         return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
@@ -135,9 +115,7 @@ pub fn follows_room_rules(claims: Option<&Claims>) -> bool {
 /// When a session will be ejected and why. Token settings (`ejt`/`eje`) replace the room's
 /// (`eject_at_room_exp`, `eject_after_elapsed`) for that session when either is set.
 pub fn eject_deadline(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Option<(i64, &'static str)> {
-    eject_candidates(room, claims, joined_ms)
-        .into_iter()
-        .min_by_key(|(at, _)| *at)
+    eject_candidates(room, claims, joined_ms).into_iter().min_by_key(|(at, _)| *at)
 }
 
 /// The session's own ejection timer: like [`eject_deadline`] but without the room's expiry,
@@ -165,11 +143,7 @@ fn eject_candidates(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Vec
             if let Some(secs) = room.config.get("eject_after_elapsed").and_then(Value::as_u64) {
                 candidates.push((joined_ms.saturating_add(secs_to_ms(secs)), "elapsed"));
             }
-            let at_exp = room
-                .config
-                .get("eject_at_room_exp")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
+            let at_exp = room.config.get("eject_at_room_exp").and_then(Value::as_bool).unwrap_or(false);
             if let (true, Some(exp)) = (at_exp, room.exp()) {
                 candidates.push((exp.saturating_mul(1000), "room_expired"));
             }
@@ -189,9 +163,7 @@ pub fn ban_until_ms(by_token: bool, ban_until_s: Option<i64>, room_exp_s: Option
     if !by_token {
         return asked;
     }
-    let cap = room_exp_s
-        .map(|e| e.saturating_mul(1000))
-        .unwrap_or(now_ms + TOKEN_BAN_DEFAULT_MS);
+    let cap = room_exp_s.map(|e| e.saturating_mul(1000)).unwrap_or(now_ms + TOKEN_BAN_DEFAULT_MS);
     Some(asked.map_or(cap, |a| a.min(cap)))
 }
 
@@ -283,15 +255,7 @@ mod tests {
     }
 
     fn facts<'a>(room: Option<&'a Room>, token: &'a TokenCheck) -> JoinFacts<'a> {
-        JoinFacts {
-            now_ms: 100_000,
-            leeway_s: 0,
-            room,
-            token,
-            revoked: false,
-            banned: false,
-            present: 0,
-        }
+        JoinFacts { now_ms: 100_000, leeway_s: 0, room, token, revoked: false, banned: false, present: 0 }
     }
 
     #[test]
@@ -304,32 +268,17 @@ mod tests {
         assert_eq!(decide_join(&facts(Some(&late), &none)).unwrap_err().error, "exp-room");
         let private = room(json!({}), Privacy::Private);
         let d = decide_join(&facts(Some(&private), &none)).unwrap_err();
-        assert_eq!(
-            (d.error, d.info.as_str()),
-            ("not-allowed", "You are not allowed to join this meeting")
-        );
+        assert_eq!((d.error, d.info.as_str()), ("not-allowed", "You are not allowed to join this meeting"));
         let other = TokenCheck::Valid {
-            claims: Box::new(Claims {
-                room: Some("x".into()),
-                ..Default::default()
-            }),
+            claims: Box::new(Claims { room: Some("x".into()), ..Default::default() }),
             token_id: "j".into(),
         };
-        assert_eq!(
-            decide_join(&facts(Some(&private), &other)).unwrap_err().detail,
-            "wrong_room"
-        );
+        assert_eq!(decide_join(&facts(Some(&private), &other)).unwrap_err().detail, "wrong_room");
         let expired = TokenCheck::Valid {
-            claims: Box::new(Claims {
-                exp: Some(99.0),
-                ..Default::default()
-            }),
+            claims: Box::new(Claims { exp: Some(99.0), ..Default::default() }),
             token_id: "j".into(),
         };
-        assert_eq!(
-            decide_join(&facts(Some(&private), &expired)).unwrap_err().error,
-            "exp-token"
-        );
+        assert_eq!(decide_join(&facts(Some(&private), &expired)).unwrap_err().error, "exp-token");
         let full = room(json!({"max_participants": 2}), Privacy::Public);
         let mut f = facts(Some(&full), &none);
         f.present = 2;
@@ -342,36 +291,19 @@ mod tests {
 
     #[test]
     fn token_eject_settings_replace_the_rooms() {
-        let r = room(
-            json!({"eject_after_elapsed": 60, "eject_at_room_exp": true, "exp": 500}),
-            Privacy::Public,
-        );
+        let r = room(json!({"eject_after_elapsed": 60, "eject_at_room_exp": true, "exp": 500}), Privacy::Public);
         assert_eq!(eject_deadline(&r, None, 1_000), Some((61_000, "elapsed")));
-        let c = Claims {
-            eject_after_elapsed: Some(3),
-            ..Default::default()
-        };
+        let c = Claims { eject_after_elapsed: Some(3), ..Default::default() };
         assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((4_000, "elapsed")));
-        let c = Claims {
-            eject_at_token_exp: true,
-            exp: Some(200.0),
-            ..Default::default()
-        };
+        let c = Claims { eject_at_token_exp: true, exp: Some(200.0), ..Default::default() };
         assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((200_000, "token_expired")));
         let plain = Claims::default();
         assert_eq!(eject_deadline(&r, Some(&plain), 1_000), Some((61_000, "elapsed")));
         let r2 = room(json!({"eject_at_room_exp": true, "exp": 50}), Privacy::Public);
         assert_eq!(eject_deadline(&r2, None, 1_000), Some((50_000, "room_expired")));
-        assert_eq!(
-            eject_timer(&r2, None, 1_000),
-            None,
-            "the room's own timer handles its expiry"
-        );
+        assert_eq!(eject_timer(&r2, None, 1_000), None, "the room's own timer handles its expiry");
         assert!(follows_room_rules(Some(&plain)) && follows_room_rules(None));
-        assert!(!follows_room_rules(Some(&Claims {
-            eject_after_elapsed: Some(3),
-            ..Default::default()
-        })));
+        assert!(!follows_room_rules(Some(&Claims { eject_after_elapsed: Some(3), ..Default::default() })));
     }
 
     #[test]

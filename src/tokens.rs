@@ -221,10 +221,7 @@ pub fn sign(
 ) -> Result<String, TokenError> {
     let mut claims = Map::new();
     for (long, v) in &props.0 {
-        let name = COMPACT
-            .iter()
-            .find(|(l, _)| l == long)
-            .map_or(long.as_str(), |(_, c)| c);
+        let name = COMPACT.iter().find(|(l, _)| l == long).map_or(long.as_str(), |(_, c)| c);
         claims.insert(name.to_string(), v.clone());
     }
     claims.insert("d".into(), Value::from(domain_id));
@@ -313,10 +310,7 @@ impl Claims {
         put("is_owner", Some(Value::from(self.is_owner)));
         put("nbf", self.nbf.map(number));
         put("exp", self.exp.map(number));
-        put(
-            "eject_at_token_exp",
-            self.eject_at_token_exp.then_some(Value::Bool(true)),
-        );
+        put("eject_at_token_exp", self.eject_at_token_exp.then_some(Value::Bool(true)));
         put("eject_after_elapsed", self.eject_after_elapsed.map(Value::from));
         put("permissions", self.permissions.clone());
         Value::Object(m)
@@ -360,18 +354,10 @@ pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, 
                     }
                 }
                 let token_id = claims.jti.clone().unwrap_or_else(|| token_hash(token));
-                return Ok(Verified {
-                    claims,
-                    kid: key.kid.clone(),
-                    token_id,
-                });
+                return Ok(Verified { claims, kid: key.kid.clone(), token_id });
             }
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::InvalidSignature) => continue,
-            Err(_) => {
-                return Err(Rejection::Malformed(
-                    "the payload is not a JSON object of claims".into(),
-                ))
-            }
+            Err(_) => return Err(Rejection::Malformed("the payload is not a JSON object of claims".into())),
         }
     }
     Err(Rejection::BadSignature)
@@ -408,11 +394,7 @@ fn string_claim(
 fn time_claim(c: &Map<String, Value>, name: &'static str) -> Result<Option<f64>, Rejection> {
     match claim(c, name, name) {
         None => Ok(None),
-        Some(Value::Number(n)) => n
-            .as_f64()
-            .filter(|f| f.is_finite())
-            .map(Some)
-            .ok_or(Rejection::BadClaim(name)),
+        Some(Value::Number(n)) => n.as_f64().filter(|f| f.is_finite()).map(Some).ok_or(Rejection::BadClaim(name)),
         Some(_) => Err(Rejection::BadClaim(name)),
     }
 }
@@ -428,12 +410,9 @@ fn bool_claim(c: &Map<String, Value>, short: &str, long: &str, name: &'static st
 fn parse_claims(c: &Map<String, Value>) -> Result<Claims, Rejection> {
     let eje = match claim(c, "eje", "eject_after_elapsed") {
         None => None,
-        Some(v) => Some(
-            v.as_f64()
-                .filter(|f| f.is_finite() && *f >= 0.0)
-                .ok_or(Rejection::BadClaim("eje"))?
-                .ceil() as u64,
-        ),
+        Some(v) => {
+            Some(v.as_f64().filter(|f| f.is_finite() && *f >= 0.0).ok_or(Rejection::BadClaim("eje"))?.ceil() as u64)
+        }
     };
     let ui = PROPERTIES
         .iter()
@@ -479,12 +458,7 @@ mod tests {
     }
 
     fn offline(claims: Value, alg: Algorithm, key: &str) -> String {
-        jsonwebtoken::encode(
-            &Header::new(alg),
-            &claims,
-            &EncodingKey::from_secret(key.as_bytes()).unwrap(),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&Header::new(alg), &claims, &EncodingKey::from_secret(key.as_bytes()).unwrap()).unwrap()
     }
 
     #[test]
@@ -533,11 +507,7 @@ mod tests {
     #[test]
     fn refusals() {
         let r = ring();
-        let other = offline(
-            json!({"r": "x"}),
-            Algorithm::HS256,
-            "ffffffffffffffffffffffffffffffffffffffff",
-        );
+        let other = offline(json!({"r": "x"}), Algorithm::HS256, "ffffffffffffffffffffffffffffffffffffffff");
         assert_eq!(verify(&r, DOMAIN, &other).unwrap_err(), Rejection::BadSignature);
         let hs384 = offline(json!({"r": "x"}), Algorithm::HS384, KEY);
         assert_eq!(verify(&r, DOMAIN, &hs384).unwrap_err(), Rejection::Algorithm);
@@ -558,11 +528,7 @@ mod tests {
 
     #[test]
     fn time_checks_are_ours() {
-        let c = Claims {
-            nbf: Some(100.0),
-            exp: Some(200.5),
-            ..Default::default()
-        };
+        let c = Claims { nbf: Some(100.0), exp: Some(200.5), ..Default::default() };
         assert_eq!(c.time_status(99_999, 0, false), TimeStatus::NotYetValid);
         assert_eq!(c.time_status(99_999, 0, true), TimeStatus::Valid);
         assert_eq!(c.time_status(100_000, 0, false), TimeStatus::Valid);

@@ -9,10 +9,7 @@ fn assert_error(r: &common::Reply, status: u16, kind: &str, word: &str) {
     assert_eq!(r.status, status, "{}", r.text);
     assert_eq!(r.body["error"], kind, "{}", r.text);
     let info = r.body["info"].as_str().unwrap_or("");
-    assert!(
-        info.to_lowercase().contains(&word.to_lowercase()),
-        "info {info:?} lacks {word:?}"
-    );
+    assert!(info.to_lowercase().contains(&word.to_lowercase()), "info {info:?} lacks {word:?}");
 }
 
 #[test]
@@ -24,33 +21,13 @@ fn malformed_json_and_wrong_types() {
     assert_error(&r, 400, "invalid-request-error", "object");
     let r = s.call("POST", "/v1/rooms", Some(KEY), Some("\"str\""));
     assert_error(&r, 400, "invalid-request-error", "object");
-    let r = s.call(
-        "POST",
-        "/v1/meeting-tokens",
-        Some(KEY),
-        Some(r#"{"properties": "all"}"#),
-    );
+    let r = s.call("POST", "/v1/meeting-tokens", Some(KEY), Some(r#"{"properties": "all"}"#));
     assert_error(&r, 400, "invalid-request-error", "properties");
-    let r = s.call(
-        "POST",
-        "/v1/rooms",
-        Some(KEY),
-        Some(r#"{"properties": {"max_participants": 1e400}}"#),
-    );
+    let r = s.call("POST", "/v1/rooms", Some(KEY), Some(r#"{"properties": {"max_participants": 1e400}}"#));
     assert_eq!(r.status, 400, "{}", r.text);
-    let r = s.call(
-        "POST",
-        "/v1/rooms",
-        Some(KEY),
-        Some(r#"{"properties": {"exp": 123456789012345678901234567890}}"#),
-    );
+    let r = s.call("POST", "/v1/rooms", Some(KEY), Some(r#"{"properties": {"exp": 123456789012345678901234567890}}"#));
     assert_error(&r, 400, "invalid-request-error", "exp");
-    let r = s.call(
-        "POST",
-        "/v1/rooms",
-        Some(KEY),
-        Some(r#"{"properties": {"nbf": -1700000000}}"#),
-    );
+    let r = s.call("POST", "/v1/rooms", Some(KEY), Some(r#"{"properties": {"nbf": -1700000000}}"#));
     assert_error(&r, 400, "invalid-request-error", "nbf");
     // A body that is not UTF-8 at all.
     let resp = raw(
@@ -96,13 +73,7 @@ fn authorization_missing_malformed_or_wrong() {
     let r = s.call("GET", "/v1/rooms", Some("not-the-key"), None);
     assert_error(&r, 401, "authentication-error", "not valid");
     assert!(!r.text.contains("not-the-key"));
-    let r = common::call_url(
-        "GET",
-        &s.url("/v1/rooms"),
-        None,
-        None,
-        &[("Authorization", &format!("Basic {KEY}"))],
-    );
+    let r = common::call_url("GET", &s.url("/v1/rooms"), None, None, &[("Authorization", &format!("Basic {KEY}"))]);
     assert_error(&r, 400, "authorization-header-error", "Bearer");
     assert!(!r.text.contains(KEY));
     let r = common::call_url("GET", &s.url("/v1/rooms"), None, None, &[("Authorization", "Bearer")]);

@@ -35,9 +35,7 @@ fn load_until_killed(s: &mut Server, round: usize, kill_after: usize) -> Acked {
     for w in 0..6 {
         let (base, acked, stop) = (s.base.clone(), acked.clone(), stop.clone());
         workers.push(std::thread::spawn(move || {
-            let agent = ureq::AgentBuilder::new()
-                .timeout(std::time::Duration::from_secs(5))
-                .build();
+            let agent = ureq::AgentBuilder::new().timeout(std::time::Duration::from_secs(5)).build();
             let mut i = 0;
             while !stop.load(Ordering::SeqCst) {
                 i += 1;
@@ -94,10 +92,7 @@ fn all_jtis(s: &Server) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut after: Option<String> = None;
     loop {
-        let q = after
-            .as_ref()
-            .map(|a| format!("&starting_after={a}"))
-            .unwrap_or_default();
+        let q = after.as_ref().map(|a| format!("&starting_after={a}")).unwrap_or_default();
         let r = s.get(&format!("/v1/meeting-tokens?limit=100{q}"));
         let data = r.body["data"].as_array().unwrap().clone();
         for t in &data {

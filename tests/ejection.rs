@@ -7,21 +7,12 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 fn offline(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(KEY.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(KEY.as_bytes()).unwrap())
+        .unwrap()
 }
 
 fn eject_as(s: &Server, room: &str, bearer: &str, body: Value) -> common::Reply {
-    s.call(
-        "POST",
-        &format!("/v1/rooms/{room}/eject"),
-        Some(bearer),
-        Some(&body.to_string()),
-    )
+    s.call("POST", &format!("/v1/rooms/{room}/eject"), Some(bearer), Some(&body.to_string()))
 }
 
 #[test]
@@ -58,34 +49,19 @@ fn who_may_eject_with_a_token() {
     let (victim, _, _) = s.join_ok("room", Some(&guest));
     let forbidden = |bearer: &str| {
         let r = eject_as(&s, "room", bearer, json!({"ids": [victim]}));
-        assert_eq!(
-            (r.status, r.body["error"].as_str()),
-            (403, Some("forbidden-error")),
-            "{}",
-            r.text
-        );
+        assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden-error")), "{}", r.text);
     };
     forbidden(&guest);
     forbidden(&s.token(json!({"room_name": "other", "is_owner": true})));
     forbidden(&s.token(json!({"is_owner": true})));
-    forbidden(
-        &s.token(json!({"room_name": "room", "is_owner": true, "exp": now + 5}))
-            .pipe_advance(&s, 6.0),
-    );
+    forbidden(&s.token(json!({"room_name": "room", "is_owner": true, "exp": now + 5})).pipe_advance(&s, 6.0));
     let revoked = s.token(json!({"room_name": "room", "is_owner": true}));
-    assert_eq!(
-        s.post("/v1/meeting-tokens/revoke", &json!({"token": revoked})).status,
-        200
-    );
+    assert_eq!(s.post("/v1/meeting-tokens/revoke", &json!({"token": revoked})).status, 200);
     forbidden(&revoked);
     forbidden(&offline(json!({"r": "room", "o": true, "exp": "never"})));
     let r = eject_as(&s, "room", "not-a-key-and-not-a-jwt", json!({"ids": [victim]}));
     assert_eq!(r.status, 401);
-    assert_eq!(
-        s.get("/v1/rooms/room/presence").body["total_count"],
-        1,
-        "nobody was ejected so far"
-    );
+    assert_eq!(s.get("/v1/rooms/room/presence").body["total_count"], 1, "nobody was ejected so far");
 
     let admin = s.token(json!({"room_name": "room", "permissions": {"canAdmin": ["participants"]}}));
     let r = eject_as(&s, "room", &admin, json!({"ids": [victim]}));
@@ -96,10 +72,7 @@ fn who_may_eject_with_a_token() {
 
     let owner = s.token(json!({"room_name": "room", "is_owner": true}));
     let (v2, _, _) = s.join_ok("room", Some(&guest));
-    assert_eq!(
-        eject_as(&s, "room", &owner, json!({"user_ids": ["guest"]})).body,
-        json!({"ejectedIds": [v2]})
-    );
+    assert_eq!(eject_as(&s, "room", &owner, json!({"user_ids": ["guest"]})).body, json!({"ejectedIds": [v2]}));
 }
 
 trait AdvanceAfter {
@@ -121,34 +94,20 @@ fn bans_last_across_tokens_deletion_and_restart_until_lifted() {
     s.create_room(json!({"name": "class", "privacy": "private"}));
     let t = s.token(json!({"room_name": "class", "user_id": "troll"}));
     let (sid, _, _) = s.join_ok("class", Some(&t));
-    let r = s.post(
-        "/v1/rooms/class/eject",
-        &json!({"ids": [sid], "ban": true, "user_ids": ["absent-user"]}),
-    );
+    let r = s.post("/v1/rooms/class/eject", &json!({"ids": [sid], "ban": true, "user_ids": ["absent-user"]}));
     assert_eq!(r.body, json!({"ejectedIds": [sid]}));
     assert_eq!(s.events_of("participant.ejected")[0]["payload"]["reason"], "banned");
     let bans = s.get("/v1/rooms/class/bans").body;
-    let users: Vec<&str> = bans["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| b["user_id"].as_str().unwrap())
-        .collect();
+    let users: Vec<&str> = bans["data"].as_array().unwrap().iter().map(|b| b["user_id"].as_str().unwrap()).collect();
     assert_eq!(users, vec!["absent-user", "troll"]);
     assert_eq!(bans["data"][0]["until"], Value::Null, "API-key bans last until lifted");
     // The token that session used is revoked too.
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{t}?verbose=true")).body["status"],
-        "revoked"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{t}?verbose=true")).body["status"], "revoked");
     // A freshly minted token does not help a banned user.
     let fresh = s.token(json!({"room_name": "class", "user_id": "troll"}));
     let r = s.join("class", Some(&fresh), None);
     assert_eq!((r.status, r.body["error"].as_str()), (403, Some("ejected")));
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{fresh}?verbose=true")).body["status"],
-        "banned"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{fresh}?verbose=true")).body["status"], "banned");
     // Deleting and recreating the room keeps the ban.
     s.delete("/v1/rooms/class");
     s.create_room(json!({"name": "class", "privacy": "private"}));
@@ -157,11 +116,7 @@ fn bans_last_across_tokens_deletion_and_restart_until_lifted() {
     s.kill9();
     let s = Server::start_in(&dir, &[]);
     assert_eq!(s.join("class", Some(&fresh), None).body["error"], "ejected");
-    assert_eq!(
-        s.join("class", Some(&t), None).body["error"],
-        "not-allowed",
-        "revocation survives too"
-    );
+    assert_eq!(s.join("class", Some(&t), None).body["error"], "not-allowed", "revocation survives too");
     // Lifted: in again.
     let r = s.delete("/v1/rooms/class/bans/troll");
     assert_eq!(r.status, 200, "{}", r.text);
@@ -178,23 +133,13 @@ fn token_made_bans_are_bounded() {
     s.create_room(json!({"name": "capped", "properties": {"exp": now + 7200}}));
     s.create_room(json!({"name": "open"}));
     let owner = s.token(json!({"room_name": "capped", "is_owner": true}));
-    eject_as(
-        &s,
-        "capped",
-        &owner,
-        json!({"user_ids": ["x"], "ban": true, "ban_until": now + 99_999}),
-    );
-    let until = s.get("/v1/rooms/capped/bans").body["data"][0]["until"]
-        .as_i64()
-        .unwrap();
+    eject_as(&s, "capped", &owner, json!({"user_ids": ["x"], "ban": true, "ban_until": now + 99_999}));
+    let until = s.get("/v1/rooms/capped/bans").body["data"][0]["until"].as_i64().unwrap();
     assert_eq!(until, now + 7200, "at most until the room's exp");
     let owner2 = s.token(json!({"room_name": "open", "is_owner": true}));
     eject_as(&s, "open", &owner2, json!({"user_ids": ["y"], "ban": true}));
     let until = s.get("/v1/rooms/open/bans").body["data"][0]["until"].as_i64().unwrap();
-    assert!(
-        (until - (now + 86_400)).abs() <= 2,
-        "24 h without exp: {until} vs {now}"
-    );
+    assert!((until - (now + 86_400)).abs() <= 2, "24 h without exp: {until} vs {now}");
     // A ban runs out by itself (check on read).
     let t = s.token(json!({"room_name": "open", "user_id": "y"}));
     assert_eq!(s.join("open", Some(&t), None).body["error"], "ejected");
@@ -208,16 +153,10 @@ fn revocation_by_jti_refuses_joins_and_ejects_sessions() {
     s.create_room(json!({"name": "r", "privacy": "private"}));
     let t = s.token(json!({"room_name": "r", "user_id": "u"}));
     let (sid, _, _) = s.join_ok("r", Some(&t));
-    let jti = s.get("/v1/meeting-tokens?room_name=r").body["data"][0]["jti"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let jti = s.get("/v1/meeting-tokens?room_name=r").body["data"][0]["jti"].as_str().unwrap().to_string();
     let r = s.post("/v1/meeting-tokens/revoke", &json!({"jti": jti}));
     assert_eq!(r.body, json!({"revoked": true, "ejectedIds": [sid]}));
-    assert_eq!(
-        s.events_of("participant.ejected")[0]["payload"]["reason"],
-        "token_revoked"
-    );
+    assert_eq!(s.events_of("participant.ejected")[0]["payload"]["reason"], "token_revoked");
     assert_eq!(s.events_of("meeting-token.revoked").len(), 1);
     let j = s.join("r", Some(&t), None);
     assert_eq!((j.status, j.body["error"].as_str()), (403, Some("not-allowed")));
@@ -240,27 +179,16 @@ fn revocation_of_offline_tokens_by_hash_user_and_time() {
     let off = offline(json!({"r": "r", "ud": "a"}));
     s.join_ok("r", Some(&off));
     assert_eq!(
-        s.post("/v1/meeting-tokens/revoke", &json!({"token": off})).body["ejectedIds"]
-            .as_array()
-            .unwrap()
-            .len(),
+        s.post("/v1/meeting-tokens/revoke", &json!({"token": off})).body["ejectedIds"].as_array().unwrap().len(),
         1
     );
     assert_eq!(s.join("r", Some(&off), None).body["error"], "not-allowed");
     // (room, user): every token of that user for the room issued so far.
     let b1 = s.token(json!({"room_name": "r", "user_id": "b"}));
     let b_off = offline(json!({"r": "r", "ud": "b"}));
-    assert_eq!(
-        s.post("/v1/meeting-tokens/revoke", &json!({"room_name": "r", "user_id": "b"}))
-            .status,
-        200
-    );
+    assert_eq!(s.post("/v1/meeting-tokens/revoke", &json!({"room_name": "r", "user_id": "b"})).status, 200);
     assert_eq!(s.join("r", Some(&b1), None).body["error"], "not-allowed");
-    assert_eq!(
-        s.join("r", Some(&b_off), None).body["error"],
-        "not-allowed",
-        "no iat: covered"
-    );
+    assert_eq!(s.join("r", Some(&b_off), None).body["error"], "not-allowed", "no iat: covered");
     s.advance(2.0);
     let b2 = s.token(json!({"room_name": "r", "user_id": "b"}));
     s.join_ok("r", Some(&b2));
@@ -269,10 +197,7 @@ fn revocation_of_offline_tokens_by_hash_user_and_time() {
     let no_iat = offline(json!({"r": "r", "ud": "d"}));
     let new = offline(json!({"r": "r", "ud": "e", "iat": now + 1000}));
     let (c_sid, _, _) = s.join_ok("r", Some(&old));
-    let r = s.post(
-        "/v1/meeting-tokens/revoke",
-        &json!({"room_name": "r", "issued_before": now}),
-    );
+    let r = s.post("/v1/meeting-tokens/revoke", &json!({"room_name": "r", "issued_before": now}));
     let ejected = r.body["ejectedIds"].as_array().unwrap();
     assert!(ejected.contains(&json!(c_sid)));
     assert_eq!(s.join("r", Some(&no_iat), None).body["error"], "not-allowed");
@@ -301,11 +226,7 @@ fn deleting_a_room_ejects_everyone() {
     assert_eq!(ej.len(), 2);
     assert!(ej.iter().all(|e| e["payload"]["reason"] == "room_deleted"));
     assert_eq!(s.events_of("meeting.ended").len(), 1);
-    let types: Vec<String> = s
-        .events()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect();
+    let types: Vec<String> = s.events().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
     assert_eq!(types.last().map(String::as_str), Some("room.deleted"));
     assert_eq!(s.get("/v1/presence").body, json!({}));
 }
@@ -320,11 +241,7 @@ fn sessions_and_leases_survive_sigkill() {
     s.kill9();
     let s = Server::start_in(&dir, &[]);
     assert_eq!(s.get("/v1/rooms/keep/presence").body["data"][0]["id"], sid.as_str());
-    assert_eq!(
-        s.call("POST", &format!("/v1/sessions/{sid}/heartbeat"), Some(&secret), None)
-            .status,
-        200
-    );
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{sid}/heartbeat"), Some(&secret), None).status, 200);
     // A fresh lease after restart: gone only after a full lease of silence.
     s.advance(25.0);
     std::thread::sleep(std::time::Duration::from_millis(200));

@@ -15,10 +15,7 @@ fn every_mutation_logs_its_event_in_order() {
     s.delete("/v1/rooms/r");
     let ev = s.events();
     let types: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(
-        types,
-        vec!["room.created", "room.updated", "meeting-token.created", "room.deleted"]
-    );
+    assert_eq!(types, vec!["room.created", "room.updated", "meeting-token.created", "room.deleted"]);
     for (i, e) in ev.iter().enumerate() {
         let seq = i as u64 + 1;
         assert_eq!(e["seq"], seq);
@@ -41,33 +38,18 @@ fn paging_filters_and_next_after() {
     let r = s.get("/v1/events?after=0&limit=3").body;
     assert_eq!(r["data"].as_array().unwrap().len(), 3);
     assert_eq!(
-        (
-            r["next_after"].as_u64(),
-            r["has_more"].as_bool(),
-            r["head_seq"].as_u64()
-        ),
+        (r["next_after"].as_u64(), r["has_more"].as_bool(), r["head_seq"].as_u64()),
         (Some(3), Some(true), Some(10))
     );
     let r = s.get("/v1/events?after=3&limit=1000").body;
     assert_eq!(r["data"][0]["seq"], 4);
-    assert_eq!(
-        (r["next_after"].as_u64(), r["has_more"].as_bool()),
-        (Some(10), Some(false))
-    );
+    assert_eq!((r["next_after"].as_u64(), r["has_more"].as_bool()), (Some(10), Some(false)));
     let rooms = s.get("/v1/events?types=room.created").body;
-    let seqs: Vec<u64> = rooms["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["seq"].as_u64().unwrap())
-        .collect();
+    let seqs: Vec<u64> = rooms["data"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, vec![1, 3, 5, 7, 9]);
     assert_eq!(rooms["next_after"], 10, "next_after counts filtered-out events");
     let none = s.get("/v1/events?after=10").body;
-    assert_eq!(
-        (none["data"].as_array().unwrap().len(), none["next_after"].as_u64()),
-        (0, Some(10))
-    );
+    assert_eq!((none["data"].as_array().unwrap().len(), none["next_after"].as_u64()), (0, Some(10)));
 }
 
 #[test]
@@ -76,13 +58,7 @@ fn long_poll_returns_when_an_event_lands() {
     let base = s.base.clone();
     let waiter = std::thread::spawn(move || {
         let started = std::time::Instant::now();
-        let r = common::call_url(
-            "GET",
-            &format!("{base}/v1/events?after=0&wait=20"),
-            Some(common::KEY),
-            None,
-            &[],
-        );
+        let r = common::call_url("GET", &format!("{base}/v1/events?after=0&wait=20"), Some(common::KEY), None, &[]);
         (r, started.elapsed())
     });
     std::thread::sleep(std::time::Duration::from_millis(300));

@@ -21,10 +21,7 @@ fn token(jti: &str, exp: Option<i64>) -> Command {
         exp,
         created_ms: 0,
     };
-    Command::CreateToken {
-        record,
-        event: NewEvent::new("meeting-token.created", json!({"jti": jti})),
-    }
+    Command::CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,41 +52,19 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
             .unwrap();
     }
     let stats = HousekeepingStats::default();
-    assert_eq!(
-        housekeep_once(&store, &stats).await.unwrap(),
-        PurgeReport::default(),
-        "nothing is dead yet"
-    );
+    assert_eq!(housekeep_once(&store, &stats).await.unwrap(), PurgeReport::default(), "nothing is dead yet");
 
     clock.set_ms((t0 + 10) * 1000 + 3_600_000);
     let report = housekeep_once(&store, &stats).await.unwrap();
-    assert_eq!(
-        report,
-        PurgeReport {
-            revocations: 1,
-            tokens: 1
-        }
-    );
+    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1 });
     assert!(store.token("dies").unwrap().is_none());
     assert!(store.token("lives").unwrap().is_some());
     assert!(store.token("forever").unwrap().is_some());
-    assert_eq!(
-        store.list_tokens(Some("r"), 10, None).unwrap().len(),
-        2,
-        "the room index follows"
-    );
-    assert_eq!(
-        housekeep_once(&store, &stats).await.unwrap(),
-        PurgeReport::default(),
-        "safe to repeat"
-    );
+    assert_eq!(store.list_tokens(Some("r"), 10, None).unwrap().len(), 2, "the room index follows");
+    assert_eq!(housekeep_once(&store, &stats).await.unwrap(), PurgeReport::default(), "safe to repeat");
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(
-        (
-            stats.runs.load(Relaxed),
-            stats.revocations_purged.load(Relaxed),
-            stats.tokens_purged.load(Relaxed)
-        ),
+        (stats.runs.load(Relaxed), stats.revocations_purged.load(Relaxed), stats.tokens_purged.load(Relaxed)),
         (3, 1, 1)
     );
     // Purges write no events.
@@ -103,10 +78,7 @@ fn a_bad_cron_expression_stops_start_up_with_a_clear_message() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gatehouse"))
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(tmp.path().join("d"))
-        .env(
-            "GATEHOUSE_API_KEY",
-            "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9",
-        )
+        .env("GATEHOUSE_API_KEY", "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9")
         .env("GATEHOUSE_HOUSEKEEPING_CRON", "every tuesday")
         .output()
         .unwrap();

@@ -6,12 +6,8 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 
 fn offline(claims: Value) -> String {
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &claims,
-        &EncodingKey::from_secret(KEY.as_bytes()).unwrap(),
-    )
-    .unwrap()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(KEY.as_bytes()).unwrap())
+        .unwrap()
 }
 
 fn assert_denied(r: &common::Reply, status: u16, error: &str) {
@@ -44,28 +40,12 @@ fn public_join_presence_and_leave() {
     let l = s.call("POST", &format!("/v1/sessions/{id}/leave"), Some(&secret), None);
     assert_eq!(l.status, 200, "{}", l.text);
     assert_eq!(s.get("/v1/rooms/pub/presence").body["total_count"], 0);
-    let types: Vec<String> = s
-        .events()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        types,
-        [
-            "room.created",
-            "meeting.started",
-            "participant.joined",
-            "participant.left",
-            "meeting.ended"
-        ]
-    );
+    let types: Vec<String> = s.events().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types, ["room.created", "meeting.started", "participant.joined", "participant.left", "meeting.ended"]);
     let left = s.events_of("participant.left");
     assert_eq!(left[0]["payload"]["reason"], "left");
     let started = &s.events_of("meeting.started")[0]["payload"];
-    assert_eq!(
-        s.events_of("meeting.ended")[0]["payload"]["meeting_id"],
-        started["meeting_id"]
-    );
+    assert_eq!(s.events_of("meeting.ended")[0]["payload"]["meeting_id"], started["meeting_id"]);
     // Nothing in the log carries the secret.
     assert!(!serde_json::to_string(&s.events()).unwrap().contains(&secret));
 }
@@ -122,10 +102,7 @@ fn every_refusal_has_its_own_error_and_event() {
         .events_of("participant.join-denied")
         .iter()
         .map(|e| {
-            (
-                e["payload"]["reason"].as_str().unwrap().to_string(),
-                e["payload"]["detail"].as_str().unwrap().to_string(),
-            )
+            (e["payload"]["reason"].as_str().unwrap().to_string(), e["payload"]["detail"].as_str().unwrap().to_string())
         })
         .collect();
     let expect = [
@@ -191,11 +168,7 @@ fn session_secrets_are_checked() {
     let (b, b_secret, _) = s.join_ok("r", None);
     for path in ["heartbeat", "leave"] {
         let r = s.call("POST", &format!("/v1/sessions/{a}/{path}"), Some("wrong"), None);
-        assert_eq!(
-            (r.status, r.body["error"].as_str()),
-            (401, Some("authentication-error")),
-            "{path}"
-        );
+        assert_eq!((r.status, r.body["error"].as_str()), (401, Some("authentication-error")), "{path}");
         let r = s.call("POST", &format!("/v1/sessions/{a}/{path}"), Some(&b_secret), None);
         assert_eq!(r.status, 401, "another session's secret");
         let r = s.call("POST", &format!("/v1/sessions/{a}/{path}"), None, None);
@@ -203,21 +176,9 @@ fn session_secrets_are_checked() {
         let r = s.call("POST", &format!("/v1/sessions/nope/{path}"), Some(&a_secret), None);
         assert_eq!(r.status, 404);
     }
-    assert_eq!(
-        s.call("POST", &format!("/v1/sessions/{a}/heartbeat"), Some(&a_secret), None)
-            .status,
-        200
-    );
-    assert_eq!(
-        s.call("POST", &format!("/v1/sessions/{b}/leave"), Some(&b_secret), None)
-            .status,
-        200
-    );
-    assert_eq!(
-        s.call("POST", &format!("/v1/sessions/{b}/heartbeat"), Some(&b_secret), None)
-            .status,
-        404
-    );
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{a}/heartbeat"), Some(&a_secret), None).status, 200);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{b}/leave"), Some(&b_secret), None).status, 200);
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{b}/heartbeat"), Some(&b_secret), None).status, 404);
 }
 
 #[test]
@@ -227,11 +188,7 @@ fn leases_lapse_without_heartbeats() {
     let (quiet, _, _) = s.join_ok("lease", None);
     let (chatty, secret, _) = s.join_ok("lease", None);
     s.advance(20.0);
-    assert_eq!(
-        s.call("POST", &format!("/v1/sessions/{chatty}/heartbeat"), Some(&secret), None)
-            .status,
-        200
-    );
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{chatty}/heartbeat"), Some(&secret), None).status, 200);
     s.advance(11.0);
     let left = s.wait_event("participant.left", |e| e["payload"]["session_id"] == quiet.as_str());
     assert_eq!(left["payload"]["reason"], "timeout");
@@ -240,16 +197,8 @@ fn leases_lapse_without_heartbeats() {
     s.wait_event("participant.left", |e| e["payload"]["session_id"] == chatty.as_str());
     s.wait_event("meeting.ended", |_| true);
     // Heartbeats wrote no events.
-    let types: Vec<String> = s
-        .events()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect();
-    assert_eq!(
-        types.len(),
-        7,
-        "room.created, started, 2 joined, 2 left, ended: {types:?}"
-    );
+    let types: Vec<String> = s.events().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect();
+    assert_eq!(types.len(), 7, "room.created, started, 2 joined, 2 left, ended: {types:?}");
 }
 
 #[test]
@@ -267,10 +216,7 @@ fn token_elapsed_ejection_and_will_eject_at() {
     assert!(s.events_of("participant.ejected").is_empty(), "not before its time");
     s.advance(1.5);
     let e = s.wait_event("participant.ejected", |e| e["payload"]["session_id"] == id.as_str());
-    assert_eq!(
-        (e["payload"]["reason"].as_str(), e["payload"]["by"].as_str()),
-        (Some("elapsed"), Some("scheduler"))
-    );
+    assert_eq!((e["payload"]["reason"].as_str(), e["payload"]["by"].as_str()), (Some("elapsed"), Some("scheduler")));
 }
 
 #[test]
@@ -281,10 +227,7 @@ fn user_names_are_bounded() {
     assert_eq!(s.join("n", None, Some(&long)).status, 400);
     assert_eq!(s.join("n", None, Some("bad\u{1b}[31m")).status, 400);
     assert_eq!(s.join("n", None, Some("Zoë 🎉")).status, 200);
-    assert!(
-        s.events_of("participant.join-denied").is_empty(),
-        "bad input is not a join attempt"
-    );
+    assert!(s.events_of("participant.join-denied").is_empty(), "bad input is not a join attempt");
 }
 
 #[test]
@@ -312,10 +255,7 @@ fn session_stream_pushes_presence_and_closes_on_ejection() {
     let (id, secret, _) = s.join_ok("live", None);
     let url = s.url(&format!("/v1/sessions/{id}/stream"));
     let reader = std::thread::spawn(move || {
-        let resp = ureq::get(&url)
-            .set("Authorization", &format!("Bearer {secret}"))
-            .call()
-            .unwrap();
+        let resp = ureq::get(&url).set("Authorization", &format!("Bearer {secret}")).call().unwrap();
         assert_eq!(resp.header("content-type"), Some("text/event-stream"));
         let mut events = Vec::new();
         for line in BufReader::new(resp.into_reader()).lines() {
@@ -335,16 +275,9 @@ fn session_stream_pushes_presence_and_closes_on_ejection() {
     assert_eq!(events.first().map(String::as_str), Some("presence"));
     assert!(events.contains(&"participant.joined".to_string()), "{events:?}");
     assert!(events.contains(&"participant.ejected".to_string()), "{events:?}");
-    assert_eq!(
-        events.last().map(String::as_str),
-        Some("participant.left"),
-        "the stream closes after its own end"
-    );
+    assert_eq!(events.last().map(String::as_str), Some("participant.left"), "the stream closes after its own end");
     // The stream needs the secret, never in the URL.
-    assert_eq!(
-        s.call("GET", &format!("/v1/sessions/{id}/stream"), None, None).status,
-        401
-    );
+    assert_eq!(s.call("GET", &format!("/v1/sessions/{id}/stream"), None, None).status, 401);
 }
 
 #[test]

@@ -12,9 +12,7 @@ struct Step {
 
 fn tour_steps() -> Vec<Step> {
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme
-        .find("<!-- tour:start -->")
-        .expect("README has a tour:start marker");
+    let start = readme.find("<!-- tour:start -->").expect("README has a tour:start marker");
     let end = readme.find("<!-- tour:end -->").expect("README has a tour:end marker");
     let mut steps = Vec::new();
     let mut commands = String::new();
@@ -30,10 +28,7 @@ fn tour_steps() -> Vec<Step> {
             commands.push('\n');
         }
     }
-    assert!(
-        commands.trim().is_empty(),
-        "commands after the last expectation: {commands}"
-    );
+    assert!(commands.trim().is_empty(), "commands after the last expectation: {commands}");
     steps
 }
 
@@ -54,11 +49,7 @@ fn readme_tour_works_as_written() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(
-        out.status.success(),
-        "tour script failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "tour script failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     for (i, step) in steps.iter().enumerate() {
         let from = stdout.find(&format!("@@STEP {i}\n")).unwrap();
         let rest = &stdout[from..];
@@ -67,10 +58,7 @@ fn readme_tour_works_as_written() {
         for frag in &step.expect {
             match section[at..].find(frag.as_str()) {
                 Some(p) => at += p + frag.len(),
-                None => panic!(
-                    "step {i} ({}) lacks {frag:?} in order; output:\n{section}",
-                    step.commands.trim()
-                ),
+                None => panic!("step {i} ({}) lacks {frag:?} in order; output:\n{section}", step.commands.trim()),
             }
         }
     }

@@ -12,10 +12,7 @@ fn random_names_are_20_chars_of_a_z_0_9() {
         let room = s.create_room(json!({}));
         let name = room["name"].as_str().unwrap();
         assert_eq!(name.len(), 20);
-        assert!(
-            name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()),
-            "{name}"
-        );
+        assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()), "{name}");
         assert!(seen.insert(name.to_string()));
         assert_eq!(room["privacy"], "public");
         assert_eq!(room["api_created"], true);
@@ -53,21 +50,9 @@ fn taken_and_reserved_and_bad_names_are_refused() {
     let s = Server::start();
     s.create_room(json!({"name": "hello"}));
     let r = s.post("/v1/rooms", &json!({"name": "hello"}));
-    assert_eq!(
-        (r.status, r.body["error"].as_str()),
-        (400, Some("invalid-request-error"))
-    );
+    assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid-request-error")));
     assert!(r.body["info"].as_str().unwrap().contains("already exists"));
-    for reserved in [
-        "v1",
-        "API",
-        "healthz",
-        "readyz",
-        "metrics",
-        "Dashboard",
-        "assets",
-        "static",
-    ] {
+    for reserved in ["v1", "API", "healthz", "readyz", "metrics", "Dashboard", "assets", "static"] {
         let r = s.post("/v1/rooms", &json!({"name": reserved}));
         assert_eq!(r.status, 400, "{reserved}");
         assert!(r.body["info"].as_str().unwrap().contains("reserved"), "{}", r.text);
@@ -110,17 +95,11 @@ fn properties_are_validated_and_unknown_ones_named() {
 fn update_merges_and_null_removes() {
     let s = Server::start();
     s.create_room(json!({"name": "r1", "properties": {"exp": 1893456000, "enable_chat": true}}));
-    let r = s.post(
-        "/v1/rooms/r1",
-        &json!({"privacy": "private", "properties": {"exp": null, "max_participants": 3}}),
-    );
+    let r = s.post("/v1/rooms/r1", &json!({"privacy": "private", "properties": {"exp": null, "max_participants": 3}}));
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["privacy"], "private");
     assert_eq!(r.body["config"], json!({"enable_chat": true, "max_participants": 3}));
-    assert_eq!(
-        s.get("/v1/rooms/r1").body["config"],
-        json!({"enable_chat": true, "max_participants": 3})
-    );
+    assert_eq!(s.get("/v1/rooms/r1").body["config"], json!({"enable_chat": true, "max_participants": 3}));
     assert_eq!(s.post("/v1/rooms/r1", &json!({"properties": {"bogus": 1}})).status, 400);
     assert_eq!(s.post("/v1/rooms/r1", &json!({"name": "renamed"})).status, 400);
     assert_eq!(s.post("/v1/rooms/nope", &json!({"privacy": "public"})).status, 404);
@@ -135,10 +114,7 @@ fn delete_then_404_and_name_reusable() {
     let s = Server::start();
     s.create_room(json!({"name": "gone"}));
     let r = s.delete("/v1/rooms/gone");
-    assert_eq!(
-        (r.status, r.body.clone()),
-        (200, json!({"deleted": true, "name": "gone"}))
-    );
+    assert_eq!((r.status, r.body.clone()), (200, json!({"deleted": true, "name": "gone"})));
     assert_eq!(s.get("/v1/rooms/gone").status, 404);
     assert_eq!(s.get("/v1/rooms/gone").body["error"], "not-found");
     assert_eq!(s.delete("/v1/rooms/gone").status, 404);
@@ -169,12 +145,7 @@ fn list_is_newest_first_with_cursors() {
         .collect();
     let all = s.get("/v1/rooms");
     assert_eq!(all.body["total_count"], 7);
-    let listed: Vec<&str> = all.body["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["name"].as_str().unwrap())
-        .collect();
+    let listed: Vec<&str> = all.body["data"].as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
     let mut expect: Vec<&str> = names.iter().map(String::as_str).collect();
     expect.reverse();
     assert_eq!(listed, expect);
@@ -182,17 +153,12 @@ fn list_is_newest_first_with_cursors() {
     let page1 = s.get("/v1/rooms?limit=3").body["data"].as_array().unwrap().clone();
     assert_eq!(page1.len(), 3);
     let last_id = page1[2]["id"].as_str().unwrap();
-    let page2 = s.get(&format!("/v1/rooms?limit=3&starting_after={last_id}")).body["data"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let page2 = s.get(&format!("/v1/rooms?limit=3&starting_after={last_id}")).body["data"].as_array().unwrap().clone();
     let p2: Vec<&str> = page2.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(p2, vec!["room-3", "room-2", "room-1"]);
     let first_of_p2 = page2[0]["id"].as_str().unwrap();
-    let back = s.get(&format!("/v1/rooms?limit=2&ending_before={first_of_p2}")).body["data"]
-        .as_array()
-        .unwrap()
-        .clone();
+    let back =
+        s.get(&format!("/v1/rooms?limit=2&ending_before={first_of_p2}")).body["data"].as_array().unwrap().clone();
     let b: Vec<&str> = back.iter().map(|r| r["name"].as_str().unwrap()).collect();
     assert_eq!(b, vec!["room-5", "room-4"]);
 

@@ -15,10 +15,7 @@ fn server() -> Server {
 }
 
 fn types(s: &Server) -> Vec<String> {
-    s.events()
-        .iter()
-        .map(|e| e["type"].as_str().unwrap().to_string())
-        .collect()
+    s.events().iter().map(|e| e["type"].as_str().unwrap().to_string()).collect()
 }
 
 #[test]
@@ -36,28 +33,15 @@ fn room_expiry_fires_on_time_and_ejects_who_follows_room_rules() {
     assert!(s.events_of("room.expired").is_empty(), "not before exp");
     s.advance(2.5);
     s.wait_event("room.expired", |e| e["payload"]["room"] == "r");
-    let ej = s.wait_event("participant.ejected", |e| {
-        e["payload"]["session_id"] == by_room.as_str()
-    });
+    let ej = s.wait_event("participant.ejected", |e| e["payload"]["session_id"] == by_room.as_str());
     assert_eq!(
         (ej["payload"]["reason"].as_str(), ej["payload"]["by"].as_str()),
         (Some("room_expired"), Some("scheduler"))
     );
     // The token's own settings replace the room's: that session stays, the room is a tombstone.
-    assert!(s
-        .events_of("participant.ejected")
-        .iter()
-        .all(|e| e["payload"]["session_id"] != by_token.as_str()));
-    assert_eq!(
-        s.get("/v1/rooms/r").status,
-        404,
-        "the admin API answers 404 for expired rooms"
-    );
-    assert_eq!(
-        s.join("r", None, None).body["error"],
-        "exp-room",
-        "the tombstone keeps answering exp-room"
-    );
+    assert!(s.events_of("participant.ejected").iter().all(|e| e["payload"]["session_id"] != by_token.as_str()));
+    assert_eq!(s.get("/v1/rooms/r").status, 404, "the admin API answers 404 for expired rooms");
+    assert_eq!(s.join("r", None, None).body["error"], "exp-room", "the tombstone keeps answering exp-room");
 }
 
 #[test]
@@ -70,11 +54,7 @@ fn tombstone_goes_with_the_last_participant_or_a_new_room() {
     s.wait_event("room.expired", |_| true);
     assert_eq!(s.join("t", None, None).body["error"], "exp-room");
     s.call("POST", &format!("/v1/sessions/{a}/leave"), Some(&secret), None);
-    assert_eq!(
-        s.join("t", None, None).body["error"],
-        "no-room",
-        "gone with its last participant"
-    );
+    assert_eq!(s.join("t", None, None).body["error"], "no-room", "gone with its last participant");
 
     // A new room with a tombstone's name ejects the leftovers first.
     let now = s.now_secs();
@@ -85,10 +65,7 @@ fn tombstone_goes_with_the_last_participant_or_a_new_room() {
     let fresh = s.create_room(json!({"name": "u"}));
     assert_eq!(fresh["config"], json!({}));
     let ej = s.events_of("participant.ejected");
-    let e = ej
-        .iter()
-        .find(|e| e["payload"]["session_id"] == left_over.as_str())
-        .expect("leftover ejected");
+    let e = ej.iter().find(|e| e["payload"]["session_id"] == left_over.as_str()).expect("leftover ejected");
     assert_eq!(e["payload"]["reason"], "room_deleted");
     s.join_ok("u", None);
 }
@@ -112,9 +89,7 @@ fn token_expiry_ejects_only_with_eject_at_token_exp() {
     assert_eq!(e["payload"]["reason"], "token_expired");
     settle();
     assert!(
-        s.events_of("participant.ejected")
-            .iter()
-            .all(|e| e["payload"]["session_id"] != b.as_str()),
+        s.events_of("participant.ejected").iter().all(|e| e["payload"]["session_id"] != b.as_str()),
         "expired token, but no eject_at_token_exp"
     );
     // Its holder cannot come back though.
@@ -135,23 +110,12 @@ fn updating_exp_moves_the_expiry_and_deleting_cancels_it() {
     s.delete("/v1/rooms/doomed");
     s.advance(150.0);
     settle();
-    assert!(
-        s.events_of("room.expired").is_empty(),
-        "moved, and cancelled: {:?}",
-        types(&s)
-    );
-    assert_eq!(
-        s.get("/v1/rooms/moving/presence").body["total_count"],
-        1,
-        "the session's deadline moved too"
-    );
+    assert!(s.events_of("room.expired").is_empty(), "moved, and cancelled: {:?}", types(&s));
+    assert_eq!(s.get("/v1/rooms/moving/presence").body["total_count"], 1, "the session's deadline moved too");
     s.advance(51.0);
     s.wait_event("room.expired", |e| e["payload"]["room"] == "moving");
     s.wait_event("participant.ejected", |e| e["payload"]["session_id"] == sid.as_str());
-    assert!(s
-        .events_of("room.expired")
-        .iter()
-        .all(|e| e["payload"]["room"] != "doomed"));
+    assert!(s.events_of("room.expired").iter().all(|e| e["payload"]["room"] != "doomed"));
     // Removing exp removes the expiry.
     let now = s.now_secs();
     s.create_room(json!({"name": "kept", "properties": {"exp": now + 10}}));
@@ -166,19 +130,13 @@ fn bans_expire_with_an_event() {
     let s = server();
     let now = s.now_secs();
     s.create_room(json!({"name": "r"}));
-    s.post(
-        "/v1/rooms/r/eject",
-        &json!({"user_ids": ["x"], "ban": true, "ban_until": now + 100}),
-    );
+    s.post("/v1/rooms/r/eject", &json!({"user_ids": ["x"], "ban": true, "ban_until": now + 100}));
     s.advance(98.0);
     settle();
     assert!(s.events_of("ban.removed").is_empty());
     s.advance(3.0);
     let e = s.wait_event("ban.removed", |_| true);
-    assert_eq!(
-        (e["payload"]["user_id"].as_str(), e["payload"]["reason"].as_str()),
-        (Some("x"), Some("expired"))
-    );
+    assert_eq!((e["payload"]["user_id"].as_str(), e["payload"]["reason"].as_str()), (Some("x"), Some("expired")));
     assert_eq!(s.get("/v1/rooms/r/bans").body["total_count"], 0);
 }
 
@@ -206,13 +164,7 @@ fn overdue_deadlines_fire_once_in_order_after_sigkill() {
     let after: Vec<Value> = s.events()[before..].to_vec();
     let summary: Vec<String> = after
         .iter()
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["type"].as_str().unwrap(),
-                e["payload"]["session_id"].as_str().unwrap_or("")
-            )
-        })
+        .map(|e| format!("{}:{}", e["type"].as_str().unwrap(), e["payload"]["session_id"].as_str().unwrap_or("")))
         .collect();
     assert_eq!(
         summary,
@@ -230,9 +182,5 @@ fn overdue_deadlines_fire_once_in_order_after_sigkill() {
     settle();
     assert_eq!(s.events_of("participant.ejected").len(), 3);
     assert_eq!(s.events_of("room.expired").len(), 1);
-    assert_eq!(
-        s.join("r", None, None).body["error"],
-        "no-room",
-        "the tombstone left with the last one"
-    );
+    assert_eq!(s.join("r", None, None).body["error"], "no-room", "the tombstone left with the last one");
 }

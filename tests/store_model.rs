@@ -53,15 +53,7 @@ async fn check_all(store: &Store, model: &Model) {
     let listed = store.list_rooms(10_000, &RoomCursor::First).unwrap().unwrap();
     let got: BTreeMap<String, ModelRoom> = listed
         .into_iter()
-        .map(|r| {
-            (
-                r.name.clone(),
-                ModelRoom {
-                    private: r.privacy == Privacy::Private,
-                    config: r.config,
-                },
-            )
-        })
+        .map(|r| (r.name.clone(), ModelRoom { private: r.privacy == Privacy::Private, config: r.config }))
         .collect();
     assert_eq!(got, model.rooms);
     assert_eq!(store.room_count().unwrap(), model.rooms.len() as u64);
@@ -83,11 +75,7 @@ async fn run(seed: u64) {
     let path = tmp.path().join("store");
     let clock = Arc::new(ManualClock::new(1_800_000_000_000));
     let mut store = open(&path, clock.clone());
-    let mut model = Model {
-        rooms: BTreeMap::new(),
-        tokens: BTreeMap::new(),
-        events: 0,
-    };
+    let mut model = Model { rooms: BTreeMap::new(), tokens: BTreeMap::new(), events: 0 };
     let names = ["a", "b", "c", "d", "e"];
     for step in 0..250 {
         clock.set_ms(1_800_000_000_000 + step * 1000);
@@ -98,11 +86,7 @@ async fn run(seed: u64) {
                 let private = rng.random_bool(0.5);
                 let privacy = if private { Privacy::Private } else { Privacy::Public };
                 let out = store
-                    .submit(Command::CreateRoom {
-                        name: Some(name.clone()),
-                        privacy,
-                        config: config.clone(),
-                    })
+                    .submit(Command::CreateRoom { name: Some(name.clone()), privacy, config: config.clone() })
                     .await
                     .unwrap();
                 if model.rooms.contains_key(&name) {
@@ -119,11 +103,7 @@ async fn run(seed: u64) {
                     patch.insert("max_participants".into(), Value::Null);
                 }
                 let out = store
-                    .submit(Command::UpdateRoom {
-                        name: name.clone(),
-                        privacy: None,
-                        patch: patch.clone(),
-                    })
+                    .submit(Command::UpdateRoom { name: name.clone(), privacy: None, patch: patch.clone() })
                     .await
                     .unwrap();
                 match model.rooms.get_mut(&name) {
@@ -142,13 +122,7 @@ async fn run(seed: u64) {
                 }
             }
             5..=6 => {
-                let out = store
-                    .submit(Command::DeleteRoom {
-                        name: name.clone(),
-                        by: "test".into(),
-                    })
-                    .await
-                    .unwrap();
+                let out = store.submit(Command::DeleteRoom { name: name.clone(), by: "test".into() }).await.unwrap();
                 if model.rooms.remove(&name).is_some() {
                     assert!(matches!(out, Outcome::RoomDeleted(_)));
                     model.events += 1;

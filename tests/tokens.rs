@@ -72,9 +72,7 @@ fn token_created_event_and_listing_never_hold_the_jwt() {
     let page = s.get("/v1/meeting-tokens?limit=2").body;
     assert_eq!(page["has_more"], true);
     let after = page["data"][1]["jti"].as_str().unwrap();
-    let rest = s
-        .get(&format!("/v1/meeting-tokens?limit=2&starting_after={after}"))
-        .body;
+    let rest = s.get(&format!("/v1/meeting-tokens?limit=2&starting_after={after}")).body;
     assert_eq!(rest["data"].as_array().unwrap().len(), 1);
     assert_eq!(rest["data"][0]["room_name"], "a");
     assert!(!serde_json::to_string(&all).unwrap().contains(&t));
@@ -111,24 +109,15 @@ fn time_checks_ignore_nbf_and_verbose() {
     assert_eq!(r.status, 400);
     assert!(r.body["info"].as_str().unwrap().contains("not valid yet"));
     assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}?ignoreNbf=true")).status, 200);
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
-        "not_yet_valid"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"], "not_yet_valid");
     s.advance(3600.0);
     assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}")).status, 200);
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
-        "valid"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"], "valid");
     s.advance(3600.0);
     let r = s.get(&format!("/v1/meeting-tokens/{later}"));
     assert_eq!(r.status, 400);
     assert!(r.body["info"].as_str().unwrap().contains("expired"));
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"],
-        "expired"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{later}?verbose=true")).body["status"], "expired");
 }
 
 #[test]
@@ -162,27 +151,12 @@ fn bad_tokens_get_clear_400s() {
     let other_key = "9999999999999999999999999999999999999999999999999999999999999999aa";
     let cases: Vec<(String, &str)> = vec![
         (offline(json!({"r": "x"}), Algorithm::HS384, KEY, None), "algorithm"),
-        (
-            offline(json!({"r": "x"}), Algorithm::HS256, other_key, None),
-            "signature",
-        ),
-        (
-            offline(json!({"r": "x"}), Algorithm::HS256, KEY, Some("0000000000000000")),
-            "key",
-        ),
-        (
-            offline(json!({"exp": "1893456000"}), Algorithm::HS256, KEY, None),
-            "exp",
-        ),
+        (offline(json!({"r": "x"}), Algorithm::HS256, other_key, None), "signature"),
+        (offline(json!({"r": "x"}), Algorithm::HS256, KEY, Some("0000000000000000")), "key"),
+        (offline(json!({"exp": "1893456000"}), Algorithm::HS256, KEY, None), "exp"),
         (offline(json!({"r": 5}), Algorithm::HS256, KEY, None), "'r'"),
-        (
-            offline(json!({"d": "another-domain"}), Algorithm::HS256, KEY, None),
-            "domain",
-        ),
-        (
-            "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJyIjoieCJ9.".to_string(),
-            "malformed",
-        ),
+        (offline(json!({"d": "another-domain"}), Algorithm::HS256, KEY, None), "domain"),
+        ("eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJyIjoieCJ9.".to_string(), "malformed"),
         ("not-a-token".to_string(), "malformed"),
     ];
     for (t, word) in &cases {
@@ -197,24 +171,14 @@ fn bad_tokens_get_clear_400s() {
     // Tampered payload of a good token.
     let good = s.token(json!({"room_name": "x"}));
     let parts: Vec<&str> = good.split('.').collect();
-    let forged = offline(
-        json!({"r": "x", "o": true}),
-        Algorithm::HS256,
-        "another-key-another-key-another-key-123",
-        None,
-    );
+    let forged =
+        offline(json!({"r": "x", "o": true}), Algorithm::HS256, "another-key-another-key-another-key-123", None);
     let tampered = format!("{}.{}.{}", parts[0], forged.split('.').nth(1).unwrap(), parts[2]);
     let r = s.get(&format!("/v1/meeting-tokens/{tampered}"));
     assert_eq!(r.status, 400);
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{tampered}?verbose=true")).body["status"],
-        "bad_signature"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{tampered}?verbose=true")).body["status"], "bad_signature");
     let unknown_kid = &cases[2].0;
-    assert_eq!(
-        s.get(&format!("/v1/meeting-tokens/{unknown_kid}?verbose=true")).body["status"],
-        "unknown_key"
-    );
+    assert_eq!(s.get(&format!("/v1/meeting-tokens/{unknown_kid}?verbose=true")).body["status"], "unknown_key");
     // The key never appears in the log.
     assert!(!s.log().contains(KEY));
 }
@@ -225,12 +189,7 @@ fn several_keys_each_sign_and_verify() {
     let k2 = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";
     let keys = format!("{KEY},{k2}");
     let s = Server::start_in(&tmp.path().join("d"), &[("GATEHOUSE_API_KEY", &keys)]);
-    let r = s.call(
-        "POST",
-        "/v1/meeting-tokens",
-        Some(k2),
-        Some(r#"{"properties":{"room_name":"x"}}"#),
-    );
+    let r = s.call("POST", "/v1/meeting-tokens", Some(k2), Some(r#"{"properties":{"room_name":"x"}}"#));
     assert_eq!(r.status, 200);
     let t = r.body["token"].as_str().unwrap();
     assert_eq!(s.get(&format!("/v1/meeting-tokens/{t}")).status, 200);

@@ -33,6 +33,5 @@ pub fn bearer(req: &Request<Incoming>) -> Result<Option<&str>, ApiError> {
 /// The API key the request carries, or 401/400.
 pub fn api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a SigningKey, ApiError> {
     let cred = bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header with an API key"))?;
-    keys.authenticate(cred)
-        .ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))
+    keys.authenticate(cred).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))
 }

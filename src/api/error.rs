@@ -23,14 +23,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, kind: &'static str, info: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            kind,
-            info: info.into(),
-            extra: None,
-            retry_after: None,
-            allow: None,
-        }
+        ApiError { status, kind, info: info.into(), extra: None, retry_after: None, allow: None }
     }
 
     pub fn invalid(info: impl Into<String>) -> Self {
@@ -126,11 +119,7 @@ impl From<TokenError> for ApiError {
             TokenError::Property(_) => ApiError::invalid(e.to_string()),
             TokenError::Signing | TokenError::WeakKey(_) => {
                 tracing::error!(error = %e, "token signing failed");
-                ApiError::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "server-error",
-                    "could not sign the token",
-                )
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server-error", "could not sign the token")
             }
         }
     }

@@ -17,37 +17,15 @@ pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Resp
     let after = wire::int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0) as u64;
     let limit = wire::int_param(&q, "limit", 1, 1000)?.unwrap_or(100) as usize;
     let wait = wire::int_param(&q, "wait", 0, 60)?.unwrap_or(0) as u64;
-    let types = match q.get("types").filter(|s| !s.is_empty()) {
-        None => None,
-        Some(s) => {
-            let list: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
-            if let Some(bad) = list.iter().find(|t| !crate::events::ALL_TYPES.contains(&t.as_str())) {
-                return Err(ApiError::invalid(format!("unknown event type '{}'", wire::clip(bad))));
-            }
-            Some(list)
-        }
-    };
-    let oldest = state.store.oldest_seq()?;
-    if after > 0 && after + 1 < oldest {
-        let mut e = ApiError::new(
-            StatusCode::GONE,
-            "gone",
-            "that position is older than the retained event log",
-        );
-        e.extra = Some(json!({"oldest_seq": oldest, "head_seq": state.store.durable_seq()}));
-        return Err(e);
-    }
+    let types = types_param(&q)?;
+    check_position(state, after)?;
     let mut durable = state.store.watch_durable();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let page = state.store.events(after, limit, types.as_deref())?;
         let waiting = page.envelopes.is_empty() && page.next_after == after && tokio::time::Instant::now() < deadline;
         if !waiting {
-            let data: Vec<Value> = page
-                .envelopes
-                .iter()
-                .filter_map(|e| serde_json::from_str(e).ok())
-                .collect();
+            let data: Vec<Value> = page.envelopes.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
             return Ok(ok(
                 &json!({"data": data, "next_after": page.next_after, "has_more": page.has_more, "head_seq": page.head_seq}),
             ));
@@ -70,19 +48,21 @@ fn types_param(q: &std::collections::HashMap<String, String>) -> Result<Option<V
     Ok(Some(list))
 }
 
-/// 410 with `oldest_seq`/`head_seq` when `after` is older than the retained log.
+/// 410 with `oldest_seq`/`head_seq` when `after` is older than the retained log (`after = 0`
+/// means "from the oldest retained").
 fn check_position(state: &AppState, after: u64) -> Result<(), ApiError> {
     let oldest = state.store.oldest_seq()?;
     if after > 0 && after + 1 < oldest {
-        let mut e = ApiError::new(
-            StatusCode::GONE,
-            "gone",
-            "that position is older than the retained event log",
-        );
-        e.extra = Some(json!({"oldest_seq": oldest, "head_seq": state.store.durable_seq()}));
-        return Err(e);
+        return Err(gone(state, oldest));
     }
     Ok(())
+}
+
+/// The 410 for a position the log no longer holds.
+pub(super) fn gone(state: &AppState, oldest: u64) -> ApiError {
+    let mut e = ApiError::new(StatusCode::GONE, "gone", "that position is older than the retained event log");
+    e.extra = Some(json!({"oldest_seq": oldest, "head_seq": state.store.durable_seq()}));
+    e
 }
 
 /// `GET /v1/events/stream`: SSE with `id:` = seq, resuming after `Last-Event-ID` (which wins)

@@ -135,10 +135,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
-        tracing::warn!(
-            grace_secs = grace.as_secs(),
-            "some connections were still busy at the shutdown deadline"
-        );
+        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
     }
 }
 
@@ -166,10 +163,9 @@ fn route_name(method: &Method, path: &str) -> String {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
     let pattern = match segs.as_slice() {
         ["v1", "meeting-tokens", t] if *t != "revoke" => "/v1/meeting-tokens/:token".to_string(),
-        ["v1", "rooms", _, rest @ ..] => format!(
-            "/v1/rooms/:name{}",
-            rest.iter().map(|r| format!("/{r}")).collect::<String>()
-        ),
+        ["v1", "rooms", _, rest @ ..] => {
+            format!("/v1/rooms/:name{}", rest.iter().map(|r| format!("/{r}")).collect::<String>())
+        }
         ["v1", ..] | ["healthz"] | ["readyz"] => path.to_string(),
         _ => "/:page".to_string(),
     };

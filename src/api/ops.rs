@@ -19,11 +19,7 @@ pub fn healthz() -> Response<Body> {
 pub fn readyz(state: &AppState) -> Response<Body> {
     let ready = state.ready.load(Ordering::SeqCst);
     let writable = state.store.is_writable();
-    let status = if ready && writable {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let status = if ready && writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     wire::json_response(status, &json!({"ready": ready, "store_writable": writable}))
 }
 
@@ -54,7 +50,5 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     }
     // Let the deadline task look again at once.
     state.store.timers_changed().notify_one();
-    Ok(ok(
-        &json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())}),
-    ))
+    Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
 }

@@ -36,10 +36,7 @@ pub(super) fn check_token(state: &AppState, token: Option<&str>) -> TokenCheck {
     match token {
         None => TokenCheck::None,
         Some(t) => match tokens::verify(&state.keys, &state.domain_id(), t) {
-            Ok(v) => TokenCheck::Valid {
-                claims: Box::new(v.claims),
-                token_id: v.token_id,
-            },
+            Ok(v) => TokenCheck::Valid { claims: Box::new(v.claims), token_id: v.token_id },
             Err(r) => TokenCheck::Invalid(r),
         },
     }
@@ -68,9 +65,7 @@ pub async fn join(
     let user_name = wire::opt_str(&body, "user_name")?;
     if let Some(n) = user_name {
         if !crate::properties::is_plain_text(n, 100) {
-            return Err(ApiError::invalid(
-                "'user_name' must be at most 100 characters, without control characters",
-            ));
+            return Err(ApiError::invalid("'user_name' must be at most 100 characters, without control characters"));
         }
     }
     let secret = random_hex(32);
@@ -103,10 +98,7 @@ pub async fn join(
 fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Session, ApiError> {
     let secret = auth::bearer(req)?
         .ok_or_else(|| ApiError::unauthenticated("missing Authorization header with the session secret"))?;
-    let (session, digest) = state
-        .store
-        .session(id)?
-        .ok_or_else(|| ApiError::not_found("no such session"))?;
+    let (session, digest) = state.store.session(id)?.ok_or_else(|| ApiError::not_found("no such session"))?;
     let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
     if !bool::from(presented.ct_eq(&digest)) {
         return Err(ApiError::unauthenticated("the session secret is not valid"));
@@ -116,13 +108,7 @@ fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<S
 
 pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
-    match state
-        .store
-        .submit(Command::Heartbeat {
-            session_id: id.to_string(),
-        })
-        .await?
-    {
+    match state.store.submit(Command::Heartbeat { session_id: id.to_string() }).await? {
         Outcome::Heartbeat { lease_until_ms } => Ok(ok(&json!({"lease_until": lease_until_ms / 1000}))),
         Outcome::NoSession => Err(ApiError::not_found("no such session")),
         other => Err(super::rooms::unexpected(other)),
@@ -131,13 +117,7 @@ pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str)
 
 pub async fn leave(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
-    match state
-        .store
-        .submit(Command::Leave {
-            session_id: id.to_string(),
-        })
-        .await?
-    {
+    match state.store.submit(Command::Leave { session_id: id.to_string() }).await? {
         Outcome::SessionEnded => Ok(ok(&json!({"left": true, "session_id": id}))),
         Outcome::NoSession => Err(ApiError::not_found("no such session")),
         other => Err(super::rooms::unexpected(other)),
@@ -158,10 +138,8 @@ impl hyper::body::Body for ChannelBody {
 
 pub(super) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
     let mut r = Response::new(ChannelBody(rx).boxed());
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    r.headers_mut()
-        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     r
 }
 
@@ -185,13 +163,8 @@ async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
     let mut after = state.store.durable_seq();
     let mut shutdown = state.shutdown.clone();
     let now = state.clock.now_ms();
-    let present: Vec<Value> = state
-        .store
-        .room_sessions(&me.room, now)
-        .unwrap_or_default()
-        .iter()
-        .map(|s| s.presence(now))
-        .collect();
+    let present: Vec<Value> =
+        state.store.room_sessions(&me.room, now).unwrap_or_default().iter().map(|s| s.presence(now)).collect();
     let hello = json!({"session_id": me.id, "room": me.room, "participants": present, "will_eject_at": me.eject_at_ms.map(|m| m / 1000)});
     if tx.send(sse("presence", None, &hello.to_string())).await.is_err() {
         return;
@@ -272,12 +245,7 @@ pub fn room_presence(state: &Arc<AppState>, req: &Request<Incoming>, room: &str)
     if state.store.room(room)?.is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let data: Vec<Value> = state
-        .store
-        .room_sessions(room, now)?
-        .iter()
-        .map(|s| s.presence(now))
-        .collect();
+    let data: Vec<Value> = state.store.room_sessions(room, now)?.iter().map(|s| s.presence(now)).collect();
     Ok(ok(&json!({"total_count": data.len(), "data": data})))
 }
 
@@ -289,9 +257,7 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
         return Ok((format!("api:{}", key.kid), false));
     }
     if cred.split('.').count() != 3 {
-        return Err(ApiError::unauthenticated(
-            "the credential is neither an API key nor a meeting token",
-        ));
+        return Err(ApiError::unauthenticated("the credential is neither an API key nor a meeting token"));
     }
     let forbidden = |why: &str| ApiError::new(StatusCode::FORBIDDEN, "forbidden-error", why);
     let v = tokens::verify(&state.keys, &state.domain_id(), cred)
@@ -313,26 +279,18 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
         }
     }
     if !c.can_admin_participants() {
-        return Err(forbidden(
-            "only an owner token, or one with canAdmin 'participants', may eject",
-        ));
+        return Err(forbidden("only an owner token, or one with canAdmin 'participants', may eject"));
     }
     Ok((format!("token:{}", tokens::short_id(&v.token_id)), true))
 }
 
 fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
-    let bad = || {
-        ApiError::invalid(format!(
-            "'{name}' must be an array of at most {} strings",
-            sessions::MAX_EJECT_IDS
-        ))
-    };
+    let bad = || ApiError::invalid(format!("'{name}' must be an array of at most {} strings", sessions::MAX_EJECT_IDS));
     match body.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => a
-            .iter()
-            .map(|v| v.as_str().filter(|s| s.len() <= 255).map(String::from).ok_or_else(bad))
-            .collect(),
+        Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => {
+            a.iter().map(|v| v.as_str().filter(|s| s.len() <= 255).map(String::from).ok_or_else(bad)).collect()
+        }
         Some(_) => Err(bad()),
     }
 }
@@ -359,23 +317,10 @@ pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) ->
             }
         }
     };
-    if state
-        .store
-        .room(room)?
-        .filter(|r| !r.is_expired(state.clock.now_secs()))
-        .is_none()
-    {
+    if state.store.room(room)?.filter(|r| !r.is_expired(state.clock.now_secs())).is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let request = EjectRequest {
-        room: room.to_string(),
-        ids,
-        user_ids,
-        ban,
-        ban_until_s,
-        by,
-        by_token,
-    };
+    let request = EjectRequest { room: room.to_string(), ids, user_ids, ban, ban_until_s, by, by_token };
     match state.store.submit(Command::Eject(Box::new(request))).await? {
         Outcome::Ejected(ids) => Ok(ok(&json!({"ejectedIds": ids}))),
         other => Err(super::rooms::unexpected(other)),
@@ -400,14 +345,7 @@ pub async fn lift_ban(
     user_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    match state
-        .store
-        .submit(Command::LiftBan {
-            room: room.to_string(),
-            user_id: user_id.to_string(),
-        })
-        .await?
-    {
+    match state.store.submit(Command::LiftBan { room: room.to_string(), user_id: user_id.to_string() }).await? {
         Outcome::BanLifted(true) => Ok(ok(&json!({"deleted": true, "room": room, "user_id": user_id}))),
         Outcome::BanLifted(false) => Err(ApiError::not_found("no such ban")),
         other => Err(super::rooms::unexpected(other)),

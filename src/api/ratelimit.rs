@@ -48,11 +48,7 @@ impl JoinLimiter {
             .filter_map(|a| a.trim().parse::<IpAddr>().ok())
             .map(canonical)
             .collect();
-        chain
-            .into_iter()
-            .rev()
-            .find(|a| !self.trusted.contains(a))
-            .unwrap_or(peer_ip)
+        chain.into_iter().rev().find(|a| !self.trusted.contains(a)).unwrap_or(peer_ip)
     }
 
     /// `Err(seconds until a token is back)` when over the limit.
@@ -105,13 +101,7 @@ mod tests {
         let l = JoinLimiter::new(1.0, 1, vec![proxy]);
         let mut h = HeaderMap::new();
         h.insert("x-forwarded-for", "1.2.3.4, 5.6.7.8".parse().unwrap());
-        assert_eq!(
-            l.client("127.0.0.1:5".parse().unwrap(), &h),
-            "5.6.7.8".parse::<IpAddr>().unwrap()
-        );
-        assert_eq!(
-            l.client("9.9.9.9:5".parse().unwrap(), &h),
-            "9.9.9.9".parse::<IpAddr>().unwrap()
-        );
+        assert_eq!(l.client("127.0.0.1:5".parse().unwrap(), &h), "5.6.7.8".parse::<IpAddr>().unwrap());
+        assert_eq!(l.client("9.9.9.9:5".parse().unwrap(), &h), "9.9.9.9".parse::<IpAddr>().unwrap());
     }
 }

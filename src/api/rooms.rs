@@ -47,25 +47,14 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
     }
     let privacy = privacy_field(&body)?.unwrap_or(Privacy::Public);
     let config = rooms::validate_properties(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
-    let out = state
-        .store
-        .submit(Command::CreateRoom {
-            name: name.map(String::from),
-            privacy,
-            config,
-        })
-        .await?;
+    let out = state.store.submit(Command::CreateRoom { name: name.map(String::from), privacy, config }).await?;
     room_response(state, out)
 }
 
 /// A live room, or 404 (unknown, deleted, or expired: Daily answers 404 for expired rooms).
 fn live_room(state: &AppState, name: &str) -> Result<Room, ApiError> {
     let now = state.clock.now_secs();
-    state
-        .store
-        .room(name)?
-        .filter(|r| !r.is_expired(now))
-        .ok_or_else(|| ApiError::not_found("room not found"))
+    state.store.room(name)?.filter(|r| !r.is_expired(now)).ok_or_else(|| ApiError::not_found("room not found"))
 }
 
 pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
@@ -77,9 +66,9 @@ pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result
 fn cursor_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<uuid::Uuid>, ApiError> {
     match q.get(name).filter(|s| !s.is_empty()) {
         None => Ok(None),
-        Some(s) => uuid::Uuid::parse_str(s)
-            .map(Some)
-            .map_err(|_| ApiError::invalid(format!("'{name}' must be a room id"))),
+        Some(s) => {
+            uuid::Uuid::parse_str(s).map(Some).map_err(|_| ApiError::invalid(format!("'{name}' must be a room id")))
+        }
     }
 }
 
@@ -89,24 +78,16 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     let limit = wire::int_param(&q, "limit", 1, 100)?.unwrap_or(100) as usize;
     let cursor = match (cursor_param(&q, "starting_after")?, cursor_param(&q, "ending_before")?) {
         (Some(_), Some(_)) => {
-            return Err(ApiError::invalid(
-                "use either 'starting_after' or 'ending_before', not both",
-            ))
+            return Err(ApiError::invalid("use either 'starting_after' or 'ending_before', not both"))
         }
         (Some(id), None) => RoomCursor::After(id),
         (None, Some(id)) => RoomCursor::Before(id),
         (None, None) => RoomCursor::First,
     };
-    let rooms = state
-        .store
-        .list_rooms(limit, &cursor)?
-        .ok_or_else(|| ApiError::invalid("the cursor names no room"))?;
+    let rooms = state.store.list_rooms(limit, &cursor)?.ok_or_else(|| ApiError::invalid("the cursor names no room"))?;
     let now = state.clock.now_secs();
-    let data: Vec<Value> = rooms
-        .iter()
-        .filter(|r| !r.is_expired(now))
-        .map(|r| r.to_json(&state.settings.public_url))
-        .collect();
+    let data: Vec<Value> =
+        rooms.iter().filter(|r| !r.is_expired(now)).map(|r| r.to_json(&state.settings.public_url)).collect();
     Ok(ok(&json!({"total_count": state.store.room_count()?, "data": data})))
 }
 
@@ -115,28 +96,14 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
     wire::only_fields(&body, &["privacy", "properties"])?;
     let privacy = privacy_field(&body)?;
     let patch = rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
-    let out = state
-        .store
-        .submit(Command::UpdateRoom {
-            name: name.to_string(),
-            privacy,
-            patch,
-        })
-        .await?;
+    let out = state.store.submit(Command::UpdateRoom { name: name.to_string(), privacy, patch }).await?;
     room_response(state, out)
 }
 
 pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
     let key = auth::api_key(req, &state.keys)?;
     live_room(state, name)?;
-    match state
-        .store
-        .submit(Command::DeleteRoom {
-            name: name.to_string(),
-            by: format!("api:{}", key.kid),
-        })
-        .await?
-    {
+    match state.store.submit(Command::DeleteRoom { name: name.to_string(), by: format!("api:{}", key.kid) }).await? {
         Outcome::RoomDeleted(name) => Ok(ok(&json!({"deleted": true, "name": name}))),
         Outcome::Refused(e) => Err(e.into()),
         other => Err(unexpected(other)),

@@ -139,36 +139,18 @@ pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
     };
     let request = match (jti, token, room, user, before) {
         (Some(jti), None, None, None, None) => {
-            let exp_ms = state
-                .store
-                .token(jti)?
-                .and_then(|t| t.exp)
-                .map(|e| e.saturating_mul(1000));
-            RevokeRequest::Token {
-                token_id: jti.to_string(),
-                exp_ms,
-                by,
-            }
+            let exp_ms = state.store.token(jti)?.and_then(|t| t.exp).map(|e| e.saturating_mul(1000));
+            RevokeRequest::Token { token_id: jti.to_string(), exp_ms, by }
         }
         (None, Some(t), None, None, None) => {
             let v = tokens::verify(&state.keys, &state.domain_id(), t)
                 .map_err(|r| ApiError::invalid(format!("cannot revoke: {r}")))?;
-            RevokeRequest::Token {
-                token_id: v.token_id,
-                exp_ms: v.claims.exp.map(|e| (e * 1000.0) as i64),
-                by,
-            }
+            RevokeRequest::Token { token_id: v.token_id, exp_ms: v.claims.exp.map(|e| (e * 1000.0) as i64), by }
         }
-        (None, None, Some(r), Some(u), None) => RevokeRequest::RoomUser {
-            room: r.to_string(),
-            user_id: u.to_string(),
-            by,
-        },
-        (None, None, Some(r), None, Some(b)) => RevokeRequest::RoomBefore {
-            room: r.to_string(),
-            before_s: b,
-            by,
-        },
+        (None, None, Some(r), Some(u), None) => {
+            RevokeRequest::RoomUser { room: r.to_string(), user_id: u.to_string(), by }
+        }
+        (None, None, Some(r), None, Some(b)) => RevokeRequest::RoomBefore { room: r.to_string(), before_s: b, by },
         _ => {
             return Err(ApiError::invalid(
                 "give exactly one of: 'jti'; 'token'; 'room_name' with 'user_id'; 'room_name' with 'issued_before'",

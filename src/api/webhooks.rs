@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
+use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
@@ -42,9 +42,7 @@ fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
     let mut p = WebhookPatch::default();
     if let Some(u) = wire::opt_str(body, "url")? {
         if u.len() > 2048 || !(u.starts_with("http://") || u.starts_with("https://")) || reqwest_url_invalid(u) {
-            return Err(ApiError::invalid(
-                "'url' must be an http(s) URL of at most 2048 characters",
-            ));
+            return Err(ApiError::invalid("'url' must be an http(s) URL of at most 2048 characters"));
         }
         p.url = Some(u.to_string());
     }
@@ -60,17 +58,11 @@ fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
         Some(Value::String(s)) if s.len() <= 512 && !s.chars().any(char::is_control) => {
             p.basic_auth = Some(Some(s.clone()))
         }
-        Some(_) => {
-            return Err(ApiError::invalid(
-                "'basicAuth' must be a string of at most 512 characters",
-            ))
-        }
+        Some(_) => return Err(ApiError::invalid("'basicAuth' must be a string of at most 512 characters")),
     }
     if let Some(r) = wire::opt_str(body, "retryType")? {
         if !RETRY_TYPES.contains(&r) {
-            return Err(ApiError::invalid(
-                "'retryType' must be \"circuit-breaker\" or \"exponential\"",
-            ));
+            return Err(ApiError::invalid("'retryType' must be \"circuit-breaker\" or \"exponential\""));
         }
         p.retry_type = Some(r.to_string());
     }
@@ -81,12 +73,7 @@ fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
             for t in a {
                 match t.as_str() {
                     Some(t) if crate::events::ALL_TYPES.contains(&t) => types.push(t.to_string()),
-                    _ => {
-                        return Err(ApiError::invalid(format!(
-                            "unknown event type {}",
-                            wire::clip(&t.to_string())
-                        )))
-                    }
+                    _ => return Err(ApiError::invalid(format!("unknown event type {}", wire::clip(&t.to_string())))),
                 }
             }
             p.event_types = Some(types);
@@ -101,20 +88,9 @@ fn reqwest_url_invalid(u: &str) -> bool {
 }
 
 async fn probe(state: &AppState, w: &WebhookRecord) -> Result<(), ApiError> {
-    webhooks::probe(
-        &state.outbound,
-        &w.url,
-        &w.hmac,
-        w.basic_auth.as_deref(),
-        state.clock.now_secs(),
-    )
-    .await
-    .map_err(|e| {
-        ApiError::invalid(format!(
-            "the URL must answer a test POST with 2xx: {}",
-            wire::clip_long(&e)
-        ))
-    })
+    webhooks::probe(&state.outbound, &w.url, &w.hmac, w.basic_auth.as_deref(), state.clock.now_secs())
+        .await
+        .map_err(|e| ApiError::invalid(format!("the URL must answer a test POST with 2xx: {}", wire::clip_long(&e))))
 }
 
 async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
@@ -164,10 +140,7 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
 
 pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    let w = state
-        .store
-        .webhook(id)?
-        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    let w = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     Ok(ok(&webhook_json(&w)))
 }
 
@@ -176,10 +149,7 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     auth::api_key(&req, &state.keys)?;
     let body = object_body(state, req).await?;
     let p = parse(&body)?;
-    let mut preview = state
-        .store
-        .webhook(id)?
-        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     if let Some(u) = &p.url {
         preview.url = u.clone();
     }
@@ -190,24 +160,12 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
         preview.basic_auth = b.clone();
     }
     probe(state, &preview).await?;
-    answer(
-        state
-            .store
-            .submit(Command::UpdateWebhook {
-                id: id.to_string(),
-                patch: p,
-            })
-            .await?,
-    )
+    answer(state.store.submit(Command::UpdateWebhook { id: id.to_string(), patch: p }).await?)
 }
 
 pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    match state
-        .store
-        .submit(Command::DeleteWebhook { id: id.to_string() })
-        .await?
-    {
+    match state.store.submit(Command::DeleteWebhook { id: id.to_string() }).await? {
         Outcome::Webhook(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
         Outcome::NoWebhook => Err(ApiError::not_found("webhook not found")),
         other => Err(super::rooms::unexpected(other)),
@@ -226,31 +184,14 @@ pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
         .ok_or_else(|| ApiError::invalid(format!("'from_seq' must be an event seq between 1 and {}", head + 1)))?;
     let oldest = state.store.oldest_seq()?;
     if from < oldest {
-        let mut e = ApiError::new(
-            StatusCode::GONE,
-            "gone",
-            "that position is older than the retained event log",
-        );
-        e.extra = Some(json!({"oldest_seq": oldest, "head_seq": head}));
-        return Err(e);
+        return Err(super::events::gone(state, oldest));
     }
-    answer(
-        state
-            .store
-            .submit(Command::ReplayWebhook {
-                id: id.to_string(),
-                from_seq: from,
-            })
-            .await?,
-    )
+    answer(state.store.submit(Command::ReplayWebhook { id: id.to_string(), from_seq: from }).await?)
 }
 
 pub fn attempts(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    let w = state
-        .store
-        .webhook(id)?
-        .ok_or_else(|| ApiError::not_found("webhook not found"))?;
+    let w = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     let data: Vec<Value> = state
         .store
         .attempts(id, 100)?

@@ -19,11 +19,7 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 
 /// Reads the whole body, refusing more than `limit` bytes (413).
 pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = req
-        .headers()
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {
         if declared.is_some_and(|n| n <= DRAIN_LIMIT) {
@@ -147,9 +143,7 @@ pub fn int_param(q: &HashMap<String, String>, name: &str, min: i64, max: i64) ->
         None => Ok(None),
         Some(s) => match s.parse::<i64>() {
             Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
-            _ => Err(ApiError::invalid(format!(
-                "'{name}' must be an integer between {min} and {max}"
-            ))),
+            _ => Err(ApiError::invalid(format!("'{name}' must be an integer between {min} and {max}"))),
         },
     }
 }
@@ -165,8 +159,7 @@ pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiEr
 pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     let mut r = Response::new(full(Bytes::from(v.to_string())));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 

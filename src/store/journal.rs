@@ -66,9 +66,7 @@ pub fn read_all(dir: &Path) -> Result<Vec<Entry>, StoreError> {
     let mut entries = Vec::new();
     for (_, path) in list(dir)? {
         let mut bytes = Vec::new();
-        File::open(&path)
-            .and_then(|mut f| f.read_to_end(&mut bytes))
-            .map_err(|e| io("reading", e))?;
+        File::open(&path).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(|e| io("reading", e))?;
         let mut at = 0usize;
         while let Some((entry, used)) = decode_record(&bytes[at..]) {
             entries.push(super::records::decode::<Entry>(
@@ -97,9 +95,7 @@ pub fn encode_record(entry: &Entry) -> Result<Vec<u8>, StoreError> {
     let payload = super::records::encode(ENTRY_V1, entry)?;
     let mut out = Vec::with_capacity(payload.len() + 8);
     out.extend_from_slice(
-        &u32::try_from(payload.len())
-            .map_err(|_| StoreError::Encode("write set over 4 GiB".into()))?
-            .to_be_bytes(),
+        &u32::try_from(payload.len()).map_err(|_| StoreError::Encode("write set over 4 GiB".into()))?.to_be_bytes(),
     );
     out.extend_from_slice(&crc32fast::hash(&payload).to_be_bytes());
     out.extend_from_slice(&payload);
@@ -112,12 +108,7 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
         let number = list(dir)?.last().map_or(1, |(n, _)| n + 1);
         let file = open_new(dir, number)?;
-        Ok(Journal {
-            dir: dir.to_path_buf(),
-            file,
-            number,
-            len: 0,
-        })
+        Ok(Journal { dir: dir.to_path_buf(), file, number, len: 0 })
     }
 
     /// Appends one record (no sync). On failure the file is cut back to its previous length.
@@ -132,9 +123,7 @@ impl Journal {
 
     /// Makes everything appended so far durable.
     pub fn sync(&self) -> Result<(), String> {
-        self.file
-            .sync_data()
-            .map_err(|e| format!("journal fdatasync failed: {e}"))
+        self.file.sync_data().map_err(|e| format!("journal fdatasync failed: {e}"))
     }
 
     pub fn len(&self) -> u64 {
@@ -160,9 +149,7 @@ fn open_new(dir: &Path, number: u64) -> Result<File, StoreError> {
         .open(dir.join(file_name(number)))
         .map_err(|e| io("creating a file", e))?;
     // Make the new file's directory entry durable, so a synced record cannot vanish with it.
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| io("syncing its folder", e))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io("syncing its folder", e))?;
     Ok(f)
 }
 
@@ -185,19 +172,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut j = Journal::create(dir.path()).unwrap();
         for s in 1..=3 {
-            let e = Entry {
-                first_seq: s,
-                last_seq: s,
-                ops: vec![(1, vec![s as u8], Some(vec![7]))],
-            };
+            let e = Entry { first_seq: s, last_seq: s, ops: vec![(1, vec![s as u8], Some(vec![7]))] };
             j.append(&encode_record(&e).unwrap()).unwrap();
         }
         j.sync().unwrap();
-        let e = Entry {
-            first_seq: 4,
-            last_seq: 4,
-            ops: vec![],
-        };
+        let e = Entry { first_seq: 4, last_seq: 4, ops: vec![] };
         let rec = encode_record(&e).unwrap();
         j.append(&rec[..rec.len() - 2]).unwrap();
         let got = read_all(dir.path()).unwrap();

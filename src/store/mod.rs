@@ -40,11 +40,7 @@ pub enum StoreError {
     #[error("the store cannot accept writes: {0}")]
     Unavailable(String),
     #[error("stored record in tree '{tree}' at key '{key}' is unreadable: {why}")]
-    Corrupt {
-        tree: &'static str,
-        key: String,
-        why: String,
-    },
+    Corrupt { tree: &'static str, key: String, why: String },
     #[error("could not encode a record: {0}")]
     Encode(String),
     #[error("storage error: {0}")]
@@ -207,12 +203,7 @@ impl Store {
             .cache_capacity(opts.cache_bytes)
             .flush_every_ms(opts.background_flush_ms)
             .open()?;
-        let trees = Trees(
-            Tree::ALL
-                .iter()
-                .map(|t| db.open_tree(t.name()))
-                .collect::<Result<_, _>>()?,
-        );
+        let trees = Trees(Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?);
         let meta = trees.get(Tree::Meta);
         check_schema(meta)?;
         let domain_id = load_domain_id(meta)?;
@@ -252,10 +243,7 @@ impl Store {
         let writer = spawn("gatehouse-writer", Box::new(move || state.run(jobs_rx)))?;
         let ckpt = {
             let (db, path, dir) = (db.clone(), opts.path.clone(), journal_dir.clone());
-            spawn(
-                "gatehouse-checkpoint",
-                Box::new(move || checkpointer(db, path, dir, ckpt_rx)),
-            )?
+            spawn("gatehouse-checkpoint", Box::new(move || checkpointer(db, path, dir, ckpt_rx)))?
         };
         Ok(Store {
             shared: Arc::new(Shared {
@@ -294,32 +282,17 @@ impl Store {
     pub async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("the store is shutting down".into());
-        self.jobs
-            .send(writer::Job { cmd, reply: tx })
-            .await
-            .map_err(|_| gone())?;
+        self.jobs.send(writer::Job { cmd, reply: tx }).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
 
     /// Stops the writer after it has applied and flushed everything queued before this call.
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self
-            .jobs
-            .send(writer::Job {
-                cmd: Command::Shutdown,
-                reply: tx,
-            })
-            .await
-            .is_ok()
-        {
+        if self.jobs.send(writer::Job { cmd: Command::Shutdown, reply: tx }).await.is_ok() {
             let _ = rx.await;
         }
-        let handles: Vec<_> = self
-            .threads
-            .lock()
-            .map(|mut t| t.drain(..).collect())
-            .unwrap_or_default();
+        let handles: Vec<_> = self.threads.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
         let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
     }
 
@@ -372,19 +345,10 @@ impl Store {
                 };
                 let key = keys::room_created(anchor.created_ms, &anchor.name);
                 if matches!(cursor, RoomCursor::After(_)) {
-                    by_created
-                        .range(..key)
-                        .values()
-                        .rev()
-                        .take(limit)
-                        .collect::<Result<_, _>>()?
+                    by_created.range(..key).values().rev().take(limit).collect::<Result<_, _>>()?
                 } else {
-                    let mut newer: Vec<sled::IVec> = by_created
-                        .range(key..)
-                        .values()
-                        .skip(1)
-                        .take(limit)
-                        .collect::<Result<_, _>>()?;
+                    let mut newer: Vec<sled::IVec> =
+                        by_created.range(key..).values().skip(1).take(limit).collect::<Result<_, _>>()?;
                     newer.reverse();
                     newer
                 }
@@ -446,11 +410,7 @@ impl Store {
                     Some(b) => tokens.range(..b.as_bytes().to_vec()),
                     None => tokens.range::<Vec<u8>, _>(..),
                 };
-                it.keys()
-                    .rev()
-                    .take(limit)
-                    .map(|k| k.map(|k| k.to_vec()))
-                    .collect::<Result<_, _>>()?
+                it.keys().rev().take(limit).map(|k| k.map(|k| k.to_vec())).collect::<Result<_, _>>()?
             }
         };
         let mut out = Vec::with_capacity(jtis.len());
@@ -465,12 +425,7 @@ impl Store {
     /// Durable events after `after`, at most `limit`, only of `types` when given.
     pub fn events(&self, after: u64, limit: usize, types: Option<&[String]>) -> Result<EventPage, StoreError> {
         let head = self.durable_seq();
-        let mut page = EventPage {
-            envelopes: Vec::new(),
-            next_after: after,
-            has_more: false,
-            head_seq: head,
-        };
+        let mut page = EventPage { envelopes: Vec::new(), next_after: after, has_more: false, head_seq: head };
         if after >= head {
             return Ok(page);
         }
@@ -524,13 +479,7 @@ impl Store {
     /// Recorded failed attempts of a webhook, newest first.
     pub fn attempts(&self, id: &str, limit: usize) -> Result<Vec<AttemptRecord>, StoreError> {
         let mut out = Vec::new();
-        for item in self
-            .tree(Tree::Attempts)
-            .scan_prefix(keys::room_prefix(id))
-            .values()
-            .rev()
-            .take(limit)
-        {
+        for item in self.tree(Tree::Attempts).scan_prefix(keys::room_prefix(id)).values().rev().take(limit) {
             let v = item?;
             out.push(records::decode("attempts", id.as_bytes(), records::ATTEMPT_V1, &v)?);
         }
@@ -545,11 +494,7 @@ impl Store {
     /// Sessions present in a room (by check-on-read: not past their ejection deadline).
     pub fn room_sessions(&self, room: &str, now_ms: i64) -> Result<Vec<crate::sessions::Session>, StoreError> {
         let mut out = Vec::new();
-        for k in self
-            .tree(Tree::SessionsByRoom)
-            .scan_prefix(keys::room_prefix(room))
-            .keys()
-        {
+        for k in self.tree(Tree::SessionsByRoom).scan_prefix(keys::room_prefix(room)).keys() {
             let k = k?;
             let id = String::from_utf8_lossy(&k[room.len() + 1..]).to_string();
             if let Some((s, _)) = self.session(&id)? {
@@ -596,10 +541,7 @@ impl Store {
 
     /// The earliest timer: `(deadline_ms, kind, id)`.
     pub fn first_timer(&self) -> Result<Option<(i64, u8, String)>, StoreError> {
-        Ok(self
-            .tree(Tree::Timers)
-            .first()?
-            .and_then(|(k, _)| keys::parse_timer(&k)))
+        Ok(self.tree(Tree::Timers).first()?.and_then(|(k, _)| keys::parse_timer(&k)))
     }
 
     /// Timers due at `now_ms`, earliest first, at most `limit`.

@@ -43,11 +43,7 @@ pub struct EjectRequest {
 #[derive(Debug)]
 pub enum RevokeRequest {
     /// One token, by `jti` or `sha256:<hash>`; kept until `exp_ms` (forever when `None`).
-    Token {
-        token_id: String,
-        exp_ms: Option<i64>,
-        by: String,
-    },
+    Token { token_id: String, exp_ms: Option<i64>, by: String },
     /// Every token for (room, user) issued up to now.
     RoomUser { room: String, user_id: String, by: String },
     /// Every token for the room issued before `before_s` (and every token without `iat`).
@@ -84,12 +80,7 @@ pub(super) fn read_session(tree: &sled::Tree, id: &str) -> Result<Option<(Sessio
 
 fn full_record(tree: &sled::Tree, id: &str) -> Result<Option<SessionRecord>, StoreError> {
     match tree.get(id.as_bytes())? {
-        Some(v) => Ok(Some(records::decode(
-            "sessions",
-            id.as_bytes(),
-            records::SESSION_V1,
-            &v,
-        )?)),
+        Some(v) => Ok(Some(records::decode("sessions", id.as_bytes(), records::SESSION_V1, &v)?)),
         None => Ok(None),
     }
 }
@@ -142,8 +133,7 @@ pub(super) fn is_revoked(
         return Ok(false);
     };
     let before = |r: Option<RevocationRecord>| {
-        r.and_then(|r| r.issued_before_s)
-            .is_some_and(|b| c.iat.is_none_or(|iat| iat < b))
+        r.and_then(|r| r.issued_before_s).is_some_and(|b| c.iat.is_none_or(|iat| iat < b))
     };
     if let Some(user) = &c.user_id {
         if before(revocation(tree, &keys::revoke_user(room, user))?) {
@@ -193,11 +183,7 @@ impl Writer {
         let mut out = Vec::new();
         for k in self.s.trees.get(t).scan_prefix(prefix).keys() {
             let k = k?;
-            let id = k
-                .rsplit(|b| *b == 0)
-                .next()
-                .map(|id| String::from_utf8_lossy(id).to_string())
-                .unwrap_or_default();
+            let id = k.rsplit(|b| *b == 0).next().map(|id| String::from_utf8_lossy(id).to_string()).unwrap_or_default();
             if let Some((s, _)) = read_session(self.sessions_tree(), &id)? {
                 out.push(s);
             }
@@ -208,11 +194,7 @@ impl Writer {
     fn put_timer(&self, ws: &mut WriteSet, kind: u8, id: &str, deadline_ms: i64) -> Result<(), StoreError> {
         self.del_timer(ws, kind, id)?;
         ws.put(Tree::Timers, keys::timer(deadline_ms, kind, id), Vec::new());
-        ws.put(
-            Tree::TimersByKey,
-            keys::timer_ref(kind, id),
-            deadline_ms.to_be_bytes().to_vec(),
-        );
+        ws.put(Tree::TimersByKey, keys::timer_ref(kind, id), deadline_ms.to_be_bytes().to_vec());
         Ok(())
     }
 
@@ -249,13 +231,9 @@ impl Writer {
             _ => None,
         };
         let revoked = match &req.token {
-            TokenCheck::Valid { claims, token_id } => is_revoked(
-                self.s.trees.get(Tree::Revocations),
-                claims,
-                token_id,
-                Some(&req.room),
-                now,
-            )?,
+            TokenCheck::Valid { claims, token_id } => {
+                is_revoked(self.s.trees.get(Tree::Revocations), claims, token_id, Some(&req.room), now)?
+            }
             _ => false,
         };
         let user_id = claims.and_then(|c| c.user_id.clone());
@@ -343,11 +321,7 @@ impl Writer {
     }
 
     fn put_session(&self, ws: &mut WriteSet, r: &SessionRecord) -> Result<(), StoreError> {
-        ws.put(
-            Tree::Sessions,
-            r.id.as_bytes(),
-            records::encode(records::SESSION_V1, r)?,
-        );
+        ws.put(Tree::Sessions, r.id.as_bytes(), records::encode(records::SESSION_V1, r)?);
         ws.put(Tree::SessionsByRoom, keys::pair(&r.room, &r.id), Vec::new());
         if let Some(t) = &r.token_id {
             ws.put(Tree::SessionsByToken, keys::pair(t, &r.id), Vec::new());
@@ -407,9 +381,10 @@ impl Writer {
             let left = remaining.entry(&s.room).or_insert_with(|| self.present(&s.room));
             *left = left.saturating_sub(1);
             if *left == 0 && !replaced {
-                let (meeting_id, start) = self.live.get(&s.room).map_or((s.meeting_id.clone(), s.joined_ms), |l| {
-                    (l.meeting_id.clone(), l.start_ms)
-                });
+                let (meeting_id, start) = self
+                    .live
+                    .get(&s.room)
+                    .map_or((s.meeting_id.clone(), s.joined_ms), |l| (l.meeting_id.clone(), l.start_ms));
                 ws.event(
                     crate::events::MEETING_ENDED,
                     json!({"room": s.room, "meeting_id": meeting_id, "start_ts": start as f64 / 1000.0, "end_ts": now as f64 / 1000.0}),
@@ -419,10 +394,7 @@ impl Writer {
                     self.drop_room_records(ws, &room)?;
                 }
             }
-            ws.live.push(LiveChange::Left {
-                room: s.room.clone(),
-                session_id: s.id.clone(),
-            });
+            ws.live.push(LiveChange::Left { room: s.room.clone(), session_id: s.id.clone() });
         }
         Ok(())
     }
@@ -478,11 +450,7 @@ impl Writer {
             if r.eject_at_ms != all.map(|d| d.0) {
                 r.eject_at_ms = all.map(|d| d.0);
                 r.eject_reason = all.map(|d| d.1.to_string());
-                ws.put(
-                    Tree::Sessions,
-                    r.id.as_bytes(),
-                    records::encode(records::SESSION_V1, &r)?,
-                );
+                ws.put(Tree::Sessions, r.id.as_bytes(), records::encode(records::SESSION_V1, &r)?);
             }
             match own {
                 Some((at, _)) => self.put_timer(ws, TIMER_EJECT, &r.id, at)?,
@@ -507,9 +475,7 @@ impl Writer {
         }
         let now = self.now_ms();
         self.leases.insert(id.to_string(), now);
-        Ok(Outcome::Heartbeat {
-            lease_until_ms: now + self.s.lease_ms,
-        })
+        Ok(Outcome::Heartbeat { lease_until_ms: now + self.s.lease_ms })
     }
 
     pub(super) fn eject(&mut self, req: &EjectRequest) -> Result<(Option<WriteSet>, Outcome), StoreError> {
@@ -540,18 +506,10 @@ impl Writer {
         if req.ban {
             let room_exp = self.get_room(&req.room)?.and_then(|r| r.exp());
             let until = sessions::ban_until_ms(req.by_token, req.ban_until_s, room_exp, now);
-            let users: BTreeSet<String> = req
-                .user_ids
-                .iter()
-                .cloned()
-                .chain(targets.iter().filter_map(|s| s.user_id.clone()))
-                .collect();
+            let users: BTreeSet<String> =
+                req.user_ids.iter().cloned().chain(targets.iter().filter_map(|s| s.user_id.clone())).collect();
             for u in users {
-                let ban = BanRecord {
-                    until_ms: until,
-                    created_ms: now,
-                    by: req.by.clone(),
-                };
+                let ban = BanRecord { until_ms: until, created_ms: now, by: req.by.clone() };
                 let key = keys::pair(&req.room, &u);
                 let timer_id = String::from_utf8_lossy(&key).to_string();
                 match until {
@@ -566,9 +524,8 @@ impl Writer {
             }
             for s in &targets {
                 let Some(token_id) = &s.token_id else { continue };
-                let exp = full_record(self.sessions_tree(), &s.id)?
-                    .and_then(|r| r.token_exp)
-                    .map(|e| (e * 1000.0) as i64);
+                let exp =
+                    full_record(self.sessions_tree(), &s.id)?.and_then(|r| r.token_exp).map(|e| (e * 1000.0) as i64);
                 self.put_revocation(&mut ws, &keys::revoke_token(token_id), exp, None)?;
                 ws.event(crate::events::MEETING_TOKEN_REVOKED, json!({"room": req.room, "jti": crate::tokens::short_id(token_id), "user_id": s.user_id, "by": req.by, "reason": "banned"}));
             }
@@ -584,16 +541,8 @@ impl Writer {
         until_ms: Option<i64>,
         issued_before_s: Option<f64>,
     ) -> Result<(), StoreError> {
-        let r = RevocationRecord {
-            until_ms,
-            issued_before_s,
-            created_ms: self.now_ms(),
-        };
-        ws.put(
-            Tree::Revocations,
-            key.to_vec(),
-            records::encode(records::REVOCATION_V1, &r)?,
-        );
+        let r = RevocationRecord { until_ms, issued_before_s, created_ms: self.now_ms() };
+        ws.put(Tree::Revocations, key.to_vec(), records::encode(records::REVOCATION_V1, &r)?);
         Ok(())
     }
 
@@ -605,10 +554,7 @@ impl Writer {
         let mut ws = WriteSet::default();
         self.del_timer(&mut ws, TIMER_BAN, &String::from_utf8_lossy(&key))?;
         ws.del(Tree::Bans, key);
-        ws.event(
-            crate::events::BAN_REMOVED,
-            json!({"room": room, "user_id": user_id, "reason": "lifted"}),
-        );
+        ws.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user_id, "reason": "lifted"}));
         Ok((Some(ws), Outcome::BanLifted(true)))
     }
 
@@ -618,11 +564,7 @@ impl Writer {
             RevokeRequest::Token { token_id, exp_ms, by } => {
                 self.put_revocation(&mut ws, &keys::revoke_token(token_id), *exp_ms, None)?;
                 let targets = self.sessions_by_index(Tree::SessionsByToken, &keys::room_prefix(token_id))?;
-                (
-                    targets,
-                    by,
-                    json!({"jti": crate::tokens::short_id(token_id), "until": exp_ms.map(|ms| ms / 1000)}),
-                )
+                (targets, by, json!({"jti": crate::tokens::short_id(token_id), "until": exp_ms.map(|ms| ms / 1000)}))
             }
             RevokeRequest::RoomUser { room, user_id, by } => {
                 let before = (self.now_ms() / 1000 + 1) as f64;
@@ -744,10 +686,7 @@ impl Writer {
         }
         let (room, user) = id.split_once('\0').unwrap_or((id, ""));
         ws.del(Tree::Bans, key);
-        ws.event(
-            crate::events::BAN_REMOVED,
-            json!({"room": room, "user_id": user, "reason": "expired"}),
-        );
+        ws.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "expired"}));
         Ok(1)
     }
 }

@@ -144,11 +144,7 @@ pub fn encode<T: Serialize>(version: u8, value: &T) -> Result<Vec<u8>, StoreErro
 }
 
 pub fn decode<T: DeserializeOwned>(tree: &'static str, key: &[u8], version: u8, bytes: &[u8]) -> Result<T, StoreError> {
-    let corrupt = |why: String| StoreError::Corrupt {
-        tree,
-        key: super::keys::printable(key),
-        why,
-    };
+    let corrupt = |why: String| StoreError::Corrupt { tree, key: super::keys::printable(key), why };
     let (v, body) = bytes.split_first().ok_or_else(|| corrupt("empty record".into()))?;
     if *v != version {
         return Err(corrupt(format!("record version {v}, this build reads {version}")));

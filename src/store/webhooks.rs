@@ -39,12 +39,7 @@ pub enum Delivery {
 
 pub(super) fn read(tree: &sled::Tree, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
     match tree.get(id.as_bytes())? {
-        Some(v) => Ok(Some(records::decode(
-            "webhooks",
-            id.as_bytes(),
-            records::WEBHOOK_V1,
-            &v,
-        )?)),
+        Some(v) => Ok(Some(records::decode("webhooks", id.as_bytes(), records::WEBHOOK_V1, &v)?)),
         None => Ok(None),
     }
 }
@@ -61,11 +56,7 @@ impl Writer {
     }
 
     fn put_webhook(&self, ws: &mut WriteSet, w: &WebhookRecord) -> Result<(), StoreError> {
-        ws.put(
-            Tree::Webhooks,
-            w.uuid.as_bytes(),
-            records::encode(records::WEBHOOK_V1, w)?,
-        );
+        ws.put(Tree::Webhooks, w.uuid.as_bytes(), records::encode(records::WEBHOOK_V1, w)?);
         ws.webhooks_touched = true;
         Ok(())
     }
@@ -120,13 +111,7 @@ impl Writer {
         };
         let mut ws = WriteSet::default();
         ws.del(Tree::Webhooks, id.as_bytes());
-        for k in self
-            .s
-            .trees
-            .get(Tree::Attempts)
-            .scan_prefix(super::keys::room_prefix(id))
-            .keys()
-        {
+        for k in self.s.trees.get(Tree::Attempts).scan_prefix(super::keys::room_prefix(id)).keys() {
             ws.del(Tree::Attempts, k?.to_vec());
         }
         ws.webhooks_touched = true;
@@ -182,30 +167,16 @@ impl Writer {
             Delivery::Failed(a) => {
                 w.failed_count += 1;
                 w.first_failure_ms.get_or_insert(now);
-                let n = self
-                    .s
-                    .trees
-                    .get(Tree::Attempts)
-                    .scan_prefix(super::keys::room_prefix(id))
-                    .count() as u64;
+                let n = self.s.trees.get(Tree::Attempts).scan_prefix(super::keys::room_prefix(id)).count() as u64;
                 if n >= MAX_ATTEMPTS_KEPT {
-                    if let Some(Ok(oldest)) = self
-                        .s
-                        .trees
-                        .get(Tree::Attempts)
-                        .scan_prefix(super::keys::room_prefix(id))
-                        .keys()
-                        .next()
+                    if let Some(Ok(oldest)) =
+                        self.s.trees.get(Tree::Attempts).scan_prefix(super::keys::room_prefix(id)).keys().next()
                     {
                         ws.del(Tree::Attempts, oldest.to_vec());
                     }
                 }
-                let key = [
-                    super::keys::room_prefix(id),
-                    a.at_ms.to_be_bytes().to_vec(),
-                    a.seq.to_be_bytes().to_vec(),
-                ]
-                .concat();
+                let key = [super::keys::room_prefix(id), a.at_ms.to_be_bytes().to_vec(), a.seq.to_be_bytes().to_vec()]
+                    .concat();
                 ws.put(Tree::Attempts, key, records::encode(records::ATTEMPT_V1, a)?);
             }
             Delivery::StateChange { state, reason } => {
@@ -218,11 +189,7 @@ impl Writer {
             }
         }
         w.updated_ms = now;
-        ws.put(
-            Tree::Webhooks,
-            w.uuid.as_bytes(),
-            records::encode(records::WEBHOOK_V1, &w)?,
-        );
+        ws.put(Tree::Webhooks, w.uuid.as_bytes(), records::encode(records::WEBHOOK_V1, &w)?);
         Ok((Some(ws), Outcome::Webhook(Box::new(w))))
     }
 }

@@ -203,17 +203,8 @@ pub(super) struct WriteSet {
 
 #[derive(Debug)]
 pub(super) enum LiveChange {
-    Joined {
-        room: String,
-        session_id: String,
-        meeting_id: String,
-        start_ms: i64,
-        at_ms: i64,
-    },
-    Left {
-        room: String,
-        session_id: String,
-    },
+    Joined { room: String, session_id: String, meeting_id: String, start_ms: i64, at_ms: i64 },
+    Left { room: String, session_id: String },
 }
 
 impl WriteSet {
@@ -238,14 +229,7 @@ impl WriteSet {
 impl Writer {
     pub fn new(s: WriterInit) -> Result<Writer, StoreError> {
         let (live, leases) = super::participants::rebuild_presence(&s.trees, s.clock.now_ms())?;
-        Ok(Writer {
-            s,
-            live,
-            leases,
-            poisoned: None,
-            last_rotation: std::time::Instant::now(),
-            unsynced: false,
-        })
+        Ok(Writer { s, live, leases, poisoned: None, last_rotation: std::time::Instant::now(), unsynced: false })
     }
 
     /// The writer loop: take a batch, apply each command, sync the journal once, answer everyone.
@@ -309,11 +293,7 @@ impl Writer {
             return;
         }
         // The counter is also recoverable from the last event; storing it keeps that true after compaction.
-        let _ = self
-            .s
-            .trees
-            .get(Tree::Meta)
-            .insert(keys::META_NEXT_SEQ, &self.s.next_seq.to_be_bytes());
+        let _ = self.s.trees.get(Tree::Meta).insert(keys::META_NEXT_SEQ, &self.s.next_seq.to_be_bytes());
         match self.s.journal.rotate() {
             Ok(closed) => {
                 self.last_rotation = std::time::Instant::now();
@@ -346,11 +326,9 @@ impl Writer {
             Command::UpdateWebhook { id, patch } => self.update_webhook(id, patch)?,
             Command::DeleteWebhook { id } => self.delete_webhook(id)?,
             Command::ReplayWebhook { id, from_seq } => self.replay_webhook(id, *from_seq)?,
-            Command::WebhookProgress {
-                id,
-                expect_cursor,
-                delivery,
-            } => self.webhook_progress(id, *expect_cursor, delivery)?,
+            Command::WebhookProgress { id, expect_cursor, delivery } => {
+                self.webhook_progress(id, *expect_cursor, delivery)?
+            }
             Command::Shutdown => return Ok(Outcome::Stopped),
         };
         if let Some(ws) = ws {
@@ -375,11 +353,7 @@ impl Writer {
     }
 
     fn put_room(&self, ws: &mut WriteSet, room: &Room) -> Result<(), StoreError> {
-        ws.put(
-            Tree::Rooms,
-            room.name.as_bytes(),
-            records::encode(records::ROOM_V1, &room_to_record(room))?,
-        );
+        ws.put(Tree::Rooms, room.name.as_bytes(), records::encode(records::ROOM_V1, &room_to_record(room))?);
         Ok(())
     }
 
@@ -410,26 +384,12 @@ impl Writer {
                 }
             },
         };
-        let room = Room {
-            id: uuid::Uuid::new_v4(),
-            name,
-            privacy,
-            created_ms: self.now_ms(),
-            api_created: true,
-            config,
-        };
+        let room =
+            Room { id: uuid::Uuid::new_v4(), name, privacy, created_ms: self.now_ms(), api_created: true, config };
         self.put_room(&mut ws, &room)?;
         self.sync_room_timer(&mut ws, &room)?;
-        ws.put(
-            Tree::RoomsById,
-            room.id.as_bytes().to_vec(),
-            room.name.as_bytes().to_vec(),
-        );
-        ws.put(
-            Tree::RoomsByCreated,
-            keys::room_created(room.created_ms, &room.name),
-            room.name.as_bytes().to_vec(),
-        );
+        ws.put(Tree::RoomsById, room.id.as_bytes().to_vec(), room.name.as_bytes().to_vec());
+        ws.put(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name), room.name.as_bytes().to_vec());
         ws.room_delta = 1;
         ws.event(events::ROOM_CREATED, self.room_json(&room));
         Ok((Some(ws), Outcome::Room(room)))
@@ -476,16 +436,8 @@ impl Writer {
         event: &NewEvent,
     ) -> Result<(Option<WriteSet>, Outcome), StoreError> {
         let mut ws = WriteSet::default();
-        ws.put(
-            Tree::Tokens,
-            record.jti.as_bytes(),
-            records::encode(records::TOKEN_V1, record)?,
-        );
-        ws.put(
-            Tree::TokensByRoom,
-            keys::token_room(record.room.as_deref(), &record.jti),
-            Vec::new(),
-        );
+        ws.put(Tree::Tokens, record.jti.as_bytes(), records::encode(records::TOKEN_V1, record)?);
+        ws.put(Tree::TokensByRoom, keys::token_room(record.room.as_deref(), &record.jti), Vec::new());
         ws.events.push(event.clone());
         Ok((Some(ws), Outcome::TokenRecorded))
     }
@@ -501,16 +453,8 @@ impl Writer {
         let mut seq = first_seq;
         for ev in std::mem::take(&mut ws.events) {
             let envelope = events::render(&self.s.domain8, seq, ev.kind, &ev.payload, ts);
-            let rec = EventRecord {
-                kind: ev.kind.to_string(),
-                ts_ms: ts,
-                envelope,
-            };
-            ws.put(
-                Tree::Events,
-                keys::seq(seq).to_vec(),
-                records::encode(records::EVENT_V1, &rec)?,
-            );
+            let rec = EventRecord { kind: ev.kind.to_string(), ts_ms: ts, envelope };
+            ws.put(Tree::Events, keys::seq(seq).to_vec(), records::encode(records::EVENT_V1, &rec)?);
             seq += 1;
         }
         let rooms = self.s.room_count.saturating_add_signed(ws.room_delta);
@@ -550,10 +494,7 @@ impl Writer {
 impl Writer {
     /// A write set without events: straight to sled, no journal record (see [`WriteSet`]).
     fn commit_soft(&mut self, mut ws: WriteSet) -> Result<(), StoreError> {
-        let ops: Vec<_> = std::mem::take(&mut ws.ops)
-            .into_iter()
-            .map(|(t, k, v)| (t as u8, k, v))
-            .collect();
+        let ops: Vec<_> = std::mem::take(&mut ws.ops).into_iter().map(|(t, k, v)| (t as u8, k, v)).collect();
         apply_ops(&self.s.trees, &ops)?;
         self.after_commit(std::mem::take(&mut ws.live), ws.timers_touched, ws.webhooks_touched);
         Ok(())
@@ -565,18 +506,8 @@ impl Writer {
         }
         for change in live {
             match change {
-                LiveChange::Joined {
-                    room,
-                    session_id,
-                    meeting_id,
-                    start_ms,
-                    at_ms,
-                } => {
-                    let entry = self.live.entry(room).or_insert(RoomLive {
-                        count: 0,
-                        meeting_id,
-                        start_ms,
-                    });
+                LiveChange::Joined { room, session_id, meeting_id, start_ms, at_ms } => {
+                    let entry = self.live.entry(room).or_insert(RoomLive { count: 0, meeting_id, start_ms });
                     entry.count += 1;
                     self.leases.insert(session_id, at_ms);
                 }
@@ -600,12 +531,7 @@ impl Writer {
 /// Applies journaled ops to sled in one transaction over the trees they touch. Used by the
 /// writer and by recovery.
 pub(super) fn apply_ops(trees: &Trees, ops: &[(u8, Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
-    let used: Vec<u8> = ops
-        .iter()
-        .map(|(t, _, _)| *t)
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .collect();
+    let used: Vec<u8> = ops.iter().map(|(t, _, _)| *t).collect::<BTreeSet<_>>().into_iter().collect();
     let mut handles = Vec::with_capacity(used.len());
     for t in &used {
         let tree = Tree::ALL.get(usize::from(*t)).ok_or_else(|| StoreError::Corrupt {

@@ -46,10 +46,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
     fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .filter(|a| !is_private(a.ip()))
-                .collect();
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.filter(|a| !is_private(a.ip())).collect();
             if addrs.is_empty() {
                 return Err(format!("{host} resolves only to private addresses, which are refused").into());
             }
@@ -75,10 +73,7 @@ impl Outbound {
         if deny_private {
             b = b.dns_resolver(Arc::new(GuardedResolver));
         }
-        Ok(Outbound {
-            client: b.build().map_err(|e| e.to_string())?,
-            deny_private,
-        })
+        Ok(Outbound { client: b.build().map_err(|e| e.to_string())?, deny_private })
     }
 
     /// Refuses URLs that cannot be delivered to: bad scheme, or a literal private IP when
@@ -110,20 +105,13 @@ impl Outbound {
         body: String,
     ) -> Result<Response, String> {
         let u = self.check_url(url)?;
-        let mut req = self
-            .client
-            .post(u)
-            .header("content-type", "application/json")
-            .body(body);
+        let mut req = self.client.post(u).header("content-type", "application/json").body(body);
         for (k, v) in headers {
             req = req.header(*k, v);
         }
         if let Some(b) = basic_auth {
             use base64::Engine as _;
-            req = req.header(
-                "authorization",
-                format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)),
-            );
+            req = req.header("authorization", format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(b)));
         }
         let res = req.send().await.map_err(describe)?;
         let status = res.status().as_u16();
@@ -134,11 +122,7 @@ impl Outbound {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
         let text = res.text().await.unwrap_or_default();
-        Ok(Response {
-            status,
-            retry_after,
-            snippet: text.chars().take(512).collect(),
-        })
+        Ok(Response { status, retry_after, snippet: text.chars().take(512).collect() })
     }
 }
 

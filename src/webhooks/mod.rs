@@ -56,12 +56,8 @@ pub async fn run(store: Store, out: Outbound, clock: SharedClock, mut shutdown: 
                 });
                 for w in list {
                     workers.entry(w.uuid.clone()).or_insert_with(|| {
-                        let worker = Worker {
-                            store: store.clone(),
-                            out: out.clone(),
-                            clock: clock.clone(),
-                            id: w.uuid,
-                        };
+                        let worker =
+                            Worker { store: store.clone(), out: out.clone(), clock: clock.clone(), id: w.uuid };
                         tokio::spawn(worker.run(shutdown.clone()))
                     });
                 }
@@ -157,12 +153,7 @@ impl Worker {
 
     fn load(&self) -> Option<Position> {
         let w = self.store.webhook(&self.id).ok().flatten()?;
-        Some(Position {
-            cursor: w.cursor,
-            w,
-            pushed_since: 0,
-            persisted_at: Instant::now(),
-        })
+        Some(Position { cursor: w.cursor, w, pushed_since: 0, persisted_at: Instant::now() })
     }
 
     /// Writes the delivered cursor (no sync forced: losing it only means a redelivery).
@@ -171,10 +162,7 @@ impl Worker {
         if pos.cursor == pos.w.cursor {
             return true;
         }
-        let d = Delivery::Delivered {
-            seq: pos.cursor,
-            pushed: pos.pushed_since > 0,
-        };
+        let d = Delivery::Delivered { seq: pos.cursor, pushed: pos.pushed_since > 0 };
         pos.pushed_since = 0;
         pos.persisted_at = Instant::now();
         self.report(pos, d).await
@@ -182,11 +170,7 @@ impl Worker {
 
     /// Sends a report to the writer; false if it was stale (and `pos` now follows the store).
     async fn report(&self, pos: &mut Position, delivery: Delivery) -> bool {
-        let cmd = Command::WebhookProgress {
-            id: self.id.clone(),
-            expect_cursor: pos.w.cursor,
-            delivery,
-        };
+        let cmd = Command::WebhookProgress { id: self.id.clone(), expect_cursor: pos.w.cursor, delivery };
         match self.store.submit(cmd).await {
             Ok(crate::store::Outcome::Webhook(w)) => {
                 let ahead = pos.cursor;
@@ -226,10 +210,7 @@ impl Worker {
             };
             let started = Instant::now();
             let headers = signing::headers(&key, &id, self.clock.now_secs(), env.as_bytes());
-            let result = self
-                .out
-                .post(&pos.w.url, pos.w.basic_auth.as_deref(), &headers, env.to_string())
-                .await;
+            let result = self.out.post(&pos.w.url, pos.w.basic_auth.as_deref(), &headers, env.to_string()).await;
             let (status, retry_after, detail) = match result {
                 Ok(r) if (200..300).contains(&r.status) => {
                     pos.cursor = seq;
@@ -256,10 +237,7 @@ impl Worker {
             if status == 410 {
                 self.report(
                     pos,
-                    Delivery::StateChange {
-                        state: "INACTIVE",
-                        reason: "the receiver answered 410 Gone".into(),
-                    },
+                    Delivery::StateChange { state: "INACTIVE", reason: "the receiver answered 410 Gone".into() },
                 )
                 .await;
                 return Step::Reload;
@@ -270,14 +248,7 @@ impl Worker {
             match policy::after_failure(&pos.w.retry_type, failures, failing_for, retry_after) {
                 policy::Decision::GiveUp => {
                     let reason = format!("{} consecutive failed attempts", pos.w.failed_count);
-                    self.report(
-                        pos,
-                        Delivery::StateChange {
-                            state: "FAILED",
-                            reason,
-                        },
-                    )
-                    .await;
+                    self.report(pos, Delivery::StateChange { state: "FAILED", reason }).await;
                     tracing::warn!(webhook = %self.id, "webhook marked FAILED; update it to resume from its cursor");
                     return Step::Reload;
                 }

@@ -23,9 +23,7 @@ pub fn after_failure(retry_type: &str, failures: u32, failing_for_ms: i64, retry
             return Decision::GiveUp;
         }
         const STEPS: [u64; 6] = [5, 300, 1800, 7200, 18_000, 36_000];
-        let secs = STEPS[usize::try_from(failures.saturating_sub(1))
-            .unwrap_or(usize::MAX)
-            .min(STEPS.len() - 1)];
+        let secs = STEPS[usize::try_from(failures.saturating_sub(1)).unwrap_or(usize::MAX).min(STEPS.len() - 1)];
         let jitter = rand::random_range(0.9..1.1);
         Duration::from_secs_f64(secs as f64 * jitter)
     } else {
@@ -44,31 +42,18 @@ mod tests {
 
     #[test]
     fn circuit_breaker() {
-        assert_eq!(
-            after_failure("circuit-breaker", 1, 0, None),
-            Decision::RetryAfter(Duration::from_secs(1))
-        );
-        assert_eq!(
-            after_failure("circuit-breaker", 2, 0, None),
-            Decision::RetryAfter(Duration::from_secs(5))
-        );
+        assert_eq!(after_failure("circuit-breaker", 1, 0, None), Decision::RetryAfter(Duration::from_secs(1)));
+        assert_eq!(after_failure("circuit-breaker", 2, 0, None), Decision::RetryAfter(Duration::from_secs(5)));
         assert_eq!(after_failure("circuit-breaker", 3, 0, None), Decision::GiveUp);
     }
 
     #[test]
     fn exponential_backs_off_until_the_window_ends() {
-        let Decision::RetryAfter(d) = after_failure("exponential", 2, 0, None) else {
-            panic!()
-        };
+        let Decision::RetryAfter(d) = after_failure("exponential", 2, 0, None) else { panic!() };
         assert!((270..=330).contains(&d.as_secs()), "{d:?}");
-        let Decision::RetryAfter(d) = after_failure("exponential", 40, 0, None) else {
-            panic!()
-        };
+        let Decision::RetryAfter(d) = after_failure("exponential", 40, 0, None) else { panic!() };
         assert!(d.as_secs() >= 32_000);
-        assert_eq!(
-            after_failure("exponential", 2, FAILURE_WINDOW_MS, None),
-            Decision::GiveUp
-        );
+        assert_eq!(after_failure("exponential", 2, FAILURE_WINDOW_MS, None), Decision::GiveUp);
         let Decision::RetryAfter(d) = after_failure("exponential", 1, 0, Some(Duration::from_secs(60))) else {
             panic!()
         };

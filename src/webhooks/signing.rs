@@ -17,10 +17,7 @@ pub fn new_secret() -> String {
 
 /// The key bytes of a secret (`whsec_` prefix allowed, as Standard Webhooks writes them).
 pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
-    STANDARD
-        .decode(secret.strip_prefix("whsec_").unwrap_or(secret))
-        .ok()
-        .filter(|k| !k.is_empty())
+    STANDARD.decode(secret.strip_prefix("whsec_").unwrap_or(secret)).ok().filter(|k| !k.is_empty())
 }
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> String {
@@ -40,10 +37,7 @@ pub fn headers(key: &[u8], id: &str, ts: i64, body: &[u8]) -> Vec<(&'static str,
         ("x-webhook-timestamp", ts_s.clone()),
         ("webhook-id", id.to_string()),
         ("webhook-timestamp", ts_s.clone()),
-        (
-            "webhook-signature",
-            format!("v1,{}", mac(key, &[id.as_bytes(), b".", ts_s.as_bytes(), b".", body])),
-        ),
+        ("webhook-signature", format!("v1,{}", mac(key, &[id.as_bytes(), b".", ts_s.as_bytes(), b".", body]))),
     ]
 }
 
@@ -55,12 +49,7 @@ mod tests {
     #[test]
     fn standard_webhooks_reference_vector() {
         let key = secret_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap();
-        let h = headers(
-            &key,
-            "msg_p5jXN8AQM9LWM0D4loKWxJek",
-            1614265330,
-            br#"{"test": 2432232314}"#,
-        );
+        let h = headers(&key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, br#"{"test": 2432232314}"#);
         let sig = h.iter().find(|(k, _)| *k == "webhook-signature").unwrap();
         assert_eq!(sig.1, "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
     }

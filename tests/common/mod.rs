@@ -31,10 +31,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 }
 
@@ -66,12 +63,7 @@ impl Server {
         if let Some(n) = user_name {
             body.insert("user_name".into(), n.into());
         }
-        self.call(
-            "POST",
-            &format!("/v1/rooms/{room}/join"),
-            None,
-            Some(&Value::Object(body).to_string()),
-        )
+        self.call("POST", &format!("/v1/rooms/{room}/join"), None, Some(&Value::Object(body).to_string()))
     }
 
     /// Joins and asserts success; returns (session id, secret, reply body).
@@ -99,10 +91,7 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!(
-            "no {kind} event matching after 5 s; log:\n{}",
-            serde_json::to_string_pretty(&self.events()).unwrap()
-        );
+        panic!("no {kind} event matching after 5 s; log:\n{}", serde_json::to_string_pretty(&self.events()).unwrap());
     }
 
     /// A server on `dir` (kept), with extra environment variables.
@@ -158,14 +147,7 @@ impl Server {
                 panic!("server did not start; stderr:\n{}", log.lock().unwrap());
             }
         };
-        Server {
-            child: Some(child),
-            base,
-            key: key.to_string(),
-            dir: dir.to_path_buf(),
-            _tmp: None,
-            stderr: log,
-        }
+        Server { child: Some(child), base, key: key.to_string(), dir: dir.to_path_buf(), _tmp: None, stderr: log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -265,10 +247,7 @@ impl Drop for Server {
 }
 
 fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(pid.to_string())
-        .status();
+    let _ = Command::new("kill").arg(format!("-{sig}")).arg(pid.to_string()).status();
 }
 
 pub fn call_url(method: &str, url: &str, auth: Option<&str>, body: Option<&str>, headers: &[(&str, &str)]) -> Reply {
@@ -290,20 +269,11 @@ pub fn call_url(method: &str, url: &str, auth: Option<&str>, body: Option<&str>,
         Err(e) => panic!("{method} {url}: {e}"),
     };
     let status = resp.status();
-    let headers = resp
-        .headers_names()
-        .iter()
-        .map(|n| (n.clone(), resp.header(n).unwrap_or("").to_string()))
-        .collect();
+    let headers = resp.headers_names().iter().map(|n| (n.clone(), resp.header(n).unwrap_or("").to_string())).collect();
     let mut text = String::new();
     resp.into_reader().take(50_000_000).read_to_string(&mut text).unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-    Reply {
-        status,
-        body,
-        text,
-        headers,
-    }
+    Reply { status, body, text, headers }
 }
 
 /// Sends raw bytes on a fresh TCP connection and returns the raw response (for requests a
@@ -337,9 +307,7 @@ fn response_complete(out: &[u8]) -> bool {
         return false;
     };
     let len = head.lines().find_map(|l| {
-        l.to_ascii_lowercase()
-            .strip_prefix("content-length:")
-            .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
     });
     len.is_some_and(|n| body.len() >= n)
 }
