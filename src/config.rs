@@ -95,6 +95,9 @@ pub struct ServeArgs {
     /// (checked at connect time for every request). Off by default: on one VM the receiver is often local.
     #[arg(long, env = "GATEHOUSE_WEBHOOK_DENY_PRIVATE")]
     pub webhook_deny_private: bool,
+    /// Webhook request timeout in ms (tests shorten it).
+    #[arg(long, env = "GATEHOUSE_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000, hide = true)]
+    pub webhook_timeout_ms: u64,
     /// When housekeeping runs (six-field cron, seconds first): purges dead revocations and token records.
     #[arg(long, env = "GATEHOUSE_HOUSEKEEPING_CRON", default_value = "0 */5 * * * *")]
     pub housekeeping_cron: String,
@@ -123,6 +126,7 @@ pub struct Settings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     pub housekeeping_cron: String,
     pub webhook_deny_private: bool,
+    pub webhook_timeout: std::time::Duration,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -189,6 +193,7 @@ impl ServeArgs {
             trusted_proxies: self.trusted_proxies,
             housekeeping_cron: self.housekeeping_cron,
             webhook_deny_private: self.webhook_deny_private,
+            webhook_timeout: std::time::Duration::from_millis(self.webhook_timeout_ms.clamp(100, 120_000)),
             api_keys,
         })
     }

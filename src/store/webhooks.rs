@@ -61,10 +61,10 @@ impl Writer {
         Ok(())
     }
 
-    /// A new webhook starts at the durable head: it receives what happens from now on.
+    /// A new webhook starts after its own `webhook.created` event: it receives what happens from now on.
     pub(super) fn create_webhook(&mut self, w: &WebhookRecord) -> Result<(Option<WriteSet>, Outcome), StoreError> {
         let mut w = w.clone();
-        w.cursor = self.s.next_seq - 1;
+        w.cursor = self.s.next_seq;
         let mut ws = WriteSet::default();
         self.put_webhook(&mut ws, &w)?;
         ws.event(crate::events::WEBHOOK_CREATED, public_payload(&w));
@@ -165,7 +165,10 @@ impl Writer {
                 }
             }
             Delivery::Failed(a) => {
-                w.failed_count += 1;
+                // 429 is backpressure, not breakage: it does not count toward the breaker.
+                if a.status != 429 {
+                    w.failed_count += 1;
+                }
                 w.first_failure_ms.get_or_insert(now);
                 let n = self.s.trees.get(Tree::Attempts).scan_prefix(super::keys::room_prefix(id)).count() as u64;
                 if n >= MAX_ATTEMPTS_KEPT {

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per-request timeout.
+/// Per-request timeout (API.md: 15 s).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Loopback, private, link-local, shared (100.64/10), unique-local, unspecified, multicast,
@@ -63,10 +63,10 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(deny_private: bool) -> Result<Outbound, String> {
+    pub fn new(deny_private: bool, timeout: Duration) -> Result<Outbound, String> {
         let mut b = reqwest::Client::builder()
-            .timeout(TIMEOUT)
-            .connect_timeout(Duration::from_secs(5))
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
             .redirect(reqwest::redirect::Policy::none())
             .no_proxy()
             .user_agent(concat!("Gatehouse-Webhooks/", env!("CARGO_PKG_VERSION")));
@@ -178,12 +178,12 @@ mod tests {
 
     #[test]
     fn literal_private_urls_refused_when_asked() {
-        let strict = Outbound::new(true).unwrap();
+        let strict = Outbound::new(true, TIMEOUT).unwrap();
         assert!(strict.check_url("http://127.0.0.1:9/x").is_err());
         assert!(strict.check_url("http://[::ffff:7f00:1]/x").is_err());
         assert!(strict.check_url("ftp://example.com/").is_err());
         assert!(strict.check_url("https://example.com/hook").is_ok());
-        let open = Outbound::new(false).unwrap();
+        let open = Outbound::new(false, TIMEOUT).unwrap();
         assert!(open.check_url("http://127.0.0.1:9/x").is_ok());
     }
 }

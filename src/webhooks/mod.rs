@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use client::{is_private, Outbound};
+pub use client::{is_private, Outbound, TIMEOUT};
 
 use crate::clock::SharedClock;
 use crate::store::{AttemptRecord, Command, Delivery, Store, WebhookRecord};
@@ -244,7 +244,7 @@ impl Worker {
             }
             let failing_for = pos.w.first_failure_ms.map_or(0, |f| self.clock.now_ms() - f);
             // 429 is backpressure, not breakage: wait as asked without tripping the breaker.
-            let failures = if status == 429 { 1 } else { pos.w.failed_count };
+            let failures = if status == 429 { pos.w.failed_count.max(1) } else { pos.w.failed_count };
             match policy::after_failure(&pos.w.retry_type, failures, failing_for, retry_after) {
                 policy::Decision::GiveUp => {
                     let reason = format!("{} consecutive failed attempts", pos.w.failed_count);

@@ -2,6 +2,8 @@
 //! dir, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -85,13 +87,13 @@ impl Server {
     /// Waits (bounded) until an event of `kind` matching `pred` is in the log; for work the
     /// deadline task does asynchronously after the clock moved.
     pub fn wait_event(&self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        for _ in 0..200 {
+        for _ in 0..400 {
             if let Some(e) = self.events_of(kind).into_iter().find(|e| pred(e)) {
                 return e;
             }
             std::thread::sleep(Duration::from_millis(25));
         }
-        panic!("no {kind} event matching after 5 s; log:\n{}", serde_json::to_string_pretty(&self.events()).unwrap());
+        panic!("no {kind} event matching after 10 s; log:\n{}", serde_json::to_string_pretty(&self.events()).unwrap());
     }
 
     /// A server on `dir` (kept), with extra environment variables.
