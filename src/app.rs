@@ -85,12 +85,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(crate::scheduler::run_deadlines(store.clone(), state.clock.clone(), shutdown_rx.clone()));
     let deliveries =
         tokio::spawn(crate::webhooks::run(store.clone(), outbound, state.clock.clone(), shutdown_rx.clone()));
-    let mut housekeeping =
-        crate::scheduler::start_housekeeping(&settings.housekeeping_cron, store.clone(), state.housekeeping.clone())
-            .await
-            .with_context(|| {
-                format!("--housekeeping-cron '{}' (six fields, seconds first)", settings.housekeeping_cron)
-            })?;
+    let mut housekeeping = crate::scheduler::start_housekeeping(
+        &settings.housekeeping_cron,
+        store.clone(),
+        settings.retention,
+        state.housekeeping.clone(),
+    )
+    .await
+    .with_context(|| format!("--housekeeping-cron '{}' (six fields, seconds first)", settings.housekeeping_cron))?;
 
     state.ready.store(true, Ordering::SeqCst);
     // Tests and scripts read this line to find the port when listening on :0.

@@ -95,6 +95,15 @@ pub struct ServeArgs {
     /// (checked at connect time for every request). Off by default: on one VM the receiver is often local.
     #[arg(long, env = "GATEHOUSE_WEBHOOK_DENY_PRIVATE")]
     pub webhook_deny_private: bool,
+    /// Events older than this are compacted away (unless an active webhook still needs them).
+    #[arg(long, env = "GATEHOUSE_EVENTS_RETENTION_SECS", default_value_t = 30 * 24 * 3600)]
+    pub events_retention_secs: u64,
+    /// The event log is compacted above this size (unless an active webhook still needs the events).
+    #[arg(long, env = "GATEHOUSE_EVENTS_MAX_MB", default_value_t = 1024)]
+    pub events_max_mb: u64,
+    /// Hard limit: compaction passes even active webhooks' cursors (and marks them) above this.
+    #[arg(long, env = "GATEHOUSE_EVENTS_HARD_MAX_MB", default_value_t = 4096)]
+    pub events_hard_max_mb: u64,
     /// Webhook request timeout in ms (tests shorten it).
     #[arg(long, env = "GATEHOUSE_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000, hide = true)]
     pub webhook_timeout_ms: u64,
@@ -127,6 +136,7 @@ pub struct Settings {
     pub housekeeping_cron: String,
     pub webhook_deny_private: bool,
     pub webhook_timeout: std::time::Duration,
+    pub retention: crate::store::Retention,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -194,6 +204,11 @@ impl ServeArgs {
             housekeeping_cron: self.housekeeping_cron,
             webhook_deny_private: self.webhook_deny_private,
             webhook_timeout: std::time::Duration::from_millis(self.webhook_timeout_ms.clamp(100, 120_000)),
+            retention: crate::store::Retention {
+                max_age_ms: i64::try_from(self.events_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
+                max_bytes: self.events_max_mb.saturating_mul(1 << 20),
+                hard_max_bytes: self.events_hard_max_mb.max(self.events_max_mb).saturating_mul(1 << 20),
+            },
             api_keys,
         })
     }

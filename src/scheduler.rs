@@ -66,6 +66,7 @@ pub struct HousekeepingStats {
     pub runs: std::sync::atomic::AtomicU64,
     pub revocations_purged: std::sync::atomic::AtomicU64,
     pub tokens_purged: std::sync::atomic::AtomicU64,
+    pub events_compacted: std::sync::atomic::AtomicU64,
 }
 
 /// Most records of each kind one sweep removes (the writer is busy for that long).
@@ -74,6 +75,7 @@ const PURGE_LIMIT: usize = 10_000;
 /// One housekeeping sweep: what the cron job runs, callable directly (tests do). Safe to repeat.
 pub async fn housekeep_once(
     store: &Store,
+    retention: &crate::store::Retention,
     stats: &HousekeepingStats,
 ) -> Result<crate::store::PurgeReport, crate::store::StoreError> {
     use std::sync::atomic::Ordering::Relaxed;
@@ -89,11 +91,27 @@ pub async fn housekeep_once(
             break;
         }
     }
+    loop {
+        let report = match store.submit(Command::Compact(*retention)).await? {
+            crate::store::Outcome::Purged(r) => r,
+            _ => break,
+        };
+        total.events += report.events;
+        if report.events < crate::store::COMPACT_CHUNK {
+            break;
+        }
+    }
     stats.runs.fetch_add(1, Relaxed);
     stats.revocations_purged.fetch_add(total.revocations, Relaxed);
     stats.tokens_purged.fetch_add(total.tokens, Relaxed);
+    stats.events_compacted.fetch_add(total.events, Relaxed);
     if total != crate::store::PurgeReport::default() {
-        tracing::info!(revocations = total.revocations, tokens = total.tokens, "housekeeping purged dead records");
+        tracing::info!(
+            revocations = total.revocations,
+            tokens = total.tokens,
+            events = total.events,
+            "housekeeping purged dead records"
+        );
     }
     Ok(total)
 }
@@ -103,13 +121,14 @@ pub async fn housekeep_once(
 pub async fn start_housekeeping(
     cron: &str,
     store: Store,
+    retention: crate::store::Retention,
     stats: std::sync::Arc<HousekeepingStats>,
 ) -> Result<tokio_cron_scheduler::JobScheduler, tokio_cron_scheduler::JobSchedulerError> {
     let sched = tokio_cron_scheduler::JobScheduler::new().await?;
     let job = tokio_cron_scheduler::Job::new_async(cron, move |_id, _sched| {
         let (store, stats) = (store.clone(), stats.clone());
         Box::pin(async move {
-            if let Err(e) = housekeep_once(&store, &stats).await {
+            if let Err(e) = housekeep_once(&store, &retention, &stats).await {
                 tracing::warn!(error = %e, "housekeeping failed; the next run tries again");
             }
         })

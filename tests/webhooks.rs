@@ -288,3 +288,40 @@ fn sse_stream_resumes_from_last_event_id() {
     assert_eq!(read(&[], "?after=4&types=room.created", 1), vec![5]);
     assert_eq!(s.call("GET", "/v1/events/stream?types=bogus", Some(&s.key), None).status, 400);
 }
+
+#[test]
+fn compaction_respects_active_cursors_and_old_positions_get_410() {
+    let s = Server::start_with(&[
+        ("GATEHOUSE_EVENTS_RETENTION_SECS", "60"),
+        ("GATEHOUSE_HOUSEKEEPING_CRON", "* * * * * *"),
+        ("GATEHOUSE_WEBHOOK_TIMEOUT_MS", "500"),
+    ]);
+    let rx = Receiver::start();
+    rooms(&s, "old", 5);
+    let w = create(&s, json!({"url": rx.url, "retryType": "exponential"}));
+    let cursor = w["cursor"].as_u64().unwrap();
+    rx.then(&vec![Answer::status(500); 50]);
+    rooms(&s, "held", 3);
+    s.advance(120.0);
+    // Everything up to the stuck webhook's cursor goes; what it still needs stays.
+    let mut oldest = 0;
+    for _ in 0..200 {
+        let r = s.get("/v1/events?after=1");
+        if r.status == 410 {
+            oldest = r.body["oldest_seq"].as_u64().unwrap();
+            assert!(r.body["head_seq"].as_u64().unwrap() >= cursor + 3);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(oldest, cursor + 1, "compaction stops at the active webhook's cursor");
+    assert_eq!(s.get(&format!("/v1/events?after={cursor}")).status, 200);
+    let r = ureq::get(&s.url("/v1/events/stream")).set("Authorization", &format!("Bearer {}", s.key)).call().unwrap();
+    assert_eq!(r.status(), 200, "after=0 means from the oldest retained");
+    drop(r);
+    let r = common::call_url("GET", &s.url("/v1/events/stream"), Some(&s.key), None, &[("Last-Event-ID", "2")]);
+    assert_eq!((r.status, r.body["error"].as_str()), (410, Some("gone")));
+    assert!(r.body["oldest_seq"].is_u64() && r.body["head_seq"].is_u64());
+    let id = w["uuid"].as_str().unwrap();
+    assert_eq!(s.post(&format!("/v1/webhooks/{id}/replay"), &json!({"from_seq": 1})).status, 410);
+}

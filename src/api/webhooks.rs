@@ -33,6 +33,7 @@ fn webhook_json(w: &WebhookRecord) -> Value {
         "updatedAt": rfc3339_ms(w.updated_ms),
         "cursor": w.cursor,
         "successes": w.successes,
+        "eventsLostBefore": w.lost_before,
     })
 }
 
@@ -127,6 +128,7 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         successes: 0,
         created_ms: now,
         updated_ms: now,
+        lost_before: None,
     };
     probe(state, &w).await?;
     answer(state.store.submit(Command::CreateWebhook(Box::new(w))).await?)

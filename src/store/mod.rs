@@ -21,7 +21,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
-pub use housekeeping::PurgeReport;
+pub use housekeeping::{PurgeReport, Retention, COMPACT_CHUNK};
 pub use records::TokenRecord;
 pub use records::{AttemptRecord, BanRecord, WebhookRecord};
 pub use webhooks::{public_payload as webhook_payload, Delivery, WebhookPatch};

@@ -42,6 +42,9 @@ pub struct WebhookRecord {
     pub successes: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
+    /// Set when the log was compacted past this webhook's cursor: events before this seq were
+    /// never delivered to it.
+    pub lost_before: Option<u64>,
 }
 
 /// One failed delivery attempt.

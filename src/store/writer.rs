@@ -102,6 +102,8 @@ pub enum Command {
     Purge {
         limit: usize,
     },
+    /// Housekeeping: drop the oldest events the retention rules allow (one chunk).
+    Compact(super::Retention),
     /// Flush, answer, and stop the writer.
     Shutdown,
 }
@@ -322,6 +324,7 @@ impl Writer {
             Command::Revoke(req) => self.revoke(req)?,
             Command::FireTimer { deadline_ms, kind, id } => self.fire_timer(*deadline_ms, *kind, id)?,
             Command::Purge { limit } => self.purge(*limit)?,
+            Command::Compact(r) => self.compact(r)?,
             Command::CreateWebhook(w) => self.create_webhook(w)?,
             Command::UpdateWebhook { id, patch } => self.update_webhook(id, patch)?,
             Command::DeleteWebhook { id } => self.delete_webhook(id)?,
