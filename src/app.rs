@@ -65,8 +65,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         trusted_proxies: settings.trusted_proxies.clone(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // One TLS crypto provider for outbound webhooks (ring: pure Rust build, no cmake).
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)
         .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
     let state = Arc::new(AppState::new(

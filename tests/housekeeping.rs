@@ -9,6 +9,10 @@ use gatehouse::scheduler::{housekeep_once, HousekeepingStats};
 use gatehouse::store::{Command, PurgeReport, RevokeRequest, Store, StoreOptions, SyncMode, TokenRecord};
 use serde_json::json;
 
+/// Retention that keeps every event (this test is about revocations and tokens).
+const KEEP_ALL: gatehouse::store::Retention =
+    gatehouse::store::Retention { max_age_ms: i64::MAX, max_bytes: u64::MAX, hard_max_bytes: u64::MAX };
+
 fn token(jti: &str, exp: Option<i64>) -> Command {
     let record = TokenRecord {
         jti: jti.into(),
@@ -52,16 +56,16 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
             .unwrap();
     }
     let stats = HousekeepingStats::default();
-    assert_eq!(housekeep_once(&store, &stats).await.unwrap(), PurgeReport::default(), "nothing is dead yet");
+    assert_eq!(housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap(), PurgeReport::default(), "nothing is dead yet");
 
     clock.set_ms((t0 + 10) * 1000 + 3_600_000);
-    let report = housekeep_once(&store, &stats).await.unwrap();
-    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1 });
+    let report = housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap();
+    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1, events: 0 });
     assert!(store.token("dies").unwrap().is_none());
     assert!(store.token("lives").unwrap().is_some());
     assert!(store.token("forever").unwrap().is_some());
     assert_eq!(store.list_tokens(Some("r"), 10, None).unwrap().len(), 2, "the room index follows");
-    assert_eq!(housekeep_once(&store, &stats).await.unwrap(), PurgeReport::default(), "safe to repeat");
+    assert_eq!(housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap(), PurgeReport::default(), "safe to repeat");
     use std::sync::atomic::Ordering::Relaxed;
     assert_eq!(
         (stats.runs.load(Relaxed), stats.revocations_purged.load(Relaxed), stats.tokens_purged.load(Relaxed)),

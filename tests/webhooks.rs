@@ -325,3 +325,15 @@ fn compaction_respects_active_cursors_and_old_positions_get_410() {
     let id = w["uuid"].as_str().unwrap();
     assert_eq!(s.post(&format!("/v1/webhooks/{id}/replay"), &json!({"from_seq": 1})).status, 410);
 }
+
+#[test]
+fn deny_private_refuses_local_targets_even_by_name() {
+    let s = Server::start_with(&[("GATEHOUSE_WEBHOOK_DENY_PRIVATE", "true")]);
+    let rx = Receiver::start();
+    let port = rx.url.rsplit(':').next().unwrap().to_string();
+    for url in [rx.url.clone(), format!("http://localhost:{port}"), format!("http://[::ffff:127.0.0.1]:{port}/hook")] {
+        let r = s.post("/v1/webhooks", &json!({"url": url}));
+        assert_eq!(r.status, 400, "{url}: {}", r.text);
+    }
+    assert!(rx.requests().is_empty(), "nothing reached the private receiver");
+}

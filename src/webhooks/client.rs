@@ -64,6 +64,9 @@ pub struct Outbound {
 
 impl Outbound {
     pub fn new(deny_private: bool, timeout: Duration) -> Result<Outbound, String> {
+        // One TLS crypto provider for the process (ring: a pure-Rust build, no cmake). Installing
+        // it twice is a no-op error we can ignore.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut b = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
