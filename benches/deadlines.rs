@@ -71,12 +71,19 @@ async fn make_room(store: &Store) {
     let mut config = serde_json::Map::new();
     // Above the API's limit on purpose: the writer does not check it, and one room keeps this simple.
     config.insert("max_participants".into(), serde_json::json!(1_000_000));
-    store.submit(Command::CreateRoom { name: Some("r".into()), privacy: gatehouse::rooms::Privacy::Public, config }).await.unwrap();
+    store
+        .submit(Command::CreateRoom { name: Some("r".into()), privacy: gatehouse::rooms::Privacy::Public, config })
+        .await
+        .unwrap();
 }
 
 fn rss_mib(pid: &str) -> f64 {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {

@@ -44,7 +44,9 @@ async fn receiver(log: Log) -> String {
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
                     }
                 });
-                let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).await;
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
             });
         }
     });
@@ -102,10 +104,15 @@ async fn make_events(addr: &str, n: u64) {
         let (addr, next) = (addr.to_string(), next.clone());
         tasks.push(tokio::spawn(async move {
             let stream = TcpStream::connect(&addr).await.unwrap();
-            let (mut send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
             tokio::spawn(conn);
             while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
-                let req = Request::post("/v1/rooms").header("host", "b").header("authorization", format!("Bearer {KEY}")).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+                let req = Request::post("/v1/rooms")
+                    .header("host", "b")
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap();
                 let res = send.send_request(req).await.unwrap();
                 let _ = res.into_body().collect().await;
             }
@@ -147,7 +154,10 @@ fn main() {
         let drained = start.elapsed().as_secs_f64();
         let seqs: Vec<u64> = log.lock().unwrap().iter().map(|r| r.0).collect();
         let in_order = seqs.windows(2).all(|w| w[0] < w[1]);
-        println!("drain: {BACKLOG} events in {drained:.2}s = {:.0} events/s (in order: {in_order})", BACKLOG as f64 / drained);
+        println!(
+            "drain: {BACKLOG} events in {drained:.2}s = {:.0} events/s (in order: {in_order})",
+            BACKLOG as f64 / drained
+        );
 
         // Steady 1,000 events/s for 10 s; latency = receipt − commit (event_ts).
         log.lock().unwrap().clear();
@@ -168,7 +178,8 @@ fn main() {
                 let addr = addr.clone();
                 tokio::spawn(async move {
                     let stream = TcpStream::connect(&addr).await.unwrap();
-                    let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+                    let (send, conn) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
                     tokio::spawn(conn);
                     send
                 })
@@ -185,7 +196,11 @@ fn main() {
             i += 1;
             inflight.push(tokio::spawn(async move {
                 let mut s = s.lock().await;
-                let req = Request::post("/v1/rooms").header("host", "b").header("authorization", format!("Bearer {KEY}")).body(Full::new(Bytes::from_static(b"{}"))).unwrap();
+                let req = Request::post("/v1/rooms")
+                    .header("host", "b")
+                    .header("authorization", format!("Bearer {KEY}"))
+                    .body(Full::new(Bytes::from_static(b"{}")))
+                    .unwrap();
                 let res = s.send_request(req).await.unwrap();
                 let _ = res.into_body().collect().await;
             }));

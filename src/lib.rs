@@ -13,4 +13,5 @@ pub mod scheduler;
 pub mod sessions;
 pub mod store;
 pub mod tokens;
+pub mod web;
 pub mod webhooks;

@@ -225,6 +225,9 @@ async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming
         (["v1", "rooms", _, "presence" | "bans"] | ["v1", "presence"] | ["v1", "sessions", _, "stream"], _) => {
             Err(ApiError::method_not_allowed("GET"))
         }
+        (["dashboard"], &Method::GET) => Ok(crate::web::dashboard()),
+        (["assets", file], &Method::GET) => crate::web::asset(file).ok_or_else(|| ApiError::not_found("no such asset")),
+        ([name], &Method::GET) if crate::rooms::validate_name(name).is_ok() => Ok(crate::web::room_page()),
         _ => Err(ApiError::not_found("no such route")),
     }
 }

@@ -1,0 +1,192 @@
+// The room page: join (with ?t=<token> or a name), show who is there live, let owners eject,
+// and show the end of the meeting. Untrusted text is only ever inserted with textContent.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const room = decodeURIComponent(location.pathname.replace(/^\/+/, "").split("/")[0] || "");
+let token = null;
+let session = null; // { id, secret, owner, user }
+let ended = false;
+let timer = null;
+
+const REFUSALS = {
+  "not-allowed": "You are not allowed to join this meeting.",
+  "no-room": "This room does not exist.",
+  "nbf-room": "This meeting has not started yet.",
+  "exp-room": "This meeting has ended.",
+  "nbf-token": "Your link is not valid yet.",
+  "exp-token": "Your link has expired.",
+  "meeting-full": "This meeting is full.",
+  "ejected": "You were removed from this meeting and cannot rejoin.",
+  "rate-limit-error": "Too many attempts. Wait a moment and try again.",
+};
+
+function show(id) {
+  for (const s of ["prejoin", "refused", "meeting", "ended"]) $(s).hidden = s !== id;
+}
+
+function readToken() {
+  const params = new URLSearchParams(location.search);
+  token = params.get("t");
+  if (token !== null) {
+    params.delete("t");
+    const rest = params.toString();
+    history.replaceState(null, "", location.pathname + (rest ? "?" + rest : "") + location.hash);
+  }
+}
+
+async function join(userName) {
+  const body = {};
+  if (token) body.token = token;
+  if (userName) body.user_name = userName;
+  let res;
+  try {
+    res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/join`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: JSON.stringify(body),
+    });
+  } catch (e) {
+    return refuse("The server could not be reached.");
+  }
+  const data = await res.json().catch(() => ({}));
+  if (!res.ok) return refuse(REFUSALS[data.error] || "You cannot join this meeting.");
+  session = { id: data.session_id, secret: data.session_secret, owner: !!data.owner, name: data.user_name };
+  $("title").textContent = room;
+  show("meeting");
+  if (data.will_eject_at) countdown(data.will_eject_at);
+  follow();
+}
+
+function refuse(text) {
+  $("title").textContent = room || "Gatehouse";
+  $("refused-text").textContent = text;
+  show("refused");
+}
+
+function countdown(at) {
+  const el = $("time-left");
+  el.hidden = false;
+  const tick = () => {
+    const left = Math.max(0, Math.round(at - Date.now() / 1000));
+    el.textContent = `Time left: ${Math.floor(left / 60)}:${String(left % 60).padStart(2, "0")}`;
+  };
+  tick();
+  timer = setInterval(tick, 1000);
+}
+
+const people = new Map(); // id -> { name, owner }
+
+function render() {
+  const ul = $("participants");
+  ul.replaceChildren();
+  for (const [id, p] of people) {
+    const li = document.createElement("li");
+    const who = document.createElement("span");
+    who.className = "who" + (id === session.id ? " me" : "");
+    who.textContent = (p.name || "Guest") + (id === session.id ? " (you)" : "");
+    li.append(who);
+    if (session.owner && id !== session.id && token) {
+      for (const [label, ban] of [["Eject", false], ["Eject and ban", true]]) {
+        const b = document.createElement("button");
+        b.type = "button";
+        b.className = ban ? "danger" : "secondary";
+        b.textContent = label;
+        b.setAttribute("aria-label", `${label} ${p.name || "Guest"}`);
+        b.addEventListener("click", () => eject(id, ban));
+        li.append(b);
+      }
+    }
+    ul.append(li);
+  }
+}
+
+async function eject(id, ban) {
+  await fetch(`/v1/rooms/${encodeURIComponent(room)}/eject`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify(ban ? { ids: [id], ban: true } : { ids: [id] }),
+  });
+}
+
+function end(text) {
+  if (ended) return;
+  ended = true;
+  if (timer) clearInterval(timer);
+  $("ended-text").textContent = text;
+  show("ended");
+}
+
+function onEvent(kind, data) {
+  if (kind === "presence") {
+    people.clear();
+    for (const p of data.participants || []) people.set(p.id, { name: p.userName });
+    render();
+    return;
+  }
+  const p = (data && data.payload) || {};
+  if (kind === "participant.joined") people.set(p.session_id, { name: p.user_name });
+  if (kind === "participant.left") people.delete(p.session_id);
+  if (kind === "participant.ejected" && p.session_id === session.id) {
+    end(p.reason === "owner" || p.reason === "banned" || p.reason === "api" ? "You were removed from the meeting" : "Meeting has ended");
+    return;
+  }
+  if (kind === "participant.left" && p.session_id === session.id) end("Meeting has ended");
+  if (kind === "room.deleted") end("Meeting has ended");
+  render();
+}
+
+// The stream is read with fetch so the session secret travels in a header, never in a URL.
+async function follow() {
+  try {
+    const res = await fetch(`/v1/sessions/${encodeURIComponent(session.id)}/stream`, {
+      headers: { authorization: `Bearer ${session.secret}` },
+    });
+    if (!res.ok || !res.body) return end("Meeting has ended");
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let i;
+      while ((i = buf.indexOf("\n\n")) >= 0) {
+        const chunk = buf.slice(0, i);
+        buf = buf.slice(i + 2);
+        let kind = "message", data = "";
+        for (const line of chunk.split("\n")) {
+          if (line.startsWith("event: ")) kind = line.slice(7);
+          else if (line.startsWith("data: ")) data += line.slice(6);
+        }
+        if (data) {
+          try { onEvent(kind, JSON.parse(data)); } catch (e) { /* ignore a malformed event */ }
+        }
+        if (ended) return reader.cancel();
+      }
+    }
+  } catch (e) { /* the connection dropped */ }
+  // The stream ended without our own end: the meeting is over for us. Never reconnect silently.
+  end("Meeting has ended");
+}
+
+function leave() {
+  if (!session || ended) return;
+  ended = true;
+  fetch(`/v1/sessions/${encodeURIComponent(session.id)}/leave`, {
+    method: "POST",
+    keepalive: true,
+    headers: { authorization: `Bearer ${session.secret}` },
+  });
+}
+
+addEventListener("pagehide", leave);
+$("leave").addEventListener("click", () => { leave(); end("You left the meeting"); });
+$("join-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  join($("name").value.trim());
+});
+
+readToken();
+$("title").textContent = room;
+if (token) join(null);
+else { show("prejoin"); $("name").focus(); }

@@ -1,0 +1,111 @@
+// End-to-end: the seed's walk-through and the dashboard, in headless Chromium.
+// Env: BASE (server URL), KEY (API key), SHOTS (folder for screenshots).
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const { BASE, KEY, SHOTS } = process.env;
+mkdirSync(SHOTS, { recursive: true });
+const api = async (method, path, body) => {
+  const res = await fetch(BASE + path, {
+    method,
+    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+  const data = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(data)}`);
+  return data;
+};
+const token = async (properties) => (await api("POST", "/v1/meeting-tokens", { properties })).token;
+const check = (cond, what) => {
+  if (!cond) throw new Error("FAILED: " + what);
+  console.log("ok -", what);
+};
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+const dialogs = [];
+const newPage = async (viewport) => {
+  const ctx = await browser.newContext({ viewport: viewport || { width: 1000, height: 800 } });
+  const page = await ctx.newPage();
+  page.on("dialog", (d) => { dialogs.push(d.message()); d.dismiss(); });
+  return page;
+};
+
+try {
+  await api("POST", "/v1/rooms", { name: "private-room-test", privacy: "private" });
+
+  // 1. Without a token: refused, in plain words.
+  const anon = await newPage();
+  const res = await anon.goto(`${BASE}/private-room-test`);
+  const csp = res.headers()["content-security-policy"] || "";
+  check(csp.includes("frame-ancestors 'none'") && !csp.includes("unsafe-inline"), "the page sends a strict CSP");
+  check(res.headers()["referrer-policy"] === "no-referrer", "Referrer-Policy: no-referrer");
+  await anon.getByLabel("Your name").fill("Mallory");
+  await anon.getByRole("button", { name: "Join" }).click();
+  await anon.getByText("You are not allowed to join this meeting.").waitFor({ timeout: 5000 });
+  await anon.screenshot({ path: `${SHOTS}/1-refused.png` });
+  check(true, "private room without a token: refused");
+
+  // 2. With a token: in the meeting; the token leaves the address bar.
+  const guestTok = await token({ room_name: "private-room-test", user_name: "Zed <img src=x onerror=alert(1)>", user_id: "zed" });
+  const guest = await newPage({ width: 390, height: 844 });
+  await guest.goto(`${BASE}/private-room-test?t=${guestTok}`);
+  await guest.getByRole("heading", { name: "Participants" }).waitFor({ timeout: 5000 });
+  check(!guest.url().includes("t="), "the token is removed from the address bar");
+  await guest.getByText("(you)").waitFor();
+  check((await guest.locator("img").count()) === 0, "a name with markup is shown as text");
+  await guest.screenshot({ path: `${SHOTS}/2-in-meeting-phone.png` });
+
+  // 3. The owner ejects the guest from another page.
+  const ownerTok = await token({ room_name: "private-room-test", is_owner: true, user_name: "Host" });
+  const owner = await newPage();
+  await owner.goto(`${BASE}/private-room-test?t=${ownerTok}`);
+  const ejectBtn = owner.getByRole("button", { name: /^Eject Zed/ });
+  await ejectBtn.waitFor({ timeout: 5000 });
+  await owner.screenshot({ path: `${SHOTS}/3-owner-view.png` });
+  await ejectBtn.click();
+  await guest.getByText("You were removed from the meeting").waitFor({ timeout: 5000 });
+  await guest.screenshot({ path: `${SHOTS}/4-removed.png` });
+  check(true, "owner eject: the participant sees the removed screen");
+  await owner.getByText("Zed", { exact: false }).waitFor({ state: "detached", timeout: 5000 });
+  check(true, "the owner's list drops the ejected participant");
+
+  // 4. eject_after_elapsed: 3 — the page ends by itself.
+  const shortTok = await token({ room_name: "private-room-test", user_name: "Brief", eject_after_elapsed: 3 });
+  const brief = await newPage();
+  const t0 = Date.now();
+  await brief.goto(`${BASE}/private-room-test?t=${shortTok}`);
+  await brief.getByText(/Time left/).waitFor({ timeout: 5000 });
+  await brief.getByText("Meeting has ended").waitFor({ timeout: 10000 });
+  const took = (Date.now() - t0) / 1000;
+  check(took >= 2.5 && took < 9, `eject_after_elapsed 3: ended by itself after ${took.toFixed(1)} s`);
+  await brief.screenshot({ path: `${SHOTS}/5-ended.png` });
+
+  // 5. The dashboard: blank name → a random 20-character room; a token; its link joins.
+  const dash = await newPage();
+  await dash.goto(`${BASE}/dashboard`);
+  await dash.getByLabel("API key").fill(KEY);
+  await dash.getByRole("button", { name: "Open" }).click();
+  await dash.getByRole("button", { name: "Create room" }).click();
+  await dash.getByText(/^Created room [a-z0-9]{20}$/).waitFor({ timeout: 5000 });
+  const created = (await dash.locator("#status").textContent()).replace("Created room ", "");
+  check(/^[a-z0-9]{20}$/.test(created), `blank name gave a random room: ${created}`);
+  await dash.locator("#rooms").getByText(created).waitFor();
+  await dash.getByRole("button", { name: "Create token" }).click();
+  const link = dash.locator("#join-link");
+  await link.waitFor({ state: "visible", timeout: 5000 });
+  const href = await link.getAttribute("href");
+  await dash.screenshot({ path: `${SHOTS}/6-dashboard.png`, fullPage: true });
+  const joiner = await newPage();
+  await joiner.goto(href);
+  await joiner.getByRole("heading", { name: "Participants" }).waitFor({ timeout: 5000 });
+  check(true, "the dashboard's join link opens the room");
+  const stored = await dash.evaluate(() => ({ session: sessionStorage.getItem("gatehouse-key"), local: localStorage.length }));
+  check(stored.session === KEY && stored.local === 0, "the key is in session storage only");
+  check(dialogs.length === 0, "no script from untrusted text ran");
+  console.log("browser tests passed");
+} finally {
+  await browser.close();
+}
