@@ -336,6 +336,12 @@ async fn big_store() {
         w.rps,
         w.p99_us as f64 / 1000.0
     );
+    // A second restart, this time after SIGKILL under load: the journal and sled's log tail are replayed.
+    drop(gh);
+    let t1 = Instant::now();
+    let gh = gatehouse(&dir, "fdatasync");
+    wait_ready(&gh.addr).await;
+    println!("restart to ready after SIGKILL: {:.2}s; RSS {:.0} MiB", t1.elapsed().as_secs_f64(), rss_mib(gh.child.id()));
 }
 
 async fn wait_ready(addr: &str) -> bool {

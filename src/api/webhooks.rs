@@ -152,15 +152,7 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     let body = object_body(state, req).await?;
     let p = parse(&body)?;
     let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
-    if let Some(u) = &p.url {
-        preview.url = u.clone();
-    }
-    if let Some(h) = &p.hmac {
-        preview.hmac = h.clone();
-    }
-    if let Some(b) = &p.basic_auth {
-        preview.basic_auth = b.clone();
-    }
+    p.apply(&mut preview);
     probe(state, &preview).await?;
     answer(state.store.submit(Command::UpdateWebhook { id: id.to_string(), patch: p }).await?)
 }

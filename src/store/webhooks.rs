@@ -21,6 +21,27 @@ pub struct WebhookPatch {
     pub event_types: Option<Vec<String>>,
 }
 
+impl WebhookPatch {
+    /// The configuration fields it sets (state and counters are the writer's).
+    pub fn apply(&self, w: &mut WebhookRecord) {
+        if let Some(u) = &self.url {
+            w.url = u.clone();
+        }
+        if let Some(h) = &self.hmac {
+            w.hmac = h.clone();
+        }
+        if let Some(b) = &self.basic_auth {
+            w.basic_auth = b.clone();
+        }
+        if let Some(r) = &self.retry_type {
+            w.retry_type = r.clone();
+        }
+        if let Some(t) = &self.event_types {
+            w.event_types = t.clone();
+        }
+    }
+}
+
 /// Delivery progress reported by a webhook worker.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -80,21 +101,7 @@ impl Writer {
         let Some(mut w) = read(self.webhooks(), id)? else {
             return Ok((None, Outcome::NoWebhook));
         };
-        if let Some(u) = &p.url {
-            w.url = u.clone();
-        }
-        if let Some(h) = &p.hmac {
-            w.hmac = h.clone();
-        }
-        if let Some(b) = &p.basic_auth {
-            w.basic_auth = b.clone();
-        }
-        if let Some(r) = &p.retry_type {
-            w.retry_type = r.clone();
-        }
-        if let Some(t) = &p.event_types {
-            w.event_types = t.clone();
-        }
+        p.apply(&mut w);
         w.state = "ACTIVE".into();
         w.failed_count = 0;
         w.first_failure_ms = None;
