@@ -341,7 +341,11 @@ async fn big_store() {
     let t1 = Instant::now();
     let gh = gatehouse(&dir, "fdatasync");
     wait_ready(&gh.addr).await;
-    println!("restart to ready after SIGKILL: {:.2}s; RSS {:.0} MiB", t1.elapsed().as_secs_f64(), rss_mib(gh.child.id()));
+    println!(
+        "restart to ready after SIGKILL: {:.2}s; RSS {:.0} MiB",
+        t1.elapsed().as_secs_f64(),
+        rss_mib(gh.child.id())
+    );
 }
 
 async fn wait_ready(addr: &str) -> bool {

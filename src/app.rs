@@ -19,6 +19,9 @@ use crate::tokens::KeyRing;
 
 /// File in the data dir holding the generated API key.
 const KEY_FILE: &str = "api_key";
+/// File in the data dir holding the domain id, for `gatehouse token` (which must not open the
+/// store while a server holds it).
+const DOMAIN_FILE: &str = "domain_id";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     create_data_dir(&settings.data_dir)?;
@@ -53,6 +56,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     tracing::info!(millis = started.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
+    let domain = store.domain_id().to_string();
+    if std::fs::read_to_string(settings.data_dir.join(DOMAIN_FILE)).ok().as_deref() != Some(domain.as_str()) {
+        std::fs::write(settings.data_dir.join(DOMAIN_FILE), &domain).context("writing the domain id file")?;
+    }
 
     let api_settings = ApiSettings {
         public_url,
@@ -172,4 +179,51 @@ pub fn generate_key() -> String {
     let mut bytes = [0u8; 32];
     rand::fill(&mut bytes);
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `gatehouse token`: a token signed with the configured key, with the claims the API gives
+/// (`d` from the data dir when a server has run there; the `jti` is not recorded).
+pub fn mint_token(args: &crate::config::TokenArgs, api_key_env: Option<String>) -> anyhow::Result<String> {
+    let keys: Vec<String> = match api_key_env.filter(|k| !k.trim().is_empty()) {
+        Some(env) => env.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
+        None => {
+            let path = args.data_dir.join(KEY_FILE);
+            let key = std::fs::read_to_string(&path)
+                .with_context(|| format!("no GATEHOUSE_API_KEY and no key file at {}", path.display()))?;
+            vec![key.trim().to_string()]
+        }
+    };
+    let ring = KeyRing::new(&keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
+    let mut props = serde_json::Map::new();
+    let mut put = |k: &str, v: serde_json::Value| {
+        props.insert(k.to_string(), v);
+    };
+    if let Some(r) = &args.room {
+        put("room_name", r.clone().into());
+    }
+    if args.owner {
+        put("is_owner", true.into());
+    }
+    if let Some(e) = &args.exp {
+        let secs = crate::config::parse_duration_secs(e)
+            .ok_or_else(|| anyhow::anyhow!("--exp: give seconds or 90s/30m/1h/2d"))?;
+        put("exp", (now + i64::try_from(secs)?).into());
+    }
+    if let Some(u) = &args.user_id {
+        put("user_id", u.clone().into());
+    }
+    if let Some(u) = &args.user_name {
+        put("user_name", u.clone().into());
+    }
+    if let Some(s) = args.eject_after_elapsed {
+        put("eject_after_elapsed", s.into());
+    }
+    if args.eject_at_token_exp {
+        put("eject_at_token_exp", true.into());
+    }
+    let props = crate::tokens::TokenProps::validate(&props).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let domain = std::fs::read_to_string(args.data_dir.join(DOMAIN_FILE)).ok().map(|d| d.trim().to_string());
+    let jti = uuid::Uuid::now_v7().to_string();
+    crate::tokens::sign_for(ring.primary(), &props, domain.as_deref(), now, &jti).map_err(|e| anyhow::anyhow!("{e}"))
 }

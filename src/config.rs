@@ -34,6 +34,48 @@ pub enum Command {
         #[command(subcommand)]
         action: KeysAction,
     },
+    /// Mint a meeting token offline with the configured API key (GATEHOUSE_API_KEY, else the
+    /// data dir's key), with the same claims the API gives. Prints the token.
+    Token(TokenArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Room the token is for (omit for any room).
+    #[arg(long)]
+    pub room: Option<String>,
+    /// An owner token (may eject).
+    #[arg(long)]
+    pub owner: bool,
+    /// Expires after this long: seconds, or with a unit (90s, 30m, 1h, 2d).
+    #[arg(long)]
+    pub exp: Option<String>,
+    #[arg(long)]
+    pub user_id: Option<String>,
+    #[arg(long)]
+    pub user_name: Option<String>,
+    /// Eject the holder this many seconds after joining.
+    #[arg(long)]
+    pub eject_after_elapsed: Option<u64>,
+    /// Eject the holder when the token expires.
+    #[arg(long)]
+    pub eject_at_token_exp: bool,
+    /// Where the generated API key and the domain id are.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+}
+
+/// `90`, `90s`, `30m`, `1h`, `2d` → seconds.
+pub fn parse_duration_secs(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last()? {
+        (i, 's') => (&s[..i], 1),
+        (i, 'm') => (&s[..i], 60),
+        (i, 'h') => (&s[..i], 3600),
+        (i, 'd') => (&s[..i], 86_400),
+        _ => (s, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
 #[derive(Subcommand, Debug)]

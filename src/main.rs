@@ -14,6 +14,10 @@ fn main() -> anyhow::Result<()> {
             println!("{}", gatehouse::app::generate_key());
             return Ok(());
         }
+        Some(Command::Token(args)) => {
+            println!("{}", gatehouse::app::mint_token(&args, std::env::var("GATEHOUSE_API_KEY").ok())?);
+            return Ok(());
+        }
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };

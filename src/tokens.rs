@@ -219,12 +219,25 @@ pub fn sign(
     iat_secs: i64,
     jti: &str,
 ) -> Result<String, TokenError> {
+    sign_for(key, props, Some(domain_id), iat_secs, jti)
+}
+
+/// [`sign`], with the domain claim optional (offline minting before any server has run).
+pub fn sign_for(
+    key: &SigningKey,
+    props: &TokenProps,
+    domain_id: Option<&str>,
+    iat_secs: i64,
+    jti: &str,
+) -> Result<String, TokenError> {
     let mut claims = Map::new();
     for (long, v) in &props.0 {
         let name = COMPACT.iter().find(|(l, _)| l == long).map_or(long.as_str(), |(_, c)| c);
         claims.insert(name.to_string(), v.clone());
     }
-    claims.insert("d".into(), Value::from(domain_id));
+    if let Some(d) = domain_id {
+        claims.insert("d".into(), Value::from(d));
+    }
     claims.insert("iat".into(), Value::from(iat_secs));
     claims.insert("jti".into(), Value::from(jti));
     let mut header = Header::new(Algorithm::HS256);
