@@ -70,6 +70,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         join_rate: settings.join_rate,
         join_burst: settings.join_burst,
         trusted_proxies: settings.trusted_proxies.clone(),
+        metrics_public: settings.metrics_public,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)

@@ -146,6 +146,9 @@ pub struct ServeArgs {
     /// Hard limit: compaction passes even active webhooks' cursors (and marks them) above this.
     #[arg(long, env = "GATEHOUSE_EVENTS_HARD_MAX_MB", default_value_t = 4096)]
     pub events_hard_max_mb: u64,
+    /// Serve /metrics without an API key (for a scraper on a private network).
+    #[arg(long, env = "GATEHOUSE_METRICS_PUBLIC")]
+    pub metrics_public: bool,
     /// Webhook request timeout in ms (tests shorten it).
     #[arg(long, env = "GATEHOUSE_WEBHOOK_TIMEOUT_MS", default_value_t = 15_000, hide = true)]
     pub webhook_timeout_ms: u64,
@@ -179,6 +182,7 @@ pub struct Settings {
     pub webhook_deny_private: bool,
     pub webhook_timeout: std::time::Duration,
     pub retention: crate::store::Retention,
+    pub metrics_public: bool,
     /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
@@ -246,6 +250,7 @@ impl ServeArgs {
             housekeeping_cron: self.housekeeping_cron,
             webhook_deny_private: self.webhook_deny_private,
             webhook_timeout: std::time::Duration::from_millis(self.webhook_timeout_ms.clamp(100, 120_000)),
+            metrics_public: self.metrics_public,
             retention: crate::store::Retention {
                 max_age_ms: i64::try_from(self.events_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 max_bytes: self.events_max_mb.saturating_mul(1 << 20),

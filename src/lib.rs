@@ -7,6 +7,7 @@ pub mod app;
 pub mod clock;
 pub mod config;
 pub mod events;
+pub mod metrics;
 pub mod properties;
 pub mod rooms;
 pub mod scheduler;

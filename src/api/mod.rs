@@ -47,6 +47,8 @@ pub struct ApiSettings {
     pub join_rate: f64,
     pub join_burst: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// `/metrics` without an API key.
+    pub metrics_public: bool,
 }
 
 /// Everything a handler can reach. Shared behind an `Arc`.
@@ -65,6 +67,7 @@ pub struct AppState {
     pub outbound: crate::webhooks::Outbound,
     /// Housekeeping totals (for metrics).
     pub housekeeping: Arc<crate::scheduler::HousekeepingStats>,
+    pub metrics: crate::metrics::ApiMetrics,
     /// Turns true at shutdown; long-lived responses (streams) watch it.
     pub shutdown: watch::Receiver<bool>,
     request_ids: AtomicU64,
@@ -93,6 +96,7 @@ impl AppState {
             shutdown,
             outbound,
             housekeeping: Arc::default(),
+            metrics: crate::metrics::ApiMetrics::default(),
             #[cfg(feature = "test-clock")]
             test_clock,
             ready: AtomicBool::new(false),
@@ -154,6 +158,7 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             wire::error_response(&ApiError::internal(&id))
         }
     };
+    state.metrics.request(&route, res.status().as_u16(), started.elapsed().as_secs_f64());
     tracing::debug!(request_id = %id, %method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(res)
 }
@@ -166,7 +171,11 @@ fn route_name(method: &Method, path: &str) -> String {
         ["v1", "rooms", _, rest @ ..] => {
             format!("/v1/rooms/:name{}", rest.iter().map(|r| format!("/{r}")).collect::<String>())
         }
-        ["v1", ..] | ["healthz"] | ["readyz"] => path.to_string(),
+        ["v1", "webhooks", _, rest @ ..] => {
+            format!("/v1/webhooks/:id{}", rest.iter().map(|r| format!("/{r}")).collect::<String>())
+        }
+        ["v1", ..] | ["healthz"] | ["readyz"] | ["metrics"] | ["dashboard"] => path.to_string(),
+        ["assets", _] => "/assets/:file".to_string(),
         _ => "/:page".to_string(),
     };
     format!("{method} {pattern}")
@@ -179,6 +188,7 @@ async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming
     match (segs.as_slice(), &m) {
         (["healthz"], &Method::GET) => Ok(ops::healthz()),
         (["readyz"], &Method::GET) => Ok(ops::readyz(state)),
+        (["metrics"], &Method::GET) => ops::metrics(state, &req),
         (["v1"], &Method::GET) => ops::domain(state, &req),
         (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
         (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,

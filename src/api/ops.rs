@@ -23,6 +23,156 @@ pub fn readyz(state: &AppState) -> Response<Body> {
     wire::json_response(status, &json!({"ready": ready, "store_writable": writable}))
 }
 
+/// `GET /metrics`: Prometheus text; needs an API key unless `--metrics-public`.
+pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    use crate::metrics::{label, single};
+    use std::fmt::Write as _;
+    use std::sync::atomic::Ordering::Relaxed;
+    if !state.settings.metrics_public {
+        auth::api_key(req, &state.keys)?;
+    }
+    let mut out = String::with_capacity(8192);
+    state.metrics.render(&mut out);
+    let limited = state.limiter.limited.load(Relaxed) as f64;
+    single(
+        &mut out,
+        "gatehouse_joins_rate_limited_total",
+        "counter",
+        "Join attempts refused by the per-address rate limit.",
+        limited,
+    );
+    let store = &state.store;
+    single(&mut out, "gatehouse_sessions_live", "gauge", "Sessions present.", store.session_count() as f64);
+    single(
+        &mut out,
+        "gatehouse_rooms",
+        "gauge",
+        "Rooms stored (expired ones count until removed).",
+        store.room_count()? as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_timers_pending",
+        "gauge",
+        "Deadlines waiting in the timers tree.",
+        store.timer_count() as f64,
+    );
+    let head = store.durable_seq();
+    single(&mut out, "gatehouse_events_head_seq", "gauge", "Highest durable event seq.", head as f64);
+    single(&mut out, "gatehouse_events_oldest_seq", "gauge", "Oldest retained event seq.", store.oldest_seq()? as f64);
+    single(
+        &mut out,
+        "gatehouse_store_size_bytes",
+        "gauge",
+        "Store size on disk, as sled reports it.",
+        store.size_on_disk() as f64,
+    );
+    let stats = store.stats();
+    out.push_str(
+        "# HELP gatehouse_journal_sync_seconds Journal sync per writer batch.
+# TYPE gatehouse_journal_sync_seconds histogram
+",
+    );
+    stats.sync_seconds.render(&mut out, "gatehouse_journal_sync_seconds", "");
+    out.push_str(
+        "# HELP gatehouse_writer_batch_size Commands sharing one journal sync.
+# TYPE gatehouse_writer_batch_size histogram
+",
+    );
+    stats.batch_size.render(&mut out, "gatehouse_writer_batch_size", "");
+    out.push_str(
+        "# HELP gatehouse_deadline_lateness_seconds Deadline firing time minus deadline (ejections, leases, expiries).
+# TYPE gatehouse_deadline_lateness_seconds histogram
+",
+    );
+    stats.lateness_seconds.render(&mut out, "gatehouse_deadline_lateness_seconds", "");
+    let hk = &state.housekeeping;
+    single(
+        &mut out,
+        "gatehouse_housekeeping_runs_total",
+        "counter",
+        "Housekeeping sweeps run.",
+        hk.runs.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_revocations_purged_total",
+        "counter",
+        "Revocations purged by housekeeping.",
+        hk.revocations_purged.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_tokens_purged_total",
+        "counter",
+        "Issued-token records purged by housekeeping.",
+        hk.tokens_purged.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_events_compacted_total",
+        "counter",
+        "Events compacted away.",
+        hk.events_compacted.load(Relaxed) as f64,
+    );
+    let hooks = store.webhooks()?;
+    out.push_str(
+        "# HELP gatehouse_webhook_deliveries_total Events delivered with a 2xx.
+# TYPE gatehouse_webhook_deliveries_total counter
+",
+    );
+    for w in &hooks {
+        let _ = writeln!(out, "gatehouse_webhook_deliveries_total{{webhook=\"{}\"}} {}", label(&w.uuid), w.successes);
+    }
+    out.push_str(
+        "# HELP gatehouse_webhook_consecutive_failures Failed attempts since the last success.
+# TYPE gatehouse_webhook_consecutive_failures gauge
+",
+    );
+    for w in &hooks {
+        let _ = writeln!(
+            out,
+            "gatehouse_webhook_consecutive_failures{{webhook=\"{}\"}} {}",
+            label(&w.uuid),
+            w.failed_count
+        );
+    }
+    out.push_str(
+        "# HELP gatehouse_webhook_lag_events Durable head minus the webhook's cursor.
+# TYPE gatehouse_webhook_lag_events gauge
+",
+    );
+    for w in &hooks {
+        let _ = writeln!(
+            out,
+            "gatehouse_webhook_lag_events{{webhook=\"{}\"}} {}",
+            label(&w.uuid),
+            head.saturating_sub(w.cursor)
+        );
+    }
+    out.push_str(
+        "# HELP gatehouse_webhook_state 1 for the webhook's current state.
+# TYPE gatehouse_webhook_state gauge
+",
+    );
+    for w in &hooks {
+        for s in ["ACTIVE", "FAILED", "INACTIVE"] {
+            let _ = writeln!(
+                out,
+                "gatehouse_webhook_state{{webhook=\"{}\",state=\"{s}\"}} {}",
+                label(&w.uuid),
+                u8::from(w.state == s)
+            );
+        }
+    }
+    let mut r = Response::new(wire::full(bytes::Bytes::from(out)));
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    Ok(r)
+}
+
 pub fn domain(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
     Ok(ok(&json!({

@@ -50,6 +50,7 @@ pub async fn join(
 ) -> Result<Response<Body>, ApiError> {
     let client = state.limiter.client(peer, req.headers());
     if let Err(retry) = state.limiter.check(client) {
+        state.metrics.join("rate_limited");
         let mut e = ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
             "rate-limit-error",
@@ -79,6 +80,7 @@ pub async fn join(
     };
     match state.store.submit(Command::Join(Box::new(request))).await? {
         Outcome::Joined(s) => {
+            state.metrics.join("admitted");
             let mut body = s.joined_payload();
             if let Some(o) = body.as_object_mut() {
                 o.insert("session_secret".into(), json!(secret));
@@ -87,6 +89,7 @@ pub async fn join(
             Ok(ok(&body))
         }
         Outcome::JoinDenied(d) => {
+            state.metrics.join(d.error);
             let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
             Err(ApiError::new(status, d.error, d.info))
         }

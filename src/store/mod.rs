@@ -74,6 +74,26 @@ pub struct StoreOptions {
     pub lease_ms: i64,
 }
 
+/// What the writer measures, for `/metrics`.
+pub struct StoreStats {
+    /// Time of each batch's journal sync (the acknowledgement's durability cost).
+    pub sync_seconds: crate::metrics::Histogram,
+    /// Commands per batch (how much group commit shares).
+    pub batch_size: crate::metrics::Histogram,
+    /// Deadline firing lateness: firing time − deadline.
+    pub lateness_seconds: crate::metrics::Histogram,
+}
+
+impl Default for StoreStats {
+    fn default() -> Self {
+        StoreStats {
+            sync_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
+            batch_size: crate::metrics::Histogram::new(crate::metrics::SIZES),
+            lateness_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
+        }
+    }
+}
+
 /// Where in the room list to start.
 #[derive(Debug, Clone)]
 pub enum RoomCursor {
@@ -183,6 +203,7 @@ struct Shared {
     /// Notified when timers change (the deadline task waits on it).
     timers_changed: Arc<tokio::sync::Notify>,
     webhooks_changed: Arc<watch::Sender<u64>>,
+    stats: Arc<StoreStats>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -218,6 +239,7 @@ impl Store {
         let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
         let timers_changed = Arc::new(tokio::sync::Notify::new());
         let webhooks_changed = Arc::new(watch::channel(0u64).0);
+        let stats = Arc::new(StoreStats::default());
         let state = writer::Writer::new(writer::WriterInit {
             trees: trees.clone(),
             next_seq,
@@ -233,6 +255,7 @@ impl Store {
             lease_ms: opts.lease_ms,
             timers_changed: timers_changed.clone(),
             webhooks_changed: webhooks_changed.clone(),
+            stats: stats.clone(),
         })?;
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
@@ -254,6 +277,7 @@ impl Store {
                 writable,
                 timers_changed,
                 webhooks_changed,
+                stats,
             }),
             jobs: jobs_tx,
             threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
@@ -556,9 +580,18 @@ impl Store {
         Ok(out)
     }
 
-    /// Number of pending timers.
+    /// Number of pending timers (a scan: for metrics, not hot paths).
     pub fn timer_count(&self) -> usize {
         self.tree(Tree::Timers).len()
+    }
+
+    /// Number of live sessions (a scan: for metrics, not hot paths).
+    pub fn session_count(&self) -> usize {
+        self.tree(Tree::Sessions).len()
+    }
+
+    pub fn stats(&self) -> &StoreStats {
+        &self.shared.stats
     }
 
     /// Seq of the oldest retained event (1 until compaction exists), or head+1 if empty.

@@ -618,6 +618,7 @@ impl Writer {
             ws.del(Tree::Timers, keys::timer(deadline, kind, id));
             return Ok((Some(ws), Outcome::Fired(0)));
         }
+        self.s.stats.lateness_seconds.observe((now - deadline) as f64 / 1000.0);
         let fired = match kind {
             TIMER_LEASE | TIMER_EJECT => self.fire_session_timer(&mut ws, kind, id, now)?,
             TIMER_ROOM_EXP => self.fire_room_expiry(&mut ws, id, now)?,

@@ -160,6 +160,7 @@ pub(super) struct WriterInit {
     pub timers_changed: Arc<tokio::sync::Notify>,
     /// Sends a new value whenever webhook configuration or state changes.
     pub webhooks_changed: Arc<watch::Sender<u64>>,
+    pub stats: Arc<super::StoreStats>,
 }
 
 /// Who is in a room right now (the writer's own bookkeeping, rebuilt from `sessions` at start).
@@ -246,7 +247,10 @@ impl Writer {
             }
             let stop = batch.iter().any(|j| matches!(j.cmd, Command::Shutdown));
             let results: Vec<_> = batch.iter_mut().map(|j| self.apply(&mut j.cmd)).collect();
+            let sync_started = std::time::Instant::now();
             let synced = self.sync();
+            self.s.stats.sync_seconds.observe(sync_started.elapsed().as_secs_f64());
+            self.s.stats.batch_size.observe(batch.len() as f64);
             for (job, res) in batch.into_iter().zip(results) {
                 let answer = match (&synced, res) {
                     (Ok(()), r) => r,

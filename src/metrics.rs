@@ -1,0 +1,150 @@
+//! Metrics in the Prometheus text format: counters and histograms kept with atomics (or a std
+//! Mutex for labelled families — nothing is awaited while it is held), rendered on scrape.
+//! Names follow Prometheus conventions: `_total` counters, base units (`_seconds`, `_bytes`).
+//!
+//! Must not: block a request path for long, or use a label with unbounded values beyond route
+//! patterns, refusal types and webhook ids.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Mutex;
+
+/// A histogram with fixed buckets.
+pub struct Histogram {
+    bounds: &'static [f64],
+    counts: Vec<AtomicU64>,
+    count: AtomicU64,
+    /// Sum in micro-units, to stay an integer.
+    sum_micro: AtomicU64,
+}
+
+/// Latency buckets in seconds.
+pub const SECONDS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Batch-size buckets.
+pub const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0];
+
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Histogram {
+        Histogram {
+            bounds,
+            counts: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micro: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        let v = if v.is_finite() { v.max(0.0) } else { 0.0 };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            if v <= *b {
+                c.fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micro.fetch_add((v * 1e6) as u64, Relaxed);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    /// Appends `name_bucket`, `name_sum`, `name_count` lines with `labels` (e.g. `route="x"`).
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {}", c.load(Relaxed));
+        }
+        let n = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {n}");
+        let braces = if labels.is_empty() { String::new() } else { format!("{{{labels}}}") };
+        let _ = writeln!(out, "{name}_sum{braces} {}", self.sum_micro.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{braces} {n}");
+    }
+}
+
+/// Escapes a label value.
+pub fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Request and join metrics recorded by the API.
+pub struct ApiMetrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+    durations: Mutex<BTreeMap<String, Histogram>>,
+    joins: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Default for ApiMetrics {
+    fn default() -> Self {
+        ApiMetrics { requests: Mutex::default(), durations: Mutex::default(), joins: Mutex::default() }
+    }
+}
+
+impl ApiMetrics {
+    pub fn request(&self, route: &str, status: u16, secs: f64) {
+        if let Ok(mut m) = self.requests.lock() {
+            *m.entry((route.to_string(), status)).or_insert(0) += 1;
+        }
+        if let Ok(mut m) = self.durations.lock() {
+            m.entry(route.to_string()).or_insert_with(|| Histogram::new(SECONDS)).observe(secs);
+        }
+    }
+
+    /// A join's outcome: `admitted` or the refusal's error type.
+    pub fn join(&self, outcome: &str) {
+        if let Ok(mut m) = self.joins.lock() {
+            *m.entry(outcome.to_string()).or_insert(0) += 1;
+        }
+    }
+
+    pub fn render(&self, out: &mut String) {
+        out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route pattern and status.\n# TYPE gatehouse_http_requests_total counter\n");
+        if let Ok(m) = self.requests.lock() {
+            for ((route, status), n) in m.iter() {
+                let _ = writeln!(
+                    out,
+                    "gatehouse_http_requests_total{{route=\"{}\",status=\"{status}\"}} {n}",
+                    label(route)
+                );
+            }
+        }
+        out.push_str("# HELP gatehouse_http_request_duration_seconds Time to answer, by route pattern.\n# TYPE gatehouse_http_request_duration_seconds histogram\n");
+        if let Ok(m) = self.durations.lock() {
+            for (route, h) in m.iter() {
+                h.render(out, "gatehouse_http_request_duration_seconds", &format!("route=\"{}\"", label(route)));
+            }
+        }
+        out.push_str("# HELP gatehouse_joins_total Join attempts by outcome (admitted, or the refusal's error type).\n# TYPE gatehouse_joins_total counter\n");
+        if let Ok(m) = self.joins.lock() {
+            for (outcome, n) in m.iter() {
+                let _ = writeln!(out, "gatehouse_joins_total{{outcome=\"{}\"}} {n}", label(outcome));
+            }
+        }
+    }
+}
+
+/// Appends one gauge or counter with its HELP and TYPE lines.
+pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_text() {
+        let h = Histogram::new(&[0.1, 1.0]);
+        h.observe(0.05);
+        h.observe(0.5);
+        h.observe(5.0);
+        let mut s = String::new();
+        h.render(&mut s, "x_seconds", "a=\"b\"");
+        assert!(s.contains("x_seconds_bucket{a=\"b\",le=\"0.1\"} 1"));
+        assert!(s.contains("x_seconds_bucket{a=\"b\",le=\"1\"} 2"));
+        assert!(s.contains("x_seconds_bucket{a=\"b\",le=\"+Inf\"} 3"));
+        assert!(s.contains("x_seconds_count{a=\"b\"} 3"));
+        assert_eq!(label("a\"b"), "a\\\"b");
+    }
+}

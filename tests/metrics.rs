@@ -1,0 +1,49 @@
+//! `/metrics` after a scripted workload: the counters moved by exactly what was done.
+
+mod common;
+use common::Server;
+use serde_json::json;
+
+fn value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn counters_follow_a_scripted_workload() {
+    let s = Server::start();
+    assert_eq!(s.call("GET", "/metrics", None, None).status, 401, "needs the API key by default");
+    s.create_room(json!({"name": "m", "privacy": "private"}));
+    s.create_room(json!({"name": "n"}));
+    let t = s.token(json!({"room_name": "m"}));
+    s.join_ok("m", Some(&t));
+    s.join_ok("n", None);
+    for _ in 0..3 {
+        assert_eq!(s.join("m", None, None).status, 403);
+    }
+    assert_eq!(s.join("nope", None, None).status, 404);
+    let m = s.get("/metrics");
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().starts_with("text/plain"));
+    let text = m.text;
+    assert_eq!(value(&text, "gatehouse_joins_total{outcome=\"admitted\"}"), 2.0);
+    assert_eq!(value(&text, "gatehouse_joins_total{outcome=\"not-allowed\"}"), 3.0);
+    assert_eq!(value(&text, "gatehouse_joins_total{outcome=\"no-room\"}"), 1.0);
+    assert_eq!(value(&text, "gatehouse_http_requests_total{route=\"POST /v1/rooms\",status=\"200\"}"), 2.0);
+    assert_eq!(value(&text, "gatehouse_http_requests_total{route=\"POST /v1/rooms/:name/join\",status=\"403\"}"), 3.0);
+    assert_eq!(value(&text, "gatehouse_sessions_live"), 2.0);
+    assert_eq!(value(&text, "gatehouse_rooms"), 2.0);
+    assert_eq!(value(&text, "gatehouse_timers_pending"), 2.0, "one lease per session");
+    let head = s.get("/v1/events?limit=1").body["head_seq"].as_f64().unwrap();
+    assert_eq!(value(&text, "gatehouse_events_head_seq"), head);
+    assert!(value(&text, "gatehouse_journal_sync_seconds_count") >= 1.0);
+    assert!(text.contains("gatehouse_http_request_duration_seconds_bucket{route=\"POST /v1/rooms\",le=\"+Inf\"} 2"));
+    // No path with a token in it becomes a label.
+    assert!(!text.contains(&t));
+    let public = Server::start_with(&[("GATEHOUSE_METRICS_PUBLIC", "true")]);
+    assert_eq!(public.call("GET", "/metrics", None, None).status, 200);
+}
