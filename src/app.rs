@@ -71,6 +71,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         join_burst: settings.join_burst,
         trusted_proxies: settings.trusted_proxies.clone(),
         metrics_public: settings.metrics_public,
+        data_dir: settings.data_dir.clone(),
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)
@@ -227,4 +228,86 @@ pub fn mint_token(args: &crate::config::TokenArgs, api_key_env: Option<String>) 
     let domain = std::fs::read_to_string(args.data_dir.join(DOMAIN_FILE)).ok().map(|d| d.trim().to_string());
     let jti = uuid::Uuid::now_v7().to_string();
     crate::tokens::sign_for(ring.primary(), &props, domain.as_deref(), now, &jti).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// `gatehouse backup`: from a running server (`--server`), or straight from a stopped data dir.
+pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let tmp = args.file.with_extension("partial");
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    match &args.server {
+        Some(server) => {
+            let key = match api_key_env
+                .and_then(|k| k.split(',').next().map(|k| k.trim().to_string()))
+                .filter(|k| !k.is_empty())
+            {
+                Some(k) => k,
+                None => std::fs::read_to_string(args.data_dir.join(KEY_FILE))
+                    .context("no GATEHOUSE_API_KEY and no key file")?
+                    .trim()
+                    .to_string(),
+            };
+            let client = crate::webhooks::Outbound::raw_client().map_err(|e| anyhow::anyhow!(e))?;
+            let mut res = client
+                .get(format!("{}/v1/backup", server.trim_end_matches('/')))
+                .bearer_auth(key)
+                .send()
+                .await
+                .with_context(|| format!("asking {server} for a backup"))?;
+            anyhow::ensure!(res.status().is_success(), "the server answered {}", res.status());
+            while let Some(chunk) = res.chunk().await? {
+                out.write_all(&chunk)?;
+            }
+        }
+        None => {
+            let opts = StoreOptions {
+                path: args.data_dir.join("store"),
+                cache_bytes: 64 << 20,
+                background_flush_ms: None,
+                sync: crate::store::SyncMode::Fdatasync,
+                public_url: String::new(),
+                lease_ms: 30_000,
+            };
+            let store = Store::open(opts, Arc::new(crate::clock::SystemClock)).map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot open {} ({e}); if a server is running on it, use --server http://127.0.0.1:7070",
+                    args.data_dir.display()
+                )
+            })?;
+            let files = std::fs::read(args.data_dir.join(KEY_FILE)).map(|k| vec![("api_key", k)]).unwrap_or_default();
+            let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::new(out.try_clone()?)));
+            let r = store.submit(crate::store::Command::Backup { sink, files }).await;
+            store.close().await;
+            r?;
+        }
+    }
+    out.sync_all()?;
+    // A backup cut short has no valid checksum; check before keeping it.
+    let check = tempfile_dir_for(&args.file)?;
+    crate::store::restore(&tmp, &check).map_err(|e| anyhow::anyhow!("the backup does not verify: {e}"))?;
+    let _ = std::fs::remove_dir_all(&check);
+    std::fs::rename(&tmp, &args.file)?;
+    println!("backup written to {}", args.file.display());
+    Ok(())
+}
+
+fn tempfile_dir_for(file: &Path) -> anyhow::Result<std::path::PathBuf> {
+    let dir = file.with_extension(format!("verify-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(dir)
+}
+
+/// `gatehouse restore <file> --data-dir <dir>`.
+pub fn restore(args: &crate::config::RestoreArgs) -> anyhow::Result<()> {
+    create_data_dir(&args.data_dir)?;
+    let r = crate::store::restore(&args.file, &args.data_dir)?;
+    println!("restored {} records ({} file(s)) into {}", r.records, r.files, args.data_dir.display());
+    Ok(())
 }

@@ -37,6 +37,30 @@ pub enum Command {
     /// Mint a meeting token offline with the configured API key (GATEHOUSE_API_KEY, else the
     /// data dir's key), with the same claims the API gives. Prints the token.
     Token(TokenArgs),
+    /// Write a consistent backup of a data dir (stopped), or of a running server (--server).
+    Backup(BackupArgs),
+    /// Restore a backup into an empty data dir.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BackupArgs {
+    /// Where to write the backup (it holds the API key: keep it private).
+    pub file: PathBuf,
+    /// The data dir of a stopped server (and where its key file is).
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
+    /// A running server to back up, e.g. http://127.0.0.1:7070 (uses GATEHOUSE_API_KEY or the data dir's key).
+    #[arg(long)]
+    pub server: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RestoreArgs {
+    pub file: PathBuf,
+    /// An empty (or missing) data dir to restore into.
+    #[arg(long)]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -18,6 +18,11 @@ fn main() -> anyhow::Result<()> {
             println!("{}", gatehouse::app::mint_token(&args, std::env::var("GATEHOUSE_API_KEY").ok())?);
             return Ok(());
         }
+        Some(Command::Backup(args)) => {
+            let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            return rt.block_on(gatehouse::app::backup(&args, std::env::var("GATEHOUSE_API_KEY").ok()));
+        }
+        Some(Command::Restore(args)) => return gatehouse::app::restore(&args),
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };

@@ -50,6 +50,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
             .submit(Command::Revoke(Box::new(RevokeRequest::Token {
                 token_id: id.into(),
                 exp_ms: exp,
+                room: None,
                 by: "t".into(),
             })))
             .await

@@ -49,6 +49,8 @@ pub struct ApiSettings {
     pub trusted_proxies: Vec<std::net::IpAddr>,
     /// `/metrics` without an API key.
     pub metrics_public: bool,
+    /// The data dir (backups include its API key file).
+    pub data_dir: std::path::PathBuf,
 }
 
 /// Everything a handler can reach. Shared behind an `Arc`.
@@ -189,6 +191,7 @@ async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming
         (["healthz"], &Method::GET) => Ok(ops::healthz()),
         (["readyz"], &Method::GET) => Ok(ops::readyz(state)),
         (["metrics"], &Method::GET) => ops::metrics(state, &req),
+        (["v1", "backup"], &Method::GET) => ops::backup(state, &req),
         (["v1"], &Method::GET) => ops::domain(state, &req),
         (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
         (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,

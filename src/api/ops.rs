@@ -202,3 +202,41 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     state.store.timers_changed().notify_one();
     Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
 }
+
+/// Sends what the writer writes to an HTTP response, in chunks (called on the writer thread).
+struct ChannelWriter(tokio::sync::mpsc::Sender<bytes::Bytes>);
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .blocking_send(bytes::Bytes::copy_from_slice(buf))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `GET /v1/backup`: a consistent snapshot of the store (and the data dir's API key file),
+/// streamed. Writes wait while it is taken.
+pub fn backup(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx))));
+    let files =
+        std::fs::read(state.settings.data_dir.join("api_key")).map(|k| vec![("api_key", k)]).unwrap_or_default();
+    let store = state.store.clone();
+    tokio::spawn(async move {
+        match store.submit(crate::store::Command::Backup { sink, files }).await {
+            Ok(crate::store::Outcome::BackedUp(n)) => tracing::info!(records = n, "backup streamed"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "backup failed"),
+        }
+    });
+    let mut r = super::participants::sse_response(rx);
+    r.headers_mut()
+        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/octet-stream"));
+    Ok(r)
+}

@@ -139,13 +139,15 @@ pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
     };
     let request = match (jti, token, room, user, before) {
         (Some(jti), None, None, None, None) => {
-            let exp_ms = state.store.token(jti)?.and_then(|t| t.exp).map(|e| e.saturating_mul(1000));
-            RevokeRequest::Token { token_id: jti.to_string(), exp_ms, by }
+            let record = state.store.token(jti)?;
+            let exp_ms = record.as_ref().and_then(|t| t.exp).map(|e| e.saturating_mul(1000));
+            RevokeRequest::Token { token_id: jti.to_string(), exp_ms, room: record.and_then(|t| t.room), by }
         }
         (None, Some(t), None, None, None) => {
             let v = tokens::verify(&state.keys, &state.domain_id(), t)
                 .map_err(|r| ApiError::invalid(format!("cannot revoke: {r}")))?;
-            RevokeRequest::Token { token_id: v.token_id, exp_ms: v.claims.exp.map(|e| (e * 1000.0) as i64), by }
+            let exp_ms = v.claims.exp.map(|e| (e * 1000.0) as i64);
+            RevokeRequest::Token { token_id: v.token_id, exp_ms, room: v.claims.room, by }
         }
         (None, None, Some(r), Some(u), None) => {
             RevokeRequest::RoomUser { room: r.to_string(), user_id: u.to_string(), by }

@@ -6,6 +6,7 @@
 //! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens` functions the
 //! writer calls.
 
+mod backup;
 mod housekeeping;
 mod journal;
 mod keys;
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use backup::{restore, BackupSink, RestoreReport};
 pub use housekeeping::{PurgeReport, Retention, COMPACT_CHUNK};
 pub use records::TokenRecord;
 pub use records::{AttemptRecord, BanRecord, WebhookRecord};

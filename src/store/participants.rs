@@ -43,7 +43,8 @@ pub struct EjectRequest {
 #[derive(Debug)]
 pub enum RevokeRequest {
     /// One token, by `jti` or `sha256:<hash>`; kept until `exp_ms` (forever when `None`).
-    Token { token_id: String, exp_ms: Option<i64>, by: String },
+    /// `room` is the token's room, when known, for the event.
+    Token { token_id: String, exp_ms: Option<i64>, room: Option<String>, by: String },
     /// Every token for (room, user) issued up to now.
     RoomUser { room: String, user_id: String, by: String },
     /// Every token for the room issued before `before_s` (and every token without `iat`).
@@ -561,10 +562,14 @@ impl Writer {
     pub(super) fn revoke(&mut self, req: &RevokeRequest) -> Result<(Option<WriteSet>, Outcome), StoreError> {
         let mut ws = WriteSet::default();
         let (targets, by, payload) = match req {
-            RevokeRequest::Token { token_id, exp_ms, by } => {
+            RevokeRequest::Token { token_id, exp_ms, room, by } => {
                 self.put_revocation(&mut ws, &keys::revoke_token(token_id), *exp_ms, None)?;
                 let targets = self.sessions_by_index(Tree::SessionsByToken, &keys::room_prefix(token_id))?;
-                (targets, by, json!({"jti": crate::tokens::short_id(token_id), "until": exp_ms.map(|ms| ms / 1000)}))
+                (
+                    targets,
+                    by,
+                    json!({"jti": crate::tokens::short_id(token_id), "room": room, "until": exp_ms.map(|ms| ms / 1000)}),
+                )
             }
             RevokeRequest::RoomUser { room, user_id, by } => {
                 let before = (self.now_ms() / 1000 + 1) as f64;
@@ -590,7 +595,7 @@ impl Writer {
         let mut payload = payload;
         if let Some(o) = payload.as_object_mut() {
             o.insert("by".into(), json!(by));
-            if !o.contains_key("room") {
+            if o.get("room").is_none_or(Value::is_null) {
                 o.insert("room".into(), json!(targets.first().map(|s| s.room.clone())));
             }
         }

@@ -104,6 +104,12 @@ pub enum Command {
     },
     /// Housekeeping: drop the oldest events the retention rules allow (one chunk).
     Compact(super::Retention),
+    /// Writes a consistent backup of every tree (plus the given data-dir files) to the sink.
+    /// Writes wait meanwhile: the writer is busy copying.
+    Backup {
+        sink: super::BackupSink,
+        files: Vec<(&'static str, Vec<u8>)>,
+    },
     /// Flush, answer, and stop the writer.
     Shutdown,
 }
@@ -129,6 +135,7 @@ pub enum Outcome {
     },
     Fired(usize),
     Purged(super::PurgeReport),
+    BackedUp(u64),
     Webhook(Box<super::WebhookRecord>),
     /// A worker's report arrived after the cursor or state was changed by the API: not applied.
     StaleWebhookReport(Box<super::WebhookRecord>),
@@ -328,6 +335,9 @@ impl Writer {
             Command::Revoke(req) => self.revoke(req)?,
             Command::FireTimer { deadline_ms, kind, id } => self.fire_timer(*deadline_ms, *kind, id)?,
             Command::Purge { limit } => self.purge(*limit)?,
+            Command::Backup { sink, files } => {
+                (None, Outcome::BackedUp(super::backup::write(&self.s.trees, files, sink.0.as_mut())?))
+            }
             Command::Compact(r) => self.compact(r)?,
             Command::CreateWebhook(w) => self.create_webhook(w)?,
             Command::UpdateWebhook { id, patch } => self.update_webhook(id, patch)?,

@@ -79,6 +79,16 @@ impl Outbound {
         Ok(Outbound { client: b.build().map_err(|e| e.to_string())?, deny_private })
     }
 
+    /// A plain client (no redirects, no proxy) for the CLI talking to its own server.
+    pub fn raw_client() -> Result<reqwest::Client, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| e.to_string())
+    }
+
     /// Refuses URLs that cannot be delivered to: bad scheme, or a literal private IP when
     /// private targets are refused (names are checked by the resolver at connect time).
     pub fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {

@@ -1,0 +1,152 @@
+//! Backups: a consistent snapshot of every tree, written by the writer (the only writer, so
+//! nothing changes while it copies), and restore into an empty data dir.
+//!
+//! Format: `GHBK` | format version u32 BE | then records `tree index u8 | key len u32 | key |
+//! value len u32 | value`, then `0xFF` and a CRC-32 (BE) of everything before it. The file
+//! holds the API key too (when the data dir has one), so it is as secret as the key.
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use super::{StoreError, Tree, Trees};
+
+const MAGIC: &[u8; 4] = b"GHBK";
+const FORMAT: u32 = 1;
+/// Pseudo-tree index for files of the data dir (the API key).
+const FILE_RECORD: u8 = 0xFE;
+const END: u8 = 0xFF;
+
+/// Where a backup goes: a file, or an HTTP response being streamed.
+pub struct BackupSink(pub Box<dyn Write + Send>);
+
+impl std::fmt::Debug for BackupSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BackupSink")
+    }
+}
+
+struct Crc<W> {
+    inner: W,
+    hasher: crc32fast::Hasher,
+}
+
+impl<W: Write> Write for Crc<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn io(e: std::io::Error) -> StoreError {
+    StoreError::Setup(format!("backup: {e}"))
+}
+
+fn record(out: &mut impl Write, tree: u8, k: &[u8], v: &[u8]) -> Result<(), StoreError> {
+    let len =
+        |n: usize| u32::try_from(n).map(u32::to_be_bytes).map_err(|_| StoreError::Encode("record over 4 GiB".into()));
+    out.write_all(&[tree]).map_err(io)?;
+    out.write_all(&len(k.len())?).map_err(io)?;
+    out.write_all(k).map_err(io)?;
+    out.write_all(&len(v.len())?).map_err(io)?;
+    out.write_all(v).map_err(io)
+}
+
+/// Writes every tree (and `extra_files`: name → content) to `out`; returns the record count.
+pub(super) fn write(trees: &Trees, extra_files: &[(&str, Vec<u8>)], out: &mut dyn Write) -> Result<u64, StoreError> {
+    let mut w = Crc { inner: out, hasher: crc32fast::Hasher::new() };
+    w.write_all(MAGIC).map_err(io)?;
+    w.write_all(&FORMAT.to_be_bytes()).map_err(io)?;
+    let mut n = 0;
+    for (i, t) in Tree::ALL.iter().enumerate() {
+        for item in trees.get(*t).iter() {
+            let (k, v) = item?;
+            record(&mut w, i as u8, &k, &v)?;
+            n += 1;
+        }
+    }
+    for (name, content) in extra_files {
+        record(&mut w, FILE_RECORD, name.as_bytes(), content)?;
+    }
+    w.write_all(&[END]).map_err(io)?;
+    let crc = w.hasher.clone().finalize();
+    w.inner.write_all(&crc.to_be_bytes()).map_err(io)?;
+    w.flush().map_err(io)?;
+    Ok(n)
+}
+
+/// What a restore brought back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RestoreReport {
+    pub records: u64,
+    pub files: u64,
+}
+
+/// Restores `file` into `data_dir`, which must not hold a store yet.
+pub fn restore(file: &Path, data_dir: &Path) -> Result<RestoreReport, StoreError> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
+    let bad = |why: &str| StoreError::Setup(format!("backup file {}: {why}", file.display()));
+    if bytes.len() < 13 || &bytes[..4] != MAGIC {
+        return Err(bad("not a Gatehouse backup"));
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_be_bytes() != crc {
+        return Err(bad("checksum mismatch (truncated or damaged)"));
+    }
+    if u32::from_be_bytes([body[4], body[5], body[6], body[7]]) != FORMAT {
+        return Err(bad("written by an unknown backup format version"));
+    }
+    let store = data_dir.join("store");
+    if store.exists() {
+        return Err(StoreError::Setup(format!(
+            "{} already holds a store; restore into an empty data dir",
+            data_dir.display()
+        )));
+    }
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let db = sled::Config::new().path(&store).open()?;
+    let trees: Vec<sled::Tree> = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?;
+    let mut at = 8usize;
+    let mut report = RestoreReport { records: 0, files: 0 };
+    let take = |at: &mut usize, n: usize| -> Result<&[u8], StoreError> {
+        let s = body.get(*at..*at + n).ok_or_else(|| bad("cut short"))?;
+        *at += n;
+        Ok(s)
+    };
+    loop {
+        let tree = take(&mut at, 1)?[0];
+        if tree == END {
+            break;
+        }
+        let kl = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("bad length"))?) as usize;
+        let k = take(&mut at, kl)?.to_vec();
+        let vl = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("bad length"))?) as usize;
+        let v = take(&mut at, vl)?.to_vec();
+        if tree == FILE_RECORD {
+            let name = String::from_utf8(k).map_err(|_| bad("bad file name"))?;
+            if name != "api_key" {
+                return Err(bad("unexpected file"));
+            }
+            write_private(&data_dir.join(&name), &v)?;
+            report.files += 1;
+            continue;
+        }
+        let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
+        t.insert(k, v)?;
+        report.records += 1;
+    }
+    db.flush()?;
+    std::fs::File::open(store.join("db")).and_then(|f| f.sync_all()).map_err(io)?;
+    Ok(report)
+}
+
+fn write_private(path: &Path, content: &[u8]) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
+    f.write_all(content).and_then(|_| f.sync_all()).map_err(io)
+}
