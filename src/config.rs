@@ -41,6 +41,18 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into an empty data dir.
     Restore(RestoreArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        action: ConfigAction,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ConfigAction {
+    /// Validate the configuration (file, environment, flags) and print the effective settings,
+    /// secrets masked.
+    Check(ServeArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -118,6 +130,10 @@ pub enum SyncArg {
 
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
+    /// A TOML file of settings (keys are the flag names with `_`, e.g. `data_dir = "/var/lib/gatehouse"`).
+    /// Precedence: flags, then environment, then this file, then defaults.
+    #[arg(long, env = "GATEHOUSE_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "GATEHOUSE_LISTEN", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -207,7 +223,8 @@ pub struct Settings {
     pub webhook_timeout: std::time::Duration,
     pub retention: crate::store::Retention,
     pub metrics_public: bool,
-    /// From `GATEHOUSE_API_KEY` (comma-separated); empty means "use or generate the data dir's key".
+    /// From `GATEHOUSE_API_KEY` (comma-separated), else the file's `api_keys`; empty means
+    /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
 }
 
@@ -282,5 +299,112 @@ impl ServeArgs {
             },
             api_keys,
         })
+    }
+}
+
+/// Settings that may not come from the file (they are about finding the file).
+const NOT_IN_FILE: &[&str] = &["config"];
+
+/// The command line, with settings that flags and environment leave at their defaults taken
+/// from the TOML file named by `--config` / `GATEHOUSE_CONFIG`. Also returns the file's
+/// `api_keys`, used when `GATEHOUSE_API_KEY` is not set.
+pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), String> {
+    use clap::{CommandFactory, FromArgMatches};
+    // Help, version and usage errors: clap prints them and exits with the right code.
+    let matches = Cli::command().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
+    let (serve_matches, path_to_sub): (&clap::ArgMatches, Vec<&str>) = match matches.subcommand() {
+        None => (&matches, vec![]),
+        Some(("serve", m)) => (m, vec!["serve"]),
+        Some(("config", m)) => match m.subcommand() {
+            Some(("check", c)) => (c, vec!["config", "check"]),
+            _ => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string()),
+        },
+        Some(_) => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string()),
+    };
+    let Some(path) = serve_matches.get_one::<PathBuf>("config").cloned() else {
+        return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let table: toml::Table = text.parse().map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let known: Vec<String> =
+        ServeArgs::augment_args(clap::Command::new("x")).get_arguments().map(|a| a.get_id().to_string()).collect();
+    let mut extra: Vec<String> = Vec::new();
+    let mut file_keys = Vec::new();
+    for (key, value) in &table {
+        if key == "api_keys" {
+            file_keys = match value {
+                toml::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
+                toml::Value::String(s) => s.split(',').map(|k| k.trim().to_string()).collect(),
+                _ => return Err(format!("--config {}: 'api_keys' must be a list of strings", path.display())),
+            };
+            continue;
+        }
+        if !known.contains(key) || NOT_IN_FILE.contains(&key.as_str()) {
+            return Err(format!("--config {}: unknown setting '{key}'", path.display()));
+        }
+        if serve_matches.value_source(key).is_some_and(|s| s != clap::parser::ValueSource::DefaultValue) {
+            continue; // the environment or a flag says otherwise, and wins
+        }
+        let flag = format!("--{}", key.replace('_', "-"));
+        match value {
+            toml::Value::Boolean(true) => extra.push(flag),
+            toml::Value::Boolean(false) => {}
+            toml::Value::String(s) => extra.push(format!("{flag}={s}")),
+            toml::Value::Integer(i) => extra.push(format!("{flag}={i}")),
+            toml::Value::Float(f) => extra.push(format!("{flag}={f}")),
+            toml::Value::Array(a) => {
+                let items: Vec<String> =
+                    a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect();
+                extra.push(format!("{flag}={}", items.join(",")));
+            }
+            _ => return Err(format!("--config {}: '{key}' has an unsupported value", path.display())),
+        }
+    }
+    // Re-parse with the file's values as flags of the right (sub)command.
+    let mut argv: Vec<std::ffi::OsString> = args.clone();
+    let insert_at = match path_to_sub.last() {
+        None => argv.len(),
+        Some(last) => argv.iter().position(|a| a == *last).map_or(argv.len(), |i| i + 1),
+    };
+    for (i, e) in extra.into_iter().enumerate() {
+        argv.insert(insert_at + i, e.into());
+    }
+    let matches =
+        Cli::command().try_get_matches_from(&argv).map_err(|e| format!("in --config {}: {e}", path.display()))?;
+    Cli::from_arg_matches(&matches).map(|c| (c, file_keys)).map_err(|e| e.to_string())
+}
+
+impl Settings {
+    /// The effective settings as text, API keys shown only by their `kid`.
+    pub fn describe(&self) -> String {
+        let keys: Vec<String> = self
+            .api_keys
+            .iter()
+            .map(|k| format!("{}…(kid {})", &k[..k.len().min(4)], crate::tokens::kid_for(k)))
+            .collect();
+        format!(
+            "listen = {}\ndata_dir = {}\npublic_url = {}\ndomain_name = {}\nsync = {:?}\ncache_bytes = {}\nbody_limit = {}\ntoken_leeway_secs = {}\n\
+             shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
+             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\napi_keys = {}\n",
+            self.listen,
+            self.data_dir.display(),
+            self.public_url.as_deref().unwrap_or("(the bound address)"),
+            self.domain_name,
+            self.sync,
+            self.cache_bytes,
+            self.body_limit,
+            self.token_leeway_secs,
+            self.shutdown_grace,
+            self.lease_ms,
+            self.join_rate,
+            self.join_burst,
+            self.trusted_proxies,
+            self.housekeeping_cron,
+            self.webhook_deny_private,
+            self.webhook_timeout,
+            self.retention,
+            self.metrics_public,
+            if keys.is_empty() { "(generated in the data dir)".to_string() } else { keys.join(", ") },
+        )
     }
 }

@@ -1,10 +1,17 @@
 //! The `gatehouse` binary: parse the command line, set up logging, hand over to `app`.
 
-use clap::Parser;
-use gatehouse::config::{Cli, Command, KeysAction};
+use gatehouse::config::{Command, ConfigAction, KeysAction};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let (cli, file_keys) = match gatehouse::config::parse_cli(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let env_keys = std::env::var("GATEHOUSE_API_KEY").ok().filter(|k| !k.trim().is_empty());
+    let api_keys = env_keys.or_else(|| (!file_keys.is_empty()).then(|| file_keys.join(",")));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -23,10 +30,20 @@ fn main() -> anyhow::Result<()> {
             return rt.block_on(gatehouse::app::backup(&args, std::env::var("GATEHOUSE_API_KEY").ok()));
         }
         Some(Command::Restore(args)) => return gatehouse::app::restore(&args),
+        Some(Command::Config { action: ConfigAction::Check(args) }) => {
+            let settings = args.validate(api_keys)?;
+            if !settings.api_keys.is_empty() {
+                gatehouse::tokens::KeyRing::new(&settings.api_keys).map_err(|e| anyhow::anyhow!("{e}"))?;
+            }
+            tokio_cron_scheduler::Job::new_async(settings.housekeeping_cron.as_str(), |_, _| Box::pin(async {}))
+                .map_err(|e| anyhow::anyhow!("housekeeping_cron: {e}"))?;
+            print!("configuration is valid; effective settings:\n{}", settings.describe());
+            return Ok(());
+        }
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };
-    let settings = args.validate(std::env::var("GATEHOUSE_API_KEY").ok())?;
+    let settings = args.validate(api_keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(gatehouse::app::run(settings))
 }
