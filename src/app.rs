@@ -38,7 +38,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let addr = listener.local_addr()?;
-    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+    let tls = match &settings.tls {
+        Some((cert, key)) => {
+            Some(Arc::new(crate::api::Tls::load(cert.clone(), key.clone()).map_err(|e| anyhow::anyhow!(e))?))
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
 
     let opts = StoreOptions {
         path: settings.data_dir.join("store"),
@@ -103,11 +110,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     state.ready.store(true, Ordering::SeqCst);
     // Tests and scripts read this line to find the port when listening on :0.
-    println!("gatehouse listening on http://{addr}");
+    println!("gatehouse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
 
-    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace));
-    wait_for_signal().await?;
+    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace, tls.clone()));
+    wait_for_signal(tls).await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
     let _ = shutdown_tx.send(true);
@@ -120,15 +127,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGINT/SIGTERM; on SIGHUP re-reads the TLS certificate and key.
+async fn wait_for_signal(tls: Option<Arc<crate::api::Tls>>) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match &tls {
+                Some(t) => match t.reload() {
+                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key re-read"),
+                    Err(e) => tracing::error!(error = %e, "SIGHUP: could not re-read the TLS files; keeping the old ones"),
+                },
+                None => tracing::info!("SIGHUP ignored (no TLS configured)"),
+            },
+        }
     }
-    Ok(())
 }
 
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {

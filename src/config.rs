@@ -186,6 +186,12 @@ pub struct ServeArgs {
     /// Hard limit: compaction passes even active webhooks' cursors (and marks them) above this.
     #[arg(long, env = "GATEHOUSE_EVENTS_HARD_MAX_MB", default_value_t = 4096)]
     pub events_hard_max_mb: u64,
+    /// Serve HTTPS with this PEM certificate chain (with --tls-key); re-read on SIGHUP.
+    #[arg(long, env = "GATEHOUSE_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert; re-read on SIGHUP.
+    #[arg(long, env = "GATEHOUSE_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Serve /metrics without an API key (for a scraper on a private network).
     #[arg(long, env = "GATEHOUSE_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -223,6 +229,8 @@ pub struct Settings {
     pub webhook_timeout: std::time::Duration,
     pub retention: crate::store::Retention,
     pub metrics_public: bool,
+    /// Certificate and key files, when serving HTTPS.
+    pub tls: Option<(PathBuf, PathBuf)>,
     /// From `GATEHOUSE_API_KEY` (comma-separated), else the file's `api_keys`; empty means
     /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
@@ -292,6 +300,7 @@ impl ServeArgs {
             webhook_deny_private: self.webhook_deny_private,
             webhook_timeout: std::time::Duration::from_millis(self.webhook_timeout_ms.clamp(100, 120_000)),
             metrics_public: self.metrics_public,
+            tls: self.tls_cert.zip(self.tls_key),
             retention: crate::store::Retention {
                 max_age_ms: i64::try_from(self.events_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 max_bytes: self.events_max_mb.saturating_mul(1 << 20),
@@ -404,6 +413,7 @@ impl Settings {
             self.webhook_timeout,
             self.retention,
             self.metrics_public,
+            self.tls,
             if keys.is_empty() { "(generated in the data dir)".to_string() } else { keys.join(", ") },
         )
     }

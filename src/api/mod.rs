@@ -9,6 +9,7 @@ mod ops;
 mod participants;
 mod ratelimit;
 mod rooms;
+mod tls;
 mod tokens;
 mod webhooks;
 mod wire;
@@ -28,6 +29,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
+pub use tls::Tls;
 
 use crate::clock::SharedClock;
 use crate::store::Store;
@@ -114,7 +116,13 @@ impl AppState {
 
 /// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
 /// in-flight connections `grace` to finish.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: watch::Receiver<bool>, grace: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    mut shutdown: watch::Receiver<bool>,
+    grace: Duration,
+    tls: Option<Arc<Tls>>,
+) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     loop {
@@ -133,11 +141,27 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>, mut shutdown: wa
         let _ = stream.set_nodelay(true);
         let state = state.clone();
         let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        match &tls {
+            None => {
+                let conn =
+                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+            Some(tls) => {
+                // The handshake runs in the connection's task, so a slow client cannot stall accepting.
+                let (acceptor, watcher, builder) = (tls.acceptor(), graceful.watcher(), builder.clone());
+                tokio::spawn(async move {
+                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    else {
+                        return;
+                    };
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
+                    let _ = watcher.watch(conn).await;
+                });
+            }
+        }
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
