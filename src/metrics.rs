@@ -69,16 +69,11 @@ pub fn label(v: &str) -> String {
 }
 
 /// Request and join metrics recorded by the API.
+#[derive(Default)]
 pub struct ApiMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
     durations: Mutex<BTreeMap<String, Histogram>>,
     joins: Mutex<BTreeMap<String, u64>>,
-}
-
-impl Default for ApiMetrics {
-    fn default() -> Self {
-        ApiMetrics { requests: Mutex::default(), durations: Mutex::default(), joins: Mutex::default() }
-    }
 }
 
 impl ApiMetrics {

@@ -15,17 +15,24 @@ fn gatehouse(args: &[&str]) -> (bool, String) {
     (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
-/// Everything observable, minus room URLs (they follow each server's own address).
+/// Everything observable, minus room URLs (they follow each server's own address) and
+/// presence durations (they follow the clock).
 fn snapshot(s: &Server) -> Value {
     let mut rooms = s.get("/v1/rooms").body["data"].clone();
     for r in rooms.as_array_mut().unwrap() {
         r.as_object_mut().unwrap().remove("url");
     }
+    let mut presence = s.get("/v1/presence").body;
+    for list in presence.as_object_mut().unwrap().values_mut() {
+        for p in list.as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("duration");
+        }
+    }
     json!({
         "rooms": rooms,
+        "presence": presence,
         "tokens": s.get("/v1/meeting-tokens").body["data"],
         "bans": s.get("/v1/rooms/classroom/bans").body["data"],
-        "presence": s.get("/v1/presence").body,
         "events": s.events(),
     })
 }

@@ -26,9 +26,11 @@ use super::StoreError;
 pub struct Entry {
     pub first_seq: u64,
     pub last_seq: u64,
-    /// (tree index, key, value or None for delete)
-    pub ops: Vec<(u8, Vec<u8>, Option<Vec<u8>>)>,
+    pub ops: Vec<Op>,
 }
+
+/// One journaled write: (tree index, key, value or `None` for a delete).
+pub type Op = (u8, Vec<u8>, Option<Vec<u8>>);
 
 pub const ENTRY_V1: u8 = 1;
 

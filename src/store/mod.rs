@@ -472,7 +472,7 @@ impl Store {
             examined += 1;
             page.next_after = seq;
             let rec: EventRecord = records::decode("events", &k, records::EVENT_V1, &v)?;
-            if types.is_none_or(|t| t.iter().any(|t| *t == rec.kind)) {
+            if types.is_none_or(|t| t.contains(&rec.kind)) {
                 page.envelopes.push(rec.envelope);
             }
         }

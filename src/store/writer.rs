@@ -547,7 +547,7 @@ impl Writer {
 
 /// Applies journaled ops to sled in one transaction over the trees they touch. Used by the
 /// writer and by recovery.
-pub(super) fn apply_ops(trees: &Trees, ops: &[(u8, Vec<u8>, Option<Vec<u8>>)]) -> Result<(), StoreError> {
+pub(super) fn apply_ops(trees: &Trees, ops: &[journal::Op]) -> Result<(), StoreError> {
     let used: Vec<u8> = ops.iter().map(|(t, _, _)| *t).collect::<BTreeSet<_>>().into_iter().collect();
     let mut handles = Vec::with_capacity(used.len());
     for t in &used {
