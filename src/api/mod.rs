@@ -5,6 +5,7 @@
 mod auth;
 mod error;
 mod events;
+pub mod openapi;
 mod ops;
 mod participants;
 mod ratelimit;
@@ -216,6 +217,7 @@ async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming
         (["readyz"], &Method::GET) => Ok(ops::readyz(state)),
         (["metrics"], &Method::GET) => ops::metrics(state, &req),
         (["v1", "backup"], &Method::GET) => ops::backup(state, &req),
+        (["v1", "openapi.json"], &Method::GET) => Ok(wire::ok(&openapi::document())),
         (["v1"], &Method::GET) => ops::domain(state, &req),
         (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
         (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,

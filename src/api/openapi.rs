@@ -1,0 +1,162 @@
+//! `GET /v1/openapi.json`: the OpenAPI 3.1 document of the HTTP API. Kept next to the router;
+//! `tests/openapi.rs` checks that every route the router answers is documented and CI runs
+//! schemathesis against a live server with it (5xx, schema and status mismatches fail).
+
+use serde_json::{json, Value};
+
+fn err(desc: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+}
+
+fn ok(schema: &str) -> Value {
+    json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+/// The answers every authenticated call can give besides its own.
+fn common(mut own: Value) -> Value {
+    // cannot fail: every caller passes a json!({...}) object literal
+    let o = own.as_object_mut().expect("responses are objects");
+    for (code, desc) in [
+        ("400", "bad request (malformed JSON, wrong types, unknown parameters, bad Authorization header)"),
+        ("401", "missing or unknown API key"),
+        ("404", "not found"),
+        ("405", "method not allowed"),
+        ("413", "body over the limit"),
+        ("500", "internal error"),
+        ("503", "the store cannot accept writes; nothing was saved"),
+    ] {
+        o.entry(code).or_insert_with(|| err(desc));
+    }
+    own
+}
+
+fn body(schema: &str) -> Value {
+    json!({"required": false, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
+fn path_param(name: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "schema": {"type": "string"}})
+}
+
+fn query(name: &str, schema: Value) -> Value {
+    json!({"name": name, "in": "query", "required": false, "schema": schema})
+}
+
+fn op(summary: &str, params: Vec<Value>, request: Option<Value>, responses: Value) -> Value {
+    let mut o =
+        json!({"summary": summary, "parameters": params, "responses": common(responses), "security": [{"bearer": []}]});
+    if let Some(r) = request {
+        o["requestBody"] = r;
+    }
+    o
+}
+
+/// A participant-facing operation: no API key (a token or session secret instead).
+fn public(mut o: Value) -> Value {
+    o["security"] = json!([]);
+    o
+}
+
+fn sse() -> Value {
+    json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {}}}})
+}
+
+fn open_object() -> Value {
+    json!({"type": "object", "additionalProperties": true})
+}
+
+/// The document.
+pub fn document() -> Value {
+    let name = || path_param("name");
+    let id = || path_param("id");
+    let limit = |max: u32| query("limit", json!({"type": "integer", "minimum": 1, "maximum": max}));
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "Gatehouse", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Daily-compatible rooms, meeting tokens, presence, ejection and webhooks. Extensions are marked (ext)."},
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "An API key; for participant calls a meeting token or session secret."}},
+            "schemas": {
+                "Error": {"type": "object", "required": ["error", "info"], "properties": {"error": {"type": "string"}, "info": {"type": "string"}}, "additionalProperties": true},
+                "Room": {"type": "object", "required": ["id", "name", "privacy", "url", "created_at", "config"],
+                         "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "api_created": {"type": "boolean"},
+                                        "privacy": {"enum": ["public", "private"]}, "url": {"type": "string"}, "created_at": {"type": "string"}, "config": open_object()}},
+                "RoomWrite": {"type": "object", "properties": {"name": {"type": ["string", "null"]}, "privacy": {"enum": ["public", "private", null]}, "properties": {"type": ["object", "null"]}}},
+                "RoomList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}},
+                "Deleted": open_object(),
+                "Object": open_object(),
+                "Domain": {"type": "object", "required": ["domain_id"], "properties": {"domain_id": {"type": "string"}, "domain_name": {"type": "string"}, "config": open_object()}},
+                "TokenRequest": {"type": "object", "properties": {"properties": {"type": ["object", "null"]}}},
+                "TokenResponse": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
+                "TokenList": {"type": "object", "required": ["data", "has_more"], "properties": {"data": {"type": "array", "items": open_object()}, "has_more": {"type": "boolean"}}},
+                "Revoke": {"type": "object", "properties": {"jti": {"type": "string"}, "token": {"type": "string"}, "room_name": {"type": "string"}, "user_id": {"type": "string"}, "issued_before": {"type": "number"}}},
+                "Revoked": {"type": "object", "required": ["revoked", "ejectedIds"], "properties": {"revoked": {"type": "boolean"}, "ejectedIds": {"type": "array", "items": {"type": "string"}}}},
+                "Join": {"type": "object", "properties": {"token": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]}}},
+                "Joined": {"type": "object", "required": ["session_id", "session_secret", "room", "joined_at", "will_eject_at", "owner"],
+                           "properties": {"session_id": {"type": "string"}, "session_secret": {"type": "string"}, "room": {"type": "string"},
+                                          "user_id": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]}, "owner": {"type": "boolean"},
+                                          "joined_at": {"type": "number"}, "will_eject_at": {"type": ["integer", "null"]}, "permissions": open_object()}},
+                "Presence": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": open_object()}}},
+                "Eject": {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
+                          "user_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "ban": {"type": "boolean"}, "ban_until": {"type": "integer"}}},
+                "Ejected": {"type": "object", "required": ["ejectedIds"], "properties": {"ejectedIds": {"type": "array", "items": {"type": "string"}}}},
+                "Events": {"type": "object", "required": ["data", "next_after", "has_more", "head_seq"],
+                           "properties": {"data": {"type": "array", "items": open_object()}, "next_after": {"type": "integer"}, "has_more": {"type": "boolean"}, "head_seq": {"type": "integer"}}},
+                "Webhook": {"type": "object", "required": ["uuid", "url", "hmac", "retryType", "eventTypes", "state", "failedCount", "createdAt", "updatedAt"],
+                            "properties": {"uuid": {"type": "string"}, "url": {"type": "string"}, "hmac": {"type": "string"}, "basicAuth": {"type": ["string", "null"]},
+                                           "retryType": {"enum": ["circuit-breaker", "exponential"]}, "eventTypes": {"type": "array", "items": {"type": "string"}},
+                                           "state": {"enum": ["ACTIVE", "FAILED", "INACTIVE"]}, "failedCount": {"type": "integer"},
+                                           "lastMomentPushed": {"type": ["string", "null"]}, "createdAt": {"type": "string"}, "updatedAt": {"type": "string"}}},
+                "WebhookWrite": {"type": "object", "properties": {"url": {"type": "string"}, "eventTypes": {"type": "array", "items": {"type": "string"}},
+                                 "hmac": {"type": "string"}, "basicAuth": {"type": ["string", "null"]}, "retryType": {"type": "string"}}},
+                "WebhookList": {"type": "array", "items": {"$ref": "#/components/schemas/Webhook"}},
+                "Replay": {"type": "object", "properties": {"from_seq": {"type": "integer"}}},
+            }
+        },
+        "paths": {
+            "/healthz": {"get": {"summary": "Alive", "responses": {"200": ok("Object")}}},
+            "/readyz": {"get": {"summary": "Store open and writable, timers loaded", "responses": {"200": ok("Object"), "503": ok("Object")}}},
+            "/metrics": {"get": op("Prometheus metrics (text)", vec![], None, json!({"200": {"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
+            "/v1/": {"get": op("The domain (its id is the `d` claim of tokens)", vec![], None, json!({"200": ok("Domain")}))},
+            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("Object")}}},
+            "/v1/rooms": {
+                "get": op("List rooms, newest first", vec![limit(100), query("starting_after", json!({"type": "string"})), query("ending_before", json!({"type": "string"}))], None, json!({"200": ok("RoomList")})),
+                "post": op("Create a room (no name: a random one)", vec![], Some(body("RoomWrite")), json!({"200": ok("Room")}))
+            },
+            "/v1/rooms/{name}": {
+                "get": op("Get a room", vec![name()], None, json!({"200": ok("Room")})),
+                "post": op("Update a room (null removes a property)", vec![name()], Some(body("RoomWrite")), json!({"200": ok("Room")})),
+                "delete": op("Delete a room (everyone present is ejected)", vec![name()], None, json!({"200": ok("Deleted")}))
+            },
+            "/v1/rooms/{name}/join": {"post": public(op("Join (a token or none for public rooms)", vec![name()], Some(body("Join")), json!({"200": ok("Joined"), "403": err("refused: not-allowed, nbf-room, exp-room, nbf-token, exp-token, meeting-full, ejected"), "429": err("too many join attempts")})))},
+            "/v1/rooms/{name}/eject": {"post": op("Eject sessions (API key, or an owner token of the room)", vec![name()], Some(body("Eject")), json!({"200": ok("Ejected"), "403": err("not allowed to eject")}))},
+            "/v1/rooms/{name}/presence": {"get": op("Who is in the room", vec![name()], None, json!({"200": ok("Presence")}))},
+            "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room", vec![name()], None, json!({"200": ok("Presence")}))},
+            "/v1/rooms/{name}/bans/{user_id}": {"delete": op("(ext) Lift a ban", vec![name(), path_param("user_id")], None, json!({"200": ok("Deleted")}))},
+            "/v1/presence": {"get": op("Everyone present, by room", vec![], None, json!({"200": ok("Object")}))},
+            "/v1/sessions/{id}/heartbeat": {"post": op("Keep a session's lease (session secret)", vec![id()], None, json!({"200": ok("Object")}))},
+            "/v1/sessions/{id}/leave": {"post": op("Leave (session secret)", vec![id()], None, json!({"200": ok("Object")}))},
+            "/v1/sessions/{id}/stream": {"get": op("SSE: presence changes and this session's end (session secret)", vec![id()], None, json!({"200": sse()}))},
+            "/v1/meeting-tokens": {
+                "get": op("(ext) Issued tokens", vec![limit(100), query("room_name", json!({"type": "string"})), query("starting_after", json!({"type": "string"}))], None, json!({"200": ok("TokenList")})),
+                "post": op("Create a meeting token", vec![], Some(body("TokenRequest")), json!({"200": ok("TokenResponse")}))
+            },
+            "/v1/meeting-tokens/{token}": {"get": op("Validate a token", vec![path_param("token"), query("ignoreNbf", json!({"type": "boolean"})), query("verbose", json!({"type": "boolean"}))], None, json!({"200": ok("Object")}))},
+            "/v1/meeting-tokens/revoke": {"post": op("(ext) Revoke tokens", vec![], Some(body("Revoke")), json!({"200": ok("Revoked")}))},
+            "/v1/events": {"get": op("The durable event log", vec![query("after", json!({"type": "integer", "minimum": 0})), limit(1000), query("types", json!({"type": "string"})), query("wait", json!({"type": "integer", "minimum": 0, "maximum": 60}))], None, json!({"200": ok("Events"), "410": err("position older than the retained log")}))},
+            "/v1/events/stream": {"get": op("SSE of the event log", vec![query("after", json!({"type": "integer", "minimum": 0})), query("types", json!({"type": "string"}))], None, json!({"200": sse(), "410": err("position older than the retained log")}))},
+            "/v1/webhooks": {
+                "get": op("List webhooks", vec![], None, json!({"200": ok("WebhookList")})),
+                "post": op("Create a webhook (the URL must answer a test POST with 2xx)", vec![], Some(body("WebhookWrite")), json!({"200": ok("Webhook")}))
+            },
+            "/v1/webhooks/{id}": {
+                "get": op("Get a webhook", vec![id()], None, json!({"200": ok("Webhook")})),
+                "post": op("Update and re-activate a webhook", vec![id()], Some(body("WebhookWrite")), json!({"200": ok("Webhook")})),
+                "delete": op("Delete a webhook", vec![id()], None, json!({"200": ok("Deleted")}))
+            },
+            "/v1/webhooks/{id}/replay": {"post": op("(ext) Move the cursor back", vec![id()], Some(body("Replay")), json!({"200": ok("Webhook"), "410": err("position older than the retained log")}))},
+            "/v1/webhooks/{id}/attempts": {"get": op("(ext) Failed attempts", vec![id()], None, json!({"200": ok("Object")}))},
+            "/v1/backup": {"get": op("(ext) A consistent backup, streamed", vec![], None, json!({"200": {"description": "backup file", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}))}
+        }
+    })
+}
