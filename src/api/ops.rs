@@ -124,6 +124,10 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
     for w in &hooks {
         let _ = writeln!(out, "gatehouse_webhook_deliveries_total{{webhook=\"{}\"}} {}", label(&w.uuid), w.successes);
     }
+    out.push_str("# HELP gatehouse_webhook_failures_total Failed delivery attempts.\n# TYPE gatehouse_webhook_failures_total counter\n");
+    for w in &hooks {
+        let _ = writeln!(out, "gatehouse_webhook_failures_total{{webhook=\"{}\"}} {}", label(&w.uuid), w.failures);
+    }
     out.push_str(
         "# HELP gatehouse_webhook_consecutive_failures Failed attempts since the last success.
 # TYPE gatehouse_webhook_consecutive_failures gauge

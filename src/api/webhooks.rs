@@ -33,6 +33,7 @@ fn webhook_json(w: &WebhookRecord) -> Value {
         "updatedAt": rfc3339_ms(w.updated_ms),
         "cursor": w.cursor,
         "successes": w.successes,
+        "failures": w.failures,
         "eventsLostBefore": w.lost_before,
     })
 }
@@ -126,6 +127,7 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         last_pushed_ms: None,
         first_failure_ms: None,
         successes: 0,
+        failures: 0,
         created_ms: now,
         updated_ms: now,
         lost_before: None,

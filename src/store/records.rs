@@ -40,6 +40,8 @@ pub struct WebhookRecord {
     pub last_pushed_ms: Option<i64>,
     pub first_failure_ms: Option<i64>,
     pub successes: u64,
+    /// Failed attempts, all time.
+    pub failures: u64,
     pub created_ms: i64,
     pub updated_ms: i64,
     /// Set when the log was compacted past this webhook's cursor: events before this seq were

@@ -172,6 +172,7 @@ impl Writer {
                 }
             }
             Delivery::Failed(a) => {
+                w.failures += 1;
                 // 429 is backpressure, not breakage: it does not count toward the breaker.
                 if a.status != 429 {
                     w.failed_count += 1;
