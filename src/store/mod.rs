@@ -221,11 +221,7 @@ impl Store {
     /// Opens (or creates) the store, replays the journal into sled, and starts the writer and
     /// checkpointer threads.
     pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
-        let db = sled::Config::new()
-            .path(&opts.path)
-            .cache_capacity(opts.cache_bytes)
-            .flush_every_ms(opts.background_flush_ms)
-            .open()?;
+        let db = open_sled(&opts)?;
         let trees = Trees(Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?);
         let meta = trees.get(Tree::Meta);
         check_schema(meta)?;
@@ -601,6 +597,26 @@ impl Store {
         match self.tree(Tree::Events).first()? {
             Some((k, _)) => Ok(keys::u64_of(&k).unwrap_or(1)),
             None => Ok(self.durable_seq() + 1),
+        }
+    }
+}
+
+/// Opens sled, waiting up to 5 s for its file lock: after a store in this process is closed,
+/// sled's own threads may hold the file for a moment longer. Another live process holding it
+/// is still an error, with sled's message.
+fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
+    let config =
+        sled::Config::new().path(&opts.path).cache_capacity(opts.cache_bytes).flush_every_ms(opts.background_flush_ms);
+    let started = std::time::Instant::now();
+    loop {
+        match config.open() {
+            Err(e)
+                if e.to_string().contains("could not acquire lock")
+                    && started.elapsed() < std::time::Duration::from_secs(5) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return Ok(other?),
         }
     }
 }
