@@ -14,8 +14,7 @@ fn ok(schema: &str) -> Value {
 
 /// The answers every authenticated call can give besides its own.
 fn common(mut own: Value) -> Value {
-    // cannot fail: every caller passes a json!({...}) object literal
-    let o = own.as_object_mut().expect("responses are objects");
+    let o = own.as_object_mut().expect("responses are objects"); // cannot fail: callers pass object literals
     for (code, desc) in [
         ("400", "bad request (malformed JSON, wrong types, unknown parameters, bad Authorization header)"),
         ("401", "missing or unknown API key"),

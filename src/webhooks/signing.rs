@@ -22,7 +22,7 @@ pub fn secret_key(secret: &str) -> Option<Vec<u8>> {
 
 fn mac(key: &[u8], parts: &[&[u8]]) -> String {
     // HMAC accepts keys of any length, so this cannot fail.
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length"); // cannot fail: any key length
     for p in parts {
         m.update(p);
     }
