@@ -47,3 +47,28 @@ fn counters_follow_a_scripted_workload() {
     let public = Server::start_with(&[("GATEHOUSE_METRICS_PUBLIC", "true")]);
     assert_eq!(public.call("GET", "/metrics", None, None).status, 200);
 }
+
+#[test]
+fn webhook_families_follow_deliveries() {
+    let s = Server::start();
+    let rx = common::receiver::Receiver::start();
+    let w = s.post("/v1/webhooks", &json!({"url": rx.url}));
+    assert_eq!(w.status, 200, "{}", w.text);
+    let id = w.body["uuid"].as_str().unwrap().to_string();
+    s.create_room(json!({"name": "hooked"}));
+    rx.wait_for("one delivery", 10, |seqs| !seqs.is_empty());
+    // The cursor is written in batches (at most 200 ms later).
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = s.get("/metrics").text;
+        if value(&text, &format!("gatehouse_webhook_lag_events{{webhook=\"{id}\"}}")) == 0.0 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(value(&text, &format!("gatehouse_webhook_deliveries_total{{webhook=\"{id}\"}}")), 1.0);
+    assert_eq!(value(&text, &format!("gatehouse_webhook_failures_total{{webhook=\"{id}\"}}")), 0.0);
+    assert_eq!(value(&text, &format!("gatehouse_webhook_lag_events{{webhook=\"{id}\"}}")), 0.0);
+    assert_eq!(value(&text, &format!("gatehouse_webhook_state{{webhook=\"{id}\",state=\"ACTIVE\"}}")), 1.0);
+    assert!(text.contains("# TYPE gatehouse_webhook_deliveries_total counter"));
+}

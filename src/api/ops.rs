@@ -116,48 +116,29 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         hk.events_compacted.load(Relaxed) as f64,
     );
     let hooks = store.webhooks()?;
-    out.push_str(
-        "# HELP gatehouse_webhook_deliveries_total Events delivered with a 2xx.
-# TYPE gatehouse_webhook_deliveries_total counter
-",
+    let per_hook =
+        |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&crate::store::WebhookRecord) -> u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for w in &hooks {
+                let _ = writeln!(out, "{name}{{webhook=\"{}\"}} {}", label(&w.uuid), value(w));
+            }
+        };
+    per_hook(&mut out, "gatehouse_webhook_deliveries_total", "counter", "Events delivered with a 2xx.", &|w| {
+        w.successes
+    });
+    per_hook(&mut out, "gatehouse_webhook_failures_total", "counter", "Failed delivery attempts.", &|w| w.failures);
+    per_hook(
+        &mut out,
+        "gatehouse_webhook_consecutive_failures",
+        "gauge",
+        "Failed attempts since the last success.",
+        &|w| u64::from(w.failed_count),
     );
-    for w in &hooks {
-        let _ = writeln!(out, "gatehouse_webhook_deliveries_total{{webhook=\"{}\"}} {}", label(&w.uuid), w.successes);
-    }
-    out.push_str("# HELP gatehouse_webhook_failures_total Failed delivery attempts.\n# TYPE gatehouse_webhook_failures_total counter\n");
-    for w in &hooks {
-        let _ = writeln!(out, "gatehouse_webhook_failures_total{{webhook=\"{}\"}} {}", label(&w.uuid), w.failures);
-    }
+    per_hook(&mut out, "gatehouse_webhook_lag_events", "gauge", "Durable head minus the webhook's cursor.", &|w| {
+        head.saturating_sub(w.cursor)
+    });
     out.push_str(
-        "# HELP gatehouse_webhook_consecutive_failures Failed attempts since the last success.
-# TYPE gatehouse_webhook_consecutive_failures gauge
-",
-    );
-    for w in &hooks {
-        let _ = writeln!(
-            out,
-            "gatehouse_webhook_consecutive_failures{{webhook=\"{}\"}} {}",
-            label(&w.uuid),
-            w.failed_count
-        );
-    }
-    out.push_str(
-        "# HELP gatehouse_webhook_lag_events Durable head minus the webhook's cursor.
-# TYPE gatehouse_webhook_lag_events gauge
-",
-    );
-    for w in &hooks {
-        let _ = writeln!(
-            out,
-            "gatehouse_webhook_lag_events{{webhook=\"{}\"}} {}",
-            label(&w.uuid),
-            head.saturating_sub(w.cursor)
-        );
-    }
-    out.push_str(
-        "# HELP gatehouse_webhook_state 1 for the webhook's current state.
-# TYPE gatehouse_webhook_state gauge
-",
+        "# HELP gatehouse_webhook_state 1 for the webhook's current state.\n# TYPE gatehouse_webhook_state gauge\n",
     );
     for w in &hooks {
         for s in ["ACTIVE", "FAILED", "INACTIVE"] {
