@@ -316,7 +316,19 @@ impl Writer {
         }
     }
 
+    /// Applies one command. An I/O error from sled here (a full disk makes sled fail reads and
+    /// writes alike) means the store cannot take writes: it is answered as `Unavailable` (503).
     fn apply(&mut self, cmd: &mut Command) -> Result<Outcome, StoreError> {
+        self.apply_inner(cmd).map_err(|e| match e {
+            StoreError::Io(io) => {
+                self.s.writable.store(false, Ordering::SeqCst);
+                StoreError::Unavailable(format!("storage error: {io}"))
+            }
+            other => other,
+        })
+    }
+
+    fn apply_inner(&mut self, cmd: &mut Command) -> Result<Outcome, StoreError> {
         if let Some(why) = &self.poisoned {
             return Err(StoreError::Unavailable(why.clone()));
         }
