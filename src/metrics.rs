@@ -94,7 +94,7 @@ impl ApiMetrics {
     }
 
     pub fn render(&self, out: &mut String) {
-        out.push_str("# HELP gatehouse_http_requests_total HTTP requests by route pattern and status.\n# TYPE gatehouse_http_requests_total counter\n");
+        header(out, "gatehouse_http_requests_total", "counter", "HTTP requests by route pattern and status.");
         if let Ok(m) = self.requests.lock() {
             for ((route, status), n) in m.iter() {
                 let _ = writeln!(
@@ -104,13 +104,18 @@ impl ApiMetrics {
                 );
             }
         }
-        out.push_str("# HELP gatehouse_http_request_duration_seconds Time to answer, by route pattern.\n# TYPE gatehouse_http_request_duration_seconds histogram\n");
+        header(out, "gatehouse_http_request_duration_seconds", "histogram", "Time to answer, by route pattern.");
         if let Ok(m) = self.durations.lock() {
             for (route, h) in m.iter() {
                 h.render(out, "gatehouse_http_request_duration_seconds", &format!("route=\"{}\"", label(route)));
             }
         }
-        out.push_str("# HELP gatehouse_joins_total Join attempts by outcome (admitted, or the refusal's error type).\n# TYPE gatehouse_joins_total counter\n");
+        header(
+            out,
+            "gatehouse_joins_total",
+            "counter",
+            "Join attempts by outcome (admitted, or the refusal's error type).",
+        );
         if let Ok(m) = self.joins.lock() {
             for (outcome, n) in m.iter() {
                 let _ = writeln!(out, "gatehouse_joins_total{{outcome=\"{}\"}} {n}", label(outcome));
@@ -119,9 +124,15 @@ impl ApiMetrics {
     }
 }
 
-/// Appends one gauge or counter with its HELP and TYPE lines.
+/// Appends a family's HELP and TYPE lines.
+pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+/// Appends one unlabelled gauge or counter with its HELP and TYPE lines.
 pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ pub fn readyz(state: &AppState) -> Response<Body> {
 
 /// `GET /metrics`: Prometheus text; needs an API key unless `--metrics-public`.
 pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    use crate::metrics::{label, single};
+    use crate::metrics::{header, label, single};
     use std::fmt::Write as _;
     use std::sync::atomic::Ordering::Relaxed;
     if !state.settings.metrics_public {
@@ -68,22 +68,15 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         store.size_on_disk() as f64,
     );
     let stats = store.stats();
-    out.push_str(
-        "# HELP gatehouse_journal_sync_seconds Journal sync per writer batch.
-# TYPE gatehouse_journal_sync_seconds histogram
-",
-    );
+    header(&mut out, "gatehouse_journal_sync_seconds", "histogram", "Journal sync per writer batch.");
     stats.sync_seconds.render(&mut out, "gatehouse_journal_sync_seconds", "");
-    out.push_str(
-        "# HELP gatehouse_writer_batch_size Commands sharing one journal sync.
-# TYPE gatehouse_writer_batch_size histogram
-",
-    );
+    header(&mut out, "gatehouse_writer_batch_size", "histogram", "Commands sharing one journal sync.");
     stats.batch_size.render(&mut out, "gatehouse_writer_batch_size", "");
-    out.push_str(
-        "# HELP gatehouse_deadline_lateness_seconds Deadline firing time minus deadline (ejections, leases, expiries).
-# TYPE gatehouse_deadline_lateness_seconds histogram
-",
+    header(
+        &mut out,
+        "gatehouse_deadline_lateness_seconds",
+        "histogram",
+        "Deadline firing time minus deadline (ejections, leases, expiries).",
     );
     stats.lateness_seconds.render(&mut out, "gatehouse_deadline_lateness_seconds", "");
     let hk = &state.housekeeping;
@@ -118,7 +111,7 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
     let hooks = store.webhooks()?;
     let per_hook =
         |out: &mut String, name: &str, kind: &str, help: &str, value: &dyn Fn(&crate::store::WebhookRecord) -> u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            header(out, name, kind, help);
             for w in &hooks {
                 let _ = writeln!(out, "{name}{{webhook=\"{}\"}} {}", label(&w.uuid), value(w));
             }
@@ -137,9 +130,7 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
     per_hook(&mut out, "gatehouse_webhook_lag_events", "gauge", "Durable head minus the webhook's cursor.", &|w| {
         head.saturating_sub(w.cursor)
     });
-    out.push_str(
-        "# HELP gatehouse_webhook_state 1 for the webhook's current state.\n# TYPE gatehouse_webhook_state gauge\n",
-    );
+    header(&mut out, "gatehouse_webhook_state", "gauge", "1 for the webhook's current state.");
     for w in &hooks {
         for s in ["ACTIVE", "FAILED", "INACTIVE"] {
             let _ = writeln!(

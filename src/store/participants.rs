@@ -180,6 +180,11 @@ impl Writer {
         self.sessions_by_index(Tree::SessionsByRoom, &keys::room_prefix(room))
     }
 
+    /// Every session of one user id in one room.
+    fn user_sessions(&self, room: &str, user: &str) -> Result<Vec<Session>, StoreError> {
+        self.sessions_by_index(Tree::SessionsByUser, &[keys::pair(room, user), vec![0]].concat())
+    }
+
     fn sessions_by_index(&self, t: Tree, prefix: &[u8]) -> Result<Vec<Session>, StoreError> {
         let mut out = Vec::new();
         for k in self.s.trees.get(t).scan_prefix(prefix).keys() {
@@ -246,9 +251,7 @@ impl Writer {
             .as_ref()
             .is_some_and(|r| r.config.get("enforce_unique_user_ids").and_then(Value::as_bool) == Some(true));
         let duplicates = match (&user_id, unique) {
-            (Some(u), true) => {
-                self.sessions_by_index(Tree::SessionsByUser, &[keys::pair(&req.room, u), vec![0]].concat())?
-            }
+            (Some(u), true) => self.user_sessions(&req.room, u)?,
             _ => Vec::new(),
         };
         let facts = JoinFacts {
@@ -490,8 +493,7 @@ impl Writer {
             }
         }
         for u in &req.user_ids {
-            targets
-                .extend(self.sessions_by_index(Tree::SessionsByUser, &[keys::pair(&req.room, u), vec![0]].concat())?);
+            targets.extend(self.user_sessions(&req.room, u)?);
         }
         targets.sort_by(|a, b| a.id.cmp(&b.id));
         targets.dedup_by(|a, b| a.id == b.id);
@@ -574,8 +576,7 @@ impl Writer {
             RevokeRequest::RoomUser { room, user_id, by } => {
                 let before = (self.now_ms() / 1000 + 1) as f64;
                 self.put_revocation(&mut ws, &keys::revoke_user(room, user_id), None, Some(before))?;
-                let targets =
-                    self.sessions_by_index(Tree::SessionsByUser, &[keys::pair(room, user_id), vec![0]].concat())?;
+                let targets = self.user_sessions(room, user_id)?;
                 (
                     targets.into_iter().filter(|s| s.token_id.is_some()).collect(),
                     by,
