@@ -200,18 +200,23 @@ pub fn generate_key() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The keys a CLI command uses: `GATEHOUSE_API_KEY`, else the data dir's key file. Never empty.
+fn configured_keys(api_key_env: Option<String>, data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    let from_env = crate::config::split_keys(&api_key_env.unwrap_or_default());
+    if !from_env.is_empty() {
+        return Ok(from_env);
+    }
+    let path = data_dir.join(KEY_FILE);
+    let key = std::fs::read_to_string(&path)
+        .with_context(|| format!("no GATEHOUSE_API_KEY and no key file at {}", path.display()))?;
+    anyhow::ensure!(!key.trim().is_empty(), "{} is empty", path.display());
+    Ok(vec![key.trim().to_string()])
+}
+
 /// `gatehouse token`: a token signed with the configured key, with the claims the API gives
 /// (`d` from the data dir when a server has run there; the `jti` is not recorded).
 pub fn mint_token(args: &crate::config::TokenArgs, api_key_env: Option<String>) -> anyhow::Result<String> {
-    let keys: Vec<String> = match api_key_env.filter(|k| !k.trim().is_empty()) {
-        Some(env) => env.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect(),
-        None => {
-            let path = args.data_dir.join(KEY_FILE);
-            let key = std::fs::read_to_string(&path)
-                .with_context(|| format!("no GATEHOUSE_API_KEY and no key file at {}", path.display()))?;
-            vec![key.trim().to_string()]
-        }
-    };
+    let keys = configured_keys(api_key_env, &args.data_dir)?;
     let ring = KeyRing::new(&keys).map_err(|e| anyhow::anyhow!("{e}"))?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs() as i64;
     let mut props = serde_json::Map::new();
@@ -261,16 +266,8 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
         .with_context(|| format!("creating {}", tmp.display()))?;
     match &args.server {
         Some(server) => {
-            let key = match api_key_env
-                .and_then(|k| k.split(',').next().map(|k| k.trim().to_string()))
-                .filter(|k| !k.is_empty())
-            {
-                Some(k) => k,
-                None => std::fs::read_to_string(args.data_dir.join(KEY_FILE))
-                    .context("no GATEHOUSE_API_KEY and no key file")?
-                    .trim()
-                    .to_string(),
-            };
+            // The first configured key (the list is never empty): any active key may call the API.
+            let key = configured_keys(api_key_env, &args.data_dir)?.remove(0);
             let client = crate::webhooks::Outbound::raw_client().map_err(|e| anyhow::anyhow!(e))?;
             let mut res = client
                 .get(format!("{}/v1/backup", server.trim_end_matches('/')))

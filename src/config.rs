@@ -271,13 +271,7 @@ impl ServeArgs {
         if !(self.join_rate > 0.0 && self.join_rate.is_finite()) || self.join_burst == 0 {
             return Err(ConfigError::JoinRate);
         }
-        let api_keys = api_key_env
-            .unwrap_or_default()
-            .split(',')
-            .map(str::trim)
-            .filter(|k| !k.is_empty())
-            .map(String::from)
-            .collect();
+        let api_keys = split_keys(&api_key_env.unwrap_or_default());
         Ok(Settings {
             listen: self.listen,
             data_dir: self.data_dir,
@@ -309,6 +303,11 @@ impl ServeArgs {
             api_keys,
         })
     }
+}
+
+/// A comma-separated key list (`GATEHOUSE_API_KEY`), blanks dropped.
+pub fn split_keys(list: &str) -> Vec<String> {
+    list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
 }
 
 /// Settings that may not come from the file (they are about finding the file).
@@ -343,7 +342,7 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
         if key == "api_keys" {
             file_keys = match value {
                 toml::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
-                toml::Value::String(s) => s.split(',').map(|k| k.trim().to_string()).collect(),
+                toml::Value::String(s) => split_keys(s),
                 _ => return Err(format!("--config {}: 'api_keys' must be a list of strings", path.display())),
             };
             continue;
