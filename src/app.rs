@@ -232,7 +232,8 @@ pub fn mint_token(args: &crate::config::TokenArgs, api_key_env: Option<String>) 
     if let Some(e) = &args.exp {
         let secs = crate::config::parse_duration_secs(e)
             .ok_or_else(|| anyhow::anyhow!("--exp: give seconds or 90s/30m/1h/2d"))?;
-        put("exp", (now + i64::try_from(secs)?).into());
+        let exp = i64::try_from(secs).ok().and_then(|s| now.checked_add(s));
+        put("exp", exp.ok_or_else(|| anyhow::anyhow!("--exp: too far in the future"))?.into());
     }
     if let Some(u) = &args.user_id {
         put("user_id", u.clone().into());

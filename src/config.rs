@@ -383,12 +383,13 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
 }
 
 impl Settings {
-    /// The effective settings as text, API keys shown only by their `kid`.
+    /// The effective settings as text, API keys shown only by their length and `kid` (no
+    /// character of a key is ever printed).
     pub fn describe(&self) -> String {
         let keys: Vec<String> = self
             .api_keys
             .iter()
-            .map(|k| format!("{}…(kid {})", &k[..k.len().min(4)], crate::tokens::kid_for(k)))
+            .map(|k| format!("(hidden, {} characters, kid {})", k.chars().count(), crate::tokens::kid_for(k)))
             .collect();
         format!(
             "listen = {}\ndata_dir = {}\npublic_url = {}\ndomain_name = {}\nsync = {:?}\ncache_bytes = {}\nbody_limit = {}\ntoken_leeway_secs = {}\n\

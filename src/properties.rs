@@ -13,7 +13,8 @@ pub const MAX_UNIX_SECS: i64 = 253_402_300_799;
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
     Bool,
-    /// Unix seconds, 0..=MAX_UNIX_SECS, integer.
+    /// Unix seconds, 0..=MAX_UNIX_SECS: any JSON number, as Daily accepts (pipecat sends
+    /// `time.time() + n`); kept as whole seconds, the fraction dropped, as Daily does.
     UnixSecs,
     /// An integer in the inclusive range.
     Int(i64, i64),
@@ -63,10 +64,18 @@ pub fn validate(
             continue;
         }
         check(name, kind, v)?;
-        out.insert(name.clone(), v.clone());
+        out.insert(name.clone(), normalized(kind, v));
     }
     check_window(&out)?;
     Ok(out)
+}
+
+/// The value as stored: unix times as whole seconds, everything else as given.
+fn normalized(kind: Kind, v: &Value) -> Value {
+    match (kind, v.as_f64()) {
+        (Kind::UnixSecs, Some(secs)) if v.as_i64().is_none() => Value::from(secs.trunc() as i64),
+        _ => v.clone(),
+    }
 }
 
 /// `nbf` must come before `exp` when both are set.
@@ -82,7 +91,7 @@ pub fn check_window(props: &Map<String, Value>) -> Result<(), PropertyError> {
 pub fn check(name: &str, kind: Kind, v: &Value) -> Result<(), PropertyError> {
     let ok = match kind {
         Kind::Bool => v.is_boolean(),
-        Kind::UnixSecs => v.as_i64().is_some_and(|n| (0..=MAX_UNIX_SECS).contains(&n)),
+        Kind::UnixSecs => v.as_f64().is_some_and(|n| (0.0..(MAX_UNIX_SECS + 1) as f64).contains(&n)),
         Kind::Int(lo, hi) => v.as_i64().is_some_and(|n| (lo..=hi).contains(&n)),
         Kind::Number => v.as_f64().is_some_and(f64::is_finite),
         Kind::Str(max) => v.as_str().is_some_and(|s| s.chars().count() <= max),
@@ -106,7 +115,7 @@ fn expectation(kind: Kind) -> String {
     match kind {
         Kind::Bool => "must be true or false".into(),
         Kind::UnixSecs => {
-            format!("must be an integer unix timestamp in seconds, between 0 and {MAX_UNIX_SECS}")
+            format!("must be a unix timestamp in seconds, between 0 and {MAX_UNIX_SECS}")
         }
         Kind::Int(lo, hi) => format!("must be an integer between {lo} and {hi}"),
         Kind::Number => "must be a number".into(),
@@ -156,7 +165,10 @@ mod tests {
     fn refuses_unknown_and_mistyped() {
         assert_eq!(validate(T, &obj(json!({"x": 1})), false), Err(PropertyError::Unknown("x".into())));
         assert!(validate(T, &obj(json!({"exp": "1"})), false).is_err());
-        assert!(validate(T, &obj(json!({"exp": 1.5})), false).is_err());
+        assert_eq!(validate(T, &obj(json!({"exp": 1700000000.9})), false).unwrap()["exp"], json!(1700000000));
+        assert!(validate(T, &obj(json!({"exp": -0.5})), false).is_err());
+        assert!(validate(T, &obj(json!({"exp": 253402300799.5})), false).is_ok());
+        assert!(validate(T, &obj(json!({"exp": 253402300800.0})), false).is_err());
         assert!(validate(T, &obj(json!({"exp": 99999999999999u64})), false).is_err());
         assert!(validate(T, &obj(json!({"n": "a\u{7}"})), false).is_err());
         assert!(validate(T, &obj(json!({"n": "abcdef"})), false).is_err());

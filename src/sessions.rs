@@ -30,8 +30,9 @@ impl Denial {
         Denial { error, detail, info: info.to_string() }
     }
 
-    fn not_allowed(detail: &'static str) -> Denial {
-        Denial::new("not-allowed", detail, "You are not allowed to join this meeting")
+    /// Daily's `not-allowed` text, then why.
+    fn not_allowed(detail: &'static str, why: &str) -> Denial {
+        Denial::new("not-allowed", detail, &format!("You are not allowed to join this meeting: {why}"))
     }
 
     /// 404 for `no-room`, 403 for every other refusal.
@@ -76,12 +77,14 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
         return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
     }
     match f.token {
-        TokenCheck::None if room.privacy == Privacy::Private => return Err(Denial::not_allowed("private_room")),
+        TokenCheck::None if room.privacy == Privacy::Private => {
+            return Err(Denial::not_allowed("private_room", "the room is private and the join carries no meeting token"))
+        }
         TokenCheck::None => {}
-        TokenCheck::Invalid(r) => return Err(Denial::not_allowed(r.detail())),
+        TokenCheck::Invalid(r) => return Err(Denial::not_allowed(r.detail(), &r.to_string())),
         TokenCheck::Valid { claims, .. } => {
             if claims.room.as_deref().is_some_and(|r| r != room.name) {
-                return Err(Denial::not_allowed("wrong_room"));
+                return Err(Denial::not_allowed("wrong_room", "the meeting token is for another room"));
             }
             match claims.time_status(f.now_ms, f.leeway_s, false) {
                 TimeStatus::NotYetValid => {
@@ -93,7 +96,7 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
                 TimeStatus::Valid => {}
             }
             if f.revoked {
-                return Err(Denial::not_allowed("revoked"));
+                return Err(Denial::not_allowed("revoked", "the meeting token has been revoked"));
             }
         }
     }
@@ -268,7 +271,8 @@ mod tests {
         assert_eq!(decide_join(&facts(Some(&late), &none)).unwrap_err().error, "exp-room");
         let private = room(json!({}), Privacy::Private);
         let d = decide_join(&facts(Some(&private), &none)).unwrap_err();
-        assert_eq!((d.error, d.info.as_str()), ("not-allowed", "You are not allowed to join this meeting"));
+        assert_eq!(d.error, "not-allowed");
+        assert!(d.info.starts_with("You are not allowed to join this meeting: the room is private"), "{}", d.info);
         let other = TokenCheck::Valid {
             claims: Box::new(Claims { room: Some("x".into()), ..Default::default() }),
             token_id: "j".into(),

@@ -83,6 +83,10 @@ pub enum Rejection {
     WrongDomain,
     #[error("token claim '{0}' has the wrong type")]
     BadClaim(&'static str),
+    /// A claim the API would have refused to put in a token (held to the same rules whoever
+    /// minted it): the message names the claim and the rule, never its value.
+    #[error("token {0}")]
+    InvalidClaim(String),
 }
 
 impl Rejection {
@@ -92,7 +96,7 @@ impl Rejection {
             Rejection::Algorithm => "bad_algorithm",
             Rejection::UnknownKey => "unknown_key",
             Rejection::BadSignature | Rejection::WrongDomain => "bad_signature",
-            Rejection::BadClaim(_) => "bad_claim",
+            Rejection::BadClaim(_) | Rejection::InvalidClaim(_) => "bad_claim",
         }
     }
 }
@@ -117,22 +121,91 @@ pub fn kid_for(secret: &str) -> String {
     d[..8].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Rough entropy of a key in bits, from the smallest alphabet it fits in. Keys also sign
-/// tokens, so guessable ones are refused at start-up.
+/// Estimated entropy of a key in bits. Keys also sign tokens, so guessable ones are refused.
+///
+/// Only one period of a key made of a repeated substring counts (`abcabcab` is worth `abc`).
+/// What remains is credited `log2(alphabet)` bits per character when its characters look like
+/// uniform draws from the smallest usual alphabet holding them (digits, hex, alphanumeric,
+/// base64, printable ASCII): its Shannon entropy is at least 80% of what uniform draws of that
+/// length would show on average, which random keys pass essentially always (a 32-character hex
+/// key falls short about once in 10⁵ draws, and 64 characters never). Anything else is
+/// credited its per-character Shannon entropy × length. So a repeated character scores 0, a
+/// short pattern scores one copy of it, and 32 random hex characters score 128.
 pub fn estimated_bits(key: &str) -> f64 {
-    let distinct: std::collections::BTreeSet<char> = key.chars().collect();
-    let per_char: f64 = if key.chars().all(|c| c.is_ascii_digit()) {
-        10f64.log2()
-    } else if key.chars().all(|c| c.is_ascii_hexdigit()) {
-        4.0
-    } else if key.chars().all(|c| c.is_ascii_alphanumeric()) {
-        62f64.log2()
+    let chars: Vec<char> = key.chars().collect();
+    let unit = &chars[..smallest_period(&chars)];
+    let n = unit.len();
+    let h = shannon_bits(unit);
+    match alphabet_size(unit) {
+        Some(k) if h >= 0.8 * expected_shannon_bits(n, k) => n as f64 * f64::from(k).log2(),
+        _ => n as f64 * h,
+    }
+}
+
+/// The length of the shortest prefix the whole key repeats (at least twice, the last copy
+/// possibly cut short), or the key's length when it repeats nothing.
+fn smallest_period(s: &[char]) -> usize {
+    // Knuth–Morris–Pratt failure function: the longest proper border of each prefix.
+    let mut border = vec![0usize; s.len()];
+    let mut k = 0;
+    for i in 1..s.len() {
+        while k > 0 && s[i] != s[k] {
+            k = border[k - 1];
+        }
+        if s[i] == s[k] {
+            k += 1;
+        }
+        border[i] = k;
+    }
+    let period = s.len() - border.last().copied().unwrap_or(0);
+    if period * 2 <= s.len() {
+        period
     } else {
-        6.0
-    };
-    // A key made of a handful of symbols repeated is not random, whatever its length.
-    let diversity = (distinct.len() as f64).log2().max(0.0);
-    key.chars().count() as f64 * per_char.min(diversity.max(1.0))
+        s.len()
+    }
+}
+
+/// Plug-in Shannon entropy of the character distribution, in bits per character.
+fn shannon_bits(s: &[char]) -> f64 {
+    let mut counts = std::collections::HashMap::new();
+    for c in s {
+        *counts.entry(*c).or_insert(0usize) += 1;
+    }
+    let n = s.len() as f64;
+    counts.values().map(|&c| c as f64 / n).map(|p| -p * p.log2()).sum()
+}
+
+/// The smallest usual key alphabet holding every character, or `None` outside printable ASCII.
+fn alphabet_size(s: &[char]) -> Option<u32> {
+    let all = |f: fn(&char) -> bool| s.iter().all(f);
+    if all(|c| c.is_ascii_digit()) {
+        Some(10)
+    } else if all(|c| c.is_ascii_digit() || ('a'..='f').contains(c)) || all(|c| c.is_ascii_digit() || ('A'..='F').contains(c)) {
+        Some(16)
+    } else if all(char::is_ascii_alphanumeric) {
+        Some(62)
+    } else if all(|c| c.is_ascii_alphanumeric() || "+/-_=".contains(*c)) {
+        Some(64)
+    } else if all(|c| c.is_ascii_graphic()) {
+        Some(94)
+    } else {
+        None
+    }
+}
+
+/// The mean plug-in Shannon entropy (bits per character) of `n` uniform draws from `k`
+/// symbols: −k · Σ_c P(count = c) · (c/n) · log2(c/n), with binomial counts.
+fn expected_shannon_bits(n: usize, k: u32) -> f64 {
+    let (n_f, p) = (n as f64, 1.0 / f64::from(k));
+    let mut ln_choose = 0.0f64; // ln C(n, c), built up term by term
+    let mut sum = 0.0;
+    for c in 1..=n {
+        ln_choose += ((n - c + 1) as f64).ln() - (c as f64).ln();
+        let prob = (ln_choose + c as f64 * p.ln() + (n - c) as f64 * (1.0 - p).ln()).exp();
+        let share = c as f64 / n_f;
+        sum += prob * share * share.log2();
+    }
+    -f64::from(k) * sum
 }
 
 impl KeyRing {
@@ -360,6 +433,7 @@ pub fn verify(ring: &KeyRing, domain_id: &str, token: &str) -> Result<Verified, 
     for key in candidates {
         match jsonwebtoken::decode::<Map<String, Value>>(token, &key.dec, &validation) {
             Ok(data) => {
+                check_claims(&data.claims)?;
                 let claims = parse_claims(&data.claims)?;
                 if let Some(d) = data.claims.get("d") {
                     if d.as_str() != Some(domain_id) {
@@ -385,6 +459,44 @@ pub fn token_hash(token: &str) -> String {
 /// A short, non-secret name for a token in logs and events: its `jti` or a hash prefix.
 pub fn short_id(token_id: &str) -> &str {
     token_id.get(..23).unwrap_or(token_id)
+}
+
+/// Holds a verified token's claims to the rules `POST /v1/meeting-tokens` applies, whoever
+/// minted it: every property it carries (by compact or long name) must be one the API would
+/// accept, with the same types, lengths, characters and ranges; `iat` a unix time; `jti` short
+/// plain text. Messages name the claim and the rule, never the value.
+fn check_claims(c: &Map<String, Value>) -> Result<(), Rejection> {
+    let refuse = |name: &str, problem: String| Rejection::InvalidClaim(format!("claim '{name}' {problem}"));
+    let problem = |e: PropertyError| match e {
+        PropertyError::Bad { problem, .. } => problem,
+        PropertyError::Unknown(n) => format!("is unknown ({n})"),
+    };
+    let mut props = Map::new();
+    for (long, kind) in PROPERTIES {
+        let short = COMPACT.iter().find(|(l, _)| l == long).map_or(*long, |(_, s)| s);
+        let (used, v) = match (c.get(short).filter(|v| !v.is_null()), c.get(*long).filter(|v| !v.is_null())) {
+            (Some(v), _) => (short, v),
+            (None, Some(v)) => (*long, v),
+            (None, None) => continue,
+        };
+        properties::check(long, *kind, v).map_err(|e| refuse(used, problem(e)))?;
+        props.insert(long.to_string(), v.clone());
+    }
+    if let Some(room) = props.get("room_name").and_then(Value::as_str) {
+        if crate::rooms::validate_name(room).is_err() {
+            return Err(refuse("r", "is not a valid room name".into()));
+        }
+    }
+    // Each claim passed on its own; what is left is the window (`nbf` before `exp`).
+    properties::validate(PROPERTIES, &props, false).map_err(|e| refuse("nbf", problem(e)))?;
+    if let Some(iat) = claim(c, "iat", "iat") {
+        properties::check("iat", Kind::UnixSecs, iat).map_err(|e| refuse("iat", problem(e)))?;
+    }
+    match claim(c, "jti", "jti") {
+        None => Ok(()),
+        Some(Value::String(j)) if properties::is_plain_text(j, 255) => Ok(()),
+        Some(_) => Err(refuse("jti", "must be a string of at most 255 characters without control characters".into())),
+    }
 }
 
 fn claim<'a>(c: &'a Map<String, Value>, short: &str, long: &str) -> Option<&'a Value> {
@@ -463,7 +575,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const KEY: &str = "0123456789abcdef0123456789abcdef0123456789abcdef";
+    const KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const DOMAIN: &str = "6f1c1a52-0000-4000-8000-000000000000";
 
     fn ring() -> KeyRing {
@@ -476,10 +588,55 @@ mod tests {
 
     #[test]
     fn weak_keys_refused() {
-        assert!(KeyRing::new(&["short".into()]).is_err());
-        assert!(KeyRing::new(&["a".repeat(64)]).is_err());
-        assert!(KeyRing::new(&["0123456789abcdef0123456789abcde".into()]).is_err());
+        for weak in [
+            "short".to_string(),
+            "a".repeat(64),
+            "a".repeat(2000),
+            "ab".repeat(100),
+            "0123456789abcdef".repeat(4),
+            "Password1!".repeat(10),
+            format!("{}b", "a".repeat(80)),
+            "correct-horse-battery-staple-zebra".into(),
+            // 31 hex characters: 124 bits at best.
+            "0f3a9c2e7b5d1864af0e93c7d2b5a18".into(),
+        ] {
+            assert!(KeyRing::new(std::slice::from_ref(&weak)).is_err(), "{weak} accepted ({} bits)", estimated_bits(&weak));
+        }
         assert!(KeyRing::new(&[KEY.into()]).is_ok());
+    }
+
+    #[test]
+    fn random_keys_accepted() {
+        // 32 hex (128 bits), 64 hex (`keys generate`), 43 base64url and 44 base64 (256 bits).
+        for _ in 0..2000 {
+            let mut b = [0u8; 32];
+            rand::fill(&mut b);
+            let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+            use base64::Engine;
+            for key in [
+                hex[..32].to_string(),
+                hex.clone(),
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b),
+                base64::engine::general_purpose::STANDARD.encode(b),
+            ] {
+                assert!(estimated_bits(&key) >= 128.0, "{key}: {} bits", estimated_bits(&key));
+            }
+        }
+    }
+
+    #[test]
+    fn periods_and_alphabets() {
+        let chars = |s: &str| s.chars().collect::<Vec<_>>();
+        assert_eq!(smallest_period(&chars("abcabcab")), 3);
+        assert_eq!(smallest_period(&chars("abcabd")), 6);
+        assert_eq!(smallest_period(&chars("")), 0);
+        assert_eq!(alphabet_size(&chars("09af")), Some(16));
+        assert_eq!(alphabet_size(&chars("09aF")), Some(62));
+        assert_eq!(alphabet_size(&chars("a-b_")), Some(64));
+        assert_eq!(alphabet_size(&chars("a b")), None);
+        assert!((expected_shannon_bits(32, 16) - 3.611).abs() < 0.01);
+        assert_eq!(estimated_bits(""), 0.0);
+        assert_eq!(estimated_bits("é".repeat(50).as_str()), 0.0);
     }
 
     #[test]
@@ -525,7 +682,7 @@ mod tests {
         let hs384 = offline(json!({"r": "x"}), Algorithm::HS384, KEY);
         assert_eq!(verify(&r, DOMAIN, &hs384).unwrap_err(), Rejection::Algorithm);
         let string_exp = offline(json!({"exp": "2000000000"}), Algorithm::HS256, KEY);
-        assert_eq!(verify(&r, DOMAIN, &string_exp).unwrap_err(), Rejection::BadClaim("exp"));
+        assert!(matches!(verify(&r, DOMAIN, &string_exp).unwrap_err(), Rejection::InvalidClaim(m) if m.contains("'exp'")));
         // alg "none": header {"alg":"none","typ":"JWT"}, payload {}, empty signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.";
         assert!(matches!(verify(&r, DOMAIN, none).unwrap_err(), Rejection::Malformed(_)));

@@ -74,3 +74,77 @@ fn bad_files_are_refused_with_the_reason() {
     let (ok, out) = check(&["--config", "/nonexistent/gatehouse.toml"], &[]);
     assert!(!ok && out.contains("/nonexistent/gatehouse.toml"), "{out}");
 }
+
+/// Input from outside (keys, files, flags) in any script never panics a CLI command: each is
+/// refused or accepted with a message. A panic exits with 101 and says "panicked".
+#[test]
+fn non_ascii_input_never_panics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("ü.toml");
+    let wide_key = "ключ-ĥéllo-wörld-€€€-日本語-🔑🔑-ab";
+    let strong_non_ascii: String = "é🔑ŝxÿ日ñ本ø語ßçΩж∂ƒ©˙∆˚¬…æ«‘“πøˆ¨¥†®´∑œåß∂ƒ©˙∆˚¬Ω≈ç√∫˜µ≤≥÷".into();
+    std::fs::write(&file, format!("domain_name = \"日本\"\napi_keys = [\"{wide_key}\"]\n")).unwrap();
+    let f = file.to_str().unwrap();
+    let mut cases: Vec<(Vec<&str>, Vec<(&str, &str)>)> = vec![
+        (vec!["--config", f], vec![]),
+        (vec![], vec![("GATEHOUSE_API_KEY", wide_key)]),
+        (vec![], vec![("GATEHOUSE_API_KEY", &strong_non_ascii)]),
+        (vec![], vec![("GATEHOUSE_API_KEY", "abc€")]),
+        (vec!["--public-url", "hŧtp://é"], vec![]),
+        (vec!["--domain-name", "Ωmega"], vec![("GATEHOUSE_API_KEY", KEY)]),
+        (vec!["--housekeeping-cron", "0 */5 ŝ * * *"], vec![("GATEHOUSE_API_KEY", KEY)]),
+    ];
+    cases.push((vec!["--data-dir", "/tmp/dätä"], vec![("GATEHOUSE_API_KEY", KEY)]));
+    for (args, env) in &cases {
+        let (_, out) = check(args, env);
+        assert!(!out.contains("panicked"), "{args:?} {env:?} panicked:\n{out}");
+        assert!(!out.contains(wide_key) && !out.contains(&strong_non_ascii), "a key was printed:\n{out}");
+    }
+    let (ok, out) = check(&[], &[("GATEHOUSE_API_KEY", &strong_non_ascii)]);
+    assert!(ok, "a strong key in any script is accepted:\n{out}");
+    // Other commands with odd input: refused with a message, never a panic.
+    for args in [
+        vec!["token", "--room", "röom", "--exp", "1h"],
+        vec!["token", "--room", "room", "--exp", "1ħ"],
+        vec!["token", "--room", "room", "--exp", "９h"],
+        vec!["token", "--room", "room", "--exp", "9223372036854775807s"],
+        vec!["token", "--room", "room", "--user-name", "bad\u{7}name"],
+        vec!["token", "--room", "room", "--user-name", "ünïcødé 🙂"],
+        vec!["restore", "/nonexistent/ünï.bak", "--data-dir", "/tmp/ünï"],
+        vec!["backup", "/tmp/ünï/x.bak", "--data-dir", "/nonexistent/dätä"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(&args)
+            .env("GATEHOUSE_API_KEY", KEY)
+            .env("GATEHOUSE_DATA_DIR", tmp.path().join("dätä"))
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_ne!(out.status.code(), Some(101), "{args:?} panicked:\n{text}");
+        assert!(!text.contains("panicked"), "{args:?}:\n{text}");
+    }
+}
+
+#[test]
+fn weak_keys_are_refused_everywhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    for weak in ["a".repeat(64), "0123456789abcdef".repeat(4), "Sup3rS3cret!".repeat(6)] {
+        // The environment, the config file, and `config check` use the same rule...
+        let (ok, out) = check(&[], &[("GATEHOUSE_API_KEY", &weak)]);
+        assert!(!ok && out.contains("128"), "{weak}: {out}");
+        let file = tmp.path().join("k.toml");
+        std::fs::write(&file, format!("api_keys = [\"{weak}\"]\n")).unwrap();
+        let (ok, out) = check(&["--config", file.to_str().unwrap()], &[]);
+        assert!(!ok && out.contains("128"), "{weak}: {out}");
+        // ...and so does start-up.
+        let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(tmp.path().join("d"))
+            .env("GATEHOUSE_API_KEY", &weak)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && text.contains("128"), "{weak}: {text}");
+        assert!(!text.contains(&weak), "the key itself is never printed: {text}");
+    }
+}

@@ -1,6 +1,6 @@
 //! A store that cannot write answers 503 and acknowledges nothing; once there is room again it
 //! recovers, and every write it did acknowledge survives a restart. Uses a small tmpfs, so it
-//! needs root (CI runs as root); elsewhere it is skipped loudly.
+//! needs root (`./run-tests` stops before testing when it is not root).
 
 mod common;
 use common::Server;
@@ -26,14 +26,12 @@ fn mount_tmpfs(at: &std::path::Path, size: &str) -> Option<Mount> {
 }
 
 #[test]
-fn full_disk_answers_503_and_loses_no_acknowledged_write() {
+fn needs_root_full_disk_answers_503_and_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().unwrap();
     let at = tmp.path().join("small");
-    let Some(mount) = mount_tmpfs(&at, "6m") else {
-        assert!(std::env::var("CI").is_err(), "CI runs as root and must be able to mount a tmpfs");
-        eprintln!("\n!!! SKIPPED disk-full test: cannot mount a tmpfs here (needs root) !!!\n");
-        return;
-    };
+    let mount = mount_tmpfs(&at, "6m");
+    common::require(mount.is_some(), "root, to mount a small tmpfs");
+    let mount = mount.unwrap();
     let dir = at.join("data");
     let mut s = Server::start_in(&dir, &[]);
     let hook = "h".repeat(2000);

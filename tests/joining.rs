@@ -56,7 +56,10 @@ fn private_room_needs_a_token() {
     s.create_room(json!({"name": "private-room-test", "privacy": "private"}));
     let r = s.join("private-room-test", None, None);
     assert_denied(&r, 403, "not-allowed");
-    assert_eq!(r.body["info"], "You are not allowed to join this meeting");
+    assert_eq!(
+        r.body["info"],
+        "You are not allowed to join this meeting: the room is private and the join carries no meeting token"
+    );
     let t = s.token(json!({"room_name": "private-room-test", "user_id": "u1", "user_name": "Zed"}));
     let ok = s.join("private-room-test", Some(&t), Some("ignored"));
     assert_eq!(ok.status, 200, "{}", ok.text);

@@ -86,7 +86,7 @@ fn api_shape_test_post_and_validation() {
 }
 
 #[test]
-fn deliveries_are_in_order_filtered_and_signed() {
+fn needs_python_deliveries_are_in_order_filtered_and_signed() {
     let s = Server::start();
     let rx = Receiver::start();
     let secret = "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
@@ -130,16 +130,9 @@ fn b64_hmac(key: &[u8], msg: &str) -> String {
     base64::Engine::encode(&base64::engine::general_purpose::STANDARD, m.finalize().into_bytes())
 }
 
-/// Verifies deliveries with the `standardwebhooks` Python package (installed by .ci/run).
+/// Verifies deliveries with the `standardwebhooks` Python package (installed by ./run-tests).
 fn verify_with_standardwebhooks(secret: &str, reqs: &[common::receiver::Received]) {
-    let probe = std::process::Command::new("python3").args(["-c", "import standardwebhooks"]).output();
-    if !probe.map(|o| o.status.success()).unwrap_or(false) {
-        assert!(std::env::var("CI").is_err(), "CI must install the standardwebhooks package (.ci/run does)");
-        eprintln!(
-            "\n!!! SKIPPED: independent verification needs `pip install standardwebhooks` (.ci/run installs it) !!!\n"
-        );
-        return;
-    }
+    common::require(common::python_has("standardwebhooks"), "the Python package standardwebhooks");
     let cases: Vec<Value> = reqs
         .iter()
         .map(|r| json!({"body": r.body, "headers": {"webhook-id": r.header("webhook-id"), "webhook-timestamp": r.header("webhook-timestamp"), "webhook-signature": r.header("webhook-signature")}}))
@@ -153,7 +146,7 @@ for c in json.loads(sys.stdin.read()):
 print("verified", len(json.loads(sys.argv[2])) if len(sys.argv) > 2 else "")
 "#;
     use std::io::Write;
-    let mut child = std::process::Command::new("python3")
+    let mut child = std::process::Command::new(common::python())
         .args(["-c", script, secret])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

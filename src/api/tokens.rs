@@ -59,6 +59,7 @@ fn record_json(r: &TokenRecord) -> Value {
 fn status_word(r: &Rejection) -> &'static str {
     match r {
         Rejection::UnknownKey => "unknown_key",
+        Rejection::BadClaim(_) | Rejection::InvalidClaim(_) => "invalid_claims",
         _ => "bad_signature",
     }
 }

@@ -225,7 +225,7 @@ impl Writer {
         };
         ws.event(
             crate::events::PARTICIPANT_JOIN_DENIED,
-            json!({"room": req.room, "reason": d.error, "detail": d.detail, "user_id": user_id, "user_name": user_name, "jti": jti}),
+            json!({"room": req.room, "reason": d.error, "detail": d.detail, "info": d.info, "user_id": user_id, "user_name": user_name, "jti": jti}),
         );
     }
 

@@ -12,6 +12,38 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+/// The Python interpreter of the test virtual environment (`./run-tests` makes it under
+/// `target/test-venv` and exports `GATEHOUSE_TEST_PYTHON`), else `python3`.
+pub fn python() -> String {
+    if let Ok(p) = std::env::var("GATEHOUSE_TEST_PYTHON") {
+        return p;
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-venv/bin/python");
+    if venv.exists() {
+        return venv.to_string_lossy().to_string();
+    }
+    "python3".into()
+}
+
+/// Fails the test (never skips it) when a tool it needs is missing, saying what to install.
+/// Tests that call this are named `needs_*`, so `./run-tests --fast` can leave them out by name.
+pub fn require(available: bool, what: &str) {
+    assert!(
+        available,
+        "this test needs {what}, which is missing here. `./run-tests` installs it and runs every test; \
+         `./run-tests --fast` leaves out the needs_* tests and says so."
+    );
+}
+
+/// Whether the test Python can import `module`.
+pub fn python_has(module: &str) -> bool {
+    Command::new(python())
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
 /// A strong, fixed key for tests (64 hex chars).
 pub const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
 
