@@ -20,8 +20,11 @@ fn random_names_are_20_chars_of_a_z_0_9() {
         assert_eq!(room["config"], json!({}));
         assert!(uuid_like(room["id"].as_str().unwrap()));
     }
-    // An empty name is "no name" too (the dashboard sends it).
-    assert_eq!(s.create_room(json!({"name": ""}))["name"].as_str().unwrap().len(), 20);
+    // An empty name is a bad name, as documented; only an absent (or null) name means a random one.
+    let r = s.post("/v1/rooms", &json!({"name": ""}));
+    assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid-request-error")), "{}", r.text);
+    assert!(r.body["info"].as_str().unwrap().contains("room name"), "{}", r.text);
+    assert_eq!(s.create_room(json!({"name": null}))["name"].as_str().unwrap().len(), 20);
 }
 
 fn uuid_like(s: &str) -> bool {

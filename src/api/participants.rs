@@ -314,8 +314,10 @@ pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) ->
         None | Some(Value::Null) => None,
         Some(v) => {
             let now = state.clock.now_secs();
-            match v.as_i64() {
-                Some(t) if t > now && t <= crate::properties::MAX_UNIX_SECS => Some(t),
+            // Any JSON number, kept as whole seconds (like every unix time the API takes).
+            let secs = v.as_f64().filter(|t| t.is_finite()).map(f64::trunc);
+            match secs {
+                Some(t) if t > now as f64 && t <= crate::properties::MAX_UNIX_SECS as f64 => Some(t as i64),
                 _ => return Err(ApiError::invalid("'ban_until' must be a future unix time in seconds")),
             }
         }

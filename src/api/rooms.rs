@@ -41,7 +41,8 @@ pub(super) fn unexpected(o: Outcome) -> ApiError {
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = json_body(state, req).await?;
     wire::only_fields(&body, &["name", "privacy", "properties"])?;
-    let name = wire::opt_str(&body, "name")?.filter(|n| !n.is_empty());
+    // An empty name is a bad name; only an absent (or null) one means "pick a random name".
+    let name = wire::opt_str(&body, "name")?;
     if let Some(n) = name {
         rooms::validate_name(n)?;
     }
