@@ -250,6 +250,26 @@ fn join_floods_are_rate_limited_without_events() {
     assert!(s.events_of("participant.join-denied").len() <= 10);
 }
 
+/// A media server or app backend joins on behalf of many participants from one address with
+/// the API key: it is not throttled per address. Anonymous and token-only joins still are.
+#[test]
+fn joins_with_the_api_key_are_not_throttled_per_address() {
+    let s = Server::start_with(&[("GATEHOUSE_JOIN_RATE", "0.01"), ("GATEHOUSE_JOIN_BURST", "5")]);
+    s.create_room(json!({"name": "stage", "privacy": "private"}));
+    let t = s.token(json!({"room_name": "stage"}));
+    let body = json!({"token": t}).to_string();
+    for i in 0..120 {
+        let r = s.call("POST", "/v1/rooms/stage/join", Some(&s.key), Some(&body));
+        assert_eq!(r.status, 200, "join {i} on behalf of a participant: {}", r.text);
+    }
+    // A wrong key is refused as such, not treated as anonymous.
+    let r = s.call("POST", "/v1/rooms/stage/join", Some("not-the-key"), Some(&body));
+    assert_eq!((r.status, r.body["error"].as_str()), (401, Some("authentication-error")), "{}", r.text);
+    let statuses: Vec<u16> = (0..10).map(|_| s.call("POST", "/v1/rooms/stage/join", None, Some(&body)).status).collect();
+    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "token-only joins keep the limit: {statuses:?}");
+    assert_eq!(s.join("stage", None, None).status, 429, "anonymous joins keep the limit");
+}
+
 #[test]
 fn session_stream_pushes_presence_and_closes_on_ejection() {
     use std::io::{BufRead, BufReader};

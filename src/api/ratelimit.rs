@@ -1,37 +1,51 @@
 //! Join rate limiting per client address (a token bucket per address). The client address is
 //! the peer, or — only when the peer is a configured proxy — the nearest untrusted address in
-//! `X-Forwarded-For`. Limited attempts are counted, never logged one by one, so a flood cannot
-//! fill the disk or the webhooks.
+//! `X-Forwarded-For`; IPv6 addresses count by their /64 (one host can rotate through a whole
+//! /64). Limited attempts are counted, never logged one by one, so a flood cannot fill the disk
+//! or the webhooks.
+//!
+//! Memory is bounded: at most [`MAX_BUCKETS`] buckets, the least recently used one evicted in
+//! O(1) when a new address arrives. Evicting a bucket only forgets that address's history, which
+//! a client with fresh addresses has anyway.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use hyper::HeaderMap;
 
-/// Buckets kept before idle full ones are pruned.
-const MAX_BUCKETS: usize = 100_000;
+/// Most buckets kept (~64 bytes each with the LRU links: ~6 MiB).
+pub const MAX_BUCKETS: usize = 100_000;
 
 pub struct JoinLimiter {
     rate: f64,
     burst: f64,
     trusted: Vec<IpAddr>,
-    /// A std Mutex: nothing is awaited while it is held.
-    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+    /// A std Mutex: nothing is awaited while it is held, and every operation on it is O(1).
+    buckets: Mutex<lru::LruCache<IpAddr, (f64, Instant)>>,
     pub limited: AtomicU64,
 }
 
 impl JoinLimiter {
     pub fn new(rate: f64, burst: u32, trusted: Vec<IpAddr>) -> JoinLimiter {
+        Self::with_capacity(rate, burst, trusted, MAX_BUCKETS)
+    }
+
+    fn with_capacity(rate: f64, burst: u32, trusted: Vec<IpAddr>, capacity: usize) -> JoinLimiter {
         JoinLimiter {
             rate,
             burst: f64::from(burst),
             trusted,
-            buckets: Mutex::new(HashMap::new()),
+            buckets: Mutex::new(lru::LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
             limited: AtomicU64::new(0),
         }
+    }
+
+    /// Buckets held now (at most [`MAX_BUCKETS`]).
+    pub fn len(&self) -> usize {
+        self.buckets.lock().map(|b| b.len()).unwrap_or(0)
     }
 
     /// The address a request is attributed to.
@@ -57,11 +71,8 @@ impl JoinLimiter {
         let Ok(mut buckets) = self.buckets.lock() else {
             return Ok(());
         };
-        if buckets.len() >= MAX_BUCKETS {
-            let (rate, burst) = (self.rate, self.burst);
-            buckets.retain(|_, (tokens, at)| *tokens + now.duration_since(*at).as_secs_f64() * rate < burst);
-        }
-        let (tokens, at) = buckets.entry(addr).or_insert((self.burst, now));
+        // Inserting into a full cache evicts the least recently used bucket.
+        let (tokens, at) = buckets.get_or_insert_mut(bucket_key(addr), || (self.burst, now));
         *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * self.rate).min(self.burst);
         *at = now;
         if *tokens >= 1.0 {
@@ -70,6 +81,14 @@ impl JoinLimiter {
         }
         self.limited.fetch_add(1, Ordering::Relaxed);
         Err(((1.0 - *tokens) / self.rate).ceil().max(1.0) as u64)
+    }
+}
+
+/// IPv4 addresses as they are; IPv6 addresses by their /64.
+fn bucket_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        v4 => v4,
     }
 }
 
@@ -93,6 +112,24 @@ mod tests {
         }
         assert!(l.check(a).is_err());
         assert!(l.check("10.0.0.2".parse().unwrap()).is_ok());
+    }
+
+    /// A million distinct addresses (a client rotating through IPv4 and IPv6 addresses) leave
+    /// the map at its bound, each check O(1); the /64 of a rotating IPv6 client shares a bucket.
+    #[test]
+    fn memory_is_bounded_whatever_the_addresses() {
+        let l = JoinLimiter::new(1.0, 3, vec![]);
+        for i in 0..1_000_000u32 {
+            let _ = l.check(IpAddr::V4(std::net::Ipv4Addr::from(i)));
+            let _ = l.check(IpAddr::V6(Ipv6Addr::from(u128::from(i) << 64)));
+            assert!(l.len() <= MAX_BUCKETS);
+        }
+        assert_eq!(l.len(), MAX_BUCKETS);
+        let same_64 = |n: u128| IpAddr::V6(Ipv6Addr::from((0x2001_0db8u128 << 96) | n));
+        for n in 0..3 {
+            assert!(l.check(same_64(n)).is_ok());
+        }
+        assert!(l.check(same_64(12345)).is_err(), "another address in the same /64 shares the bucket");
     }
 
     #[test]
