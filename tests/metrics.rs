@@ -72,3 +72,38 @@ fn webhook_families_follow_deliveries() {
     assert_eq!(value(&text, &format!("gatehouse_webhook_state{{webhook=\"{id}\",state=\"ACTIVE\"}}")), 1.0);
     assert!(text.contains("# TYPE gatehouse_webhook_deliveries_total counter"));
 }
+
+/// Labels come from the route table: ids, names and tokens in paths (including unknown paths
+/// with a token in them, and each session's own URLs) never become a label or a line of the
+/// access log, and the set of labels stays fixed however many distinct paths clients send.
+#[test]
+fn labels_and_access_log_never_hold_ids_names_or_tokens() {
+    let s = Server::start_with(&[("GATEHOUSE_LOG", "debug")]);
+    s.create_room(json!({"name": "secret-room-name"}));
+    let t = s.token(json!({"room_name": "secret-room-name"}));
+    let (id, secret, _) = s.join_ok("secret-room-name", Some(&t));
+    for i in 0..50 {
+        s.call("GET", &format!("/v1/meeting-tokens/{t}/x{i}"), Some(&s.key), None);
+        s.call("GET", &format!("/probe-{i}/a/b"), None, None);
+        s.call("PUT", &format!("/v1/rooms/secret-room-name-{i}"), Some(&s.key), None);
+    }
+    s.call("POST", &format!("/v1/sessions/{id}/heartbeat"), Some(&secret), None);
+    s.get(&format!("/v1/meeting-tokens/{t}"));
+    let text = s.get("/metrics").text;
+    let log = s.log();
+    for needle in [t.as_str(), &id, &secret, "secret-room-name", "probe-"] {
+        assert!(!text.contains(needle), "{needle} is in a metric label:\n{text}");
+        let access: Vec<&str> = log.lines().filter(|l| l.contains("request_id")).collect();
+        assert!(!access.is_empty(), "the access log is on at debug");
+        assert!(access.iter().all(|l| !l.contains(needle)), "{needle} is in the access log");
+    }
+    let routes: std::collections::BTreeSet<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("gatehouse_http_requests_total{route=\""))
+        .filter_map(|l| l.split('"').next())
+        .collect();
+    assert!(routes.contains("unmatched"), "{routes:?}");
+    assert!(routes.contains("POST /v1/sessions/:id/heartbeat"), "{routes:?}");
+    assert!(routes.contains("GET /v1/meeting-tokens/:token"), "{routes:?}");
+    assert!(routes.len() <= 8, "labels grow with paths: {routes:?}");
+}

@@ -10,6 +10,7 @@ mod ops;
 mod participants;
 mod ratelimit;
 mod rooms;
+pub mod routes;
 mod tls;
 mod tokens;
 mod webhooks;
@@ -24,7 +25,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper::{Method, Request, Response};
+use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -174,99 +175,79 @@ pub async fn serve(
 async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
     let started = Instant::now();
     let id = format!("{:x}", state.request_ids.fetch_add(1, Ordering::Relaxed));
-    let method = req.method().clone();
-    let route = route_name(req.method(), req.uri().path());
+    // The label comes from the route table, never from the path (which may hold a token).
+    let found = routes::find(req.method(), req.uri().path());
+    let label = found.as_ref().map_or(routes::UNMATCHED, |(r, _)| r.label);
     let st = state.clone();
-    let res = match tokio::spawn(async move { dispatch(&st, peer, req).await }).await {
+    let res = match tokio::spawn(async move { dispatch(&st, peer, req, found).await }).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => wire::error_response(&e),
         Err(_) => {
-            tracing::error!(request_id = %id, %route, "handler panicked");
+            tracing::error!(request_id = %id, route = label, "handler panicked");
             wire::error_response(&ApiError::internal(&id))
         }
     };
-    state.metrics.request(&route, res.status().as_u16(), started.elapsed().as_secs_f64());
-    tracing::debug!(request_id = %id, %method, %route, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
+    state.metrics.request(label, res.status().as_u16(), started.elapsed().as_secs_f64());
+    tracing::debug!(request_id = %id, route = label, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(res)
 }
 
-/// The route pattern of a path, for logs: never the path itself, which may hold a token.
-fn route_name(method: &Method, path: &str) -> String {
-    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let pattern = match segs.as_slice() {
-        ["v1", "meeting-tokens", t] if *t != "revoke" => "/v1/meeting-tokens/:token".to_string(),
-        ["v1", "rooms", _, rest @ ..] => {
-            format!("/v1/rooms/:name{}", rest.iter().map(|r| format!("/{r}")).collect::<String>())
-        }
-        ["v1", "webhooks", _, rest @ ..] => {
-            format!("/v1/webhooks/:id{}", rest.iter().map(|r| format!("/{r}")).collect::<String>())
-        }
-        ["v1", ..] | ["healthz"] | ["readyz"] | ["metrics"] | ["dashboard"] => path.to_string(),
-        ["assets", _] => "/assets/:file".to_string(),
-        _ => "/:page".to_string(),
+async fn dispatch(
+    state: &Arc<AppState>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    found: Result<(&'static routes::Route, Vec<String>), routes::Miss>,
+) -> Result<Response<Body>, ApiError> {
+    use routes::Op;
+    let (route, params) = match found {
+        Ok(f) => f,
+        Err(routes::Miss::BadPath) => return Err(ApiError::invalid("request path is not valid UTF-8")),
+        Err(routes::Miss::Method(allow)) => return Err(ApiError::method_not_allowed(allow)),
+        Err(routes::Miss::NotFound) => return Err(ApiError::not_found("no such route")),
     };
-    format!("{method} {pattern}")
-}
-
-async fn dispatch(state: &Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let segs = wire::segments(req.uri().path())?;
-    let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
-    let m = req.method().clone();
-    match (segs.as_slice(), &m) {
-        (["healthz"], &Method::GET) => Ok(ops::healthz()),
-        (["readyz"], &Method::GET) => Ok(ops::readyz(state)),
-        (["metrics"], &Method::GET) => ops::metrics(state, &req),
-        (["v1", "backup"], &Method::GET) => ops::backup(state, &req),
-        (["v1", "openapi.json"], &Method::GET) => Ok(wire::ok(&openapi::document())),
-        (["v1"], &Method::GET) => ops::domain(state, &req),
-        (["v1", "rooms"], &Method::GET) => rooms::list(state, &req),
-        (["v1", "rooms"], &Method::POST) => rooms::create(state, req).await,
-        (["v1", "rooms", name], &Method::GET) => rooms::get(state, &req, name),
-        (["v1", "rooms", name], &Method::POST) => rooms::update(state, req, name).await,
-        (["v1", "rooms", name], &Method::DELETE) => rooms::delete(state, &req, name).await,
-        (["v1", "rooms", name, "join"], &Method::POST) => participants::join(state, req, peer, name).await,
-        (["v1", "rooms", name, "eject"], &Method::POST) => participants::eject(state, req, name).await,
-        (["v1", "rooms", name, "presence"], &Method::GET) => participants::room_presence(state, &req, name),
-        (["v1", "rooms", name, "bans"], &Method::GET) => participants::bans(state, &req, name),
-        (["v1", "rooms", name, "bans", user], &Method::DELETE) => participants::lift_ban(state, &req, name, user).await,
-        (["v1", "presence"], &Method::GET) => participants::presence_all(state, &req),
-        (["v1", "sessions", id, "heartbeat"], &Method::POST) => participants::heartbeat(state, &req, id).await,
-        (["v1", "sessions", id, "leave"], &Method::POST) => participants::leave(state, &req, id).await,
-        (["v1", "sessions", id, "stream"], &Method::GET) => participants::stream(state, &req, id).await,
-        (["v1", "meeting-tokens", "revoke"], &Method::POST) => tokens::revoke(state, req).await,
-        (["v1", "meeting-tokens"], &Method::POST) => tokens::create(state, req).await,
-        (["v1", "meeting-tokens"], &Method::GET) => tokens::list(state, &req),
-        (["v1", "meeting-tokens", token], &Method::GET) => tokens::validate(state, &req, token),
-        (["v1", "events"], &Method::GET) => events::list(state, &req).await,
-        (["v1", "events", "stream"], &Method::GET) => events::stream(state, &req),
-        (["v1", "webhooks"], &Method::POST) => webhooks::create(state, req).await,
-        (["v1", "webhooks"], &Method::GET) => webhooks::list(state, &req),
-        (["v1", "webhooks", id], &Method::GET) => webhooks::get(state, &req, id),
-        (["v1", "webhooks", id], &Method::POST) => webhooks::update(state, req, id).await,
-        (["v1", "webhooks", id], &Method::DELETE) => webhooks::delete(state, &req, id).await,
-        (["v1", "webhooks", id, "replay"], &Method::POST) => webhooks::replay(state, req, id).await,
-        (["v1", "webhooks", id, "attempts"], &Method::GET) => webhooks::attempts(state, &req, id),
+    // Parameters come in the order the route's pattern names them.
+    let p = |i: usize| params.get(i).map_or("", String::as_str);
+    match route.op {
+        Op::Healthz => Ok(ops::healthz()),
+        Op::Readyz => Ok(ops::readyz(state)),
+        Op::Metrics => ops::metrics(state, &req),
+        Op::Backup => ops::backup(state, &req),
+        Op::OpenApi => Ok(wire::ok(&openapi::document())),
+        Op::Domain => ops::domain(state, &req),
+        Op::ListRooms => rooms::list(state, &req),
+        Op::CreateRoom => rooms::create(state, req).await,
+        Op::GetRoom => rooms::get(state, &req, p(0)),
+        Op::UpdateRoom => rooms::update(state, req, p(0)).await,
+        Op::DeleteRoom => rooms::delete(state, &req, p(0)).await,
+        Op::Join => participants::join(state, req, peer, p(0)).await,
+        Op::Eject => participants::eject(state, req, p(0)).await,
+        Op::RoomPresence => participants::room_presence(state, &req, p(0)),
+        Op::Bans => participants::bans(state, &req, p(0)),
+        Op::LiftBan => participants::lift_ban(state, &req, p(0), p(1)).await,
+        Op::Presence => participants::presence_all(state, &req),
+        Op::Heartbeat => participants::heartbeat(state, &req, p(0)).await,
+        Op::Leave => participants::leave(state, &req, p(0)).await,
+        Op::SessionStream => participants::stream(state, &req, p(0)).await,
+        Op::RevokeTokens => tokens::revoke(state, req).await,
+        Op::CreateToken => tokens::create(state, req).await,
+        Op::ListTokens => tokens::list(state, &req),
+        Op::ValidateToken => tokens::validate(state, &req, p(0)),
+        Op::Events => events::list(state, &req).await,
+        Op::EventStream => events::stream(state, &req),
+        Op::CreateWebhook => webhooks::create(state, req).await,
+        Op::ListWebhooks => webhooks::list(state, &req),
+        Op::GetWebhook => webhooks::get(state, &req, p(0)),
+        Op::UpdateWebhook => webhooks::update(state, req, p(0)).await,
+        Op::DeleteWebhook => webhooks::delete(state, &req, p(0)).await,
+        Op::ReplayWebhook => webhooks::replay(state, req, p(0)).await,
+        Op::WebhookAttempts => webhooks::attempts(state, &req, p(0)),
         #[cfg(feature = "test-clock")]
-        (["v1", "_test", "clock"], &Method::POST) => ops::test_clock(state, req).await,
-        (["healthz"] | ["readyz"] | ["v1"] | ["v1", "meeting-tokens", _] | ["v1", "events"], _) => {
-            Err(ApiError::method_not_allowed("GET"))
-        }
-        (["v1", "rooms"] | ["v1", "meeting-tokens"] | ["v1", "webhooks"], _) => {
-            Err(ApiError::method_not_allowed("GET, POST"))
-        }
-        (["v1", "webhooks", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
-        (["v1", "webhooks", _, "replay"], _) => Err(ApiError::method_not_allowed("POST")),
-        (["v1", "webhooks", _, "attempts"] | ["v1", "events", "stream"], _) => Err(ApiError::method_not_allowed("GET")),
-        (["v1", "rooms", _], _) => Err(ApiError::method_not_allowed("GET, POST, DELETE")),
-        (["v1", "rooms", _, "join" | "eject"] | ["v1", "sessions", _, "heartbeat" | "leave"], _) => {
-            Err(ApiError::method_not_allowed("POST"))
-        }
-        (["v1", "rooms", _, "presence" | "bans"] | ["v1", "presence"] | ["v1", "sessions", _, "stream"], _) => {
-            Err(ApiError::method_not_allowed("GET"))
-        }
-        (["dashboard"], &Method::GET) => Ok(crate::web::dashboard()),
-        (["assets", file], &Method::GET) => crate::web::asset(file).ok_or_else(|| ApiError::not_found("no such asset")),
-        ([name], &Method::GET) if crate::rooms::validate_name(name).is_ok() => Ok(crate::web::room_page()),
-        _ => Err(ApiError::not_found("no such route")),
+        Op::TestClock => ops::test_clock(state, req).await,
+        #[cfg(not(feature = "test-clock"))]
+        Op::TestClock => Err(ApiError::not_found("no such route")),
+        Op::Dashboard => Ok(crate::web::dashboard()),
+        Op::Asset => crate::web::asset(p(0)).ok_or_else(|| ApiError::not_found("no such asset")),
+        Op::RoomPage if crate::rooms::validate_name(p(0)).is_ok() => Ok(crate::web::room_page()),
+        Op::RoomPage => Err(ApiError::not_found("no such route")),
     }
 }

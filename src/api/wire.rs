@@ -124,19 +124,6 @@ fn decode_component(s: &str) -> Result<String, ApiError> {
         .map_err(|_| ApiError::invalid("query string is not valid UTF-8"))
 }
 
-/// The path split into decoded segments. Invalid UTF-8 is a 400.
-pub fn segments(path: &str) -> Result<Vec<String>, ApiError> {
-    path.split('/')
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            percent_encoding::percent_decode_str(s)
-                .decode_utf8()
-                .map(|c| c.into_owned())
-                .map_err(|_| ApiError::invalid("request path is not valid UTF-8"))
-        })
-        .collect()
-}
-
 /// An optional integer query parameter within a range.
 pub fn int_param(q: &HashMap<String, String>, name: &str, min: i64, max: i64) -> Result<Option<i64>, ApiError> {
     match q.get(name) {
