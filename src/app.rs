@@ -277,9 +277,15 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 .await
                 .with_context(|| format!("asking {server} for a backup"))?;
             anyhow::ensure!(res.status().is_success(), "the server answered {}", res.status());
+            let progress = Progress::new("backup: receiving");
+            let total = res.content_length();
+            let mut done = 0u64;
             while let Some(chunk) = res.chunk().await? {
                 out.write_all(&chunk)?;
+                done += chunk.len() as u64;
+                progress.bytes(done, total);
             }
+            progress.done();
         }
         None => {
             let opts = StoreOptions {
@@ -297,7 +303,12 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 )
             })?;
             let files = std::fs::read(args.data_dir.join(KEY_FILE)).map(|k| vec![("api_key", k)]).unwrap_or_default();
-            let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::new(out.try_clone()?)));
+            let counted = Counted {
+                inner: std::io::BufWriter::new(out.try_clone()?),
+                done: 0,
+                progress: Progress::new("backup: writing"),
+            };
+            let sink = crate::store::BackupSink(Box::new(counted));
             let r = store.submit(crate::store::Command::Backup { sink, files }).await;
             store.close().await;
             r?;
@@ -306,7 +317,10 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
     out.sync_all()?;
     // A backup cut short has no valid checksum; check before keeping it.
     let check = tempfile_dir_for(&args.file)?;
-    crate::store::restore(&tmp, &check).map_err(|e| anyhow::anyhow!("the backup does not verify: {e}"))?;
+    let progress = Progress::new("backup: verifying");
+    crate::store::restore(&tmp, &check, &mut |done, total| progress.bytes(done, Some(total)))
+        .map_err(|e| anyhow::anyhow!("the backup does not verify: {e}"))?;
+    progress.done();
     let _ = std::fs::remove_dir_all(&check);
     std::fs::rename(&tmp, &args.file)?;
     println!("backup written to {}", args.file.display());
@@ -322,7 +336,72 @@ fn tempfile_dir_for(file: &Path) -> anyhow::Result<std::path::PathBuf> {
 /// `gatehouse restore <file> --data-dir <dir>`.
 pub fn restore(args: &crate::config::RestoreArgs) -> anyhow::Result<()> {
     create_data_dir(&args.data_dir)?;
-    let r = crate::store::restore(&args.file, &args.data_dir)?;
+    let progress = Progress::new("restore");
+    let r = crate::store::restore(&args.file, &args.data_dir, &mut |done, total| progress.bytes(done, Some(total)))?;
+    progress.done();
     println!("restored {} records ({} file(s)) into {}", r.records, r.files, args.data_dir.display());
     Ok(())
+}
+
+/// Progress of long CLI work (backup, restore), rewritten in place on stderr at most five times
+/// a second when stderr is a terminal; silent when it is not (pipes, files, journald).
+struct Progress {
+    what: &'static str,
+    on: bool,
+    last: std::cell::Cell<Option<std::time::Instant>>,
+    shown: std::cell::Cell<bool>,
+}
+
+impl Progress {
+    fn new(what: &'static str) -> Progress {
+        use std::io::IsTerminal;
+        Progress { what, on: std::io::stderr().is_terminal(), last: Default::default(), shown: Default::default() }
+    }
+
+    fn bytes(&self, done: u64, total: Option<u64>) {
+        let due = self.last.get().is_none_or(|t| t.elapsed() >= std::time::Duration::from_millis(200));
+        if !self.on || !due {
+            return;
+        }
+        self.last.set(Some(std::time::Instant::now()));
+        self.shown.set(true);
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        match total.filter(|t| *t > 0) {
+            Some(t) => eprint!(
+                "\r{}: {:.1} of {:.1} MiB ({:.0}%)   ",
+                self.what,
+                mib(done),
+                mib(t),
+                done as f64 * 100.0 / t as f64
+            ),
+            None => eprint!("\r{}: {:.1} MiB   ", self.what, mib(done)),
+        }
+    }
+
+    /// Ends the line (when anything was shown).
+    fn done(&self) {
+        if self.on && self.shown.get() {
+            eprintln!(" done");
+        }
+    }
+}
+
+/// A writer that reports how much went through it.
+struct Counted<W> {
+    inner: W,
+    done: u64,
+    progress: Progress,
+}
+
+impl<W: std::io::Write> std::io::Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.done += n as u64;
+        self.progress.bytes(self.done, None);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }

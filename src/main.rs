@@ -12,8 +12,17 @@ fn main() -> anyhow::Result<()> {
     };
     let env_keys = std::env::var("GATEHOUSE_API_KEY").ok().filter(|k| !k.trim().is_empty());
     let api_keys = env_keys.or_else(|| (!file_keys.is_empty()).then(|| file_keys.join(",")));
+    // Colours only on a terminal: journald and log files get plain text. The scheduler
+    // library's start-up chatter stays out of the default `info` log.
+    use std::io::IsTerminal;
+    let filter = std::env::var("GATEHOUSE_LOG").ok().filter(|f| !f.trim().is_empty());
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("GATEHOUSE_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            filter
+                .and_then(|f| tracing_subscriber::EnvFilter::try_new(f).ok())
+                .unwrap_or_else(|| "info,tokio_cron_scheduler=warn".into()),
+        )
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
     let args = match cli.command {

@@ -78,7 +78,10 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
     }
     match f.token {
         TokenCheck::None if room.privacy == Privacy::Private => {
-            return Err(Denial::not_allowed("private_room", "the room is private and the join carries no meeting token"))
+            return Err(Denial::not_allowed(
+                "private_room",
+                "the room is private and the join carries no meeting token",
+            ))
         }
         TokenCheck::None => {}
         TokenCheck::Invalid(r) => return Err(Denial::not_allowed(r.detail(), &r.to_string())),

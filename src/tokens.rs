@@ -180,7 +180,9 @@ fn alphabet_size(s: &[char]) -> Option<u32> {
     let all = |f: fn(&char) -> bool| s.iter().all(f);
     if all(|c| c.is_ascii_digit()) {
         Some(10)
-    } else if all(|c| c.is_ascii_digit() || ('a'..='f').contains(c)) || all(|c| c.is_ascii_digit() || ('A'..='F').contains(c)) {
+    } else if all(|c| c.is_ascii_digit() || ('a'..='f').contains(c))
+        || all(|c| c.is_ascii_digit() || ('A'..='F').contains(c))
+    {
         Some(16)
     } else if all(char::is_ascii_alphanumeric) {
         Some(62)
@@ -600,7 +602,11 @@ mod tests {
             // 31 hex characters: 124 bits at best.
             "0f3a9c2e7b5d1864af0e93c7d2b5a18".into(),
         ] {
-            assert!(KeyRing::new(std::slice::from_ref(&weak)).is_err(), "{weak} accepted ({} bits)", estimated_bits(&weak));
+            assert!(
+                KeyRing::new(std::slice::from_ref(&weak)).is_err(),
+                "{weak} accepted ({} bits)",
+                estimated_bits(&weak)
+            );
         }
         assert!(KeyRing::new(&[KEY.into()]).is_ok());
     }
@@ -682,7 +688,9 @@ mod tests {
         let hs384 = offline(json!({"r": "x"}), Algorithm::HS384, KEY);
         assert_eq!(verify(&r, DOMAIN, &hs384).unwrap_err(), Rejection::Algorithm);
         let string_exp = offline(json!({"exp": "2000000000"}), Algorithm::HS256, KEY);
-        assert!(matches!(verify(&r, DOMAIN, &string_exp).unwrap_err(), Rejection::InvalidClaim(m) if m.contains("'exp'")));
+        assert!(
+            matches!(verify(&r, DOMAIN, &string_exp).unwrap_err(), Rejection::InvalidClaim(m) if m.contains("'exp'"))
+        );
         // alg "none": header {"alg":"none","typ":"JWT"}, payload {}, empty signature.
         let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.e30.";
         assert!(matches!(verify(&r, DOMAIN, none).unwrap_err(), Rejection::Malformed(_)));

@@ -101,3 +101,30 @@ fn round_trip_running_and_stopped_then_overdue_deadlines_fire() {
         gatehouse(&["restore", damaged.to_str().unwrap(), "--data-dir", tmp.path().join("x").to_str().unwrap()]);
     assert!(!ok && out.contains("checksum"), "{out}");
 }
+
+/// A backup client that stops reading holds only its own connection: writes keep being
+/// acknowledged, and shutdown finishes within its grace period.
+#[test]
+fn a_stalled_backup_reader_stalls_nothing() {
+    use std::io::{Read, Write};
+    let mut s = Server::start_with(&[("GATEHOUSE_SHUTDOWN_GRACE_SECS", "2")]);
+    // A store well over what socket buffers hold, so the reader really stalls the stream.
+    let hook = "h".repeat(2000);
+    for i in 0..3000 {
+        s.create_room(json!({"name": format!("big-{i}"), "properties": {"meeting_join_hook": hook}}));
+    }
+    let mut stalled = std::net::TcpStream::connect(s.base.trim_start_matches("http://")).unwrap();
+    write!(stalled, "GET /v1/backup HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {}\r\n\r\n", s.key).unwrap();
+    let mut head = [0u8; 64];
+    stalled.read_exact(&mut head).unwrap();
+    assert!(String::from_utf8_lossy(&head).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+    // The reader reads nothing more; writes go on (each would hang for good if the writer waited on it).
+    for i in 0..50 {
+        s.create_room(json!({"name": format!("after-{i}")}));
+    }
+    let started = std::time::Instant::now();
+    let status = s.terminate_within(std::time::Duration::from_secs(20));
+    assert!(status.is_some_and(|s| s.success()), "shutdown hung with a stalled backup reader");
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "shutdown took {:?}", started.elapsed());
+    drop(stalled);
+}

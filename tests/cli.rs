@@ -93,3 +93,41 @@ fn first_start_generates_prints_and_keeps_a_key() {
     assert_eq!(std::fs::metadata(dir.join("api_key")).unwrap().permissions().mode() & 0o777, 0o600);
     assert_eq!(std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777, 0o700);
 }
+
+/// Logs are plain text when stderr is not a terminal (journald, files), without the scheduler
+/// library's start-up chatter; long CLI work shows progress on a terminal and is quiet when piped.
+#[test]
+fn plain_logs_and_progress_only_on_a_terminal() {
+    let mut s = Server::start_with(&[("GATEHOUSE_LOG", "")]);
+    s.create_room(json!({"name": "progress"}));
+    let dir = s.dir.to_string_lossy().to_string();
+    s.terminate();
+    let log = s.log();
+    assert!(log.contains("store open"), "{log}");
+    assert!(!log.contains('\u{1b}'), "ANSI colour codes in a piped log:\n{log}");
+    assert!(!log.contains("tokio_cron_scheduler"), "scheduler chatter at info:\n{log}");
+    let tmp = tempfile::tempdir().unwrap();
+    let piped = tmp.path().join("piped.ghbk");
+    let (ok, out, err) =
+        gatehouse(&["backup", piped.to_str().unwrap(), "--data-dir", &dir], &[("GATEHOUSE_API_KEY", KEY)]);
+    assert!(ok, "{err}");
+    assert!(out.contains("backup written"), "{out}");
+    assert!(!err.contains('\r') && !err.contains("MiB"), "progress when piped: {err:?}");
+    // Under a terminal (script(1) gives it a pty), the same command shows its progress.
+    let on_tty = tmp.path().join("tty.ghbk");
+    let cmd = format!("{} backup {} --data-dir {dir}", env!("CARGO_BIN_EXE_gatehouse"), on_tty.display());
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("GATEHOUSE_API_KEY", KEY)
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("MiB") && text.contains("done"), "no progress on a terminal: {text:?}");
+    let restored = tmp.path().join("restored");
+    let cmd =
+        format!("{} restore {} --data-dir {}", env!("CARGO_BIN_EXE_gatehouse"), on_tty.display(), restored.display());
+    let out = std::process::Command::new("script").args(["-qec", &cmd, "/dev/null"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("restore:"), "{text:?}");
+}

@@ -265,7 +265,8 @@ fn joins_with_the_api_key_are_not_throttled_per_address() {
     // A wrong key is refused as such, not treated as anonymous.
     let r = s.call("POST", "/v1/rooms/stage/join", Some("not-the-key"), Some(&body));
     assert_eq!((r.status, r.body["error"].as_str()), (401, Some("authentication-error")), "{}", r.text);
-    let statuses: Vec<u16> = (0..10).map(|_| s.call("POST", "/v1/rooms/stage/join", None, Some(&body)).status).collect();
+    let statuses: Vec<u16> =
+        (0..10).map(|_| s.call("POST", "/v1/rooms/stage/join", None, Some(&body)).status).collect();
     assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5, "token-only joins keep the limit: {statuses:?}");
     assert_eq!(s.join("stage", None, None).status, 429, "anonymous joins keep the limit");
 }

@@ -211,7 +211,7 @@ async fn dispatch(
         Op::Healthz => Ok(ops::healthz()),
         Op::Readyz => Ok(ops::readyz(state)),
         Op::Metrics => ops::metrics(state, &req),
-        Op::Backup => ops::backup(state, &req),
+        Op::Backup => ops::backup(state, &req).await,
         Op::OpenApi => Ok(wire::ok(&openapi::document())),
         Op::Domain => ops::domain(state, &req),
         Op::ListRooms => rooms::list(state, &req),

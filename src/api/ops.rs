@@ -179,40 +179,63 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
 }
 
-/// Sends what the writer writes to an HTTP response, in chunks (called on the writer thread).
-struct ChannelWriter(tokio::sync::mpsc::Sender<bytes::Bytes>);
-
-impl std::io::Write for ChannelWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0
-            .blocking_send(bytes::Bytes::copy_from_slice(buf))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "the client went away"))?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+/// `GET /v1/backup`: a consistent snapshot of the store (and the data dir's API key file).
+/// The writer copies it into an unlinked temporary file in the data dir (busy for as long as a
+/// local copy takes, never for as long as the client takes to read), then the file is streamed
+/// from its own task: a client that reads slowly, or not at all, holds only its own connection,
+/// and the file's space is freed when the response ends.
+pub async fn backup(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(req, &state.keys)?;
+    let dir = &state.settings.data_dir;
+    let file = anonymous_file(dir).map_err(|e| {
+        tracing::error!(error = %e, "cannot create the backup's temporary file");
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server-error", "cannot create a temporary file for the backup")
+    })?;
+    let sink_file = file.try_clone().map_err(|_| ApiError::internal("backup"))?;
+    let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::with_capacity(256 * 1024, sink_file)));
+    let files = std::fs::read(dir.join("api_key")).map(|k| vec![("api_key", k)]).unwrap_or_default();
+    let records = match state.store.submit(crate::store::Command::Backup { sink, files }).await? {
+        crate::store::Outcome::BackedUp(n) => n,
+        other => return Err(super::rooms::unexpected(other)),
+    };
+    let len = file.metadata().map(|m| m.len()).map_err(|_| ApiError::internal("backup"))?;
+    tracing::info!(records, bytes = len, "backup taken; streaming it");
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(stream_file(tokio::fs::File::from_std(file), tx));
+    let mut r = super::participants::sse_response(rx);
+    let h = r.headers_mut();
+    h.insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/octet-stream"));
+    h.insert(hyper::header::CONTENT_LENGTH, hyper::header::HeaderValue::from(len));
+    Ok(r)
 }
 
-/// `GET /v1/backup`: a consistent snapshot of the store (and the data dir's API key file),
-/// streamed. Writes wait while it is taken.
-pub fn backup(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::with_capacity(256 * 1024, ChannelWriter(tx))));
-    let files =
-        std::fs::read(state.settings.data_dir.join("api_key")).map(|k| vec![("api_key", k)]).unwrap_or_default();
-    let store = state.store.clone();
-    tokio::spawn(async move {
-        match store.submit(crate::store::Command::Backup { sink, files }).await {
-            Ok(crate::store::Outcome::BackedUp(n)) => tracing::info!(records = n, "backup streamed"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "backup failed"),
+/// A new file in `dir`, already unlinked: only the open handle reaches it.
+fn anonymous_file(dir: &std::path::Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut name = [0u8; 8];
+    rand::fill(&mut name);
+    let path = dir.join(format!(".backup-{}.tmp", name.iter().map(|b| format!("{b:02x}")).collect::<String>()));
+    let f = std::fs::OpenOptions::new().read(true).write(true).create_new(true).mode(0o600).open(&path)?;
+    std::fs::remove_file(&path)?;
+    Ok(f)
+}
+
+/// Sends the file from its start in 256 KiB chunks; stops when the client is gone.
+async fn stream_file(mut file: tokio::fs::File, tx: tokio::sync::mpsc::Sender<bytes::Bytes>) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
+    if file.seek(std::io::SeekFrom::Start(0)).await.is_err() {
+        return;
+    }
+    loop {
+        let mut buf = vec![0u8; 256 * 1024];
+        match file.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                buf.truncate(n);
+                if tx.send(bytes::Bytes::from(buf)).await.is_err() {
+                    return;
+                }
+            }
         }
-    });
-    let mut r = super::participants::sse_response(rx);
-    r.headers_mut()
-        .insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/octet-stream"));
-    Ok(r)
+    }
 }

@@ -86,8 +86,9 @@ pub struct RestoreReport {
     pub files: u64,
 }
 
-/// Restores `file` into `data_dir`, which must not hold a store yet.
-pub fn restore(file: &Path, data_dir: &Path) -> Result<RestoreReport, StoreError> {
+/// Restores `file` into `data_dir`, which must not hold a store yet. `progress` is told the
+/// bytes done and the total every few thousand records.
+pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<RestoreReport, StoreError> {
     let mut bytes = Vec::new();
     std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
     let bad = |why: &str| StoreError::Setup(format!("backup file {}: {why}", file.display()));
@@ -139,7 +140,11 @@ pub fn restore(file: &Path, data_dir: &Path) -> Result<RestoreReport, StoreError
         let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
         t.insert(k, v)?;
         report.records += 1;
+        if report.records % 4096 == 0 {
+            progress(at as u64, body.len() as u64);
+        }
     }
+    progress(body.len() as u64, body.len() as u64);
     db.flush()?;
     std::fs::File::open(store.join("db")).and_then(|f| f.sync_all()).map_err(io)?;
     Ok(report)

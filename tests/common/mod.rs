@@ -208,6 +208,22 @@ impl Server {
         c.wait().unwrap()
     }
 
+    /// SIGTERM, then wait at most `limit` for the exit; `None` (after a SIGKILL) if it hung.
+    pub fn terminate_within(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), "TERM");
+        let deadline = std::time::Instant::now() + limit;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = c.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
