@@ -30,6 +30,8 @@ fn open(dir: &std::path::Path) -> Store {
         sync: SyncMode::Fdatasync,
         public_url: "http://bench".into(),
         lease_ms: 3_600_000,
+        queue: 4096,
+        shed_after: std::time::Duration::from_secs(60),
     };
     Store::open(opts, Arc::new(SystemClock)).unwrap()
 }

@@ -409,6 +409,8 @@ fn fill(dir: &str) {
             sync: SyncMode::Flush,
             public_url: "http://bench".into(),
             lease_ms: 30_000,
+            queue: 4096,
+            shed_after: std::time::Duration::from_secs(60),
         };
         let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
         const N: u64 = 1_000_000;

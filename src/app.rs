@@ -54,6 +54,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         sync: settings.sync,
         public_url: public_url.clone(),
         lease_ms: settings.lease_ms,
+        queue: settings.writer_queue,
+        shed_after: settings.shed_after,
     };
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -68,6 +70,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         std::fs::write(settings.data_dir.join(DOMAIN_FILE), &domain).context("writing the domain id file")?;
     }
 
+    let fd_limit = raise_fd_limit();
+    let max_connections = settings.max_connections.unwrap_or_else(|| connections_for(fd_limit));
+    tracing::info!(fd_limit, max_connections, "connection limit");
     let api_settings = ApiSettings {
         public_url,
         domain_name: settings.domain_name.clone(),
@@ -79,6 +84,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         trusted_proxies: settings.trusted_proxies.clone(),
         metrics_public: settings.metrics_public,
         data_dir: settings.data_dir.clone(),
+        conn: crate::api::conn::Limits {
+            head_timeout: settings.head_timeout,
+            body_timeout: settings.body_timeout,
+            idle_timeout: settings.idle_timeout,
+            tls_handshake_timeout: settings.tls_handshake_timeout,
+            max_connections,
+            max_unauthenticated_per_address: settings.max_connections_per_address,
+            trusted_proxies: settings.trusted_proxies.clone(),
+        },
+        max_event_streams_per_key: settings.max_event_streams_per_key,
+        max_streams_per_session: settings.max_streams_per_session,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)
@@ -146,6 +162,34 @@ async fn wait_for_signal(tls: Option<Arc<crate::api::Tls>>) -> anyhow::Result<()
             },
         }
     }
+}
+
+/// Raises the soft limit on open files to the hard limit (connections are files) and returns
+/// the limit in force.
+fn raise_fd_limit() -> u64 {
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return 1024;
+        }
+        let before = lim.rlim_cur;
+        if lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::info!(from = before, to = lim.rlim_cur, "raised the open-file limit to its hard limit");
+                return lim.rlim_cur;
+            }
+            tracing::warn!(soft = before, hard = lim.rlim_max, "could not raise the open-file limit");
+        }
+        before
+    }
+}
+
+/// The default connection cap for an open-file limit: keep 512 descriptors for the store, the
+/// journal and outbound webhooks; at least 16, at most 100,000.
+fn connections_for(fd_limit: u64) -> usize {
+    usize::try_from(fd_limit.saturating_sub(512).clamp(16, 100_000)).unwrap_or(16)
 }
 
 fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
@@ -295,6 +339,8 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 sync: crate::store::SyncMode::Fdatasync,
                 public_url: String::new(),
                 lease_ms: 30_000,
+                queue: 4096,
+                shed_after: std::time::Duration::from_secs(60),
             };
             let store = Store::open(opts, Arc::new(crate::clock::SystemClock)).map_err(|e| {
                 anyhow::anyhow!(
@@ -309,7 +355,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 progress: Progress::new("backup: writing"),
             };
             let sink = crate::store::BackupSink(Box::new(counted));
-            let r = store.submit(crate::store::Command::Backup { sink, files }).await;
+            let r = store.submit_wait(crate::store::Command::Backup { sink, files }).await;
             store.close().await;
             r?;
         }

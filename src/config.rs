@@ -201,6 +201,38 @@ pub struct ServeArgs {
     /// When housekeeping runs (six-field cron, seconds first): purges dead revocations and token records.
     #[arg(long, env = "GATEHOUSE_HOUSEKEEPING_CRON", default_value = "0 */5 * * * *")]
     pub housekeeping_cron: String,
+    /// Seconds a client has to send a request's head once it has started.
+    #[arg(long, env = "GATEHOUSE_HEAD_TIMEOUT_SECS", default_value_t = 10)]
+    pub head_timeout_secs: u64,
+    /// Seconds a client has to send a request's whole body.
+    #[arg(long, env = "GATEHOUSE_BODY_TIMEOUT_SECS", default_value_t = 30)]
+    pub body_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open between requests.
+    #[arg(long, env = "GATEHOUSE_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+    /// Seconds a TLS handshake may take.
+    #[arg(long, env = "GATEHOUSE_TLS_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10)]
+    pub tls_handshake_timeout_secs: u64,
+    /// Most connections open at once (default: the file-descriptor limit less 512 kept for the
+    /// store and outbound webhooks, at most 100000).
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most connections from one client address that have not yet made an authenticated
+    /// request (trusted proxies are exempt).
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    pub max_connections_per_address: usize,
+    /// Most open event streams (GET /v1/events/stream) per API key.
+    #[arg(long, env = "GATEHOUSE_MAX_EVENT_STREAMS_PER_KEY", default_value_t = 64)]
+    pub max_event_streams_per_key: usize,
+    /// Most open streams (GET /v1/sessions/:id/stream) per session.
+    #[arg(long, env = "GATEHOUSE_MAX_STREAMS_PER_SESSION", default_value_t = 4)]
+    pub max_streams_per_session: usize,
+    /// Commands the writer queues; past it a mutation waits --shed-after-ms, then gets 503.
+    #[arg(long, env = "GATEHOUSE_WRITER_QUEUE", default_value_t = 4096)]
+    pub writer_queue: usize,
+    /// Longest wait for room in the writer's queue before a mutation is answered 503 (Retry-After).
+    #[arg(long, env = "GATEHOUSE_SHED_AFTER_MS", default_value_t = 100)]
+    pub shed_after_ms: u64,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
@@ -231,6 +263,17 @@ pub struct Settings {
     pub metrics_public: bool,
     /// Certificate and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    pub head_timeout: std::time::Duration,
+    pub body_timeout: std::time::Duration,
+    pub idle_timeout: std::time::Duration,
+    pub tls_handshake_timeout: std::time::Duration,
+    /// `None`: derived from the file-descriptor limit at start-up.
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: usize,
+    pub max_event_streams_per_key: usize,
+    pub max_streams_per_session: usize,
+    pub writer_queue: usize,
+    pub shed_after: std::time::Duration,
     /// From `GATEHOUSE_API_KEY` (comma-separated), else the file's `api_keys`; empty means
     /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
@@ -248,6 +291,17 @@ pub enum ConfigError {
     Lease,
     #[error("--join-rate must be positive and --join-burst at least 1")]
     JoinRate,
+    #[error("--{0} must be between {1} and {2}")]
+    Range(&'static str, u64, u64),
+}
+
+/// `value` if it is within `lo..=hi`, else the error naming the flag.
+fn within(flag: &'static str, value: u64, lo: u64, hi: u64) -> Result<u64, ConfigError> {
+    if (lo..=hi).contains(&value) {
+        Ok(value)
+    } else {
+        Err(ConfigError::Range(flag, lo, hi))
+    }
 }
 
 impl ServeArgs {
@@ -272,7 +326,28 @@ impl ServeArgs {
             return Err(ConfigError::JoinRate);
         }
         let api_keys = split_keys(&api_key_env.unwrap_or_default());
+        let secs = |flag, v| within(flag, v, 1, 3600).map(std::time::Duration::from_secs);
+        let count = |flag, v: usize, lo, hi| within(flag, v as u64, lo, hi).map(|v| v as usize);
+        let max_connections = match self.max_connections {
+            Some(n) => Some(count("max-connections", n, 16, 1_000_000)?),
+            None => None,
+        };
         Ok(Settings {
+            head_timeout: secs("head-timeout-secs", self.head_timeout_secs)?,
+            body_timeout: secs("body-timeout-secs", self.body_timeout_secs)?,
+            idle_timeout: secs("idle-timeout-secs", self.idle_timeout_secs)?,
+            tls_handshake_timeout: secs("tls-handshake-timeout-secs", self.tls_handshake_timeout_secs)?,
+            max_connections,
+            max_connections_per_address: count(
+                "max-connections-per-address",
+                self.max_connections_per_address,
+                1,
+                1_000_000,
+            )?,
+            max_event_streams_per_key: count("max-event-streams-per-key", self.max_event_streams_per_key, 1, 100_000)?,
+            max_streams_per_session: count("max-streams-per-session", self.max_streams_per_session, 1, 1000)?,
+            writer_queue: count("writer-queue", self.writer_queue, 1, 1_000_000)?,
+            shed_after: std::time::Duration::from_millis(within("shed-after-ms", self.shed_after_ms, 0, 60_000)?),
             listen: self.listen,
             data_dir: self.data_dir,
             public_url,
@@ -394,7 +469,9 @@ impl Settings {
         format!(
             "listen = {}\ndata_dir = {}\npublic_url = {}\ndomain_name = {}\nsync = {:?}\ncache_bytes = {}\nbody_limit = {}\ntoken_leeway_secs = {}\n\
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
-             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n",
+             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
+             head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
+             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nwriter_queue = {}\nshed_after = {:?}\n",
             self.listen,
             self.data_dir.display(),
             self.public_url.as_deref().unwrap_or("(the bound address)"),
@@ -415,6 +492,16 @@ impl Settings {
             self.metrics_public,
             self.tls,
             if keys.is_empty() { "(generated in the data dir)".to_string() } else { keys.join(", ") },
+            self.head_timeout,
+            self.body_timeout,
+            self.idle_timeout,
+            self.tls_handshake_timeout,
+            self.max_connections.map_or("(from the file-descriptor limit)".to_string(), |n| n.to_string()),
+            self.max_connections_per_address,
+            self.max_event_streams_per_key,
+            self.max_streams_per_session,
+            self.writer_queue,
+            self.shed_after,
         )
     }
 }

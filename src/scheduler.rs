@@ -81,7 +81,7 @@ pub async fn housekeep_once(
     use std::sync::atomic::Ordering::Relaxed;
     let mut total = crate::store::PurgeReport::default();
     loop {
-        let report = match store.submit(Command::Purge { limit: PURGE_LIMIT }).await? {
+        let report = match store.submit_wait(Command::Purge { limit: PURGE_LIMIT }).await? {
             crate::store::Outcome::Purged(r) => r,
             _ => break,
         };
@@ -92,7 +92,7 @@ pub async fn housekeep_once(
         }
     }
     loop {
-        let report = match store.submit(Command::Compact(*retention)).await? {
+        let report = match store.submit_wait(Command::Compact(*retention)).await? {
             crate::store::Outcome::Purged(r) => r,
             _ => break,
         };

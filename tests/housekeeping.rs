@@ -39,6 +39,8 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
         sync: SyncMode::Flush,
         public_url: "http://x".into(),
         lease_ms: 30_000,
+        queue: 4096,
+        shed_after: std::time::Duration::from_secs(60),
     };
     let store = Store::open(opts, clock.clone()).unwrap();
     let t0 = 1_000_000; // seconds

@@ -32,6 +32,8 @@ fn open(path: &std::path::Path, clock: SharedClock) -> Store {
             sync: SyncMode::Flush,
             public_url: "http://x".into(),
             lease_ms: 30_000,
+            queue: 4096,
+            shed_after: std::time::Duration::from_secs(60),
         },
         clock,
     )

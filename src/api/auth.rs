@@ -33,5 +33,15 @@ pub fn bearer(req: &Request<Incoming>) -> Result<Option<&str>, ApiError> {
 /// The API key the request carries, or 401/400.
 pub fn api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a SigningKey, ApiError> {
     let cred = bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header with an API key"))?;
-    keys.authenticate(cred).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))
+    let key = keys.authenticate(cred).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))?;
+    authenticated(req);
+    Ok(key)
+}
+
+/// Marks the request's connection as authenticated (it no longer counts against its address's
+/// cap of unauthenticated connections).
+pub fn authenticated(req: &Request<Incoming>) {
+    if let Some(c) = req.extensions().get::<std::sync::Arc<super::conn::Conn>>() {
+        c.authenticated();
+    }
 }

@@ -92,6 +92,15 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(5);
                 e
             }
+            StoreError::Overloaded => {
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server-error",
+                    "the server is busy; nothing was saved; retry shortly",
+                );
+                e.retry_after = Some(1);
+                e
+            }
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(

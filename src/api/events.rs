@@ -68,7 +68,11 @@ pub(super) fn gone(state: &AppState, oldest: u64) -> ApiError {
 /// `GET /v1/events/stream`: SSE with `id:` = seq, resuming after `Last-Event-ID` (which wins)
 /// or `after`; a comment every 15 s; only durable events.
 pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+    let key = auth::api_key(req, &state.keys)?;
+    let cap = state.settings.max_event_streams_per_key;
+    let slot = state.streams.take(&format!("key:{}", key.kid), cap).ok_or_else(|| {
+        super::participants::too_many(format!("this API key already has {cap} open event streams; close one first"))
+    })?;
     let q = wire::query(req)?;
     let types = types_param(&q)?;
     let from_header = match req.headers().get("last-event-id") {
@@ -88,6 +92,7 @@ pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     let state = state.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         let mut after = after;
         let mut durable = state.store.watch_durable();
         let mut shutdown = state.shutdown.clone();

@@ -3,6 +3,7 @@
 //! hand mutations to the writer; they never call the scheduler or webhook code.
 
 mod auth;
+pub mod conn;
 mod error;
 mod events;
 pub mod openapi;
@@ -11,6 +12,7 @@ mod participants;
 mod ratelimit;
 mod rooms;
 pub mod routes;
+mod streams;
 mod tls;
 mod tokens;
 mod webhooks;
@@ -55,6 +57,12 @@ pub struct ApiSettings {
     pub metrics_public: bool,
     /// The data dir (backups include its API key file).
     pub data_dir: std::path::PathBuf,
+    /// Connection deadlines and caps.
+    pub conn: conn::Limits,
+    /// Open `GET /v1/events/stream` responses per API key.
+    pub max_event_streams_per_key: usize,
+    /// Open `GET /v1/sessions/:id/stream` responses per session.
+    pub max_streams_per_session: usize,
 }
 
 /// Everything a handler can reach. Shared behind an `Arc`.
@@ -76,6 +84,10 @@ pub struct AppState {
     pub metrics: crate::metrics::ApiMetrics,
     /// Turns true at shutdown; long-lived responses (streams) watch it.
     pub shutdown: watch::Receiver<bool>,
+    /// Connection counters (open, refused, closed by each deadline).
+    pub conn_metrics: Arc<conn::ConnMetrics>,
+    /// Open streams per API key and per session (their caps are in `settings`).
+    pub streams: streams::StreamCounts,
     request_ids: AtomicU64,
 }
 
@@ -103,6 +115,8 @@ impl AppState {
             outbound,
             housekeeping: Arc::default(),
             metrics: crate::metrics::ApiMetrics::default(),
+            conn_metrics: Arc::default(),
+            streams: streams::StreamCounts::default(),
             #[cfg(feature = "test-clock")]
             test_clock,
             ready: AtomicBool::new(false),
@@ -117,7 +131,7 @@ impl AppState {
 }
 
 /// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
-/// in-flight connections `grace` to finish.
+/// in-flight connections `grace` to finish. Connection limits and deadlines: see [`conn`].
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -127,43 +141,63 @@ pub async fn serve(
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
+    let mut accept_errors_logged: Option<Instant> = None;
     loop {
+        let permit = tokio::select! {
+            p = gate.slot() => p,
+            _ = shutdown.changed() => break,
+        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    // Out of file descriptors and the like: back off instead of spinning, and
+                    // say so at most once a minute.
+                    if accept_errors_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                        accept_errors_logged = Some(Instant::now());
+                        tracing::warn!(error = %e, "accept failed; backing off (logged at most once a minute)");
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = shutdown.changed() => break,
         };
+        let Some(conn) = gate.open(ratelimit::canonical(peer.ip())) else {
+            continue; // over its address's cap: dropping the stream closes it
+        };
         let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let svc = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
-        match &tls {
-            None => {
-                let conn =
-                    graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-            Some(tls) => {
-                // The handshake runs in the connection's task, so a slow client cannot stall accepting.
-                let (acceptor, watcher, builder) = (tls.acceptor(), graceful.watcher(), builder.clone());
-                tokio::spawn(async move {
-                    let Ok(Ok(stream)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
-                    else {
-                        return;
+        let svc = {
+            let (state, conn) = (state.clone(), conn.clone());
+            hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                let in_flight = conn.request_started();
+                req.extensions_mut().insert(conn.clone());
+                let handled = handle(state.clone(), peer, req);
+                async move { handled.await.map(|res| res.map(|body| conn::Tracked::new(body, in_flight))) }
+            })
+        };
+        let (gate, watcher, builder, tls) = (gate.clone(), graceful.watcher(), builder.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tls {
+                None => {
+                    let io = TokioIo::new(conn::Watched::new(stream, conn.clone()));
+                    gate.supervise(&conn, watcher.watch(builder.serve_connection(io, svc).into_owned())).await;
+                }
+                Some(tls) => {
+                    // The handshake runs in the connection's task, so a slow client cannot stall accepting.
+                    let limit = gate.limits.tls_handshake_timeout;
+                    let stream = match tokio::time::timeout(limit, tls.acceptor().accept(stream)).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(_)) => return,
+                        Err(_) => return gate.metrics.closed(conn::Closed::TlsHandshakeTimeout),
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
-                    let _ = watcher.watch(conn).await;
-                });
+                    let io = TokioIo::new(conn::Watched::new(stream, conn.clone()));
+                    gate.supervise(&conn, watcher.watch(builder.serve_connection(io, svc).into_owned())).await;
+                }
             }
-        }
+        });
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
@@ -243,8 +277,10 @@ async fn dispatch(
         Op::WebhookAttempts => webhooks::attempts(state, &req, p(0)),
         #[cfg(feature = "test-clock")]
         Op::TestClock => ops::test_clock(state, req).await,
+        #[cfg(feature = "test-clock")]
+        Op::TestFaults => ops::test_faults(state, req).await,
         #[cfg(not(feature = "test-clock"))]
-        Op::TestClock => Err(ApiError::not_found("no such route")),
+        Op::TestClock | Op::TestFaults => Err(ApiError::not_found("no such route")),
         Op::Dashboard => Ok(crate::web::dashboard()),
         Op::Asset => crate::web::asset(p(0)).ok_or_else(|| ApiError::not_found("no such asset")),
         Op::RoomPage if crate::rooms::validate_name(p(0)).is_ok() => Ok(crate::web::room_page()),

@@ -41,7 +41,60 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         "Join attempts refused by the per-address rate limit.",
         limited,
     );
+    let c = &state.conn_metrics;
+    single(&mut out, "gatehouse_connections_open", "gauge", "Connections open now.", c.open.load(Relaxed) as f64);
+    single(
+        &mut out,
+        "gatehouse_connections_max",
+        "gauge",
+        "The connection cap.",
+        state.settings.conn.max_connections as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_connections_accepted_total",
+        "counter",
+        "Connections accepted.",
+        c.accepted.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_connections_refused_per_address_total",
+        "counter",
+        "Connections closed at once: their address had too many unauthenticated connections open.",
+        c.refused_per_address.load(Relaxed) as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_connection_limit_waits_total",
+        "counter",
+        "Times accepting paused because every connection slot was taken.",
+        c.waited_for_slot.load(Relaxed) as f64,
+    );
+    header(&mut out, "gatehouse_connections_closed_total", "counter", "Connections closed by a deadline, by deadline.");
+    for (reason, n) in [
+        ("head_timeout", &c.head_timeouts),
+        ("body_timeout", &c.body_timeouts),
+        ("idle_timeout", &c.idle_timeouts),
+        ("tls_handshake_timeout", &c.tls_handshake_timeouts),
+    ] {
+        let _ = writeln!(out, "gatehouse_connections_closed_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
+    }
+    single(
+        &mut out,
+        "gatehouse_streams_open",
+        "gauge",
+        "Open event and session streams.",
+        state.streams.total() as f64,
+    );
     let store = &state.store;
+    single(
+        &mut out,
+        "gatehouse_requests_shed_total",
+        "counter",
+        "Mutations answered 503 because the writer's queue stayed full.",
+        store.stats().shed.load(Relaxed) as f64,
+    );
     single(&mut out, "gatehouse_sessions_live", "gauge", "Sessions present.", store.session_count() as f64);
     single(
         &mut out,
@@ -165,7 +218,7 @@ pub fn domain(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response
 #[cfg(feature = "test-clock")]
 pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(&req, &state.keys)?;
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     if let Some(secs) = body.get("advance_secs").and_then(serde_json::Value::as_f64) {
         state.test_clock.advance_ms((secs * 1000.0) as i64);
@@ -177,6 +230,22 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     // Let the deadline task look again at once.
     state.store.timers_changed().notify_one();
     Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
+}
+
+/// Injects a fault: `{"freeze_writer_ms": n}` stops the writer for n ms (answers at once).
+/// Test builds only.
+#[cfg(feature = "test-clock")]
+pub async fn test_faults(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let bytes = wire::read_body(state, req).await?;
+    let body = wire::parse_object(&bytes)?;
+    let ms = body
+        .get("freeze_writer_ms")
+        .and_then(serde_json::Value::as_u64)
+        .ok_or_else(|| ApiError::invalid("give 'freeze_writer_ms'"))?;
+    let store = state.store.clone();
+    tokio::spawn(async move { store.submit_wait(crate::store::Command::Freeze { ms }).await });
+    Ok(ok(&json!({"frozen_ms": ms})))
 }
 
 /// `GET /v1/backup`: a consistent snapshot of the store (and the data dir's API key file).

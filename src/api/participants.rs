@@ -51,8 +51,8 @@ pub async fn join(
     // A trusted caller (a media server or app backend joining on behalf of participants, with
     // the API key) is not limited per address; a wrong key is refused rather than ignored.
     let trusted = match auth::bearer(&req)? {
-        Some(cred) => {
-            state.keys.authenticate(cred).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))?;
+        Some(_) => {
+            auth::api_key(&req, &state.keys)?;
             true
         }
         None => false,
@@ -69,7 +69,7 @@ pub async fn join(
         e.retry_after = Some(retry);
         return Err(e);
     }
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["token", "user_name"])?;
     let token = wire::opt_str(&body, "token")?.filter(|t| !t.is_empty());
@@ -116,6 +116,7 @@ fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<S
     if !bool::from(presented.ct_eq(&digest)) {
         return Err(ApiError::unauthenticated("the session secret is not valid"));
     }
+    auth::authenticated(req);
     Ok(session)
 }
 
@@ -135,6 +136,13 @@ pub async fn leave(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> 
         Outcome::NoSession => Err(ApiError::not_found("no such session")),
         other => Err(super::rooms::unexpected(other)),
     }
+}
+
+/// 429 for a stream over its cap.
+pub(super) fn too_many(info: String) -> ApiError {
+    let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate-limit-error", info);
+    e.retry_after = Some(5);
+    e
 }
 
 /// A response body fed by a channel: each message is one SSE chunk.
@@ -165,9 +173,16 @@ pub(super) fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
 /// SSE. Keeps the lease alive while open; closes on ejection, on leaving, and at shutdown.
 pub async fn stream(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     let session = session_auth(state, req, id)?;
+    let cap = state.settings.max_streams_per_session;
+    let slot = state.streams.take(&format!("session:{id}"), cap).ok_or_else(|| {
+        too_many(format!("this session already has {cap} open streams; close one (or reconnect later)"))
+    })?;
     let (tx, rx) = mpsc::channel(64);
     let state = state.clone();
-    tokio::spawn(async move { follow(state, session, tx).await });
+    tokio::spawn(async move {
+        let _slot = slot;
+        follow(state, session, tx).await
+    });
     Ok(sse_response(rx))
 }
 
@@ -192,7 +207,7 @@ async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
                 return;
             }
             _ = renew.tick() => {
-                if !matches!(state.store.submit(Command::Heartbeat { session_id: me.id.clone() }).await, Ok(Outcome::Heartbeat { .. })) {
+                if !matches!(state.store.submit_wait(Command::Heartbeat { session_id: me.id.clone() }).await, Ok(Outcome::Heartbeat { .. })) {
                     let _ = tx.send(sse("ended", None, &json!({"session_id": me.id}).to_string())).await;
                     return;
                 }
@@ -310,7 +325,7 @@ fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiErro
 
 pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
     let (by, by_token) = eject_authority(state, &req, room)?;
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["ids", "user_ids", "ban", "ban_until"])?;
     let ids = id_list(&body, "ids")?;

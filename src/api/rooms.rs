@@ -14,7 +14,7 @@ use crate::store::{Command, Outcome, RoomCursor};
 
 async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     auth::api_key(&req, &state.keys)?;
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     wire::parse_object(&bytes)
 }
 

@@ -46,6 +46,8 @@ pub enum Op {
     WebhookAttempts,
     /// `POST /v1/_test/clock`, routed only in `test-clock` builds.
     TestClock,
+    /// `POST /v1/_test/faults`, routed only in `test-clock` builds.
+    TestFaults,
     Dashboard,
     Asset,
     RoomPage,
@@ -109,6 +111,7 @@ routes! {
     POST "/v1/webhooks/:id/replay" => ReplayWebhook,
     GET "/v1/webhooks/:id/attempts" => WebhookAttempts,
     POST "/v1/_test/clock" => TestClock,
+    POST "/v1/_test/faults" => TestFaults,
     GET "/dashboard" => Dashboard,
     GET "/assets/:file" => Asset,
     GET "/:room" => RoomPage,
@@ -127,7 +130,7 @@ pub enum Miss {
 
 /// Whether a route is served by this build.
 fn enabled(r: &Route) -> bool {
-    r.op != Op::TestClock || cfg!(feature = "test-clock")
+    !matches!(r.op, Op::TestClock | Op::TestFaults) || cfg!(feature = "test-clock")
 }
 
 /// The route for a request, with its decoded path parameters in pattern order.

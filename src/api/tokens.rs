@@ -15,7 +15,7 @@ use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let key = auth::api_key(&req, &state.keys)?;
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["properties"])?;
     let props = TokenProps::validate(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
@@ -123,7 +123,7 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
 pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let key = auth::api_key(&req, &state.keys)?;
     let by = format!("api:{}", key.kid);
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["jti", "token", "room_name", "user_id", "issued_before"])?;
     let jti = wire::opt_str(&body, "jti")?;

@@ -96,7 +96,7 @@ async fn probe(state: &AppState, w: &WebhookRecord) -> Result<(), ApiError> {
 }
 
 async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = wire::read_body(req, state.settings.body_limit).await?;
+    let bytes = wire::read_body(state, req).await?;
     wire::parse_object(&bytes)
 }
 

@@ -17,8 +17,24 @@ use super::Body;
 /// reset connection. Beyond this we answer at once and let the connection drop.
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 
-/// Reads the whole body, refusing more than `limit` bytes (413).
-pub async fn read_body(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// Reads the whole body within the body deadline (408 past it, and the connection closes),
+/// refusing more than the body limit (413).
+pub async fn read_body(state: &super::AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    let limit = state.settings.body_limit;
+    match tokio::time::timeout(state.settings.conn.body_timeout, read_limited(req, limit)).await {
+        Ok(r) => r,
+        Err(_) => {
+            state.conn_metrics.closed(super::conn::Closed::BodyTimeout);
+            Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid-request-error",
+                format!("the request body did not arrive within {} s", state.settings.conn.body_timeout.as_secs()),
+            ))
+        }
+    }
+}
+
+async fn read_limited(req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     let mut body = req.into_body();
     if declared.is_some_and(|n| n > limit as u64) {

@@ -41,6 +41,9 @@ pub enum StoreError {
     /// The store cannot write (disk full, I/O error) or is shutting down: nothing was acknowledged.
     #[error("the store cannot accept writes: {0}")]
     Unavailable(String),
+    /// The writer's queue stayed full for the admission wait: the command was not taken.
+    #[error("the writer is overloaded")]
+    Overloaded,
     #[error("stored record in tree '{tree}' at key '{key}' is unreadable: {why}")]
     Corrupt { tree: &'static str, key: String, why: String },
     #[error("could not encode a record: {0}")]
@@ -74,6 +77,10 @@ pub struct StoreOptions {
     pub public_url: String,
     /// Presence lease length in ms.
     pub lease_ms: i64,
+    /// Commands the writer's queue holds.
+    pub queue: usize,
+    /// How long [`Store::submit`] waits for room in a full queue before giving up (shedding).
+    pub shed_after: std::time::Duration,
 }
 
 /// What the writer measures, for `/metrics`.
@@ -84,6 +91,8 @@ pub struct StoreStats {
     pub batch_size: crate::metrics::Histogram,
     /// Deadline firing lateness: firing time − deadline.
     pub lateness_seconds: crate::metrics::Histogram,
+    /// Commands refused because the writer's queue stayed full ([`StoreError::Overloaded`]).
+    pub shed: std::sync::atomic::AtomicU64,
 }
 
 impl Default for StoreStats {
@@ -92,6 +101,7 @@ impl Default for StoreStats {
             sync_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
             batch_size: crate::metrics::Histogram::new(crate::metrics::SIZES),
             lateness_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
+            shed: Default::default(),
         }
     }
 }
@@ -213,6 +223,7 @@ struct Shared {
 pub struct Store {
     shared: Arc<Shared>,
     jobs: mpsc::Sender<writer::Job>,
+    shed_after: std::time::Duration,
     /// The writer and checkpointer threads, joined by `close`.
     threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
 }
@@ -233,7 +244,7 @@ impl Store {
 
         let (durable_tx, durable_rx) = watch::channel(next_seq - 1);
         let writable = Arc::new(AtomicBool::new(true));
-        let (jobs_tx, jobs_rx) = mpsc::channel(4096);
+        let (jobs_tx, jobs_rx) = mpsc::channel(opts.queue.max(1));
         let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
         let timers_changed = Arc::new(tokio::sync::Notify::new());
         let webhooks_changed = Arc::new(watch::channel(0u64).0);
@@ -278,6 +289,7 @@ impl Store {
                 stats,
             }),
             jobs: jobs_tx,
+            shed_after: opts.shed_after,
             threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
         })
     }
@@ -300,8 +312,27 @@ impl Store {
         out
     }
 
-    /// Applies a command through the writer and waits until it is durable.
+    /// Applies a command through the writer and waits until it is durable. When the writer's
+    /// queue stays full for the admission wait, gives up with [`StoreError::Overloaded`]
+    /// instead of queueing without end (requests from clients use this).
     pub async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
+        use mpsc::error::SendTimeoutError;
+        let (tx, rx) = oneshot::channel();
+        let gone = || StoreError::Unavailable("the store is shutting down".into());
+        match self.jobs.send_timeout(writer::Job { cmd, reply: tx }, self.shed_after).await {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => {
+                self.shared.stats.shed.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Overloaded);
+            }
+            Err(SendTimeoutError::Closed(_)) => return Err(gone()),
+        }
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Like [`Store::submit`], but waits for room in the queue however long it takes: for the
+    /// server's own work (deadlines, deliveries, housekeeping), which must not be shed.
+    pub async fn submit_wait(&self, cmd: Command) -> Result<Outcome, StoreError> {
         let (tx, rx) = oneshot::channel();
         let gone = || StoreError::Unavailable("the store is shutting down".into());
         self.jobs.send(writer::Job { cmd, reply: tx }).await.map_err(|_| gone())?;

@@ -112,6 +112,11 @@ pub enum Command {
     },
     /// Flush, answer, and stop the writer.
     Shutdown,
+    /// Test builds only: the writer stops for this long, as if a dependency hung.
+    #[cfg(feature = "test-clock")]
+    Freeze {
+        ms: u64,
+    },
 }
 
 /// What a command did. Domain refusals are values, not errors.
@@ -359,6 +364,11 @@ impl Writer {
                 self.webhook_progress(id, *expect_cursor, delivery)?
             }
             Command::Shutdown => return Ok(Outcome::Stopped),
+            #[cfg(feature = "test-clock")]
+            Command::Freeze { ms } => {
+                std::thread::sleep(std::time::Duration::from_millis(*ms));
+                return Ok(Outcome::Fired(0));
+            }
         };
         if let Some(ws) = ws {
             self.commit(ws)?;

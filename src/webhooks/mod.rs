@@ -171,7 +171,7 @@ impl Worker {
     /// Sends a report to the writer; false if it was stale (and `pos` now follows the store).
     async fn report(&self, pos: &mut Position, delivery: Delivery) -> bool {
         let cmd = Command::WebhookProgress { id: self.id.clone(), expect_cursor: pos.w.cursor, delivery };
-        match self.store.submit(cmd).await {
+        match self.store.submit_wait(cmd).await {
             Ok(crate::store::Outcome::Webhook(w)) => {
                 let ahead = pos.cursor;
                 pos.w = *w;

@@ -1,0 +1,380 @@
+//! Connections: accepting them within limits, and closing the ones that stall.
+//!
+//! A public endpoint must survive clients that open connections and never finish with them
+//! (slowloris, slow POST, idle keep-alive). Every phase of a connection has a deadline:
+//! - the TLS handshake;
+//! - a request's head, from its first byte ([`Limits::head_timeout`]);
+//! - a request's body, read by the handler under [`Limits::body_timeout`] (`wire::read_body`);
+//! - idle time between requests ([`Limits::idle_timeout`]).
+//!
+//! A connection with a request in flight (a handler running, or a response still streaming: an
+//! SSE stream, a long-poll, a backup) is exempt from the head and idle deadlines.
+//!
+//! Limits: at most [`Limits::max_connections`] open at once (past it the server stops accepting
+//! until one closes, and says so once in the log); at most
+//! [`Limits::max_unauthenticated_per_address`] connections per client address that have not yet
+//! made an authenticated request (API key or session secret). Connections from trusted proxies
+//! are exempt from the per-address cap: behind a proxy every client shares its address.
+//!
+//! Must not: read request contents; handlers mark a connection authenticated through
+//! [`Conn::authenticated`], found in the request's extensions.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// The connection settings (all configurable; see `config`).
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub head_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
+    pub max_connections: usize,
+    pub max_unauthenticated_per_address: usize,
+    pub trusted_proxies: Vec<IpAddr>,
+}
+
+/// Why a connection was refused or closed, for metrics and the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closed {
+    HeadTimeout,
+    IdleTimeout,
+    BodyTimeout,
+    TlsHandshakeTimeout,
+}
+
+/// Connection counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ConnMetrics {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    /// Connections closed at once because their address had too many unauthenticated ones.
+    pub refused_per_address: AtomicU64,
+    /// Times the accept loop had to wait for a free slot.
+    pub waited_for_slot: AtomicU64,
+    pub head_timeouts: AtomicU64,
+    pub idle_timeouts: AtomicU64,
+    pub body_timeouts: AtomicU64,
+    pub tls_handshake_timeouts: AtomicU64,
+}
+
+impl ConnMetrics {
+    pub fn closed(&self, why: Closed) {
+        let c = match why {
+            Closed::HeadTimeout => &self.head_timeouts,
+            Closed::IdleTimeout => &self.idle_timeouts,
+            Closed::BodyTimeout => &self.body_timeouts,
+            Closed::TlsHandshakeTimeout => &self.tls_handshake_timeouts,
+        };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Unauthenticated connections per client address. Entries exist only while such connections
+/// are open, so the map is bounded by the connection cap.
+#[derive(Debug, Default)]
+pub struct PerAddress {
+    /// A std Mutex: nothing is awaited while it is held.
+    open: Mutex<HashMap<IpAddr, usize>>,
+}
+
+impl PerAddress {
+    /// Counts one more unauthenticated connection from `ip`, unless it is at `cap`.
+    fn admit(&self, ip: IpAddr, cap: usize) -> bool {
+        let Ok(mut m) = self.open.lock() else { return true };
+        let n = m.entry(ip).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                m.remove(&ip);
+            }
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release(&self, ip: IpAddr) {
+        let Ok(mut m) = self.open.lock() else { return };
+        if let Some(n) = m.get_mut(&ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                m.remove(&ip);
+            }
+        }
+    }
+}
+
+/// One open connection's state, shared by its I/O wrapper, its requests and its watchdog.
+pub struct Conn {
+    ip: IpAddr,
+    started: Instant,
+    /// Requests whose response has not finished (handlers running, bodies streaming).
+    in_flight: AtomicUsize,
+    /// Millis since `started` when the current request's head began arriving (0: none).
+    head_since_ms: AtomicU64,
+    /// Millis since `started` of the last time the connection went idle.
+    idle_since_ms: AtomicU64,
+    /// Still counted against its address's unauthenticated cap.
+    counted: AtomicBool,
+    per_address: Arc<PerAddress>,
+    changed: Notify,
+}
+
+impl Conn {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).max(1)
+    }
+
+    /// The connection made an authenticated request: it no longer counts against its address.
+    pub fn authenticated(&self) {
+        if self.counted.swap(false, Ordering::Relaxed) {
+            self.per_address.release(self.ip);
+        }
+    }
+
+    /// A request's head was parsed and its handler starts.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.head_since_ms.store(0, Ordering::SeqCst);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Bytes arrived: when nothing is in flight, they begin a new request's head.
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::SeqCst) == 0 && self.head_since_ms.load(Ordering::SeqCst) == 0 {
+            self.head_since_ms.store(self.now_ms(), Ordering::SeqCst);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Resolves when the connection has outstayed a deadline, with the reason.
+    async fn watchdog(&self, limits: &Limits) -> Closed {
+        loop {
+            let notified = self.changed.notified();
+            if self.in_flight.load(Ordering::SeqCst) > 0 {
+                notified.await;
+                continue;
+            }
+            let head = self.head_since_ms.load(Ordering::SeqCst);
+            let (since, limit, why) = if head > 0 {
+                (head, limits.head_timeout, Closed::HeadTimeout)
+            } else {
+                (self.idle_since_ms.load(Ordering::SeqCst), limits.idle_timeout, Closed::IdleTimeout)
+            };
+            let deadline = self.started + Duration::from_millis(since) + limit;
+            if Instant::now() >= deadline {
+                return why;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline.into()) => {}
+                _ = notified => {}
+            }
+        }
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.counted.load(Ordering::Relaxed) {
+            self.per_address.release(self.ip);
+        }
+    }
+}
+
+/// Held by a request until its response (body included) is finished.
+pub struct InFlight(Arc<Conn>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let c = &self.0;
+        if c.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
+            c.idle_since_ms.store(c.now_ms(), Ordering::SeqCst);
+            c.head_since_ms.store(0, Ordering::SeqCst);
+        }
+        c.changed.notify_one();
+    }
+}
+
+/// Decides whether a new connection is served, and sets up its state.
+pub struct Gate {
+    pub limits: Limits,
+    pub metrics: Arc<ConnMetrics>,
+    per_address: Arc<PerAddress>,
+    slots: Arc<tokio::sync::Semaphore>,
+    /// When the "connection limit reached" line was last logged.
+    last_full_log: Mutex<Option<Instant>>,
+}
+
+impl Gate {
+    pub fn new(limits: Limits, metrics: Arc<ConnMetrics>) -> Gate {
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+        Gate { limits, metrics, per_address: Arc::default(), slots, last_full_log: Mutex::new(None) }
+    }
+
+    /// A free connection slot, waiting (and saying so in the log, at most once a minute) while
+    /// every slot is taken. Waiting here means not calling `accept`: new clients queue in the
+    /// kernel's backlog.
+    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return p;
+        }
+        self.metrics.waited_for_slot.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut last) = self.last_full_log.lock() {
+            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                *last = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = self.limits.max_connections,
+                    "connection limit reached: not accepting until a connection closes (logged at most once a minute)"
+                );
+            }
+        }
+        loop {
+            // The semaphore is never closed; were it, waiting a moment and trying again is right.
+            match self.slots.clone().acquire_owned().await {
+                Ok(p) => return p,
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// The new connection's state, or `None` when its address is at its unauthenticated cap.
+    pub fn open(&self, ip: IpAddr) -> Option<Arc<Conn>> {
+        let exempt = self.limits.trusted_proxies.contains(&ip);
+        if !exempt && !self.per_address.admit(ip, self.limits.max_unauthenticated_per_address) {
+            self.metrics.refused_per_address.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.metrics.accepted.fetch_add(1, Ordering::Relaxed);
+        Some(Arc::new(Conn {
+            ip,
+            started: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            head_since_ms: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+            counted: AtomicBool::new(!exempt),
+            per_address: self.per_address.clone(),
+            changed: Notify::new(),
+        }))
+    }
+
+    /// Runs `serve` (the connection's HTTP future) until it ends or a deadline passes.
+    pub async fn supervise<F: std::future::Future>(&self, conn: &Conn, serve: F) {
+        self.metrics.open.fetch_add(1, Ordering::Relaxed);
+        tokio::select! {
+            _ = serve => {}
+            why = conn.watchdog(&self.limits) => {
+                self.metrics.closed(why);
+                tracing::debug!(reason = ?why, "closing a stalled connection");
+            }
+        }
+        self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's byte stream, telling its [`Conn`] when bytes arrive.
+pub struct Watched<S> {
+    inner: S,
+    conn: Arc<Conn>,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, conn: Arc<Conn>) -> Self {
+        Watched { inner, conn }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.conn.bytes_read();
+        }
+        r
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is finished or dropped.
+pub struct Tracked<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> Tracked<B> {
+    pub fn new(inner: B, in_flight: InFlight) -> Self {
+        Tracked { inner, _in_flight: in_flight }
+    }
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_cap_counts_and_releases() {
+        let p = PerAddress::default();
+        let ip: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(p.admit(ip, 2) && p.admit(ip, 2));
+        assert!(!p.admit(ip, 2));
+        p.release(ip);
+        assert!(p.admit(ip, 2));
+        p.release(ip);
+        p.release(ip);
+        assert!(p.open.lock().unwrap().is_empty(), "entries go when their last connection does");
+    }
+}
