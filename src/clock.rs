@@ -1,5 +1,5 @@
 //! Time, injected. Domain code asks a [`Clock`] for "now" and never calls `SystemTime::now()`
-//! itself, so tests can move time without sleeping (DESIGN invariant 8). Also owns the one
+//! itself, so tests can move time without sleeping (ARCHITECTURE.md, invariant 6). Also owns the one
 //! formatter from unix milliseconds to RFC 3339 text used in API responses.
 //!
 //! Must not: read configuration or know about HTTP. The test control endpoint lives in `api`

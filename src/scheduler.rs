@@ -1,4 +1,4 @@
-//! The deadline task (DESIGN invariant 4): one task sleeps until the earliest row of the
+//! The deadline task (ARCHITECTURE.md, invariant 4): one task sleeps until the earliest row of the
 //! timers tree (or until the writer says timers changed), then submits what is due to the
 //! writer in deadline order, in batches that share a journal sync. Firing re-checks state in
 //! the writer, so firing twice is harmless; deadlines are unix time, so overdue rows after a

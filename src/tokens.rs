@@ -2,7 +2,7 @@
 //! and verification with a pinned algorithm (HS256) and our own `nbf`/`exp` checks.
 //!
 //! Must not: touch the store or HTTP, or log a token or key. The only user of `jsonwebtoken`
-//! (DESIGN invariant 7). jsonwebtoken's own claim checks are switched off: its defaults (60 s
+//! (ARCHITECTURE.md, invariant 10). jsonwebtoken's own claim checks are switched off: its defaults (60 s
 //! leeway, `nbf` unchecked, `exp` required and integer-only) are not Daily's rules.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};

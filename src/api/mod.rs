@@ -1,5 +1,5 @@
 //! The HTTP API: the hyper 1 server, routing, and one handler module per resource. The only
-//! user of hyper's server types (DESIGN invariant 7). Handlers read the store directly and
+//! user of hyper's server types (ARCHITECTURE.md, invariant 10). Handlers read the store directly and
 //! hand mutations to the writer; they never call the scheduler or webhook code.
 
 mod auth;

@@ -1,4 +1,4 @@
-//! Bulk sweeps the per-item deadlines do not cover (DESIGN: cron jobs only purge): revocations
+//! Bulk sweeps the per-item deadlines do not cover (cron jobs only purge; per-item deadlines do the rest): revocations
 //! whose token could no longer be used anyway, and issued-token records past their `exp`.
 //! Purges are soft writes (no event, no journal record): losing one in a crash only means the
 //! next run purges it again. Safe to repeat.

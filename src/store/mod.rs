@@ -1,4 +1,4 @@
-//! The durable store: the only user of sled and bincode (DESIGN invariant 7). It owns the
+//! The durable store: the only user of sled and bincode (ARCHITECTURE.md, invariant 10). It owns the
 //! trees and their key layouts, the versioned records, the single writer that applies every
 //! mutation in order, and group commit (a mutation is answered only after a flush covers it).
 //!

@@ -1,4 +1,4 @@
-//! The one writer (DESIGN invariant 1) and group commit (invariant 2).
+//! The one writer and group commit (ARCHITECTURE.md, invariants 1 and 2).
 //!
 //! A dedicated thread takes commands in arrival order. Each command runs its checks against the
 //! current trees (it is the only writer, so what it reads cannot change under it), appends its

@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// Per-request timeout (API.md: 15 s).
+/// Per-request timeout (docs/API.md: 15 s).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Loopback, private, link-local, shared (100.64/10), unique-local, unspecified, multicast,

@@ -1,4 +1,4 @@
-//! Webhook delivery (DESIGN invariant 6): one worker per webhook, each with its own cursor,
+//! Webhook delivery (ARCHITECTURE.md, invariant 9): one worker per webhook, each with its own cursor,
 //! one request in flight, in order, at least once. The cursor moves only after a 2xx (or past
 //! events the webhook does not subscribe to); a `FAILED` webhook keeps its cursor, so
 //! re-activating it resumes without loss. The only code that makes outbound HTTP calls.
