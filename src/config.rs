@@ -219,7 +219,7 @@ pub struct ServeArgs {
     pub max_connections: Option<usize>,
     /// Most connections from one client address that have not yet made an authenticated
     /// request (trusted proxies are exempt).
-    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 64)]
+    #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     pub max_connections_per_address: usize,
     /// Most open event streams (GET /v1/events/stream) per API key.
     #[arg(long, env = "GATEHOUSE_MAX_EVENT_STREAMS_PER_KEY", default_value_t = 64)]

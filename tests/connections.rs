@@ -57,11 +57,15 @@ fn metric(s: &Server, series: &str) -> f64 {
 
 #[test]
 fn slowloris_and_slow_bodies_are_closed_while_others_are_served() {
-    let s = Server::start_with(&[("GATEHOUSE_HEAD_TIMEOUT_SECS", "3"), ("GATEHOUSE_BODY_TIMEOUT_SECS", "3")]);
+    let s = Server::start_with(&[
+        ("GATEHOUSE_HEAD_TIMEOUT_SECS", "3"),
+        ("GATEHOUSE_BODY_TIMEOUT_SECS", "3"),
+        ("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "256"),
+    ]);
     s.create_room(json!({"name": "r"}));
     let rss_before = rss_mib(s.pid());
-    // 2,000 half-sent heads and 500 slow bodies, from 40 source addresses (50 + 13 each, under
-    // the per-address cap of 64 unauthenticated connections).
+    // 2,000 half-sent heads and 500 slow bodies, from 40 source addresses (63 each, under the
+    // default per-address cap of 256 unauthenticated connections).
     let mut attack = Vec::new();
     for i in 0..2500u32 {
         let mut c = connect_from(&s, [127, 0, 1, (i % 40 + 2) as u8]);

@@ -140,6 +140,7 @@ impl Server {
             .env("GATEHOUSE_LOG", "info")
             .env("GATEHOUSE_JOIN_RATE", "100000")
             .env("GATEHOUSE_JOIN_BURST", "100000")
+            .env("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "100000")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
