@@ -109,10 +109,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         #[cfg(feature = "test-clock")]
         test_clock,
     ));
-    // The timers are in the store: from here overdue state is enforced by check-on-read, and
-    // the deadline task fires what is due right away.
-    let deadlines =
-        tokio::spawn(crate::scheduler::run_deadlines(store.clone(), state.clock.clone(), shutdown_rx.clone()));
+    // The deadlines are the writer's: from here overdue state is enforced by check-on-read,
+    // and the writer fires what is due right away.
     let deliveries =
         tokio::spawn(crate::webhooks::run(store.clone(), outbound, state.clock.clone(), shutdown_rx.clone()));
     let mut housekeeping = crate::scheduler::start_housekeeping(
@@ -135,7 +133,6 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     state.ready.store(false, Ordering::SeqCst);
     let _ = shutdown_tx.send(true);
     let _ = server.await;
-    let _ = deadlines.await;
     let _ = deliveries.await;
     let _ = housekeeping.shutdown().await;
     store.close().await;
@@ -355,7 +352,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 progress: Progress::new("backup: writing"),
             };
             let sink = crate::store::BackupSink(Box::new(counted));
-            let r = store.submit_wait(crate::store::Command::Backup { sink, files }).await;
+            let r = store.backup(sink, files).await;
             store.close().await;
             r?;
         }

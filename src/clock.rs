@@ -34,7 +34,8 @@ impl Clock for SystemClock {
     }
 }
 
-fn system_now_ms() -> i64 {
+/// The operating system's time in unix ms (for what must not follow the test clock).
+pub fn system_now_ms() -> i64 {
     match SystemTime::now().duration_since(UNIX_EPOCH) {
         // A clock past the year 292 million would overflow; saturate rather than wrap.
         Ok(d) => i64::try_from(d.as_millis()).unwrap_or(i64::MAX),

@@ -23,6 +23,8 @@ pub const WEBHOOK_FAILED: &str = "webhook.failed";
 pub const WEBHOOK_CREATED: &str = "webhook.created";
 pub const WEBHOOK_UPDATED: &str = "webhook.updated";
 pub const WEBHOOK_DELETED: &str = "webhook.deleted";
+pub const WAITING_PARTICIPANT_JOINED: &str = "waiting-participant.joined";
+pub const WAITING_PARTICIPANT_LEFT: &str = "waiting-participant.left";
 
 /// Every event type the API documents; `types=` filters are checked against it.
 pub const ALL_TYPES: &[&str] = &[
@@ -63,6 +65,11 @@ impl NewEvent {
 /// a new data dir gets a new domain id.
 pub fn event_id(domain8: &str, seq: u64) -> String {
     format!("evt_{domain8}_{seq}")
+}
+
+/// The first 8 hex digits of a domain id, as event ids carry them.
+pub fn domain8(domain_id: &uuid::Uuid) -> String {
+    domain_id.simple().to_string().chars().take(8).collect()
 }
 
 /// The envelope exactly as it is stored, returned and delivered.

@@ -1,64 +1,10 @@
-//! The deadline task (ARCHITECTURE.md, invariant 4): one task sleeps until the earliest row of the
-//! timers tree (or until the writer says timers changed), then submits what is due to the
-//! writer in deadline order, in batches that share a journal sync. Firing re-checks state in
-//! the writer, so firing twice is harmless; deadlines are unix time, so overdue rows after a
-//! restart or a clock jump fire at the next pass.
+//! Housekeeping: the cron job (tokio-cron-scheduler, six-field cron, re-registered at every
+//! start) that purges dead revocations and token records and compacts the event log. Deadlines
+//! are not here: the writer fires them itself, between batches (ARCHITECTURE.md, invariant 4).
 //!
-//! Must not: change state itself; it only submits `FireTimer` commands.
+//! Must not: change state itself; it only submits housekeeping commands.
 
-use std::time::Duration;
-
-use tokio::sync::watch;
-
-use crate::clock::SharedClock;
-use crate::store::{Command, Store};
-
-/// Most timers submitted in one pass.
-const BATCH: usize = 2048;
-/// Longest sleep without re-reading the earliest timer: bounds the lateness a wall-clock jump
-/// can cause.
-const MAX_SLEEP: Duration = Duration::from_secs(1);
-
-pub async fn run_deadlines(store: Store, clock: SharedClock, mut shutdown: watch::Receiver<bool>) {
-    let changed = store.timers_changed();
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let now = clock.now_ms();
-        let due = match store.due_timers(now, BATCH) {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot read timers");
-                Vec::new()
-            }
-        };
-        if !due.is_empty() {
-            let n = due.len();
-            let cmds =
-                due.into_iter().map(|(deadline_ms, kind, id)| Command::FireTimer { deadline_ms, kind, id }).collect();
-            for r in store.submit_all(cmds).await {
-                if let Err(e) = r {
-                    tracing::warn!(error = %e, "a deadline could not fire; it stays and is retried");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-            }
-            tracing::debug!(fired = n, "deadlines fired");
-            continue;
-        }
-        let wait = match store.first_timer() {
-            Ok(Some((deadline, _, _))) => {
-                Duration::from_millis(u64::try_from(deadline - now).unwrap_or(0)).min(MAX_SLEEP)
-            }
-            _ => MAX_SLEEP,
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = changed.notified() => {}
-            _ = shutdown.changed() => {}
-        }
-    }
-}
+use crate::store::{Compact, Purge, Store};
 
 /// Housekeeping totals, for logs and metrics.
 #[derive(Debug, Default)]
@@ -81,10 +27,7 @@ pub async fn housekeep_once(
     use std::sync::atomic::Ordering::Relaxed;
     let mut total = crate::store::PurgeReport::default();
     loop {
-        let report = match store.submit_wait(Command::Purge { limit: PURGE_LIMIT }).await? {
-            crate::store::Outcome::Purged(r) => r,
-            _ => break,
-        };
+        let report = store.submit_wait(Purge { limit: PURGE_LIMIT }).await?;
         total.revocations += report.revocations;
         total.tokens += report.tokens;
         if report.revocations < PURGE_LIMIT as u64 && report.tokens < PURGE_LIMIT as u64 {
@@ -92,10 +35,7 @@ pub async fn housekeep_once(
         }
     }
     loop {
-        let report = match store.submit_wait(Command::Compact(*retention)).await? {
-            crate::store::Outcome::Purged(r) => r,
-            _ => break,
-        };
+        let report = store.submit_wait(Compact(*retention)).await?;
         total.events += report.events;
         if report.events < crate::store::COMPACT_CHUNK {
             break;

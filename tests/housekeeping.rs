@@ -6,14 +6,14 @@ use std::sync::Arc;
 use gatehouse::clock::ManualClock;
 use gatehouse::events::NewEvent;
 use gatehouse::scheduler::{housekeep_once, HousekeepingStats};
-use gatehouse::store::{Command, PurgeReport, RevokeRequest, Store, StoreOptions, SyncMode, TokenRecord};
+use gatehouse::store::{CreateToken, PurgeReport, Revoke, Store, StoreOptions, SyncMode, TokenRecord};
 use serde_json::json;
 
 /// Retention that keeps every event (this test is about revocations and tokens).
 const KEEP_ALL: gatehouse::store::Retention =
     gatehouse::store::Retention { max_age_ms: i64::MAX, max_bytes: u64::MAX, hard_max_bytes: u64::MAX };
 
-fn token(jti: &str, exp: Option<i64>) -> Command {
+fn token(jti: &str, exp: Option<i64>) -> CreateToken {
     let record = TokenRecord {
         jti: jti.into(),
         kid: "k".into(),
@@ -25,7 +25,7 @@ fn token(jti: &str, exp: Option<i64>) -> Command {
         exp,
         created_ms: 0,
     };
-    Command::CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) }
+    CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -48,15 +48,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
     store.submit(token("lives", Some(t0 + 100_000))).await.unwrap();
     store.submit(token("forever", None)).await.unwrap();
     for (id, exp) in [("r-dies", Some((t0 + 10) * 1000)), ("r-forever", None)] {
-        store
-            .submit(Command::Revoke(Box::new(RevokeRequest::Token {
-                token_id: id.into(),
-                exp_ms: exp,
-                room: None,
-                by: "t".into(),
-            })))
-            .await
-            .unwrap();
+        store.submit(Revoke::Token { token_id: id.into(), exp_ms: exp, room: None, by: "t".into() }).await.unwrap();
     }
     let stats = HousekeepingStats::default();
     assert_eq!(housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap(), PurgeReport::default(), "nothing is dead yet");
@@ -75,7 +67,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
         (3, 1, 1)
     );
     // Purges write no events.
-    assert_eq!(store.events(0, 100, None).unwrap().envelopes.len(), 5);
+    assert_eq!(store.events(0, 100, None).unwrap().events.len(), 5);
     store.close().await;
 }
 

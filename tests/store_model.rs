@@ -7,7 +7,9 @@ use std::sync::Arc;
 use gatehouse::clock::{ManualClock, SharedClock};
 use gatehouse::events::NewEvent;
 use gatehouse::rooms::{Privacy, RoomError};
-use gatehouse::store::{Command, Outcome, RoomCursor, Store, StoreOptions, SyncMode, TokenRecord};
+use gatehouse::store::{
+    CreateRoom, CreateToken, DeleteRoom, RoomCursor, Store, StoreOptions, SyncMode, TokenRecord, UpdateRoom,
+};
 use rand::{RngExt, SeedableRng};
 use serde_json::{json, Map, Value};
 
@@ -64,9 +66,9 @@ async fn check_all(store: &Store, model: &Model) {
     }
     assert_eq!(store.durable_seq(), model.events);
     let page = store.events(0, 100_000, None).unwrap();
-    assert_eq!(page.envelopes.len() as u64, model.events);
-    for (i, env) in page.envelopes.iter().enumerate() {
-        let v: Value = serde_json::from_str(env).unwrap();
+    assert_eq!(page.events.len() as u64, model.events);
+    for (i, e) in page.events.iter().enumerate() {
+        let v: Value = serde_json::from_str(&e.envelope).unwrap();
         assert_eq!(v["seq"], i as u64 + 1);
     }
 }
@@ -88,13 +90,13 @@ async fn run(seed: u64) {
                 let private = rng.random_bool(0.5);
                 let privacy = if private { Privacy::Private } else { Privacy::Public };
                 let out = store
-                    .submit(Command::CreateRoom { name: Some(name.clone()), privacy, config: config.clone() })
+                    .submit(CreateRoom { name: Some(name.clone()), privacy, config: config.clone() })
                     .await
                     .unwrap();
                 if model.rooms.contains_key(&name) {
-                    assert!(matches!(out, Outcome::Refused(RoomError::NameTaken(_))), "{out:?}");
+                    assert!(matches!(out, Err(RoomError::NameTaken(_))), "{out:?}");
                 } else {
-                    assert!(matches!(out, Outcome::Room(_)));
+                    assert!(out.is_ok());
                     model.rooms.insert(name, ModelRoom { private, config });
                     model.events += 1;
                 }
@@ -104,14 +106,12 @@ async fn run(seed: u64) {
                 if rng.random_bool(0.5) {
                     patch.insert("max_participants".into(), Value::Null);
                 }
-                let out = store
-                    .submit(Command::UpdateRoom { name: name.clone(), privacy: None, patch: patch.clone() })
-                    .await
-                    .unwrap();
+                let out =
+                    store.submit(UpdateRoom { name: name.clone(), privacy: None, patch: patch.clone() }).await.unwrap();
                 match model.rooms.get_mut(&name) {
-                    None => assert!(matches!(out, Outcome::Refused(RoomError::NotFound))),
+                    None => assert!(matches!(out, Err(RoomError::NotFound))),
                     Some(r) => {
-                        assert!(matches!(out, Outcome::Room(_)));
+                        assert!(out.is_ok());
                         for (k, v) in patch {
                             if v.is_null() {
                                 r.config.remove(&k);
@@ -124,12 +124,12 @@ async fn run(seed: u64) {
                 }
             }
             5..=6 => {
-                let out = store.submit(Command::DeleteRoom { name: name.clone(), by: "test".into() }).await.unwrap();
+                let out = store.submit(DeleteRoom { name: name.clone(), by: "test".into() }).await.unwrap();
                 if model.rooms.remove(&name).is_some() {
-                    assert!(matches!(out, Outcome::RoomDeleted(_)));
+                    assert!(out.is_ok());
                     model.events += 1;
                 } else {
-                    assert!(matches!(out, Outcome::Refused(RoomError::NotFound)));
+                    assert!(matches!(out, Err(RoomError::NotFound)));
                 }
             }
             7..=8 => {
@@ -146,14 +146,10 @@ async fn run(seed: u64) {
                     exp: None,
                     created_ms: 0,
                 };
-                let out = store
-                    .submit(Command::CreateToken {
-                        record,
-                        event: NewEvent::new("meeting-token.created", json!({"jti": jti})),
-                    })
+                store
+                    .submit(CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) })
                     .await
                     .unwrap();
-                assert!(matches!(out, Outcome::TokenRecorded));
                 model.tokens.insert(jti, room);
                 model.events += 1;
             }

@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::error::ApiError;
-use super::wire::{self, ok};
+use super::wire;
 use super::{auth, AppState, Body};
 
 pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -23,17 +23,33 @@ pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Resp
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     loop {
         let page = state.store.events(after, limit, types.as_deref())?;
-        let waiting = page.envelopes.is_empty() && page.next_after == after && tokio::time::Instant::now() < deadline;
+        let waiting = page.events.is_empty() && page.next_after == after && tokio::time::Instant::now() < deadline;
         if !waiting {
-            let data: Vec<Value> = page.envelopes.iter().filter_map(|e| serde_json::from_str(e).ok()).collect();
-            return Ok(ok(
-                &json!({"data": data, "next_after": page.next_after, "has_more": page.has_more, "head_seq": page.head_seq}),
-            ));
+            return Ok(page_response(&page));
         }
         if tokio::time::timeout_at(deadline, durable.changed()).await.is_err() {
             continue;
         }
     }
+}
+
+/// The page as JSON, the stored envelopes spliced in as they are (no parse, no re-encode).
+fn page_response(page: &crate::store::Page) -> Response<Body> {
+    let mut out = String::with_capacity(page.events.iter().map(|e| e.envelope.len() + 1).sum::<usize>() + 96);
+    out.push_str("{\"data\":[");
+    for (i, e) in page.events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&e.envelope);
+    }
+    out.push_str(&format!(
+        "],\"next_after\":{},\"has_more\":{},\"head_seq\":{}}}",
+        page.next_after, page.has_more, page.head_seq
+    ));
+    let mut r = Response::new(wire::full(bytes::Bytes::from(out)));
+    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+    r
 }
 
 /// The event type filter of a request (`types=a,b`), checked against the known types.
@@ -102,12 +118,8 @@ pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response
             let Ok(page) = state.store.events(after, 500, types.as_deref()) else {
                 return;
             };
-            for env in &page.envelopes {
-                let Ok(v) = serde_json::from_str::<Value>(env) else {
-                    continue;
-                };
-                let chunk = super::participants::sse(v["type"].as_str().unwrap_or("event"), v["seq"].as_u64(), env);
-                if tx.send(chunk).await.is_err() {
+            for e in &page.events {
+                if tx.send(super::participants::sse(&e.kind, Some(e.seq), &e.envelope)).await.is_err() {
                     return;
                 }
             }

@@ -19,8 +19,18 @@ pub fn healthz() -> Response<Body> {
 pub fn readyz(state: &AppState) -> Response<Body> {
     let ready = state.ready.load(Ordering::SeqCst);
     let writable = state.store.is_writable();
-    let status = if ready && writable { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    wire::json_response(status, &json!({"ready": ready, "store_writable": writable}))
+    let stalled = state.store.stalled();
+    let ok = ready && writable && stalled.is_none();
+    let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let mut body = json!({"ready": ok, "store_writable": writable});
+    if let Some(why) = stalled {
+        body["reason"] = json!(why);
+    } else if !writable {
+        body["reason"] = json!("the store cannot write (see the log)");
+    } else if !ready {
+        body["reason"] = json!("starting up or shutting down");
+    }
+    wire::json_response(status, &body)
 }
 
 /// `GET /metrics`: Prometheus text; needs an API key unless `--metrics-public`.
@@ -227,24 +237,26 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     } else {
         return Err(ApiError::invalid("give 'advance_secs' or 'set_ms'"));
     }
-    // Let the deadline task look again at once.
-    state.store.timers_changed().notify_one();
+    // Let the writer look at its deadlines again at once.
+    state.store.tick().await;
     Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
 }
 
-/// Injects a fault: `{"freeze_writer_ms": n}` stops the writer for n ms (answers at once).
-/// Test builds only.
+/// Injects a fault: `{"freeze_writer_ms": n}` stops the writer for n ms, `{"freeze_applier_ms":
+/// n}` the applier (answers at once). Test builds only.
 #[cfg(feature = "test-clock")]
 pub async fn test_faults(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
-    let ms = body
-        .get("freeze_writer_ms")
-        .and_then(serde_json::Value::as_u64)
-        .ok_or_else(|| ApiError::invalid("give 'freeze_writer_ms'"))?;
+    let (writer, ms) = match (body.get("freeze_writer_ms"), body.get("freeze_applier_ms")) {
+        (Some(v), None) => (true, v.as_u64()),
+        (None, Some(v)) => (false, v.as_u64()),
+        _ => (true, None),
+    };
+    let ms = ms.ok_or_else(|| ApiError::invalid("give 'freeze_writer_ms' or 'freeze_applier_ms'"))?;
     let store = state.store.clone();
-    tokio::spawn(async move { store.submit_wait(crate::store::Command::Freeze { ms }).await });
+    tokio::spawn(async move { store.freeze(writer, ms).await });
     Ok(ok(&json!({"frozen_ms": ms})))
 }
 
@@ -263,10 +275,7 @@ pub async fn backup(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Re
     let sink_file = file.try_clone().map_err(|_| ApiError::internal("backup"))?;
     let sink = crate::store::BackupSink(Box::new(std::io::BufWriter::with_capacity(256 * 1024, sink_file)));
     let files = std::fs::read(dir.join("api_key")).map(|k| vec![("api_key", k)]).unwrap_or_default();
-    let records = match state.store.submit(crate::store::Command::Backup { sink, files }).await? {
-        crate::store::Outcome::BackedUp(n) => n,
-        other => return Err(super::rooms::unexpected(other)),
-    };
+    let records = state.store.backup(sink, files).await?;
     let len = file.metadata().map(|m| m.len()).map_err(|_| ApiError::internal("backup"))?;
     tracing::info!(records, bytes = len, "backup taken; streaming it");
     let (tx, rx) = tokio::sync::mpsc::channel(4);

@@ -22,7 +22,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::sessions::{self, Session, TokenCheck};
-use crate::store::{Command, EjectRequest, JoinRequest, Outcome};
+use crate::store::{Eject, Heartbeat, Join, JoinOutcome, Leave, LiftBan};
 use crate::tokens;
 
 fn random_hex(bytes: usize) -> String {
@@ -80,7 +80,7 @@ pub async fn join(
         }
     }
     let secret = random_hex(32);
-    let request = JoinRequest {
+    let request = Join {
         room: room.chars().take(crate::rooms::MAX_NAME_LEN).collect(),
         token: check_token(state, token),
         user_name: user_name.map(String::from),
@@ -88,8 +88,8 @@ pub async fn join(
         secret_digest: Sha256::digest(secret.as_bytes()).into(),
         leeway_s: state.settings.token_leeway_secs,
     };
-    match state.store.submit(Command::Join(Box::new(request))).await? {
-        Outcome::Joined(s) => {
+    match state.store.submit(request).await? {
+        JoinOutcome::Joined(s) => {
             state.metrics.join("admitted");
             let mut body = s.joined_payload();
             if let Some(o) = body.as_object_mut() {
@@ -98,12 +98,11 @@ pub async fn join(
             }
             Ok(ok(&body))
         }
-        Outcome::JoinDenied(d) => {
+        JoinOutcome::Denied(d) => {
             state.metrics.join(d.error);
             let status = StatusCode::from_u16(d.status()).unwrap_or(StatusCode::FORBIDDEN);
             Err(ApiError::new(status, d.error, d.info))
         }
-        other => Err(super::rooms::unexpected(other)),
     }
 }
 
@@ -111,30 +110,28 @@ pub async fn join(
 fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Session, ApiError> {
     let secret = auth::bearer(req)?
         .ok_or_else(|| ApiError::unauthenticated("missing Authorization header with the session secret"))?;
-    let (session, digest) = state.store.session(id)?.ok_or_else(|| ApiError::not_found("no such session"))?;
+    let entry = state.store.session(id).ok_or_else(|| ApiError::not_found("no such session"))?;
     let presented: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
-    if !bool::from(presented.ct_eq(&digest)) {
+    if !bool::from(presented.ct_eq(&entry.digest)) {
         return Err(ApiError::unauthenticated("the session secret is not valid"));
     }
     auth::authenticated(req);
-    Ok(session)
+    Ok(entry.session.clone())
 }
 
 pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
-    match state.store.submit(Command::Heartbeat { session_id: id.to_string() }).await? {
-        Outcome::Heartbeat { lease_until_ms } => Ok(ok(&json!({"lease_until": lease_until_ms / 1000}))),
-        Outcome::NoSession => Err(ApiError::not_found("no such session")),
-        other => Err(super::rooms::unexpected(other)),
+    match state.store.submit(Heartbeat { session_id: id.to_string() }).await? {
+        Some(lease_until_ms) => Ok(ok(&json!({"lease_until": lease_until_ms / 1000}))),
+        None => Err(ApiError::not_found("no such session")),
     }
 }
 
 pub async fn leave(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
-    match state.store.submit(Command::Leave { session_id: id.to_string() }).await? {
-        Outcome::SessionEnded => Ok(ok(&json!({"left": true, "session_id": id}))),
-        Outcome::NoSession => Err(ApiError::not_found("no such session")),
-        other => Err(super::rooms::unexpected(other)),
+    match state.store.submit(Leave { session_id: id.to_string() }).await? {
+        true => Ok(ok(&json!({"left": true, "session_id": id}))),
+        false => Err(ApiError::not_found("no such session")),
     }
 }
 
@@ -187,14 +184,11 @@ pub async fn stream(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) ->
 }
 
 async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
-    let mut durable = state.store.watch_durable();
-    let mut after = state.store.durable_seq();
+    use tokio::sync::broadcast::error::RecvError;
+    // Subscribe first, then take the snapshot: nothing happens in between unseen.
+    let mut events = state.store.subscribe_room(&me.room);
     let mut shutdown = state.shutdown.clone();
-    let now = state.clock.now_ms();
-    let present: Vec<Value> =
-        state.store.room_sessions(&me.room, now).unwrap_or_default().iter().map(|s| s.presence(now)).collect();
-    let hello = json!({"session_id": me.id, "room": me.room, "participants": present, "will_eject_at": me.eject_at_ms.map(|m| m / 1000)});
-    if tx.send(sse("presence", None, &hello.to_string())).await.is_err() {
+    if tx.send(sse("presence", None, &snapshot(&state, &me))).await.is_err() {
         return;
     }
     let keepalive = Duration::from_millis(u64::try_from(state.settings.lease_ms / 3).unwrap_or(10_000));
@@ -207,7 +201,7 @@ async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
                 return;
             }
             _ = renew.tick() => {
-                if !matches!(state.store.submit_wait(Command::Heartbeat { session_id: me.id.clone() }).await, Ok(Outcome::Heartbeat { .. })) {
+                if !matches!(state.store.submit_wait(Heartbeat { session_id: me.id.clone() }).await, Ok(Some(_))) {
                     let _ = tx.send(sse("ended", None, &json!({"session_id": me.id}).to_string())).await;
                     return;
                 }
@@ -217,41 +211,44 @@ async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
                     return;
                 }
             }
-            changed = durable.changed() => {
-                if changed.is_err() {
-                    return;
+            got = events.recv() => match got {
+                Ok(e) => {
+                    if tx.send(sse(&e.kind, Some(e.seq), &e.envelope)).await.is_err() {
+                        return;
+                    }
+                    if ends_me(&e, &me.id) {
+                        return;
+                    }
                 }
-                match forward(&state, &me, &tx, &mut after).await {
-                    Ok(true) => continue,
-                    _ => return,
+                // Fell behind the room's ring: start again from a fresh snapshot.
+                Err(RecvError::Lagged(_)) => {
+                    if tx.send(sse("presence", None, &snapshot(&state, &me))).await.is_err() {
+                        return;
+                    }
                 }
-            }
+                Err(RecvError::Closed) => return,
+            },
         }
     }
 }
 
-/// Sends the room's new durable events; `Ok(false)` once this session has ended.
-async fn forward(state: &AppState, me: &Session, tx: &mpsc::Sender<Bytes>, after: &mut u64) -> Result<bool, ()> {
-    loop {
-        let page = state.store.events(*after, 500, None).map_err(|_| ())?;
-        *after = page.next_after;
-        for env in &page.envelopes {
-            let Ok(v) = serde_json::from_str::<Value>(env) else {
-                continue;
-            };
-            if v["payload"]["room"].as_str() != Some(me.room.as_str()) {
-                continue;
-            }
-            let kind = v["type"].as_str().unwrap_or("");
-            tx.send(sse(kind, v["seq"].as_u64(), env)).await.map_err(|_| ())?;
-            let mine = v["payload"]["session_id"].as_str() == Some(me.id.as_str());
-            if (mine && kind == "participant.left") || kind == "room.deleted" {
-                return Ok(false);
-            }
+/// Who is in the room now, as the stream's first frame (and after falling behind).
+fn snapshot(state: &AppState, me: &Session) -> String {
+    let now = state.clock.now_ms();
+    let present: Vec<Value> =
+        state.store.room_sessions(&me.room, now).iter().map(|e| e.session.presence(now)).collect();
+    json!({"session_id": me.id, "room": me.room, "participants": present, "will_eject_at": me.eject_at_ms.map(|m| m / 1000)})
+        .to_string()
+}
+
+/// The event ends this session's stream: its own departure, or the room's deletion.
+fn ends_me(e: &crate::store::Event, me: &str) -> bool {
+    match &*e.kind {
+        "room.deleted" => true,
+        "participant.left" | "waiting-participant.left" => {
+            serde_json::from_str::<Value>(&e.envelope).is_ok_and(|v| v["payload"]["session_id"].as_str() == Some(me))
         }
-        if !page.has_more {
-            return Ok(true);
-        }
+        _ => false,
     }
 }
 
@@ -259,9 +256,12 @@ pub fn presence_all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Re
     auth::api_key(req, &state.keys)?;
     let now = state.clock.now_ms();
     let mut out: Map<String, Value> = Map::new();
-    for s in state.store.all_sessions(now)? {
-        if let Value::Array(list) = out.entry(s.room.clone()).or_insert_with(|| json!([])) {
-            list.push(s.presence(now));
+    let live = state.store.live();
+    for (room, _) in live.rooms() {
+        let list: Vec<Value> =
+            live.present_in(room).iter().filter(|e| !e.session.is_over(now)).map(|e| e.session.presence(now)).collect();
+        if !list.is_empty() {
+            out.insert(room.to_string(), Value::Array(list));
         }
     }
     Ok(ok(&Value::Object(out)))
@@ -273,7 +273,7 @@ pub fn room_presence(state: &Arc<AppState>, req: &Request<Incoming>, room: &str)
     if state.store.room(room)?.is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let data: Vec<Value> = state.store.room_sessions(room, now)?.iter().map(|s| s.presence(now)).collect();
+    let data: Vec<Value> = state.store.room_sessions(room, now).iter().map(|e| e.session.presence(now)).collect();
     Ok(ok(&json!({"total_count": data.len(), "data": data})))
 }
 
@@ -350,11 +350,9 @@ pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) ->
     if state.store.room(room)?.filter(|r| !r.is_expired(state.clock.now_secs())).is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let request = EjectRequest { room: room.to_string(), ids, user_ids, ban, ban_until_s, by, by_token };
-    match state.store.submit(Command::Eject(Box::new(request))).await? {
-        Outcome::Ejected(ids) => Ok(ok(&json!({"ejectedIds": ids}))),
-        other => Err(super::rooms::unexpected(other)),
-    }
+    let request = Eject { room: room.to_string(), ids, user_ids, ban, ban_until_s, by, by_token };
+    let ids = state.store.submit(request).await?;
+    Ok(ok(&json!({"ejectedIds": ids})))
 }
 
 pub fn bans(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
@@ -375,9 +373,8 @@ pub async fn lift_ban(
     user_id: &str,
 ) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    match state.store.submit(Command::LiftBan { room: room.to_string(), user_id: user_id.to_string() }).await? {
-        Outcome::BanLifted(true) => Ok(ok(&json!({"deleted": true, "room": room, "user_id": user_id}))),
-        Outcome::BanLifted(false) => Err(ApiError::not_found("no such ban")),
-        other => Err(super::rooms::unexpected(other)),
+    match state.store.submit(LiftBan { room: room.to_string(), user_id: user_id.to_string() }).await? {
+        true => Ok(ok(&json!({"deleted": true, "room": room, "user_id": user_id}))),
+        false => Err(ApiError::not_found("no such ban")),
     }
 }

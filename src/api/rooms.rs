@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::rooms::{self, Privacy, Room};
-use crate::store::{Command, Outcome, RoomCursor};
+use crate::store::{CreateRoom, DeleteRoom, RoomCursor, UpdateRoom};
 
 async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     auth::api_key(&req, &state.keys)?;
@@ -25,17 +25,8 @@ fn privacy_field(body: &Map<String, Value>) -> Result<Option<Privacy>, ApiError>
     }
 }
 
-fn room_response(state: &AppState, outcome: Outcome) -> Result<Response<Body>, ApiError> {
-    match outcome {
-        Outcome::Room(room) => Ok(ok(&room.to_json(&state.settings.public_url))),
-        Outcome::Refused(e) => Err(e.into()),
-        other => Err(unexpected(other)),
-    }
-}
-
-pub(super) fn unexpected(o: Outcome) -> ApiError {
-    tracing::error!(outcome = ?o, "writer answered with an unexpected outcome");
-    ApiError::internal("writer")
+fn room_response(state: &AppState, outcome: Result<Room, rooms::RoomError>) -> Result<Response<Body>, ApiError> {
+    Ok(ok(&outcome?.to_json(&state.settings.public_url)))
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -48,7 +39,7 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
     }
     let privacy = privacy_field(&body)?.unwrap_or(Privacy::Public);
     let config = rooms::validate_properties(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
-    let out = state.store.submit(Command::CreateRoom { name: name.map(String::from), privacy, config }).await?;
+    let out = state.store.submit(CreateRoom { name: name.map(String::from), privacy, config }).await?;
     room_response(state, out)
 }
 
@@ -97,16 +88,13 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
     wire::only_fields(&body, &["privacy", "properties"])?;
     let privacy = privacy_field(&body)?;
     let patch = rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
-    let out = state.store.submit(Command::UpdateRoom { name: name.to_string(), privacy, patch }).await?;
+    let out = state.store.submit(UpdateRoom { name: name.to_string(), privacy, patch }).await?;
     room_response(state, out)
 }
 
 pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
     let key = auth::api_key(req, &state.keys)?;
     live_room(state, name)?;
-    match state.store.submit(Command::DeleteRoom { name: name.to_string(), by: format!("api:{}", key.kid) }).await? {
-        Outcome::RoomDeleted(name) => Ok(ok(&json!({"deleted": true, "name": name}))),
-        Outcome::Refused(e) => Err(e.into()),
-        other => Err(unexpected(other)),
-    }
+    let name = state.store.submit(DeleteRoom { name: name.to_string(), by: format!("api:{}", key.kid) }).await??;
+    Ok(ok(&json!({"deleted": true, "name": name})))
 }

@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::events::{self, NewEvent};
-use crate::store::{Command, Outcome, RevokeRequest, TokenRecord};
+use crate::store::{CreateToken, Revoke, TokenRecord};
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -34,10 +34,8 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         created_ms: now_ms,
     };
     let event = NewEvent::new(events::MEETING_TOKEN_CREATED, record_json(&record));
-    match state.store.submit(Command::CreateToken { record, event }).await? {
-        Outcome::TokenRecorded => Ok(ok(&json!({"token": token}))),
-        other => Err(super::rooms::unexpected(other)),
-    }
+    state.store.submit(CreateToken { record, event }).await?;
+    Ok(ok(&json!({"token": token})))
 }
 
 /// An issued token's metadata (also the `meeting-token.created` payload). Never the JWT.
@@ -142,26 +140,22 @@ pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         (Some(jti), None, None, None, None) => {
             let record = state.store.token(jti)?;
             let exp_ms = record.as_ref().and_then(|t| t.exp).map(|e| e.saturating_mul(1000));
-            RevokeRequest::Token { token_id: jti.to_string(), exp_ms, room: record.and_then(|t| t.room), by }
+            Revoke::Token { token_id: jti.to_string(), exp_ms, room: record.and_then(|t| t.room), by }
         }
         (None, Some(t), None, None, None) => {
             let v = tokens::verify(&state.keys, &state.domain_id(), t)
                 .map_err(|r| ApiError::invalid(format!("cannot revoke: {r}")))?;
             let exp_ms = v.claims.exp.map(|e| (e * 1000.0) as i64);
-            RevokeRequest::Token { token_id: v.token_id, exp_ms, room: v.claims.room, by }
+            Revoke::Token { token_id: v.token_id, exp_ms, room: v.claims.room, by }
         }
-        (None, None, Some(r), Some(u), None) => {
-            RevokeRequest::RoomUser { room: r.to_string(), user_id: u.to_string(), by }
-        }
-        (None, None, Some(r), None, Some(b)) => RevokeRequest::RoomBefore { room: r.to_string(), before_s: b, by },
+        (None, None, Some(r), Some(u), None) => Revoke::RoomUser { room: r.to_string(), user_id: u.to_string(), by },
+        (None, None, Some(r), None, Some(b)) => Revoke::RoomBefore { room: r.to_string(), before_s: b, by },
         _ => {
             return Err(ApiError::invalid(
                 "give exactly one of: 'jti'; 'token'; 'room_name' with 'user_id'; 'room_name' with 'issued_before'",
             ))
         }
     };
-    match state.store.submit(Command::Revoke(Box::new(request))).await? {
-        Outcome::Revoked { ejected } => Ok(ok(&json!({"revoked": true, "ejectedIds": ejected}))),
-        other => Err(super::rooms::unexpected(other)),
-    }
+    let ejected = state.store.submit(request).await?;
+    Ok(ok(&json!({"revoked": true, "ejectedIds": ejected})))
 }

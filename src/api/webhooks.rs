@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::clock::rfc3339_ms;
-use crate::store::{Command, Outcome, WebhookPatch, WebhookRecord};
+use crate::store::{CreateWebhook, DeleteWebhook, ReplayWebhook, UpdateWebhook, WebhookPatch, WebhookRecord};
 use crate::webhooks::{self, signing};
 
 const RETRY_TYPES: &[&str] = &["circuit-breaker", "exponential"];
@@ -100,11 +100,10 @@ async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<Str
     wire::parse_object(&bytes)
 }
 
-fn answer(out: Outcome) -> Result<Response<Body>, ApiError> {
+fn answer(out: Option<WebhookRecord>) -> Result<Response<Body>, ApiError> {
     match out {
-        Outcome::Webhook(w) => Ok(ok(&webhook_json(&w))),
-        Outcome::NoWebhook => Err(ApiError::not_found("webhook not found")),
-        other => Err(super::rooms::unexpected(other)),
+        Some(w) => Ok(ok(&webhook_json(&w))),
+        None => Err(ApiError::not_found("webhook not found")),
     }
 }
 
@@ -131,9 +130,10 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         created_ms: now,
         updated_ms: now,
         lost_before: None,
+        version: 0,
     };
     probe(state, &w).await?;
-    answer(state.store.submit(Command::CreateWebhook(Box::new(w))).await?)
+    answer(Some(state.store.submit(CreateWebhook(w)).await?))
 }
 
 pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -156,15 +156,14 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     p.apply(&mut preview);
     probe(state, &preview).await?;
-    answer(state.store.submit(Command::UpdateWebhook { id: id.to_string(), patch: p }).await?)
+    answer(state.store.submit(UpdateWebhook { id: id.to_string(), patch: p }).await?)
 }
 
 pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    match state.store.submit(Command::DeleteWebhook { id: id.to_string() }).await? {
-        Outcome::Webhook(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
-        Outcome::NoWebhook => Err(ApiError::not_found("webhook not found")),
-        other => Err(super::rooms::unexpected(other)),
+    match state.store.submit(DeleteWebhook { id: id.to_string() }).await? {
+        Some(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
+        None => Err(ApiError::not_found("webhook not found")),
     }
 }
 
@@ -182,7 +181,7 @@ pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     if from < oldest {
         return Err(super::events::gone(state, oldest));
     }
-    answer(state.store.submit(Command::ReplayWebhook { id: id.to_string(), from_seq: from }).await?)
+    answer(state.store.submit(ReplayWebhook { id: id.to_string(), from_seq: from }).await?)
 }
 
 pub fn attempts(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {

@@ -1,22 +1,31 @@
-//! Backups: a consistent snapshot of every tree, written by the writer (the only writer, so
-//! nothing changes while it copies), and restore into an empty data dir.
+//! Backups: a consistent copy of every tree and of the event log (the writer makes it once the
+//! applier has caught up, so sled holds exactly the state as of the last batch), and restore
+//! into an empty data dir.
 //!
-//! Format: `GHBK` | format version u32 BE | then records `tree index u8 | key len u32 | key |
-//! value len u32 | value`, then `0xFF` and a CRC-32 (BE) of everything before it. The file
-//! holds the API key too (when the data dir has one), so it is as secret as the key.
+//! Format 2: `GHBK` | format u32 BE | records `tree index u8 | key len u32 | key | value len
+//! u32 | value`, events as records with index `0xFD` (key empty, value the bincode of one
+//! event), files of the data dir with `0xFE` (key the file name), then `0xFF` and a CRC-32
+//! (BE) of everything before it. Format 1 backups (schema 1, events in a tree) restore as a
+//! schema 1 store, which the first open migrates. The file holds the API key too (when the
+//! data dir has one), so it is as secret as the key.
 
 use std::io::{Read, Write};
 use std::path::Path;
 
-use super::{StoreError, Tree, Trees};
+use super::eventlog::EventLog;
+use super::journal::LoggedEvent;
+use super::keys;
+use super::state::{Tree, Trees};
+use super::StoreError;
 
 const MAGIC: &[u8; 4] = b"GHBK";
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
+const EVENT_RECORD: u8 = 0xFD;
 /// Pseudo-tree index for files of the data dir (the API key).
 const FILE_RECORD: u8 = 0xFE;
 const END: u8 = 0xFF;
 
-/// Where a backup goes: a file, or an HTTP response being streamed.
+/// Where a backup goes: a file, or a temporary file an HTTP response streams.
 pub struct BackupSink(pub Box<dyn Write + Send>);
 
 impl std::fmt::Debug for BackupSink {
@@ -56,19 +65,32 @@ fn record(out: &mut impl Write, tree: u8, k: &[u8], v: &[u8]) -> Result<(), Stor
     out.write_all(v).map_err(io)
 }
 
-/// Writes every tree (and `extra_files`: name → content) to `out`; returns the record count.
-pub(super) fn write(trees: &Trees, extra_files: &[(&str, Vec<u8>)], out: &mut dyn Write) -> Result<u64, StoreError> {
+/// Writes every tree, every retained event and `extra_files` (name → content) to `out`;
+/// returns the record count.
+pub(super) fn write(
+    trees: &Trees,
+    events: &EventLog,
+    extra_files: &[(&str, Vec<u8>)],
+    out: &mut dyn Write,
+) -> Result<u64, StoreError> {
     let mut w = Crc { inner: out, hasher: crc32fast::Hasher::new() };
     w.write_all(MAGIC).map_err(io)?;
     w.write_all(&FORMAT.to_be_bytes()).map_err(io)?;
     let mut n = 0;
-    for (i, t) in Tree::ALL.iter().enumerate() {
-        for item in trees.get(*t).iter() {
+    for t in Tree::ALL {
+        for item in trees.get(t).iter() {
             let (k, v) = item?;
-            record(&mut w, i as u8, &k, &v)?;
+            record(&mut w, t.index(), &k, &v)?;
             n += 1;
         }
     }
+    super::eventlog::read_dir_events(events, events.oldest(), |e| {
+        let v = bincode::serde::encode_to_vec(e, bincode::config::standard())
+            .map_err(|err| StoreError::Encode(err.to_string()))?;
+        record(&mut w, EVENT_RECORD, &[], &v)?;
+        n += 1;
+        Ok(())
+    })?;
     for (name, content) in extra_files {
         record(&mut w, FILE_RECORD, name.as_bytes(), content)?;
     }
@@ -99,7 +121,8 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     if crc32fast::hash(body).to_be_bytes() != crc {
         return Err(bad("checksum mismatch (truncated or damaged)"));
     }
-    if u32::from_be_bytes([body[4], body[5], body[6], body[7]]) != FORMAT {
+    let format = u32::from_be_bytes([body[4], body[5], body[6], body[7]]);
+    if format != 1 && format != FORMAT {
         return Err(bad("written by an unknown backup format version"));
     }
     let store = data_dir.join("store");
@@ -111,9 +134,17 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     }
     std::fs::create_dir_all(data_dir).map_err(io)?;
     let db = sled::Config::new().path(&store).open()?;
-    let trees: Vec<sled::Tree> = Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?;
+    // Format 1 holds schema 1's trees (the first open migrates them); format 2 this schema's.
+    let names: Vec<&str> =
+        if format == 1 { super::migrate::V1_TREES.to_vec() } else { Tree::ALL.iter().map(|t| t.name()).collect() };
+    let trees: Vec<sled::Tree> = names.iter().map(|t| db.open_tree(t)).collect::<Result<_, _>>()?;
+    let log = (format == FORMAT)
+        .then(|| EventLog::open(&data_dir.join("events"), 1, super::eventlog::SEGMENT_BYTES))
+        .transpose()?;
     let mut at = 8usize;
     let mut report = RestoreReport { records: 0, files: 0 };
+    let mut first_event: Option<u64> = None;
+    let mut pending: Vec<LoggedEvent> = Vec::new();
     let take = |at: &mut usize, n: usize| -> Result<&[u8], StoreError> {
         let s = body.get(*at..*at + n).ok_or_else(|| bad("cut short"))?;
         *at += n;
@@ -128,23 +159,50 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
         let k = take(&mut at, kl)?.to_vec();
         let vl = u32::from_be_bytes(take(&mut at, 4)?.try_into().map_err(|_| bad("bad length"))?) as usize;
         let v = take(&mut at, vl)?.to_vec();
-        if tree == FILE_RECORD {
-            let name = String::from_utf8(k).map_err(|_| bad("bad file name"))?;
-            if name != "api_key" {
-                return Err(bad("unexpected file"));
+        match tree {
+            FILE_RECORD => {
+                let name = String::from_utf8(k).map_err(|_| bad("bad file name"))?;
+                if name != "api_key" {
+                    return Err(bad("unexpected file"));
+                }
+                write_private(&data_dir.join(&name), &v)?;
+                report.files += 1;
+                continue;
             }
-            write_private(&data_dir.join(&name), &v)?;
-            report.files += 1;
-            continue;
+            EVENT_RECORD => {
+                let Some(log) = &log else { return Err(bad("events in a format 1 backup")) };
+                let (e, _): (LoggedEvent, usize) = bincode::serde::decode_from_slice(&v, bincode::config::standard())
+                    .map_err(|e| bad(&format!("bad event: {e}")))?;
+                first_event.get_or_insert(e.seq);
+                pending.push(e);
+                if pending.len() >= 4096 {
+                    log.append(&pending)?;
+                    pending.clear();
+                }
+            }
+            _ => {
+                let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
+                t.insert(k, v)?;
+            }
         }
-        let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
-        t.insert(k, v)?;
         report.records += 1;
         if report.records % 4096 == 0 {
             progress(at as u64, body.len() as u64);
         }
     }
     progress(body.len() as u64, body.len() as u64);
+    if let Some(log) = &log {
+        log.append(&pending)?;
+        log.set_head(log.last());
+        log.sync()?;
+        let meta = db.open_tree(Tree::Meta.name())?;
+        // The restored store starts with an empty journal: nothing to replay.
+        meta.insert(keys::META_APPLIED_LSN, &0u64.to_be_bytes())?;
+        meta.insert(keys::META_NEXT_SEQ, &(log.last() + 1).to_be_bytes())?;
+        if let Some(first) = first_event {
+            meta.insert(keys::META_EVENTS_OLDEST, &first.to_be_bytes())?;
+        }
+    }
     db.flush()?;
     std::fs::File::open(store.join("db")).and_then(|f| f.sync_all()).map_err(io)?;
     Ok(report)

@@ -1,10 +1,46 @@
-//! Key layouts (part of the on-disk format): big-endian numbers so that byte order is numeric
-//! order, and `\0` between variable-length parts (room names and ids never contain it).
+//! Key layouts (part of the on-disk format). Numbers are big-endian so that byte order is
+//! numeric order. Variable-length parts are length-prefixed (u16 BE length, then the bytes),
+//! so no id can be mistaken for another or for a prefix of another, whatever bytes it holds:
+//! the prefix for user `a` in a room never matches user `a\0b`.
 
 pub const META_SCHEMA: &[u8] = b"schema";
 pub const META_DOMAIN: &[u8] = b"domain_id";
+/// The next event seq, written at each checkpoint (the event log holds the truth; this keeps
+/// the counter when compaction has emptied the log).
 pub const META_NEXT_SEQ: &[u8] = b"next_seq";
 pub const META_ROOMS: &[u8] = b"room_count";
+/// The highest journal batch whose writes sled holds (it may hold some later writes too).
+pub const META_APPLIED_LSN: &[u8] = b"applied_lsn";
+/// The first event seq served (compaction moves it).
+pub const META_EVENTS_OLDEST: &[u8] = b"events_oldest";
+
+/// Appends one length-prefixed part.
+pub fn part(k: &mut Vec<u8>, s: &[u8]) {
+    // Parts are names and ids (≤ 1 KiB); a longer one is cut rather than wrapped.
+    let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
+    k.extend_from_slice(&len.to_be_bytes());
+    k.extend_from_slice(&s[..usize::from(len)]);
+}
+
+/// Length-prefixed parts, concatenated.
+pub fn parts(items: &[&str]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(items.iter().map(|s| s.len() + 2).sum());
+    for s in items {
+        part(&mut k, s.as_bytes());
+    }
+    k
+}
+
+/// Splits a key made by [`parts`] back into its parts (`None` if it is not one).
+pub fn split(mut k: &[u8]) -> Option<Vec<String>> {
+    let mut out = Vec::new();
+    while !k.is_empty() {
+        let len = usize::from(u16::from_be_bytes(k.get(..2)?.try_into().ok()?));
+        out.push(String::from_utf8(k.get(2..2 + len)?.to_vec()).ok()?);
+        k = &k[2 + len..];
+    }
+    Some(out)
+}
 
 /// `rooms_by_created`: created_ms (BE, negative clamped to 0) then the name.
 pub fn room_created(created_ms: i64, name: &str) -> Vec<u8> {
@@ -13,21 +49,9 @@ pub fn room_created(created_ms: i64, name: &str) -> Vec<u8> {
     k
 }
 
-/// `tokens_by_room`: room name (empty for tokens valid in any room), `\0`, jti.
+/// `tokens_by_room`: room (empty for tokens valid in any room), then jti.
 pub fn token_room(room: Option<&str>, jti: &str) -> Vec<u8> {
-    let mut k = room_prefix(room.unwrap_or(""));
-    k.extend_from_slice(jti.as_bytes());
-    k
-}
-
-pub fn room_prefix(room: &str) -> Vec<u8> {
-    let mut k = room.as_bytes().to_vec();
-    k.push(0);
-    k
-}
-
-pub fn seq(seq: u64) -> [u8; 8] {
-    seq.to_be_bytes()
+    parts(&[room.unwrap_or(""), jti])
 }
 
 pub fn u64_of(bytes: &[u8]) -> Option<u64> {
@@ -42,61 +66,72 @@ pub fn printable(key: &[u8]) -> String {
     }
 }
 
-/// `sessions_by_room` and `sessions_by_token`: prefix (room or token id), `\0`, session id.
-pub fn pair(a: &str, b: &str) -> Vec<u8> {
-    let mut k = room_prefix(a);
-    k.extend_from_slice(b.as_bytes());
-    k
+/// `bans`: room, user id.
+pub fn ban(room: &str, user: &str) -> Vec<u8> {
+    parts(&[room, user])
 }
 
-/// `sessions_by_user`: room, `\0`, user id, `\0`, session id. Also `bans` (without the session).
-pub fn triple(a: &str, b: &str, c: &str) -> Vec<u8> {
-    let mut k = pair(a, b);
-    k.push(0);
-    k.extend_from_slice(c.as_bytes());
-    k
-}
-
-/// Revocation keys: `j` + token id; `u` + room + `\0` + user; `r` + room.
+/// Revocation keys: `j` + token id; `u` + (room, user); `r` + room.
 pub fn revoke_token(token_id: &str) -> Vec<u8> {
     [b"j", token_id.as_bytes()].concat()
 }
 
 pub fn revoke_user(room: &str, user: &str) -> Vec<u8> {
-    [b"u".as_slice(), &pair(room, user)].concat()
+    [b"u".as_slice(), &parts(&[room, user])].concat()
 }
 
 pub fn revoke_room(room: &str) -> Vec<u8> {
     [b"r", room.as_bytes()].concat()
 }
 
-/// Timer kinds (part of the on-disk format).
-pub const TIMER_LEASE: u8 = 1;
-pub const TIMER_EJECT: u8 = 2;
-/// A room's `exp` (id = room name).
+/// `attempts`: webhook id, attempt ms (BE), seq (BE).
+pub fn attempt(webhook: &str, at_ms: i64, seq: u64) -> Vec<u8> {
+    let mut k = parts(&[webhook]);
+    k.extend_from_slice(&at_ms.to_be_bytes());
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The prefix of every attempt of a webhook.
+pub fn attempts_of(webhook: &str) -> Vec<u8> {
+    parts(&[webhook])
+}
+
+/// Durable timer kinds (part of the on-disk format). Session timers (leases, ejections) are
+/// derived from the sessions at start-up and never stored as rows.
 pub const TIMER_ROOM_EXP: u8 = 3;
-/// A ban's `until` (id = room + `\0` + user id).
 pub const TIMER_BAN: u8 = 4;
 
-/// `timers`: deadline ms (BE, negative clamped to 0), kind, id.
-pub fn timer(deadline_ms: i64, kind: u8, id: &str) -> Vec<u8> {
+/// `timers`: deadline ms (BE, negative clamped to 0), kind, then the id's parts.
+pub fn timer(deadline_ms: i64, kind: u8, id: &[&str]) -> Vec<u8> {
     let mut k = u64::try_from(deadline_ms).unwrap_or(0).to_be_bytes().to_vec();
     k.push(kind);
-    k.extend_from_slice(id.as_bytes());
+    k.extend_from_slice(&parts(id));
     k
 }
 
-/// `timers_by_key`: kind, id.
-pub fn timer_ref(kind: u8, id: &str) -> Vec<u8> {
-    let mut k = vec![kind];
-    k.extend_from_slice(id.as_bytes());
-    k
-}
-
-/// Splits a `timers` key back into (deadline ms, kind, id).
-pub fn parse_timer(k: &[u8]) -> Option<(i64, u8, String)> {
+/// Splits a `timers` key back into (deadline ms, kind, id parts).
+pub fn parse_timer(k: &[u8]) -> Option<(i64, u8, Vec<String>)> {
     let deadline = i64::try_from(u64_of(k.get(..8)?)?).ok()?;
     let kind = *k.get(8)?;
-    let id = String::from_utf8(k.get(9..)?.to_vec()).ok()?;
-    Some((deadline, kind, id))
+    Some((deadline, kind, split(k.get(9..)?)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_are_unambiguous() {
+        // The prefix for (room, "a") is not a prefix of the key for (room, "a\0b").
+        let a = parts(&["room", "a"]);
+        let ab = parts(&["room", "a\0b"]);
+        assert!(!ab.starts_with(&a));
+        assert_ne!(parts(&["ab", "c"]), parts(&["a", "bc"]));
+        assert_eq!(split(&ab).unwrap(), vec!["room".to_string(), "a\0b".to_string()]);
+        assert!(split(&[0, 5, b'x']).is_none());
+        let t = timer(1234, TIMER_BAN, &["r", "u\0v"]);
+        assert_eq!(parse_timer(&t), Some((1234, TIMER_BAN, vec!["r".into(), "u\0v".into()])));
+        assert!(!revoke_user("r", "a\0b").starts_with(&revoke_user("r", "a")));
+    }
 }

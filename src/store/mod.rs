@@ -1,40 +1,65 @@
-//! The durable store: the only user of sled and bincode (ARCHITECTURE.md, invariant 10). It owns the
-//! trees and their key layouts, the versioned records, the single writer that applies every
-//! mutation in order, and group commit (a mutation is answered only after a flush covers it).
+//! The durable store: the only user of sled and bincode (ARCHITECTURE.md, invariant 10).
 //!
-//! Reads go straight to the trees. Writes go through [`Store::submit`] as a [`Command`].
-//! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens` functions the
-//! writer calls.
+//! The write path: every mutation is a [`Command`] the one writer runs; each writer batch is
+//! one journal record, synced once before anyone is answered (the journal is the source of
+//! truth); sled is the index, written from the journal by the applier off the acknowledgement
+//! path; events go to their own segment files. Readers see every acknowledged write: the
+//! writer publishes its state after each durable batch (the writes sled may not hold yet, who
+//! is present, the counters) and readers look there before sled.
+//!
+//! The seam: callers see [`Store`] (reads, `submit` of typed commands, the event log, the
+//! fan-out hub) and nothing of sled, the journal or the writer. A second backend (cluster
+//! mode) implements the same surface.
+//!
+//! Must not: know about HTTP, or decide domain rules; those are `rooms`/`tokens`/`sessions`
+//! functions the commands call.
 
+mod applier;
 mod backup;
-mod housekeeping;
+pub mod command;
+pub mod commands;
+mod ctx;
+pub mod eventlog;
+pub mod fanout;
+mod health;
 mod journal;
 mod keys;
-mod participants;
+pub mod live;
+mod migrate;
 mod records;
-mod webhooks;
+mod state;
+mod timers;
 mod writer;
 
+use std::collections::VecDeque;
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{oneshot, watch};
 
 pub use backup::{restore, BackupSink, RestoreReport};
-pub use housekeeping::{PurgeReport, Retention, COMPACT_CHUNK};
-pub use records::TokenRecord;
-pub use records::{AttemptRecord, BanRecord, WebhookRecord};
-pub use webhooks::{public_payload as webhook_payload, Delivery, WebhookPatch};
-pub use writer::{Command, EjectRequest, JoinRequest, Outcome, RevokeRequest};
+pub use command::Command;
+pub use commands::webhooks::public_payload as webhook_payload;
+pub use commands::{
+    Compact, CreateRoom, CreateToken, CreateWebhook, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat, Join,
+    JoinOutcome, Leave, LiftBan, Progress, Purge, PurgeReport, ReplayWebhook, Retention, Revoke, UpdateRoom,
+    UpdateWebhook, WebhookPatch, WebhookProgress, COMPACT_CHUNK,
+};
+pub use eventlog::{Event, Page};
+pub use live::Entry;
+pub use records::{AttemptRecord, BanRecord, TokenRecord, WebhookRecord};
 
 use crate::clock::SharedClock;
 use crate::rooms::{Privacy, Room};
-use records::{EventRecord, RoomRecord};
+use records::RoomRecord;
+use state::{State, Tree, Trees};
 
-/// The on-disk schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk schema this build writes (and the oldest it migrates: 1).
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -54,7 +79,7 @@ pub enum StoreError {
     Setup(String),
 }
 
-/// How hard a flush pushes data down before a mutation is acknowledged.
+/// How hard a sync pushes data down before a mutation is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
     /// The journal is written (not synced) before the acknowledgement: survives a process crash,
@@ -66,11 +91,12 @@ pub enum SyncMode {
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// Folder holding sled's files (`store/`), the journal (`journal/`) beside it.
+    /// Folder holding sled's files (`store/`); the journal (`wal/`) and the event segments
+    /// (`events/`) are beside it.
     pub path: PathBuf,
     pub cache_bytes: u64,
     /// sled's background flusher period; `None` switches it off (crash tests use this so an
-    /// acknowledgement before our own flush cannot hide).
+    /// acknowledgement before our own sync cannot hide).
     pub background_flush_ms: Option<u64>,
     pub sync: SyncMode,
     /// Base of room URLs (`<public_url>/<name>`), for room payloads in events.
@@ -83,6 +109,22 @@ pub struct StoreOptions {
     pub shed_after: std::time::Duration,
 }
 
+impl StoreOptions {
+    /// Defaults for tools and tests: everything but the path.
+    pub fn at(path: PathBuf) -> StoreOptions {
+        StoreOptions {
+            path,
+            cache_bytes: 64 << 20,
+            background_flush_ms: Some(500),
+            sync: SyncMode::Fdatasync,
+            public_url: String::new(),
+            lease_ms: 30_000,
+            queue: 4096,
+            shed_after: std::time::Duration::from_secs(60),
+        }
+    }
+}
+
 /// What the writer measures, for `/metrics`.
 pub struct StoreStats {
     /// Time of each batch's journal sync (the acknowledgement's durability cost).
@@ -92,7 +134,7 @@ pub struct StoreStats {
     /// Deadline firing lateness: firing time − deadline.
     pub lateness_seconds: crate::metrics::Histogram,
     /// Commands refused because the writer's queue stayed full ([`StoreError::Overloaded`]).
-    pub shed: std::sync::atomic::AtomicU64,
+    pub shed: AtomicU64,
 }
 
 impl Default for StoreStats {
@@ -101,7 +143,7 @@ impl Default for StoreStats {
             sync_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
             batch_size: crate::metrics::Histogram::new(crate::metrics::SIZES),
             lateness_seconds: crate::metrics::Histogram::new(crate::metrics::SECONDS),
-            shed: Default::default(),
+            shed: AtomicU64::new(0),
         }
     }
 }
@@ -116,237 +158,255 @@ pub enum RoomCursor {
     Before(uuid::Uuid),
 }
 
-/// A page of events.
-#[derive(Debug, Clone)]
-pub struct EventPage {
-    pub envelopes: Vec<String>,
-    /// Highest seq examined (even if filtered out).
-    pub next_after: u64,
-    pub has_more: bool,
-    pub head_seq: u64,
-}
-
-/// The sled trees, in the order of [`Tree`].
-#[derive(Clone)]
-pub(crate) struct Trees(Vec<sled::Tree>);
-
-/// Names of the trees (part of the on-disk format).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) enum Tree {
-    Meta,
-    Rooms,
-    RoomsById,
-    RoomsByCreated,
-    Tokens,
-    TokensByRoom,
-    Events,
-    Sessions,
-    SessionsByRoom,
-    SessionsByToken,
-    SessionsByUser,
-    Bans,
-    Revocations,
-    Timers,
-    TimersByKey,
-    Webhooks,
-    Attempts,
-}
-
-impl Tree {
-    /// In on-disk order: journal records name trees by their index here, so only append.
-    const ALL: [Tree; 17] = [
-        Tree::Meta,
-        Tree::Rooms,
-        Tree::RoomsById,
-        Tree::RoomsByCreated,
-        Tree::Tokens,
-        Tree::TokensByRoom,
-        Tree::Events,
-        Tree::Sessions,
-        Tree::SessionsByRoom,
-        Tree::SessionsByToken,
-        Tree::SessionsByUser,
-        Tree::Bans,
-        Tree::Revocations,
-        Tree::Timers,
-        Tree::TimersByKey,
-        Tree::Webhooks,
-        Tree::Attempts,
-    ];
-
-    fn name(self) -> &'static str {
-        match self {
-            Tree::Meta => "meta",
-            Tree::Rooms => "rooms",
-            Tree::RoomsById => "rooms_by_id",
-            Tree::RoomsByCreated => "rooms_by_created",
-            Tree::Tokens => "tokens",
-            Tree::TokensByRoom => "tokens_by_room",
-            Tree::Events => "events",
-            Tree::Sessions => "sessions",
-            Tree::SessionsByRoom => "sessions_by_room",
-            Tree::SessionsByToken => "sessions_by_token",
-            Tree::SessionsByUser => "sessions_by_user",
-            Tree::Bans => "bans",
-            Tree::Revocations => "revocations",
-            Tree::Timers => "timers",
-            Tree::TimersByKey => "timers_by_key",
-            Tree::Webhooks => "webhooks",
-            Tree::Attempts => "attempts",
-        }
-    }
-}
-
-impl Trees {
-    fn get(&self, t: Tree) -> &sled::Tree {
-        &self.0[t as usize]
-    }
-}
-
 /// What the writer shares with readers.
-struct Shared {
+pub(crate) struct Shared {
     db: sled::Db,
     trees: Trees,
     domain_id: uuid::Uuid,
-    /// Highest event seq covered by a completed flush: readers never look past it.
-    durable: watch::Receiver<u64>,
-    /// False while the last write or flush failed (disk full): mutations answer 503.
-    writable: Arc<AtomicBool>,
-    /// Notified when timers change (the deadline task waits on it).
-    timers_changed: Arc<tokio::sync::Notify>,
-    webhooks_changed: Arc<watch::Sender<u64>>,
+    /// The state as of the last durable batch.
+    published: ArcSwap<State>,
+    events: Arc<eventlog::EventLog>,
+    hub: fanout::Hub,
+    /// False while the last write failed (disk full): mutations answer 503.
+    writable: AtomicBool,
+    webhooks_changed: watch::Sender<u64>,
     stats: Arc<StoreStats>,
+    health: Arc<health::Health>,
+    /// The last batch the applier put in sled.
+    applied: Arc<AtomicU64>,
+    #[cfg(feature = "test-clock")]
+    applier_frozen_until: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// Handle to the store; cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     shared: Arc<Shared>,
-    jobs: mpsc::Sender<writer::Job>,
+    jobs: flume::Sender<writer::Msg>,
     shed_after: std::time::Duration,
-    /// The writer and checkpointer threads, joined by `close`.
+    /// The writer, applier, checkpointer and packer threads, joined by `close`.
     threads: Arc<std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>>,
+    stop_packer: Arc<AtomicBool>,
 }
 
 impl Store {
-    /// Opens (or creates) the store, replays the journal into sled, and starts the writer and
-    /// checkpointer threads.
+    /// Opens (or creates) the store: migrates a schema 1 store, replays the journal into sled
+    /// and the event log, loads the live state, and starts the threads.
     pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
-        let db = open_sled(&opts)?;
-        let trees = Trees(Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?);
-        let meta = trees.get(Tree::Meta);
-        check_schema(meta)?;
-        let domain_id = load_domain_id(meta)?;
-        let journal_dir = journal_dir(&opts.path);
-        std::fs::create_dir_all(&journal_dir).map_err(|e| StoreError::Setup(format!("journal folder: {e}")))?;
-        recover(&db, &trees, &journal_dir, &opts.path)?;
-        let next_seq = recover_next_seq(&trees)?;
+        Self::open_with(opts, clock, std::time::Duration::from_secs(30))
+    }
 
-        let (durable_tx, durable_rx) = watch::channel(next_seq - 1);
-        let writable = Arc::new(AtomicBool::new(true));
-        let (jobs_tx, jobs_rx) = mpsc::channel(opts.queue.max(1));
-        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
-        let timers_changed = Arc::new(tokio::sync::Notify::new());
-        let webhooks_changed = Arc::new(watch::channel(0u64).0);
-        let stats = Arc::new(StoreStats::default());
-        let state = writer::Writer::new(writer::WriterInit {
-            trees: trees.clone(),
+    /// [`Store::open`] with the time after which a thread that makes no progress is stuck.
+    pub fn open_with(
+        opts: StoreOptions,
+        clock: SharedClock,
+        stall_after: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let data_dir = opts.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        let db = open_sled(&opts)?;
+        let meta = db.open_tree(Tree::Meta.name())?;
+        match schema_of(&meta)? {
+            None => {
+                meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+            }
+            Some(1) => {
+                migrate::run(&db, &data_dir)?;
+            }
+            Some(SCHEMA_VERSION) => migrate::drop_v1(&db, &data_dir)?,
+            Some(found) => {
+                return Err(StoreError::Setup(format!(
+                    "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
+                )))
+            }
+        }
+        let trees = Trees::open(&db)?;
+        let domain_id = load_domain_id(&meta)?;
+        let read_u64 =
+            |k: &[u8]| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.and_then(|v| keys::u64_of(&v))) };
+        let oldest_meta = read_u64(keys::META_EVENTS_OLDEST)?.unwrap_or(1);
+        let events =
+            Arc::new(eventlog::EventLog::open(&data_dir.join("events"), oldest_meta, eventlog::SEGMENT_BYTES)?);
+        let wal = data_dir.join("wal");
+        let lsn = recover(&db, &trees, &events, &wal, &opts.path)?;
+        let next_seq = events.last().max(read_u64(keys::META_NEXT_SEQ)?.unwrap_or(1).saturating_sub(1)) + 1;
+        events.set_head(next_seq - 1);
+        let state = load_state(
+            &trees,
+            lsn,
             next_seq,
-            room_count: read_u64(meta, keys::META_ROOMS)?.unwrap_or(0),
-            domain8: domain_id.simple().to_string()[..8].to_string(),
-            journal: journal::Journal::create(&journal_dir)?,
-            sync: opts.sync,
-            checkpoints: ckpt_tx,
-            public_url: opts.public_url.clone(),
-            clock,
-            durable: durable_tx,
-            writable: writable.clone(),
-            lease_ms: opts.lease_ms,
-            timers_changed: timers_changed.clone(),
-            webhooks_changed: webhooks_changed.clone(),
+            read_u64(keys::META_ROOMS)?.unwrap_or(0),
+            events.oldest(),
+            clock.now_ms(),
+            opts.lease_ms,
+        )?;
+        let stats = Arc::new(StoreStats::default());
+        let health = Arc::new(health::Health::new(stall_after));
+        let applied = Arc::new(AtomicU64::new(lsn));
+        let frozen: Arc<std::sync::atomic::AtomicI64> = Arc::default();
+        let shared = Arc::new(Shared {
+            db: db.clone(),
+            trees: trees.clone(),
+            domain_id,
+            published: ArcSwap::from_pointee(state.clone()),
+            events: events.clone(),
+            hub: fanout::Hub::default(),
+            writable: AtomicBool::new(true),
+            webhooks_changed: watch::channel(0u64).0,
             stats: stats.clone(),
-        })?;
+            health: health.clone(),
+            applied: applied.clone(),
+            #[cfg(feature = "test-clock")]
+            applier_frozen_until: frozen.clone(),
+        });
+        let (jobs_tx, jobs_rx) = flume::bounded(opts.queue.max(1));
+        let (apply_tx, apply_rx) = flume::unbounded();
+        let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
+        let env = Arc::new(ctx::Env {
+            clock,
+            public_url: opts.public_url.clone(),
+            domain8: crate::events::domain8(&domain_id),
+            lease_ms: opts.lease_ms,
+            stats,
+            events: events.clone(),
+        });
+        let writer = writer::Writer {
+            state,
+            journal: journal::Journal::create(&wal)?,
+            sync: opts.sync,
+            env,
+            trees: trees.clone(),
+            shared: shared.clone(),
+            applier: apply_tx,
+            checkpoints: ckpt_tx,
+            fire: commands::deadlines::fire,
+            unapplied: VecDeque::new(),
+            unapplied_ops: 0,
+            poisoned: None,
+            last_rotation: std::time::Instant::now(),
+            last_lsn_in_file: lsn,
+        };
+        let applier = applier::Applier { trees, applied: applied.clone(), health, frozen_until: frozen };
+        let checkpointer = applier::Checkpointer {
+            db,
+            store_dir: opts.path.clone(),
+            journal_dir: wal,
+            events: events.clone(),
+            applied,
+        };
+        let stop_packer = Arc::new(AtomicBool::new(false));
+        let packer = {
+            let (events, stop) = (events, stop_packer.clone());
+            move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Err(e) = events.pack_closed() {
+                        tracing::warn!(error = %e, "packing event segments failed; will retry");
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(500));
+                }
+            }
+        };
         let spawn = |name: &str, f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name(name.into())
                 .spawn(f)
                 .map_err(|e| StoreError::Setup(format!("cannot start the {name} thread: {e}")))
         };
-        let writer = spawn("gatehouse-writer", Box::new(move || state.run(jobs_rx)))?;
-        let ckpt = {
-            let (db, path, dir) = (db.clone(), opts.path.clone(), journal_dir.clone());
-            spawn("gatehouse-checkpoint", Box::new(move || checkpointer(db, path, dir, ckpt_rx)))?
-        };
+        let threads = vec![
+            spawn("gatehouse-writer", Box::new(move || writer.run(jobs_rx)))?,
+            spawn("gatehouse-applier", Box::new(move || applier.run(apply_rx)))?,
+            spawn("gatehouse-checkpoint", Box::new(move || checkpointer.run(ckpt_rx)))?,
+            spawn("gatehouse-packer", Box::new(packer))?,
+        ];
         Ok(Store {
-            shared: Arc::new(Shared {
-                db,
-                trees,
-                domain_id,
-                durable: durable_rx,
-                writable,
-                timers_changed,
-                webhooks_changed,
-                stats,
-            }),
+            shared,
             jobs: jobs_tx,
             shed_after: opts.shed_after,
-            threads: Arc::new(std::sync::Mutex::new(vec![writer, ckpt])),
+            threads: Arc::new(std::sync::Mutex::new(threads)),
+            stop_packer,
         })
     }
 
-    /// Submits commands in this order (they may share a batch) and waits for every answer.
-    pub async fn submit_all(&self, cmds: Vec<Command>) -> Vec<Result<Outcome, StoreError>> {
+    async fn send(&self, msg: writer::Msg, shed: bool) -> Result<(), StoreError> {
         let gone = || StoreError::Unavailable("the store is shutting down".into());
-        let mut waits = Vec::with_capacity(cmds.len());
-        for cmd in cmds {
-            let (tx, rx) = oneshot::channel();
-            if self.jobs.send(writer::Job { cmd, reply: tx }).await.is_err() {
-                break;
+        if !shed {
+            return self.jobs.send_async(msg).await.map_err(|_| gone());
+        }
+        match tokio::time::timeout(self.shed_after, self.jobs.send_async(msg)).await {
+            Ok(r) => r.map_err(|_| gone()),
+            Err(_) => {
+                self.shared.stats.shed.fetch_add(1, Ordering::Relaxed);
+                Err(StoreError::Overloaded)
             }
-            waits.push(rx);
         }
-        let mut out = Vec::with_capacity(waits.len());
-        for rx in waits {
-            out.push(rx.await.unwrap_or_else(|_| Err(gone())));
-        }
-        out
     }
 
-    /// Applies a command through the writer and waits until it is durable. When the writer's
+    async fn run<C: Command>(&self, cmd: C, shed: bool) -> Result<C::Reply, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Msg::Job(Box::new(command::Typed { cmd, reply: tx })), shed).await?;
+        rx.await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+
+    /// Runs a command through the writer and waits until it is durable. When the writer's
     /// queue stays full for the admission wait, gives up with [`StoreError::Overloaded`]
     /// instead of queueing without end (requests from clients use this).
-    pub async fn submit(&self, cmd: Command) -> Result<Outcome, StoreError> {
-        use mpsc::error::SendTimeoutError;
-        let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the store is shutting down".into());
-        match self.jobs.send_timeout(writer::Job { cmd, reply: tx }, self.shed_after).await {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => {
-                self.shared.stats.shed.fetch_add(1, Ordering::Relaxed);
-                return Err(StoreError::Overloaded);
-            }
-            Err(SendTimeoutError::Closed(_)) => return Err(gone()),
-        }
-        rx.await.map_err(|_| gone())?
+    pub async fn submit<C: Command>(&self, cmd: C) -> Result<C::Reply, StoreError> {
+        self.run(cmd, true).await
     }
 
     /// Like [`Store::submit`], but waits for room in the queue however long it takes: for the
-    /// server's own work (deadlines, deliveries, housekeeping), which must not be shed.
-    pub async fn submit_wait(&self, cmd: Command) -> Result<Outcome, StoreError> {
-        let (tx, rx) = oneshot::channel();
-        let gone = || StoreError::Unavailable("the store is shutting down".into());
-        self.jobs.send(writer::Job { cmd, reply: tx }).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())?
+    /// server's own work (deliveries, housekeeping), which must not be shed.
+    pub async fn submit_wait<C: Command>(&self, cmd: C) -> Result<C::Reply, StoreError> {
+        self.run(cmd, false).await
     }
 
-    /// Stops the writer after it has applied and flushed everything queued before this call.
+    /// Asks the writer to look at the clock again (the test clock moved).
+    pub async fn tick(&self) {
+        let _ = self.send(writer::Msg::Tick, false).await;
+    }
+
+    /// A consistent backup of every tree and the event log (plus `files`) into `sink`.
+    pub async fn backup(&self, sink: BackupSink, files: Vec<(&'static str, Vec<u8>)>) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Msg::Backup { sink, files, reply: tx }, false).await?;
+        rx.await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+
+    /// Test builds: stops the writer (or the applier) for `ms`, as a hung dependency would.
+    #[cfg(feature = "test-clock")]
+    pub async fn freeze(&self, writer: bool, ms: u64) {
+        if writer {
+            let _ = self.send(writer::Msg::Freeze(ms), false).await;
+        } else {
+            let until = crate::clock::system_now_ms() + i64::try_from(ms).unwrap_or(i64::MAX / 2);
+            self.shared.applier_frozen_until.store(until, Ordering::Relaxed);
+        }
+    }
+
+    /// Stops the writer after it has made durable everything queued before this call, then
+    /// the other threads (sled is flushed by its own drop).
     pub async fn close(&self) {
         let (tx, rx) = oneshot::channel();
-        if self.jobs.send(writer::Job { cmd: Command::Shutdown, reply: tx }).await.is_ok() {
+        if self.jobs.send_async(writer::Msg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
         }
+        self.stop_packer.store(true, Ordering::Relaxed);
         let handles: Vec<_> = self.threads.lock().map(|mut t| t.drain(..).collect()).unwrap_or_default();
-        let _ = tokio::task::spawn_blocking(move || handles.into_iter().for_each(|h| drop(h.join()))).await;
+        let db = self.shared.db.clone();
+        let applied = self.shared.applied.clone();
+        let lsn = self.shared.published.load().lsn;
+        let _ = tokio::task::spawn_blocking(move || {
+            // The applier finishes what it has; then sled is flushed for a quick next start.
+            while applied.load(Ordering::Acquire) < lsn {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            let _ = db.flush();
+            // The writer has stopped, so the applier's and checkpointer's channels are closed:
+            // they finish what they have and end; the packer sees its flag.
+            for h in handles {
+                let _ = h.join();
+            }
+        })
+        .await;
     }
 
     pub fn domain_id(&self) -> uuid::Uuid {
@@ -357,58 +417,77 @@ impl Store {
         self.shared.writable.load(Ordering::SeqCst)
     }
 
+    /// Why the store is stuck (a thread that makes no progress), if it is.
+    pub fn stalled(&self) -> Option<String> {
+        self.shared.health.stalled()
+    }
+
     /// Highest durable event seq.
     pub fn durable_seq(&self) -> u64 {
-        *self.shared.durable.borrow()
+        self.shared.events.head()
     }
 
     /// Notified whenever the durable head moves.
     pub fn watch_durable(&self) -> watch::Receiver<u64> {
-        self.shared.durable.clone()
+        self.shared.events.watch_head()
     }
 
-    /// Bytes the store occupies on disk, as sled reports it.
+    /// The events about `room` from now on, as they become durable.
+    pub fn subscribe_room(&self, room: &str) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
+        self.shared.hub.subscribe(room)
+    }
+
+    /// Bytes the store occupies on disk: sled and the event segments.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0)
+        self.shared.db.size_on_disk().unwrap_or(0) + self.shared.events.size_on_disk()
     }
 
-    fn tree(&self, t: Tree) -> &sled::Tree {
-        self.shared.trees.get(t)
+    fn state(&self) -> arc_swap::Guard<Arc<State>> {
+        self.shared.published.load()
+    }
+
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Arc<[u8]>>, StoreError> {
+        self.state().get(&self.shared.trees, t, key)
     }
 
     pub fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
-        match self.tree(Tree::Rooms).get(name.as_bytes())? {
-            Some(bytes) => Ok(Some(room_from_record(decode_room(name.as_bytes(), &bytes)?)?)),
+        match self.get(Tree::Rooms, name.as_bytes())? {
+            Some(bytes) => {
+                Ok(Some(room_from_record(records::decode("rooms", name.as_bytes(), records::ROOM_V1, &bytes)?)?))
+            }
             None => Ok(None),
         }
     }
 
     pub fn room_count(&self) -> Result<u64, StoreError> {
-        Ok(read_u64(self.tree(Tree::Meta), keys::META_ROOMS)?.unwrap_or(0))
+        Ok(self.state().room_count)
     }
 
     /// A page of rooms, newest first. `Ok(None)` when the cursor names no room.
     pub fn list_rooms(&self, limit: usize, cursor: &RoomCursor) -> Result<Option<Vec<Room>>, StoreError> {
-        let by_created = self.tree(Tree::RoomsByCreated);
-        let names: Vec<sled::IVec> = match cursor {
-            RoomCursor::First => by_created.iter().values().rev().take(limit).collect::<Result<_, _>>()?,
+        let st = self.state();
+        let trees = &self.shared.trees;
+        let names = match cursor {
+            RoomCursor::First => {
+                st.range(trees, Tree::RoomsByCreated, Bound::Unbounded, Bound::Unbounded, true, limit)?
+            }
             RoomCursor::After(id) | RoomCursor::Before(id) => {
                 let Some(anchor) = self.room_by_id(id)? else {
                     return Ok(None);
                 };
                 let key = keys::room_created(anchor.created_ms, &anchor.name);
                 if matches!(cursor, RoomCursor::After(_)) {
-                    by_created.range(..key).values().rev().take(limit).collect::<Result<_, _>>()?
+                    st.range(trees, Tree::RoomsByCreated, Bound::Unbounded, Bound::Excluded(key), true, limit)?
                 } else {
-                    let mut newer: Vec<sled::IVec> =
-                        by_created.range(key..).values().skip(1).take(limit).collect::<Result<_, _>>()?;
+                    let mut newer =
+                        st.range(trees, Tree::RoomsByCreated, Bound::Excluded(key), Bound::Unbounded, false, limit)?;
                     newer.reverse();
                     newer
                 }
             }
         };
         let mut rooms = Vec::with_capacity(names.len());
-        for n in names {
+        for (_, n) in names {
             if let Some(r) = self.room(&String::from_utf8_lossy(&n))? {
                 rooms.push(r);
             }
@@ -417,14 +496,14 @@ impl Store {
     }
 
     fn room_by_id(&self, id: &uuid::Uuid) -> Result<Option<Room>, StoreError> {
-        match self.tree(Tree::RoomsById).get(id.as_bytes())? {
+        match self.get(Tree::RoomsById, id.as_bytes())? {
             Some(name) => self.room(&String::from_utf8_lossy(&name)),
             None => Ok(None),
         }
     }
 
     pub fn token(&self, jti: &str) -> Result<Option<TokenRecord>, StoreError> {
-        match self.tree(Tree::Tokens).get(jti.as_bytes())? {
+        match self.get(Tree::Tokens, jti.as_bytes())? {
             Some(b) => Ok(Some(records::decode("tokens", jti.as_bytes(), records::TOKEN_V1, &b)?)),
             None => Ok(None),
         }
@@ -438,77 +517,49 @@ impl Store {
         limit: usize,
         before: Option<&str>,
     ) -> Result<Vec<TokenRecord>, StoreError> {
-        let jtis: Vec<Vec<u8>> = match room {
+        let st = self.state();
+        let trees = &self.shared.trees;
+        let jtis: Vec<String> = match room {
             Some(room) => {
-                let prefix = keys::room_prefix(room);
-                let end = match before {
-                    Some(b) => keys::token_room(Some(room), b),
-                    None => {
-                        let mut e = prefix.clone();
-                        e.push(0xff);
-                        e
-                    }
+                let prefix = keys::token_room(Some(room), "");
+                // The room's part, without the (empty) jti's length.
+                let prefix = prefix[..prefix.len() - 2].to_vec();
+                let hi = match before {
+                    Some(b) => Bound::Excluded(keys::token_room(Some(room), b)),
+                    None => state::prefix_end(&prefix).map_or(Bound::Unbounded, Bound::Excluded),
                 };
-                self.tree(Tree::TokensByRoom)
-                    .range(prefix.clone()..end)
-                    .keys()
-                    .rev()
-                    .take(limit)
-                    .map(|k| k.map(|k| k[prefix.len()..].to_vec()))
-                    .collect::<Result<_, _>>()?
+                st.range(trees, Tree::TokensByRoom, Bound::Included(prefix), hi, true, limit)?
+                    .into_iter()
+                    .filter_map(|(k, _)| keys::split(&k).and_then(|p| p.get(1).cloned()))
+                    .collect()
             }
             None => {
-                let tokens = self.tree(Tree::Tokens);
-                let it = match before {
-                    Some(b) => tokens.range(..b.as_bytes().to_vec()),
-                    None => tokens.range::<Vec<u8>, _>(..),
-                };
-                it.keys().rev().take(limit).map(|k| k.map(|k| k.to_vec())).collect::<Result<_, _>>()?
+                let hi = before.map_or(Bound::Unbounded, |b| Bound::Excluded(b.as_bytes().to_vec()));
+                st.range(trees, Tree::Tokens, Bound::Unbounded, hi, true, limit)?
+                    .into_iter()
+                    .map(|(k, _)| String::from_utf8_lossy(&k).to_string())
+                    .collect()
             }
         };
         let mut out = Vec::with_capacity(jtis.len());
         for j in jtis {
-            if let Some(t) = self.token(&String::from_utf8_lossy(&j))? {
+            if let Some(t) = self.token(&j)? {
                 out.push(t);
             }
         }
         Ok(out)
     }
 
-    /// Durable events after `after`, at most `limit`, only of `types` when given.
-    pub fn events(&self, after: u64, limit: usize, types: Option<&[String]>) -> Result<EventPage, StoreError> {
-        let head = self.durable_seq();
-        let mut page = EventPage { envelopes: Vec::new(), next_after: after, has_more: false, head_seq: head };
-        if after >= head {
-            return Ok(page);
-        }
-        // Bound how much one call examines when a filter skips most events.
-        let mut examined = 0usize;
+    /// Durable events after `after`, at most `limit`, only of `types` when given. At most
+    /// `max(limit × 100, 10,000)` are examined per call.
+    pub fn events(&self, after: u64, limit: usize, types: Option<&[String]>) -> Result<Page, StoreError> {
         let budget = limit.saturating_mul(100).max(10_000);
-        for item in self.tree(Tree::Events).range(keys::seq(after + 1)..=keys::seq(head)) {
-            let (k, v) = item?;
-            let seq = keys::u64_of(&k).ok_or_else(|| StoreError::Corrupt {
-                tree: "events",
-                key: keys::printable(&k),
-                why: "key is not a u64".into(),
-            })?;
-            if page.envelopes.len() >= limit || examined >= budget {
-                page.has_more = true;
-                break;
-            }
-            examined += 1;
-            page.next_after = seq;
-            let rec: EventRecord = records::decode("events", &k, records::EVENT_V1, &v)?;
-            if types.is_none_or(|t| t.contains(&rec.kind)) {
-                page.envelopes.push(rec.envelope);
-            }
-        }
-        Ok(page)
+        self.shared.events.read(after, limit, budget, &|e| types.is_none_or(|t| t.iter().any(|k| *k == *e.kind)))
     }
 
-    /// Woken whenever a timer is written or the clock is moved (test builds).
-    pub fn timers_changed(&self) -> Arc<tokio::sync::Notify> {
-        self.shared.timers_changed.clone()
+    /// Seq of the oldest retained event (head + 1 if none is).
+    pub fn oldest_seq(&self) -> Result<u64, StoreError> {
+        Ok(self.shared.events.oldest())
     }
 
     /// Changes whenever webhook configuration or state changes.
@@ -517,68 +568,97 @@ impl Store {
     }
 
     pub fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
-        webhooks::read(self.tree(Tree::Webhooks), id)
+        match self.get(Tree::Webhooks, id.as_bytes())? {
+            Some(v) => Ok(Some(records::decode_webhook(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
     }
 
     pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree(Tree::Webhooks).iter() {
-            let (k, v) = item?;
-            out.push(records::decode("webhooks", &k, records::WEBHOOK_V1, &v)?);
-        }
-        Ok(out)
+        self.state()
+            .scan_prefix(&self.shared.trees, Tree::Webhooks, b"")?
+            .iter()
+            .map(|(k, v)| records::decode_webhook(k, v))
+            .collect()
     }
 
     /// Recorded failed attempts of a webhook, newest first.
     pub fn attempts(&self, id: &str, limit: usize) -> Result<Vec<AttemptRecord>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree(Tree::Attempts).scan_prefix(keys::room_prefix(id)).values().rev().take(limit) {
-            let v = item?;
-            out.push(records::decode("attempts", id.as_bytes(), records::ATTEMPT_V1, &v)?);
-        }
-        Ok(out)
+        let mut all = self.state().scan_prefix(&self.shared.trees, Tree::Attempts, &keys::attempts_of(id))?;
+        all.reverse();
+        all.iter().take(limit).map(|(k, v)| records::decode("attempts", k, records::ATTEMPT_V1, v)).collect()
     }
 
-    /// A live session and the digest of its secret.
-    pub fn session(&self, id: &str) -> Result<Option<(crate::sessions::Session, [u8; 32])>, StoreError> {
-        participants::read_session(self.tree(Tree::Sessions), id)
+    /// A live session (present or waiting), with the digest of its secret.
+    pub fn session(&self, id: &str) -> Option<Arc<Entry>> {
+        self.state().live.get(id).cloned()
     }
 
-    /// Sessions present in a room (by check-on-read: not past their ejection deadline).
-    pub fn room_sessions(&self, room: &str, now_ms: i64) -> Result<Vec<crate::sessions::Session>, StoreError> {
-        let mut out = Vec::new();
-        for k in self.tree(Tree::SessionsByRoom).scan_prefix(keys::room_prefix(room)).keys() {
-            let k = k?;
-            let id = String::from_utf8_lossy(&k[room.len() + 1..]).to_string();
-            if let Some((s, _)) = self.session(&id)? {
-                if !s.is_over(now_ms) {
-                    out.push(s);
-                }
+    /// Sessions present in a room, in join order (by check-on-read: not past their deadline).
+    pub fn room_sessions(&self, room: &str, now_ms: i64) -> Vec<Arc<Entry>> {
+        self.state().live.present_in(room).into_iter().filter(|e| !e.session.is_over(now_ms)).collect()
+    }
+
+    /// A page of a room's present sessions in join order, after the session `after`.
+    pub fn room_sessions_page(
+        &self,
+        room: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: i64,
+    ) -> Option<Vec<Arc<Entry>>> {
+        let st = self.state();
+        let anchor = match after {
+            Some(id) => {
+                let e = st.live.get(id).filter(|e| e.session.room == room)?;
+                Some((e.session.joined_ms, Arc::from(id)))
             }
-        }
-        Ok(out)
+            None => None,
+        };
+        Some(
+            st.live
+                .present_page(room, anchor.as_ref(), limit)
+                .into_iter()
+                .filter(|e| !e.session.is_over(now_ms))
+                .collect(),
+        )
     }
 
-    /// Every present session, for `GET /v1/presence`.
-    pub fn all_sessions(&self, now_ms: i64) -> Result<Vec<crate::sessions::Session>, StoreError> {
-        let mut out = Vec::new();
-        for item in self.tree(Tree::Sessions).iter() {
-            let (k, v) = item?;
-            let (s, _) = participants::decode_session(&k, &v)?;
-            if !s.is_over(now_ms) {
-                out.push(s);
-            }
-        }
-        Ok(out)
+    /// Sessions waiting in a room's lobby, in arrival order.
+    pub fn waiting_sessions(&self, room: &str) -> Vec<Arc<Entry>> {
+        self.state().live.waiting_in(room)
+    }
+
+    /// The live state as of the last durable batch (presence of every room, counts).
+    pub fn live(&self) -> live::Live {
+        self.state().live.clone()
     }
 
     /// Bans in force for a room: (user id, ban).
     pub fn bans(&self, room: &str, now_ms: i64) -> Result<Vec<(String, BanRecord)>, StoreError> {
-        participants::read_bans(self.tree(Tree::Bans), room, now_ms)
+        let prefix = keys::parts(&[room]);
+        let mut out = Vec::new();
+        for (k, v) in self.state().scan_prefix(&self.shared.trees, Tree::Bans, &prefix)? {
+            let ban: BanRecord = records::decode("bans", &k, records::BAN_V1, &v)?;
+            let user = keys::split(&k).and_then(|p| p.get(1).cloned()).unwrap_or_default();
+            if ban.until_ms.is_none_or(|u| u > now_ms) {
+                out.push((user, ban));
+            }
+        }
+        // Keys order by length first; callers get user ids in text order.
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
     }
 
     pub fn is_banned(&self, room: &str, user_id: &str, now_ms: i64) -> Result<bool, StoreError> {
-        participants::is_banned(self.tree(Tree::Bans), room, user_id, now_ms)
+        let key = keys::ban(room, user_id);
+        match self.get(Tree::Bans, &key)? {
+            Some(v) => {
+                let ban: BanRecord = records::decode("bans", &key, records::BAN_V1, &v)?;
+                Ok(ban.until_ms.is_none_or(|u| u > now_ms))
+            }
+            None => Ok(false),
+        }
     }
 
     /// Whether a verified token is revoked for use in `room` (its own room when `None`).
@@ -589,47 +669,56 @@ impl Store {
         room: Option<&str>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
-        participants::is_revoked(self.tree(Tree::Revocations), claims, token_id, room, now_ms)
-    }
-
-    /// The earliest timer: `(deadline_ms, kind, id)`.
-    pub fn first_timer(&self) -> Result<Option<(i64, u8, String)>, StoreError> {
-        Ok(self.tree(Tree::Timers).first()?.and_then(|(k, _)| keys::parse_timer(&k)))
-    }
-
-    /// Timers due at `now_ms`, earliest first, at most `limit`.
-    pub fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<(i64, u8, String)>, StoreError> {
-        let end = u64::try_from(now_ms).unwrap_or(0).saturating_add(1).to_be_bytes();
-        let mut out = Vec::new();
-        for k in self.tree(Tree::Timers).range(..end.to_vec()).keys().take(limit) {
-            if let Some(t) = keys::parse_timer(&k?) {
-                out.push(t);
+        let lookup = |k: &[u8]| -> Result<Option<records::RevocationRecord>, StoreError> {
+            match self.get(Tree::Revocations, k)? {
+                Some(v) => Ok(Some(records::decode("revocations", k, records::REVOCATION_V1, &v)?)),
+                None => Ok(None),
             }
-        }
-        Ok(out)
+        };
+        is_revoked(&lookup, claims, token_id, room, now_ms)
     }
 
-    /// Number of pending timers (a scan: for metrics, not hot paths).
+    /// Number of pending deadlines.
     pub fn timer_count(&self) -> usize {
-        self.tree(Tree::Timers).len()
+        self.state().timers.len()
     }
 
-    /// Number of live sessions (a scan: for metrics, not hot paths).
+    /// Number of present sessions.
     pub fn session_count(&self) -> usize {
-        self.tree(Tree::Sessions).len()
+        self.state().live.present_total()
     }
 
     pub fn stats(&self) -> &StoreStats {
         &self.shared.stats
     }
+}
 
-    /// Seq of the oldest retained event (1 until compaction exists), or head+1 if empty.
-    pub fn oldest_seq(&self) -> Result<u64, StoreError> {
-        match self.tree(Tree::Events).first()? {
-            Some((k, _)) => Ok(keys::u64_of(&k).unwrap_or(1)),
-            None => Ok(self.durable_seq() + 1),
+/// Revoked for use in `room`: by its id, by (room, user) before its `iat`, or by room before
+/// its `iat`. `lookup` reads a revocation record by key.
+fn is_revoked(
+    lookup: &dyn Fn(&[u8]) -> Result<Option<records::RevocationRecord>, StoreError>,
+    c: &crate::tokens::Claims,
+    token_id: &str,
+    room: Option<&str>,
+    now_ms: i64,
+) -> Result<bool, StoreError> {
+    if let Some(r) = lookup(&keys::revoke_token(token_id))? {
+        if r.until_ms.is_none_or(|u| u > now_ms) {
+            return Ok(true);
         }
     }
+    let Some(room) = room.or(c.room.as_deref()) else {
+        return Ok(false);
+    };
+    let before = |r: Option<records::RevocationRecord>| {
+        r.and_then(|r| r.issued_before_s).is_some_and(|b| c.iat.is_none_or(|iat| iat < b))
+    };
+    if let Some(user) = &c.user_id {
+        if before(lookup(&keys::revoke_user(room, user))?) {
+            return Ok(true);
+        }
+    }
+    Ok(before(lookup(&keys::revoke_room(room))?))
 }
 
 /// Opens sled, waiting up to 5 s for its file lock: after a store in this process is closed,
@@ -652,84 +741,94 @@ fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// The journal lives beside sled's folder: `<data>/store` → `<data>/journal`.
-fn journal_dir(store: &Path) -> PathBuf {
-    store.with_file_name("journal")
-}
-
-/// Makes everything sled holds durable: `flush()` (sync_file_range), then a real `fdatasync`
-/// of its file, since journal files are deleted on the strength of it.
-fn checkpoint_sled(db: &sled::Db, store: &Path) -> Result<(), StoreError> {
-    db.flush()?;
-    std::fs::File::open(store.join("db"))
-        .and_then(|f| f.sync_data())
-        .map_err(|e| StoreError::Setup(format!("fdatasync of the store: {e}")))
-}
-
-/// Replays journal entries sled does not have yet (those whose events are past sled's last
-/// event: every entry carries events, and sled applies each entry atomically and in order),
-/// then checkpoints and starts over with an empty journal.
-fn recover(db: &sled::Db, trees: &Trees, journal_dir: &Path, store: &Path) -> Result<(), StoreError> {
-    let files = journal::list(journal_dir)?;
-    let Some(last_file) = files.last().map(|(n, _)| *n) else {
-        return Ok(());
+/// Replays journal batches sled or the event log lacks (batches past the last one the applier
+/// recorded; events past the log's end), makes both durable, and starts over with an empty
+/// journal. Returns the last batch number.
+fn recover(
+    db: &sled::Db,
+    trees: &Trees,
+    events: &eventlog::EventLog,
+    wal: &Path,
+    store_dir: &Path,
+) -> Result<u64, StoreError> {
+    let meta = trees.get(Tree::Meta);
+    let applied = meta.get(keys::META_APPLIED_LSN)?.and_then(|v| keys::u64_of(&v)).unwrap_or(0);
+    let batches = journal::read_batches(wal)?;
+    let Some(last) = batches.last().map(|b| b.lsn) else {
+        return Ok(applied);
     };
-    let have = recover_next_seq(trees)? - 1;
-    let mut replayed = 0u64;
-    for entry in journal::read_all(journal_dir)? {
-        if entry.first_seq > have {
-            writer::apply_ops(trees, &entry.ops)?;
-            replayed += 1;
-        }
+    let missing: Vec<journal::Batch> = batches.into_iter().filter(|b| b.lsn > applied).collect();
+    applier::apply_now(trees, &missing)?;
+    let log_end = events.last();
+    let lost: Vec<journal::LoggedEvent> =
+        missing.iter().flat_map(|b| b.events.iter()).filter(|e| e.seq > log_end).cloned().collect();
+    events.append(&lost)?;
+    events.sync()?;
+    meta.insert(keys::META_APPLIED_LSN, &last.max(applied).to_be_bytes())?;
+    meta.insert(keys::META_NEXT_SEQ, &(events.last() + 1).to_be_bytes())?;
+    applier::checkpoint_sled(db, store_dir)?;
+    if let Some((n, _)) = journal::list(wal)?.last() {
+        journal::remove_upto(wal, *n)?;
     }
-    checkpoint_sled(db, store)?;
-    journal::remove_upto(journal_dir, last_file)?;
-    tracing::info!(replayed, "journal recovered");
-    Ok(())
+    tracing::info!(batches = missing.len(), events = lost.len(), "journal recovered");
+    Ok(last.max(applied))
 }
 
-/// Folds closed journal files into sled: checkpoint, then delete them. On failure the files
-/// stay and the next round covers them too.
-fn checkpointer(db: sled::Db, store: PathBuf, journal_dir: PathBuf, rx: std::sync::mpsc::Receiver<u64>) {
-    while let Ok(mut upto) = rx.recv() {
-        while let Ok(later) = rx.try_recv() {
-            upto = later;
+/// The state at start-up: every session (with a fresh lease and its own deadline), the room
+/// and ban deadlines, the counters.
+fn load_state(
+    trees: &Trees,
+    lsn: u64,
+    next_seq: u64,
+    room_count: u64,
+    events_oldest: u64,
+    now_ms: i64,
+    lease_ms: i64,
+) -> Result<State, StoreError> {
+    let mut st = State {
+        lsn,
+        next_seq,
+        overlay: state::Overlay::new(),
+        live: live::Live::default(),
+        timers: timers::Timers::default(),
+        leases: imbl::HashMap::new(),
+        room_count,
+        events_oldest,
+    };
+    for item in trees.get(Tree::Sessions).iter() {
+        let (k, v) = item?;
+        let rec: records::SessionRecord = records::decode("sessions", &k, records::SESSION_V2, &v)?;
+        let e = Entry::from_record(rec);
+        let id: Arc<str> = Arc::from(e.session.id.as_str());
+        st.leases.insert(id.clone(), now_ms);
+        st.timers.set(timers::TimerId::Lease(id.clone()), now_ms + lease_ms);
+        if let Some(at) = e.eject_timer_ms {
+            st.timers.set(timers::TimerId::Eject(id), at);
         }
-        let res = checkpoint_sled(&db, &store).and_then(|_| journal::remove_upto(&journal_dir, upto));
-        if let Err(e) = res {
-            tracing::error!(error = %e, "checkpoint failed; the journal is kept and replayed if needed");
-        }
+        st.live.insert(e);
     }
+    for item in trees.get(Tree::Timers).iter() {
+        let (k, _) = item?;
+        let Some((at, kind, id)) = keys::parse_timer(&k) else {
+            return Err(StoreError::Corrupt { tree: "timers", key: keys::printable(&k), why: "unreadable key".into() });
+        };
+        let id = match (kind, id.as_slice()) {
+            (keys::TIMER_ROOM_EXP, [room]) => timers::TimerId::RoomExp(Arc::from(room.as_str())),
+            (keys::TIMER_BAN, [room, user]) => timers::TimerId::Ban(Arc::from(room.as_str()), Arc::from(user.as_str())),
+            _ => continue,
+        };
+        st.timers.set(id, at);
+    }
+    Ok(st)
 }
 
-fn read_u64(tree: &sled::Tree, key: &[u8]) -> Result<Option<u64>, StoreError> {
-    match tree.get(key)? {
-        Some(v) => keys::u64_of(&v).map(Some).ok_or_else(|| StoreError::Corrupt {
-            tree: "meta",
-            key: keys::printable(key),
-            why: "not a u64".into(),
-        }),
-        None => Ok(None),
-    }
-}
-
-fn check_schema(meta: &sled::Tree) -> Result<(), StoreError> {
+fn schema_of(meta: &sled::Tree) -> Result<Option<u32>, StoreError> {
     match meta.get(keys::META_SCHEMA)? {
-        None => {
-            meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-            Ok(())
-        }
-        Some(v) => {
-            let found = <[u8; 4]>::try_from(v.as_ref())
-                .map(u32::from_be_bytes)
-                .map_err(|_| StoreError::Setup("unreadable schema version".into()))?;
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::Setup(format!(
-                    "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
-                )));
-            }
-            Ok(())
-        }
+        None => Ok(None),
+        Some(v) => <[u8; 4]>::try_from(v.as_ref())
+            .map(u32::from_be_bytes)
+            .map(Some)
+            .map_err(|_| StoreError::Setup("unreadable schema version".into())),
     }
 }
 
@@ -740,21 +839,6 @@ fn load_domain_id(meta: &sled::Tree) -> Result<uuid::Uuid, StoreError> {
     let id = uuid::Uuid::new_v4();
     meta.insert(keys::META_DOMAIN, id.as_bytes())?;
     Ok(id)
-}
-
-/// The next event seq: the stored counter, cross-checked against the last event (both are
-/// written in the same transaction, so they agree unless the data dir was tampered with).
-fn recover_next_seq(trees: &Trees) -> Result<u64, StoreError> {
-    let stored = read_u64(trees.get(Tree::Meta), keys::META_NEXT_SEQ)?.unwrap_or(1);
-    let last = match trees.get(Tree::Events).last()? {
-        Some((k, _)) => keys::u64_of(&k).unwrap_or(0),
-        None => 0,
-    };
-    Ok(stored.max(last + 1).max(1))
-}
-
-fn decode_room(key: &[u8], bytes: &[u8]) -> Result<RoomRecord, StoreError> {
-    records::decode("rooms", key, records::ROOM_V1, bytes)
 }
 
 fn room_from_record(r: RoomRecord) -> Result<Room, StoreError> {
@@ -781,5 +865,20 @@ fn room_to_record(room: &Room) -> RoomRecord {
         created_ms: room.created_ms,
         api_created: room.api_created,
         config_json: Value::Object(room.config.clone()).to_string(),
+    }
+}
+
+/// `gatehouse migrate`: opens (and so migrates) a stopped data dir, then closes it.
+pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
+    let db = sled::Config::new().path(data_dir.join("store")).open()?;
+    let meta = db.open_tree(Tree::Meta.name())?;
+    match schema_of(&meta)? {
+        Some(1) => {
+            migrate::run(&db, data_dir)?;
+            Ok(())
+        }
+        Some(SCHEMA_VERSION) => Ok(()),
+        None => Err(StoreError::Setup(format!("{} holds no store", data_dir.display()))),
+        Some(found) => Err(StoreError::Setup(format!("schema {found} is newer than this build's {SCHEMA_VERSION}"))),
     }
 }

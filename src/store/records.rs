@@ -13,10 +13,14 @@ use super::StoreError;
 pub const ROOM_V1: u8 = 1;
 pub const TOKEN_V1: u8 = 1;
 pub const EVENT_V1: u8 = 1;
+/// Version 1 (schema 1): read only by the migration.
 pub const SESSION_V1: u8 = 1;
+pub const SESSION_V2: u8 = 2;
 pub const BAN_V1: u8 = 1;
 pub const REVOCATION_V1: u8 = 1;
+/// Version 1 (schema 1): read and converted on the fly.
 pub const WEBHOOK_V1: u8 = 1;
+pub const WEBHOOK_V2: u8 = 2;
 pub const ATTEMPT_V1: u8 = 1;
 
 /// A webhook subscription with its delivery cursor and failure counters.
@@ -47,6 +51,57 @@ pub struct WebhookRecord {
     /// Set when the log was compacted past this webhook's cursor: events before this seq were
     /// never delivered to it.
     pub lost_before: Option<u64>,
+    /// Bumped by every change made through the API (update, replay): a delivery worker's report
+    /// made before one is dropped, even when the cursor happens to be where it was.
+    pub version: u64,
+}
+
+/// Schema 1's webhook record (no `version`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WebhookRecordV1 {
+    pub uuid: String,
+    pub url: String,
+    pub hmac: String,
+    pub basic_auth: Option<String>,
+    pub retry_type: String,
+    pub event_types: Vec<String>,
+    pub state: String,
+    pub failed_count: u32,
+    pub cursor: u64,
+    pub last_pushed_ms: Option<i64>,
+    pub first_failure_ms: Option<i64>,
+    pub successes: u64,
+    pub failures: u64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    pub lost_before: Option<u64>,
+}
+
+/// A webhook record of either version.
+pub fn decode_webhook(key: &[u8], bytes: &[u8]) -> Result<WebhookRecord, StoreError> {
+    if bytes.first() == Some(&WEBHOOK_V1) {
+        let w: WebhookRecordV1 = decode("webhooks", key, WEBHOOK_V1, bytes)?;
+        return Ok(WebhookRecord {
+            uuid: w.uuid,
+            url: w.url,
+            hmac: w.hmac,
+            basic_auth: w.basic_auth,
+            retry_type: w.retry_type,
+            event_types: w.event_types,
+            state: w.state,
+            failed_count: w.failed_count,
+            cursor: w.cursor,
+            last_pushed_ms: w.last_pushed_ms,
+            first_failure_ms: w.first_failure_ms,
+            successes: w.successes,
+            failures: w.failures,
+            created_ms: w.created_ms,
+            updated_ms: w.updated_ms,
+            lost_before: w.lost_before,
+            version: 0,
+        });
+    }
+    decode("webhooks", key, WEBHOOK_V2, bytes)
 }
 
 /// One failed delivery attempt.
@@ -62,8 +117,40 @@ pub struct AttemptRecord {
 }
 
 /// A live participant session. Ended sessions are deleted (their story is in the event log).
+/// The writer keeps every live session in memory as well; this record is what a restart
+/// rebuilds it from (there are no index trees: the indexes are in memory).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
+    pub id: String,
+    /// SHA-256 of the session secret; the secret itself is never stored.
+    pub secret_digest: [u8; 32],
+    pub room: String,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub owner: bool,
+    /// `jti`, or `sha256:<hex>` for tokens without one.
+    pub token_id: Option<String>,
+    pub token_iat: Option<f64>,
+    pub token_exp: Option<f64>,
+    pub joined_ms: i64,
+    /// When the session is over by check-on-read (its own deadline or the room's expiry).
+    pub eject_at_ms: Option<i64>,
+    pub eject_reason: Option<String>,
+    /// The session's own ejection timer (`eject_at_ms` without the room's expiry, which the
+    /// room's timer enforces for everyone at once).
+    pub eject_timer_ms: Option<i64>,
+    pub permissions_json: Option<String>,
+    pub meeting_id: String,
+    pub meeting_start_ms: i64,
+    /// The room's ejection settings apply to this session (its token set none).
+    pub room_rules: bool,
+    /// Knocking: waiting in the lobby, not (yet) present.
+    pub waiting: bool,
+}
+
+/// Schema 1's session record, read only by the migration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionRecordV1 {
     pub id: String,
     /// SHA-256 of the session secret; the secret itself is never stored.
     pub secret_digest: [u8; 32],
@@ -133,7 +220,7 @@ pub struct TokenRecord {
     pub created_ms: i64,
 }
 
-/// One event: its type (for filtering without parsing) and the envelope exactly as delivered.
+/// Schema 1's event record (events lived in sled then), read only by the migration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventRecord {
     pub kind: String,

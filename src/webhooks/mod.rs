@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 pub use client::{is_private, Outbound, TIMEOUT};
 
 use crate::clock::SharedClock;
-use crate::store::{AttemptRecord, Command, Delivery, Store, WebhookRecord};
+use crate::store::{AttemptRecord, Delivery, Event, Progress, Store, WebhookProgress, WebhookRecord};
 
 /// Delivered-cursor updates are batched: written after this many events or this long.
 const PERSIST_EVERY: u64 = 256;
@@ -120,7 +120,7 @@ impl Worker {
                     continue;
                 }
             };
-            if page.envelopes.is_empty() {
+            if page.events.is_empty() {
                 // Nothing to send: remember how far we looked, then wait for news.
                 pos.cursor = pos.cursor.max(page.next_after);
                 if !self.persist(&mut pos).await {
@@ -133,8 +133,8 @@ impl Worker {
                 }
                 continue;
             }
-            for env in &page.envelopes {
-                match self.deliver(&mut pos, env, &mut config, &mut shutdown).await {
+            for e in &page.events {
+                match self.deliver(&mut pos, e, &mut config, &mut shutdown).await {
                     Step::Next => {}
                     Step::Reload => {
                         match self.load() {
@@ -170,20 +170,25 @@ impl Worker {
 
     /// Sends a report to the writer; false if it was stale (and `pos` now follows the store).
     async fn report(&self, pos: &mut Position, delivery: Delivery) -> bool {
-        let cmd = Command::WebhookProgress { id: self.id.clone(), expect_cursor: pos.w.cursor, delivery };
+        let cmd = WebhookProgress {
+            id: self.id.clone(),
+            expect_cursor: pos.w.cursor,
+            expect_version: pos.w.version,
+            delivery,
+        };
         match self.store.submit_wait(cmd).await {
-            Ok(crate::store::Outcome::Webhook(w)) => {
+            Ok(Progress::Applied(w)) => {
                 let ahead = pos.cursor;
                 pos.w = *w;
                 pos.cursor = ahead.max(pos.w.cursor);
                 true
             }
-            Ok(crate::store::Outcome::StaleWebhookReport(w)) => {
+            Ok(Progress::Stale(w)) => {
                 pos.cursor = w.cursor;
                 pos.w = *w;
                 false
             }
-            Ok(_) => false,
+            Ok(Progress::NoWebhook) => false,
             Err(e) => {
                 tracing::warn!(webhook = %self.id, error = %e, "cannot record delivery progress");
                 false
@@ -195,15 +200,13 @@ impl Worker {
     async fn deliver(
         &self,
         pos: &mut Position,
-        env: &str,
+        e: &Event,
         config: &mut watch::Receiver<u64>,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Step {
-        let Ok(v) = serde_json::from_str::<serde_json::Value>(env) else {
-            return Step::Next;
-        };
-        let seq = v["seq"].as_u64().unwrap_or(pos.cursor + 1);
-        let id = v["id"].as_str().unwrap_or_default().to_string();
+        let seq = e.seq;
+        let env: &str = &e.envelope;
+        let id = crate::events::event_id(&crate::events::domain8(&self.store.domain_id()), seq);
         loop {
             let Some(key) = signing::secret_key(&pos.w.hmac) else {
                 return Step::Reload;

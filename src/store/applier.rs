@@ -1,0 +1,176 @@
+//! The applier and the checkpointer: sled is written off the acknowledgement path.
+//!
+//! The applier takes batches the writer made durable, coalesces whatever is waiting into one
+//! `apply_batch` per tree (the writer and sled then use both cores), records the last batch
+//! applied in `meta`, and tells the writer, which then forgets those writes from its overlay.
+//! sled may hold part of a batch after a crash; recovery replays every batch past the recorded
+//! one, in order, and the writes are absolute, so replaying is harmless.
+//!
+//! The checkpointer, when the writer closes a journal file, waits until sled holds all of it,
+//! makes sled and the event segments durable, and deletes the file.
+//!
+//! Must not: write anything the journal does not hold.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::eventlog::EventLog;
+use super::health::Health;
+use super::journal::{self, Op};
+use super::keys;
+use super::state::{Tree, Trees};
+use super::StoreError;
+
+/// A durable batch's writes, for the applier.
+pub struct Applied {
+    pub lsn: u64,
+    pub ops: Vec<Op>,
+}
+
+/// Most ops coalesced into one round of `apply_batch`.
+const MAX_COALESCED_OPS: usize = 200_000;
+
+pub struct Applier {
+    pub trees: Trees,
+    pub applied: Arc<AtomicU64>,
+    pub health: Arc<Health>,
+    /// Test builds: the applier stops until this instant (millis since the epoch; 0: no).
+    pub frozen_until: Arc<std::sync::atomic::AtomicI64>,
+}
+
+impl Applier {
+    pub fn run(self, rx: flume::Receiver<Applied>) {
+        while let Ok(first) = rx.recv() {
+            self.health.applier_busy();
+            let mut batches = vec![first];
+            let mut ops = batches[0].ops.len();
+            while ops < MAX_COALESCED_OPS {
+                match rx.try_recv() {
+                    Ok(b) => {
+                        ops += b.ops.len();
+                        batches.push(b);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.wait_while_frozen();
+            let last = batches.last().map_or(0, |b| b.lsn);
+            let mut delay = Duration::from_millis(100);
+            loop {
+                match self.apply(&batches, last) {
+                    Ok(()) => break,
+                    Err(e) => {
+                        // The journal still holds every batch; keep trying (a full disk may clear).
+                        self.health.applier_failed(e.to_string());
+                        std::thread::sleep(delay);
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+            self.applied.store(last, Ordering::Release);
+            self.health.applier_idle();
+        }
+    }
+
+    fn apply(&self, batches: &[Applied], last: u64) -> Result<(), StoreError> {
+        let mut per_tree: Vec<Option<sled::Batch>> = (0..Tree::ALL.len()).map(|_| None).collect();
+        for b in batches {
+            for (t, k, v) in &b.ops {
+                let slot = per_tree.get_mut(usize::from(*t)).ok_or_else(|| StoreError::Corrupt {
+                    tree: "journal",
+                    key: String::new(),
+                    why: format!("unknown tree index {t}"),
+                })?;
+                let batch = slot.get_or_insert_with(sled::Batch::default);
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+        }
+        for (t, batch) in Tree::ALL.iter().zip(per_tree) {
+            if let Some(b) = batch {
+                self.trees.get(*t).apply_batch(b)?;
+            }
+        }
+        self.trees.get(Tree::Meta).insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
+        Ok(())
+    }
+
+    fn wait_while_frozen(&self) {
+        loop {
+            let until = self.frozen_until.load(Ordering::Relaxed);
+            let now = crate::clock::system_now_ms();
+            if until <= now {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis((until - now).clamp(1, 100) as u64));
+        }
+    }
+}
+
+/// Applies journal batches to sled directly (recovery), one tree batch per tree per call.
+pub fn apply_now(trees: &Trees, batches: &[journal::Batch]) -> Result<(), StoreError> {
+    let Some(last) = batches.last().map(|b| b.lsn) else { return Ok(()) };
+    let applier = Applier {
+        trees: trees.clone(),
+        applied: Arc::default(),
+        health: Arc::new(Health::new(Duration::from_secs(3600))),
+        frozen_until: Arc::default(),
+    };
+    let as_applied: Vec<Applied> = batches.iter().map(|b| Applied { lsn: b.lsn, ops: b.ops.clone() }).collect();
+    for chunk in as_applied.chunks(256) {
+        let chunk_last = chunk.last().map_or(last, |b| b.lsn);
+        applier.apply(chunk, chunk_last)?;
+    }
+    Ok(())
+}
+
+/// A journal file the writer closed, and the last batch in it.
+pub struct Closed {
+    pub file: u64,
+    pub last_lsn: u64,
+}
+
+pub struct Checkpointer {
+    pub db: sled::Db,
+    pub store_dir: PathBuf,
+    pub journal_dir: PathBuf,
+    pub events: Arc<EventLog>,
+    pub applied: Arc<AtomicU64>,
+}
+
+impl Checkpointer {
+    /// Folds closed journal files into sled and the segments; on failure the files stay and
+    /// the next round covers them too.
+    pub fn run(self, rx: std::sync::mpsc::Receiver<Closed>) {
+        while let Ok(mut closed) = rx.recv() {
+            while let Ok(later) = rx.try_recv() {
+                closed = later;
+            }
+            while self.applied.load(Ordering::Acquire) < closed.last_lsn {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Err(e) = self.checkpoint(closed.file) {
+                tracing::error!(error = %e, "checkpoint failed; the journal is kept and replayed if needed");
+            }
+        }
+    }
+
+    fn checkpoint(&self, upto: u64) -> Result<(), StoreError> {
+        checkpoint_sled(&self.db, &self.store_dir)?;
+        self.events.sync()?;
+        journal::remove_upto(&self.journal_dir, upto)
+    }
+}
+
+/// Makes everything sled holds durable: `flush()` (sync_file_range), then a real `fdatasync`
+/// of its file, since journal files are deleted on the strength of it.
+pub fn checkpoint_sled(db: &sled::Db, store_dir: &std::path::Path) -> Result<(), StoreError> {
+    db.flush()?;
+    std::fs::File::open(store_dir.join("db"))
+        .and_then(|f| f.sync_data())
+        .map_err(|e| StoreError::Setup(format!("fdatasync of the store: {e}")))
+}

@@ -1,0 +1,112 @@
+//! Bulk sweeps the per-item deadlines do not cover (cron jobs only purge; deadlines do the
+//! rest): revocations whose token could no longer be used anyway, issued-token records past
+//! their `exp`, and events past the retention rules. No events, so their batches are not
+//! synced on their own: losing one in a crash only means the next run does it again.
+
+use crate::store::command::Command;
+use crate::store::ctx::Ctx;
+use crate::store::StoreError;
+
+/// A token record is kept this long after its `exp` (listing and late revocations still see it).
+pub const TOKEN_GRACE_MS: i64 = 3600 * 1000;
+
+/// Events one compaction command may drop (the writer stays responsive between chunks).
+pub const COMPACT_CHUNK: u64 = 10_000;
+
+/// What one sweep removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PurgeReport {
+    pub revocations: u64,
+    pub tokens: u64,
+    pub events: u64,
+}
+
+/// Event log retention: by age and size; the soft limits never pass an active webhook's
+/// cursor, the hard size limit does (and marks the webhooks it passed).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age_ms: i64,
+    pub max_bytes: u64,
+    pub hard_max_bytes: u64,
+}
+
+/// Removes at most `limit` dead records of each kind.
+#[derive(Debug)]
+pub struct Purge {
+    pub limit: usize,
+}
+
+impl Command for Purge {
+    type Reply = PurgeReport;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<PurgeReport, StoreError> {
+        let now = cx.now_ms();
+        let mut report = PurgeReport::default();
+        for (k, r) in cx.revocations()? {
+            if report.revocations as usize >= self.limit {
+                break;
+            }
+            if r.until_ms.is_some_and(|u| u <= now) {
+                cx.del_revocation(k);
+                report.revocations += 1;
+            }
+        }
+        for t in cx.tokens()? {
+            if report.tokens as usize >= self.limit {
+                break;
+            }
+            if t.exp.is_some_and(|e| e.saturating_mul(1000) + TOKEN_GRACE_MS <= now) {
+                cx.del_token(&t);
+                report.tokens += 1;
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Drops at most [`COMPACT_CHUNK`] of the oldest events, as the retention allows. Never the head.
+#[derive(Debug)]
+pub struct Compact(pub Retention);
+
+impl Command for Compact {
+    type Reply = PurgeReport;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<PurgeReport, StoreError> {
+        let r = self.0;
+        let now = cx.now_ms();
+        let log = cx.event_log();
+        let head = log.head();
+        let oldest = cx.events_oldest();
+        if head < oldest {
+            return Ok(PurgeReport::default());
+        }
+        let avg = log.mean_event_bytes();
+        let count = head - oldest + 1;
+        let over = |max: u64| count.saturating_sub(max / avg);
+        // Soft cut: past the age limit or over the size limit, but not past an active cursor.
+        let mut soft = oldest + over(r.max_bytes);
+        let window = log.read(oldest - 1, usize::MAX, COMPACT_CHUNK as usize, &|_| true)?;
+        for e in &window.events {
+            if e.ts_ms > now.saturating_sub(r.max_age_ms) {
+                break;
+            }
+            soft = soft.max(e.seq + 1);
+        }
+        let webhooks = cx.webhooks()?;
+        let protect = webhooks.iter().filter(|w| w.state == "ACTIVE").map(|w| w.cursor + 1).min().unwrap_or(u64::MAX);
+        let hard = oldest + over(r.hard_max_bytes);
+        let cut = soft.min(protect).max(hard).min(head).min(oldest + COMPACT_CHUNK);
+        if cut <= oldest {
+            return Ok(PurgeReport::default());
+        }
+        for mut w in webhooks.into_iter().filter(|w| w.cursor + 1 < cut) {
+            w.lost_before = Some(cut);
+            w.cursor = cut - 1;
+            w.version += 1;
+            tracing::warn!(webhook = %w.uuid, before = cut, "the event log was compacted past this webhook's cursor");
+            cx.put_webhook(&w, false)?;
+        }
+        cx.set_events_oldest(cut);
+        Ok(PurgeReport { events: cut - oldest, ..Default::default() })
+    }
+}

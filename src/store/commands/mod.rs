@@ -1,0 +1,22 @@
+//! Every mutation of the store, one type per command, grouped by what they change. Each
+//! runs in a [`Ctx`](super::ctx::Ctx) and answers with its own reply type.
+//!
+//! Must not: touch the writer, the journal or sled's handles (only `Ctx`), or decide domain
+//! rules that `rooms`, `tokens` and `sessions` own — they call them.
+
+pub mod deadlines;
+pub mod housekeeping;
+pub mod moderation;
+pub mod rooms;
+pub mod sessions;
+pub mod tokens;
+pub mod webhooks;
+
+pub use housekeeping::{Compact, Purge, PurgeReport, Retention, COMPACT_CHUNK};
+pub use moderation::{Eject, LiftBan, Revoke};
+pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
+pub use sessions::{Heartbeat, Join, JoinOutcome, Leave};
+pub use tokens::CreateToken;
+pub use webhooks::{
+    CreateWebhook, DeleteWebhook, Delivery, Progress, ReplayWebhook, UpdateWebhook, WebhookPatch, WebhookProgress,
+};

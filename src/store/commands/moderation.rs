@@ -1,0 +1,157 @@
+//! Ejections, bans and revocations. Who may do them is the API's check; when bans end and
+//! which sessions a revocation covers are `sessions`' and `tokens`' rules.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use crate::sessions;
+use crate::store::command::Command;
+use crate::store::ctx::Ctx;
+use crate::store::keys;
+use crate::store::live::Entry;
+use crate::store::records::{BanRecord, RevocationRecord};
+use crate::store::StoreError;
+
+use super::sessions::{end_sessions, Ending};
+
+/// `POST /v1/rooms/:name/eject`. Replies the ids of the sessions ejected.
+#[derive(Debug)]
+pub struct Eject {
+    pub room: String,
+    pub ids: Vec<String>,
+    pub user_ids: Vec<String>,
+    pub ban: bool,
+    pub ban_until_s: Option<i64>,
+    /// `api:<kid>` or `token:<id>`.
+    pub by: String,
+    pub by_token: bool,
+}
+
+impl Command for Eject {
+    type Reply = Vec<String>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Vec<String>, StoreError> {
+        let now = cx.now_ms();
+        let mut targets: Vec<Arc<Entry>> = Vec::new();
+        for id in &self.ids {
+            if let Some(e) = cx.session(id).filter(|e| e.session.room == self.room) {
+                targets.push(e);
+            }
+        }
+        for u in &self.user_ids {
+            targets.extend(cx.user_sessions(&self.room, u));
+        }
+        targets.sort_by(|a, b| a.session.id.cmp(&b.session.id));
+        targets.dedup_by(|a, b| a.session.id == b.session.id);
+        let reason = if self.ban {
+            "banned"
+        } else if self.by_token {
+            "owner"
+        } else {
+            "api"
+        };
+        end_sessions(cx, &targets, reason, &self.by, Ending::Normal)?;
+        if self.ban {
+            let room_exp = cx.room(&self.room)?.and_then(|r| r.exp());
+            let until = sessions::ban_until_ms(self.by_token, self.ban_until_s, room_exp, now);
+            let users: BTreeSet<String> =
+                self.user_ids.iter().cloned().chain(targets.iter().filter_map(|e| e.session.user_id.clone())).collect();
+            for u in users {
+                let ban = BanRecord { until_ms: until, created_ms: now, by: self.by.clone() };
+                cx.put_ban(&self.room, &u, &ban)?;
+                cx.event(
+                    crate::events::BAN_CREATED,
+                    json!({"room": self.room, "user_id": u, "until": until.map(|ms| ms / 1000), "by": self.by}),
+                );
+            }
+            for e in &targets {
+                let Some(token_id) = &e.session.token_id else { continue };
+                let exp = e.token_exp.map(|x| (x * 1000.0) as i64);
+                let r = RevocationRecord { until_ms: exp, issued_before_s: None, created_ms: now };
+                cx.put_revocation(keys::revoke_token(token_id), &r)?;
+                cx.event(
+                    crate::events::MEETING_TOKEN_REVOKED,
+                    json!({"room": self.room, "jti": crate::tokens::short_id(token_id), "user_id": e.session.user_id, "by": self.by, "reason": "banned"}),
+                );
+            }
+        }
+        Ok(targets.iter().map(|e| e.session.id.clone()).collect())
+    }
+}
+
+/// Lifts a ban. Replies false when there was none.
+#[derive(Debug)]
+pub struct LiftBan {
+    pub room: String,
+    pub user_id: String,
+}
+
+impl Command for LiftBan {
+    type Reply = bool;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<bool, StoreError> {
+        if cx.ban(&self.room, &self.user_id)?.is_none() {
+            return Ok(false);
+        }
+        cx.del_ban(&self.room, &self.user_id);
+        cx.event(crate::events::BAN_REMOVED, json!({"room": self.room, "user_id": self.user_id, "reason": "lifted"}));
+        Ok(true)
+    }
+}
+
+/// What to revoke.
+#[derive(Debug)]
+pub enum Revoke {
+    /// One token, by `jti` or `sha256:<hash>`; kept until `exp_ms` (forever when `None`).
+    /// `room` is the token's room, when known, for the event.
+    Token { token_id: String, exp_ms: Option<i64>, room: Option<String>, by: String },
+    /// Every token for (room, user) issued up to now.
+    RoomUser { room: String, user_id: String, by: String },
+    /// Every token for the room issued before `before_s` (and every token without `iat`).
+    RoomBefore { room: String, before_s: f64, by: String },
+}
+
+impl Command for Revoke {
+    /// The sessions ejected.
+    type Reply = Vec<String>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Vec<String>, StoreError> {
+        let now = cx.now_ms();
+        let record = |until_ms, issued_before_s| RevocationRecord { until_ms, issued_before_s, created_ms: now };
+        let (targets, by, mut payload) = match self {
+            Revoke::Token { token_id, exp_ms, room, by } => {
+                cx.put_revocation(keys::revoke_token(&token_id), &record(exp_ms, None))?;
+                let targets = cx.token_sessions(&token_id);
+                let payload = json!({"jti": crate::tokens::short_id(&token_id), "room": room, "until": exp_ms.map(|ms| ms / 1000)});
+                (targets, by, payload)
+            }
+            Revoke::RoomUser { room, user_id, by } => {
+                let before = (now / 1000 + 1) as f64;
+                cx.put_revocation(keys::revoke_user(&room, &user_id), &record(None, Some(before)))?;
+                let targets = cx.user_sessions(&room, &user_id).into_iter().filter(|e| e.session.token_id.is_some());
+                let payload = json!({"room": room, "user_id": user_id, "issued_before": before});
+                (targets.collect(), by, payload)
+            }
+            Revoke::RoomBefore { room, before_s, by } => {
+                cx.put_revocation(keys::revoke_room(&room), &record(None, Some(before_s)))?;
+                let mut all = cx.present_in(&room);
+                all.extend(cx.waiting_in(&room));
+                let hit = all
+                    .into_iter()
+                    .filter(|e| e.session.token_id.is_some() && e.session.token_iat.is_none_or(|iat| iat < before_s));
+                (hit.collect::<Vec<_>>(), by, json!({"room": room, "issued_before": before_s}))
+            }
+        };
+        if let Some(o) = payload.as_object_mut() {
+            o.insert("by".into(), json!(by));
+            if o.get("room").is_none_or(Value::is_null) {
+                o.insert("room".into(), json!(targets.first().map(|e| e.session.room.clone())));
+            }
+        }
+        cx.event(crate::events::MEETING_TOKEN_REVOKED, payload);
+        end_sessions(cx, &targets, "token_revoked", &by, Ending::Normal)?;
+        Ok(targets.iter().map(|e| e.session.id.clone()).collect())
+    }
+}

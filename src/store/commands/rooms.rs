@@ -1,0 +1,165 @@
+//! Rooms: create, update, delete. Names, properties and merges are `rooms`' rules; these
+//! commands apply them to the current state, so checks that depend on it are race-free.
+
+use serde_json::{Map, Value};
+
+use crate::rooms::{self, Privacy, Room, RoomError};
+use crate::store::command::Command;
+use crate::store::ctx::Ctx;
+use crate::store::timers::TimerId;
+use crate::store::StoreError;
+
+use super::sessions::{end_sessions, remove_room, Ending};
+
+/// Creates a room; `name: None` picks a random free one. Inputs are validated already.
+#[derive(Debug)]
+pub struct CreateRoom {
+    pub name: Option<String>,
+    pub privacy: Privacy,
+    pub config: Map<String, Value>,
+}
+
+impl Command for CreateRoom {
+    type Reply = Result<Room, RoomError>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
+        let now_s = cx.now_secs();
+        let name = match self.name {
+            Some(n) => {
+                match cx.room(&n)? {
+                    // An expired room's tombstone: its leftovers go first, then the name is free.
+                    Some(old) if old.is_expired(now_s) => remove_room(cx, &old, "room_deleted", "scheduler")?,
+                    Some(_) => return Ok(Err(RoomError::NameTaken(n))),
+                    None => {}
+                }
+                n
+            }
+            None => loop {
+                let n = rooms::random_name();
+                if cx.room(&n)?.is_none() {
+                    break n;
+                }
+            },
+        };
+        let room = Room {
+            id: uuid::Uuid::new_v4(),
+            name,
+            privacy: self.privacy,
+            created_ms: cx.now_ms(),
+            api_created: true,
+            config: self.config,
+        };
+        cx.put_room(&room, true)?;
+        sync_room_timer(cx, &room);
+        let payload = cx.room_json(&room);
+        cx.event(crate::events::ROOM_CREATED, payload);
+        Ok(Ok(room))
+    }
+}
+
+/// Updates a live room: `patch` is validated; `null` values remove properties.
+#[derive(Debug)]
+pub struct UpdateRoom {
+    pub name: String,
+    pub privacy: Option<Privacy>,
+    pub patch: Map<String, Value>,
+}
+
+impl Command for UpdateRoom {
+    type Reply = Result<Room, RoomError>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
+        let now_s = cx.now_secs();
+        let Some(mut room) = cx.room(&self.name)?.filter(|r| !r.is_expired(now_s)) else {
+            return Ok(Err(RoomError::NotFound));
+        };
+        room.config = match rooms::merge_properties(&room.config, &self.patch) {
+            Ok(c) => c,
+            Err(e) => return Ok(Err(e)),
+        };
+        if let Some(p) = self.privacy {
+            room.privacy = p;
+        }
+        cx.put_room(&room, false)?;
+        sync_room_timer(cx, &room);
+        reschedule_room_sessions(cx, &room)?;
+        let payload = cx.room_json(&room);
+        cx.event(crate::events::ROOM_UPDATED, payload);
+        Ok(Ok(room))
+    }
+}
+
+/// Deletes a room and ejects everyone present (reason `room_deleted`); `by` names the caller.
+#[derive(Debug)]
+pub struct DeleteRoom {
+    pub name: String,
+    pub by: String,
+}
+
+impl Command for DeleteRoom {
+    type Reply = Result<String, RoomError>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
+        let Some(room) = cx.room(&self.name)? else {
+            return Ok(Err(RoomError::NotFound));
+        };
+        remove_room(cx, &room, "room_deleted", &self.by)?;
+        let payload = cx.room_json(&room);
+        cx.event(crate::events::ROOM_DELETED, payload);
+        Ok(Ok(room.name))
+    }
+}
+
+/// Keeps the room's expiry deadline in step with its `exp`.
+pub fn sync_room_timer(cx: &mut Ctx<'_>, room: &Room) {
+    let id = TimerId::RoomExp(std::sync::Arc::from(room.name.as_str()));
+    match room.exp() {
+        Some(exp) => cx.set_timer(id, exp.saturating_mul(1000)),
+        None => cx.clear_timer(&id),
+    }
+}
+
+/// After a room's settings change: recomputes the ejection deadline of every present session
+/// that follows the room's rules, and moves its own deadline.
+fn reschedule_room_sessions(cx: &mut Ctx<'_>, room: &Room) -> Result<(), StoreError> {
+    for e in cx.present_in(&room.name).into_iter().filter(|e| e.session.room_rules) {
+        let joined = e.session.joined_ms;
+        let all = crate::sessions::eject_deadline(room, None, joined);
+        let own = crate::sessions::eject_timer(room, None, joined).map(|(at, _)| at);
+        if e.session.eject_at_ms == all.map(|d| d.0) && e.eject_timer_ms == own {
+            continue;
+        }
+        let mut updated = (*e).clone();
+        updated.session.eject_at_ms = all.map(|d| d.0);
+        updated.session.eject_reason = all.map(|d| d.1.to_string());
+        updated.eject_timer_ms = own;
+        cx.put_session(updated)?;
+    }
+    Ok(())
+}
+
+/// `room.expired`; with `eject_at_room_exp`, everyone following the room's rules is ejected
+/// (one firing, however many are present); an expired room nobody stays in is removed, else
+/// it stays as a tombstone (joins get `exp-room`) until its last participant is gone.
+pub fn expire(cx: &mut Ctx<'_>, name: &str) -> Result<usize, StoreError> {
+    let now = cx.now_ms();
+    cx.clear_timer(&TimerId::RoomExp(std::sync::Arc::from(name)));
+    let Some(room) = cx.room(name)?.filter(|r| r.is_expired(now.div_euclid(1000))) else {
+        return Ok(0);
+    };
+    let payload = cx.room_json(&room);
+    cx.event(crate::events::ROOM_EXPIRED, payload);
+    let present = cx.present_in(name);
+    let eject_all = room.config.get("eject_at_room_exp").and_then(Value::as_bool) == Some(true);
+    let (ejected, staying): (Vec<_>, Vec<_>) = present.into_iter().partition(|e| eject_all && e.session.room_rules);
+    // Nobody waits in the lobby of a room that has ended.
+    let mut leaving = ejected;
+    leaving.extend(cx.waiting_in(name));
+    end_sessions(cx, &leaving, "room_expired", "scheduler", Ending::Normal)?;
+    if staying.is_empty() {
+        if let Some(still) = cx.room(name)? {
+            cx.drop_room(&still);
+        }
+    }
+    Ok(1)
+}

@@ -1,0 +1,425 @@
+//! The narrow context a command runs in: it reads the current state (the writer's working copy
+//! over sled) and records its changes — writes, events, sessions, deadlines — in the batch being
+//! built. A command never sees the writer, the journal or sled's handles.
+//!
+//! Must not: do I/O other than reading sled (through [`State`]), or publish anything; the
+//! writer makes a batch durable and visible as a whole.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::journal::{LoggedEvent, Op};
+use super::keys;
+use super::live::Entry;
+use super::records::{self, BanRecord, RevocationRecord, RoomRecord, TokenRecord, WebhookRecord};
+use super::state::{Slot, State, Tree, Trees};
+use super::timers::TimerId;
+use super::StoreError;
+use crate::clock::SharedClock;
+use crate::rooms::Room;
+
+/// What every command may know about the server.
+pub struct Env {
+    pub clock: SharedClock,
+    /// Base of room URLs, for room payloads in events.
+    pub public_url: String,
+    /// The first 8 hex digits of the domain id (event ids).
+    pub domain8: String,
+    /// Presence lease length.
+    pub lease_ms: i64,
+    pub stats: Arc<super::StoreStats>,
+    /// The event log, for commands that look at old events (compaction).
+    pub events: Arc<super::eventlog::EventLog>,
+}
+
+/// The batch being built: its journal record's contents and what to do once it is durable.
+#[derive(Debug, Default)]
+pub struct BatchBuf {
+    pub lsn: u64,
+    pub ops: Vec<Op>,
+    pub events: Vec<LoggedEvent>,
+    /// Webhook configuration or state changed: the delivery manager reloads.
+    pub webhooks_touched: bool,
+}
+
+/// A point to roll a batch back to (a failed command leaves nothing behind).
+pub struct Mark {
+    ops: usize,
+    events: usize,
+    webhooks_touched: bool,
+}
+
+impl BatchBuf {
+    pub fn mark(&self) -> Mark {
+        Mark { ops: self.ops.len(), events: self.events.len(), webhooks_touched: self.webhooks_touched }
+    }
+
+    pub fn rollback(&mut self, m: Mark) {
+        self.ops.truncate(m.ops);
+        self.events.truncate(m.events);
+        self.webhooks_touched = m.webhooks_touched;
+    }
+}
+
+pub struct Ctx<'a> {
+    pub(super) st: &'a mut State,
+    pub(super) batch: &'a mut BatchBuf,
+    pub(super) trees: &'a Trees,
+    pub(super) env: &'a Env,
+    pub(super) now_ms: i64,
+}
+
+impl Ctx<'_> {
+    pub fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    pub fn now_secs(&self) -> i64 {
+        self.now_ms.div_euclid(1000)
+    }
+
+    pub fn lease_ms(&self) -> i64 {
+        self.env.lease_ms
+    }
+
+    pub fn stats(&self) -> &super::StoreStats {
+        &self.env.stats
+    }
+
+    /// The seq the next event will get.
+    pub fn next_seq(&self) -> u64 {
+        self.st.next_seq
+    }
+
+    pub fn events_oldest(&self) -> u64 {
+        self.st.events_oldest
+    }
+
+    /// The durable event log (read only).
+    pub fn event_log(&self) -> &super::eventlog::EventLog {
+        &self.env.events
+    }
+
+    // --- raw writes -------------------------------------------------------------------------
+
+    fn get(&self, t: Tree, key: &[u8]) -> Result<Option<Arc<[u8]>>, StoreError> {
+        self.st.get(self.trees, t, key)
+    }
+
+    pub(super) fn scan(&self, t: Tree, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, StoreError> {
+        self.st.scan_prefix(self.trees, t, prefix)
+    }
+
+    fn write(&mut self, t: Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
+        let slot = Slot { lsn: self.batch.lsn, value: value.as_deref().map(Arc::from) };
+        self.st.overlay.set(t, key.clone(), slot);
+        self.batch.ops.push((t.index(), key, value));
+    }
+
+    pub(super) fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
+        self.write(t, key, Some(value));
+    }
+
+    pub(super) fn del(&mut self, t: Tree, key: Vec<u8>) {
+        self.write(t, key, None);
+    }
+
+    /// Logs an event: it gets the next seq now, its envelope is rendered now, and it becomes
+    /// readable with the batch, once durable.
+    pub fn event(&mut self, kind: &'static str, payload: Value) {
+        let seq = self.st.next_seq;
+        self.st.next_seq += 1;
+        let room = payload.get("room").and_then(Value::as_str).map(String::from);
+        let envelope = crate::events::render(&self.env.domain8, seq, kind, &payload, self.now_ms);
+        self.batch.events.push(LoggedEvent { seq, ts_ms: self.now_ms, kind: kind.to_string(), room, envelope });
+    }
+
+    // --- rooms -------------------------------------------------------------------------------
+
+    pub fn room(&self, name: &str) -> Result<Option<Room>, StoreError> {
+        match self.get(Tree::Rooms, name.as_bytes())? {
+            Some(b) => Ok(Some(super::room_from_record(records::decode::<RoomRecord>(
+                "rooms",
+                name.as_bytes(),
+                records::ROOM_V1,
+                &b,
+            )?)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Writes a room (a new one also gets its indexes and counts).
+    pub fn put_room(&mut self, room: &Room, new: bool) -> Result<(), StoreError> {
+        let rec = records::encode(records::ROOM_V1, &super::room_to_record(room))?;
+        self.put(Tree::Rooms, room.name.as_bytes().to_vec(), rec);
+        if new {
+            self.put(Tree::RoomsById, room.id.as_bytes().to_vec(), room.name.as_bytes().to_vec());
+            self.put(
+                Tree::RoomsByCreated,
+                keys::room_created(room.created_ms, &room.name),
+                room.name.as_bytes().to_vec(),
+            );
+            self.st.room_count += 1;
+        }
+        Ok(())
+    }
+
+    /// Removes a room's records and its expiry deadline.
+    pub fn drop_room(&mut self, room: &Room) {
+        self.del(Tree::Rooms, room.name.as_bytes().to_vec());
+        self.del(Tree::RoomsById, room.id.as_bytes().to_vec());
+        self.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
+        self.st.room_count = self.st.room_count.saturating_sub(1);
+        self.clear_timer(&TimerId::RoomExp(Arc::from(room.name.as_str())));
+    }
+
+    pub fn room_json(&self, room: &Room) -> Value {
+        crate::events::room_payload(&room.to_json(&self.env.public_url))
+    }
+
+    // --- tokens ------------------------------------------------------------------------------
+
+    pub fn token(&self, jti: &str) -> Result<Option<TokenRecord>, StoreError> {
+        match self.get(Tree::Tokens, jti.as_bytes())? {
+            Some(b) => Ok(Some(records::decode("tokens", jti.as_bytes(), records::TOKEN_V1, &b)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_token(&mut self, t: &TokenRecord) -> Result<(), StoreError> {
+        self.put(Tree::Tokens, t.jti.as_bytes().to_vec(), records::encode(records::TOKEN_V1, t)?);
+        self.put(Tree::TokensByRoom, keys::token_room(t.room.as_deref(), &t.jti), Vec::new());
+        Ok(())
+    }
+
+    pub fn del_token(&mut self, t: &TokenRecord) {
+        self.del(Tree::Tokens, t.jti.as_bytes().to_vec());
+        self.del(Tree::TokensByRoom, keys::token_room(t.room.as_deref(), &t.jti));
+    }
+
+    /// Every issued token (housekeeping), in jti order.
+    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
+        self.scan(Tree::Tokens, b"")?.iter().map(|(k, v)| records::decode("tokens", k, records::TOKEN_V1, v)).collect()
+    }
+
+    // --- bans and revocations ----------------------------------------------------------------
+
+    pub fn ban(&self, room: &str, user: &str) -> Result<Option<BanRecord>, StoreError> {
+        let key = keys::ban(room, user);
+        match self.get(Tree::Bans, &key)? {
+            Some(v) => Ok(Some(records::decode("bans", &key, records::BAN_V1, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Bans `user` from `room` (until `ban.until_ms`, with its deadline).
+    pub fn put_ban(&mut self, room: &str, user: &str, ban: &BanRecord) -> Result<(), StoreError> {
+        let id = TimerId::Ban(Arc::from(room), Arc::from(user));
+        match ban.until_ms {
+            Some(at) => self.set_timer(id, at),
+            None => self.clear_timer(&id),
+        }
+        self.put(Tree::Bans, keys::ban(room, user), records::encode(records::BAN_V1, ban)?);
+        Ok(())
+    }
+
+    pub fn del_ban(&mut self, room: &str, user: &str) {
+        self.clear_timer(&TimerId::Ban(Arc::from(room), Arc::from(user)));
+        self.del(Tree::Bans, keys::ban(room, user));
+    }
+
+    pub fn revocation(&self, key: &[u8]) -> Result<Option<RevocationRecord>, StoreError> {
+        match self.get(Tree::Revocations, key)? {
+            Some(v) => Ok(Some(records::decode("revocations", key, records::REVOCATION_V1, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_revocation(&mut self, key: Vec<u8>, r: &RevocationRecord) -> Result<(), StoreError> {
+        self.put(Tree::Revocations, key, records::encode(records::REVOCATION_V1, r)?);
+        Ok(())
+    }
+
+    /// Every revocation (housekeeping).
+    pub fn revocations(&self) -> Result<Vec<(Vec<u8>, RevocationRecord)>, StoreError> {
+        self.scan(Tree::Revocations, b"")?
+            .into_iter()
+            .map(|(k, v)| records::decode("revocations", &k, records::REVOCATION_V1, &v).map(|r| (k, r)))
+            .collect()
+    }
+
+    pub fn del_revocation(&mut self, key: Vec<u8>) {
+        self.del(Tree::Revocations, key);
+    }
+
+    /// Whether a verified token is revoked for use in `room` (its own room when `None`).
+    pub fn is_revoked(
+        &self,
+        claims: &crate::tokens::Claims,
+        token_id: &str,
+        room: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        super::is_revoked(&|k| self.revocation(k), claims, token_id, room, self.now_ms)
+    }
+
+    pub fn is_banned(&self, room: &str, user: &str) -> Result<bool, StoreError> {
+        Ok(self.ban(room, user)?.is_some_and(|b| b.until_ms.is_none_or(|u| u > self.now_ms)))
+    }
+
+    // --- webhooks ----------------------------------------------------------------------------
+
+    pub fn webhook(&self, id: &str) -> Result<Option<WebhookRecord>, StoreError> {
+        match self.get(Tree::Webhooks, id.as_bytes())? {
+            Some(v) => Ok(Some(records::decode_webhook(id.as_bytes(), &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn webhooks(&self) -> Result<Vec<WebhookRecord>, StoreError> {
+        self.scan(Tree::Webhooks, b"")?.iter().map(|(k, v)| records::decode_webhook(k, v)).collect()
+    }
+
+    /// Writes a webhook; `reload` tells the delivery manager to look again.
+    pub fn put_webhook(&mut self, w: &WebhookRecord, reload: bool) -> Result<(), StoreError> {
+        self.put(Tree::Webhooks, w.uuid.as_bytes().to_vec(), records::encode(records::WEBHOOK_V2, w)?);
+        self.batch.webhooks_touched |= reload;
+        Ok(())
+    }
+
+    pub fn del_webhook(&mut self, id: &str) -> Result<(), StoreError> {
+        self.del(Tree::Webhooks, id.as_bytes().to_vec());
+        for (k, _) in self.scan(Tree::Attempts, &keys::attempts_of(id))? {
+            self.del(Tree::Attempts, k);
+        }
+        self.batch.webhooks_touched = true;
+        Ok(())
+    }
+
+    /// Records a failed attempt, keeping the newest `keep`.
+    pub fn add_attempt(&mut self, id: &str, a: &records::AttemptRecord, keep: usize) -> Result<(), StoreError> {
+        let existing = self.scan(Tree::Attempts, &keys::attempts_of(id))?;
+        for (k, _) in existing.iter().take((existing.len() + 1).saturating_sub(keep)) {
+            self.del(Tree::Attempts, k.clone());
+        }
+        self.put(Tree::Attempts, keys::attempt(id, a.at_ms, a.seq), records::encode(records::ATTEMPT_V1, a)?);
+        Ok(())
+    }
+
+    // --- sessions ----------------------------------------------------------------------------
+
+    pub fn session(&self, id: &str) -> Option<Arc<Entry>> {
+        self.st.live.get(id).cloned()
+    }
+
+    /// Present sessions of a room, in join order.
+    pub fn present_in(&self, room: &str) -> Vec<Arc<Entry>> {
+        self.st.live.present_in(room)
+    }
+
+    pub fn waiting_in(&self, room: &str) -> Vec<Arc<Entry>> {
+        self.st.live.waiting_in(room)
+    }
+
+    pub fn present(&self, room: &str) -> u64 {
+        self.st.live.present(room)
+    }
+
+    /// The room's current meeting: (id, start ms), if anyone is present.
+    pub fn meeting(&self, room: &str) -> Option<(String, i64)> {
+        self.st.live.room(room).filter(|r| !r.present.is_empty()).map(|r| (r.meeting_id.to_string(), r.start_ms))
+    }
+
+    pub fn user_sessions(&self, room: &str, user: &str) -> Vec<Arc<Entry>> {
+        self.st.live.user_sessions(room, user)
+    }
+
+    pub fn token_sessions(&self, token_id: &str) -> Vec<Arc<Entry>> {
+        self.st.live.token_sessions(token_id)
+    }
+
+    /// Adds (or replaces) a session: its record, its lease (fresh), its own ejection deadline.
+    pub fn put_session(&mut self, e: Entry) -> Result<(), StoreError> {
+        let id: Arc<str> = Arc::from(e.session.id.as_str());
+        self.put(Tree::Sessions, id.as_bytes().to_vec(), records::encode(records::SESSION_V2, &e.to_record())?);
+        match e.eject_timer_ms {
+            Some(at) => self.set_timer(TimerId::Eject(id.clone()), at),
+            None => self.clear_timer(&TimerId::Eject(id.clone())),
+        }
+        if !self.st.leases.contains_key(&id) {
+            self.st.leases.insert(id.clone(), self.now_ms);
+            self.set_timer(TimerId::Lease(id), self.now_ms + self.env.lease_ms);
+        }
+        self.st.live.insert(e);
+        Ok(())
+    }
+
+    /// Removes a session and its deadlines; returns it.
+    pub fn remove_session(&mut self, id: &str) -> Option<Arc<Entry>> {
+        let e = self.st.live.remove(id)?;
+        let id: Arc<str> = Arc::from(id);
+        self.del(Tree::Sessions, id.as_bytes().to_vec());
+        self.clear_timer(&TimerId::Eject(id.clone()));
+        self.clear_timer(&TimerId::Lease(id.clone()));
+        self.st.leases.remove(&id);
+        Some(e)
+    }
+
+    /// When a session was last heard from.
+    pub fn seen(&self, id: &str) -> Option<i64> {
+        self.st.leases.get(id).copied()
+    }
+
+    /// A sign of life from a session: memory only (no record, no event, no sync).
+    pub fn touch(&mut self, id: &str) {
+        self.st.leases.insert(Arc::from(id), self.now_ms);
+    }
+
+    // --- deadlines ---------------------------------------------------------------------------
+
+    /// Sets (or moves) a deadline; room and ban deadlines are also written as rows.
+    pub fn set_timer(&mut self, id: TimerId, at_ms: i64) {
+        if let Some(old) = self.st.timers.set(id.clone(), at_ms) {
+            if id.is_durable() && old != at_ms {
+                self.del(Tree::Timers, timer_key(old, &id));
+            }
+        }
+        if id.is_durable() {
+            self.put(Tree::Timers, timer_key(at_ms, &id), Vec::new());
+        }
+    }
+
+    pub fn clear_timer(&mut self, id: &TimerId) {
+        if let Some(old) = self.st.timers.clear(id) {
+            if id.is_durable() {
+                self.del(Tree::Timers, timer_key(old, id));
+            }
+        }
+    }
+
+    pub fn timer(&self, id: &TimerId) -> Option<i64> {
+        self.st.timers.get(id)
+    }
+
+    // --- events log --------------------------------------------------------------------------
+
+    /// Moves the first event seq served (compaction); written to meta with the batch.
+    pub fn set_events_oldest(&mut self, oldest: u64) {
+        self.st.events_oldest = oldest;
+        self.put(Tree::Meta, keys::META_EVENTS_OLDEST.to_vec(), oldest.to_be_bytes().to_vec());
+    }
+
+    pub fn public_url(&self) -> &str {
+        &self.env.public_url
+    }
+}
+
+/// The `timers` row of a durable deadline.
+pub fn timer_key(at_ms: i64, id: &TimerId) -> Vec<u8> {
+    match id {
+        TimerId::RoomExp(room) => keys::timer(at_ms, keys::TIMER_ROOM_EXP, &[room]),
+        TimerId::Ban(room, user) => keys::timer(at_ms, keys::TIMER_BAN, &[room, user]),
+        // Session deadlines are never rows; a key is still well defined.
+        TimerId::Lease(id) | TimerId::Eject(id) => keys::timer(at_ms, 0, &[id]),
+    }
+}

@@ -1,0 +1,224 @@
+//! The store's state as of a batch: the writes sled may not hold yet (the overlay), who is
+//! present (`live`), the deadlines, the leases and the counters. The writer works on its own
+//! copy and publishes it after each durable batch; readers use the published copy and fall
+//! back to sled for everything the overlay does not hold. Every collection is persistent
+//! (`imbl`), so copying the state is O(1).
+//!
+//! Must not: write sled (the applier does), or be changed by anything but the writer.
+
+use std::ops::Bound;
+use std::sync::Arc;
+
+use super::live::Live;
+use super::timers::Timers;
+use super::StoreError;
+
+/// Names of the sled trees, in the order journal records number them (only ever append).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Tree {
+    Meta,
+    Rooms,
+    RoomsById,
+    RoomsByCreated,
+    Tokens,
+    TokensByRoom,
+    Sessions,
+    Bans,
+    Revocations,
+    Timers,
+    Webhooks,
+    Attempts,
+    Meetings,
+    MeetingParticipants,
+}
+
+impl Tree {
+    pub const ALL: [Tree; 14] = [
+        Tree::Meta,
+        Tree::Rooms,
+        Tree::RoomsById,
+        Tree::RoomsByCreated,
+        Tree::Tokens,
+        Tree::TokensByRoom,
+        Tree::Sessions,
+        Tree::Bans,
+        Tree::Revocations,
+        Tree::Timers,
+        Tree::Webhooks,
+        Tree::Attempts,
+        Tree::Meetings,
+        Tree::MeetingParticipants,
+    ];
+
+    /// The tree's name in sled (part of the on-disk format). Trees whose key layout changed
+    /// in schema 2 have new names, so the migration never confuses the two.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tree::Meta => "meta",
+            Tree::Rooms => "rooms",
+            Tree::RoomsById => "rooms_by_id",
+            Tree::RoomsByCreated => "rooms_by_created",
+            Tree::Tokens => "tokens",
+            Tree::TokensByRoom => "v2/tokens_by_room",
+            Tree::Sessions => "v2/sessions",
+            Tree::Bans => "v2/bans",
+            Tree::Revocations => "v2/revocations",
+            Tree::Timers => "v2/timers",
+            Tree::Webhooks => "webhooks",
+            Tree::Attempts => "v2/attempts",
+            Tree::Meetings => "v2/meetings",
+            Tree::MeetingParticipants => "v2/meeting_participants",
+        }
+    }
+
+    pub fn index(self) -> u8 {
+        self as u8
+    }
+
+    pub fn from_index(i: u8) -> Option<Tree> {
+        Tree::ALL.get(usize::from(i)).copied()
+    }
+}
+
+/// The sled trees, in the order of [`Tree::ALL`].
+#[derive(Clone)]
+pub struct Trees(Vec<sled::Tree>);
+
+impl Trees {
+    pub fn open(db: &sled::Db) -> Result<Trees, StoreError> {
+        Ok(Trees(Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?))
+    }
+
+    pub fn get(&self, t: Tree) -> &sled::Tree {
+        &self.0[t as usize]
+    }
+}
+
+/// A write sled may not hold yet: the batch that made it, and the value (`None`: deleted).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Slot {
+    pub lsn: u64,
+    pub value: Option<Arc<[u8]>>,
+}
+
+/// Per tree, the writes of batches the applier has not confirmed yet.
+#[derive(Debug, Clone, Default)]
+pub struct Overlay(Vec<imbl::OrdMap<Vec<u8>, Slot>>);
+
+impl Overlay {
+    pub fn new() -> Overlay {
+        Overlay(vec![imbl::OrdMap::new(); Tree::ALL.len()])
+    }
+
+    pub fn slot(&self, t: Tree, key: &[u8]) -> Option<&Slot> {
+        self.0[t as usize].get(key)
+    }
+
+    pub fn set(&mut self, t: Tree, key: Vec<u8>, slot: Slot) {
+        self.0[t as usize].insert(key, slot);
+    }
+
+    /// Forgets a key's write if it is still the one batch `lsn` made (sled has it now).
+    pub fn forget(&mut self, t: Tree, key: &[u8], lsn: u64) {
+        let map = &mut self.0[t as usize];
+        if map.get(key).is_some_and(|s| s.lsn == lsn) {
+            map.remove(key);
+        }
+    }
+
+    fn range(&self, t: Tree, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> Vec<(Vec<u8>, Slot)> {
+        self.0[t as usize].range((lo.clone(), hi.clone())).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+}
+
+/// The state as of a batch.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// The last batch included.
+    pub lsn: u64,
+    /// The seq the next event gets.
+    pub next_seq: u64,
+    pub overlay: Overlay,
+    pub live: Live,
+    pub timers: Timers,
+    /// Last sign of life per session (join, heartbeat, open stream).
+    pub leases: imbl::HashMap<Arc<str>, i64>,
+    pub room_count: u64,
+    /// The first event seq served (older ones are compacted away).
+    pub events_oldest: u64,
+}
+
+impl State {
+    /// A value: the overlay's if it has one, else sled's.
+    pub fn get(&self, trees: &Trees, t: Tree, key: &[u8]) -> Result<Option<Arc<[u8]>>, StoreError> {
+        if let Some(slot) = self.overlay.slot(t, key) {
+            return Ok(slot.value.clone());
+        }
+        Ok(trees.get(t).get(key)?.map(|v| Arc::from(v.as_ref())))
+    }
+
+    /// Entries in `lo..hi` (overlay over sled), in key order or reversed, at most `limit`.
+    pub fn range(
+        &self,
+        trees: &Trees,
+        t: Tree,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        rev: bool,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, StoreError> {
+        let mut over = self.overlay.range(t, &lo, &hi);
+        if rev {
+            over.reverse();
+        }
+        let mut over = over.into_iter().peekable();
+        let sled_iter = trees.get(t).range::<Vec<u8>, _>((lo, hi));
+        let mut sled_iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
+            if rev { Box::new(sled_iter.rev()) } else { Box::new(sled_iter) };
+        let mut next_sled = sled_iter.next().transpose()?;
+        let mut out = Vec::new();
+        let before = |a: &[u8], b: &[u8]| if rev { a > b } else { a < b };
+        while out.len() < limit {
+            let take_overlay = match (over.peek(), &next_sled) {
+                (None, None) => break,
+                (Some(_), None) => true,
+                (None, Some(_)) => false,
+                (Some((ok, _)), Some((sk, _))) => before(ok, sk) || ok.as_slice() == sk.as_ref(),
+            };
+            if take_overlay {
+                let Some((k, slot)) = over.next() else { break };
+                if next_sled.as_ref().is_some_and(|(sk, _)| sk.as_ref() == k.as_slice()) {
+                    next_sled = sled_iter.next().transpose()?;
+                }
+                if let Some(v) = slot.value {
+                    out.push((k, v));
+                }
+            } else if let Some((k, v)) = next_sled.take() {
+                out.push((k.to_vec(), Arc::from(v.as_ref())));
+                next_sled = sled_iter.next().transpose()?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Entries whose key starts with `prefix`.
+    pub fn scan_prefix(&self, trees: &Trees, t: Tree, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, StoreError> {
+        let hi = match prefix_end(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.range(trees, t, Bound::Included(prefix.to_vec()), hi, false, usize::MAX)
+    }
+}
+
+/// The first key after every key starting with `prefix` (`None`: there is none).
+pub fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
