@@ -32,6 +32,7 @@ fn open(dir: &std::path::Path) -> Store {
         lease_ms: 3_600_000,
         queue: 4096,
         shed_after: std::time::Duration::from_secs(60),
+        stall_after: std::time::Duration::from_secs(30),
     };
     Store::open(opts, Arc::new(SystemClock)).unwrap()
 }

@@ -411,6 +411,7 @@ fn fill(dir: &str) {
             lease_ms: 30_000,
             queue: 4096,
             shed_after: std::time::Duration::from_secs(60),
+            stall_after: std::time::Duration::from_secs(30),
         };
         let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
         const N: u64 = 1_000_000;

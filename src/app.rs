@@ -56,6 +56,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         lease_ms: settings.lease_ms,
         queue: settings.writer_queue,
         shed_after: settings.shed_after,
+        stall_after: settings.stall_after,
     };
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -126,18 +127,95 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // Tests and scripts read this line to find the port when listening on :0.
     println!("gatehouse listening on {scheme}://{addr}");
     let _ = std::io::stdout().flush();
+    let systemd = SdNotify::from_env();
+    systemd.send("READY=1");
+    let watchdog = tokio::spawn(watch_store(store.clone(), systemd.clone(), shutdown_rx.clone()));
 
     let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace, tls.clone()));
     wait_for_signal(tls).await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
+    systemd.send("STOPPING=1");
     let _ = shutdown_tx.send(true);
+    let _ = watchdog.await;
     let _ = server.await;
     let _ = deliveries.await;
     let _ = housekeeping.shutdown().await;
     store.close().await;
     tracing::info!("store flushed; bye");
     Ok(())
+}
+
+/// systemd's notify protocol (`sd_notify`): `READY=1` once serving, `WATCHDOG=1` while the
+/// store makes progress, `STOPPING=1` at shutdown. Without `NOTIFY_SOCKET` it does nothing.
+#[derive(Clone)]
+struct SdNotify {
+    socket: Option<Arc<(std::os::unix::net::UnixDatagram, std::os::unix::net::SocketAddr)>>,
+    /// Half of `WATCHDOG_USEC`, when systemd asked for watchdog pings.
+    ping_every: Option<std::time::Duration>,
+}
+
+impl SdNotify {
+    fn from_env() -> SdNotify {
+        let ping_every = std::env::var("WATCHDOG_USEC")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|us| *us > 0)
+            .map(|us| std::time::Duration::from_micros(us / 2));
+        let socket = std::env::var("NOTIFY_SOCKET").ok().and_then(|path| {
+            let addr = match path.strip_prefix('@') {
+                Some(name) => {
+                    use std::os::linux::net::SocketAddrExt;
+                    std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).ok()?
+                }
+                None => std::os::unix::net::SocketAddr::from_pathname(&path).ok()?,
+            };
+            let sock = std::os::unix::net::UnixDatagram::unbound().ok()?;
+            Some(Arc::new((sock, addr)))
+        });
+        SdNotify { socket, ping_every }
+    }
+
+    fn send(&self, msg: &str) {
+        if let Some(s) = &self.socket {
+            if let Err(e) = s.0.send_to_addr(msg.as_bytes(), &s.1) {
+                tracing::warn!(error = %e, "could not notify systemd");
+            }
+        }
+    }
+}
+
+/// Watches the store: while no thread is stuck, feeds systemd's watchdog; when one is, stops
+/// feeding it (systemd restarts the unit; the journal keeps every acknowledged write) and says
+/// why in the status. `/readyz` and the log say so too (the store logs the error once).
+async fn watch_store(store: Store, systemd: SdNotify, mut shutdown: watch::Receiver<bool>) {
+    let every = systemd.ping_every.unwrap_or(std::time::Duration::from_secs(1)).min(std::time::Duration::from_secs(1));
+    let mut tick = tokio::time::interval(every);
+    let mut was_stalled = false;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        match store.stalled() {
+            None => {
+                if was_stalled {
+                    tracing::info!("the store makes progress again");
+                    systemd.send("STATUS=serving");
+                    was_stalled = false;
+                }
+                if systemd.ping_every.is_some() {
+                    systemd.send("WATCHDOG=1");
+                }
+            }
+            Some(why) => {
+                if !was_stalled {
+                    systemd.send(&format!("STATUS=stuck: {why}"));
+                    was_stalled = true;
+                }
+            }
+        }
+    }
 }
 
 /// Waits for SIGINT/SIGTERM; on SIGHUP re-reads the TLS certificate and key.
@@ -338,6 +416,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 lease_ms: 30_000,
                 queue: 4096,
                 shed_after: std::time::Duration::from_secs(60),
+                stall_after: std::time::Duration::from_secs(30),
             };
             let store = Store::open(opts, Arc::new(crate::clock::SystemClock)).map_err(|e| {
                 anyhow::anyhow!(

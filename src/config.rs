@@ -233,6 +233,11 @@ pub struct ServeArgs {
     /// Longest wait for room in the writer's queue before a mutation is answered 503 (Retry-After).
     #[arg(long, env = "GATEHOUSE_SHED_AFTER_MS", default_value_t = 100)]
     pub shed_after_ms: u64,
+    /// Seconds the writer or the store's applier may stay busy without progress before the
+    /// store counts as stuck: /readyz answers 503 with the reason and systemd's watchdog
+    /// (WatchdogSec) is no longer fed, so the service is restarted.
+    #[arg(long, env = "GATEHOUSE_STALL_TIMEOUT_SECS", default_value_t = 30)]
+    pub stall_timeout_secs: u64,
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
@@ -274,6 +279,7 @@ pub struct Settings {
     pub max_streams_per_session: usize,
     pub writer_queue: usize,
     pub shed_after: std::time::Duration,
+    pub stall_after: std::time::Duration,
     /// From `GATEHOUSE_API_KEY` (comma-separated), else the file's `api_keys`; empty means
     /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
@@ -348,6 +354,7 @@ impl ServeArgs {
             max_streams_per_session: count("max-streams-per-session", self.max_streams_per_session, 1, 1000)?,
             writer_queue: count("writer-queue", self.writer_queue, 1, 1_000_000)?,
             shed_after: std::time::Duration::from_millis(within("shed-after-ms", self.shed_after_ms, 0, 60_000)?),
+            stall_after: secs("stall-timeout-secs", self.stall_timeout_secs)?,
             listen: self.listen,
             data_dir: self.data_dir,
             public_url,
@@ -471,7 +478,7 @@ impl Settings {
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
              webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
-             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nwriter_queue = {}\nshed_after = {:?}\n",
+             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\n",
             self.listen,
             self.data_dir.display(),
             self.public_url.as_deref().unwrap_or("(the bound address)"),
@@ -502,6 +509,7 @@ impl Settings {
             self.max_streams_per_session,
             self.writer_queue,
             self.shed_after,
+            self.stall_after,
         )
     }
 }

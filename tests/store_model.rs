@@ -36,6 +36,7 @@ fn open(path: &std::path::Path, clock: SharedClock) -> Store {
             lease_ms: 30_000,
             queue: 4096,
             shed_after: std::time::Duration::from_secs(60),
+            stall_after: std::time::Duration::from_secs(30),
         },
         clock,
     )

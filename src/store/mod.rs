@@ -107,6 +107,8 @@ pub struct StoreOptions {
     pub queue: usize,
     /// How long [`Store::submit`] waits for room in a full queue before giving up (shedding).
     pub shed_after: std::time::Duration,
+    /// A thread (writer, applier) busy this long without progress is stuck (see `stalled`).
+    pub stall_after: std::time::Duration,
 }
 
 impl StoreOptions {
@@ -121,6 +123,7 @@ impl StoreOptions {
             lease_ms: 30_000,
             queue: 4096,
             shed_after: std::time::Duration::from_secs(60),
+            stall_after: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -193,15 +196,6 @@ impl Store {
     /// Opens (or creates) the store: migrates a schema 1 store, replays the journal into sled
     /// and the event log, loads the live state, and starts the threads.
     pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
-        Self::open_with(opts, clock, std::time::Duration::from_secs(30))
-    }
-
-    /// [`Store::open`] with the time after which a thread that makes no progress is stuck.
-    pub fn open_with(
-        opts: StoreOptions,
-        clock: SharedClock,
-        stall_after: std::time::Duration,
-    ) -> Result<Store, StoreError> {
         let data_dir = opts.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let db = open_sled(&opts)?;
         let meta = db.open_tree(Tree::Meta.name())?;
@@ -240,7 +234,7 @@ impl Store {
             opts.lease_ms,
         )?;
         let stats = Arc::new(StoreStats::default());
-        let health = Arc::new(health::Health::new(stall_after));
+        let health = Arc::new(health::Health::new(opts.stall_after));
         let applied = Arc::new(AtomicU64::new(lsn));
         let frozen: Arc<std::sync::atomic::AtomicI64> = Arc::default();
         let shared = Arc::new(Shared {
