@@ -38,11 +38,38 @@ pub struct Applier {
     pub health: Arc<Health>,
     /// Test builds: the applier stops until this instant (millis since the epoch; 0: no).
     pub frozen_until: Arc<std::sync::atomic::AtomicI64>,
+    /// Test builds: a crash to simulate (see [`Crash`]).
+    pub crash: Arc<std::sync::Mutex<Option<Crash>>>,
+    /// Set when the applier has stopped (the checkpointer stops waiting for it).
+    pub done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// A crash in the middle of applying, for tests: `batches` more batches are applied whole,
+/// then `trees` of the next one's per-tree writes, then nothing more — as if the process died
+/// there. sled then holds part of the journal, and part of one batch.
+#[derive(Debug, Clone, Copy)]
+pub struct Crash {
+    pub batches: usize,
+    pub trees: usize,
 }
 
 impl Applier {
     pub fn run(self, rx: flume::Receiver<Applied>) {
+        self.apply_all(&rx);
+        self.done.store(true, Ordering::Release);
+    }
+
+    fn apply_all(&self, rx: &flume::Receiver<Applied>) {
         while let Ok(first) = rx.recv() {
+            match self.crash_step(&first) {
+                Some(true) => continue,
+                Some(false) => {
+                    // "Dead": whatever else comes is never applied.
+                    while rx.recv().is_ok() {}
+                    return;
+                }
+                None => {}
+            }
             self.health.applier_busy();
             let mut batches = vec![first];
             let mut ops = batches[0].ops.len();
@@ -72,6 +99,43 @@ impl Applier {
             self.applied.store(last, Ordering::Release);
             self.health.applier_idle();
         }
+    }
+
+    /// With a crash armed (tests): applies `b` whole (`Some(true)`), or part of it and then
+    /// nothing more (`Some(false)`). `None` when no crash is armed.
+    fn crash_step(&self, b: &Applied) -> Option<bool> {
+        let mut armed = self.crash.lock().ok()?;
+        let crash = armed.as_mut()?;
+        if crash.batches > 0 {
+            crash.batches -= 1;
+            drop(armed);
+            if self.apply(std::slice::from_ref(b), b.lsn).is_ok() {
+                self.applied.store(b.lsn, Ordering::Release);
+            }
+            return Some(true);
+        }
+        let trees = crash.trees;
+        drop(armed);
+        let mut per_tree: Vec<(u8, sled::Batch)> = Vec::new();
+        for (t, k, v) in &b.ops {
+            let at = match per_tree.iter().position(|(x, _)| x == t) {
+                Some(i) => i,
+                None => {
+                    per_tree.push((*t, sled::Batch::default()));
+                    per_tree.len() - 1
+                }
+            };
+            match v {
+                Some(v) => per_tree[at].1.insert(k.as_slice(), v.as_slice()),
+                None => per_tree[at].1.remove(k.as_slice()),
+            }
+        }
+        for (t, batch) in per_tree.into_iter().take(trees) {
+            if let Some(tree) = Tree::from_index(t) {
+                let _ = self.trees.get(tree).apply_batch(batch);
+            }
+        }
+        Some(false)
     }
 
     fn apply(&self, batches: &[Applied], last: u64) -> Result<(), StoreError> {
@@ -119,6 +183,8 @@ pub fn apply_now(trees: &Trees, batches: &[journal::Batch]) -> Result<(), StoreE
         applied: Arc::default(),
         health: Arc::new(Health::new(Duration::from_secs(3600))),
         frozen_until: Arc::default(),
+        crash: Arc::default(),
+        done: Arc::default(),
     };
     let as_applied: Vec<Applied> = batches.iter().map(|b| Applied { lsn: b.lsn, ops: b.ops.clone() }).collect();
     for chunk in as_applied.chunks(256) {
@@ -140,6 +206,8 @@ pub struct Checkpointer {
     pub journal_dir: PathBuf,
     pub events: Arc<EventLog>,
     pub applied: Arc<AtomicU64>,
+    /// The applier has stopped: what it has not applied stays in the journal.
+    pub applier_done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Checkpointer {
@@ -151,6 +219,9 @@ impl Checkpointer {
                 closed = later;
             }
             while self.applied.load(Ordering::Acquire) < closed.last_lsn {
+                if self.applier_done.load(Ordering::Acquire) {
+                    return;
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             if let Err(e) = self.checkpoint(closed.file) {

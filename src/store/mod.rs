@@ -179,6 +179,8 @@ pub(crate) struct Shared {
     applied: Arc<AtomicU64>,
     #[cfg(feature = "test-clock")]
     applier_frozen_until: Arc<std::sync::atomic::AtomicI64>,
+    #[cfg(feature = "test-clock")]
+    applier_crash: Arc<std::sync::Mutex<Option<applier::Crash>>>,
 }
 
 /// Handle to the store; cheap to clone.
@@ -237,6 +239,8 @@ impl Store {
         let health = Arc::new(health::Health::new(opts.stall_after));
         let applied = Arc::new(AtomicU64::new(lsn));
         let frozen: Arc<std::sync::atomic::AtomicI64> = Arc::default();
+        let crash: Arc<std::sync::Mutex<Option<applier::Crash>>> = Arc::default();
+        let applier_done: Arc<AtomicBool> = Arc::default();
         let shared = Arc::new(Shared {
             db: db.clone(),
             trees: trees.clone(),
@@ -251,6 +255,8 @@ impl Store {
             applied: applied.clone(),
             #[cfg(feature = "test-clock")]
             applier_frozen_until: frozen.clone(),
+            #[cfg(feature = "test-clock")]
+            applier_crash: crash.clone(),
         });
         let (jobs_tx, jobs_rx) = flume::bounded(opts.queue.max(1));
         let (apply_tx, apply_rx) = flume::unbounded();
@@ -279,13 +285,21 @@ impl Store {
             last_rotation: std::time::Instant::now(),
             last_lsn_in_file: lsn,
         };
-        let applier = applier::Applier { trees, applied: applied.clone(), health, frozen_until: frozen };
+        let applier = applier::Applier {
+            trees,
+            applied: applied.clone(),
+            health,
+            frozen_until: frozen,
+            crash,
+            done: applier_done.clone(),
+        };
         let checkpointer = applier::Checkpointer {
             db,
             store_dir: opts.path.clone(),
             journal_dir: wal,
             events: events.clone(),
             applied,
+            applier_done,
         };
         let stop_packer = Arc::new(AtomicBool::new(false));
         let packer = {
@@ -376,9 +390,24 @@ impl Store {
         }
     }
 
+    /// Test builds: closes the store as a crash would leave it: the applier puts `batches`
+    /// more batches in sled, then part (`trees` trees' writes) of the next, then nothing; the
+    /// journal keeps the rest. The next open must recover it all.
+    #[cfg(feature = "test-clock")]
+    pub async fn close_as_if_crashed(&self, batches: usize, trees: usize) {
+        if let Ok(mut c) = self.shared.applier_crash.lock() {
+            *c = Some(applier::Crash { batches, trees });
+        }
+        self.close_inner(false).await;
+    }
+
     /// Stops the writer after it has made durable everything queued before this call, then
     /// the other threads (sled is flushed by its own drop).
     pub async fn close(&self) {
+        self.close_inner(true).await;
+    }
+
+    async fn close_inner(&self, wait_for_applier: bool) {
         let (tx, rx) = oneshot::channel();
         if self.jobs.send_async(writer::Msg::Shutdown(tx)).await.is_ok() {
             let _ = rx.await;
@@ -390,7 +419,7 @@ impl Store {
         let lsn = self.shared.published.load().lsn;
         let _ = tokio::task::spawn_blocking(move || {
             // The applier finishes what it has; then sled is flushed for a quick next start.
-            while applied.load(Ordering::Acquire) < lsn {
+            while wait_for_applier && applied.load(Ordering::Acquire) < lsn {
                 std::thread::sleep(std::time::Duration::from_millis(5));
             }
             let _ = db.flush();

@@ -170,21 +170,26 @@ impl Writer {
         answer
     }
 
-    /// Fires what is due, in deadline order, up to [`FIRE_BUDGET`]; a firing that fails is
-    /// undone and tried again at the next pass.
+    /// Fires what is due, in deadline order, up to [`FIRE_BUDGET`] firings; a deadline a firing
+    /// moves to a moment already past fires in its turn in the same pass. A firing that fails
+    /// is undone and tried again at the next pass.
     fn fire_due(&mut self, buf: &mut BatchBuf, now: i64) {
         if self.poisoned.is_some() {
             return;
         }
-        let due = self.state.timers.due(now, FIRE_BUDGET);
         let fire = self.fire;
-        for (at, id) in due {
+        let mut failed: Vec<(i64, TimerId)> = Vec::new();
+        for _ in 0..FIRE_BUDGET {
+            // The earliest due deadline, looked up afresh: a firing may have moved another.
+            let next = self.state.timers.due(now, failed.len() + 1).into_iter().find(|d| !failed.contains(d));
+            let Some((at, id)) = next else { return };
             let saved = self.state.clone();
             let mark = buf.mark();
             if let Err(e) = fire(&mut self.ctx(buf, now), at, &id) {
                 tracing::warn!(error = %e, deadline = ?id, "a deadline could not fire; it stays and is tried again");
                 self.state = saved;
                 buf.rollback(mark);
+                failed.push((at, id));
             }
         }
     }

@@ -20,7 +20,7 @@ pub fn fire(cx: &mut Ctx<'_>, at_ms: i64, id: &TimerId) -> Result<usize, StoreEr
     }
     cx.stats().lateness_seconds.observe((now - at_ms) as f64 / 1000.0);
     match id {
-        TimerId::Lease(sid) => lease(cx, sid, now),
+        TimerId::Lease(sid) => lease(cx, sid, at_ms, now),
         TimerId::Eject(sid) => {
             let Some(e) = cx.session(sid) else {
                 cx.clear_timer(id);
@@ -40,16 +40,19 @@ pub fn fire(cx: &mut Ctx<'_>, at_ms: i64, id: &TimerId) -> Result<usize, StoreEr
     }
 }
 
-/// A lease ran out: the session leaves (`timeout`) unless it was heard from since, in which
-/// case the deadline moves to a lease after that.
-fn lease(cx: &mut Ctx<'_>, sid: &Arc<str>, now: i64) -> Result<usize, StoreError> {
+/// A lease deadline: the session leaves (`timeout`) if it was not heard from for a lease;
+/// if it was heard from since the deadline was set, the deadline moves to a lease after that
+/// (and, when that moment has passed too, fires again in its turn, so that deadlines that came
+/// before it — an ejection, the room's expiry — fire first).
+fn lease(cx: &mut Ctx<'_>, sid: &Arc<str>, at_ms: i64, now: i64) -> Result<usize, StoreError> {
     let Some(e) = cx.session(sid) else {
         cx.clear_timer(&TimerId::Lease(sid.clone()));
         return Ok(0);
     };
     let seen = cx.seen(sid).unwrap_or(e.session.joined_ms);
-    if now - seen < cx.lease_ms() {
-        cx.set_timer(TimerId::Lease(sid.clone()), seen + cx.lease_ms());
+    let runs_out = seen + cx.lease_ms();
+    if runs_out > at_ms || now < runs_out {
+        cx.set_timer(TimerId::Lease(sid.clone()), runs_out);
         return Ok(0);
     }
     end_sessions(cx, &[e], "timeout", "scheduler", Ending::Normal)?;
