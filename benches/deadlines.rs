@@ -1,10 +1,12 @@
-//! Deadline benchmark. Phase 1 (domain layer, in process, with the real deadline task):
-//! 200,000 sessions whose ejection deadlines (token `exp` + `eject_at_token_exp`) are spread
-//! evenly over a 20-second window (10,000 firings/s); reports lateness (event time − deadline)
-//! p50/p99/max, firings per second, and RSS. Phase 2 (real binary): 200,000 more, the writing
-//! process is killed with SIGKILL, we wait until 100,000 are overdue, start the release server
-//! and measure restart-to-ready and the time until every overdue one has fired.
-//! Sessions are created through the store's writer (the same `Join` command the API submits).
+//! Deadline benchmark. Phase 1 (the store in process; its writer fires deadlines): 200,000
+//! sessions whose ejection deadlines (token `exp` + `eject_at_token_exp`) are spread evenly
+//! over a 20-second window (10,000 firings/s); reports lateness (event time − deadline)
+//! p50/p99/max, firings per second, and RSS. Phase 1b: one room whose `exp` ejects 10,000
+//! present at once; reports the time from the deadline to the last ejection. Phase 2 (real
+//! binary): 200,000 more, the writing process is killed with SIGKILL, we wait until 100,000
+//! are overdue, start the release server and measure restart-to-ready and the time until every
+//! overdue one has fired. Sessions are created through the store's writer (the same `Join`
+//! command the API submits).
 //!
 //! Run: `cargo bench --bench deadlines`.
 
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use gatehouse::clock::{Clock, SystemClock};
 use gatehouse::sessions::TokenCheck;
-use gatehouse::store::{Command, JoinRequest, Outcome, Store, StoreOptions, SyncMode};
+use gatehouse::store::{CreateRoom, Join, JoinOutcome, Store, StoreOptions, SyncMode};
 use gatehouse::tokens::Claims;
 
 const N: usize = 200_000;
@@ -37,16 +39,29 @@ fn open(dir: &std::path::Path) -> Store {
     Store::open(opts, Arc::new(SystemClock)).unwrap()
 }
 
-fn join(i: usize, exp_s: f64) -> Command {
-    let claims = Claims { room: Some("r".into()), exp: Some(exp_s), eject_at_token_exp: true, ..Default::default() };
-    Command::Join(Box::new(JoinRequest {
-        room: "r".into(),
+fn join(i: usize, room: &str, exp_s: Option<f64>) -> Join {
+    let claims =
+        Claims { room: Some(room.into()), exp: exp_s, eject_at_token_exp: exp_s.is_some(), ..Default::default() };
+    Join {
+        room: room.into(),
         token: TokenCheck::Valid { claims: Box::new(claims), token_id: format!("t{i}") },
         user_name: None,
         session_id: format!("s{i:07}"),
         secret_digest: [0; 32],
         leeway_s: 0,
-    }))
+    }
+}
+
+/// Joins concurrently (they share journal syncs), returning what each join answered.
+async fn join_all(store: &Store, joins: Vec<Join>) -> Vec<JoinOutcome> {
+    let mut set = tokio::task::JoinSet::new();
+    for (n, j) in joins.into_iter().enumerate() {
+        let store = store.clone();
+        set.spawn(async move { (n, store.submit_wait(j).await.unwrap()) });
+    }
+    let mut out: Vec<(usize, JoinOutcome)> = set.join_all().await;
+    out.sort_by_key(|(n, _)| *n);
+    out.into_iter().map(|(_, o)| o).collect()
 }
 
 /// Creates sessions `from..to` with deadlines spread over `[start_s, start_s + window)`;
@@ -56,10 +71,11 @@ async fn fill(store: &Store, from: usize, to: usize, start_s: f64, window: f64) 
     let mut i = from;
     while i < to {
         let end = (i + 2000).min(to);
-        let cmds = (i..end).map(|k| join(k, start_s + window * (k - from) as f64 / (to - from) as f64)).collect();
-        for r in store.submit_all(cmds).await {
-            match r.unwrap() {
-                Outcome::Joined(s) => {
+        let cmds =
+            (i..end).map(|k| join(k, "r", Some(start_s + window * (k - from) as f64 / (to - from) as f64))).collect();
+        for r in join_all(store, cmds).await {
+            match r {
+                JoinOutcome::Joined(s) => {
                     deadlines.insert(s.id.clone(), s.eject_at_ms.unwrap());
                 }
                 other => panic!("join refused: {other:?}"),
@@ -75,8 +91,9 @@ async fn make_room(store: &Store) {
     // Above the API's limit on purpose: the writer does not check it, and one room keeps this simple.
     config.insert("max_participants".into(), serde_json::json!(1_000_000));
     store
-        .submit(Command::CreateRoom { name: Some("r".into()), privacy: gatehouse::rooms::Privacy::Public, config })
+        .submit(CreateRoom { name: Some("r".into()), privacy: gatehouse::rooms::Privacy::Public, config })
         .await
+        .unwrap()
         .unwrap();
 }
 
@@ -100,6 +117,7 @@ fn main() {
         return rt.block_on(fill_child(&args[p + 1], args[p + 2].parse().unwrap()));
     }
     rt.block_on(phase1());
+    rt.block_on(room_expiry());
     rt.block_on(phase2());
 }
 
@@ -120,7 +138,7 @@ async fn phase1() {
     let deadlines = fill(&store, 2000, 2000 + N, start_s, WINDOW_S).await;
     println!("created in {:.1}s; RSS {:.0} MiB", t.elapsed().as_secs_f64(), rss_mib("self"));
     let head_before = store.durable_seq();
-    let task = tokio::spawn(gatehouse::scheduler::run_deadlines(store.clone(), clock.clone(), rx));
+    drop(rx);
     // Wait for the window to pass and the firings to finish.
     let deadline = Instant::now() + Duration::from_secs_f64(lead + WINDOW_S + 300.0);
     let mut lateness = Vec::with_capacity(N);
@@ -130,8 +148,8 @@ async fn phase1() {
     while lateness.len() < N && Instant::now() < deadline {
         let page = store.events(after, 1000, Some(&["participant.ejected".to_string()])).unwrap();
         after = page.next_after;
-        for env in &page.envelopes {
-            let v: serde_json::Value = serde_json::from_str(env).unwrap();
+        for e in &page.events {
+            let v: serde_json::Value = serde_json::from_str(&e.envelope).unwrap();
             let ts = v["event_ts"].as_f64().unwrap() * 1000.0;
             if let Some(d) = deadlines.get(v["payload"]["session_id"].as_str().unwrap()) {
                 lateness.push(ts - *d as f64);
@@ -139,12 +157,11 @@ async fn phase1() {
                 last_ts = last_ts.max(ts);
             }
         }
-        if page.envelopes.is_empty() {
+        if page.events.is_empty() {
             peak_rss = peak_rss.max(rss_mib("self"));
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    task.abort();
     lateness.sort_by(|a, b| a.partial_cmp(b).unwrap());
     println!(
         "phase 1: {} of {N} fired; lateness p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {:.0} firings/s over {:.1}s; peak RSS {:.0} MiB",
@@ -155,6 +172,50 @@ async fn phase1() {
         lateness.len() as f64 / ((last_ts - first_ts) / 1000.0).max(0.001),
         (last_ts - first_ts) / 1000.0,
         peak_rss
+    );
+    store.close().await;
+}
+
+/// Phase 1b: one room with 10,000 present and `eject_at_room_exp`: its expiry is one firing.
+async fn room_expiry() {
+    const PRESENT: usize = 10_000;
+    let tmp = tempfile::tempdir().unwrap();
+    let store = open(&tmp.path().join("data"));
+    let now_s = SystemClock.now_ms() / 1000;
+    let exp_s = now_s + 30;
+    let mut config = serde_json::Map::new();
+    config.insert("max_participants".into(), serde_json::json!(100_000));
+    config.insert("exp".into(), serde_json::json!(exp_s));
+    config.insert("eject_at_room_exp".into(), serde_json::json!(true));
+    store
+        .submit(CreateRoom { name: Some("big".into()), privacy: gatehouse::rooms::Privacy::Public, config })
+        .await
+        .unwrap()
+        .unwrap();
+    let joins = (0..PRESENT).map(|i| join(i, "big", None)).collect();
+    let admitted = join_all(&store, joins).await.iter().filter(|o| matches!(o, JoinOutcome::Joined(_))).count();
+    assert_eq!(admitted, PRESENT);
+    let after = store.durable_seq();
+    assert!(SystemClock.now_ms() / 1000 < exp_s, "joining took longer than the lead");
+    let mut last_ms = 0f64;
+    let mut ejected = 0;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut cursor = after;
+    while ejected < PRESENT && Instant::now() < deadline {
+        let page = store.events(cursor, 1000, Some(&["participant.ejected".to_string()])).unwrap();
+        cursor = page.next_after;
+        for e in &page.events {
+            ejected += 1;
+            last_ms = last_ms.max(e.ts_ms as f64);
+        }
+        if page.events.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Events carry their batch's time; the durable head moving is when readers see them.
+    println!(
+        "phase 1b: room exp with {PRESENT} present: {ejected} ejected; the last {:.0} ms after the deadline (event time)",
+        last_ms - (exp_s * 1000) as f64
     );
     store.close().await;
 }

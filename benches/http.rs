@@ -1,7 +1,8 @@
 //! HTTP benchmark: the release server against a bare hyper hello-world baseline, same client,
 //! same concurrency (64 keep-alive connections), in the same run. Prints requests/s, p50/p99
-//! latency and the ratio to the baseline; then fills a store with 1,000,000 rooms and 1,000,000
-//! issued tokens and reports restart-to-ready time and RSS.
+//! latency and the ratio to the baseline; then fills a store with 1,000,000 rooms, 1,000,000
+//! issued tokens and 5,000,000 events (750,000 joins and leaves make the other 3,000,000) and
+//! reports the store's size on disk, restart-to-ready time and RSS.
 //!
 //! Run: `cargo bench --bench http` (add `-- --quick` to skip the million-record part).
 
@@ -306,7 +307,10 @@ async fn big_store() {
     let started = Instant::now();
     let status = Command::new(std::env::current_exe().unwrap()).arg("--fill").arg(&dir).status().unwrap();
     assert!(status.success());
-    println!("\nfilled 1,000,000 rooms + 1,000,000 tokens in {:.0}s", started.elapsed().as_secs_f64());
+    println!(
+        "\nfilled 1,000,000 rooms + 1,000,000 tokens + 5,000,000 events in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
     let disk = dir_size(&dir);
     let t0 = Instant::now();
     let gh = gatehouse(&dir, "fdatasync");
@@ -397,7 +401,7 @@ fn dir_size(p: &std::path::Path) -> u64 {
 
 /// `--fill DIR`: the million-record store, written through the writer in concurrent batches.
 fn fill(dir: &str) {
-    use gatehouse::store::{Command as Cmd, Store, StoreOptions, SyncMode, TokenRecord};
+    use gatehouse::store::{CreateRoom, CreateToken, Join, Leave, Store, StoreOptions, SyncMode, TokenRecord};
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     rt.block_on(async {
         let path = std::path::Path::new(dir);
@@ -423,12 +427,13 @@ fn fill(dir: &str) {
                 while i < N {
                     let name = format!("room-{i}");
                     store
-                        .submit(Cmd::CreateRoom {
+                        .submit_wait(CreateRoom {
                             name: Some(name.clone()),
                             privacy: gatehouse::rooms::Privacy::Public,
                             config: Default::default(),
                         })
                         .await
+                        .unwrap()
                         .unwrap();
                     let jti = uuid::Uuid::now_v7().to_string();
                     let record = TokenRecord {
@@ -443,15 +448,31 @@ fn fill(dir: &str) {
                         created_ms: 0,
                     };
                     store
-                        .submit(Cmd::CreateToken {
+                        .submit_wait(CreateToken {
                             record,
                             event: gatehouse::events::NewEvent::new(
                                 "meeting-token.created",
-                                serde_json::json!({"jti": jti}),
+                                serde_json::json!({"jti": jti, "room": format!("room-{i}")}),
                             ),
                         })
                         .await
                         .unwrap();
+                    // 750,000 rooms also see a join and a leave: four more events each.
+                    if i < 750_000 {
+                        let sid = format!("s{i}");
+                        store
+                            .submit_wait(Join {
+                                room: format!("room-{i}"),
+                                token: gatehouse::sessions::TokenCheck::None,
+                                user_name: Some("bench".into()),
+                                session_id: sid.clone(),
+                                secret_digest: [0; 32],
+                                leeway_s: 0,
+                            })
+                            .await
+                            .unwrap();
+                        store.submit_wait(Leave { session_id: sid }).await.unwrap();
+                    }
                     i += 256;
                 }
             }));

@@ -2,6 +2,11 @@
 
 use gatehouse::config::{Command, ConfigAction, KeysAction};
 
+/// mimalloc: faster than glibc's malloc for this server's many small, short-lived allocations,
+/// and it returns memory after a spike (see ARCHITECTURE.md, "Memory").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let (cli, file_keys) = match gatehouse::config::parse_cli(std::env::args_os().collect()) {
         Ok(c) => c,

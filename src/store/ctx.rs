@@ -13,7 +13,7 @@ use super::journal::{LoggedEvent, Op};
 use super::keys;
 use super::live::Entry;
 use super::records::{self, BanRecord, RevocationRecord, RoomRecord, TokenRecord, WebhookRecord};
-use super::state::{Slot, State, Tree, Trees};
+use super::state::{Private, Slot, State, Tree, Trees};
 use super::timers::TimerId;
 use super::StoreError;
 use crate::clock::SharedClock;
@@ -33,7 +33,8 @@ pub struct Env {
     pub events: Arc<super::eventlog::EventLog>,
 }
 
-/// The batch being built: its journal record's contents and what to do once it is durable.
+/// The batch being built: its journal record's contents, what to do once it is durable, and
+/// how to undo the running command's changes to the state.
 #[derive(Debug, Default)]
 pub struct BatchBuf {
     pub lsn: u64,
@@ -41,29 +42,93 @@ pub struct BatchBuf {
     pub events: Vec<LoggedEvent>,
     /// Webhook configuration or state changed: the delivery manager reloads.
     pub webhooks_touched: bool,
+    /// What each change to the state replaced, newest last (see [`BatchBuf::rollback`]).
+    undo: Vec<Undo>,
+}
+
+/// What a change to the state replaced.
+#[derive(Debug)]
+enum Undo {
+    Overlay(Tree, Vec<u8>, Option<Slot>),
+    Timer(TimerId, Option<i64>),
+    Session(Arc<str>, Option<Arc<Entry>>),
+    Lease(Arc<str>, Option<i64>),
 }
 
 /// A point to roll a batch back to (a failed command leaves nothing behind).
 pub struct Mark {
     ops: usize,
     events: usize,
+    undo: usize,
     webhooks_touched: bool,
+    next_seq: u64,
+    room_count: u64,
+    events_oldest: u64,
 }
 
 impl BatchBuf {
-    pub fn mark(&self) -> Mark {
-        Mark { ops: self.ops.len(), events: self.events.len(), webhooks_touched: self.webhooks_touched }
+    pub fn new(lsn: u64) -> BatchBuf {
+        BatchBuf { lsn, ..Default::default() }
     }
 
-    pub fn rollback(&mut self, m: Mark) {
+    pub fn mark(&self, st: &State) -> Mark {
+        Mark {
+            ops: self.ops.len(),
+            events: self.events.len(),
+            undo: self.undo.len(),
+            webhooks_touched: self.webhooks_touched,
+            next_seq: st.next_seq,
+            room_count: st.room_count,
+            events_oldest: st.events_oldest,
+        }
+    }
+
+    /// Undoes everything recorded since `m`, in the state and in the batch. (Cheaper than
+    /// copying the state before each command: a copy of a persistent map makes the next write
+    /// to each of its nodes copy that node.)
+    pub fn rollback(&mut self, st: &mut State, pv: &mut Private, m: Mark) {
+        while self.undo.len() > m.undo {
+            match self.undo.pop() {
+                Some(Undo::Overlay(t, key, prev)) => st.overlay.restore(t, &key, prev),
+                Some(Undo::Timer(id, prev)) => match prev {
+                    Some(at) => {
+                        pv.timers.set(id, at);
+                    }
+                    None => {
+                        pv.timers.clear(&id);
+                    }
+                },
+                Some(Undo::Session(id, prev)) => match prev {
+                    Some(e) => {
+                        st.live.insert(e);
+                    }
+                    None => {
+                        st.live.remove(&id);
+                    }
+                },
+                Some(Undo::Lease(id, prev)) => match prev {
+                    Some(at) => {
+                        pv.leases.insert(id, at);
+                    }
+                    None => {
+                        pv.leases.remove(&id);
+                    }
+                },
+                None => break,
+            }
+        }
         self.ops.truncate(m.ops);
         self.events.truncate(m.events);
         self.webhooks_touched = m.webhooks_touched;
+        st.next_seq = m.next_seq;
+        st.room_count = m.room_count;
+        st.events_oldest = m.events_oldest;
     }
 }
 
 pub struct Ctx<'a> {
     pub(super) st: &'a mut State,
+    pub(super) pv: &'a mut Private,
     pub(super) batch: &'a mut BatchBuf,
     pub(super) trees: &'a Trees,
     pub(super) env: &'a Env,
@@ -113,8 +178,17 @@ impl Ctx<'_> {
 
     fn write(&mut self, t: Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
         let slot = Slot { lsn: self.batch.lsn, value: value.as_deref().map(Arc::from) };
-        self.st.overlay.set(t, key.clone(), slot);
+        let prev = self.st.overlay.set(t, &key, slot);
+        self.batch.undo.push(Undo::Overlay(t, key.clone(), prev));
         self.batch.ops.push((t.index(), key, value));
+    }
+
+    fn set_lease(&mut self, id: Arc<str>, at: Option<i64>) {
+        let prev = match at {
+            Some(at) => self.pv.leases.insert(id.clone(), at),
+            None => self.pv.leases.remove(&id),
+        };
+        self.batch.undo.push(Undo::Lease(id, prev));
     }
 
     pub(super) fn put(&mut self, t: Tree, key: Vec<u8>, value: Vec<u8>) {
@@ -346,11 +420,12 @@ impl Ctx<'_> {
             Some(at) => self.set_timer(TimerId::Eject(id.clone()), at),
             None => self.clear_timer(&TimerId::Eject(id.clone())),
         }
-        if !self.st.leases.contains_key(&id) {
-            self.st.leases.insert(id.clone(), self.now_ms);
-            self.set_timer(TimerId::Lease(id), self.now_ms + self.env.lease_ms);
+        if !self.pv.leases.contains_key(&id) {
+            self.set_lease(id.clone(), Some(self.now_ms));
+            self.set_timer(TimerId::Lease(id.clone()), self.now_ms + self.env.lease_ms);
         }
-        self.st.live.insert(e);
+        let prev = self.st.live.insert(Arc::new(e));
+        self.batch.undo.push(Undo::Session(id, prev));
         Ok(())
     }
 
@@ -358,28 +433,31 @@ impl Ctx<'_> {
     pub fn remove_session(&mut self, id: &str) -> Option<Arc<Entry>> {
         let e = self.st.live.remove(id)?;
         let id: Arc<str> = Arc::from(id);
+        self.batch.undo.push(Undo::Session(id.clone(), Some(e.clone())));
         self.del(Tree::Sessions, id.as_bytes().to_vec());
         self.clear_timer(&TimerId::Eject(id.clone()));
         self.clear_timer(&TimerId::Lease(id.clone()));
-        self.st.leases.remove(&id);
+        self.set_lease(id, None);
         Some(e)
     }
 
     /// When a session was last heard from.
     pub fn seen(&self, id: &str) -> Option<i64> {
-        self.st.leases.get(id).copied()
+        self.pv.leases.get(id).copied()
     }
 
     /// A sign of life from a session: memory only (no record, no event, no sync).
     pub fn touch(&mut self, id: &str) {
-        self.st.leases.insert(Arc::from(id), self.now_ms);
+        self.set_lease(Arc::from(id), Some(self.now_ms));
     }
 
     // --- deadlines ---------------------------------------------------------------------------
 
     /// Sets (or moves) a deadline; room and ban deadlines are also written as rows.
     pub fn set_timer(&mut self, id: TimerId, at_ms: i64) {
-        if let Some(old) = self.st.timers.set(id.clone(), at_ms) {
+        let prev = self.pv.timers.set(id.clone(), at_ms);
+        self.batch.undo.push(Undo::Timer(id.clone(), prev));
+        if let Some(old) = prev {
             if id.is_durable() && old != at_ms {
                 self.del(Tree::Timers, timer_key(old, &id));
             }
@@ -390,7 +468,8 @@ impl Ctx<'_> {
     }
 
     pub fn clear_timer(&mut self, id: &TimerId) {
-        if let Some(old) = self.st.timers.clear(id) {
+        if let Some(old) = self.pv.timers.clear(id) {
+            self.batch.undo.push(Undo::Timer(id.clone(), Some(old)));
             if id.is_durable() {
                 self.del(Tree::Timers, timer_key(old, id));
             }
@@ -398,7 +477,7 @@ impl Ctx<'_> {
     }
 
     pub fn timer(&self, id: &TimerId) -> Option<i64> {
-        self.st.timers.get(id)
+        self.pv.timers.get(id)
     }
 
     // --- events log --------------------------------------------------------------------------

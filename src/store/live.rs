@@ -174,13 +174,11 @@ impl Live {
             .map_or_else(Vec::new, |ids| ids.iter().filter_map(|id| self.sessions.get(id).cloned()).collect())
     }
 
-    /// Adds (or replaces) a session. A first present session starts the room's meeting
-    /// (`meeting` gives its id and start).
-    pub fn insert(&mut self, e: Entry) {
+    /// Adds (or replaces) a session; returns the one it replaced. A first present session
+    /// starts the room's meeting (its entry gives the meeting's id and start).
+    pub fn insert(&mut self, e: Arc<Entry>) -> Option<Arc<Entry>> {
         let id: Arc<str> = Arc::from(e.session.id.as_str());
-        if self.sessions.contains_key(&id) {
-            self.remove(&id);
-        }
+        let prev = self.remove(&id);
         let room: Arc<str> = Arc::from(e.session.room.as_str());
         let order: Order = (e.session.joined_ms, id.clone());
         let entry = self.rooms.entry(room.clone()).or_insert_with(|| RoomLive {
@@ -205,7 +203,8 @@ impl Live {
         if let Some(t) = &e.session.token_id {
             self.by_token.entry(Arc::from(t.as_str())).or_default().insert(id.clone());
         }
-        self.sessions.insert(id, Arc::new(e));
+        self.sessions.insert(id, e);
+        prev
     }
 
     /// Removes a session; returns it.
@@ -280,10 +279,10 @@ mod tests {
     #[test]
     fn indexes_follow_inserts_and_removals() {
         let mut l = Live::default();
-        l.insert(entry("s2", "r", Some("u"), 20, false));
-        l.insert(entry("s1", "r", Some("u"), 10, false));
-        l.insert(entry("w1", "r", Some("v"), 15, true));
-        l.insert(entry("x", "other", None, 5, false));
+        l.insert(Arc::new(entry("s2", "r", Some("u"), 20, false)));
+        l.insert(Arc::new(entry("s1", "r", Some("u"), 10, false)));
+        l.insert(Arc::new(entry("w1", "r", Some("v"), 15, true)));
+        l.insert(Arc::new(entry("x", "other", None, 5, false)));
         let snapshot = l.clone();
         assert_eq!(l.present("r"), 2);
         assert_eq!(l.present_total(), 3);

@@ -226,7 +226,7 @@ impl Store {
         let lsn = recover(&db, &trees, &events, &wal, &opts.path)?;
         let next_seq = events.last().max(read_u64(keys::META_NEXT_SEQ)?.unwrap_or(1).saturating_sub(1)) + 1;
         events.set_head(next_seq - 1);
-        let state = load_state(
+        let (state, private) = load_state(
             &trees,
             lsn,
             next_seq,
@@ -271,6 +271,7 @@ impl Store {
         });
         let writer = writer::Writer {
             state,
+            private,
             journal: journal::Journal::create(&wal)?,
             sync: opts.sync,
             env,
@@ -703,7 +704,7 @@ impl Store {
 
     /// Number of pending deadlines.
     pub fn timer_count(&self) -> usize {
-        self.state().timers.len()
+        self.state().timer_count
     }
 
     /// Number of present sessions.
@@ -807,28 +808,28 @@ fn load_state(
     events_oldest: u64,
     now_ms: i64,
     lease_ms: i64,
-) -> Result<State, StoreError> {
+) -> Result<(State, state::Private), StoreError> {
     let mut st = State {
         lsn,
         next_seq,
         overlay: state::Overlay::new(),
         live: live::Live::default(),
-        timers: timers::Timers::default(),
-        leases: imbl::HashMap::new(),
+        timer_count: 0,
         room_count,
         events_oldest,
     };
+    let mut pv = state::Private::default();
     for item in trees.get(Tree::Sessions).iter() {
         let (k, v) = item?;
         let rec: records::SessionRecord = records::decode("sessions", &k, records::SESSION_V2, &v)?;
         let e = Entry::from_record(rec);
         let id: Arc<str> = Arc::from(e.session.id.as_str());
-        st.leases.insert(id.clone(), now_ms);
-        st.timers.set(timers::TimerId::Lease(id.clone()), now_ms + lease_ms);
+        pv.leases.insert(id.clone(), now_ms);
+        pv.timers.set(timers::TimerId::Lease(id.clone()), now_ms + lease_ms);
         if let Some(at) = e.eject_timer_ms {
-            st.timers.set(timers::TimerId::Eject(id), at);
+            pv.timers.set(timers::TimerId::Eject(id), at);
         }
-        st.live.insert(e);
+        st.live.insert(Arc::new(e));
     }
     for item in trees.get(Tree::Timers).iter() {
         let (k, _) = item?;
@@ -840,9 +841,10 @@ fn load_state(
             (keys::TIMER_BAN, [room, user]) => timers::TimerId::Ban(Arc::from(room.as_str()), Arc::from(user.as_str())),
             _ => continue,
         };
-        st.timers.set(id, at);
+        pv.timers.set(id, at);
     }
-    Ok(st)
+    st.timer_count = pv.timers.len();
+    Ok((st, pv))
 }
 
 fn schema_of(meta: &sled::Tree) -> Result<Option<u32>, StoreError> {

@@ -13,6 +13,14 @@ use super::live::Live;
 use super::timers::Timers;
 use super::StoreError;
 
+/// What only the writer needs: deadlines and leases (readers get the deadline count).
+#[derive(Debug, Default)]
+pub struct Private {
+    pub timers: Timers,
+    /// Last sign of life per session (join, heartbeat, open stream).
+    pub leases: std::collections::HashMap<Arc<str>, i64>,
+}
+
 /// Names of the sled trees, in the order journal records number them (only ever append).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Tree {
@@ -101,9 +109,10 @@ pub struct Slot {
     pub value: Option<Arc<[u8]>>,
 }
 
-/// Per tree, the writes of batches the applier has not confirmed yet.
+/// Per tree, the writes of batches the applier has not confirmed yet. Keys are shared
+/// (`Arc`), so the node copies a persistent map makes on a write allocate nothing per key.
 #[derive(Debug, Clone, Default)]
-pub struct Overlay(Vec<imbl::OrdMap<Vec<u8>, Slot>>);
+pub struct Overlay(Vec<imbl::OrdMap<Arc<[u8]>, Slot>>);
 
 impl Overlay {
     pub fn new() -> Overlay {
@@ -114,8 +123,21 @@ impl Overlay {
         self.0[t as usize].get(key)
     }
 
-    pub fn set(&mut self, t: Tree, key: Vec<u8>, slot: Slot) {
-        self.0[t as usize].insert(key, slot);
+    /// Records a write; returns the slot it replaced.
+    pub fn set(&mut self, t: Tree, key: &[u8], slot: Slot) -> Option<Slot> {
+        self.0[t as usize].insert(Arc::from(key), slot)
+    }
+
+    /// Puts back what a write replaced (`None`: nothing).
+    pub fn restore(&mut self, t: Tree, key: &[u8], prev: Option<Slot>) {
+        match prev {
+            Some(slot) => {
+                self.0[t as usize].insert(Arc::from(key), slot);
+            }
+            None => {
+                self.0[t as usize].remove(key);
+            }
+        }
     }
 
     /// Forgets a key's write if it is still the one batch `lsn` made (sled has it now).
@@ -127,7 +149,12 @@ impl Overlay {
     }
 
     fn range(&self, t: Tree, lo: &Bound<Vec<u8>>, hi: &Bound<Vec<u8>>) -> Vec<(Vec<u8>, Slot)> {
-        self.0[t as usize].range((lo.clone(), hi.clone())).map(|(k, v)| (k.clone(), v.clone())).collect()
+        let bound = |b: &Bound<Vec<u8>>| match b {
+            Bound::Included(k) => Bound::Included(Arc::<[u8]>::from(k.as_slice())),
+            Bound::Excluded(k) => Bound::Excluded(Arc::<[u8]>::from(k.as_slice())),
+            Bound::Unbounded => Bound::Unbounded,
+        };
+        self.0[t as usize].range((bound(lo), bound(hi))).map(|(k, v)| (k.to_vec(), v.clone())).collect()
     }
 }
 
@@ -140,9 +167,8 @@ pub struct State {
     pub next_seq: u64,
     pub overlay: Overlay,
     pub live: Live,
-    pub timers: Timers,
-    /// Last sign of life per session (join, heartbeat, open stream).
-    pub leases: imbl::HashMap<Arc<str>, i64>,
+    /// Pending deadlines (the writer's [`Private::timers`] hold them).
+    pub timer_count: usize,
     pub room_count: u64,
     /// The first event seq served (older ones are compacted away).
     pub events_oldest: u64,

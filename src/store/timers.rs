@@ -1,8 +1,8 @@
 //! Deadlines, in the writer's memory: every lease, session ejection, room expiry and ban
 //! expiry, in deadline order. Session deadlines are derived from the sessions (a restart
 //! rebuilds them); room and ban deadlines are also rows of the `timers` tree, written by the
-//! writer with the change that set them (see `ctx`). Persistent collections, so a failed
-//! command's changes are undone by keeping the copy it started from.
+//! writer with the change that set them (see `ctx`). The writer's alone (readers get only the
+//! count), so plain collections: a failed command's changes are undone from the undo log.
 //!
 //! Must not: decide what a firing does (`commands::deadlines` does).
 
@@ -31,8 +31,8 @@ impl TimerId {
 
 #[derive(Debug, Clone, Default)]
 pub struct Timers {
-    due: imbl::OrdSet<(i64, TimerId)>,
-    at: imbl::HashMap<TimerId, i64>,
+    due: std::collections::BTreeSet<(i64, TimerId)>,
+    at: std::collections::HashMap<TimerId, i64>,
 }
 
 impl Timers {
@@ -57,7 +57,7 @@ impl Timers {
 
     /// The earliest deadline.
     pub fn first(&self) -> Option<i64> {
-        self.due.get_min().map(|(at, _)| *at)
+        self.due.first().map(|(at, _)| *at)
     }
 
     /// Deadlines due at `now_ms`, earliest first, at most `limit`.

@@ -20,7 +20,7 @@ use super::applier::{Applied, Closed};
 use super::command::{Answer, Job};
 use super::ctx::{BatchBuf, Ctx, Env};
 use super::journal::{self, Journal};
-use super::state::{State, Tree, Trees};
+use super::state::{Private, State, Tree, Trees};
 use super::timers::TimerId;
 use super::{Shared, StoreError, SyncMode};
 
@@ -60,6 +60,8 @@ pub type Fire = fn(&mut Ctx<'_>, i64, &TimerId) -> Result<usize, StoreError>;
 
 pub struct Writer {
     pub state: State,
+    /// Deadlines and leases: the writer's alone.
+    pub private: Private,
     pub journal: Journal,
     pub sync: SyncMode,
     pub env: Arc<Env>,
@@ -108,7 +110,7 @@ impl Writer {
     /// `Some(None)` when a deadline (or the clock) calls.
     fn next_message(&mut self, rx: &flume::Receiver<Msg>) -> Option<Option<Msg>> {
         let now = self.env.clock.now_ms();
-        let wait = match self.state.timers.first() {
+        let wait = match self.private.timers.first() {
             Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_WAIT),
             None => MAX_WAIT,
         };
@@ -125,7 +127,7 @@ impl Writer {
         self.wait_for_applier();
         let base = self.state.clone();
         let lsn = self.state.lsn + 1;
-        let mut buf = BatchBuf { lsn, ..Default::default() };
+        let mut buf = BatchBuf::new(lsn);
         let now = self.env.clock.now_ms();
         let mut answers: Vec<Box<dyn Answer>> = Vec::new();
         let mut stop = None;
@@ -152,7 +154,7 @@ impl Writer {
     }
 
     fn ctx<'a>(&'a mut self, buf: &'a mut BatchBuf, now: i64) -> Ctx<'a> {
-        Ctx { st: &mut self.state, batch: buf, trees: &self.trees, env: &self.env, now_ms: now }
+        Ctx { st: &mut self.state, pv: &mut self.private, batch: buf, trees: &self.trees, env: &self.env, now_ms: now }
     }
 
     /// Runs a command; if it fails, everything it recorded is undone.
@@ -160,12 +162,10 @@ impl Writer {
         if let Some(why) = &self.poisoned {
             return Box::new(Refused(StoreError::Unavailable(why.clone()), job));
         }
-        let saved = self.state.clone();
-        let mark = buf.mark();
+        let mark = buf.mark(&self.state);
         let answer = job.run(&mut self.ctx(buf, now));
         if answer.failed() {
-            self.state = saved;
-            buf.rollback(mark);
+            buf.rollback(&mut self.state, &mut self.private, mark);
         }
         answer
     }
@@ -181,14 +181,12 @@ impl Writer {
         let mut failed: Vec<(i64, TimerId)> = Vec::new();
         for _ in 0..FIRE_BUDGET {
             // The earliest due deadline, looked up afresh: a firing may have moved another.
-            let next = self.state.timers.due(now, failed.len() + 1).into_iter().find(|d| !failed.contains(d));
+            let next = self.private.timers.due(now, failed.len() + 1).into_iter().find(|d| !failed.contains(d));
             let Some((at, id)) = next else { return };
-            let saved = self.state.clone();
-            let mark = buf.mark();
+            let mark = buf.mark(&self.state);
             if let Err(e) = fire(&mut self.ctx(buf, now), at, &id) {
                 tracing::warn!(error = %e, deadline = ?id, "a deadline could not fire; it stays and is tried again");
-                self.state = saved;
-                buf.rollback(mark);
+                buf.rollback(&mut self.state, &mut self.private, mark);
                 failed.push((at, id));
             }
         }
@@ -239,6 +237,7 @@ impl Writer {
     }
 
     fn publish(&mut self, batch: journal::Batch, webhooks_touched: bool, oldest_before: u64) {
+        self.state.timer_count = self.private.timers.len();
         self.shared.published.store(Arc::new(self.state.clone()));
         if let Some(last) = batch.events.last().map(|e| e.seq) {
             match self.shared.events.append(&batch.events) {
