@@ -41,6 +41,10 @@ pub enum Command {
     Backup(BackupArgs),
     /// Restore a backup into an empty data dir.
     Restore(RestoreArgs),
+    /// Convert a stopped data dir written by an older Gatehouse to this version's format (the
+    /// server also does this on its first start; this does it on its own, e.g. before an upgrade
+    /// window ends).
+    Migrate(MigrateArgs),
     /// Configuration tools.
     Config {
         #[command(subcommand)]
@@ -65,6 +69,13 @@ pub struct BackupArgs {
     /// A running server to back up, e.g. http://127.0.0.1:7070 (uses GATEHOUSE_API_KEY or the data dir's key).
     #[arg(long)]
     pub server: Option<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct MigrateArgs {
+    /// The data dir of a stopped server.
+    #[arg(long, env = "GATEHOUSE_DATA_DIR", default_value = "./data")]
+    pub data_dir: PathBuf,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -44,6 +44,12 @@ fn main() -> anyhow::Result<()> {
             return rt.block_on(gatehouse::app::backup(&args, std::env::var("GATEHOUSE_API_KEY").ok()));
         }
         Some(Command::Restore(args)) => return gatehouse::app::restore(&args),
+        Some(Command::Migrate(args)) => {
+            gatehouse::store::migrate_data_dir(&args.data_dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", args.data_dir.display()))?;
+            println!("{} is in this version's format", args.data_dir.display());
+            return Ok(());
+        }
         Some(Command::Config { action: ConfigAction::Check(args) }) => {
             let settings = args.validate(api_keys)?;
             if !settings.api_keys.is_empty() {

@@ -313,12 +313,18 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
 }
 
 fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
-    let bad = || ApiError::invalid(format!("'{name}' must be an array of at most {} strings", sessions::MAX_EJECT_IDS));
+    let bad = || {
+        ApiError::invalid(format!(
+            "'{name}' must be an array of at most {} strings of at most 255 characters without control characters",
+            sessions::MAX_EJECT_IDS
+        ))
+    };
     match body.get(name) {
         None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => {
-            a.iter().map(|v| v.as_str().filter(|s| s.len() <= 255).map(String::from).ok_or_else(bad)).collect()
-        }
+        Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => a
+            .iter()
+            .map(|v| v.as_str().filter(|s| crate::properties::is_plain_text(s, 255)).map(String::from).ok_or_else(bad))
+            .collect(),
         Some(_) => Err(bad()),
     }
 }
