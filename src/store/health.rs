@@ -1,4 +1,4 @@
-//! Progress of the store's threads, for the watchdog. The writer and the applier each say
+//! Progress of the store's threads, for the watchdog. The writer, the syncer and the applier say
 //! when they start work and when they finish it; one that has been busy for longer than the
 //! stall limit is stuck (a hung dependency: sled has open reports of deadlocks under load).
 //! `/readyz` then answers 503 with the reason, the error is logged once, and under systemd the
@@ -14,6 +14,8 @@ pub struct Health {
     started: Instant,
     /// Millis since `started` when the writer took its current batch (0: idle).
     writer_busy: AtomicI64,
+    /// Since when the syncer has been in a journal sync (0: not syncing).
+    syncer_busy: AtomicI64,
     applier_busy: AtomicI64,
     /// What the applier last failed with, if it is failing.
     applier_error: std::sync::Mutex<Option<String>>,
@@ -26,6 +28,7 @@ impl Health {
         Health {
             started: Instant::now(),
             writer_busy: AtomicI64::new(0),
+            syncer_busy: AtomicI64::new(0),
             applier_busy: AtomicI64::new(0),
             applier_error: std::sync::Mutex::new(None),
             stall_after_ms: i64::try_from(stall_after.as_millis()).unwrap_or(i64::MAX),
@@ -43,6 +46,14 @@ impl Health {
 
     pub fn writer_idle(&self) {
         self.writer_busy.store(0, Ordering::Relaxed);
+    }
+
+    pub fn syncer_busy(&self) {
+        self.syncer_busy.store(self.now(), Ordering::Relaxed);
+    }
+
+    pub fn syncer_idle(&self) {
+        self.syncer_busy.store(0, Ordering::Relaxed);
     }
 
     pub fn applier_busy(&self) {
@@ -71,6 +82,8 @@ impl Health {
         };
         let why = if let Some(s) = since(&self.writer_busy) {
             Some(format!("the writer has made no progress for {s} s"))
+        } else if let Some(s) = since(&self.syncer_busy) {
+            Some(format!("a journal fdatasync has not returned for {s} s (the disk is not answering)"))
         } else if let Some(s) = since(&self.applier_busy) {
             let cause = self.applier_error.lock().ok().and_then(|e| e.clone());
             Some(match cause {

@@ -53,7 +53,8 @@ pub struct LoggedEvent {
 
 pub struct Journal {
     dir: PathBuf,
-    file: File,
+    /// Shared with the syncer, which syncs the file a batch was appended to.
+    file: std::sync::Arc<File>,
     number: u64,
     len: u64,
 }
@@ -150,13 +151,13 @@ impl Journal {
     pub fn create(dir: &Path) -> Result<Journal, StoreError> {
         std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
         let number = list(dir)?.last().map_or(1, |(n, _)| n + 1);
-        let file = open_new(dir, number)?;
+        let file = std::sync::Arc::new(open_new(dir, number)?);
         Ok(Journal { dir: dir.to_path_buf(), file, number, len: 0 })
     }
 
     /// Appends one record (no sync). On failure the file is cut back to its previous length.
     pub fn append(&mut self, record: &[u8]) -> Result<(), std::io::Error> {
-        if let Err(e) = self.file.write_all(record) {
+        if let Err(e) = (&*self.file).write_all(record) {
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
@@ -164,20 +165,20 @@ impl Journal {
         Ok(())
     }
 
-    /// Makes everything appended so far durable.
-    pub fn sync(&self) -> Result<(), std::io::Error> {
-        self.file.sync_data()
-    }
-
     pub fn len(&self) -> u64 {
         self.len
+    }
+
+    /// The file being appended to (what a sync of the latest records must sync).
+    pub fn file(&self) -> std::sync::Arc<File> {
+        self.file.clone()
     }
 
     /// Closes the current file and starts the next; returns the closed file's number.
     pub fn rotate(&mut self) -> Result<u64, StoreError> {
         let next = open_new(&self.dir, self.number + 1)?;
         let old = self.number;
-        self.file = next;
+        self.file = std::sync::Arc::new(next);
         self.number += 1;
         self.len = 0;
         Ok(old)
@@ -223,7 +224,7 @@ mod tests {
             let b = Batch { lsn, ops: vec![(1, vec![lsn as u8], Some(vec![7]))], events: vec![] };
             j.append(&encode_batch(&b).unwrap()).unwrap();
         }
-        j.sync().unwrap();
+        j.file().sync_data().unwrap();
         let rec = encode_batch(&Batch { lsn: 4, ..Default::default() }).unwrap();
         j.append(&rec[..rec.len() - 2]).unwrap();
         let got = read_batches(dir.path()).unwrap();

@@ -28,6 +28,7 @@ pub mod live;
 mod migrate;
 mod records;
 mod state;
+mod syncer;
 mod timers;
 mod writer;
 
@@ -161,6 +162,23 @@ pub enum RoomCursor {
     Before(uuid::Uuid),
 }
 
+/// Batches appended and not yet synced past which the writer waits for the syncer.
+const SYNCER_QUEUE: usize = 16;
+
+impl Shared {
+    /// Why writes are refused until a restart, if they are.
+    fn poisoned(&self) -> Option<String> {
+        self.poisoned.lock().map(|p| p.clone()).unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn poison(&self, why: String) {
+        tracing::error!(error = %why, "the store cannot write; refusing writes until restart (recovery replays the journal)");
+        self.writable.store(false, Ordering::SeqCst);
+        let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
+        p.get_or_insert(why);
+    }
+}
+
 /// What the writer shares with readers.
 pub(crate) struct Shared {
     db: sled::Db,
@@ -177,6 +195,9 @@ pub(crate) struct Shared {
     health: Arc<health::Health>,
     /// The last batch the applier put in sled.
     applied: Arc<AtomicU64>,
+    /// Why the store refuses writes until a restart: a journal sync failed (whether the record
+    /// is durable is unknown; recovery reads the journal) or a thread it needs is gone.
+    poisoned: std::sync::Mutex<Option<String>>,
     #[cfg(feature = "test-clock")]
     applier_frozen_until: Arc<std::sync::atomic::AtomicI64>,
     #[cfg(feature = "test-clock")]
@@ -253,6 +274,7 @@ impl Store {
             stats: stats.clone(),
             health: health.clone(),
             applied: applied.clone(),
+            poisoned: std::sync::Mutex::new(None),
             #[cfg(feature = "test-clock")]
             applier_frozen_until: frozen.clone(),
             #[cfg(feature = "test-clock")]
@@ -261,6 +283,7 @@ impl Store {
         let (jobs_tx, jobs_rx) = flume::bounded(opts.queue.max(1));
         let (apply_tx, apply_rx) = flume::unbounded();
         let (ckpt_tx, ckpt_rx) = std::sync::mpsc::channel();
+        let (sync_tx, sync_rx) = std::sync::mpsc::sync_channel(SYNCER_QUEUE);
         let env = Arc::new(ctx::Env {
             clock,
             public_url: opts.public_url.clone(),
@@ -273,19 +296,18 @@ impl Store {
             state,
             private,
             journal: journal::Journal::create(&wal)?,
-            sync: opts.sync,
-            env,
+            env: env.clone(),
             trees: trees.clone(),
             shared: shared.clone(),
-            applier: apply_tx,
+            syncer: sync_tx,
             checkpoints: ckpt_tx,
             fire: commands::deadlines::fire,
             unapplied: VecDeque::new(),
             unapplied_ops: 0,
-            poisoned: None,
             last_rotation: std::time::Instant::now(),
             last_lsn_in_file: lsn,
         };
+        let syncer = syncer::Syncer { shared: shared.clone(), stats: env.stats.clone(), sync: opts.sync, applier: apply_tx };
         let applier = applier::Applier {
             trees,
             applied: applied.clone(),
@@ -322,6 +344,7 @@ impl Store {
         };
         let threads = vec![
             spawn("gatehouse-writer", Box::new(move || writer.run(jobs_rx)))?,
+            spawn("gatehouse-syncer", Box::new(move || syncer.run(sync_rx)))?,
             spawn("gatehouse-applier", Box::new(move || applier.run(apply_rx)))?,
             spawn("gatehouse-checkpoint", Box::new(move || checkpointer.run(ckpt_rx)))?,
             spawn("gatehouse-packer", Box::new(packer))?,

@@ -3,11 +3,12 @@
 //! A dedicated thread takes commands in arrival order, as many as are waiting, and runs each
 //! in a [`Ctx`] over its working state (a failed command's changes are undone); it then fires
 //! the deadlines that came due. The batch — every write and event it produced — is one journal
-//! record, appended and synced once before anyone is answered; then the state is published to
-//! readers, the events appended to the event log and the durable head moved, and the writes
-//! handed to the applier, which puts them in sled off the acknowledgement path.
+//! record, appended and handed to the syncer (`syncer.rs`), which syncs it (once for every
+//! batch waiting) before anyone is answered or anything published, while the writer runs the
+//! next batch. The applier then puts the writes in sled off the acknowledgement path.
 //!
-//! Must not: know what a command does (commands are [`Job`]s), or write sled.
+//! Must not: know what a command does (commands are [`Job`]s), answer a command, publish, or
+//! write sled.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
@@ -16,13 +17,14 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
-use super::applier::{Applied, Closed};
+use super::applier::Closed;
 use super::command::{Answer, Job};
 use super::ctx::{BatchBuf, Ctx, Env};
 use super::journal::{self, Journal};
 use super::state::{Private, State, Tree, Trees};
 use super::timers::TimerId;
-use super::{Shared, StoreError, SyncMode};
+use super::syncer::{Appended, ToSyncer};
+use super::{Shared, StoreError};
 
 /// Most commands in one batch.
 const MAX_BATCH: usize = 1024;
@@ -63,19 +65,16 @@ pub struct Writer {
     /// Deadlines and leases: the writer's alone.
     pub private: Private,
     pub journal: Journal,
-    pub sync: SyncMode,
     pub env: Arc<Env>,
     pub trees: Trees,
     pub shared: Arc<Shared>,
-    pub applier: flume::Sender<Applied>,
+    /// Bounded: a syncer stuck in a sync stops the writer (and the watchdog sees it).
+    pub syncer: std::sync::mpsc::SyncSender<ToSyncer>,
     pub checkpoints: std::sync::mpsc::Sender<Closed>,
     pub fire: Fire,
     /// Batches handed to the applier and not confirmed yet: (lsn, the keys they wrote).
     pub unapplied: VecDeque<(u64, Vec<(Tree, Vec<u8>)>)>,
     pub unapplied_ops: usize,
-    /// A journal sync failed: whether the record is durable is unknown, so every later command
-    /// answers 503 until a restart (whose recovery reads the journal).
-    pub poisoned: Option<String>,
     pub last_rotation: Instant,
     /// The last batch in the current journal file.
     pub last_lsn_in_file: u64,
@@ -97,13 +96,23 @@ impl Writer {
             let stop = self.batch(msgs);
             self.shared.health.writer_idle();
             if let Some(done) = stop {
+                self.drain_syncer();
                 self.rotate(true);
                 let _ = done.send(());
                 return;
             }
             self.rotate(false);
         }
+        self.drain_syncer();
         self.rotate(true);
+    }
+
+    /// Waits until the syncer has finished every batch handed to it.
+    fn drain_syncer(&self) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.syncer.send(ToSyncer::Barrier(tx)).is_ok() {
+            let _ = rx.recv();
+        }
     }
 
     /// Waits for a message or the next deadline. `None` when every sender is gone;
@@ -143,10 +152,7 @@ impl Writer {
             }
         }
         self.fire_due(&mut buf, now);
-        let synced = self.commit(buf, base);
-        for a in answers {
-            a.send(synced.clone());
-        }
+        self.commit(buf, base, answers);
         for (sink, files, reply) in backups {
             let _ = reply.send(self.backup(sink, &files));
         }
@@ -159,8 +165,8 @@ impl Writer {
 
     /// Runs a command; if it fails, everything it recorded is undone.
     fn run_job(&mut self, job: Box<dyn Job>, buf: &mut BatchBuf, now: i64) -> Box<dyn Answer> {
-        if let Some(why) = &self.poisoned {
-            return Box::new(Refused(StoreError::Unavailable(why.clone()), job));
+        if let Some(why) = self.shared.poisoned() {
+            return Box::new(Refused(StoreError::Unavailable(why), job));
         }
         let mark = buf.mark(&self.state);
         let answer = job.run(&mut self.ctx(buf, now));
@@ -174,7 +180,7 @@ impl Writer {
     /// moves to a moment already past fires in its turn in the same pass. A firing that fails
     /// is undone and tried again at the next pass.
     fn fire_due(&mut self, buf: &mut BatchBuf, now: i64) {
-        if self.poisoned.is_some() {
+        if self.shared.poisoned().is_some() {
             return;
         }
         let fire = self.fire;
@@ -192,77 +198,66 @@ impl Writer {
         }
     }
 
-    /// Makes the batch durable and visible: journal (synced when it carries events), then the
-    /// published state, the event log and its head, and the applier. On a journal failure the
-    /// batch is undone and refused.
-    fn commit(&mut self, mut buf: BatchBuf, base: State) -> Result<(), String> {
-        if let Some(why) = &self.poisoned {
-            return Err(why.clone());
-        }
-        if buf.ops.is_empty() && buf.events.is_empty() {
-            return Ok(());
-        }
-        if self.state.room_count != base.room_count {
-            let key = super::keys::META_ROOMS.to_vec();
-            let value = self.state.room_count.to_be_bytes().to_vec();
-            buf.ops.push((Tree::Meta.index(), key, Some(value)));
-        }
-        let hard = !buf.events.is_empty();
-        let batch = journal::Batch { lsn: buf.lsn, ops: std::mem::take(&mut buf.ops), events: buf.events };
-        let appended = journal::encode_batch(&batch).and_then(|record| {
-            self.journal.append(&record).map_err(|e| StoreError::Unavailable(format!("journal write failed: {e}")))
-        });
-        if let Err(e) = appended {
-            // Nothing of this batch was written: undo it and carry on (a full disk may clear).
-            self.state = base;
-            self.shared.writable.store(false, Ordering::SeqCst);
-            tracing::error!(error = %e, "journal append failed; the batch is refused");
-            return Err(e.to_string());
-        }
-        if hard && self.sync == SyncMode::Fdatasync {
-            let started = Instant::now();
-            let synced = self.journal.sync();
-            self.env.stats.sync_seconds.observe(started.elapsed().as_secs_f64());
-            if let Err(e) = synced {
-                let why = format!("journal fdatasync failed: {e}");
-                self.poison(why.clone());
-                return Err(why);
+    /// Appends the batch to the journal and hands it, with its answers, to the syncer, which
+    /// makes it durable and visible. Every batch goes through the syncer, even an empty one,
+    /// so no answer overtakes an earlier batch that is not durable yet. On a journal write
+    /// failure the batch is undone and refused.
+    fn commit(&mut self, mut buf: BatchBuf, base: State, answers: Vec<Box<dyn Answer>>) {
+        let oldest_before = base.events_oldest;
+        let mut out = Appended {
+            file: None,
+            hard: false,
+            state: None,
+            batch: None,
+            webhooks_touched: buf.webhooks_touched,
+            oldest_before,
+            answers,
+            outcome: Ok(()),
+        };
+        if let Some(why) = self.shared.poisoned() {
+            out.outcome = Err(why);
+        } else if !(buf.ops.is_empty() && buf.events.is_empty()) {
+            if self.state.room_count != base.room_count {
+                let key = super::keys::META_ROOMS.to_vec();
+                let value = self.state.room_count.to_be_bytes().to_vec();
+                buf.ops.push((Tree::Meta.index(), key, Some(value)));
             }
-        }
-        self.shared.writable.store(true, Ordering::SeqCst);
-        self.state.lsn = batch.lsn;
-        self.last_lsn_in_file = batch.lsn;
-        self.publish(batch, buf.webhooks_touched, base.events_oldest);
-        Ok(())
-    }
-
-    fn publish(&mut self, batch: journal::Batch, webhooks_touched: bool, oldest_before: u64) {
-        self.state.timer_count = self.private.timers.len();
-        self.shared.published.store(Arc::new(self.state.clone()));
-        if let Some(last) = batch.events.last().map(|e| e.seq) {
-            match self.shared.events.append(&batch.events) {
-                Ok(()) => {
-                    self.shared.events.set_head(last);
-                    self.shared.hub.publish(&batch.events);
+            let batch = journal::Batch { lsn: buf.lsn, ops: std::mem::take(&mut buf.ops), events: buf.events };
+            let appended = journal::encode_batch(&batch).and_then(|record| {
+                self.journal.append(&record).map_err(|e| StoreError::Unavailable(format!("journal write failed: {e}")))
+            });
+            match appended {
+                Err(e) => {
+                    // Nothing of this batch was written: undo it and carry on (a full disk may clear).
+                    self.state = base;
+                    self.shared.writable.store(false, Ordering::SeqCst);
+                    tracing::error!(error = %e, "journal append failed; the batch is refused");
+                    out.outcome = Err(e.to_string());
                 }
-                // The journal holds them; a restart re-appends them.
-                Err(e) => self.poison(format!("event log append failed: {e}")),
+                Ok(()) => {
+                    self.shared.writable.store(true, Ordering::SeqCst);
+                    self.state.lsn = batch.lsn;
+                    self.state.timer_count = self.private.timers.len();
+                    self.last_lsn_in_file = batch.lsn;
+                    let keys: Vec<(Tree, Vec<u8>)> = batch
+                        .ops
+                        .iter()
+                        .filter_map(|(t, k, _)| Tree::from_index(*t).map(|t| (t, k.clone())))
+                        .collect();
+                    self.unapplied_ops += keys.len();
+                    self.unapplied.push_back((batch.lsn, keys));
+                    out.file = Some(self.journal.file());
+                    out.hard = !batch.events.is_empty();
+                    out.state = Some(self.state.clone());
+                    out.batch = Some(batch);
+                }
             }
         }
-        if self.state.events_oldest != oldest_before {
-            if let Err(e) = self.shared.events.retain_from(self.state.events_oldest) {
-                tracing::warn!(error = %e, "could not drop compacted event segments");
+        if let Err(std::sync::mpsc::SendError(ToSyncer::Batch(lost))) = self.syncer.send(ToSyncer::Batch(out)) {
+            self.shared.poison("the syncer thread is gone".into());
+            for a in lost.answers {
+                a.send(Err("the syncer thread is gone".into()));
             }
-        }
-        if webhooks_touched {
-            self.shared.webhooks_changed.send_modify(|v| *v += 1);
-        }
-        let keys: Vec<(Tree, Vec<u8>)> =
-            batch.ops.iter().filter_map(|(t, k, _)| Tree::from_index(*t).map(|t| (t, k.clone()))).collect();
-        self.unapplied_ops += keys.len();
-        self.unapplied.push_back((batch.lsn, keys));
-        if self.applier.send(Applied { lsn: batch.lsn, ops: batch.ops }).is_err() {
-            self.poison("the applier thread is gone".into());
         }
     }
 
@@ -287,18 +282,12 @@ impl Writer {
         }
     }
 
-    fn poison(&mut self, why: String) {
-        tracing::error!(error = %why, "the store cannot write; refusing writes until restart (recovery replays the journal)");
-        self.shared.writable.store(false, Ordering::SeqCst);
-        self.poisoned = Some(why);
-    }
-
     /// Starts a new journal file when the current one is big or old (or at shutdown), and lets
     /// the checkpointer fold the closed one into sled.
     fn rotate(&mut self, force: bool) {
         let len = self.journal.len();
         let due = len >= ROTATE_BYTES || (len > 0 && self.last_rotation.elapsed() >= ROTATE_EVERY);
-        if self.poisoned.is_some() || !(due || (force && len > 0)) {
+        if self.shared.poisoned().is_some() || !(due || (force && len > 0)) {
             return;
         }
         match self.journal.rotate() {
