@@ -20,6 +20,8 @@ const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f
 const CONNECTIONS: usize = 64;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(6);
+/// Rooms the join benchmark spreads its joins over.
+const JOIN_ROOMS: u64 = 8;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -134,6 +136,8 @@ async fn load(
                     break;
                 }
                 let i = counter.fetch_add(1, Ordering::Relaxed);
+                // `{n}` in the path spreads requests over JOIN_ROOMS rooms.
+                let path = path.replace("{n}", &(i % JOIN_ROOMS).to_string());
                 let b = match kind {
                     Kind::Get => Request::get(&path).body(Full::new(Bytes::new())),
                     Kind::Post => Request::post(&path)
@@ -254,12 +258,13 @@ async fn run(quick: bool) {
             .await,
         );
         results.push(load("GET /v1/rooms/:name", &gh.addr, Kind::Get, "/v1/rooms/bench".into(), no_body()).await);
-        post_json(&gh.addr, "/v1/rooms", r#"{"name":"joinbench","properties":{"max_participants":100000}}"#).await;
-        let jt = post_json(
-            &gh.addr,
-            "/v1/meeting-tokens",
-            r#"{"properties":{"room_name":"joinbench","user_name":"bench"}}"#,
-        )
+        // Several rooms, so that no room fills up during the run (each holds 100,000).
+        for n in 0..JOIN_ROOMS {
+            let body = format!(r#"{{"name":"joinbench-{n}","properties":{{"max_participants":100000}}}}"#);
+            post_json(&gh.addr, "/v1/rooms", &body).await;
+        }
+        // A token for no room in particular is good for every room.
+        let jt = post_json(&gh.addr, "/v1/meeting-tokens", r#"{"properties":{"user_name":"bench"}}"#)
         .await["token"]
             .as_str()
             .unwrap()
@@ -267,7 +272,7 @@ async fn run(quick: bool) {
         let join_body = format!(r#"{{"token":"{jt}"}}"#);
         let body = Arc::new(move |_| join_body.clone());
         results.push(
-            load("POST /v1/rooms/:name/join (durable)", &gh.addr, Kind::Post, "/v1/rooms/joinbench/join".into(), body)
+            load("POST /v1/rooms/:name/join (durable)", &gh.addr, Kind::Post, "/v1/rooms/joinbench-{n}/join".into(), body)
                 .await,
         );
     }

@@ -9,6 +9,7 @@ mod events;
 pub mod openapi;
 mod ops;
 mod participants;
+mod presence;
 mod ratelimit;
 mod rooms;
 pub mod routes;
@@ -255,10 +256,10 @@ async fn dispatch(
         Op::DeleteRoom => rooms::delete(state, &req, p(0)).await,
         Op::Join => participants::join(state, req, peer, p(0)).await,
         Op::Eject => participants::eject(state, req, p(0)).await,
-        Op::RoomPresence => participants::room_presence(state, &req, p(0)),
+        Op::RoomPresence => presence::room(state, &req, p(0)),
         Op::Bans => participants::bans(state, &req, p(0)),
         Op::LiftBan => participants::lift_ban(state, &req, p(0), p(1)).await,
-        Op::Presence => participants::presence_all(state, &req),
+        Op::Presence => presence::all(state, &req),
         Op::Heartbeat => participants::heartbeat(state, &req, p(0)).await,
         Op::Leave => participants::leave(state, &req, p(0)).await,
         Op::SessionStream => participants::stream(state, &req, p(0)).await,

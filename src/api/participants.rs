@@ -252,31 +252,6 @@ fn ends_me(e: &crate::store::Event, me: &str) -> bool {
     }
 }
 
-pub fn presence_all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
-    let now = state.clock.now_ms();
-    let mut out: Map<String, Value> = Map::new();
-    let live = state.store.live();
-    for (room, _) in live.rooms() {
-        let list: Vec<Value> =
-            live.present_in(room).iter().filter(|e| !e.session.is_over(now)).map(|e| e.session.presence(now)).collect();
-        if !list.is_empty() {
-            out.insert(room.to_string(), Value::Array(list));
-        }
-    }
-    Ok(ok(&Value::Object(out)))
-}
-
-pub fn room_presence(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
-    let now = state.clock.now_ms();
-    if state.store.room(room)?.is_none() {
-        return Err(ApiError::not_found("room not found"));
-    }
-    let data: Vec<Value> = state.store.room_sessions(room, now).iter().map(|e| e.session.presence(now)).collect();
-    Ok(ok(&json!({"total_count": data.len(), "data": data})))
-}
-
 /// Who may eject in `room`: an API key, or a meeting token for that room that passes every
 /// join check and may administer participants.
 fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Result<(String, bool), ApiError> {
@@ -307,9 +282,15 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
         }
     }
     if !c.can_admin_participants() {
-        return Err(forbidden("only an owner token, or one with canAdmin 'participants', may eject"));
+        return Err(forbidden("only an owner token, or one with canAdmin 'participants', may do this"));
     }
     Ok((format!("token:{}", tokens::short_id(&v.token_id)), true))
+}
+
+/// The caller may administer `room`'s participants: the API key, or a token of the room's that
+/// passes every join check and is an owner's or has `canAdmin: participants`.
+pub(super) fn room_admin(state: &AppState, req: &Request<Incoming>, room: &str) -> Result<(String, bool), ApiError> {
+    eject_authority(state, req, room)
 }
 
 fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {

@@ -154,6 +154,19 @@ impl Live {
         it.take(limit).filter_map(|((_, id), _)| self.sessions.get(id).cloned()).collect()
     }
 
+    /// A room's present members in join order (join time, then id), after `after`.
+    pub fn members_after<'a>(&'a self, room: &str, after: Option<&Order>) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+        let r = self.rooms.get(room);
+        let it: Box<dyn Iterator<Item = (&Order, &())> + 'a> = match (r, after) {
+            (None, _) => Box::new(std::iter::empty()),
+            (Some(r), Some(a)) => {
+                Box::new(r.present.range((std::ops::Bound::Excluded(a.clone()), std::ops::Bound::Unbounded)))
+            }
+            (Some(r), None) => Box::new(r.present.iter()),
+        };
+        it.filter_map(move |((_, id), _)| self.sessions.get(id))
+    }
+
     /// Rooms with someone present or waiting, in no particular order.
     pub fn rooms(&self) -> impl Iterator<Item = (&Arc<str>, &RoomLive)> {
         self.rooms.iter()
