@@ -35,6 +35,7 @@ fn open(dir: &std::path::Path) -> Store {
         queue: 4096,
         shed_after: std::time::Duration::from_secs(60),
         stall_after: std::time::Duration::from_secs(30),
+        large_room: gatehouse::store::fanout::DEFAULT_LARGE_ROOM,
     };
     Store::open(opts, Arc::new(SystemClock)).unwrap()
 }

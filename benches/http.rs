@@ -421,6 +421,7 @@ fn fill(dir: &str) {
             queue: 4096,
             shed_after: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
+            large_room: gatehouse::store::fanout::DEFAULT_LARGE_ROOM,
         };
         let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
         const N: u64 = 1_000_000;

@@ -8,11 +8,14 @@
 //! `participant.joined` frame on a stream in that room (p50/p99), and the server's CPU seconds
 //! and RSS.
 //!
-//! `large N`: one room of N participants with every stream open, half of them read one frame
-//! a second; then 1,000 joins and 1,000 leaves at 200/s. Reports RSS at peak and after the
-//! streams close, join-to-frame latency on the fast readers, CPU seconds.
+//! `large N` (or `large R PER`): one room of N participants (or R rooms of PER) with every
+//! stream open, half of them read one frame a second; then 1,000 joins and 1,000 leaves at
+//! 200/s. Reports RSS at peak and after the streams close (and the allocator's decay time),
+//! join-to-frame latency on the fast readers (in a large room: to the first `presence-summary`
+//! made after the join's answer, on 50 sampled readers), CPU seconds.
 //!
-//! Run: `cargo bench --bench streams -- rooms 100 100`, `-- large 10000` (add `--binary PATH`).
+//! Run: `cargo bench --bench streams -- rooms 100 100`, `-- large 10000`, `-- large 100 100`
+//! (add `--binary PATH` to measure another build).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -121,10 +124,25 @@ fn rss_mib(pid: u32) -> f64 {
 
 /// When each session id's `participant.joined` frame was seen, by any stream.
 type Seen = Arc<Mutex<HashMap<String, Instant>>>;
+/// Summaries seen by sampled fast readers: (the summary's `at`, unix ms; when it arrived).
+type Summaries = Arc<Mutex<Vec<Vec<(i64, Instant)>>>>;
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 /// Opens a session stream and reads it; `slow`: one read a second. Returns when the server
 /// closes it or `stop` fires.
-async fn follow(addr: String, id: String, secret: String, slow: bool, seen: Seen, stop: tokio::sync::watch::Receiver<bool>) {
+async fn follow(
+    addr: String,
+    id: String,
+    secret: String,
+    slow: bool,
+    seen: Seen,
+    summaries: Option<Summaries>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut mine: Vec<(i64, Instant)> = Vec::new();
     let Ok(mut s) = TcpStream::connect(&addr).await else { return };
     let req = format!("GET /v1/sessions/{id}/stream HTTP/1.1\r\nhost: bench\r\nauthorization: Bearer {secret}\r\n\r\n");
     if s.write_all(req.as_bytes()).await.is_err() {
@@ -141,8 +159,8 @@ async fn follow(addr: String, id: String, secret: String, slow: bool, seen: Seen
             }
         }
         let n = tokio::select! {
-            r = s.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => n },
-            _ = stop.changed() => return,
+            r = s.read(&mut buf) => match r { Ok(0) | Err(_) => break, Ok(n) => n },
+            _ = stop.changed() => break,
         };
         if slow {
             continue;
@@ -150,6 +168,14 @@ async fn follow(addr: String, id: String, secret: String, slow: bool, seen: Seen
         carry.push_str(&String::from_utf8_lossy(&buf[..n]));
         while let Some(at) = carry.find("\n\n") {
             let frame: String = carry.drain(..at + 2).collect();
+            if frame.contains("event: presence-summary") {
+                let at = frame
+                    .find("\"at\":")
+                    .and_then(|i| frame[i + 5..].split(|c: char| !c.is_ascii_digit()).next()?.parse::<i64>().ok());
+                if let (Some(at), true) = (at, summaries.is_some()) {
+                    mine.push((at, Instant::now()));
+                }
+            }
             if frame.contains("event: participant.joined") {
                 if let Some(i) = frame.find("\"session_id\":\"") {
                     let rest = &frame[i + 14..];
@@ -159,6 +185,9 @@ async fn follow(addr: String, id: String, secret: String, slow: bool, seen: Seen
                 }
             }
         }
+    }
+    if let Some(all) = summaries {
+        all.lock().unwrap().push(mine);
     }
 }
 
@@ -183,6 +212,7 @@ async fn populate(
     per_room: usize,
     slow_half: bool,
     seen: &Seen,
+    summaries: &Summaries,
     stop: &tokio::sync::watch::Receiver<bool>,
 ) -> Vec<(String, String, String)> {
     let mut c = Conn::open(&server.addr).await;
@@ -209,7 +239,9 @@ async fn populate(
     }
     for (i, (_, id, secret)) in sessions.iter().enumerate() {
         let slow = slow_half && i % 2 == 1;
-        tokio::spawn(follow(server.addr.clone(), id.clone(), secret.clone(), slow, seen.clone(), stop.clone()));
+        // Fifty fast readers keep the summaries they see (for the large-room latency).
+        let sample = (!slow && i < 100).then(|| summaries.clone());
+        tokio::spawn(follow(server.addr.clone(), id.clone(), secret.clone(), slow, seen.clone(), sample, stop.clone()));
         if i % 500 == 499 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -256,7 +288,7 @@ async fn paced(
     total: usize,
     rate: f64,
     leaves: Vec<(String, String)>,
-) -> (Vec<f64>, Vec<(String, Instant)>) {
+) -> (Vec<f64>, Vec<(String, Instant, i64)>) {
     let conns = 32;
     let mut tasks = Vec::new();
     let start = Instant::now();
@@ -278,7 +310,7 @@ async fn paced(
                 let t = Instant::now();
                 let (id, _) = join(&mut conn, room).await;
                 lat.push(t.elapsed().as_secs_f64() * 1000.0);
-                acked.push((id, Instant::now()));
+                acked.push((id, Instant::now(), unix_ms()));
                 let leave = leaves.lock().unwrap().pop();
                 if let Some((lid, lsecret)) = leave {
                     let req = Request::post(format!("/v1/sessions/{lid}/leave"))
@@ -303,10 +335,10 @@ async fn paced(
     (lat, acked)
 }
 
-fn delivery(seen: &Seen, acked: &[(String, Instant)]) -> (usize, Vec<f64>) {
+fn delivery(seen: &Seen, acked: &[(String, Instant, i64)]) -> (usize, Vec<f64>) {
     let seen = seen.lock().unwrap();
     let mut d = Vec::new();
-    for (id, at) in acked {
+    for (id, at, _) in acked {
         if let Some(s) = seen.get(id) {
             d.push(s.saturating_duration_since(*at).as_secs_f64() * 1000.0);
         }
@@ -320,7 +352,7 @@ async fn rooms_scenario(binary: &str, rooms: usize, per_room: usize) {
     let seen: Seen = Arc::default();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
-    let sessions = populate(&server, rooms, per_room, false, &seen, &stop).await;
+    let sessions = populate(&server, rooms, per_room, false, &seen, &Summaries::default(), &stop).await;
     println!("{} sessions in {rooms} rooms, every stream open, in {:.1}s; RSS {:.0} MiB", sessions.len(), t.elapsed().as_secs_f64(), rss_mib(pid));
     let mut c = Conn::open(&server.addr).await;
     let (scrape, _) = timed(&mut c, "/metrics").await;
@@ -350,18 +382,21 @@ async fn rooms_scenario(binary: &str, rooms: usize, per_room: usize) {
     let _ = stop_tx.send(true);
 }
 
-async fn large_scenario(binary: &str, n: usize) {
+async fn large_scenario(binary: &str, rooms: usize, n: usize) {
     let server = start(binary);
     let pid = server.child.id();
     let seen: Seen = Arc::default();
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let rss0 = rss_mib(pid);
     let t = Instant::now();
-    let sessions = populate(&server, 1, n, true, &seen, &stop).await;
+    let summaries = Summaries::default();
+    let sessions = populate(&server, rooms, n, true, &seen, &summaries, &stop).await;
     let rss_open = rss_mib(pid);
-    println!("{n} in one room, every stream open (half read one frame a second), in {:.1}s; RSS {rss0:.0} MiB before, {rss_open:.0} MiB with the streams open", t.elapsed().as_secs_f64());
+    println!("{rooms} room(s) of {n}, every stream open (half read one frame a second), in {:.1}s; RSS {rss0:.0} MiB before, {rss_open:.0} MiB with the streams open", t.elapsed().as_secs_f64());
+    let names: Vec<String> = (0..rooms).map(|r| format!("room-{r}")).collect();
     let cpu0 = cpu_secs(pid);
-    let leaves: Vec<(String, String)> = sessions.iter().take(1000).map(|(_, id, s)| (id.clone(), s.clone())).collect();
+    let leaves: Vec<(String, String)> =
+        sessions.iter().step_by((sessions.len() / 1000).max(1)).take(1000).map(|(_, id, s)| (id.clone(), s.clone())).collect();
     let mut peak = rss_open;
     let sampler = {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -376,22 +411,60 @@ async fn large_scenario(binary: &str, n: usize) {
         });
         (done, h)
     };
-    let (mut lat, acked) = paced(&server, &["room-0".to_string()], 1000, 200.0, leaves).await;
+    let (mut lat, acked) = paced(&server, &names, 1000, 200.0, leaves).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     sampler.0.store(true, std::sync::atomic::Ordering::Relaxed);
     peak = peak.max(sampler.1.await.unwrap());
     let cpu = cpu_secs(pid) - cpu0;
-    let (seen_n, mut d) = delivery(&seen, &acked);
+    // The server's own view of the joins (time from the request's head to its answer).
+    let (_, m) = Conn::open(&server.addr).await.call("GET", "/metrics", None).await;
+    for line in String::from_utf8_lossy(&m).lines() {
+        if line.contains("join") && (line.contains("duration_seconds_sum") || line.contains("duration_seconds_count")) {
+            println!("server: {line}");
+        }
+    }
+    let (mut seen_n, mut d) = delivery(&seen, &acked);
     let _ = stop_tx.send(true);
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The server notices a closed stream at its next write (a frame, or the 15 s keep-alive).
+    let closing = Instant::now();
+    let mut c = Conn::open(&server.addr).await;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (_, m) = c.call("GET", "/metrics", None).await;
+        let open = String::from_utf8_lossy(&m)
+            .lines()
+            .find_map(|l| l.strip_prefix("gatehouse_connections_open ").and_then(|v| v.trim().parse::<f64>().ok()))
+            .unwrap_or(0.0);
+        if open < 10.0 || closing.elapsed() > Duration::from_secs(40) {
+            println!("streams closed on the server {:.1}s after the clients went ({open} connections open)", closing.elapsed().as_secs_f64());
+            break;
+        }
+    }
+    // The allocator gives freed memory back within its decay time (jemalloc: 10 s).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    if seen_n == 0 {
+        // A large room: each join shows in the first summary made after its answer.
+        for frames in summaries.lock().unwrap().iter() {
+            for (_, ack, ack_ms) in &acked {
+                if let Some((_, arrived)) = frames.iter().find(|(at, _)| at >= ack_ms) {
+                    d.push(arrived.saturating_duration_since(*ack).as_secs_f64() * 1000.0);
+                    seen_n += 1;
+                }
+            }
+        }
+    }
     println!(
-        "1,000 joins and 1,000 leaves at 200/s: join p50 {:.1} ms, p99 {:.1} ms; frame on a fast reader after the answer: {seen_n} seen, p50 {:.1} ms, p99 {:.1} ms; CPU {cpu:.1} s; RSS peak {peak:.0} MiB, {:.0} MiB after the streams closed",
+        "1,000 joins and 1,000 leaves at 200/s: join p50 {:.1} ms, p99 {:.1} ms; frame on a fast reader after the answer ({seen_n} join×reader pairs): p50 {:.1} ms, p99 {:.1} ms; CPU {cpu:.1} s; RSS peak {peak:.0} MiB, {:.0} MiB after the streams closed",
         pct(&mut lat, 0.5),
         pct(&mut lat, 0.99),
         pct(&mut d, 0.5),
         pct(&mut d, 0.99),
         rss_mib(pid)
     );
+    if let Some(secs) = std::env::var("STREAMS_PAUSE").ok().and_then(|v| v.parse().ok()) {
+        println!("server pid {pid}: pausing {secs}s (STREAMS_PAUSE)");
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+    }
 }
 
 fn main() {
@@ -408,8 +481,13 @@ fn main() {
         let p = args.get(i + 2).and_then(|v| v.parse().ok()).unwrap_or(100);
         rt.block_on(rooms_scenario(&binary, r, p));
     } else if let Some(i) = pos("large") {
-        let n = args.get(i + 1).and_then(|v| v.parse().ok()).unwrap_or(10_000);
-        rt.block_on(large_scenario(&binary, n));
+        // `large N` (one room) or `large R PER`.
+        let a: Option<usize> = args.get(i + 1).and_then(|v| v.parse().ok());
+        let b: Option<usize> = args.get(i + 2).and_then(|v| v.parse().ok());
+        match (a, b) {
+            (Some(r), Some(p)) => rt.block_on(large_scenario(&binary, r, p)),
+            (n, _) => rt.block_on(large_scenario(&binary, 1, n.unwrap_or(10_000))),
+        }
     } else {
         rt.block_on(rooms_scenario(&binary, 100, 100));
     }

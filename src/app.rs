@@ -57,6 +57,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         queue: settings.writer_queue,
         shed_after: settings.shed_after,
         stall_after: settings.stall_after,
+        large_room: settings.large_room,
     };
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -114,6 +115,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // and the writer fires what is due right away.
     let deliveries =
         tokio::spawn(crate::webhooks::run(store.clone(), outbound, state.clock.clone(), shutdown_rx.clone()));
+    let session_streams = tokio::spawn(api::session_stream::run_background(state.clone()));
     let mut housekeeping = crate::scheduler::start_housekeeping(
         &settings.housekeeping_cron,
         store.clone(),
@@ -140,6 +142,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let _ = watchdog.await;
     let _ = server.await;
     let _ = deliveries.await;
+    let _ = session_streams.await;
     let _ = housekeeping.shutdown().await;
     store.close().await;
     tracing::info!("store flushed; bye");
@@ -417,6 +420,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 queue: 4096,
                 shed_after: std::time::Duration::from_secs(60),
                 stall_after: std::time::Duration::from_secs(30),
+                large_room: crate::store::fanout::DEFAULT_LARGE_ROOM,
             };
             let store = Store::open(opts, Arc::new(crate::clock::SystemClock)).map_err(|e| {
                 anyhow::anyhow!(

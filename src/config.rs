@@ -238,6 +238,10 @@ pub struct ServeArgs {
     /// Most open streams (GET /v1/sessions/:id/stream) per session.
     #[arg(long, env = "GATEHOUSE_MAX_STREAMS_PER_SESSION", default_value_t = 4)]
     pub max_streams_per_session: usize,
+    /// People present from which a room is large: its session streams get the count and the
+    /// latest joiners and leavers a few times a second instead of every change.
+    #[arg(long, env = "GATEHOUSE_LARGE_ROOM_THRESHOLD", default_value_t = 1000)]
+    pub large_room_threshold: u64,
     /// Commands the writer queues; past it a mutation waits --shed-after-ms, then gets 503.
     #[arg(long, env = "GATEHOUSE_WRITER_QUEUE", default_value_t = 4096)]
     pub writer_queue: usize,
@@ -288,6 +292,7 @@ pub struct Settings {
     pub max_connections_per_address: usize,
     pub max_event_streams_per_key: usize,
     pub max_streams_per_session: usize,
+    pub large_room: u64,
     pub writer_queue: usize,
     pub shed_after: std::time::Duration,
     pub stall_after: std::time::Duration,
@@ -363,6 +368,7 @@ impl ServeArgs {
             )?,
             max_event_streams_per_key: count("max-event-streams-per-key", self.max_event_streams_per_key, 1, 100_000)?,
             max_streams_per_session: count("max-streams-per-session", self.max_streams_per_session, 1, 1000)?,
+            large_room: within("large-room-threshold", self.large_room_threshold, 1, 1_000_000)?,
             writer_queue: count("writer-queue", self.writer_queue, 1, 1_000_000)?,
             shed_after: std::time::Duration::from_millis(within("shed-after-ms", self.shed_after_ms, 0, 60_000)?),
             stall_after: secs("stall-timeout-secs", self.stall_timeout_secs)?,
@@ -489,7 +495,7 @@ impl Settings {
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
              webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
-             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\n",
+             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\n",
             self.listen,
             self.data_dir.display(),
             self.public_url.as_deref().unwrap_or("(the bound address)"),
@@ -518,6 +524,7 @@ impl Settings {
             self.max_connections_per_address,
             self.max_event_streams_per_key,
             self.max_streams_per_session,
+            self.large_room,
             self.writer_queue,
             self.shed_after,
             self.stall_after,

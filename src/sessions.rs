@@ -225,19 +225,6 @@ impl Session {
         json!({"session_id": self.id, "room": self.room, "user_id": self.user_id, "user_name": self.user_name, "reason": reason, "by": by})
     }
 
-    /// Daily's presence participant.
-    pub fn presence(&self, now_ms: i64) -> Value {
-        json!({
-            "room": self.room,
-            "id": self.id,
-            "userId": self.user_id,
-            "userName": self.user_name,
-            "joinTime": crate::clock::rfc3339_ms(self.joined_ms),
-            "duration": ((now_ms - self.joined_ms).max(0)) / 1000,
-            "owner": self.owner,
-        })
-    }
-
     /// Gone at `now_ms` by check-on-read: its ejection deadline has passed.
     pub fn is_over(&self, now_ms: i64) -> bool {
         self.eject_at_ms.is_some_and(|at| now_ms >= at)

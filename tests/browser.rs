@@ -13,7 +13,8 @@ fn needs_chromium_room_page_and_dashboard() {
     let have_driver = root.join("tests/browser/node_modules/playwright-core").exists();
     common::require(have_browser, "Debian's chromium at /usr/bin/chromium");
     common::require(have_driver, "playwright-core in tests/browser/node_modules (npm ci)");
-    let s = Server::start();
+    // Rooms of 50 and more are large (the walk-through's last part).
+    let s = Server::start_with(&[("GATEHOUSE_LARGE_ROOM_THRESHOLD", "50")]);
     let shots = root.join("target/browser-screenshots");
     let out = std::process::Command::new("node")
         .arg(root.join("tests/browser/e2e.mjs"))

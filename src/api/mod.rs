@@ -10,6 +10,7 @@ pub mod openapi;
 mod ops;
 mod participants;
 mod presence;
+pub mod session_stream;
 mod ratelimit;
 mod rooms;
 pub mod routes;
@@ -89,6 +90,8 @@ pub struct AppState {
     pub conn_metrics: Arc<conn::ConnMetrics>,
     /// Open streams per API key and per session (their caps are in `settings`).
     pub streams: streams::StreamCounts,
+    /// Sessions with a stream open, and participant lists for snapshots.
+    pub session_streams: Arc<session_stream::Registry>,
     request_ids: AtomicU64,
 }
 
@@ -118,6 +121,7 @@ impl AppState {
             metrics: crate::metrics::ApiMetrics::default(),
             conn_metrics: Arc::default(),
             streams: streams::StreamCounts::default(),
+            session_streams: Arc::default(),
             #[cfg(feature = "test-clock")]
             test_clock,
             ready: AtomicBool::new(false),
@@ -262,7 +266,7 @@ async fn dispatch(
         Op::Presence => presence::all(state, &req),
         Op::Heartbeat => participants::heartbeat(state, &req, p(0)).await,
         Op::Leave => participants::leave(state, &req, p(0)).await,
-        Op::SessionStream => participants::stream(state, &req, p(0)).await,
+        Op::SessionStream => session_stream::stream(state, &req, p(0)).await,
         Op::RevokeTokens => tokens::revoke(state, req).await,
         Op::CreateToken => tokens::create(state, req).await,
         Op::ListTokens => tokens::list(state, &req),

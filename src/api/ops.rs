@@ -97,6 +97,21 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         "Open event and session streams.",
         state.streams.total() as f64,
     );
+    let (fan_rooms, _) = state.store.fanout_counts();
+    single(
+        &mut out,
+        "gatehouse_stream_rooms",
+        "gauge",
+        "Rooms with a session stream open (their changes are encoded once for all of them).",
+        fan_rooms as f64,
+    );
+    single(
+        &mut out,
+        "gatehouse_stream_sessions",
+        "gauge",
+        "Sessions with a stream open (their leases are renewed together).",
+        state.session_streams.open_count() as f64,
+    );
     let store = &state.store;
     single(
         &mut out,

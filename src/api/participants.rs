@@ -6,7 +6,6 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -107,7 +106,7 @@ pub async fn join(
 }
 
 /// The session named in the path, if the bearer is its secret.
-fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Session, ApiError> {
+pub(super) fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) -> Result<Session, ApiError> {
     let secret = auth::bearer(req)?
         .ok_or_else(|| ApiError::unauthenticated("missing Authorization header with the session secret"))?;
     let entry = state.store.session(id).ok_or_else(|| ApiError::not_found("no such session"))?;
@@ -162,94 +161,7 @@ pub(super) fn sse_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
 }
 
 pub(super) fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
-    let id = id.map(|i| format!("id: {i}\n")).unwrap_or_default();
-    Bytes::from(format!("{id}event: {kind}\ndata: {data}\n\n"))
-}
-
-/// `GET /v1/sessions/:id/stream`: the room's presence changes and this session's own end, as
-/// SSE. Keeps the lease alive while open; closes on ejection, on leaving, and at shutdown.
-pub async fn stream(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    let session = session_auth(state, req, id)?;
-    let cap = state.settings.max_streams_per_session;
-    let slot = state.streams.take(&format!("session:{id}"), cap).ok_or_else(|| {
-        too_many(format!("this session already has {cap} open streams; close one (or reconnect later)"))
-    })?;
-    let (tx, rx) = mpsc::channel(64);
-    let state = state.clone();
-    tokio::spawn(async move {
-        let _slot = slot;
-        follow(state, session, tx).await
-    });
-    Ok(sse_response(rx))
-}
-
-async fn follow(state: Arc<AppState>, me: Session, tx: mpsc::Sender<Bytes>) {
-    use tokio::sync::broadcast::error::RecvError;
-    // Subscribe first, then take the snapshot: nothing happens in between unseen.
-    let mut events = state.store.subscribe_room(&me.room);
-    let mut shutdown = state.shutdown.clone();
-    if tx.send(sse("presence", None, &snapshot(&state, &me))).await.is_err() {
-        return;
-    }
-    let keepalive = Duration::from_millis(u64::try_from(state.settings.lease_ms / 3).unwrap_or(10_000));
-    let mut renew = tokio::time::interval(keepalive);
-    let mut ping = tokio::time::interval(Duration::from_secs(15));
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => {
-                let _ = tx.send(sse("shutdown", None, "{}")).await;
-                return;
-            }
-            _ = renew.tick() => {
-                if !matches!(state.store.submit_wait(Heartbeat { session_id: me.id.clone() }).await, Ok(Some(_))) {
-                    let _ = tx.send(sse("ended", None, &json!({"session_id": me.id}).to_string())).await;
-                    return;
-                }
-            }
-            _ = ping.tick() => {
-                if tx.send(Bytes::from_static(b": keep-alive\n\n")).await.is_err() {
-                    return;
-                }
-            }
-            got = events.recv() => match got {
-                Ok(e) => {
-                    if tx.send(sse(&e.kind, Some(e.seq), &e.envelope)).await.is_err() {
-                        return;
-                    }
-                    if ends_me(&e, &me.id) {
-                        return;
-                    }
-                }
-                // Fell behind the room's ring: start again from a fresh snapshot.
-                Err(RecvError::Lagged(_)) => {
-                    if tx.send(sse("presence", None, &snapshot(&state, &me))).await.is_err() {
-                        return;
-                    }
-                }
-                Err(RecvError::Closed) => return,
-            },
-        }
-    }
-}
-
-/// Who is in the room now, as the stream's first frame (and after falling behind).
-fn snapshot(state: &AppState, me: &Session) -> String {
-    let now = state.clock.now_ms();
-    let present: Vec<Value> =
-        state.store.room_sessions(&me.room, now).iter().map(|e| e.session.presence(now)).collect();
-    json!({"session_id": me.id, "room": me.room, "participants": present, "will_eject_at": me.eject_at_ms.map(|m| m / 1000)})
-        .to_string()
-}
-
-/// The event ends this session's stream: its own departure, or the room's deletion.
-fn ends_me(e: &crate::store::Event, me: &str) -> bool {
-    match &*e.kind {
-        "room.deleted" => true,
-        "participant.left" | "waiting-participant.left" => {
-            serde_json::from_str::<Value>(&e.envelope).is_ok_and(|v| v["payload"]["session_id"].as_str() == Some(me))
-        }
-        _ => false,
-    }
+    crate::store::fanout::sse_frame(kind, id, data)
 }
 
 /// Who may eject in `room`: an API key, or a meeting token for that room that passes every

@@ -205,8 +205,9 @@ impl Ctx<'_> {
         let seq = self.st.next_seq;
         self.st.next_seq += 1;
         let room = payload.get("room").and_then(Value::as_str).map(String::from);
+        let session = payload.get("session_id").and_then(Value::as_str).map(String::from);
         let envelope = crate::events::render(&self.env.domain8, seq, kind, &payload, self.now_ms);
-        self.batch.events.push(LoggedEvent { seq, ts_ms: self.now_ms, kind: kind.to_string(), room, envelope });
+        self.batch.events.push(LoggedEvent { seq, ts_ms: self.now_ms, kind: kind.to_string(), room, envelope, session });
     }
 
     // --- rooms -------------------------------------------------------------------------------

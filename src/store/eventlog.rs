@@ -72,6 +72,7 @@ impl Event {
             kind: self.kind.to_string(),
             room: self.room.as_deref().map(String::from),
             envelope: self.envelope.to_string(),
+            session: None,
         }
     }
 }
@@ -667,6 +668,7 @@ mod tests {
             kind: if seq % 2 == 0 { "a".into() } else { "b".into() },
             room: Some(format!("room-{}", seq % 3)),
             envelope: format!("{{\"seq\":{seq},\"padding\":\"{}\"}}", "x".repeat(100)),
+            session: None,
         }
     }
 

@@ -1,55 +1,289 @@
-//! Fan-out per room: after each durable batch the writer hands the events about a room to
-//! that room's subscribers (session streams). A change in a room is encoded once and shared;
-//! streams of other rooms do no work for it.
+//! Fan-out per room (ARCHITECTURE.md, "Session streams"): after each durable batch the syncer
+//! hands the events about a room to that room's subscribers (session streams), each event
+//! encoded once as an SSE frame and shared; streams of other rooms do no work for it.
 //!
-//! Each room has a bounded ring of recent events shared by its subscribers: memory per room is
+//! Each room has a bounded ring of recent frames shared by its subscribers: memory per room is
 //! bounded whatever the number of streams, and a subscriber that falls behind the ring learns
-//! it (`Lagged`) and starts again from a fresh snapshot.
+//! it (`Lagged`) and starts again from a fresh snapshot. Events about one session (its join,
+//! ejection, departure) also go to that session's own small ring, so a stream learns of its
+//! own end without looking at everyone else's.
 //!
-//! Must not: block the writer (a send never waits).
+//! **Large rooms.** From `threshold` people present (until the room falls 10% below it), joins
+//! and departures are no longer sent to everyone one by one: they are folded into a
+//! `presence-summary` frame (the count, and the latest few joiners and leavers) that
+//! [`Hub::flush_summaries`] sends at most every tick. The cost per change is then O(1), and per
+//! tick O(streams in rooms that changed), instead of O(streams) per change.
+//!
+//! Must not: block the syncer (a send never waits), or parse an event per subscriber.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
+use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::eventlog::Event;
 use super::journal::LoggedEvent;
+use super::live::Live;
 
-/// Events each room's ring holds.
+/// Frames each room's ring holds.
 pub const ROOM_RING: usize = 1024;
+/// Frames each session's own ring holds (its join, ejection and departure are all it gets).
+pub const OWN_RING: usize = 16;
+/// Joiners (and leavers) a summary lists, newest first; the totals count the rest.
+pub const SUMMARY_LIST: usize = 5;
+/// Default size from which a room is large (Daily's call UI switches around 1,000).
+pub const DEFAULT_LARGE_ROOM: u64 = 1000;
 
-#[derive(Default)]
+/// One SSE frame, encoded once and shared by every stream it goes to.
+#[derive(Debug)]
+pub struct Frame {
+    pub kind: Arc<str>,
+    /// The session the event is about, if one.
+    pub about: Option<Arc<str>>,
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// The room became small again: every stream sends a fresh full snapshot.
+    pub fn is_resync(&self) -> bool {
+        &*self.kind == RESYNC
+    }
+}
+
+const RESYNC: &str = "resync";
+
+/// `id: <seq>\nevent: <kind>\ndata: <data>\n\n` (`data` must be one line: JSON is).
+pub fn sse_frame(kind: &str, id: Option<u64>, data: &str) -> Bytes {
+    let mut s = String::with_capacity(kind.len() + data.len() + 32);
+    if let Some(i) = id {
+        s.push_str("id: ");
+        s.push_str(&i.to_string());
+        s.push('\n');
+    }
+    s.push_str("event: ");
+    s.push_str(kind);
+    s.push_str("\ndata: ");
+    s.push_str(data);
+    s.push_str("\n\n");
+    Bytes::from(s)
+}
+
+struct RoomFan {
+    tx: broadcast::Sender<Arc<Frame>>,
+    large: bool,
+    count: u64,
+    /// Since the last summary, newest last, at most [`SUMMARY_LIST`] each.
+    joined: VecDeque<Value>,
+    left: VecDeque<Value>,
+    joined_total: u64,
+    left_total: u64,
+    dirty: bool,
+}
+
+impl RoomFan {
+    fn new() -> RoomFan {
+        RoomFan {
+            tx: broadcast::channel(ROOM_RING).0,
+            large: false,
+            count: 0,
+            joined: VecDeque::new(),
+            left: VecDeque::new(),
+            joined_total: 0,
+            left_total: 0,
+            dirty: false,
+        }
+    }
+}
+
 pub struct Hub {
-    /// A std Mutex: held only to look up or insert a sender.
-    rooms: Mutex<HashMap<Arc<str>, broadcast::Sender<Arc<Event>>>>,
+    /// std Mutexes: held only to look up, insert, or send (a send never waits).
+    rooms: Mutex<HashMap<Arc<str>, RoomFan>>,
+    own: Mutex<HashMap<Arc<str>, broadcast::Sender<Arc<Frame>>>>,
+    threshold: AtomicU64,
+}
+
+impl Default for Hub {
+    fn default() -> Hub {
+        Hub { rooms: Mutex::default(), own: Mutex::default(), threshold: AtomicU64::new(DEFAULT_LARGE_ROOM) }
+    }
+}
+
+/// Below this many present a large room is small again (10% under the threshold: no flapping).
+fn small_again_below(threshold: u64) -> u64 {
+    threshold.saturating_sub((threshold / 10).max(1))
 }
 
 impl Hub {
-    /// The events about `room` from now on.
-    pub fn subscribe(&self, room: &str) -> broadcast::Receiver<Arc<Event>> {
-        let Ok(mut rooms) = self.rooms.lock() else {
-            return broadcast::channel(1).1;
-        };
-        rooms.entry(Arc::from(room)).or_insert_with(|| broadcast::channel(ROOM_RING).0).subscribe()
+    pub fn set_large_threshold(&self, n: u64) {
+        self.threshold.store(n.max(1), Ordering::Relaxed);
     }
 
-    /// Hands each event about a room to that room's subscribers, if it has any.
-    pub fn publish(&self, events: &[LoggedEvent]) {
-        let Ok(mut rooms) = self.rooms.lock() else { return };
-        for e in events {
-            let Some(room) = e.room.as_deref() else { continue };
-            let Some(tx) = rooms.get(room) else { continue };
-            if tx.receiver_count() == 0 {
-                rooms.remove(room);
-                continue;
+    pub fn large_threshold(&self) -> u64 {
+        self.threshold.load(Ordering::Relaxed)
+    }
+
+    /// The frames about `room` from now on, and whether the room is large now.
+    pub fn subscribe(&self, room: &str, present: u64) -> (broadcast::Receiver<Arc<Frame>>, bool) {
+        let Ok(mut rooms) = self.rooms.lock() else {
+            return (broadcast::channel(1).1, false);
+        };
+        let threshold = self.large_threshold();
+        let fan = rooms.entry(Arc::from(room)).or_insert_with(|| {
+            let mut f = RoomFan::new();
+            f.count = present;
+            f.large = present >= threshold;
+            f
+        });
+        (fan.tx.subscribe(), fan.large)
+    }
+
+    /// The frames about session `id` from now on (its ejection, its departure).
+    pub fn follow_session(&self, id: &str) -> broadcast::Receiver<Arc<Frame>> {
+        let Ok(mut own) = self.own.lock() else {
+            return broadcast::channel(1).1;
+        };
+        own.entry(Arc::from(id)).or_insert_with(|| broadcast::channel(OWN_RING).0).subscribe()
+    }
+
+    /// Forgets session `id`'s ring once no stream follows it (call after dropping a receiver).
+    pub fn unfollow_session(&self, id: &str) {
+        if let Ok(mut own) = self.own.lock() {
+            if own.get(id).is_some_and(|tx| tx.receiver_count() == 0) {
+                own.remove(id);
             }
-            let _ = tx.send(Arc::new(Event::from(e)));
         }
     }
 
-    /// Rooms with subscribers (for metrics).
-    pub fn rooms(&self) -> usize {
-        self.rooms.lock().map(|r| r.len()).unwrap_or(0)
+    /// Hands a frame to session `id`'s streams, if any are open.
+    pub fn notify(&self, id: &str, frame: Frame) {
+        if let Ok(own) = self.own.lock() {
+            if let Some(tx) = own.get(id) {
+                let _ = tx.send(Arc::new(frame));
+            }
+        }
+    }
+
+    /// Hands each event about a room to that room's subscribers (and the session it is about to
+    /// that session's), if it has any. `live` is the state the events were published with.
+    pub fn publish(&self, events: &[LoggedEvent], live: &Live) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        if rooms.is_empty() {
+            return;
+        }
+        let threshold = self.large_threshold();
+        for e in events {
+            let Some(room) = e.room.as_deref() else { continue };
+            let Some(fan) = rooms.get_mut(room) else { continue };
+            if fan.tx.receiver_count() == 0 {
+                rooms.remove(room);
+                continue;
+            }
+            let frame = Arc::new(Frame {
+                kind: Arc::from(e.kind.as_str()),
+                about: e.session.as_deref().map(Arc::from),
+                bytes: sse_frame(&e.kind, Some(e.seq), &e.envelope),
+            });
+            if let Some(about) = &frame.about {
+                if let Ok(own) = self.own.lock() {
+                    if let Some(tx) = own.get(about) {
+                        let _ = tx.send(frame.clone());
+                    }
+                }
+            }
+            let count = live.present(room);
+            fan.count = count;
+            let was_large = fan.large;
+            fan.large = if was_large { count >= small_again_below(threshold) } else { count >= threshold };
+            match (was_large, fan.large) {
+                (false, true) => fan.dirty = true,
+                (true, false) => {
+                    fan.dirty = false;
+                    fan.joined.clear();
+                    fan.left.clear();
+                    let _ = fan.tx.send(Arc::new(Frame { kind: Arc::from(RESYNC), about: None, bytes: Bytes::new() }));
+                    continue;
+                }
+                _ => {}
+            }
+            if !fan.large {
+                let _ = fan.tx.send(frame);
+                continue;
+            }
+            match &*e.kind {
+                "participant.joined" | "participant.left" => fold(fan, e),
+                // About one session: its own streams have it.
+                _ if frame.about.is_some() => {}
+                _ => {
+                    let _ = fan.tx.send(frame);
+                }
+            }
+        }
+    }
+
+    /// Sends one `presence-summary` frame to each large room that changed since the last call
+/// (`at`: when, in unix ms).
+    pub fn flush_summaries(&self, now_ms: i64) {
+        let Ok(mut rooms) = self.rooms.lock() else { return };
+        rooms.retain(|_, fan| fan.tx.receiver_count() > 0);
+        for (room, fan) in rooms.iter_mut().filter(|(_, f)| f.large && f.dirty) {
+            let body = json!({
+                "room": &**room,
+                "at": now_ms,
+                "count": fan.count,
+                "joined": fan.joined.iter().rev().collect::<Vec<_>>(),
+                "left": fan.left.iter().rev().collect::<Vec<_>>(),
+                "joined_total": fan.joined_total,
+                "left_total": fan.left_total,
+            });
+            let frame = Frame {
+                kind: Arc::from("presence-summary"),
+                about: None,
+                bytes: sse_frame("presence-summary", None, &body.to_string()),
+            };
+            let _ = fan.tx.send(Arc::new(frame));
+            fan.joined.clear();
+            fan.left.clear();
+            fan.joined_total = 0;
+            fan.left_total = 0;
+            fan.dirty = false;
+        }
+    }
+
+    /// Whether `room` is in large mode now (as its streams see it).
+    pub fn is_large(&self, room: &str) -> bool {
+        self.rooms.lock().ok().and_then(|r| r.get(room).map(|f| f.large)).unwrap_or(false)
+    }
+
+    /// Rooms with subscribers, and sessions followed (for metrics).
+    pub fn counts(&self) -> (usize, usize) {
+        let rooms = self.rooms.lock().map(|r| r.len()).unwrap_or(0);
+        let own = self.own.lock().map(|o| o.len()).unwrap_or(0);
+        (rooms, own)
+    }
+}
+
+/// Folds a join or a departure into the room's next summary.
+fn fold(fan: &mut RoomFan, e: &LoggedEvent) {
+    fan.dirty = true;
+    let payload = serde_json::from_str::<Value>(&e.envelope).ok().map(|mut v| v["payload"].take()).unwrap_or_default();
+    let who = |with_time: bool| {
+        let mut o = json!({"id": payload["session_id"], "userName": payload["user_name"]});
+        if with_time {
+            let ms = payload["joined_at"].as_f64().map_or(0, |s| (s * 1000.0) as i64);
+            o["joinTime"] = json!(crate::clock::rfc3339_ms(ms));
+        }
+        o
+    };
+    let (list, total, entry) = if e.kind == "participant.joined" {
+        (&mut fan.joined, &mut fan.joined_total, who(true))
+    } else {
+        (&mut fan.left, &mut fan.left_total, who(false))
+    };
+    *total += 1;
+    list.push_back(entry);
+    if list.len() > SUMMARY_LIST {
+        list.pop_front();
     }
 }

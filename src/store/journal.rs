@@ -49,6 +49,9 @@ pub struct LoggedEvent {
     pub room: Option<String>,
     /// The envelope exactly as it is served and delivered.
     pub envelope: String,
+    /// The session it is about, for fan-out (not journaled: only live fan-out needs it).
+    #[serde(skip)]
+    pub session: Option<String>,
 }
 
 pub struct Journal {

@@ -167,6 +167,12 @@ impl Live {
         it.filter_map(move |((_, id), _)| self.sessions.get(id))
     }
 
+    /// A room's `n` latest joiners, newest first.
+    pub fn newest<'a>(&'a self, room: &str, n: usize) -> impl Iterator<Item = &'a Arc<Entry>> + 'a {
+        let r = self.rooms.get(room);
+        r.into_iter().flat_map(|r| r.present.keys().rev()).take(n).filter_map(move |(_, id)| self.sessions.get(id))
+    }
+
     /// Rooms with someone present or waiting, in no particular order.
     pub fn rooms(&self) -> impl Iterator<Item = (&Arc<str>, &RoomLive)> {
         self.rooms.iter()

@@ -97,7 +97,7 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
             .ok()
             .and_then(|env| env["payload"]["room"].as_str().map(String::from));
         oldest.get_or_insert(seq);
-        chunk.push(LoggedEvent { seq, ts_ms: rec.ts_ms, kind: rec.kind, room, envelope: rec.envelope });
+        chunk.push(LoggedEvent { seq, ts_ms: rec.ts_ms, kind: rec.kind, room, envelope: rec.envelope, session: None });
         if chunk.len() == chunk.capacity() {
             report.events += chunk.len() as u64;
             log.append(&chunk)?;

@@ -46,7 +46,7 @@ pub use backup::{restore, BackupSink, RestoreReport};
 pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
-    Compact, CreateRoom, CreateToken, CreateWebhook, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat, Join,
+    Compact, CreateRoom, CreateToken, CreateWebhook, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat, Heartbeats, Join,
     JoinOutcome, Leave, LiftBan, Progress, Purge, PurgeReport, ReplayWebhook, Retention, Revoke, UpdateRoom,
     UpdateWebhook, WebhookPatch, WebhookProgress, COMPACT_CHUNK,
 };
@@ -110,6 +110,8 @@ pub struct StoreOptions {
     pub shed_after: std::time::Duration,
     /// A thread (writer, applier) busy this long without progress is stuck (see `stalled`).
     pub stall_after: std::time::Duration,
+    /// People present from which a room's streams get summaries instead of every change.
+    pub large_room: u64,
 }
 
 impl StoreOptions {
@@ -125,6 +127,7 @@ impl StoreOptions {
             queue: 4096,
             shed_after: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
+            large_room: fanout::DEFAULT_LARGE_ROOM,
         }
     }
 }
@@ -268,7 +271,11 @@ impl Store {
             domain_id,
             published: ArcSwap::from_pointee(state.clone()),
             events: events.clone(),
-            hub: fanout::Hub::default(),
+            hub: {
+                let hub = fanout::Hub::default();
+                hub.set_large_threshold(opts.large_room);
+                hub
+            },
             writable: AtomicBool::new(true),
             webhooks_changed: watch::channel(0u64).0,
             stats: stats.clone(),
@@ -469,6 +476,11 @@ impl Store {
         self.shared.health.stalled()
     }
 
+    /// The last durable batch: the published state changes only when this does.
+    pub fn published_lsn(&self) -> u64 {
+        self.state().lsn
+    }
+
     /// Highest durable event seq.
     pub fn durable_seq(&self) -> u64 {
         self.shared.events.head()
@@ -479,9 +491,41 @@ impl Store {
         self.shared.events.watch_head()
     }
 
-    /// The events about `room` from now on, as they become durable.
-    pub fn subscribe_room(&self, room: &str) -> tokio::sync::broadcast::Receiver<Arc<Event>> {
-        self.shared.hub.subscribe(room)
+    /// The frames about `room` from now on, as its events become durable, and whether the
+    /// room is large now (see `fanout`).
+    pub fn subscribe_room(&self, room: &str) -> (tokio::sync::broadcast::Receiver<Arc<fanout::Frame>>, bool) {
+        let present = self.state().live.present(room);
+        self.shared.hub.subscribe(room, present)
+    }
+
+    /// The frames about session `id` from now on (its ejection, its departure).
+    pub fn follow_session(&self, id: &str) -> tokio::sync::broadcast::Receiver<Arc<fanout::Frame>> {
+        self.shared.hub.follow_session(id)
+    }
+
+    /// Call after dropping a receiver from [`Store::follow_session`].
+    pub fn unfollow_session(&self, id: &str) {
+        self.shared.hub.unfollow_session(id)
+    }
+
+    /// Hands a frame to the open streams of session `id`.
+    pub fn notify_session(&self, id: &str, frame: fanout::Frame) {
+        self.shared.hub.notify(id, frame)
+    }
+
+    /// Sends the pending `presence-summary` of every large room that changed (call every tick).
+    pub fn flush_summaries(&self, now_ms: i64) {
+        self.shared.hub.flush_summaries(now_ms)
+    }
+
+    /// Whether `room` is in large mode now.
+    pub fn is_large_room(&self, room: &str) -> bool {
+        self.shared.hub.is_large(room)
+    }
+
+    /// Rooms with open streams, and sessions with open streams.
+    pub fn fanout_counts(&self) -> (usize, usize) {
+        self.shared.hub.counts()
     }
 
     /// Bytes the store occupies on disk: sled and the event segments.

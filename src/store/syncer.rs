@@ -127,12 +127,13 @@ impl Syncer {
     /// Makes a durable batch visible: state, events and head, webhooks, applier.
     fn publish(&self, batch: journal::Batch, state: State, webhooks_touched: bool, oldest_before: u64) -> Result<(), String> {
         let oldest = state.events_oldest;
-        self.shared.published.store(Arc::new(state));
+        let state = Arc::new(state);
+        self.shared.published.store(state.clone());
         if let Some(last) = batch.events.last().map(|e| e.seq) {
             match self.shared.events.append(&batch.events) {
                 Ok(()) => {
                     self.shared.events.set_head(last);
-                    self.shared.hub.publish(&batch.events);
+                    self.shared.hub.publish(&batch.events, &state.live);
                 }
                 // The journal holds them; a restart re-appends them. Until then nothing may
                 // be written after a hole in the log.

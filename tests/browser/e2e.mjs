@@ -104,6 +104,33 @@ try {
   check(true, "the dashboard's join link opens the room");
   const stored = await dash.evaluate(() => ({ session: sessionStorage.getItem("gatehouse-key"), local: localStorage.length }));
   check(stored.session === KEY && stored.local === 0, "the key is in session storage only");
+  // 6. A large room (the server runs with GATEHOUSE_LARGE_ROOM_THRESHOLD=50): the page shows
+  // the count and the latest joiners; the owner pages through everyone.
+  await api("POST", "/v1/rooms", { name: "town-hall", properties: { max_participants: 1000 } });
+  for (let i = 0; i < 104; i++) await api("POST", "/v1/rooms/town-hall/join", { user_name: `Guest ${i}` });
+  const hostTok = await token({ room_name: "town-hall", is_owner: true, user_name: "Host" });
+  const host = await newPage({ width: 390, height: 844 });
+  await host.goto(`${BASE}/town-hall?t=${hostTok}`);
+  await host.getByText("105 people are here").waitFor({ timeout: 5000 });
+  check(await host.locator("#joined").getByText("Host (you)").isVisible(), "a large room shows the count and the latest joiners");
+  await api("POST", "/v1/rooms/town-hall/join", { user_name: "Latecomer" });
+  await host.getByText("106 people are here").waitFor({ timeout: 5000 });
+  await host.locator("#joined").getByText("Latecomer").waitFor({ timeout: 5000 });
+  check((await host.locator("#participants li").count()) === 0, "no full list is sent to a large room's page");
+  await host.getByRole("button", { name: "Show everyone" }).click();
+  await host.locator("#everyone li").nth(99).waitFor({ timeout: 5000 });
+  check((await host.locator("#everyone li").count()) === 100, "the owner's list comes 100 at a time");
+  await host.getByRole("button", { name: "More" }).click();
+  await host.locator("#everyone li").nth(105).waitFor({ timeout: 5000 });
+  check(await host.getByRole("button", { name: "More" }).isHidden(), "the last page has no More");
+  await host.screenshot({ path: `${SHOTS}/7-large-room-phone.png`, fullPage: true });
+  const guestLarge = await newPage();
+  await guestLarge.goto(`${BASE}/town-hall`);
+  await guestLarge.getByLabel("Your name").fill("Walk-in");
+  await guestLarge.getByRole("button", { name: "Join" }).click();
+  await guestLarge.getByText("107 people are here").waitFor({ timeout: 5000 });
+  check(await guestLarge.getByRole("button", { name: "Show everyone" }).isHidden(), "only an owner may page through everyone");
+
   check(dialogs.length === 0, "no script from untrusted text ran");
   console.log("browser tests passed");
 } finally {

@@ -15,7 +15,7 @@ pub mod webhooks;
 pub use housekeeping::{Compact, Purge, PurgeReport, Retention, COMPACT_CHUNK};
 pub use moderation::{Eject, LiftBan, Revoke};
 pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
-pub use sessions::{Heartbeat, Join, JoinOutcome, Leave};
+pub use sessions::{Heartbeat, Heartbeats, Join, JoinOutcome, Leave};
 pub use tokens::CreateToken;
 pub use webhooks::{
     CreateWebhook, DeleteWebhook, Delivery, Progress, ReplayWebhook, UpdateWebhook, WebhookPatch, WebhookProgress,

@@ -171,6 +171,28 @@ impl Command for Heartbeat {
     }
 }
 
+/// Renews the leases of many sessions at once (those with a stream open); replies the ids
+/// that are no longer live.
+pub struct Heartbeats {
+    pub session_ids: Vec<String>,
+}
+
+impl Command for Heartbeats {
+    type Reply = Vec<String>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Vec<String>, StoreError> {
+        let mut gone = Vec::new();
+        for id in self.session_ids {
+            if cx.session(&id).is_none() {
+                gone.push(id);
+            } else {
+                cx.touch(&id);
+            }
+        }
+        Ok(gone)
+    }
+}
+
 /// How sessions end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ending {

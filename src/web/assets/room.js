@@ -76,8 +76,60 @@ function countdown(at) {
 }
 
 const people = new Map(); // id -> { name, owner }
+// A large room (the server's threshold) sends the count and the latest joiners and leavers,
+// not everyone; an owner can page through everyone.
+let large = false;
+let count = 0;
+let recentJoined = []; // newest first
+let recentLeft = [];
+const RECENT = 20;
+
+function names(list, ul) {
+  ul.replaceChildren();
+  for (const p of list) {
+    const li = document.createElement("li");
+    li.textContent = (p.userName || "Guest") + (p.id === session.id ? " (you)" : "");
+    ul.append(li);
+  }
+}
+
+function renderLarge() {
+  $("participants").hidden = true;
+  $("large").hidden = false;
+  $("people-title").textContent = "Participants (large meeting)";
+  $("count").textContent = `${count} ${count === 1 ? "person is" : "people are"} here`;
+  names(recentJoined, $("joined"));
+  names(recentLeft, $("left"));
+  $("everyone-box").hidden = !(session.owner && token);
+}
+
+let nextPage = null;
+async function showEveryone(first) {
+  const url = first ? `/v1/rooms/${encodeURIComponent(room)}/presence?limit=100` : nextPage;
+  if (!url) return;
+  const res = await fetch(url, { headers: { authorization: `Bearer ${token}` } });
+  if (!res.ok) return;
+  const data = await res.json();
+  const ul = $("everyone");
+  if (first) ul.replaceChildren();
+  for (const p of data.data || []) {
+    const li = document.createElement("li");
+    li.textContent = p.userName || "Guest";
+    ul.append(li);
+  }
+  const link = res.headers.get("link") || "";
+  const m = link.match(/<([^>]+)>;\s*rel="next"/);
+  nextPage = m ? m[1] : null;
+  $("more").hidden = !nextPage;
+}
+$("show-everyone").addEventListener("click", () => showEveryone(true));
+$("more").addEventListener("click", () => showEveryone(false));
 
 function render() {
+  if (large) return renderLarge();
+  $("participants").hidden = false;
+  $("large").hidden = true;
+  $("people-title").textContent = "Participants";
   const ul = $("participants");
   ul.replaceChildren();
   for (const [id, p] of people) {
@@ -120,7 +172,18 @@ function end(text) {
 function onEvent(kind, data) {
   if (kind === "presence") {
     people.clear();
-    for (const p of data.participants || []) people.set(p.id, { name: p.userName });
+    large = !!data.large;
+    count = data.count || 0;
+    if (large) recentJoined = (data.participants || []).slice(0, RECENT), recentLeft = [];
+    else for (const p of data.participants || []) people.set(p.id, { name: p.userName });
+    render();
+    return;
+  }
+  if (kind === "presence-summary") {
+    large = true;
+    count = data.count || 0;
+    recentJoined = (data.joined || []).concat(recentJoined).slice(0, RECENT);
+    recentLeft = (data.left || []).concat(recentLeft).slice(0, RECENT);
     render();
     return;
   }

@@ -1,0 +1,141 @@
+//! Session streams in large rooms, black-box (threshold lowered with
+//! GATEHOUSE_LARGE_ROOM_THRESHOLD): above it a stream gets the count and the latest joiners,
+//! then `presence-summary` frames instead of every join and departure; below it again, a full
+//! snapshot; its own ejection still reaches it and closes it.
+
+mod common;
+use std::io::{BufRead, BufReader};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::{json, Value};
+
+/// Reads a session's stream on a thread; each frame arrives as (event, data).
+fn open(s: &Server, id: &str, secret: &str) -> mpsc::Receiver<(String, Value)> {
+    let url = s.url(&format!("/v1/sessions/{id}/stream"));
+    let secret = secret.to_string();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let resp = ureq::get(&url).set("Authorization", &format!("Bearer {secret}")).call().unwrap();
+        let mut kind = String::new();
+        for line in BufReader::new(resp.into_reader()).lines() {
+            let Ok(line) = line else { break };
+            if let Some(k) = line.strip_prefix("event: ") {
+                kind = k.to_string();
+            } else if let Some(d) = line.strip_prefix("data: ") {
+                let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("frame {kind} is not JSON ({e}): {d}"));
+                if tx.send((kind.clone(), v)).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// The next frame that is not in `skip`, within 5 s.
+fn next(rx: &mpsc::Receiver<(String, Value)>, skip: &[&str]) -> (String, Value) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let f = rx.recv_timeout(left).expect("no frame within 5 s");
+        if !skip.contains(&f.0.as_str()) {
+            return f;
+        }
+    }
+}
+
+#[test]
+fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
+    let s = Server::start_with(&[("GATEHOUSE_LARGE_ROOM_THRESHOLD", "5")]);
+    s.create_room(json!({"name": "hall"}));
+    let mut secrets = Vec::new();
+    for i in 0..6 {
+        let r = s.join("hall", None, Some(&format!("guest {i}")));
+        assert_eq!(r.status, 200, "{}", r.text);
+        secrets.push((r.body["session_id"].as_str().unwrap().to_string(), r.body["session_secret"].as_str().unwrap().to_string()));
+    }
+    let (me, my_secret) = secrets[0].clone();
+    let rx = open(&s, &me, &my_secret);
+    let (kind, snap) = next(&rx, &[]);
+    assert_eq!(kind, "presence");
+    assert_eq!(snap["large"], true, "{snap}");
+    assert_eq!(snap["count"], 6);
+    assert_eq!(snap["session_id"], me.as_str());
+    let recent: Vec<&str> = snap["participants"].as_array().unwrap().iter().map(|p| p["userName"].as_str().unwrap()).collect();
+    assert_eq!(recent, ["guest 5", "guest 4", "guest 3", "guest 2", "guest 1", "guest 0"], "newest first");
+
+    // Three more join: one summary (or a few) with the count and who, never a frame per join.
+    let mut joined = Vec::new();
+    for i in 6..9 {
+        let r = s.join("hall", None, Some(&format!("guest {i}")));
+        joined.push(r.body["session_id"].as_str().unwrap().to_string());
+        secrets.push((r.body["session_id"].as_str().unwrap().to_string(), r.body["session_secret"].as_str().unwrap().to_string()));
+    }
+    let mut seen = Vec::new();
+    let mut count = 0;
+    while seen.len() < 3 {
+        let (kind, f) = next(&rx, &[]);
+        assert_eq!(kind, "presence-summary", "{f}");
+        count = f["count"].as_u64().unwrap();
+        for p in f["joined"].as_array().unwrap() {
+            assert!(p["joinTime"].as_str().unwrap().ends_with('Z'), "{p}");
+            seen.push(p["id"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(count, 9);
+    seen.sort();
+    joined.sort();
+    assert_eq!(seen, joined);
+
+    // Leaving below the threshold (less 10%) makes it small again: a full snapshot.
+    for (id, secret) in &secrets[1..7] {
+        let l = s.call("POST", &format!("/v1/sessions/{id}/leave"), Some(secret), None);
+        assert_eq!(l.status, 200, "{}", l.text);
+    }
+    let (kind, snap) = next(&rx, &["presence-summary"]);
+    assert_eq!(kind, "presence", "{snap}");
+    assert_eq!(snap["large"], false);
+    assert_eq!(snap["participants"].as_array().unwrap().len(), 3, "{snap}");
+    // Small again: every change is a frame of its own.
+    s.join_ok("hall", None);
+    assert_eq!(next(&rx, &[]).0, "participant.joined");
+
+    // Its own ejection reaches it, and the stream closes after its departure.
+    let r = s.post("/v1/rooms/hall/eject", &json!({"ids": [me]}));
+    assert_eq!(r.body["ejectedIds"], json!([me]));
+    let (kind, f) = next(&rx, &[]);
+    assert_eq!(kind, "participant.ejected", "{f}");
+    assert_eq!(f["payload"]["session_id"], me.as_str());
+    assert_eq!(next(&rx, &[]).0, "participant.left");
+    assert!(rx.recv_timeout(Duration::from_secs(3)).is_err(), "the stream closed");
+}
+
+#[test]
+fn a_large_rooms_stream_closes_on_its_own_end_and_on_deletion() {
+    let s = Server::start_with(&[("GATEHOUSE_LARGE_ROOM_THRESHOLD", "2")]);
+    s.create_room(json!({"name": "big"}));
+    let (a, a_secret, _) = s.join_ok("big", None);
+    let (b, b_secret, _) = s.join_ok("big", None);
+    let (_c, _, _) = s.join_ok("big", None);
+    let ra = open(&s, &a, &a_secret);
+    let rb = open(&s, &b, &b_secret);
+    assert_eq!(next(&ra, &[]).1["large"], true);
+    assert_eq!(next(&rb, &[]).1["large"], true);
+    // a leaves: its stream gets its own departure and closes; b's sees only a summary.
+    let l = s.call("POST", &format!("/v1/sessions/{a}/leave"), Some(&a_secret), None);
+    assert_eq!(l.status, 200);
+    assert_eq!(next(&ra, &[]).0, "participant.left");
+    assert!(ra.recv_timeout(Duration::from_secs(2)).is_err());
+    let (kind, f) = next(&rb, &[]);
+    assert_eq!(kind, "presence-summary");
+    assert_eq!(f["left"][0]["id"], a.as_str());
+    // Deleting the room ends every stream.
+    assert_eq!(s.delete("/v1/rooms/big").status, 200);
+    let mut kinds = Vec::new();
+    while let Ok((k, _)) = rb.recv_timeout(Duration::from_secs(3)) {
+        kinds.push(k);
+    }
+    assert!(kinds.contains(&"participant.left".to_string()), "{kinds:?}");
+}
