@@ -25,6 +25,7 @@ pub const WEBHOOK_UPDATED: &str = "webhook.updated";
 pub const WEBHOOK_DELETED: &str = "webhook.deleted";
 pub const WAITING_PARTICIPANT_JOINED: &str = "waiting-participant.joined";
 pub const WAITING_PARTICIPANT_LEFT: &str = "waiting-participant.left";
+pub const PARTICIPANT_UPDATED: &str = "participant.updated";
 
 /// Every event type the API documents; `types=` filters are checked against it.
 pub const ALL_TYPES: &[&str] = &[
@@ -38,6 +39,9 @@ pub const ALL_TYPES: &[&str] = &[
     "participant.left",
     "participant.ejected",
     "participant.join-denied",
+    "participant.updated",
+    "waiting-participant.joined",
+    "waiting-participant.left",
     "meeting-token.created",
     "meeting-token.revoked",
     "ban.created",

@@ -1,6 +1,8 @@
 //! Gatehouse: a self-hosted access-control plane for video calls with a Daily-compatible REST
 //! API. The binary (`src/main.rs`) is a thin shell over this library; tests and benchmarks use
 //! the library directly where a black-box server would be too coarse.
+// The OpenAPI document is one large `json!` literal.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod app;

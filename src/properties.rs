@@ -27,7 +27,7 @@ pub enum Kind {
     /// A string, or `false` (Daily's `enable_recording`).
     StrOrFalse(usize),
     Object,
-    /// Meeting-token `permissions`: `hasPresence` bool, `canSend`/`canAdmin`/`canReceive` bool or array of strings.
+    /// `permissions`, checked against Daily's value sets ([`check_permissions`]).
     Permissions,
 }
 
@@ -129,21 +129,126 @@ fn expectation(kind: Kind) -> String {
     }
 }
 
-fn check_permissions(name: &str, v: &Value) -> Result<(), PropertyError> {
+/// Daily's `canSend` values.
+pub const CAN_SEND: &[&str] = &["video", "audio", "screenVideo", "screenAudio", "customVideo", "customAudio"];
+/// Daily's `canAdmin` values.
+pub const CAN_ADMIN: &[&str] = &["participants", "streaming", "transcription"];
+/// Keys of a `canReceive` media object with a boolean value (the custom ones map track names).
+const RECEIVE_MEDIA: &[&str] = &["video", "audio", "screenVideo", "screenAudio"];
+/// Most entries in `byUserId` / `byParticipantId`, and track names in `customVideo`/`customAudio`.
+const MAX_RECEIVE_ENTRIES: usize = 256;
+
+/// A `permissions` object (meeting tokens, rooms, `update-permissions`) against Daily's value
+/// sets: `hasPresence` bool; `canSend` bool or an array of [`CAN_SEND`]; `canAdmin` bool or an
+/// array of [`CAN_ADMIN`]; `canReceive` `{base?, byUserId?, byParticipantId?}`.
+pub fn check_permissions(name: &str, v: &Value) -> Result<(), PropertyError> {
     let obj = v.as_object().ok_or_else(|| bad(name, "must be an object"))?;
     for (k, pv) in obj {
-        let ok = match k.as_str() {
-            "hasPresence" => pv.is_boolean(),
-            "canSend" | "canAdmin" | "canReceive" => {
-                pv.is_boolean()
-                    || pv
-                        .as_array()
-                        .is_some_and(|a| a.len() <= 32 && a.iter().all(|s| s.as_str().is_some_and(|s| s.len() <= 64)))
+        match k.as_str() {
+            "hasPresence" => {
+                if !pv.is_boolean() {
+                    return Err(bad(name, "field 'hasPresence' must be true or false"));
+                }
             }
-            _ => return Err(bad(name, format!("has an unknown field '{k}'"))),
-        };
-        if !ok {
-            return Err(bad(name, format!("field '{k}' has the wrong type")));
+            "canSend" => check_set(name, k, pv, CAN_SEND)?,
+            "canAdmin" => check_set(name, k, pv, CAN_ADMIN)?,
+            "canReceive" => check_can_receive(name, pv)?,
+            _ => {
+                return Err(bad(
+                    name,
+                    format!("has an unknown field '{}' (known: hasPresence, canSend, canReceive, canAdmin)", clip(k)),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+fn clip(s: &str) -> String {
+    s.chars().take(64).filter(|c| !c.is_control()).collect()
+}
+
+/// `true`, `false`, or an array of distinct values from `allowed`.
+fn check_set(name: &str, field: &str, v: &Value, allowed: &[&str]) -> Result<(), PropertyError> {
+    let expect = || bad(name, format!("field '{field}' must be true, false or an array of {}", allowed.join(", ")));
+    match v {
+        Value::Bool(_) => Ok(()),
+        Value::Array(a) => {
+            let mut seen: Vec<&str> = Vec::new();
+            for item in a {
+                let s = item.as_str().ok_or_else(expect)?;
+                if !allowed.contains(&s) {
+                    return Err(bad(
+                        name,
+                        format!("field '{field}' has an unknown value '{}' (known: {})", clip(s), allowed.join(", ")),
+                    ));
+                }
+                if seen.contains(&s) {
+                    return Err(bad(name, format!("field '{field}' lists '{s}' twice")));
+                }
+                seen.push(s);
+            }
+            Ok(())
+        }
+        _ => Err(expect()),
+    }
+}
+
+/// `canReceive`: `base` (bool or a media object), `byUserId` and `byParticipantId` (objects of
+/// bool or media object).
+fn check_can_receive(name: &str, v: &Value) -> Result<(), PropertyError> {
+    let obj = v.as_object().ok_or_else(|| bad(name, "field 'canReceive' must be an object"))?;
+    for (k, sub) in obj {
+        match k.as_str() {
+            "base" => check_media(name, "canReceive.base", sub)?,
+            "byUserId" | "byParticipantId" => {
+                let m = sub.as_object().ok_or_else(|| bad(name, format!("field 'canReceive.{k}' must be an object")))?;
+                if m.len() > MAX_RECEIVE_ENTRIES {
+                    return Err(bad(name, format!("field 'canReceive.{k}' has more than {MAX_RECEIVE_ENTRIES} entries")));
+                }
+                for (id, media) in m {
+                    if !is_plain_text(id, 255) {
+                        return Err(bad(name, format!("field 'canReceive.{k}' has a bad key")));
+                    }
+                    check_media(name, &format!("canReceive.{k}"), media)?;
+                }
+            }
+            _ => {
+                return Err(bad(
+                    name,
+                    format!("field 'canReceive' has an unknown field '{}' (known: base, byUserId, byParticipantId)", clip(k)),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `true`, `false`, or `{video?, audio?, screenVideo?, screenAudio?: bool, customVideo?, customAudio?: {name: bool}}`.
+fn check_media(name: &str, field: &str, v: &Value) -> Result<(), PropertyError> {
+    let m = match v {
+        Value::Bool(_) => return Ok(()),
+        Value::Object(m) => m,
+        _ => return Err(bad(name, format!("field '{field}' must be true, false or an object of media"))),
+    };
+    for (k, x) in m {
+        if RECEIVE_MEDIA.contains(&k.as_str()) {
+            if !x.is_boolean() {
+                return Err(bad(name, format!("field '{field}.{k}' must be true or false")));
+            }
+        } else if k == "customVideo" || k == "customAudio" {
+            let tracks = x.as_object().ok_or_else(|| bad(name, format!("field '{field}.{k}' must be an object")))?;
+            if tracks.len() > MAX_RECEIVE_ENTRIES || tracks.iter().any(|(t, b)| !b.is_boolean() || !is_plain_text(t, 255)) {
+                return Err(bad(name, format!("field '{field}.{k}' must map track names to true or false")));
+            }
+        } else {
+            return Err(bad(
+                name,
+                format!(
+                    "field '{field}' has an unknown medium '{}' (known: video, audio, screenVideo, screenAudio, customVideo, customAudio)",
+                    clip(k)
+                ),
+            ));
         }
     }
     Ok(())
@@ -159,6 +264,26 @@ mod tests {
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn permissions_follow_dailys_value_sets() {
+        let ok = |v: Value| check_permissions("permissions", &v).is_ok();
+        assert!(ok(json!({"hasPresence": false, "canSend": ["video", "audio"], "canAdmin": ["participants"]})));
+        assert!(ok(json!({"canSend": true, "canAdmin": false, "canReceive": {"base": false}})));
+        assert!(ok(json!({"canReceive": {"base": {"video": true, "customVideo": {"*": false, "cam2": true}},
+            "byUserId": {"u1": true}, "byParticipantId": {"p1": {"audio": false}}}})));
+        assert!(!ok(json!({"canSend": ["smell"]})));
+        assert!(!ok(json!({"canSend": ["video", "video"]})));
+        assert!(!ok(json!({"canAdmin": ["everything"]})));
+        assert!(!ok(json!({"canAdmin": "participants"})));
+        assert!(!ok(json!({"canReceive": ["video"]})));
+        assert!(!ok(json!({"canReceive": {"base": {"smell": true}}})));
+        assert!(!ok(json!({"canReceive": {"all": true}})));
+        assert!(!ok(json!({"hasPresence": "yes"})));
+        assert!(!ok(json!({"isBoss": true})));
+        let e = check_permissions("permissions", &json!({"canSend": ["smell"]})).unwrap_err().to_string();
+        assert!(e.contains("smell") && e.contains("screenVideo"), "{e}");
     }
 
     #[test]

@@ -117,7 +117,7 @@ const PROPERTIES: &[(&str, Kind)] = &[
     ("sip_uri", Kind::Object),
     ("recordings_bucket", Kind::Object),
     ("transcription_bucket", Kind::Object),
-    ("permissions", Kind::Object),
+    ("permissions", Kind::Permissions),
 ];
 
 /// Checks a `properties` object for creation: every name known, every value well-typed, and

@@ -41,6 +41,15 @@ pub async fn housekeep_once(
             break;
         }
     }
+    // Meeting history is kept as long as events are.
+    loop {
+        let removed =
+            store.submit_wait(crate::store::PurgeMeetings { max_age_ms: retention.max_age_ms, limit: PURGE_LIMIT }).await?;
+        total.meetings += removed;
+        if removed < PURGE_LIMIT as u64 {
+            break;
+        }
+    }
     stats.runs.fetch_add(1, Relaxed);
     stats.revocations_purged.fetch_add(total.revocations, Relaxed);
     stats.tokens_purged.fetch_add(total.tokens, Relaxed);
@@ -50,6 +59,7 @@ pub async fn housekeep_once(
             revocations = total.revocations,
             tokens = total.tokens,
             events = total.events,
+            meetings = total.meetings,
             "housekeeping purged dead records"
         );
     }

@@ -35,12 +35,21 @@ impl Denial {
         Denial::new("not-allowed", detail, &format!("You are not allowed to join this meeting: {why}"))
     }
 
-    /// 404 for `no-room`, 403 for every other refusal.
+    /// Too many people already wait in the room's lobby.
+    pub fn lobby_full(max: usize) -> Denial {
+        Denial::new(
+            "rate-limit-error",
+            "lobby_full",
+            &format!("Too many people ({max}) are already waiting to join this meeting; try again later"),
+        )
+    }
+
+    /// 404 for `no-room`, 429 for a full lobby, 403 for every other refusal.
     pub fn status(&self) -> u16 {
-        if self.error == "no-room" {
-            404
-        } else {
-            403
+        match self.error {
+            "no-room" => 404,
+            "rate-limit-error" => 429,
+            _ => 403,
         }
     }
 }
@@ -110,6 +119,96 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
         return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
     }
     Ok(())
+}
+
+/// Facts the writer gathers when an owner admits someone from the lobby.
+pub struct GrantFacts<'a> {
+    pub now_ms: i64,
+    pub leeway_s: u64,
+    pub room: Option<&'a Room>,
+    /// `exp` of the token the visitor knocked with, if any.
+    pub token_exp: Option<f64>,
+    pub revoked: bool,
+    pub banned: bool,
+    pub present: u64,
+}
+
+/// Decides an admission from the lobby: the join decision at this moment, less the privacy
+/// check the owner's grant stands for (a room that has filled, expired, or banned the user in
+/// the meantime still refuses).
+pub fn decide_grant(f: &GrantFacts) -> Result<(), Denial> {
+    let Some(room) = f.room else {
+        return Err(Denial::new("no-room", "no_room", "This room does not exist"));
+    };
+    let now_s = f.now_ms.div_euclid(1000);
+    if room.nbf().is_some_and(|nbf| now_s < nbf) {
+        return Err(Denial::new("nbf-room", "room_not_started", "This meeting has not started yet"));
+    }
+    if room.is_expired(now_s) {
+        return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
+    }
+    if f.token_exp.is_some_and(|exp| f.now_ms as f64 / 1000.0 >= exp + f.leeway_s as f64) {
+        return Err(Denial::new("exp-token", "token_expired", "Your meeting token has expired"));
+    }
+    if f.revoked {
+        return Err(Denial::not_allowed("revoked", "the meeting token has been revoked"));
+    }
+    if f.banned {
+        return Err(Denial::new("ejected", "banned", "You were removed from this meeting and cannot rejoin"));
+    }
+    if f.present >= room.max_participants() {
+        return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
+    }
+    Ok(())
+}
+
+/// The room knocks: private, with `enable_knocking`.
+pub fn room_knocks(room: &Room) -> bool {
+    room.privacy == Privacy::Private && room.config.get("enable_knocking").and_then(Value::as_bool) == Some(true)
+}
+
+/// The permissions a session starts with: the token's, field by field over the room's
+/// `permissions` (Daily: token, then room).
+pub fn initial_permissions(room: &Room, claims: Option<&Claims>) -> Option<Value> {
+    let from_room = room.config.get("permissions").and_then(Value::as_object);
+    let from_token = claims.and_then(|c| c.permissions.as_ref()).and_then(Value::as_object);
+    match (from_room, from_token) {
+        (None, None) => None,
+        (r, t) => {
+            let mut m = r.cloned().unwrap_or_default();
+            for (k, v) in t.into_iter().flatten() {
+                m.insert(k.clone(), v.clone());
+            }
+            Some(Value::Object(m))
+        }
+    }
+}
+
+/// Applies an `update-permissions` patch to a session's permissions: `hasPresence`, `canSend`
+/// and `canAdmin` replace; `canReceive` replaces its sub-fields one by one (Daily's rules).
+pub fn patch_permissions(current: Option<&Value>, patch: &serde_json::Map<String, Value>) -> Value {
+    // A session without permissions of its own shows (and starts from) `hasPresence: true`.
+    let mut m = match current.and_then(Value::as_object) {
+        Some(c) => c.clone(),
+        None => serde_json::Map::from_iter([("hasPresence".to_string(), Value::Bool(true))]),
+    };
+    for (k, v) in patch {
+        if k == "canReceive" {
+            let mut r = m.get("canReceive").and_then(Value::as_object).cloned().unwrap_or_default();
+            for (sub, sv) in v.as_object().into_iter().flatten() {
+                r.insert(sub.clone(), sv.clone());
+            }
+            m.insert(k.clone(), Value::Object(r));
+        } else {
+            m.insert(k.clone(), v.clone());
+        }
+    }
+    Value::Object(m)
+}
+
+/// Whether a session is listed in presence (`hasPresence` not false).
+pub fn has_presence(permissions: Option<&Value>) -> bool {
+    permissions.and_then(|p| p.get("hasPresence")).and_then(Value::as_bool) != Some(false)
 }
 
 /// True when the room's ejection settings apply to a session: its token sets neither
@@ -223,6 +322,36 @@ impl Session {
 
     pub fn ejected_payload(&self, reason: &str, by: &str) -> Value {
         json!({"session_id": self.id, "room": self.room, "user_id": self.user_id, "user_name": self.user_name, "reason": reason, "by": by})
+    }
+
+    /// May manage the room's participants: an owner, or `canAdmin` true or naming `participants`
+    /// (as the session's permissions stand now, after any update).
+    pub fn can_admin_participants(&self) -> bool {
+        if self.owner {
+            return true;
+        }
+        match self.permissions.as_ref().and_then(|p| p.get("canAdmin")) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
+            _ => false,
+        }
+    }
+
+    /// `waiting-participant.joined` payload (Daily's fields; no `user_id` key without one).
+    pub fn waiting_payload(&self) -> Value {
+        let mut v = json!({
+            "joined_at": secs(self.joined_ms),
+            "session_id": self.id,
+            "room": self.room,
+            "user_name": self.user_name,
+            "owner": self.owner,
+            "will_eject_at": self.eject_at_ms.map(|ms| ms.div_euclid(1000)),
+            "permissions": self.permissions.clone().unwrap_or_else(|| json!({"hasPresence": true})),
+        });
+        if let (Some(u), Some(o)) = (&self.user_id, v.as_object_mut()) {
+            o.insert("user_id".into(), json!(u));
+        }
+        v
     }
 
     /// Gone at `now_ms` by check-on-read: its ejection deadline has passed.

@@ -23,6 +23,7 @@ const PROPERTIES: &[(&str, Kind)] = &[
     ("eject_at_token_exp", Kind::Bool),
     ("eject_after_elapsed", Kind::Int(1, 315_360_000)),
     ("permissions", Kind::Permissions),
+    ("knocking", Kind::Bool),
     ("enable_screenshare", Kind::Bool),
     ("start_video_off", Kind::Bool),
     ("start_audio_off", Kind::Bool),

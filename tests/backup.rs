@@ -28,7 +28,15 @@ fn snapshot(s: &Server) -> Value {
             p.as_object_mut().unwrap().remove("duration");
         }
     }
+    let mut meetings = s.get("/v1/meetings").body["data"].clone();
+    for m in meetings.as_array_mut().unwrap() {
+        m.as_object_mut().unwrap().remove("duration");
+        for p in m["participants"].as_array_mut().unwrap() {
+            p.as_object_mut().unwrap().remove("duration");
+        }
+    }
     json!({
+        "meetings": meetings,
         "rooms": rooms,
         "presence": presence,
         "tokens": s.get("/v1/meeting-tokens").body["data"],
@@ -52,6 +60,7 @@ fn round_trip_running_and_stopped_then_overdue_deadlines_fire() {
     a.post("/v1/rooms/classroom/eject", &json!({"user_ids": ["troll"], "ban": true}));
     a.post("/v1/meeting-tokens/revoke", &json!({"token": revoked}));
     let before = snapshot(&a);
+    assert_eq!(before["meetings"].as_array().unwrap().len(), 2, "two meetings go on: {}", before["meetings"]);
 
     let live = tmp.path().join("live.ghbk");
     let (ok, out) = gatehouse(&["backup", live.to_str().unwrap(), "--server", &a.base]);

@@ -13,8 +13,13 @@ fn needs_chromium_room_page_and_dashboard() {
     let have_driver = root.join("tests/browser/node_modules/playwright-core").exists();
     common::require(have_browser, "Debian's chromium at /usr/bin/chromium");
     common::require(have_driver, "playwright-core in tests/browser/node_modules (npm ci)");
-    // Rooms of 50 and more are large (the walk-through's last part).
-    let s = Server::start_with(&[("GATEHOUSE_LARGE_ROOM_THRESHOLD", "50")]);
+    // Rooms of 50 and more are large (the walk-through's large-room part); pages' joins (and
+    // pre-auth checks) from this address are limited to a burst of 16 (its knocking part).
+    let s = Server::start_with(&[
+        ("GATEHOUSE_LARGE_ROOM_THRESHOLD", "50"),
+        ("GATEHOUSE_JOIN_BURST", "16"),
+        ("GATEHOUSE_JOIN_RATE", "0.01"),
+    ]);
     let shots = root.join("target/browser-screenshots");
     let out = std::process::Command::new("node")
         .arg(root.join("tests/browser/e2e.mjs"))

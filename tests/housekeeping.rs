@@ -57,7 +57,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
 
     clock.set_ms((t0 + 10) * 1000 + 3_600_000);
     let report = housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap();
-    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1, events: 0 });
+    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1, events: 0, meetings: 0 });
     assert!(store.token("dies").unwrap().is_none());
     assert!(store.token("lives").unwrap().is_some());
     assert!(store.token("forever").unwrap().is_some());
@@ -70,6 +70,45 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
     );
     // Purges write no events.
     assert_eq!(store.events(0, 100, None).unwrap().events.len(), 5);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn meeting_history_is_kept_as_long_as_events() {
+    use gatehouse::store::{CreateRoom, Join, Leave};
+    let tmp = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000_000));
+    let store = Store::open(
+        StoreOptions { sync: SyncMode::Flush, background_flush_ms: None, ..StoreOptions::at(tmp.path().join("store")) },
+        clock.clone(),
+    )
+    .unwrap();
+    let room = CreateRoom { name: Some("old".into()), privacy: gatehouse::rooms::Privacy::Public, config: Default::default() };
+    store.submit(room).await.unwrap().unwrap();
+    let join = |id: &str| Join {
+        room: "old".into(),
+        token: gatehouse::sessions::TokenCheck::None,
+        user_name: None,
+        session_id: id.into(),
+        secret_digest: [0; 32],
+        leeway_s: 0,
+    };
+    store.submit(join("a")).await.unwrap();
+    store.submit(Leave { session_id: "a".into() }).await.unwrap();
+    clock.set_ms(1_000_000_000 + 50_000);
+    store.submit(join("b")).await.unwrap(); // a second meeting, still going on
+    assert_eq!(store.meetings(None).unwrap().len(), 2);
+    let stats = HousekeepingStats::default();
+    let retention = gatehouse::store::Retention { max_age_ms: 60_000, max_bytes: u64::MAX, hard_max_bytes: u64::MAX };
+    // 59 s after the first ended: kept.
+    clock.set_ms(1_000_000_000 + 59_000);
+    assert_eq!(housekeep_once(&store, &retention, &stats).await.unwrap().meetings, 0);
+    // Past the retention: the ended one goes, with its participants; the ongoing one stays.
+    clock.set_ms(1_000_000_000 + 61_000);
+    assert_eq!(housekeep_once(&store, &retention, &stats).await.unwrap().meetings, 1);
+    let left = store.meetings(None).unwrap();
+    assert_eq!(left.len(), 1);
+    assert!(left[0].end_ms.is_none());
     store.close().await;
 }
 

@@ -139,3 +139,21 @@ fn a_large_rooms_stream_closes_on_its_own_end_and_on_deletion() {
     }
     assert!(kinds.contains(&"participant.left".to_string()), "{kinds:?}");
 }
+
+#[test]
+fn someone_elses_departure_does_not_close_my_stream() {
+    let s = Server::start();
+    s.create_room(json!({"name": "small"}));
+    let (me, secret, _) = s.join_ok("small", None);
+    let (other, other_secret, _) = s.join_ok("small", None);
+    let rx = open(&s, &me, &secret);
+    assert_eq!(next(&rx, &[]).0, "presence");
+    let l = s.call("POST", &format!("/v1/sessions/{other}/leave"), Some(&other_secret), None);
+    assert_eq!(l.status, 200);
+    let (kind, f) = next(&rx, &[]);
+    assert_eq!(kind, "participant.left");
+    assert_eq!(f["payload"]["session_id"], other.as_str());
+    // Still open: the next change arrives.
+    s.join_ok("small", None);
+    assert_eq!(next(&rx, &[]).0, "participant.joined");
+}

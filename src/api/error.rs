@@ -92,6 +92,18 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(5);
                 e
             }
+            // sled refusing an operation (a full disk, an I/O error in its log): nothing of the
+            // request was saved, and it may clear.
+            StoreError::Io(err) => {
+                tracing::error!(error = %err, "storage error");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server-error",
+                    "the store cannot read or write right now (storage error); nothing was saved",
+                );
+                e.retry_after = Some(5);
+                e
+            }
             StoreError::Overloaded => {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -2,11 +2,13 @@
 //! user of hyper's server types (ARCHITECTURE.md, invariant 10). Handlers read the store directly and
 //! hand mutations to the writer; they never call the scheduler or webhook code.
 
+mod access;
 mod auth;
 pub mod conn;
 mod error;
 mod events;
 pub mod openapi;
+mod meetings;
 mod ops;
 mod participants;
 mod presence;
@@ -259,7 +261,11 @@ async fn dispatch(
         Op::UpdateRoom => rooms::update(state, req, p(0)).await,
         Op::DeleteRoom => rooms::delete(state, &req, p(0)).await,
         Op::Join => participants::join(state, req, peer, p(0)).await,
+        Op::PreAuth => access::pre_auth(state, req, peer, p(0)).await,
         Op::Eject => participants::eject(state, req, p(0)).await,
+        Op::UpdatePermissions => access::update_permissions(state, req, p(0)).await,
+        Op::WaitingList => access::waiting(state, &req, p(0)),
+        Op::WaitingDecide => access::decide(state, req, p(0)).await,
         Op::RoomPresence => presence::room(state, &req, p(0)),
         Op::Bans => participants::bans(state, &req, p(0)),
         Op::LiftBan => participants::lift_ban(state, &req, p(0), p(1)).await,
@@ -280,6 +286,9 @@ async fn dispatch(
         Op::DeleteWebhook => webhooks::delete(state, &req, p(0)).await,
         Op::ReplayWebhook => webhooks::replay(state, req, p(0)).await,
         Op::WebhookAttempts => webhooks::attempts(state, &req, p(0)),
+        Op::ListMeetings => meetings::list(state, &req),
+        Op::GetMeeting => meetings::get(state, &req, p(0)),
+        Op::MeetingParticipants => meetings::participants(state, &req, p(0)),
         #[cfg(feature = "test-clock")]
         Op::TestClock => ops::test_clock(state, req).await,
         #[cfg(feature = "test-clock")]

@@ -95,6 +95,31 @@ pub fn document() -> Value {
                            "properties": {"session_id": {"type": "string"}, "session_secret": {"type": "string"}, "room": {"type": "string"},
                                           "user_id": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]}, "owner": {"type": "boolean"},
                                           "joined_at": {"type": "number"}, "will_eject_at": {"type": ["integer", "null"]}, "permissions": open_object()}},
+                "PreAuth": {"type": "object", "properties": {"token": {"type": ["string", "null"]}}},
+                "Access": {"type": "object", "required": ["room", "access"], "properties": {"room": {"type": "string"},
+                           "access": {"type": "object", "required": ["level"], "properties": {"level": {"enum": ["full", "lobby", "none"]}}},
+                           "error": {"type": "string"}, "info": {"type": "string"}}},
+                "Permissions": {"type": "object", "additionalProperties": false, "properties": {
+                    "hasPresence": {"type": "boolean"},
+                    "canSend": {"oneOf": [{"type": "boolean"}, {"type": "array", "uniqueItems": true, "items": {"enum": ["video", "audio", "screenVideo", "screenAudio", "customVideo", "customAudio"]}}]},
+                    "canAdmin": {"oneOf": [{"type": "boolean"}, {"type": "array", "uniqueItems": true, "items": {"enum": ["participants", "streaming", "transcription"]}}]},
+                    "canReceive": {"type": "object", "additionalProperties": false, "properties": {"base": {"type": ["boolean", "object"]}, "byUserId": {"type": "object"}, "byParticipantId": {"type": "object"}}}}},
+                "UpdatePermissions": {"type": "object", "additionalProperties": false, "required": ["data"],
+                                      "properties": {"data": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/components/schemas/Permissions"}}}},
+                "PermissionsSent": {"type": "object", "required": ["status", "updated"], "properties": {"status": {"const": "sent"}, "updated": {"type": "array", "items": {"type": "string"}}}},
+                "WaitingList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": open_object()}}},
+                "WaitingDecisions": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "object", "required": ["grantRequestedAccess"], "additionalProperties": false, "properties": {"grantRequestedAccess": {"type": "boolean"}}}},
+                "WaitingDecided": {"type": "object", "required": ["ids", "granted", "denied", "refused"], "properties": {
+                    "ids": {"type": "array", "items": {"type": "string"}}, "granted": {"type": "array", "items": {"type": "string"}},
+                    "denied": {"type": "array", "items": {"type": "string"}}, "refused": {"type": "array", "items": open_object()}}},
+                "Meeting": {"type": "object", "required": ["id", "room", "start_time", "duration", "ongoing", "max_participants"], "properties": {
+                    "id": {"type": "string"}, "room": {"type": "string"}, "start_time": {"type": "integer"}, "duration": {"type": "integer"},
+                    "ongoing": {"type": "boolean"}, "max_participants": {"type": "integer"}, "participants": {"type": "array", "items": {"$ref": "#/components/schemas/MeetingParticipant"}}}},
+                "MeetingParticipant": {"type": "object", "required": ["participant_id", "join_time", "duration", "user_id", "user_name"], "properties": {
+                    "participant_id": {"type": "string"}, "user_id": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]},
+                    "join_time": {"type": "integer"}, "duration": {"type": "integer"}}},
+                "MeetingList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Meeting"}}}},
+                "MeetingParticipants": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/MeetingParticipant"}}}},
                 "Presence": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": open_object()}}},
                 "Eject": {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
                           "user_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "ban": {"type": "boolean"}, "ban_until": {"type": "integer"}}},
@@ -128,6 +153,12 @@ pub fn document() -> Value {
                 "delete": op("Delete a room (everyone present is ejected)", vec![name()], None, json!({"200": ok("Deleted")}))
             },
             "/v1/rooms/{name}/join": {"post": public(op("Join (a token or none for public rooms)", vec![name()], Some(body("Join")), json!({"200": ok("Joined"), "403": err("refused: not-allowed, nbf-room, exp-room, nbf-token, exp-token, meeting-full, ejected"), "429": err("too many join attempts")})))},
+            "/v1/rooms/{name}/pre-auth": {"post": public(op("(ext) What a join would get now: full, lobby (knock-to-join) or none", vec![name()], Some(body("PreAuth")), json!({"200": ok("Access"), "429": err("too many join attempts")})))},
+            "/v1/rooms/{name}/update-permissions": {"post": op("Update present participants' permissions (API key, or an admin token of the room)", vec![name()], Some(body("UpdatePermissions")), json!({"200": ok("PermissionsSent"), "403": err("not allowed")}))},
+            "/v1/rooms/{name}/waiting-participants": {
+                "get": op("(ext) Who waits in the room's lobby (API key, or an admin token of the room)", vec![name()], None, json!({"200": ok("WaitingList"), "403": err("not allowed")})),
+                "post": op("(ext) Admit or deny waiting participants", vec![name()], Some(body("WaitingDecisions")), json!({"200": ok("WaitingDecided"), "403": err("not allowed")}))
+            },
             "/v1/rooms/{name}/eject": {"post": op("Eject sessions (API key, or an owner token of the room)", vec![name()], Some(body("Eject")), json!({"200": ok("Ejected"), "403": err("not allowed to eject")}))},
             "/v1/rooms/{name}/presence": {"get": op("Who is in the room", vec![name()], None, json!({"200": ok("Presence")}))},
             "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room", vec![name()], None, json!({"200": ok("Presence")}))},
@@ -155,6 +186,14 @@ pub fn document() -> Value {
             },
             "/v1/webhooks/{id}/replay": {"post": op("(ext) Move the cursor back", vec![id()], Some(body("Replay")), json!({"200": ok("Webhook"), "410": err("position older than the retained log")}))},
             "/v1/webhooks/{id}/attempts": {"get": op("(ext) Failed attempts", vec![id()], None, json!({"200": ok("Object")}))},
+            "/v1/meetings": {"get": op("Meetings, newest first", vec![
+                query("room", json!({"type": "string"})), query("timeframe_start", json!({"type": "integer", "minimum": 0})),
+                query("timeframe_end", json!({"type": "integer", "minimum": 0})), query("ongoing", json!({"type": "boolean"})),
+                query("no_participants", json!({"type": "boolean"})), limit(100),
+                query("starting_after", json!({"type": "string"})), query("ending_before", json!({"type": "string"}))], None, json!({"200": ok("MeetingList")}))},
+            "/v1/meetings/{id}": {"get": op("A meeting", vec![id()], None, json!({"200": ok("Meeting")}))},
+            "/v1/meetings/{id}/participants": {"get": op("A meeting's participants, in join order", vec![id(), limit(1000),
+                query("joined_after", json!({"type": "string"})), query("joined_before", json!({"type": "string"}))], None, json!({"200": ok("MeetingParticipants")}))},
             "/v1/backup": {"get": op("(ext) A consistent backup, streamed", vec![], None, json!({"200": {"description": "backup file", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}))}
         }
     })

@@ -41,15 +41,11 @@ pub(super) fn check_token(state: &AppState, token: Option<&str>) -> TokenCheck {
     }
 }
 
-pub async fn join(
-    state: &Arc<AppState>,
-    req: Request<Incoming>,
-    peer: std::net::SocketAddr,
-    room: &str,
-) -> Result<Response<Body>, ApiError> {
-    // A trusted caller (a media server or app backend joining on behalf of participants, with
-    // the API key) is not limited per address; a wrong key is refused rather than ignored.
-    let trusted = match auth::bearer(&req)? {
+/// The per-address join limit. A trusted caller (a media server or app backend joining on
+/// behalf of participants, with the API key) is not limited per address; a wrong key is
+/// refused rather than ignored.
+pub(super) fn join_gate(state: &AppState, req: &Request<Incoming>, peer: std::net::SocketAddr) -> Result<(), ApiError> {
+    let trusted = match auth::bearer(req)? {
         Some(_) => {
             auth::api_key(&req, &state.keys)?;
             true
@@ -68,6 +64,16 @@ pub async fn join(
         e.retry_after = Some(retry);
         return Err(e);
     }
+    Ok(())
+}
+
+pub async fn join(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    peer: std::net::SocketAddr,
+    room: &str,
+) -> Result<Response<Body>, ApiError> {
+    join_gate(state, &req, peer)?;
     let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["token", "user_name"])?;
@@ -94,6 +100,18 @@ pub async fn join(
             if let Some(o) = body.as_object_mut() {
                 o.insert("session_secret".into(), json!(secret));
                 o.insert("lease_seconds".into(), json!(state.settings.lease_ms / 1000));
+                o.insert("access".into(), json!({"level": "full"}));
+            }
+            Ok(ok(&body))
+        }
+        JoinOutcome::Waiting(s) => {
+            state.metrics.join("knocked");
+            let mut body = s.waiting_payload();
+            if let Some(o) = body.as_object_mut() {
+                o.insert("session_secret".into(), json!(secret));
+                o.insert("lease_seconds".into(), json!(state.settings.lease_ms / 1000));
+                o.insert("access".into(), json!({"level": "lobby"}));
+                o.insert("awaitingAccess".into(), json!({"level": "full"}));
             }
             Ok(ok(&body))
         }

@@ -36,6 +36,9 @@ pub struct PresenceEntry<'a> {
     join_time: String,
     duration: i64,
     owner: bool,
+    /// Hidden by `hasPresence: false` (listed only where admins look).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    hidden: bool,
 }
 
 impl<'a> PresenceEntry<'a> {
@@ -48,6 +51,7 @@ impl<'a> PresenceEntry<'a> {
             join_time: crate::clock::rfc3339_ms(s.joined_ms),
             duration: (now_ms - s.joined_ms).max(0) / 1000,
             owner: s.owner,
+            hidden: !crate::sessions::has_presence(s.permissions.as_ref()),
         }
     }
 }
@@ -139,7 +143,8 @@ pub fn all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Bo
         let after = p.after.as_ref().filter(|c| *c.room == **room).map(|c| &c.order);
         let mut opened = false;
         for e in members(&live, room, after) {
-            if e.session.is_over(now) {
+            // `hasPresence: false` hides a participant here (the room's own list shows them).
+            if e.session.is_over(now) || !crate::sessions::has_presence(e.session.permissions.as_ref()) {
                 continue;
             }
             if left == 0 {

@@ -37,7 +37,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::presence::PresenceEntry;
 use super::{AppState, Body};
-use crate::sessions::Session;
+use crate::sessions::{self, Session};
 use crate::store::fanout::{self, sse_frame};
 use crate::store::{Heartbeat, Heartbeats};
 
@@ -59,7 +59,8 @@ const RENEW_CHUNK: usize = 5000;
 /// Open session streams (for lease renewal) and recently built participant lists.
 pub struct Registry {
     open: Mutex<HashMap<Arc<str>, usize>>,
-    lists: Mutex<lru::LruCache<Arc<str>, (u64, i64, Bytes)>>,
+    /// (admin or not, room) → (batch, second, count, list).
+    lists: Mutex<lru::LruCache<Arc<str>, (u64, i64, u64, Bytes)>>,
 }
 
 impl Default for Registry {
@@ -143,6 +144,7 @@ fn ended(id: &str) -> fanout::Frame {
     fanout::Frame {
         kind: Arc::from("ended"),
         about: Some(Arc::from(id)),
+        admin_only: false,
         bytes: sse_frame("ended", None, &json!({"session_id": id}).to_string()),
     }
 }
@@ -229,18 +231,65 @@ impl Out {
 }
 
 async fn follow(state: &AppState, me: &Session, mut out: Out) {
+    // Follow the session's own ring first, then look at where it stands: a decision taken in
+    // between is not missed.
+    let mut own = state.store.follow_session(&me.id);
+    let Some(entry) = state.store.session(&me.id) else {
+        let _ = out.send(ended(&me.id).bytes).await;
+        return;
+    };
+    let mut me = entry.session.clone();
+    let mut shutdown = state.shutdown.clone();
+    let mut ping = tokio::time::interval(Duration::from_secs(15));
+    ping.tick().await;
+    if entry.waiting {
+        // In the lobby: nothing of the room, only the decision.
+        if !out.send(access_frame(&me, "lobby")).await {
+            return;
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    let _ = out.send(sse_frame("shutdown", None, "{}")).await;
+                    return;
+                }
+                _ = ping.tick() => {
+                    if !out.offer(&Bytes::from_static(b": keep-alive\n\n")) {
+                        return;
+                    }
+                }
+                got = own.recv() => match got {
+                    Ok(f) => {
+                        if &*f.kind == "participant.joined" {
+                            // Admitted: the session is a full one now.
+                            match state.store.session(&me.id) {
+                                Some(e) if !e.waiting => me = e.session.clone(),
+                                _ => return,
+                            }
+                            if !out.send(access_frame(&me, "full")).await || !out.send(f.bytes.clone()).await {
+                                return;
+                            }
+                            break;
+                        }
+                        if !out.send(f.bytes.clone()).await || ends_me(&f.kind) {
+                            return;
+                        }
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        }
+    }
+    let mut admin = me.can_admin_participants();
     // Subscribe first, then take the snapshot: nothing happens in between unseen.
     let (room_rx, mut large) = state.store.subscribe_room(&me.room);
     // `None` while lagging: a stream whose reader is behind does no work for the room until
     // the reader has caught up; then it subscribes again and sends a fresh snapshot.
     let mut room = Some(room_rx);
-    let mut own = state.store.follow_session(&me.id);
-    if !send_snapshot(state, me, large, &out).await {
+    if !send_snapshot(state, &me, large, admin, &out).await {
         return;
     }
-    let mut shutdown = state.shutdown.clone();
-    let mut ping = tokio::time::interval(Duration::from_secs(15));
-    ping.tick().await;
     loop {
         tokio::select! {
             _ = shutdown.changed() => {
@@ -254,6 +303,13 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
             }
             got = own.recv() => match got {
                 Ok(f) => {
+                    if &*f.kind == "participant.updated" {
+                        // Its permissions changed: it may have become (or stopped being) an admin.
+                        if let Some(e) = state.store.session(&me.id) {
+                            me = e.session.clone();
+                            admin = me.can_admin_participants();
+                        }
+                    }
                     if !out.send(f.bytes.clone()).await || ends_me(&f.kind) {
                         return;
                     }
@@ -279,8 +335,8 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                     }
                     Err(RecvError::Closed) => return,
                 };
-                if f.about.as_deref() == Some(me.id.as_str()) {
-                    continue; // the session's own ring has it
+                if f.about.as_deref() == Some(me.id.as_str()) || (f.admin_only && !admin) {
+                    continue; // its own ring has it, or it is for the room's admins
                 }
                 if f.is_resync() {
                     large = false;
@@ -290,8 +346,9 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                         large = true;
                     }
                     // The stream ends after a room's deletion (the frame is queued unless the
-                    // reader lags; the body ends once the queue is drained).
-                    if !out.offer(&f.bytes) || ends_me(&f.kind) {
+                    // reader lags; the body ends once the queue is drained). Other endings in
+                    // the room are someone else's.
+                    if !out.offer(&f.bytes) || &*f.kind == "room.deleted" {
                         return;
                     }
                 }
@@ -313,11 +370,16 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                 room = Some(r);
                 large = l;
             }
-            if !send_snapshot(state, me, large, &out).await {
+            if !send_snapshot(state, &me, large, admin, &out).await {
                 return;
             }
         }
     }
+}
+
+/// `access` `{"session_id", "room", "access": {"level"}}`: in the lobby, or admitted.
+fn access_frame(me: &Session, level: &str) -> Bytes {
+    sse_frame("access", None, &json!({"session_id": me.id, "room": me.room, "access": {"level": level}}).to_string())
 }
 
 /// The event ends this session's stream.
@@ -326,14 +388,19 @@ fn ends_me(kind: &str) -> bool {
 }
 
 /// `presence`: `{"session_id","room","will_eject_at","large","count","participants":[…]}`;
-/// in a large room `participants` holds the latest joiners only.
-async fn send_snapshot(state: &AppState, me: &Session, large: bool, out: &Out) -> bool {
+/// in a large room `participants` holds the latest joiners only. Participants hidden by
+/// `hasPresence: false` are listed only to the room's admins.
+async fn send_snapshot(state: &AppState, me: &Session, large: bool, admin: bool, out: &Out) -> bool {
     let now = state.clock.now_ms();
     let live = state.store.live();
     let (count, list) = if large {
         let mut v = Vec::with_capacity(4096);
         v.push(b'[');
-        for (i, e) in live.newest(&me.room, LARGE_SNAPSHOT).enumerate() {
+        let newest = live
+            .newest(&me.room, LARGE_SNAPSHOT * 2)
+            .filter(|e| admin || sessions::has_presence(e.session.permissions.as_ref()))
+            .take(LARGE_SNAPSHOT);
+        for (i, e) in newest.enumerate() {
             if i > 0 {
                 v.push(b',');
             }
@@ -342,8 +409,7 @@ async fn send_snapshot(state: &AppState, me: &Session, large: bool, out: &Out) -
         v.push(b']');
         (live.present(&me.room), Bytes::from(v))
     } else {
-        let (count, list) = participants(state, &me.room, now);
-        (count, list)
+        participants(state, &me.room, now, admin)
     };
     let head = format!(
         "event: presence\ndata: {{\"session_id\":{},\"room\":{},\"will_eject_at\":{},\"large\":{large},\"count\":{count},\"participants\":",
@@ -354,15 +420,16 @@ async fn send_snapshot(state: &AppState, me: &Session, large: bool, out: &Out) -
     out.send(Bytes::from(head)).await && out.send(list).await && out.send(Bytes::from_static(b"}\n\n")).await
 }
 
-/// The whole room as a JSON array, shared by streams that ask within the same second and
-/// batch; with its length.
-fn participants(state: &AppState, room: &str, now_ms: i64) -> (u64, Bytes) {
+/// The whole room as a JSON array (without hidden participants unless for an admin), shared by
+/// streams that ask within the same second and batch; with its length.
+fn participants(state: &AppState, room: &str, now_ms: i64, admin: bool) -> (u64, Bytes) {
     let lsn = state.store.published_lsn();
     let second = now_ms / 1000;
+    let key: Arc<str> = Arc::from(format!("{}{room}", if admin { "a:" } else { "p:" }));
     if let Ok(mut lists) = state.session_streams.lists.lock() {
-        if let Some((l, s, b)) = lists.get(room) {
+        if let Some((l, s, n, b)) = lists.get(&key) {
             if *l == lsn && *s == second {
-                return (state.store.live().present(room), b.clone());
+                return (*n, b.clone());
             }
         }
     }
@@ -370,7 +437,11 @@ fn participants(state: &AppState, room: &str, now_ms: i64) -> (u64, Bytes) {
     let mut v = Vec::with_capacity(4096);
     v.push(b'[');
     let mut n = 0u64;
-    for e in live.members_after(room, None).filter(|e| !e.session.is_over(now_ms)) {
+    let shown = live
+        .members_after(room, None)
+        .filter(|e| !e.session.is_over(now_ms))
+        .filter(|e| admin || sessions::has_presence(e.session.permissions.as_ref()));
+    for e in shown {
         if n > 0 {
             v.push(b',');
         }
@@ -380,7 +451,7 @@ fn participants(state: &AppState, room: &str, now_ms: i64) -> (u64, Bytes) {
     v.push(b']');
     let b = Bytes::from(v);
     if let Ok(mut lists) = state.session_streams.lists.lock() {
-        lists.put(Arc::from(room), (lsn, second, b.clone()));
+        lists.put(key, (lsn, second, n, b.clone()));
     }
     (n, b)
 }

@@ -12,7 +12,9 @@ use serde_json::Value;
 use super::journal::{LoggedEvent, Op};
 use super::keys;
 use super::live::Entry;
-use super::records::{self, BanRecord, RevocationRecord, RoomRecord, TokenRecord, WebhookRecord};
+use super::records::{
+    self, BanRecord, MeetingParticipantRecord, MeetingRecord, RevocationRecord, RoomRecord, TokenRecord, WebhookRecord,
+};
 use super::state::{Private, Slot, State, Tree, Trees};
 use super::timers::TimerId;
 use super::StoreError;
@@ -276,6 +278,54 @@ impl Ctx<'_> {
     /// Every issued token (housekeeping), in jti order.
     pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
         self.scan(Tree::Tokens, b"")?.iter().map(|(k, v)| records::decode("tokens", k, records::TOKEN_V1, v)).collect()
+    }
+
+    // --- meetings (history) ------------------------------------------------------------------
+
+    pub fn meeting_record(&self, id: &str) -> Result<Option<MeetingRecord>, StoreError> {
+        let key = keys::meeting(id);
+        match self.get(Tree::Meetings, &key)? {
+            Some(v) => Ok(Some(records::decode("meetings", &key, records::MEETING_V1, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn put_meeting(&mut self, m: &MeetingRecord) -> Result<(), StoreError> {
+        self.put(Tree::Meetings, keys::meeting(&m.id), records::encode(records::MEETING_V1, m)?);
+        self.put(Tree::Meetings, keys::meeting_of_room(&m.room, &m.id), Vec::new());
+        Ok(())
+    }
+
+    /// Records a session's part in its meeting (at its join, and again when it leaves).
+    pub fn put_meeting_participant(&mut self, s: &crate::sessions::Session, leave_ms: Option<i64>) -> Result<(), StoreError> {
+        let r = MeetingParticipantRecord {
+            participant_id: s.id.clone(),
+            user_id: s.user_id.clone(),
+            user_name: s.user_name.clone(),
+            join_ms: s.joined_ms,
+            leave_ms,
+        };
+        let key = keys::meeting_participant(&s.meeting_id, s.joined_ms, &s.id);
+        self.put(Tree::MeetingParticipants, key, records::encode(records::MEETING_PARTICIPANT_V1, &r)?);
+        Ok(())
+    }
+
+    /// Every meeting record, oldest first (housekeeping).
+    pub fn meetings(&self) -> Result<Vec<MeetingRecord>, StoreError> {
+        self.scan(Tree::Meetings, b"m")?
+            .iter()
+            .map(|(k, v)| records::decode("meetings", k, records::MEETING_V1, v))
+            .collect()
+    }
+
+    /// Removes a meeting and its participants.
+    pub fn del_meeting(&mut self, m: &MeetingRecord) -> Result<(), StoreError> {
+        self.del(Tree::Meetings, keys::meeting(&m.id));
+        self.del(Tree::Meetings, keys::meeting_of_room(&m.room, &m.id));
+        for (k, _) in self.scan(Tree::MeetingParticipants, &keys::parts(&[&m.id]))? {
+            self.del(Tree::MeetingParticipants, k);
+        }
+        Ok(())
     }
 
     // --- bans and revocations ----------------------------------------------------------------

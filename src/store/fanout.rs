@@ -42,6 +42,8 @@ pub struct Frame {
     pub kind: Arc<str>,
     /// The session the event is about, if one.
     pub about: Option<Arc<str>>,
+    /// For the room's admins only (who knocks: `waiting-participant.*`).
+    pub admin_only: bool,
     pub bytes: Bytes,
 }
 
@@ -183,6 +185,7 @@ impl Hub {
             let frame = Arc::new(Frame {
                 kind: Arc::from(e.kind.as_str()),
                 about: e.session.as_deref().map(Arc::from),
+                admin_only: e.kind.starts_with("waiting-participant."),
                 bytes: sse_frame(&e.kind, Some(e.seq), &e.envelope),
             });
             if let Some(about) = &frame.about {
@@ -202,7 +205,12 @@ impl Hub {
                     fan.dirty = false;
                     fan.joined.clear();
                     fan.left.clear();
-                    let _ = fan.tx.send(Arc::new(Frame { kind: Arc::from(RESYNC), about: None, bytes: Bytes::new() }));
+                    let _ = fan.tx.send(Arc::new(Frame {
+                        kind: Arc::from(RESYNC),
+                        about: None,
+                        admin_only: false,
+                        bytes: Bytes::new(),
+                    }));
                     continue;
                 }
                 _ => {}
@@ -213,6 +221,10 @@ impl Hub {
             }
             match &*e.kind {
                 "participant.joined" | "participant.left" => fold(fan, e),
+                // Admins see who knocks, whatever the room's size.
+                _ if frame.admin_only => {
+                    let _ = fan.tx.send(frame);
+                }
                 // About one session: its own streams have it.
                 _ if frame.about.is_some() => {}
                 _ => {
@@ -240,6 +252,7 @@ impl Hub {
             let frame = Frame {
                 kind: Arc::from("presence-summary"),
                 about: None,
+                admin_only: false,
                 bytes: sse_frame("presence-summary", None, &body.to_string()),
             };
             let _ = fan.tx.send(Arc::new(frame));

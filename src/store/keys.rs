@@ -54,6 +54,35 @@ pub fn token_room(room: Option<&str>, jti: &str) -> Vec<u8> {
     parts(&[room.unwrap_or(""), jti])
 }
 
+/// `Meetings` tree: a meeting's record.
+pub fn meeting(id: &str) -> Vec<u8> {
+    let mut k = b"m".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `Meetings` tree: a room's meetings (an index; the value is empty).
+pub fn meeting_of_room(room: &str, id: &str) -> Vec<u8> {
+    let mut k = b"r".to_vec();
+    k.extend_from_slice(&parts(&[room, id]));
+    k
+}
+
+/// Prefix of [`meeting_of_room`] for one room.
+pub fn meetings_of_room(room: &str) -> Vec<u8> {
+    let mut k = b"r".to_vec();
+    k.extend_from_slice(&parts(&[room]));
+    k
+}
+
+/// `MeetingParticipants` tree: a meeting's participants in join order.
+pub fn meeting_participant(meeting: &str, join_ms: i64, session: &str) -> Vec<u8> {
+    let mut k = parts(&[meeting]);
+    k.extend_from_slice(&(join_ms.max(0) as u64).to_be_bytes());
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
 pub fn u64_of(bytes: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(bytes.try_into().ok()?))
 }

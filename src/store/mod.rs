@@ -46,13 +46,14 @@ pub use backup::{restore, BackupSink, RestoreReport};
 pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
-    Compact, CreateRoom, CreateToken, CreateWebhook, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat, Heartbeats, Join,
-    JoinOutcome, Leave, LiftBan, Progress, Purge, PurgeReport, ReplayWebhook, Retention, Revoke, UpdateRoom,
-    UpdateWebhook, WebhookPatch, WebhookProgress, COMPACT_CHUNK,
+    Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat,
+    Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, Purge, PurgeMeetings, PurgeReport,
+    ReplayWebhook, Retention, Revoke, UpdatePermissions, UpdateRoom, UpdateWebhook, Waiting, WaitingError, WaitingReport,
+    WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
 };
 pub use eventlog::{Event, Page};
 pub use live::Entry;
-pub use records::{AttemptRecord, BanRecord, TokenRecord, WebhookRecord};
+pub use records::{AttemptRecord, BanRecord, MeetingParticipantRecord, MeetingRecord, TokenRecord, WebhookRecord};
 
 use crate::clock::SharedClock;
 use crate::rooms::{Privacy, Room};
@@ -723,6 +724,49 @@ impl Store {
     /// The live state as of the last durable batch (presence of every room, counts).
     pub fn live(&self) -> live::Live {
         self.state().live.clone()
+    }
+
+    /// A meeting's record.
+    pub fn meeting(&self, id: &str) -> Result<Option<MeetingRecord>, StoreError> {
+        let key = keys::meeting(id);
+        match self.get(Tree::Meetings, &key)? {
+            Some(v) => Ok(Some(records::decode("meetings", &key, records::MEETING_V1, &v)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Retained meetings, newest first; of one room with `room`.
+    pub fn meetings(&self, room: Option<&str>) -> Result<Vec<MeetingRecord>, StoreError> {
+        let st = self.state();
+        let mut out = Vec::new();
+        match room {
+            None => {
+                for (k, v) in st.scan_prefix(&self.shared.trees, Tree::Meetings, b"m")? {
+                    out.push(records::decode("meetings", &k, records::MEETING_V1, &v)?);
+                }
+            }
+            Some(room) => {
+                let prefix = keys::meetings_of_room(room);
+                for (k, _) in st.scan_prefix(&self.shared.trees, Tree::Meetings, &prefix)? {
+                    let Some(id) = keys::split(&k[1..]).and_then(|p| p.get(1).cloned()) else { continue };
+                    let key = keys::meeting(&id);
+                    if let Some(v) = st.get(&self.shared.trees, Tree::Meetings, &key)? {
+                        out.push(records::decode("meetings", &key, records::MEETING_V1, &v)?);
+                    }
+                }
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// A meeting's participants, in join order.
+    pub fn meeting_participants(&self, id: &str) -> Result<Vec<MeetingParticipantRecord>, StoreError> {
+        self.state()
+            .scan_prefix(&self.shared.trees, Tree::MeetingParticipants, &keys::parts(&[id]))?
+            .iter()
+            .map(|(k, v)| records::decode("meeting_participants", k, records::MEETING_PARTICIPANT_V1, v))
+            .collect()
     }
 
     /// Bans in force for a room: (user id, ban).

@@ -22,6 +22,33 @@ pub const REVOCATION_V1: u8 = 1;
 pub const WEBHOOK_V1: u8 = 1;
 pub const WEBHOOK_V2: u8 = 2;
 pub const ATTEMPT_V1: u8 = 1;
+pub const MEETING_V1: u8 = 1;
+pub const MEETING_PARTICIPANT_V1: u8 = 1;
+
+/// A meeting session: from the first present join into an empty room to the last departure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingRecord {
+    /// UUIDv7, so key order is start order.
+    pub id: String,
+    pub room: String,
+    pub start_ms: i64,
+    /// `None` while it goes on.
+    pub end_ms: Option<i64>,
+    /// Most people present at once.
+    pub max_participants: u64,
+}
+
+/// One session's part in a meeting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MeetingParticipantRecord {
+    /// The session id (Daily's `participant_id`).
+    pub participant_id: String,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub join_ms: i64,
+    /// `None` while present.
+    pub leave_ms: Option<i64>,
+}
 
 /// A webhook subscription with its delivery cursor and failure counters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -131,6 +131,60 @@ try {
   await guestLarge.getByText("107 people are here").waitFor({ timeout: 5000 });
   check(await guestLarge.getByRole("button", { name: "Show everyone" }).isHidden(), "only an owner may page through everyone");
 
+  // 7. Knock-to-join: a tokenless visitor asks; the owner admits one and denies another.
+  await api("POST", "/v1/rooms", { name: "front-door", privacy: "private", properties: { enable_knocking: true } });
+  const doorTok = await token({ room_name: "front-door", is_owner: true, user_name: "Hostess" });
+  const hostess = await newPage();
+  await hostess.goto(`${BASE}/front-door?t=${doorTok}`);
+  await hostess.getByText("(you)").waitFor({ timeout: 5000 });
+  const visitor = await newPage({ width: 390, height: 844 });
+  await visitor.goto(`${BASE}/front-door`);
+  await visitor.getByRole("button", { name: "Ask to join" }).waitFor({ timeout: 5000 });
+  check(true, "a knocking room offers Ask to join");
+  await visitor.getByLabel("Your name").fill("Vera");
+  await visitor.getByRole("button", { name: "Ask to join" }).click();
+  await visitor.getByText("Waiting for the host to let you in").waitFor({ timeout: 5000 });
+  await visitor.screenshot({ path: `${SHOTS}/8-waiting-phone.png` });
+  await hostess.getByRole("button", { name: "Admit Vera" }).waitFor({ timeout: 5000 });
+  await hostess.screenshot({ path: `${SHOTS}/9-owner-lobby.png` });
+  await hostess.getByRole("button", { name: "Admit Vera" }).click();
+  await visitor.getByText("(you)").waitFor({ timeout: 5000 });
+  await visitor.getByText("Hostess").waitFor({ timeout: 5000 });
+  await hostess.getByText("Vera").waitFor({ timeout: 5000 });
+  check(await hostess.locator("#lobby").isHidden(), "knock, admit: both present, the lobby empty");
+  const denied = await newPage();
+  await denied.goto(`${BASE}/front-door`);
+  await denied.getByLabel("Your name").fill("Dan");
+  await denied.getByRole("button", { name: "Ask to join" }).click();
+  await denied.getByText("Waiting for the host to let you in").waitFor({ timeout: 5000 });
+  await hostess.getByRole("button", { name: "Deny Dan" }).click();
+  await denied.getByText("The host did not let you in.").waitFor({ timeout: 5000 });
+  check(true, "knock, deny: the visitor is told");
+  // Asking again and again hits the per-address join limit.
+  let limited = false;
+  for (let i = 0; i < 12 && !limited; i++) {
+    await denied.getByRole("button", { name: "Ask again" }).click();
+    await denied.waitForFunction(() => !document.getElementById("waiting").hidden
+      || /Too many attempts/.test(document.getElementById("refused-text").textContent), null, { timeout: 5000 });
+    limited = await denied.getByText("Too many attempts").isVisible();
+    if (!limited) await hostess.getByRole("button", { name: "Deny Dan" }).click();
+    if (!limited) await denied.getByText("The host did not let you in.").waitFor({ timeout: 5000 });
+  }
+  check(limited, "retrying past the join limit is refused");
+  await denied.screenshot({ path: `${SHOTS}/10-denied.png` });
+
+  // 8. The dashboard lists the meetings, with who was there; its checkboxes sit by their labels.
+  await dash.reload();
+  await dash.locator("#meetings").getByText("front-door", { exact: false }).waitFor({ timeout: 5000 });
+  check(await dash.locator("#meetings").getByText("Vera", { exact: false }).isVisible(), "the dashboard lists recent meetings with participants");
+  const box = await dash.locator("#room-eject-exp").boundingBox();
+  const label = await dash.getByText("Eject everyone at expiry").boundingBox();
+  check(box && label && Math.abs(box.y - label.y) < 20 && label.x - (box.x + box.width) < 40, "the expiry checkbox sits next to its label");
+  await dash.setViewportSize({ width: 390, height: 844 });
+  const overflow = await dash.evaluate(() => document.documentElement.scrollWidth > window.innerWidth + 1);
+  check(!overflow, "the dashboard fits a phone's width");
+  await dash.screenshot({ path: `${SHOTS}/11-dashboard-phone.png`, fullPage: true });
+
   check(dialogs.length === 0, "no script from untrusted text ran");
   console.log("browser tests passed");
 } finally {

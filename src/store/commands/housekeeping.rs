@@ -19,6 +19,7 @@ pub struct PurgeReport {
     pub revocations: u64,
     pub tokens: u64,
     pub events: u64,
+    pub meetings: u64,
 }
 
 /// Event log retention: by age and size; the soft limits never pass an active webhook's
@@ -108,5 +109,33 @@ impl Command for Compact {
         }
         cx.set_events_oldest(cut);
         Ok(PurgeReport { events: cut - oldest, ..Default::default() })
+    }
+}
+
+/// Removes at most `limit` meetings (with their participants) that ended more than
+/// `max_age_ms` ago: meeting history is kept as long as events are (the retention's age).
+#[derive(Debug)]
+pub struct PurgeMeetings {
+    pub max_age_ms: i64,
+    pub limit: usize,
+}
+
+impl Command for PurgeMeetings {
+    /// Meetings removed.
+    type Reply = u64;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<u64, StoreError> {
+        let before_ms = cx.now_ms().saturating_sub(self.max_age_ms);
+        let mut removed = 0;
+        for m in cx.meetings()? {
+            if removed as usize >= self.limit {
+                break;
+            }
+            if m.end_ms.is_some_and(|e| e < before_ms) {
+                cx.del_meeting(&m)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }

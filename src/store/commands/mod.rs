@@ -12,10 +12,12 @@ pub mod sessions;
 pub mod tokens;
 pub mod webhooks;
 
-pub use housekeeping::{Compact, Purge, PurgeReport, Retention, COMPACT_CHUNK};
-pub use moderation::{Eject, LiftBan, Revoke};
+pub use housekeeping::{Compact, Purge, PurgeMeetings, PurgeReport, Retention, COMPACT_CHUNK};
+pub use moderation::{Eject, LiftBan, PermissionsError, Revoke, UpdatePermissions};
 pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
-pub use sessions::{Heartbeat, Heartbeats, Join, JoinOutcome, Leave};
+pub use sessions::{
+    DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport, MAX_WAITING_PER_ROOM,
+};
 pub use tokens::CreateToken;
 pub use webhooks::{
     CreateWebhook, DeleteWebhook, Delivery, Progress, ReplayWebhook, UpdateWebhook, WebhookPatch, WebhookProgress,

@@ -155,3 +155,46 @@ impl Command for Revoke {
         Ok(targets.iter().map(|e| e.session.id.clone()).collect())
     }
 }
+
+/// `POST /v1/rooms/:name/update-permissions`: patches the permissions of present sessions —
+/// each listed id its own patch, `*` everyone present not listed (Daily's rules; sessions that
+/// join later keep their token's or room's). Each session changed gets `participant.updated`.
+#[derive(Debug)]
+pub struct UpdatePermissions {
+    pub room: String,
+    /// (session id or `*`, patch), already validated.
+    pub updates: Vec<(String, serde_json::Map<String, Value>)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PermissionsError {
+    #[error("room not found")]
+    NoRoom,
+}
+
+impl Command for UpdatePermissions {
+    /// The ids of the sessions whose permissions changed.
+    type Reply = Result<Vec<String>, PermissionsError>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
+        if cx.room(&self.room)?.is_none() {
+            return Ok(Err(PermissionsError::NoRoom));
+        }
+        let star = self.updates.iter().find(|(id, _)| id == "*").map(|(_, p)| p);
+        let mut updated = Vec::new();
+        for e in cx.present_in(&self.room) {
+            let own = self.updates.iter().find(|(id, _)| *id == e.session.id).map(|(_, p)| p);
+            let Some(patch) = own.or(star) else { continue };
+            let permissions = sessions::patch_permissions(e.session.permissions.as_ref(), patch);
+            if e.session.permissions.as_ref() == Some(&permissions) {
+                continue;
+            }
+            let mut next = (*e).clone();
+            next.session.permissions = Some(permissions);
+            cx.event(crate::events::PARTICIPANT_UPDATED, next.session.joined_payload());
+            updated.push(next.session.id.clone());
+            cx.put_session(next)?;
+        }
+        Ok(Ok(updated))
+    }
+}

@@ -6,7 +6,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use crate::rooms::Room;
 use crate::sessions::{self, Denial, JoinFacts, Session, TokenCheck};
+use crate::store::records::MeetingRecord;
+use crate::tokens::Claims;
 use crate::store::command::Command;
 use crate::store::ctx::Ctx;
 use crate::store::live::Entry;
@@ -28,8 +31,13 @@ pub struct Join {
 #[derive(Debug)]
 pub enum JoinOutcome {
     Joined(Box<Session>),
+    /// Knocked: waiting in the room's lobby for an owner's decision.
+    Waiting(Box<Session>),
     Denied(Denial),
 }
+
+/// Most people waiting in one room's lobby; past it a knock answers 429.
+pub const MAX_WAITING_PER_ROOM: usize = 100;
 
 impl Command for Join {
     type Reply = JoinOutcome;
@@ -66,7 +74,16 @@ impl Command for Join {
             banned,
             present: cx.present(&self.room).saturating_sub(duplicates.len() as u64),
         };
-        let room = match (sessions::decide_join(&facts), room) {
+        let decision = sessions::decide_join(&facts);
+        // Knock-to-join: a private room with `enable_knocking` puts a tokenless visitor (and a
+        // token holder whose token says `knocking: true`) in its lobby instead.
+        let knocks = room.as_ref().is_some_and(sessions::room_knocks)
+            && match &decision {
+                Err(d) => d.detail == "private_room",
+                Ok(()) => claims.is_some_and(|c| !c.is_owner && c.ui.get("knocking") == Some(&Value::Bool(true))),
+            };
+        let room = match (decision, room) {
+            (_, Some(room)) if knocks => return knock(cx, &self, &room, claims),
             (Ok(()), Some(room)) => room,
             (Err(d), _) => {
                 denied(cx, &self, &d);
@@ -74,18 +91,9 @@ impl Command for Join {
             }
             (Ok(()), None) => return Err(StoreError::Unavailable("join admitted without a room".into())),
         };
+        // A replaced session's meeting goes on with its replacement.
+        let carried = if duplicates.is_empty() { None } else { cx.meeting(&self.room) };
         end_sessions(cx, &duplicates, "duplicate_user_id", "scheduler", Ending::Replaced)?;
-        let (meeting_id, start_ms) = match cx.meeting(&self.room) {
-            Some(m) => m,
-            None => {
-                let id = uuid::Uuid::new_v4().to_string();
-                cx.event(
-                    crate::events::MEETING_STARTED,
-                    json!({"room": self.room, "meeting_id": id, "start_ts": now as f64 / 1000.0}),
-                );
-                (id, now)
-            }
-        };
         let deadline = sessions::eject_deadline(&room, claims, now);
         let (token_id, token_iat, token_exp) = match &self.token {
             TokenCheck::Valid { claims, token_id } => (Some(token_id.clone()), claims.iat, claims.exp),
@@ -102,22 +110,242 @@ impl Command for Join {
             joined_ms: now,
             eject_at_ms: deadline.map(|d| d.0),
             eject_reason: deadline.map(|d| d.1.to_string()),
-            permissions: claims.and_then(|c| c.permissions.clone()),
-            meeting_id,
+            permissions: sessions::initial_permissions(&room, claims),
+            meeting_id: String::new(),
             room_rules: sessions::follows_room_rules(claims),
         };
-        let entry = Entry {
-            session: session.clone(),
-            digest: self.secret_digest,
-            token_exp,
-            eject_timer_ms: sessions::eject_timer(&room, claims, now).map(|(at, _)| at),
-            meeting_start_ms: start_ms,
-            waiting: false,
-        };
-        cx.put_session(entry)?;
-        cx.event(crate::events::PARTICIPANT_JOINED, session.joined_payload());
+        let timer = sessions::eject_timer(&room, claims, now).map(|(at, _)| at);
+        let session = enter(cx, session, self.secret_digest, token_exp, timer, carried)?;
         Ok(JoinOutcome::Joined(Box::new(session)))
     }
+}
+
+/// Makes a session present: starts the room's meeting if it has none (`meeting.started`),
+/// records it (and its part in the meeting's history), logs `participant.joined`.
+fn enter(
+    cx: &mut Ctx<'_>,
+    mut session: Session,
+    digest: [u8; 32],
+    token_exp: Option<f64>,
+    eject_timer_ms: Option<i64>,
+    carried: Option<(String, i64)>,
+) -> Result<Session, StoreError> {
+    let now = cx.now_ms();
+    let (meeting_id, start_ms, started) = match carried.or_else(|| cx.meeting(&session.room)) {
+        Some((id, start)) => (id, start, false),
+        None => {
+            let id = uuid::Uuid::now_v7().to_string();
+            cx.event(
+                crate::events::MEETING_STARTED,
+                json!({"room": session.room, "meeting_id": id, "start_ts": now as f64 / 1000.0}),
+            );
+            (id, now, true)
+        }
+    };
+    session.meeting_id = meeting_id.clone();
+    let entry = Entry {
+        session: session.clone(),
+        digest,
+        token_exp,
+        eject_timer_ms,
+        meeting_start_ms: start_ms,
+        waiting: false,
+    };
+    cx.put_session(entry)?;
+    let present = cx.present(&session.room);
+    match cx.meeting_record(&meeting_id)? {
+        Some(mut m) if present > m.max_participants => {
+            m.max_participants = present;
+            cx.put_meeting(&m)?;
+        }
+        Some(_) => {}
+        None => {
+            // A new meeting (or one that started before meetings were recorded).
+            let m = MeetingRecord {
+                id: meeting_id.clone(),
+                room: session.room.clone(),
+                start_ms: if started { now } else { start_ms },
+                end_ms: None,
+                max_participants: present,
+            };
+            cx.put_meeting(&m)?;
+        }
+    }
+    cx.put_meeting_participant(&session, None)?;
+    cx.event(crate::events::PARTICIPANT_JOINED, session.joined_payload());
+    Ok(session)
+}
+
+/// Puts a visitor in the room's lobby: a waiting session (its own id, secret and lease) and
+/// `waiting-participant.joined`; never counted toward `max_participants`, never in presence.
+fn knock(cx: &mut Ctx<'_>, req: &Join, room: &Room, claims: Option<&Claims>) -> Result<JoinOutcome, StoreError> {
+    let now = cx.now_ms();
+    if cx.waiting_in(&req.room).len() >= MAX_WAITING_PER_ROOM {
+        let d = Denial::lobby_full(MAX_WAITING_PER_ROOM);
+        denied(cx, req, &d);
+        return Ok(JoinOutcome::Denied(d));
+    }
+    // A token's own ejection rules count from the knock; the room's, from the admission.
+    let room_rules = sessions::follows_room_rules(claims);
+    let (deadline, timer) = if room_rules {
+        (None, None)
+    } else {
+        (sessions::eject_deadline(room, claims, now), sessions::eject_timer(room, claims, now).map(|(at, _)| at))
+    };
+    let (token_id, token_iat, token_exp) = match &req.token {
+        TokenCheck::Valid { claims, token_id } => (Some(token_id.clone()), claims.iat, claims.exp),
+        _ => (None, None, None),
+    };
+    let session = Session {
+        id: req.session_id.clone(),
+        room: req.room.clone(),
+        user_id: claims.and_then(|c| c.user_id.clone()),
+        user_name: claims.and_then(|c| c.user_name.clone()).or(req.user_name.clone()),
+        owner: false,
+        token_id,
+        token_iat,
+        joined_ms: now,
+        eject_at_ms: deadline.map(|d| d.0),
+        eject_reason: deadline.map(|d| d.1.to_string()),
+        permissions: sessions::initial_permissions(room, claims),
+        meeting_id: String::new(),
+        room_rules,
+    };
+    cx.put_session(Entry {
+        session: session.clone(),
+        digest: req.secret_digest,
+        token_exp,
+        eject_timer_ms: timer,
+        meeting_start_ms: 0,
+        waiting: true,
+    })?;
+    cx.event(crate::events::WAITING_PARTICIPANT_JOINED, session.waiting_payload());
+    Ok(JoinOutcome::Waiting(Box::new(session)))
+}
+
+/// Which waiting participants an owner's decision is about.
+#[derive(Debug, Clone)]
+pub enum Waiting {
+    All,
+    Ids(Vec<String>),
+}
+
+/// An owner's decision on waiting participants (daily-js `updateWaitingParticipants`):
+/// `grant` re-runs the join decision now and makes each a full session; otherwise each leaves
+/// the lobby (`waiting-participant.left`, reason `denied`).
+#[derive(Debug)]
+pub struct DecideWaiting {
+    pub room: String,
+    /// Per target: grant (`true`) or deny; `All` with its own decision for everyone else.
+    pub decisions: Vec<(Waiting, bool)>,
+    pub by: String,
+    pub leeway_s: u64,
+}
+
+/// What became of each waiting participant.
+#[derive(Debug, Default)]
+pub struct WaitingReport {
+    pub granted: Vec<String>,
+    pub denied: Vec<String>,
+    /// Granted, but the join decision now refuses: (id, why). They leave the lobby.
+    pub refused: Vec<(String, Denial)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WaitingError {
+    #[error("'{0}' is not waiting in this room")]
+    NotWaiting(String),
+}
+
+impl Command for DecideWaiting {
+    type Reply = Result<WaitingReport, WaitingError>;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
+        let waiting = cx.waiting_in(&self.room);
+        let mut plan: Vec<(Arc<Entry>, bool)> = Vec::new();
+        let mut everyone_else = None;
+        for (target, grant) in &self.decisions {
+            match target {
+                Waiting::All => everyone_else = Some(*grant),
+                Waiting::Ids(ids) => {
+                    for id in ids {
+                        let Some(e) = waiting.iter().find(|e| &e.session.id == id) else {
+                            return Ok(Err(WaitingError::NotWaiting(id.clone())));
+                        };
+                        if !plan.iter().any(|(p, _)| p.session.id == *id) {
+                            plan.push((e.clone(), *grant));
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(grant) = everyone_else {
+            for e in &waiting {
+                if !plan.iter().any(|(p, _)| p.session.id == e.session.id) {
+                    plan.push((e.clone(), grant));
+                }
+            }
+        }
+        let mut report = WaitingReport::default();
+        for (e, grant) in plan {
+            if !grant {
+                end_sessions(cx, std::slice::from_ref(&e), "denied", &self.by, Ending::Normal)?;
+                report.denied.push(e.session.id.clone());
+                continue;
+            }
+            match admit(cx, &e, self.leeway_s)? {
+                Ok(()) => report.granted.push(e.session.id.clone()),
+                Err(d) => {
+                    end_sessions(cx, std::slice::from_ref(&e), d.detail, &self.by, Ending::Normal)?;
+                    report.refused.push((e.session.id.clone(), d));
+                }
+            }
+        }
+        Ok(Ok(report))
+    }
+}
+
+/// Admits one waiting participant if the join decision allows it now.
+fn admit(cx: &mut Ctx<'_>, e: &Entry, leeway_s: u64) -> Result<Result<(), Denial>, StoreError> {
+    let now = cx.now_ms();
+    let s = &e.session;
+    let room = cx.room(&s.room)?;
+    let revoked = match &s.token_id {
+        Some(token_id) => {
+            let c = Claims { user_id: s.user_id.clone(), iat: s.token_iat, room: Some(s.room.clone()), ..Claims::default() };
+            cx.is_revoked(&c, token_id, Some(&s.room))?
+        }
+        None => false,
+    };
+    let banned = match &s.user_id {
+        Some(u) => cx.is_banned(&s.room, u)?,
+        None => false,
+    };
+    let facts = sessions::GrantFacts {
+        now_ms: now,
+        leeway_s,
+        room: room.as_ref(),
+        token_exp: e.token_exp,
+        revoked,
+        banned,
+        present: cx.present(&s.room),
+    };
+    if let Err(d) = sessions::decide_grant(&facts) {
+        return Ok(Err(d));
+    }
+    let Some(room) = room else { return Err(StoreError::Unavailable("a grant decided without a room".into())) };
+    let mut session = s.clone();
+    session.joined_ms = now;
+    let mut timer = e.eject_timer_ms;
+    if session.room_rules {
+        let deadline = sessions::eject_deadline(&room, None, now);
+        session.eject_at_ms = deadline.map(|d| d.0);
+        session.eject_reason = deadline.map(|d| d.1.to_string());
+        timer = sessions::eject_timer(&room, None, now).map(|(at, _)| at);
+    }
+    // The lobby entry gives way to the full session (same id, secret and lease).
+    enter(cx, session, e.digest, e.token_exp, timer, None)?;
+    Ok(Ok(()))
 }
 
 /// Logs a refused join, with the precise reason and never the token.
@@ -234,10 +462,15 @@ pub fn end_sessions(
             }
         };
         cx.event(crate::events::PARTICIPANT_LEFT, s.left_payload(now, left_reason));
+        cx.put_meeting_participant(s, Some(now))?;
         if cx.present(&s.room) > 0 || ending == Ending::Replaced {
             continue;
         }
         let (meeting_id, start) = meeting.unwrap_or((s.meeting_id.clone(), s.joined_ms));
+        if let Some(mut m) = cx.meeting_record(&meeting_id)? {
+            m.end_ms = Some(now);
+            cx.put_meeting(&m)?;
+        }
         cx.event(
             crate::events::MEETING_ENDED,
             json!({"room": s.room, "meeting_id": meeting_id, "start_ts": start as f64 / 1000.0, "end_ts": now as f64 / 1000.0}),

@@ -101,9 +101,32 @@ async function loadEvents() {
   }
 }
 
+function minutes(secs) {
+  const m = Math.floor(secs / 60);
+  return m ? `${m} min ${secs % 60} s` : `${secs} s`;
+}
+
+async function loadMeetings() {
+  const list = await api("GET", "/v1/meetings?limit=10");
+  const ul = $("meetings");
+  ul.replaceChildren();
+  for (const m of list.data) {
+    const li = el("li");
+    const when = new Date(m.start_time * 1000).toLocaleString();
+    const head = el("span", `${m.room} — ${when}, ${minutes(m.duration)}${m.ongoing ? " (ongoing)" : ""}, up to ${m.max_participants} at once`, { class: "who" });
+    const people = el("ul", undefined, { class: "muted" });
+    for (const p of m.participants || []) {
+      people.append(el("li", `${p.user_name || "Guest"}: ${minutes(p.duration)}`));
+    }
+    li.append(head, people);
+    ul.append(li);
+  }
+  if (!list.data.length) ul.append(el("li", "No meetings yet.", { class: "muted" }));
+}
+
 async function refresh() {
   try {
-    await Promise.all([loadRooms(false), loadWebhooks(), loadEvents()]);
+    await Promise.all([loadRooms(false), loadWebhooks(), loadEvents(), loadMeetings()]);
   } catch (e) {
     say(e.message);
   }
@@ -134,6 +157,7 @@ $("room-form").addEventListener("submit", async (e) => {
   if (num("room-max")) properties.max_participants = num("room-max");
   if (num("room-elapsed")) properties.eject_after_elapsed = num("room-elapsed");
   if ($("room-eject-exp").checked) properties.eject_at_room_exp = true;
+  if ($("room-knock").checked) properties.enable_knocking = true;
   const body = { privacy: $("room-privacy").value, properties };
   const name = $("room-name").value.trim();
   if (name) body.name = name;

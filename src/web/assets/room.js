@@ -22,7 +22,20 @@ const REFUSALS = {
 };
 
 function show(id) {
-  for (const s of ["prejoin", "refused", "meeting", "ended"]) $(s).hidden = s !== id;
+  for (const s of ["prejoin", "refused", "waiting", "meeting", "ended"]) $(s).hidden = s !== id;
+}
+
+// Knock-to-join: what a join would get (daily-js preAuth): "lobby" means ask the owner.
+async function preAuth() {
+  try {
+    const res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/pre-auth`, {
+      method: "POST",
+      headers: { "content-type": "application/json" },
+      body: "{}",
+    });
+    const data = await res.json().catch(() => ({}));
+    if (res.ok && data.access && data.access.level === "lobby") $("join-button").textContent = "Ask to join";
+  } catch (e) { /* the join will say */ }
 }
 
 function readToken() {
@@ -51,18 +64,89 @@ async function join(userName) {
   }
   const data = await res.json().catch(() => ({}));
   if (!res.ok) return refuse(REFUSALS[data.error] || "You cannot join this meeting.");
-  session = { id: data.session_id, secret: data.session_secret, owner: !!data.owner, name: data.user_name };
+  session = { id: data.session_id, secret: data.session_secret, owner: !!data.owner, name: data.user_name, admin: isAdmin(data) };
   $("title").textContent = room;
-  show("meeting");
-  if (data.will_eject_at) countdown(data.will_eject_at);
+  if (data.access && data.access.level === "lobby") {
+    lastName = userName;
+    show("waiting");
+  } else {
+    enterMeeting(data);
+  }
   follow();
 }
 
-function refuse(text) {
+let lastName = null;
+
+function isAdmin(p) {
+  if (p.owner) return true;
+  const a = p.permissions && p.permissions.canAdmin;
+  return a === true || (Array.isArray(a) && a.includes("participants"));
+}
+
+function enterMeeting(data) {
+  show("meeting");
+  if (data.will_eject_at) countdown(data.will_eject_at);
+  if (session.admin && token) loadKnockers();
+}
+
+// Owners (and participant admins) see who knocks, and admit or deny.
+const knockers = new Map(); // id -> name
+function renderKnockers() {
+  const ul = $("knockers");
+  ul.replaceChildren();
+  for (const [id, name] of knockers) {
+    const li = document.createElement("li");
+    const who = document.createElement("span");
+    who.className = "who";
+    who.textContent = name || "Guest";
+    li.append(who);
+    for (const [label, grant] of [["Admit", true], ["Deny", false]]) {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = grant ? "" : "danger";
+      b.textContent = label;
+      b.setAttribute("aria-label", `${label} ${name || "Guest"}`);
+      b.addEventListener("click", () => decide({ [id]: { grantRequestedAccess: grant } }));
+      li.append(b);
+    }
+    ul.append(li);
+  }
+  $("lobby").hidden = knockers.size === 0;
+}
+
+async function loadKnockers() {
+  const res = await fetch(`/v1/rooms/${encodeURIComponent(room)}/waiting-participants`, {
+    headers: { authorization: `Bearer ${token}` },
+  });
+  if (!res.ok) return;
+  const data = await res.json();
+  for (const w of data.data || []) knockers.set(w.id, w.name);
+  renderKnockers();
+}
+
+async function decide(updates) {
+  await fetch(`/v1/rooms/${encodeURIComponent(room)}/waiting-participants`, {
+    method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify(updates),
+  });
+}
+$("admit-all").addEventListener("click", () => decide({ "*": { grantRequestedAccess: true } }));
+
+function refuse(text, again) {
   $("title").textContent = room || "Gatehouse";
   $("refused-text").textContent = text;
+  $("ask-again").hidden = !again;
   show("refused");
 }
+
+const LOBBY_REFUSALS = {
+  denied: "The host did not let you in.",
+  meeting_full: "The meeting is full.",
+  room_expired: "This meeting has ended.",
+  timeout: "You waited too long without an answer.",
+  left: "You stopped waiting.",
+};
 
 function countdown(at) {
   const el = $("time-left");
@@ -170,6 +254,24 @@ function end(text) {
 }
 
 function onEvent(kind, data) {
+  if (kind === "access") {
+    if (data.access && data.access.level === "full") enterMeeting(data);
+    return;
+  }
+  if (kind === "waiting-participant.joined" || kind === "waiting-participant.left") {
+    const p = (data && data.payload) || {};
+    if (p.session_id === session.id) {
+      if (kind === "waiting-participant.left") {
+        ended = true;
+        refuse(LOBBY_REFUSALS[p.reason] || "You were not let in.", true);
+      }
+      return;
+    }
+    if (kind === "waiting-participant.joined") knockers.set(p.session_id, p.user_name);
+    else knockers.delete(p.session_id);
+    renderKnockers();
+    return;
+  }
   if (kind === "presence") {
     people.clear();
     large = !!data.large;
@@ -188,7 +290,14 @@ function onEvent(kind, data) {
     return;
   }
   const p = (data && data.payload) || {};
-  if (kind === "participant.joined") people.set(p.session_id, { name: p.user_name });
+  const hidden = p.permissions && p.permissions.hasPresence === false && !session.admin;
+  if (kind === "participant.joined" && knockers.delete(p.session_id)) renderKnockers();
+  if (kind === "participant.joined" && !hidden) people.set(p.session_id, { name: p.user_name });
+  if (kind === "participant.updated" && p.session_id === session.id) session.admin = isAdmin(p);
+  if (kind === "participant.updated" && p.session_id !== session.id) {
+    if (hidden) people.delete(p.session_id);
+    else people.set(p.session_id, { name: p.user_name });
+  }
   if (kind === "participant.left") people.delete(p.session_id);
   if (kind === "participant.ejected" && p.session_id === session.id) {
     end(p.reason === "owner" || p.reason === "banned" || p.reason === "api" ? "You were removed from the meeting" : "Meeting has ended");
@@ -248,8 +357,10 @@ $("join-form").addEventListener("submit", (e) => {
   e.preventDefault();
   join($("name").value.trim());
 });
+$("ask-again").addEventListener("click", () => { ended = false; join(lastName); });
+$("stop-waiting").addEventListener("click", () => { leave(); refuse("You stopped waiting.", true); });
 
 readToken();
 $("title").textContent = room;
 if (token) join(null);
-else { show("prejoin"); $("name").focus(); }
+else { show("prejoin"); $("name").focus(); preAuth(); }
