@@ -152,8 +152,14 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let drained = start.elapsed().as_secs_f64();
-        let seqs: Vec<u64> = log.lock().unwrap().iter().map(|r| r.0).collect();
+        // What was delivered before the replay took effect (the webhook's own creation, at the
+        // end of the log) comes first; order is judged from the replay's first event on.
+        let seqs: Vec<u64> = log.lock().unwrap().iter().map(|r| r.0).skip_while(|&s| s != 1).collect();
         let in_order = seqs.windows(2).all(|w| w[0] < w[1]);
+        if let Some(i) = seqs.windows(2).position(|w| w[0] >= w[1]) {
+            let around = &seqs[i.saturating_sub(3)..(i + 4).min(seqs.len())];
+            println!("first out-of-order receipt at position {i}: {around:?}");
+        }
         println!(
             "drain: {BACKLOG} events in {drained:.2}s = {:.0} events/s (in order: {in_order})",
             BACKLOG as f64 / drained
