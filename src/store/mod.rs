@@ -729,10 +729,10 @@ impl Store {
     /// A meeting's record.
     pub fn meeting(&self, id: &str) -> Result<Option<MeetingRecord>, StoreError> {
         let key = keys::meeting(id);
-        match self.get(Tree::Meetings, &key)? {
-            Some(v) => Ok(Some(records::decode("meetings", &key, records::MEETING_V1, &v)?)),
-            None => Ok(None),
-        }
+        let Some(v) = self.get(Tree::Meetings, &key)? else { return Ok(None) };
+        let mut m = records::decode("meetings", &key, records::MEETING_V1, &v)?;
+        with_live_peak(&self.state().live, &mut m);
+        Ok(Some(m))
     }
 
     /// Retained meetings, newest first; of one room with `room`.
@@ -757,6 +757,9 @@ impl Store {
             }
         }
         out.reverse();
+        for m in &mut out {
+            with_live_peak(&st.live, m);
+        }
         Ok(out)
     }
 
@@ -1016,5 +1019,16 @@ pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
         Some(SCHEMA_VERSION) => Ok(()),
         None => Err(StoreError::Setup(format!("{} holds no store", data_dir.display()))),
         Some(found) => Err(StoreError::Setup(format!("schema {found} is newer than this build's {SCHEMA_VERSION}"))),
+    }
+}
+
+/// An ongoing meeting's record holds its peak as of the last departure (joins into a running
+/// meeting do not rewrite it); the room's live count may be higher now.
+fn with_live_peak(live: &live::Live, m: &mut MeetingRecord) {
+    if m.end_ms.is_some() {
+        return;
+    }
+    if let Some(r) = live.room(&m.room).filter(|r| *r.meeting_id == *m.id) {
+        m.max_participants = m.max_participants.max(r.present.len() as u64);
     }
 }

@@ -152,24 +152,18 @@ fn enter(
         waiting: false,
     };
     cx.put_session(entry)?;
-    let present = cx.present(&session.room);
-    match cx.meeting_record(&meeting_id)? {
-        Some(mut m) if present > m.max_participants => {
-            m.max_participants = present;
-            cx.put_meeting(&m)?;
-        }
-        Some(_) => {}
-        None => {
-            // A new meeting (or one that started before meetings were recorded).
-            let m = MeetingRecord {
-                id: meeting_id.clone(),
-                room: session.room.clone(),
-                start_ms: if started { now } else { start_ms },
-                end_ms: None,
-                max_participants: present,
-            };
-            cx.put_meeting(&m)?;
-        }
+    // The record is written when a meeting starts and again at departures (see `end`): a join
+    // into a running meeting writes nothing of it; its peak is counted when someone leaves, and
+    // readers take the larger of the record and the room's live count meanwhile.
+    if started {
+        let m = MeetingRecord {
+            id: meeting_id.clone(),
+            room: session.room.clone(),
+            start_ms: now,
+            end_ms: None,
+            max_participants: cx.present(&session.room),
+        };
+        cx.put_meeting(&m)?;
     }
     cx.put_meeting_participant(&session, None)?;
     cx.event(crate::events::PARTICIPANT_JOINED, session.joined_payload());
@@ -463,13 +457,37 @@ pub fn end_sessions(
         };
         cx.event(crate::events::PARTICIPANT_LEFT, s.left_payload(now, left_reason));
         cx.put_meeting_participant(s, Some(now))?;
-        if cx.present(&s.room) > 0 || ending == Ending::Replaced {
-            continue;
-        }
+        let present = cx.present(&s.room);
+        let over = present == 0 && ending != Ending::Replaced;
         let (meeting_id, start) = meeting.unwrap_or((s.meeting_id.clone(), s.joined_ms));
-        if let Some(mut m) = cx.meeting_record(&meeting_id)? {
+        // The meeting's peak is the count just before this departure, if that is a new high.
+        let (mut m, mut changed) = match cx.meeting_record(&meeting_id)? {
+            Some(m) => (m, false),
+            // A meeting that started before meetings were recorded.
+            None => {
+                let m = MeetingRecord {
+                    id: meeting_id.clone(),
+                    room: s.room.clone(),
+                    start_ms: start,
+                    end_ms: None,
+                    max_participants: 0,
+                };
+                (m, true)
+            }
+        };
+        if present + 1 > m.max_participants {
+            m.max_participants = present + 1;
+            changed = true;
+        }
+        if over {
             m.end_ms = Some(now);
+            changed = true;
+        }
+        if changed {
             cx.put_meeting(&m)?;
+        }
+        if !over {
+            continue;
         }
         cx.event(
             crate::events::MEETING_ENDED,
