@@ -264,16 +264,21 @@ async fn run(quick: bool) {
             post_json(&gh.addr, "/v1/rooms", &body).await;
         }
         // A token for no room in particular is good for every room.
-        let jt = post_json(&gh.addr, "/v1/meeting-tokens", r#"{"properties":{"user_name":"bench"}}"#)
-        .await["token"]
+        let jt = post_json(&gh.addr, "/v1/meeting-tokens", r#"{"properties":{"user_name":"bench"}}"#).await["token"]
             .as_str()
             .unwrap()
             .to_string();
         let join_body = format!(r#"{{"token":"{jt}"}}"#);
         let body = Arc::new(move |_| join_body.clone());
         results.push(
-            load("POST /v1/rooms/:name/join (durable)", &gh.addr, Kind::Post, "/v1/rooms/joinbench-{n}/join".into(), body)
-                .await,
+            load(
+                "POST /v1/rooms/:name/join (durable)",
+                &gh.addr,
+                Kind::Post,
+                "/v1/rooms/joinbench-{n}/join".into(),
+                body,
+            )
+            .await,
         );
     }
     let baseline = results[0].rps;

@@ -353,7 +353,12 @@ async fn rooms_scenario(binary: &str, rooms: usize, per_room: usize) {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let t = Instant::now();
     let sessions = populate(&server, rooms, per_room, false, &seen, &Summaries::default(), &stop).await;
-    println!("{} sessions in {rooms} rooms, every stream open, in {:.1}s; RSS {:.0} MiB", sessions.len(), t.elapsed().as_secs_f64(), rss_mib(pid));
+    println!(
+        "{} sessions in {rooms} rooms, every stream open, in {:.1}s; RSS {:.0} MiB",
+        sessions.len(),
+        t.elapsed().as_secs_f64(),
+        rss_mib(pid)
+    );
     let mut c = Conn::open(&server.addr).await;
     let (scrape, _) = timed(&mut c, "/metrics").await;
     let (presence, bytes) = timed(&mut c, "/v1/presence").await;
@@ -395,8 +400,12 @@ async fn large_scenario(binary: &str, rooms: usize, n: usize) {
     println!("{rooms} room(s) of {n}, every stream open (half read one frame a second), in {:.1}s; RSS {rss0:.0} MiB before, {rss_open:.0} MiB with the streams open", t.elapsed().as_secs_f64());
     let names: Vec<String> = (0..rooms).map(|r| format!("room-{r}")).collect();
     let cpu0 = cpu_secs(pid);
-    let leaves: Vec<(String, String)> =
-        sessions.iter().step_by((sessions.len() / 1000).max(1)).take(1000).map(|(_, id, s)| (id.clone(), s.clone())).collect();
+    let leaves: Vec<(String, String)> = sessions
+        .iter()
+        .step_by((sessions.len() / 1000).max(1))
+        .take(1000)
+        .map(|(_, id, s)| (id.clone(), s.clone()))
+        .collect();
     let mut peak = rss_open;
     let sampler = {
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -436,7 +445,10 @@ async fn large_scenario(binary: &str, rooms: usize, n: usize) {
             .find_map(|l| l.strip_prefix("gatehouse_connections_open ").and_then(|v| v.trim().parse::<f64>().ok()))
             .unwrap_or(0.0);
         if open < 10.0 || closing.elapsed() > Duration::from_secs(40) {
-            println!("streams closed on the server {:.1}s after the clients went ({open} connections open)", closing.elapsed().as_secs_f64());
+            println!(
+                "streams closed on the server {:.1}s after the clients went ({open} connections open)",
+                closing.elapsed().as_secs_f64()
+            );
             break;
         }
     }

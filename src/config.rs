@@ -256,6 +256,43 @@ pub struct ServeArgs {
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
+    /// Where the state lives: `sled` (the embedded store in the data dir, the default) or
+    /// `etcd` (cluster mode, in progress: `config check` reports the cluster's health; `serve`
+    /// does not run on it yet).
+    #[arg(long, env = "GATEHOUSE_STORE", value_enum, default_value = "sled")]
+    pub store: StoreArg,
+    /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`).
+    #[arg(long, env = "GATEHOUSE_ETCD_ENDPOINTS", value_delimiter = ',')]
+    pub etcd_endpoints: Vec<String>,
+    /// Prefix of every key Gatehouse keeps in etcd.
+    #[arg(long, env = "GATEHOUSE_ETCD_PREFIX", default_value = "/gatehouse/")]
+    pub etcd_prefix: String,
+    /// etcd user (with --etcd-password), when etcd has authentication enabled.
+    #[arg(long, env = "GATEHOUSE_ETCD_USER")]
+    pub etcd_user: Option<String>,
+    /// etcd password (prefer the environment or the config file to a flag).
+    #[arg(long, env = "GATEHOUSE_ETCD_PASSWORD", hide_env_values = true)]
+    pub etcd_password: Option<String>,
+    /// CA bundle (PEM) for https etcd endpoints.
+    #[arg(long, env = "GATEHOUSE_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), when etcd requires client certificates (with --etcd-key-file).
+    #[arg(long, env = "GATEHOUSE_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// Client certificate's private key (PEM).
+    #[arg(long, env = "GATEHOUSE_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
+    /// TTL of the leader's lease in etcd: a dead leader is replaced within about this plus a third.
+    #[arg(long, env = "GATEHOUSE_ETCD_LEASE_TTL_SECS", default_value_t = 6)]
+    pub etcd_lease_ttl_secs: u64,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StoreArg {
+    /// The embedded store in the data dir.
+    Sled,
+    /// An etcd cluster shared by several nodes.
+    Etcd,
 }
 
 /// Validated settings.
@@ -299,6 +336,8 @@ pub struct Settings {
     /// From `GATEHOUSE_API_KEY` (comma-separated), else the file's `api_keys`; empty means
     /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
+    /// `Some` with `--store etcd`.
+    pub etcd: Option<crate::cluster::EtcdSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -315,6 +354,50 @@ pub enum ConfigError {
     JoinRate,
     #[error("--{0} must be between {1} and {2}")]
     Range(&'static str, u64, u64),
+    #[error("{0}")]
+    Etcd(String),
+}
+
+/// The etcd settings, checked: with `--store etcd`, at least one http(s) endpoint, a CA for
+/// https ones, user and password together, certificate and key together.
+fn etcd_settings(a: &ServeArgs) -> Result<Option<crate::cluster::EtcdSettings>, ConfigError> {
+    if a.store != StoreArg::Etcd {
+        return Ok(None);
+    }
+    let bad = |m: String| Err(ConfigError::Etcd(m));
+    let endpoints: Vec<String> =
+        a.etcd_endpoints.iter().map(|e| e.trim().trim_end_matches('/').to_string()).filter(|e| !e.is_empty()).collect();
+    if endpoints.is_empty() {
+        return bad("--store etcd needs --etcd-endpoints (e.g. http://127.0.0.1:2379)".into());
+    }
+    for e in &endpoints {
+        match url::Url::parse(e) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" => {}
+            _ => return bad(format!("--etcd-endpoints: '{e}' is not an http:// or https:// host:port URL")),
+        }
+        if e.starts_with("https://") && a.etcd_ca_file.is_none() {
+            return bad(format!("--etcd-endpoints: '{e}' is https; give the CA that signed it with --etcd-ca-file"));
+        }
+    }
+    if a.etcd_prefix.is_empty() || a.etcd_prefix.chars().any(char::is_control) {
+        return bad("--etcd-prefix must be non-empty, without control characters".into());
+    }
+    if a.etcd_user.is_some() != a.etcd_password.is_some() {
+        return bad("--etcd-user and --etcd-password go together".into());
+    }
+    if a.etcd_cert_file.is_some() != a.etcd_key_file.is_some() {
+        return bad("--etcd-cert-file and --etcd-key-file go together".into());
+    }
+    Ok(Some(crate::cluster::EtcdSettings {
+        endpoints,
+        prefix: a.etcd_prefix.clone(),
+        user: a.etcd_user.clone(),
+        password: a.etcd_password.clone(),
+        ca_file: a.etcd_ca_file.clone(),
+        client_cert: a.etcd_cert_file.clone().zip(a.etcd_key_file.clone()),
+        lease_ttl_secs: within("etcd-lease-ttl-secs", a.etcd_lease_ttl_secs, 2, 60)?,
+        request_timeout: std::time::Duration::from_secs(5),
+    }))
 }
 
 /// `value` if it is within `lo..=hi`, else the error naming the flag.
@@ -328,6 +411,7 @@ fn within(flag: &'static str, value: u64, lo: u64, hi: u64) -> Result<u64, Confi
 
 impl ServeArgs {
     pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
+        let etcd = etcd_settings(&self)?;
         let public_url = match self.public_url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(u.trim_end_matches('/').to_string())
@@ -400,6 +484,7 @@ impl ServeArgs {
                 hard_max_bytes: self.events_hard_max_mb.max(self.events_max_mb).saturating_mul(1 << 20),
             },
             api_keys,
+            etcd,
         })
     }
 }
@@ -495,7 +580,7 @@ impl Settings {
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
              webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
-             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\n",
+             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\nstore = {}\n",
             self.listen,
             self.data_dir.display(),
             self.public_url.as_deref().unwrap_or("(the bound address)"),
@@ -528,6 +613,19 @@ impl Settings {
             self.writer_queue,
             self.shed_after,
             self.stall_after,
+            match &self.etcd {
+                None => "sled (in the data dir)".to_string(),
+                Some(e) => format!(
+                    "etcd {} prefix '{}' user {} password {} ca {:?} client certificate {:?} lease_ttl_secs {}",
+                    e.endpoints.join(","),
+                    e.prefix,
+                    e.user.as_deref().unwrap_or("(none)"),
+                    if e.password.is_some() { "(hidden)" } else { "(none)" },
+                    e.ca_file,
+                    e.client_cert,
+                    e.lease_ttl_secs
+                ),
+            },
         )
     }
 }

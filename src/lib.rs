@@ -7,6 +7,7 @@
 pub mod api;
 pub mod app;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod events;
 pub mod metrics;

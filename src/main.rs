@@ -65,12 +65,29 @@ fn main() -> anyhow::Result<()> {
             tokio_cron_scheduler::Job::new_async(settings.housekeeping_cron.as_str(), |_, _| Box::pin(async {}))
                 .map_err(|e| anyhow::anyhow!("housekeeping_cron: {e}"))?;
             print!("configuration is valid; effective settings:\n{}", settings.describe());
+            if let Some(etcd) = &settings.etcd {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                match rt.block_on(gatehouse::cluster::check(etcd)) {
+                    Ok(report) => print!("{report}"),
+                    Err(report) => {
+                        eprintln!("{report}");
+                        std::process::exit(1);
+                    }
+                }
+            }
             return Ok(());
         }
         Some(Command::Serve(args)) => args,
         None => cli.serve,
     };
     let settings = args.validate(api_keys)?;
+    if settings.etcd.is_some() {
+        eprintln!(
+            "--store etcd: this version cannot serve from etcd yet (cluster mode is in progress); \
+             `gatehouse config check --store etcd --etcd-endpoints ...` checks a cluster. Serve with the default --store sled."
+        );
+        std::process::exit(2);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(gatehouse::app::run(settings))
 }

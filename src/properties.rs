@@ -202,9 +202,13 @@ fn check_can_receive(name: &str, v: &Value) -> Result<(), PropertyError> {
         match k.as_str() {
             "base" => check_media(name, "canReceive.base", sub)?,
             "byUserId" | "byParticipantId" => {
-                let m = sub.as_object().ok_or_else(|| bad(name, format!("field 'canReceive.{k}' must be an object")))?;
+                let m =
+                    sub.as_object().ok_or_else(|| bad(name, format!("field 'canReceive.{k}' must be an object")))?;
                 if m.len() > MAX_RECEIVE_ENTRIES {
-                    return Err(bad(name, format!("field 'canReceive.{k}' has more than {MAX_RECEIVE_ENTRIES} entries")));
+                    return Err(bad(
+                        name,
+                        format!("field 'canReceive.{k}' has more than {MAX_RECEIVE_ENTRIES} entries"),
+                    ));
                 }
                 for (id, media) in m {
                     if !is_plain_text(id, 255) {
@@ -216,7 +220,10 @@ fn check_can_receive(name: &str, v: &Value) -> Result<(), PropertyError> {
             _ => {
                 return Err(bad(
                     name,
-                    format!("field 'canReceive' has an unknown field '{}' (known: base, byUserId, byParticipantId)", clip(k)),
+                    format!(
+                        "field 'canReceive' has an unknown field '{}' (known: base, byUserId, byParticipantId)",
+                        clip(k)
+                    ),
                 ))
             }
         }
@@ -238,7 +245,9 @@ fn check_media(name: &str, field: &str, v: &Value) -> Result<(), PropertyError> 
             }
         } else if k == "customVideo" || k == "customAudio" {
             let tracks = x.as_object().ok_or_else(|| bad(name, format!("field '{field}.{k}' must be an object")))?;
-            if tracks.len() > MAX_RECEIVE_ENTRIES || tracks.iter().any(|(t, b)| !b.is_boolean() || !is_plain_text(t, 255)) {
+            if tracks.len() > MAX_RECEIVE_ENTRIES
+                || tracks.iter().any(|(t, b)| !b.is_boolean() || !is_plain_text(t, 255))
+            {
                 return Err(bad(name, format!("field '{field}.{k}' must map track names to true or false")));
             }
         } else {

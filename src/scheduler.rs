@@ -43,8 +43,9 @@ pub async fn housekeep_once(
     }
     // Meeting history is kept as long as events are.
     loop {
-        let removed =
-            store.submit_wait(crate::store::PurgeMeetings { max_age_ms: retention.max_age_ms, limit: PURGE_LIMIT }).await?;
+        let removed = store
+            .submit_wait(crate::store::PurgeMeetings { max_age_ms: retention.max_age_ms, limit: PURGE_LIMIT })
+            .await?;
         total.meetings += removed;
         if removed < PURGE_LIMIT as u64 {
             break;

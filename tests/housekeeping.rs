@@ -83,7 +83,8 @@ async fn meeting_history_is_kept_as_long_as_events() {
         clock.clone(),
     )
     .unwrap();
-    let room = CreateRoom { name: Some("old".into()), privacy: gatehouse::rooms::Privacy::Public, config: Default::default() };
+    let room =
+        CreateRoom { name: Some("old".into()), privacy: gatehouse::rooms::Privacy::Public, config: Default::default() };
     store.submit(room).await.unwrap().unwrap();
     let join = |id: &str| Join {
         room: "old".into(),

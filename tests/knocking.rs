@@ -96,7 +96,8 @@ fn a_grant_rejudges_the_join_and_admit_all_takes_everyone() {
     let ids: Vec<String> = (0..3).map(|i| knock(&s, "hall", &format!("guest {i}")).0).collect();
     let r = s.post("/v1/rooms/hall/waiting-participants", &json!({"*": {"grantRequestedAccess": true}}));
     assert_eq!(r.status, 200, "{}", r.text);
-    let mut granted: Vec<String> = r.body["granted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let mut granted: Vec<String> =
+        r.body["granted"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
     granted.sort();
     let mut want = ids.clone();
     want.sort();
@@ -124,14 +125,24 @@ fn who_may_decide_and_what_is_refused() {
     // An id that is not waiting here (another room's knocker, a present session, nonsense): 404,
     // and nothing changes (Ann still waits).
     for id in [elsewhere.as_str(), "no-such-session"] {
-        let r = decide(&s, &admin, "club", json!({ann.clone(): {"grantRequestedAccess": true}, id: {"grantRequestedAccess": true}}));
+        let r = decide(
+            &s,
+            &admin,
+            "club",
+            json!({ann.clone(): {"grantRequestedAccess": true}, id: {"grantRequestedAccess": true}}),
+        );
         assert_eq!(r.status, 404, "{id}: {}", r.text);
         assert!(r.body["info"].as_str().unwrap().contains("not waiting"), "{}", r.text);
     }
     assert_eq!(waiting_ids(&s, &admin, "club"), [ann.clone()]);
     // Malformed decisions say what is expected.
-    for bad in [json!({}), json!({ann.clone(): true}), json!({ann.clone(): {"grantRequestedAccess": "yes"}}),
-                json!({ann.clone(): {"grantRequestedAccess": true, "extra": 1}}), json!([1])] {
+    for bad in [
+        json!({}),
+        json!({ann.clone(): true}),
+        json!({ann.clone(): {"grantRequestedAccess": "yes"}}),
+        json!({ann.clone(): {"grantRequestedAccess": true, "extra": 1}}),
+        json!([1]),
+    ] {
         let r = decide(&s, &admin, "club", bad.clone());
         assert_eq!(r.status, 400, "{bad}: {}", r.text);
     }
@@ -160,7 +171,12 @@ fn the_lobby_is_bounded_and_a_silent_knocker_times_out() {
     lobby(&s, "busy", json!({}));
     // API-key joins are not limited per address: fill the lobby to its cap.
     for i in 0..100 {
-        let r = s.call("POST", "/v1/rooms/busy/join", Some(&s.key), Some(&json!({"user_name": format!("k{i}")}).to_string()));
+        let r = s.call(
+            "POST",
+            "/v1/rooms/busy/join",
+            Some(&s.key),
+            Some(&json!({"user_name": format!("k{i}")}).to_string()),
+        );
         assert_eq!(r.body["access"]["level"], "lobby", "{}", r.text);
     }
     let r = s.call("POST", "/v1/rooms/busy/join", Some(&s.key), Some(r#"{"user_name":"one too many"}"#));
@@ -294,7 +310,11 @@ fn an_owners_stream_sees_every_knock_after_a_denial() {
     for round in 0..3 {
         let (id, _, _) = knock(&s, "again", "Dan");
         let (kind, f) = next(&host_rx);
-        assert_eq!((kind.as_str(), f["payload"]["session_id"].as_str()), ("waiting-participant.joined", Some(id.as_str())), "round {round}");
+        assert_eq!(
+            (kind.as_str(), f["payload"]["session_id"].as_str()),
+            ("waiting-participant.joined", Some(id.as_str())),
+            "round {round}"
+        );
         s.post("/v1/rooms/again/waiting-participants", &json!({id.clone(): {"grantRequestedAccess": false}}));
         let (kind, _) = next(&host_rx);
         assert_eq!(kind, "waiting-participant.left", "round {round}");

@@ -55,7 +55,10 @@ fn a_meeting_is_recorded_with_its_participants_in_dailys_shape() {
     assert_eq!(m["duration"], 35);
     let ps = m["participants"].as_array().unwrap();
     assert_eq!(ps.len(), 2);
-    assert_eq!(ps[0], json!({"user_id": "ann-1", "participant_id": ann, "user_name": "Ann", "join_time": t0, "duration": 35}));
+    assert_eq!(
+        ps[0],
+        json!({"user_id": "ann-1", "participant_id": ann, "user_name": "Ann", "join_time": t0, "duration": 35})
+    );
     assert_eq!(ps[1]["participant_id"], bob.as_str());
     assert_eq!(ps[1]["user_id"], Value::Null);
     assert_eq!(ps[1]["duration"], 20);
@@ -94,7 +97,12 @@ fn filters_and_pages_newest_first() {
     };
     let all = ids(&s.get("/v1/meetings"));
     assert_eq!(all.len(), 5);
-    let times: Vec<i64> = s.get("/v1/meetings").body["data"].as_array().unwrap().iter().map(|m| m["start_time"].as_i64().unwrap()).collect();
+    let times: Vec<i64> = s.get("/v1/meetings").body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["start_time"].as_i64().unwrap())
+        .collect();
     assert!(times.windows(2).all(|w| w[0] > w[1]), "newest first: {times:?}");
     assert_eq!(ids(&s.get("/v1/meetings?room=r1")).len(), 3);
     let window = s.get(&format!("/v1/meetings?timeframe_start={}&timeframe_end={}", starts[1], starts[3]));
@@ -136,7 +144,7 @@ fn meetings_survive_kill_9_and_a_replaced_session_keeps_its_meeting() {
     let t = s.token(json!({"room_name": "uniq", "user_id": "same"}));
     s.join_ok("uniq", Some(&t));
     s.join_ok("uniq", Some(&t)); // replaces the first: the same meeting goes on
-    // A peak of 3 that has passed (two guests came and one went) is kept across the kill.
+                                 // A peak of 3 that has passed (two guests came and one went) is kept across the kill.
     s.join_ok("uniq", None);
     let (guest, guest_secret, _) = s.join_ok("uniq", None);
     leave(&s, &guest, &guest_secret);

@@ -14,7 +14,8 @@ fn update(s: &Server, auth: &str, room: &str, body: Value) -> common::Reply {
 fn permissions_of(s: &Server, id: &str) -> Value {
     let mut perms = Value::Null;
     for e in s.events() {
-        if (e["type"] == "participant.updated" || e["type"] == "participant.joined") && e["payload"]["session_id"] == id {
+        if (e["type"] == "participant.updated" || e["type"] == "participant.joined") && e["payload"]["session_id"] == id
+        {
             perms = e["payload"]["permissions"].clone();
         }
     }
@@ -33,21 +34,31 @@ fn updates_replace_fields_merge_can_receive_and_star_covers_the_rest() {
     );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.body["status"], "sent");
-    let mut updated: Vec<String> = r.body["updated"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
+    let mut updated: Vec<String> =
+        r.body["updated"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().into()).collect();
     updated.sort();
     let mut want = vec![a.clone(), b.clone()];
     want.sort();
     assert_eq!(updated, want);
     // a got its own patch only (not "*"'s); b got "*".
-    assert_eq!(permissions_of(&s, &a), json!({"hasPresence": true, "canAdmin": ["participants"], "canReceive": {"base": false}}));
+    assert_eq!(
+        permissions_of(&s, &a),
+        json!({"hasPresence": true, "canAdmin": ["participants"], "canReceive": {"base": false}})
+    );
     assert_eq!(permissions_of(&s, &b)["canSend"], false);
     // canReceive merges by sub-field.
-    let r = s.post("/v1/rooms/studio/update-permissions", &json!({"data": {a.clone(): {"canReceive": {"byUserId": {"u1": true}}}}}));
+    let r = s.post(
+        "/v1/rooms/studio/update-permissions",
+        &json!({"data": {a.clone(): {"canReceive": {"byUserId": {"u1": true}}}}}),
+    );
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(permissions_of(&s, &a)["canReceive"], json!({"base": false, "byUserId": {"u1": true}}));
     // The same update again changes nothing and logs nothing.
     let before = s.events_of("participant.updated").len();
-    let r = s.post("/v1/rooms/studio/update-permissions", &json!({"data": {a.clone(): {"canReceive": {"byUserId": {"u1": true}}}}}));
+    let r = s.post(
+        "/v1/rooms/studio/update-permissions",
+        &json!({"data": {a.clone(): {"canReceive": {"byUserId": {"u1": true}}}}}),
+    );
     assert_eq!(r.body["updated"], json!([]));
     assert_eq!(s.events_of("participant.updated").len(), before);
     // Someone who joins later keeps their own permissions.
@@ -106,7 +117,10 @@ fn who_may_update_and_bad_input_is_refused_with_reasons() {
         assert!(r.text.contains(says), "{body}: {}", r.text);
     }
     // Tokens are held to the same value sets, issued or minted offline.
-    let r = s.post("/v1/meeting-tokens", &json!({"properties": {"room_name": "desk", "permissions": {"canSend": ["smell"]}}}));
+    let r = s.post(
+        "/v1/meeting-tokens",
+        &json!({"properties": {"room_name": "desk", "permissions": {"canSend": ["smell"]}}}),
+    );
     assert_eq!(r.status, 400, "{}", r.text);
     assert!(r.text.contains("smell"));
 }
@@ -124,7 +138,9 @@ fn star_updates_racing_joins_touch_each_session_once_or_not_at_all() {
             let base = base.clone();
             std::thread::spawn(move || {
                 (0..15)
-                    .map(|_| common::call_url("POST", &format!("{base}/v1/rooms/race/join"), None, Some("{}"), &[]).status)
+                    .map(|_| {
+                        common::call_url("POST", &format!("{base}/v1/rooms/race/join"), None, Some("{}"), &[]).status
+                    })
                     .collect::<Vec<u16>>()
             })
         })
@@ -142,8 +158,11 @@ fn star_updates_racing_joins_touch_each_session_once_or_not_at_all() {
     // counted exactly the events it logged.
     let events = s.events_of("participant.updated");
     assert_eq!(events.len(), updates.iter().sum::<usize>());
-    let joined: std::collections::HashSet<String> =
-        s.events_of("participant.joined").iter().map(|e| e["payload"]["session_id"].as_str().unwrap().to_string()).collect();
+    let joined: std::collections::HashSet<String> = s
+        .events_of("participant.joined")
+        .iter()
+        .map(|e| e["payload"]["session_id"].as_str().unwrap().to_string())
+        .collect();
     assert!(events.iter().all(|e| joined.contains(e["payload"]["session_id"].as_str().unwrap())));
     assert_eq!(s.get("/v1/rooms/race/presence").body["total_count"], 65);
 }

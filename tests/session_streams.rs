@@ -24,7 +24,8 @@ fn open(s: &Server, id: &str, secret: &str) -> mpsc::Receiver<(String, Value)> {
             if let Some(k) = line.strip_prefix("event: ") {
                 kind = k.to_string();
             } else if let Some(d) = line.strip_prefix("data: ") {
-                let v: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("frame {kind} is not JSON ({e}): {d}"));
+                let v: Value =
+                    serde_json::from_str(d).unwrap_or_else(|e| panic!("frame {kind} is not JSON ({e}): {d}"));
                 if tx.send((kind.clone(), v)).is_err() {
                     break;
                 }
@@ -54,7 +55,10 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
     for i in 0..6 {
         let r = s.join("hall", None, Some(&format!("guest {i}")));
         assert_eq!(r.status, 200, "{}", r.text);
-        secrets.push((r.body["session_id"].as_str().unwrap().to_string(), r.body["session_secret"].as_str().unwrap().to_string()));
+        secrets.push((
+            r.body["session_id"].as_str().unwrap().to_string(),
+            r.body["session_secret"].as_str().unwrap().to_string(),
+        ));
     }
     let (me, my_secret) = secrets[0].clone();
     let rx = open(&s, &me, &my_secret);
@@ -63,7 +67,8 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
     assert_eq!(snap["large"], true, "{snap}");
     assert_eq!(snap["count"], 6);
     assert_eq!(snap["session_id"], me.as_str());
-    let recent: Vec<&str> = snap["participants"].as_array().unwrap().iter().map(|p| p["userName"].as_str().unwrap()).collect();
+    let recent: Vec<&str> =
+        snap["participants"].as_array().unwrap().iter().map(|p| p["userName"].as_str().unwrap()).collect();
     assert_eq!(recent, ["guest 5", "guest 4", "guest 3", "guest 2", "guest 1", "guest 0"], "newest first");
 
     // Three more join: one summary (or a few) with the count and who, never a frame per join.
@@ -71,7 +76,10 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
     for i in 6..9 {
         let r = s.join("hall", None, Some(&format!("guest {i}")));
         joined.push(r.body["session_id"].as_str().unwrap().to_string());
-        secrets.push((r.body["session_id"].as_str().unwrap().to_string(), r.body["session_secret"].as_str().unwrap().to_string()));
+        secrets.push((
+            r.body["session_id"].as_str().unwrap().to_string(),
+            r.body["session_secret"].as_str().unwrap().to_string(),
+        ));
     }
     let mut seen = Vec::new();
     let mut count = 0;

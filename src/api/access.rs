@@ -115,12 +115,7 @@ pub async fn decide(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -
     if state.store.room(room)?.is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let cmd = DecideWaiting {
-        room: room.to_string(),
-        decisions,
-        by,
-        leeway_s: state.settings.token_leeway_secs,
-    };
+    let cmd = DecideWaiting { room: room.to_string(), decisions, by, leeway_s: state.settings.token_leeway_secs };
     match state.store.submit(cmd).await? {
         Ok(r) => {
             let refused: Vec<Value> =
@@ -134,14 +129,11 @@ pub async fn decide(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -
 }
 
 fn grant_of(id: &str, v: &Value) -> Result<bool, ApiError> {
-    let bad = || {
-        ApiError::invalid(format!(
-            "'{}' must be {{\"grantRequestedAccess\": true|false}}",
-            wire::clip(id)
-        ))
-    };
+    let bad = || ApiError::invalid(format!("'{}' must be {{\"grantRequestedAccess\": true|false}}", wire::clip(id)));
     if id != "*" && !crate::properties::is_plain_text(id, 255) {
-        return Err(ApiError::invalid("a waiting participant id must be at most 255 characters, without control characters"));
+        return Err(ApiError::invalid(
+            "a waiting participant id must be at most 255 characters, without control characters",
+        ));
     }
     let o = v.as_object().ok_or_else(bad)?;
     if o.len() != 1 {
@@ -172,7 +164,9 @@ pub async fn update_permissions(
     let mut updates = Vec::new();
     for (id, patch) in data {
         if id != "*" && !crate::properties::is_plain_text(id, 255) {
-            return Err(ApiError::invalid("a participant id must be at most 255 characters, without control characters"));
+            return Err(ApiError::invalid(
+                "a participant id must be at most 255 characters, without control characters",
+            ));
         }
         crate::properties::check_permissions(&format!("data.{}", wire::clip(id)), patch)
             .map_err(|e| ApiError::invalid(e.to_string()))?;

@@ -146,9 +146,19 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         store.size_on_disk() as f64,
     );
     let stats = store.stats();
-    header(&mut out, "gatehouse_journal_sync_seconds", "histogram", "One journal fdatasync (by the syncer, for every batch waiting).");
+    header(
+        &mut out,
+        "gatehouse_journal_sync_seconds",
+        "histogram",
+        "One journal fdatasync (by the syncer, for every batch waiting).",
+    );
     stats.sync_seconds.render(&mut out, "gatehouse_journal_sync_seconds", "");
-    header(&mut out, "gatehouse_writer_batch_size", "histogram", "Commands in one writer batch (one journal record; one sync covers every batch waiting for it).");
+    header(
+        &mut out,
+        "gatehouse_writer_batch_size",
+        "histogram",
+        "Commands in one writer batch (one journal record; one sync covers every batch waiting for it).",
+    );
     stats.batch_size.render(&mut out, "gatehouse_writer_batch_size", "");
     header(
         &mut out,

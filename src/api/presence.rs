@@ -164,7 +164,8 @@ pub fn all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Bo
             }
             serde_json::to_writer(&mut out, &PresenceEntry::of(&e.session, now)).map_err(internal)?;
             left -= 1;
-            last = Some(Cursor { room: room.to_string(), order: (e.session.joined_ms, Arc::from(e.session.id.as_str())) });
+            last =
+                Some(Cursor { room: room.to_string(), order: (e.session.joined_ms, Arc::from(e.session.id.as_str())) });
         }
         if opened {
             out.push(b']');

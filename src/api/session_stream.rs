@@ -507,8 +507,11 @@ mod tests {
         }
         assert!(small.lagging);
         // The reader catches up: the stream may resume (with a fresh snapshot).
-        let mut body =
-            BudgetBody { rx: std::mem::replace(&mut rx, mpsc::channel(1).1), queued: queued.clone(), drained: out.drained.clone() };
+        let mut body = BudgetBody {
+            rx: std::mem::replace(&mut rx, mpsc::channel(1).1),
+            queued: queued.clone(),
+            drained: out.drained.clone(),
+        };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         while let Poll::Ready(Some(_)) = Pin::new(&mut body).poll_frame(&mut cx) {}
         assert_eq!(queued.load(Ordering::Relaxed), 0);

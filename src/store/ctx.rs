@@ -209,7 +209,14 @@ impl Ctx<'_> {
         let room = payload.get("room").and_then(Value::as_str).map(String::from);
         let session = payload.get("session_id").and_then(Value::as_str).map(String::from);
         let envelope = crate::events::render(&self.env.domain8, seq, kind, &payload, self.now_ms);
-        self.batch.events.push(LoggedEvent { seq, ts_ms: self.now_ms, kind: kind.to_string(), room, envelope, session });
+        self.batch.events.push(LoggedEvent {
+            seq,
+            ts_ms: self.now_ms,
+            kind: kind.to_string(),
+            room,
+            envelope,
+            session,
+        });
     }
 
     // --- rooms -------------------------------------------------------------------------------
@@ -297,7 +304,11 @@ impl Ctx<'_> {
     }
 
     /// Records a session's part in its meeting (at its join, and again when it leaves).
-    pub fn put_meeting_participant(&mut self, s: &crate::sessions::Session, leave_ms: Option<i64>) -> Result<(), StoreError> {
+    pub fn put_meeting_participant(
+        &mut self,
+        s: &crate::sessions::Session,
+        leave_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
         let r = MeetingParticipantRecord {
             participant_id: s.id.clone(),
             user_id: s.user_id.clone(),

@@ -235,7 +235,7 @@ impl Hub {
     }
 
     /// Sends one `presence-summary` frame to each large room that changed since the last call
-/// (`at`: when, in unix ms).
+    /// (`at`: when, in unix ms).
     pub fn flush_summaries(&self, now_ms: i64) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         rooms.retain(|_, fan| fan.tx.receiver_count() > 0);

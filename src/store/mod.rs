@@ -46,10 +46,10 @@ pub use backup::{restore, BackupSink, RestoreReport};
 pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
-    Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject, Heartbeat,
-    Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, Purge, PurgeMeetings, PurgeReport,
-    ReplayWebhook, Retention, Revoke, UpdatePermissions, UpdateRoom, UpdateWebhook, Waiting, WaitingError, WaitingReport,
-    WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
+    Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject,
+    Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, Purge, PurgeMeetings,
+    PurgeReport, ReplayWebhook, Retention, Revoke, UpdatePermissions, UpdateRoom, UpdateWebhook, Waiting, WaitingError,
+    WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
 };
 pub use eventlog::{Event, Page};
 pub use live::Entry;
@@ -315,7 +315,8 @@ impl Store {
             last_rotation: std::time::Instant::now(),
             last_lsn_in_file: lsn,
         };
-        let syncer = syncer::Syncer { shared: shared.clone(), stats: env.stats.clone(), sync: opts.sync, applier: apply_tx };
+        let syncer =
+            syncer::Syncer { shared: shared.clone(), stats: env.stats.clone(), sync: opts.sync, applier: apply_tx };
         let applier = applier::Applier {
             trees,
             applied: applied.clone(),

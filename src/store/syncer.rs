@@ -125,7 +125,13 @@ impl Syncer {
     }
 
     /// Makes a durable batch visible: state, events and head, webhooks, applier.
-    fn publish(&self, batch: journal::Batch, state: State, webhooks_touched: bool, oldest_before: u64) -> Result<(), String> {
+    fn publish(
+        &self,
+        batch: journal::Batch,
+        state: State,
+        webhooks_touched: bool,
+        oldest_before: u64,
+    ) -> Result<(), String> {
         let oldest = state.events_oldest;
         let state = Arc::new(state);
         self.shared.published.store(state.clone());

@@ -22,8 +22,8 @@ use super::command::{Answer, Job};
 use super::ctx::{BatchBuf, Ctx, Env};
 use super::journal::{self, Journal};
 use super::state::{Private, State, Tree, Trees};
-use super::timers::TimerId;
 use super::syncer::{Appended, ToSyncer};
+use super::timers::TimerId;
 use super::{Shared, StoreError};
 
 /// Most commands in one batch.
@@ -239,11 +239,8 @@ impl Writer {
                     self.state.lsn = batch.lsn;
                     self.state.timer_count = self.private.timers.len();
                     self.last_lsn_in_file = batch.lsn;
-                    let keys: Vec<(Tree, Vec<u8>)> = batch
-                        .ops
-                        .iter()
-                        .filter_map(|(t, k, _)| Tree::from_index(*t).map(|t| (t, k.clone())))
-                        .collect();
+                    let keys: Vec<(Tree, Vec<u8>)> =
+                        batch.ops.iter().filter_map(|(t, k, _)| Tree::from_index(*t).map(|t| (t, k.clone()))).collect();
                     self.unapplied_ops += keys.len();
                     self.unapplied.push_back((batch.lsn, keys));
                     out.file = Some(self.journal.file());

@@ -16,7 +16,8 @@ pub use housekeeping::{Compact, Purge, PurgeMeetings, PurgeReport, Retention, CO
 pub use moderation::{Eject, LiftBan, PermissionsError, Revoke, UpdatePermissions};
 pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
 pub use sessions::{
-    DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport, MAX_WAITING_PER_ROOM,
+    DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport,
+    MAX_WAITING_PER_ROOM,
 };
 pub use tokens::CreateToken;
 pub use webhooks::{

@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 
 use crate::rooms::Room;
 use crate::sessions::{self, Denial, JoinFacts, Session, TokenCheck};
-use crate::store::records::MeetingRecord;
-use crate::tokens::Claims;
 use crate::store::command::Command;
 use crate::store::ctx::Ctx;
 use crate::store::live::Entry;
+use crate::store::records::MeetingRecord;
 use crate::store::StoreError;
+use crate::tokens::Claims;
 
 /// A join attempt, verified as far as the handler can without state.
 #[derive(Debug)]
@@ -306,7 +306,12 @@ fn admit(cx: &mut Ctx<'_>, e: &Entry, leeway_s: u64) -> Result<Result<(), Denial
     let room = cx.room(&s.room)?;
     let revoked = match &s.token_id {
         Some(token_id) => {
-            let c = Claims { user_id: s.user_id.clone(), iat: s.token_iat, room: Some(s.room.clone()), ..Claims::default() };
+            let c = Claims {
+                user_id: s.user_id.clone(),
+                iat: s.token_iat,
+                room: Some(s.room.clone()),
+                ..Claims::default()
+            };
             cx.is_revoked(&c, token_id, Some(&s.room))?
         }
         None => false,

@@ -1,0 +1,133 @@
+//! Cluster mode on etcd (in progress): several nodes sharing their state in an etcd cluster.
+//!
+//! What exists so far: the etcd client (`etcd`: JSON gateway, several endpoints, user/password
+//! auth, TLS with client certificates), the fenced leader election (`leader`), and the health
+//! report of `gatehouse config check --store etcd`. The server does not yet serve from etcd:
+//! `--store etcd` is refused by `serve` with that reason (see README, "Running several nodes").
+//!
+//! Must not: log or print the etcd password or auth token.
+
+pub mod etcd;
+pub mod leader;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Validated etcd settings (`--etcd-*`). Its `Debug` hides the password.
+#[derive(Clone)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// Every key Gatehouse writes starts with this (several deployments can share a cluster).
+    pub prefix: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA bundle that signed the members' certificates (needed for https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, when the members require client certificates.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The leader's lease: a dead leader is replaced within about this plus a third.
+    pub lease_ttl_secs: u64,
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .finish()
+    }
+}
+
+/// `gatehouse config check --store etcd`: asks every endpoint for its status and the member
+/// list. `Ok(report)` when a majority of the members answer and agree on a leader; `Err(report)`
+/// otherwise (the report says what failed). Never prints the password.
+pub async fn check(s: &EtcdSettings) -> Result<String, String> {
+    use std::fmt::Write as _;
+    let client = etcd::Etcd::new(s).map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    let mut answered = Vec::new();
+    for ep in &s.endpoints {
+        match client.status_of(ep).await {
+            Ok(st) => {
+                let _ = writeln!(
+                    out,
+                    "  {ep}: etcd {}, member {}, leader {}, raft term {} index {}, db {:.1} MiB{}",
+                    st.version,
+                    st.member_id,
+                    st.leader,
+                    st.raft_term,
+                    st.raft_index,
+                    st.db_size as f64 / 1048576.0,
+                    if st.errors.is_empty() { String::new() } else { format!(", errors: {}", st.errors.join("; ")) }
+                );
+                answered.push(st);
+            }
+            Err(e @ etcd::EtcdError::Auth(_)) => return Err(format!("etcd: {e}")),
+            Err(etcd::EtcdError::Unreachable(why)) => {
+                let why = why.strip_prefix(&format!("{ep}: ")).unwrap_or(&why);
+                let _ = writeln!(out, "  {ep}: NOT ANSWERING ({why})");
+            }
+            Err(e) => {
+                let _ = writeln!(out, "  {ep}: NOT ANSWERING ({e})");
+            }
+        }
+    }
+    if answered.is_empty() {
+        return Err(format!("etcd: no endpoint answered\n{out}"));
+    }
+    let members = match client.members().await {
+        Ok(m) => m,
+        Err(e) => return Err(format!("etcd: the member list failed: {e}\n{out}")),
+    };
+    let total = members.len().max(1);
+    let names: Vec<String> = members.iter().map(|m| format!("{} ({})", m.name, m.client_urls.join(" "))).collect();
+    let leaders: std::collections::BTreeSet<&str> =
+        answered.iter().map(|s| s.leader.as_str()).filter(|l| !l.is_empty() && *l != "0").collect();
+    let leader_name = leaders
+        .iter()
+        .next()
+        .and_then(|l| members.iter().find(|m| m.id == *l))
+        .map_or_else(|| "none".to_string(), |m| m.name.clone());
+    let quorum = total / 2 + 1;
+    let reachable_members = answered.len();
+    let mut head = String::new();
+    let _ = writeln!(
+        head,
+        "etcd cluster: {} of {} configured endpoints answer; {} members ({}); leader {}; keys under '{}'",
+        reachable_members,
+        s.endpoints.len(),
+        total,
+        names.join(", "),
+        leader_name,
+        s.prefix
+    );
+    let healthy = leaders.len() == 1 && leader_name != "none";
+    if !healthy {
+        return Err(format!("{head}{out}etcd: the members do not agree on a leader (no quorum?)"));
+    }
+    // Status and the member list need no permission; reading Gatehouse's keys does.
+    match client.count_prefix(s.prefix.as_bytes()).await {
+        Ok(n) => {
+            let _ = writeln!(out, "  {n} keys under '{}' (readable with these credentials)", s.prefix);
+        }
+        Err(e @ etcd::EtcdError::Auth(_)) => return Err(format!("etcd: {e}")),
+        Err(e) => {
+            return Err(format!(
+                "{head}{out}etcd: cannot read keys under '{}' (no quorum, or no permission): {e}",
+                s.prefix
+            ))
+        }
+    }
+    if reachable_members < quorum.min(s.endpoints.len()) {
+        let _ =
+            writeln!(out, "  warning: fewer than a majority of the members answer through the configured endpoints");
+    }
+    Ok(format!("{head}{out}"))
+}

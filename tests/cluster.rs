@@ -1,0 +1,409 @@
+//! Cluster mode on etcd, so far: `config check --store etcd` against real etcd clusters (plain,
+//! with user/password auth, with TLS client certificates; a member down; quorum lost), and the
+//! fenced leader election (one leader; a member of three dies and nothing changes; the leader
+//! dies as with kill -9 and another node takes over within the lease TTL plus a third; the
+//! deposed leader's fenced write is refused). Real etcd processes on loopback, temp data dirs;
+//! `./run-tests` installs etcd (Debian `etcd-server`, `etcd-client`).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gatehouse::cluster::etcd::{Etcd, Op};
+use gatehouse::cluster::leader::{Leadership, Role};
+use gatehouse::cluster::EtcdSettings;
+
+/// Whether `tool` is an executable on the PATH.
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Member {
+    client: String,
+    child: Option<Child>,
+}
+
+/// Real etcd members on loopback, killed (SIGKILL) when dropped.
+struct EtcdCluster {
+    members: Vec<Member>,
+    dir: tempfile::TempDir,
+}
+
+impl EtcdCluster {
+    /// `n` members; `tls`: (server cert, key, CA) to require client certificates on https.
+    fn start(n: usize, tls: Option<(&Path, &Path, &Path)>) -> EtcdCluster {
+        common::require(have("etcd") && have("etcdctl"), "etcd and etcdctl (Debian packages etcd-server, etcd-client)");
+        let dir = tempfile::tempdir().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let initial: Vec<String> =
+            ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+        let token = format!("gh-test-{}", std::process::id());
+        let mut members = Vec::new();
+        for (i, (c, p)) in ports.iter().enumerate() {
+            let client = format!("{scheme}://127.0.0.1:{c}");
+            let log = std::fs::File::create(dir.path().join(format!("m{i}.log"))).unwrap();
+            let mut cmd = Command::new("etcd");
+            cmd.args(["--name", &format!("m{i}")])
+                .arg("--data-dir")
+                .arg(dir.path().join(format!("m{i}")))
+                .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+                .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+                .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{p}")])
+                .args(["--initial-cluster", &initial.join(","), "--initial-cluster-state", "new"])
+                .args(["--initial-cluster-token", &token])
+                .stdout(Stdio::null())
+                .stderr(log);
+            if let Some((cert, key, ca)) = tls {
+                cmd.arg("--cert-file").arg(cert).arg("--key-file").arg(key).arg("--trusted-ca-file").arg(ca);
+                cmd.arg("--client-cert-auth");
+            }
+            members.push(Member { client, child: Some(cmd.spawn().expect("start etcd")) });
+        }
+        let c = EtcdCluster { members, dir };
+        c.wait_healthy(tls);
+        c
+    }
+
+    fn wait_healthy(&self, tls: Option<(&Path, &Path, &Path)>) {
+        let started = Instant::now();
+        loop {
+            let mut cmd = Command::new("etcdctl");
+            cmd.env("ETCDCTL_API", "3").args(["--endpoints", &self.endpoints().join(","), "endpoint", "health"]);
+            if let Some((cert, key, ca)) = tls {
+                cmd.arg("--cacert").arg(ca).arg("--cert").arg(cert).arg("--key").arg(key);
+            }
+            if cmd.output().is_ok_and(|o| o.status.success()) {
+                return;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "etcd did not become healthy; see {}",
+                self.dir.path().display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.client.clone()).collect()
+    }
+
+    /// SIGKILL, as a VM or process dying would.
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn check(args: &[&str]) -> Output {
+    let tmp = tempfile::tempdir().unwrap();
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(["config", "check", "--store", "etcd", "--data-dir"])
+        .arg(tmp.path())
+        .args(args)
+        .env("GATEHOUSE_API_KEY", common::KEY)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn needs_etcd_config_check_reports_the_clusters_health() {
+    let mut c = EtcdCluster::start(3, None);
+    let eps = c.endpoints().join(",");
+    let o = check(&["--etcd-endpoints", &eps]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("3 of 3 configured endpoints answer; 3 members"), "{t}");
+    assert!(t.contains("etcd 3."), "{t}");
+    assert!(t.contains("; leader m"), "{t}");
+
+    // One member of three dies: healthy again once the other two have a raft leader (at
+    // once, or after an election if the dead one led), and the report names the silent one.
+    c.kill(0);
+    let started = Instant::now();
+    let (o, t) = loop {
+        let o = check(&["--etcd-endpoints", &eps]);
+        let t = text(&o);
+        if o.status.success() || started.elapsed() > Duration::from_secs(15) {
+            break (o, t);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("2 of 3 configured endpoints answer"), "{t}");
+    assert!(t.contains(&format!("{}: NOT ANSWERING", c.members[0].client)), "{t}");
+
+    // Two of three: no quorum, no leader: refused with the reason (once etcd notices).
+    c.kill(1);
+    let started = Instant::now();
+    loop {
+        let o = check(&["--etcd-endpoints", &eps]);
+        let t = text(&o);
+        if !o.status.success() {
+            assert!(t.contains("do not agree on a leader") || t.contains("no quorum"), "{t}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(20), "still healthy without quorum: {t}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Nothing there at all; bad settings.
+    let o = check(&["--etcd-endpoints", &format!("http://127.0.0.1:{}", free_port())]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("no endpoint answered"), "{}", text(&o));
+    for (args, says) in [
+        (vec![], "needs --etcd-endpoints"),
+        (vec!["--etcd-endpoints", "127.0.0.1:2379"], "not an http:// or https://"),
+        (vec!["--etcd-endpoints", "https://127.0.0.1:2379"], "--etcd-ca-file"),
+        (vec!["--etcd-endpoints", &eps, "--etcd-user", "root"], "go together"),
+        (vec!["--etcd-endpoints", &eps, "--etcd-lease-ttl-secs", "1"], "etcd-lease-ttl-secs"),
+    ] {
+        let o = check(&args);
+        assert!(!o.status.success(), "{args:?} accepted");
+        assert!(text(&o).contains(says), "{args:?}: {}", text(&o));
+    }
+}
+
+#[test]
+fn needs_etcd_config_check_with_a_password_never_shows_it() {
+    let c = EtcdCluster::start(1, None);
+    let ep = &c.members[0].client;
+    let ctl = |args: &[&str]| {
+        let o = Command::new("etcdctl").env("ETCDCTL_API", "3").args(["--endpoints", ep]).args(args).output().unwrap();
+        assert!(o.status.success(), "etcdctl {args:?}: {}", text(&o));
+    };
+    ctl(&["user", "add", "root:Correct-Horse-9", "--interactive=false"]);
+    ctl(&["auth", "enable"]);
+    let o = check(&["--etcd-endpoints", ep, "--etcd-user", "root", "--etcd-password", "Correct-Horse-9"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("1 of 1 configured endpoints answer"), "{t}");
+    assert!(t.contains("password (hidden)") && !t.contains("Correct-Horse-9"), "{t}");
+    let o = check(&["--etcd-endpoints", ep, "--etcd-user", "root", "--etcd-password", "Wrong-Horse-7"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("refused the credentials of user 'root'"), "{t}");
+    assert!(!t.contains("Wrong-Horse-7"), "the password was echoed: {t}");
+    // Without credentials, etcd refuses: said, not a crash.
+    let o = check(&["--etcd-endpoints", ep]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf, PathBuf, PathBuf) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    for (name, ext) in [("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")] {
+        openssl(
+            dir,
+            &[
+                "req",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(dir.join(format!("{name}.ext")), format!("{ext}\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    }
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"), dir.join("client.pem"), dir.join("client.key"))
+}
+
+#[test]
+fn needs_etcd_config_check_over_tls_with_a_client_certificate() {
+    common::require(have("openssl"), "openssl");
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, server, server_key, client, client_key) = certificates(certs.path());
+    let c = EtcdCluster::start(1, Some((&server, &server_key, &ca)));
+    let ep = &c.members[0].client;
+    let s = |p: &PathBuf| p.to_string_lossy().to_string();
+    let o = check(&[
+        "--etcd-endpoints",
+        ep,
+        "--etcd-ca-file",
+        &s(&ca),
+        "--etcd-cert-file",
+        &s(&client),
+        "--etcd-key-file",
+        &s(&client_key),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("1 of 1 configured endpoints answer"), "{t}");
+    // Without the client certificate the member refuses the handshake.
+    let o = check(&["--etcd-endpoints", ep, "--etcd-ca-file", &s(&ca)]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("NOT ANSWERING"), "{}", text(&o));
+    // A CA that did not sign the server's certificate: refused too.
+    let other = tempfile::tempdir().unwrap();
+    let (other_ca, ..) = certificates(other.path());
+    let o = check(&[
+        "--etcd-endpoints",
+        ep,
+        "--etcd-ca-file",
+        &s(&other_ca),
+        "--etcd-cert-file",
+        &s(&client),
+        "--etcd-key-file",
+        &s(&client_key),
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    // Unreadable files are named.
+    let o = check(&["--etcd-endpoints", ep, "--etcd-ca-file", "/nonexistent/ca.pem"]);
+    assert!(text(&o).contains("/nonexistent/ca.pem"), "{}", text(&o));
+}
+
+fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
+    EtcdSettings {
+        endpoints,
+        prefix: prefix.into(),
+        user: None,
+        password: None,
+        ca_file: None,
+        client_cert: None,
+        lease_ttl_secs: 4,
+        request_timeout: Duration::from_secs(2),
+    }
+}
+
+async fn until(what: &str, limit: Duration, f: impl Fn() -> bool) -> Duration {
+    let started = Instant::now();
+    while !f() {
+        assert!(started.elapsed() < limit, "{what}: not within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[test]
+fn needs_etcd_one_fenced_leader_survives_a_member_and_is_replaced_when_it_dies() {
+    let mut c = EtcdCluster::start(3, None);
+    let eps = c.endpoints();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let prefix = "/gh-test/";
+        let a_etcd = Arc::new(Etcd::new(&settings(eps.clone(), prefix)).unwrap());
+        let mut rotated = eps.clone();
+        rotated.rotate_left(1);
+        let b_etcd = Arc::new(Etcd::new(&settings(rotated, prefix)).unwrap());
+        // etcd's own leader election (when the member that dies leads the raft group) takes
+        // about its election timeout (1 s): a TTL of 4 s leaves room for it.
+        let ttl = 4;
+        let a = Leadership::start(a_etcd.clone(), "node-a".into(), ttl);
+        until("a leads", Duration::from_secs(10), || matches!(a.role(), Role::Leader { .. })).await;
+        let b = Leadership::start(b_etcd.clone(), "node-b".into(), ttl);
+        until("b follows a", Duration::from_secs(10), || b.role() == Role::Follower { leader: Some("node-a".into()) })
+            .await;
+        assert_eq!(b.fence(), None);
+
+        let key = a_etcd.key("fenced");
+        let put = |v: &str| [Op::Put { key: key.clone(), value: v.as_bytes().to_vec(), lease: 0 }];
+        let fence_a = a.fence().expect("a leads");
+        assert!(a.fenced(&fence_a, &put("from a")).await.unwrap());
+
+        // The member a talks to dies (kill -9): a goes on leading through the others, for
+        // longer than its lease, and its fenced writes still commit.
+        c.kill(0);
+        tokio::time::sleep(Duration::from_secs(ttl * 2)).await;
+        assert_eq!(a.fence(), Some(fence_a.clone()), "a lost the lead over one member of three");
+        assert!(matches!(b.role(), Role::Follower { .. }));
+        assert!(a.fenced(&fence_a, &put("from a, member down")).await.unwrap());
+
+        // a dies without a word (its lease runs out by itself): b takes over within the TTL
+        // plus a third and the time of a campaign.
+        let died = Instant::now();
+        a.abandon();
+        until("b leads", Duration::from_secs(ttl + 4), || matches!(b.role(), Role::Leader { .. })).await;
+        let took = died.elapsed();
+        println!("failover: b leads {took:?} after a died (lease TTL {ttl} s)");
+        assert!(took <= Duration::from_millis(ttl * 1000 * 4 / 3 + 1500), "failover took {took:?}");
+
+        // a wakes up late and writes with its old fence: refused, nothing written.
+        let stale = a_etcd.txn(&[fence_a.clone()], &put("from a, deposed"), &[]).await.unwrap();
+        assert!(!stale.succeeded, "a deposed leader wrote");
+        assert_eq!(a_etcd.get(&key).await.unwrap().unwrap().value, b"from a, member down");
+        let fence_b = b.fence().expect("b leads");
+        assert_ne!(fence_b, fence_a);
+        assert!(b.fenced(&fence_b, &put("from b")).await.unwrap());
+
+        // A resignation hands over at once: the next node campaigns on an empty key.
+        let c_etcd = Arc::new(Etcd::new(&settings(eps[1..].to_vec(), prefix)).unwrap());
+        let next = Leadership::start(c_etcd, "node-c".into(), ttl);
+        until("c follows b", Duration::from_secs(5), || {
+            next.role() == Role::Follower { leader: Some("node-b".into()) }
+        })
+        .await;
+        b.resign().await;
+        until("c leads", Duration::from_secs(3), || matches!(next.role(), Role::Leader { .. })).await;
+        assert!(!b_etcd.txn(&[fence_b], &put("from b, resigned"), &[]).await.unwrap().succeeded);
+    });
+}
