@@ -372,7 +372,19 @@ fn etcd_settings(a: &ServeArgs) -> Result<Option<crate::cluster::EtcdSettings>, 
     }
     for e in &endpoints {
         match url::Url::parse(e) {
-            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/" => {}
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.path() == "/"
+                    && u.username().is_empty()
+                    && u.password().is_none()
+                    && u.query().is_none()
+                    && u.fragment().is_none() => {}
+            Ok(u) if !u.username().is_empty() || u.password().is_some() => {
+                return bad(
+                    "--etcd-endpoints: credentials do not belong in a URL; use --etcd-user and --etcd-password".into()
+                )
+            }
             _ => return bad(format!("--etcd-endpoints: '{e}' is not an http:// or https:// host:port URL")),
         }
         if e.starts_with("https://") && a.etcd_ca_file.is_none() {

@@ -139,6 +139,12 @@ fn needs_etcd_config_check_reports_the_clusters_health() {
     assert!(t.contains("3 of 3 configured endpoints answer; 3 members"), "{t}");
     assert!(t.contains("etcd 3."), "{t}");
     assert!(t.contains("; leader m"), "{t}");
+    assert!(t.contains("0 keys under '/gatehouse/'"), "{t}");
+    // One endpoint of three: works, with a warning that it hangs on one member.
+    let o = check(&["--etcd-endpoints", &c.members[2].client]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("warning: 1 of 3 members answer"), "{t}");
 
     // One member of three dies: healthy again once the other two have a raft leader (at
     // once, or after an election if the dead one led), and the report names the silent one.
@@ -178,6 +184,8 @@ fn needs_etcd_config_check_reports_the_clusters_health() {
         (vec![], "needs --etcd-endpoints"),
         (vec!["--etcd-endpoints", "127.0.0.1:2379"], "not an http:// or https://"),
         (vec!["--etcd-endpoints", "https://127.0.0.1:2379"], "--etcd-ca-file"),
+        (vec!["--etcd-endpoints", "http://root:pw@127.0.0.1:2379"], "credentials do not belong in a URL"),
+        (vec!["--etcd-endpoints", "http://127.0.0.1:2379/?x=1"], "not an http:// or https://"),
         (vec!["--etcd-endpoints", &eps, "--etcd-user", "root"], "go together"),
         (vec!["--etcd-endpoints", &eps, "--etcd-lease-ttl-secs", "1"], "etcd-lease-ttl-secs"),
     ] {

@@ -320,3 +320,75 @@ fn an_owners_stream_sees_every_knock_after_a_denial() {
         assert_eq!(kind, "waiting-participant.left", "round {round}");
     }
 }
+
+#[test]
+fn admin_rights_follow_the_sessions_live_permissions() {
+    let s = Server::start();
+    lobby(&s, "desk", json!({}));
+    let key = s.key.clone();
+    let mod_tok =
+        s.token(json!({"room_name": "desk", "user_id": "mod", "permissions": {"canAdmin": ["participants"]}}));
+    let (m, _, _) = s.join_ok("desk", Some(&mod_tok));
+    let guest_tok = s.token(json!({"room_name": "desk", "user_id": "guest"}));
+    let (g, _, _) = s.join_ok("desk", Some(&guest_tok));
+    knock(&s, "desk", "Visitor");
+    assert_eq!(waiting_ids(&s, &mod_tok, "desk").len(), 1);
+    let lobby_status = |tok: &str| s.call("GET", "/v1/rooms/desk/waiting-participants", Some(tok), None).status;
+    assert_eq!(lobby_status(&guest_tok), 403);
+    // Withdrawn from the moderator's session and granted to the guest's: the tokens follow.
+    let upd = |id: &str, perms: Value| {
+        let body = json!({"data": {id: perms}}).to_string();
+        let r = s.call("POST", "/v1/rooms/desk/update-permissions", Some(&key), Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    upd(&m, json!({"canAdmin": false}));
+    upd(&g, json!({"canAdmin": ["participants"]}));
+    assert_eq!(lobby_status(&mod_tok), 403, "a withdrawn canAdmin still worked through the token");
+    assert_eq!(lobby_status(&guest_tok), 200, "a granted canAdmin did not work");
+    let r = s.call("POST", "/v1/rooms/desk/eject", Some(&mod_tok), Some(&json!({"ids": [g]}).to_string()));
+    assert_eq!(r.status, 403, "{}", r.text);
+}
+
+#[test]
+fn an_admitted_knock_replaces_the_users_session_when_ids_are_unique() {
+    let s = Server::start();
+    lobby(&s, "uniq", json!({"enforce_unique_user_ids": true, "max_participants": 1}));
+    let present = s.token(json!({"room_name": "uniq", "user_id": "u1"}));
+    let (old, _, _) = s.join_ok("uniq", Some(&present));
+    let knocking = s.token(json!({"room_name": "uniq", "user_id": "u1", "knocking": true}));
+    let r = s.join("uniq", Some(&knocking), None);
+    assert_eq!(r.body["access"]["level"], "lobby", "{}", r.text);
+    let new = r.body["session_id"].as_str().unwrap().to_string();
+    // The room (max 1) is full with u1's old session, which gives way: the grant succeeds.
+    let r = decide(&s, &s.key, "uniq", json!({new.clone(): {"grantRequestedAccess": true}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let p = s.get("/v1/rooms/uniq/presence").body;
+    assert_eq!(p["total_count"], 1, "{p}");
+    assert_eq!(p["data"][0]["id"], new.as_str(), "{p}");
+    let left = s.events_of("participant.left");
+    assert!(left.iter().any(|e| e["payload"]["session_id"] == old.as_str()), "the old session did not leave");
+}
+
+#[test]
+fn pre_auth_judges_bans_revocations_and_capacity_as_a_join_would() {
+    let s = Server::start();
+    s.create_room(json!({"name": "hall", "properties": {"max_participants": 1}}));
+    let pre = |tok: Option<&str>| {
+        let body = tok.map_or(json!({}), |t| json!({"token": t})).to_string();
+        s.call("POST", "/v1/rooms/hall/pre-auth", None, Some(&body)).body
+    };
+    let banned = s.token(json!({"room_name": "hall", "user_id": "troll"}));
+    let r = s.call(
+        "POST",
+        "/v1/rooms/hall/eject",
+        Some(&s.key),
+        Some(&json!({"user_ids": ["troll"], "ban": true}).to_string()),
+    );
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(pre(Some(&banned))["access"]["level"], "none");
+    assert_eq!(pre(None)["access"]["level"], "full");
+    s.join_ok("hall", None);
+    let full = pre(None);
+    assert_eq!(full["access"]["level"], "none", "{full}");
+    assert_eq!(full["error"], s.join("hall", None, None).body["error"], "{full}");
+}

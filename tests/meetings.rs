@@ -73,6 +73,9 @@ fn a_meeting_is_recorded_with_its_participants_in_dailys_shape() {
     let p2 = s.get(&format!("/v1/meetings/{id}/participants?limit=1&joined_after={ann}"));
     assert_eq!(p2.body["data"][0]["participant_id"], bob.as_str());
     assert_eq!(s.get(&format!("/v1/meetings/{id}/participants?limit=1&joined_after={bob}")).status, 404);
+    // Backwards: the participants just before the cursor.
+    let back = s.get(&format!("/v1/meetings/{id}/participants?limit=1&joined_before={bob}"));
+    assert_eq!(back.body["data"][0]["participant_id"], ann.as_str(), "{}", back.text);
     assert_eq!(s.get("/v1/meetings?no_participants=true").body["data"][0].get("participants"), None);
 }
 

@@ -110,6 +110,7 @@ fn who_may_update_and_bad_input_is_refused_with_reasons() {
         (json!({"data": {}}), "data"),
         (json!({"data": []}), "data"),
         (json!({"data": {m.clone(): {}}, "extra": 1}), "extra"),
+        (json!({"data": {m.clone(): {}}}), "names no permission to change"),
         (json!({}), "data"),
     ] {
         let r = s.post("/v1/rooms/desk/update-permissions", &body);

@@ -43,14 +43,26 @@ pub async fn pre_auth(
     wire::only_fields(&body, &["token"])?;
     let token = check_token(state, wire::opt_str(&body, "token")?.filter(|t| !t.is_empty()));
     let room = state.store.room(name)?;
+    let now = state.clock.now_ms();
+    // The same facts a join would be judged on now (revocations, bans, who is present).
+    let (revoked, banned) = match &token {
+        TokenCheck::Valid { claims, token_id } => (
+            state.store.is_revoked(claims, token_id, Some(name), now)?,
+            match &claims.user_id {
+                Some(u) => state.store.is_banned(name, u, now)?,
+                None => false,
+            },
+        ),
+        _ => (false, false),
+    };
     let facts = JoinFacts {
-        now_ms: state.clock.now_ms(),
+        now_ms: now,
         leeway_s: state.settings.token_leeway_secs,
         room: room.as_ref(),
         token: &token,
-        revoked: false,
-        banned: false,
-        present: 0,
+        revoked,
+        banned,
+        present: state.store.live().present(name),
     };
     let knocks = room.as_ref().is_some_and(sessions::room_knocks);
     let token_knocks = matches!(&token, TokenCheck::Valid { claims, .. }
@@ -171,6 +183,12 @@ pub async fn update_permissions(
         crate::properties::check_permissions(&format!("data.{}", wire::clip(id)), patch)
             .map_err(|e| ApiError::invalid(e.to_string()))?;
         let Some(p) = patch.as_object() else { continue };
+        if p.is_empty() {
+            return Err(ApiError::invalid(format!(
+                "data.{} names no permission to change (hasPresence, canSend, canReceive, canAdmin)",
+                wire::clip(id)
+            )));
+        }
         updates.push((id.clone(), p.clone()));
     }
     match state.store.submit(UpdatePermissions { room: room.to_string(), updates }).await? {

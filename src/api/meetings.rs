@@ -166,8 +166,12 @@ pub fn participants(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) ->
     };
     let after = position("joined_after")?;
     let before = position("joined_before")?;
-    let start = after.map_or(0, |a| a + 1);
+    let mut start = after.map_or(0, |a| a + 1);
     let end = before.unwrap_or(all.len()).max(start);
+    // Paging backwards (only `joined_before`): the `limit` participants just before it.
+    if after.is_none() && before.is_some() {
+        start = end.saturating_sub(limit);
+    }
     let now = state.clock.now_ms();
     let page: Vec<Value> = all[start..end].iter().take(limit).map(|p| participant_json(p, now)).collect();
     if page.is_empty() {

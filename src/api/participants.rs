@@ -211,7 +211,23 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
             return Err(forbidden("the token's user is banned from this room"));
         }
     }
-    if !c.can_admin_participants() {
+    // Permissions live on sessions: while the token has a session in the room, that
+    // session's current permissions decide (update-permissions can grant or withdraw
+    // canAdmin); without one, the token's own claims do, as they would for a new join.
+    let live: Vec<_> = state
+        .store
+        .live()
+        .token_sessions(&v.token_id)
+        .into_iter()
+        .filter(|e| !e.waiting && e.session.room == room)
+        .collect();
+    let admin = c.is_owner
+        || if live.is_empty() {
+            c.can_admin_participants()
+        } else {
+            live.iter().any(|e| e.session.can_admin_participants())
+        };
+    if !admin {
         return Err(forbidden("only an owner token, or one with canAdmin 'participants', may do this"));
     }
     Ok((format!("token:{}", tokens::short_id(&v.token_id)), true))

@@ -38,6 +38,10 @@ pub enum EtcdError {
 
 /// gRPC `UNAUTHENTICATED`, which etcd answers when an auth token lapsed.
 const UNAUTHENTICATED: i64 = 16;
+/// gRPC `UNAVAILABLE` and `DEADLINE_EXCEEDED`: a member without a leader, or a proposal that
+/// timed out.
+const UNAVAILABLE: i64 = 14;
+const DEADLINE_EXCEEDED: i64 = 4;
 
 /// A key-value pair as etcd stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -216,7 +220,11 @@ impl Etcd {
             .await?;
         if let Some(e) = gateway_error(&v) {
             return Err(match e {
-                EtcdError::Server { .. } => EtcdError::Auth(user.clone()),
+                // "etcdserver: authentication failed, invalid user ID or password"; anything
+                // else (no leader, auth not enabled, a timeout) is said as it is.
+                EtcdError::Server { message, .. } if message.contains("authentication failed") => {
+                    EtcdError::Auth(user.clone())
+                }
                 other => other,
             });
         }
@@ -292,6 +300,11 @@ impl Etcd {
             let at = (start + i) % n;
             match self.call_at_within(&self.endpoints[at], path, body, attempt).await {
                 Err(EtcdError::Unreachable(e)) => why.push(e),
+                // A member that is up but cut off from the quorum ("no leader", a timed-out
+                // proposal): another member may do better.
+                Err(EtcdError::Server { code: UNAVAILABLE | DEADLINE_EXCEEDED, message }) => {
+                    why.push(format!("{}: {message}", self.endpoints[at]));
+                }
                 other => {
                     if i > 0 {
                         tracing::info!(endpoint = %self.endpoints[at], "etcd: moved to another endpoint");
@@ -386,9 +399,16 @@ impl Etcd {
     /// endpoint gets at most `attempt`.
     pub async fn lease_keepalive(&self, id: i64, attempt: Duration) -> Result<i64, EtcdError> {
         let v = self.call_within("/v3/lease/keepalive", &json!({"ID": id.to_string()}), Some(attempt)).await?;
-        // One message of the keep-alive stream: `{"result": {"ID", "TTL"}}`.
-        let r = v.get("result").unwrap_or(&v);
-        Ok(num(&r["TTL"]))
+        // One message of the keep-alive stream: `{"result": {"ID", "TTL"}}` (TTL absent: the
+        // lease is gone), or a stream error `{"error": {"grpc_code", "message"}}`.
+        if let Some(r) = v.get("result") {
+            return Ok(num(&r["TTL"]));
+        }
+        let e = &v["error"];
+        Err(EtcdError::Server {
+            code: num(&e["grpc_code"]),
+            message: e["message"].as_str().unwrap_or("lease keep-alive: no result").to_string(),
+        })
     }
 
     pub async fn lease_revoke(&self, id: i64) -> Result<(), EtcdError> {

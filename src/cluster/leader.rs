@@ -141,6 +141,13 @@ async fn try_lead(etcd: &Etcd, key: &[u8], node: &str, ttl: u64) -> Result<Optio
     let put = Op::Put { key: key.to_vec(), value: node.as_bytes().to_vec(), lease };
     let r = etcd.txn(&[Compare::CreateRevision(key.to_vec(), 0)], &[put], &[]).await;
     match r {
+        // Won, but so slowly that the lease may be nearly over: give it back and try again.
+        Ok(r)
+            if r.succeeded && granted.elapsed() + Duration::from_millis(ttl * 1000 / 6) >= Duration::from_secs(ttl) =>
+        {
+            let _ = etcd.lease_revoke(lease).await;
+            Ok(None)
+        }
         Ok(r) if r.succeeded => Ok(Some((r.revision, lease, granted))),
         Ok(_) => {
             let _ = etcd.lease_revoke(lease).await;

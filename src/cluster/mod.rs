@@ -46,8 +46,11 @@ impl std::fmt::Debug for EtcdSettings {
 }
 
 /// `gatehouse config check --store etcd`: asks every endpoint for its status and the member
-/// list. `Ok(report)` when a majority of the members answer and agree on a leader; `Err(report)`
-/// otherwise (the report says what failed). Never prints the password.
+/// list, then reads Gatehouse's keys. `Ok(report)` when the members that answer agree on a
+/// leader and the read succeeds (a linearizable read needs a quorum, and read permission);
+/// `Err(report)` otherwise (the report says what failed). A cluster that works but that fewer
+/// than a majority of its members can be reached through the configured endpoints gets a
+/// warning. Never prints the password.
 pub async fn check(s: &EtcdSettings) -> Result<String, String> {
     use std::fmt::Write as _;
     let client = etcd::Etcd::new(s).map_err(|e| e.to_string())?;
@@ -96,12 +99,14 @@ pub async fn check(s: &EtcdSettings) -> Result<String, String> {
         .and_then(|l| members.iter().find(|m| m.id == *l))
         .map_or_else(|| "none".to_string(), |m| m.name.clone());
     let quorum = total / 2 + 1;
-    let reachable_members = answered.len();
+    // Distinct members: two endpoints can name the same one.
+    let reachable_members =
+        answered.iter().map(|s| s.member_id.as_str()).collect::<std::collections::BTreeSet<_>>().len();
     let mut head = String::new();
     let _ = writeln!(
         head,
         "etcd cluster: {} of {} configured endpoints answer; {} members ({}); leader {}; keys under '{}'",
-        reachable_members,
+        answered.len(),
         s.endpoints.len(),
         total,
         names.join(", "),
@@ -125,9 +130,12 @@ pub async fn check(s: &EtcdSettings) -> Result<String, String> {
             ))
         }
     }
-    if reachable_members < quorum.min(s.endpoints.len()) {
-        let _ =
-            writeln!(out, "  warning: fewer than a majority of the members answer through the configured endpoints");
+    if reachable_members < quorum {
+        let _ = writeln!(
+            out,
+            "  warning: {reachable_members} of {total} members answer through the configured endpoints (a majority is {quorum}): \
+             list more of them in --etcd-endpoints, or one more failure cuts this node off"
+        );
     }
     Ok(format!("{head}{out}"))
 }

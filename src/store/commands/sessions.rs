@@ -320,6 +320,16 @@ fn admit(cx: &mut Ctx<'_>, e: &Entry, leeway_s: u64) -> Result<Result<(), Denial
         Some(u) => cx.is_banned(&s.room, u)?,
         None => false,
     };
+    // As at a join: with unique user ids, the user's present sessions give way to this one
+    // (and do not count toward the capacity it needs).
+    let unique =
+        room.as_ref().is_some_and(|r| r.config.get("enforce_unique_user_ids").and_then(Value::as_bool) == Some(true));
+    let duplicates: Vec<Arc<Entry>> = match (&s.user_id, unique) {
+        (Some(u), true) => {
+            cx.user_sessions(&s.room, u).into_iter().filter(|d| !d.waiting && d.session.id != s.id).collect()
+        }
+        _ => Vec::new(),
+    };
     let facts = sessions::GrantFacts {
         now_ms: now,
         leeway_s,
@@ -327,12 +337,14 @@ fn admit(cx: &mut Ctx<'_>, e: &Entry, leeway_s: u64) -> Result<Result<(), Denial
         token_exp: e.token_exp,
         revoked,
         banned,
-        present: cx.present(&s.room),
+        present: cx.present(&s.room).saturating_sub(duplicates.len() as u64),
     };
     if let Err(d) = sessions::decide_grant(&facts) {
         return Ok(Err(d));
     }
     let Some(room) = room else { return Err(StoreError::Unavailable("a grant decided without a room".into())) };
+    let carried = if duplicates.is_empty() { None } else { cx.meeting(&s.room) };
+    end_sessions(cx, &duplicates, "duplicate_user_id", "scheduler", Ending::Replaced)?;
     let mut session = s.clone();
     session.joined_ms = now;
     let mut timer = e.eject_timer_ms;
@@ -343,7 +355,7 @@ fn admit(cx: &mut Ctx<'_>, e: &Entry, leeway_s: u64) -> Result<Result<(), Denial
         timer = sessions::eject_timer(&room, None, now).map(|(at, _)| at);
     }
     // The lobby entry gives way to the full session (same id, secret and lease).
-    enter(cx, session, e.digest, e.token_exp, timer, None)?;
+    enter(cx, session, e.digest, e.token_exp, timer, carried)?;
     Ok(Ok(()))
 }
 
