@@ -165,3 +165,71 @@ fn someone_elses_departure_does_not_close_my_stream() {
     s.join_ok("small", None);
     assert_eq!(next(&rx, &[]).0, "participant.joined");
 }
+
+/// Minting a token for a room is an event of that room's too.
+const TOKENS: &[&str] = &["meeting-token.created"];
+
+fn ids(snap: &Value) -> Vec<String> {
+    snap["participants"].as_array().unwrap().iter().map(|p| p["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[test]
+fn hidden_participants_stay_off_other_participants_streams() {
+    let s = Server::start();
+    s.create_room(json!({"name": "quiet"}));
+    let owner = s.token(json!({"room_name": "quiet", "is_owner": true}));
+    let (host, host_secret, _) = s.join_ok("quiet", Some(&owner));
+    let (me, secret, _) = s.join_ok("quiet", None);
+    let guest = open(&s, &me, &secret);
+    let admin = open(&s, &host, &host_secret);
+    assert_eq!(next(&guest, TOKENS).0, "presence");
+    assert_eq!(next(&admin, TOKENS).0, "presence");
+    // A hidden participant's join reaches the admin, not the guest.
+    let ghost_tok = s.token(json!({"room_name": "quiet", "user_name": "Ghost", "permissions": {"hasPresence": false}}));
+    let (ghost, ghost_secret, _) = s.join_ok("quiet", Some(&ghost_tok));
+    let (kind, f) = next(&admin, TOKENS);
+    assert_eq!((kind.as_str(), f["payload"]["session_id"].as_str()), ("participant.joined", Some(ghost.as_str())));
+    // The guest sees the next visible change first, never the ghost's.
+    let (visible, _, _) = s.join_ok("quiet", None);
+    let (kind, f) = next(&guest, TOKENS);
+    assert_eq!((kind.as_str(), f["payload"]["session_id"].as_str()), ("participant.joined", Some(visible.as_str())));
+    // Shown by an update: the guest's stream redraws with the ghost in it; hidden again: without.
+    let show = |has: bool| {
+        let body = json!({"data": {ghost.clone(): {"hasPresence": has}}}).to_string();
+        let r = s.call("POST", "/v1/rooms/quiet/update-permissions", Some(&s.key), Some(&body));
+        assert_eq!(r.status, 200, "{}", r.text);
+    };
+    show(true);
+    let (kind, snap) = next(&guest, &["participant.updated", "meeting-token.created"]);
+    assert_eq!(kind, "presence", "{snap}");
+    assert!(ids(&snap).contains(&ghost), "{snap}");
+    show(false);
+    let (kind, snap) = next(&guest, &["participant.updated", "meeting-token.created"]);
+    assert_eq!(kind, "presence", "{snap}");
+    assert!(!ids(&snap).contains(&ghost), "{snap}");
+    // Its departure, too, is for admins only.
+    let l = s.call("POST", &format!("/v1/sessions/{ghost}/leave"), Some(&ghost_secret), None);
+    assert_eq!(l.status, 200);
+    s.join_ok("quiet", None);
+    let (kind, f) = next(&guest, TOKENS);
+    assert_eq!(kind, "participant.joined", "the guest saw the ghost leave: {f}");
+    assert_ne!(f["payload"]["session_id"], ghost.as_str());
+}
+
+#[test]
+fn a_waiting_stream_hears_its_admission_when_nobody_else_follows_the_room() {
+    let s = Server::start();
+    s.create_room(json!({"name": "door", "privacy": "private", "properties": {"enable_knocking": true}}));
+    let r = s.join("door", None, Some("Visitor"));
+    assert_eq!(r.body["access"]["level"], "lobby", "{}", r.text);
+    let id = r.body["session_id"].as_str().unwrap().to_string();
+    let rx = open(&s, &id, r.body["session_secret"].as_str().unwrap());
+    let (kind, f) = next(&rx, &[]);
+    assert_eq!((kind.as_str(), f["access"]["level"].as_str()), ("access", Some("lobby")), "{f}");
+    // No stream follows the room; the API key admits.
+    let body = json!({id.clone(): {"grantRequestedAccess": true}}).to_string();
+    let r = s.call("POST", "/v1/rooms/door/waiting-participants", Some(&s.key), Some(&body));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (kind, f) = next(&rx, &[]);
+    assert_eq!((kind.as_str(), f["access"]["level"].as_str()), ("access", Some("full")), "{f}");
+}

@@ -204,6 +204,11 @@ impl Out {
 
     /// Queues a room frame if the budget allows; otherwise starts lagging and drops it.
     fn offer(&mut self, b: &Bytes) -> bool {
+        // The reader went away (its body was dropped): end, lagging or not, so the stream
+        // stops renewing the session's lease.
+        if self.tx.is_closed() {
+            return false;
+        }
         if self.lagging {
             return true;
         }
@@ -253,6 +258,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                     let _ = out.send(sse_frame("shutdown", None, "{}")).await;
                     return;
                 }
+                _ = out.tx.closed() => return,
                 _ = ping.tick() => {
                     if !out.offer(&Bytes::from_static(b": keep-alive\n\n")) {
                         return;
@@ -275,7 +281,21 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                             return;
                         }
                     }
-                    Err(RecvError::Lagged(_)) => {}
+                    // Missed frames of its own: where does it stand now?
+                    Err(RecvError::Lagged(_)) => match state.store.session(&me.id) {
+                        None => {
+                            let _ = out.send(ended(&me.id).bytes).await;
+                            return;
+                        }
+                        Some(e) if !e.waiting => {
+                            me = e.session.clone();
+                            if !out.send(access_frame(&me, "full")).await {
+                                return;
+                            }
+                            break;
+                        }
+                        Some(_) => {}
+                    },
                     Err(RecvError::Closed) => return,
                 }
             }
@@ -296,6 +316,8 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                 let _ = out.send(sse_frame("shutdown", None, "{}")).await;
                 return;
             }
+            // The reader went away: nothing more to do (and no lease to renew).
+            _ = out.tx.closed() => return,
             _ = ping.tick() => {
                 if !out.offer(&Bytes::from_static(b": keep-alive\n\n")) {
                     return;
@@ -304,10 +326,15 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
             got = own.recv() => match got {
                 Ok(f) => {
                     if &*f.kind == "participant.updated" {
-                        // Its permissions changed: it may have become (or stopped being) an admin.
+                        // Its permissions changed: it may have become (or stopped being) an
+                        // admin, who sees hidden participants and the lobby: a fresh snapshot.
                         if let Some(e) = state.store.session(&me.id) {
                             me = e.session.clone();
-                            admin = me.can_admin_participants();
+                            let now_admin = me.can_admin_participants();
+                            if now_admin != admin {
+                                admin = now_admin;
+                                out.lagging = true;
+                            }
                         }
                     }
                     if !out.send(f.bytes.clone()).await || ends_me(&f.kind) {
@@ -339,7 +366,8 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                     continue; // its own ring has it, or it is for the room's admins
                 }
                 if f.is_resync() {
-                    large = false;
+                    // The room left large mode, or someone was hidden or shown: a fresh snapshot.
+                    large = state.store.is_large_room(&me.room);
                     out.lagging = true;
                 } else {
                     if &*f.kind == "presence-summary" {

@@ -167,34 +167,58 @@ impl Hub {
         }
     }
 
-    /// Hands each event about a room to that room's subscribers (and the session it is about to
-    /// that session's), if it has any. `live` is the state the events were published with.
+    /// Hands each event about a session to that session's streams, and each event about a room
+    /// to that room's subscribers, if it has any. `live` is the state the events were published
+    /// with. Events about participants hidden from presence (`hasPresence: false`) go to the
+    /// room's admins only, as do knocks.
     pub fn publish(&self, events: &[LoggedEvent], live: &Live) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
-        if rooms.is_empty() {
+        let Ok(own) = self.own.lock() else { return };
+        if rooms.is_empty() && own.is_empty() {
             return;
         }
+        // Departed sessions are no longer in `live`: their `participant.left` says whether they
+        // were hidden (and covers their `participant.ejected` of the same batch).
+        let mut hidden_gone: Vec<&str> = Vec::new();
+        for e in events.iter().filter(|e| e.kind == "participant.left") {
+            if let (Some(id), Ok(v)) = (e.session.as_deref(), serde_json::from_str::<Value>(&e.envelope)) {
+                if !crate::sessions::has_presence(v["payload"].get("permissions")) {
+                    hidden_gone.push(id);
+                }
+            }
+        }
+        let hidden = |id: &str| match live.get(id) {
+            Some(entry) => !crate::sessions::has_presence(entry.session.permissions.as_ref()),
+            None => hidden_gone.contains(&id),
+        };
         let threshold = self.large_threshold();
         for e in events {
-            let Some(room) = e.room.as_deref() else { continue };
-            let Some(fan) = rooms.get_mut(room) else { continue };
-            if fan.tx.receiver_count() == 0 {
-                rooms.remove(room);
+            let to_own = e.session.as_deref().and_then(|id| own.get(id));
+            let room = e.room.as_deref();
+            let fan = match room.and_then(|r| rooms.get_mut(r)) {
+                Some(fan) if fan.tx.receiver_count() == 0 => {
+                    if let Some(r) = room {
+                        rooms.remove(r);
+                    }
+                    None
+                }
+                other => other,
+            };
+            if to_own.is_none() && fan.is_none() {
                 continue;
             }
+            let about_hidden = e.kind.starts_with("participant.") && e.session.as_deref().is_some_and(|id| hidden(id));
             let frame = Arc::new(Frame {
                 kind: Arc::from(e.kind.as_str()),
                 about: e.session.as_deref().map(Arc::from),
-                admin_only: e.kind.starts_with("waiting-participant."),
+                admin_only: e.kind.starts_with("waiting-participant.") || about_hidden,
                 bytes: sse_frame(&e.kind, Some(e.seq), &e.envelope),
             });
-            if let Some(about) = &frame.about {
-                if let Ok(own) = self.own.lock() {
-                    if let Some(tx) = own.get(about) {
-                        let _ = tx.send(frame.clone());
-                    }
-                }
+            // A session's own streams get its events whatever the room's subscriptions.
+            if let Some(tx) = to_own {
+                let _ = tx.send(frame.clone());
             }
+            let (Some(fan), Some(room)) = (fan, room) else { continue };
             let count = live.present(room);
             fan.count = count;
             let was_large = fan.large;
@@ -205,30 +229,33 @@ impl Hub {
                     fan.dirty = false;
                     fan.joined.clear();
                     fan.left.clear();
-                    let _ = fan.tx.send(Arc::new(Frame {
-                        kind: Arc::from(RESYNC),
-                        about: None,
-                        admin_only: false,
-                        bytes: Bytes::new(),
-                    }));
+                    let _ = fan.tx.send(resync());
                     continue;
                 }
                 _ => {}
             }
+            // Someone hidden or shown: everyone's view of who is present changes; each stream
+            // takes a fresh snapshot (rare: an admin's update).
+            let presence_changed = e.kind == "participant.updated"
+                && serde_json::from_str::<Value>(&e.envelope)
+                    .is_ok_and(|v| v["payload"]["presence_changed"] == Value::Bool(true));
             if !fan.large {
                 let _ = fan.tx.send(frame);
+                if presence_changed {
+                    let _ = fan.tx.send(resync());
+                }
                 continue;
             }
             match &*e.kind {
-                "participant.joined" | "participant.left" => fold(fan, e),
-                // Admins see who knocks, whatever the room's size.
-                _ if frame.admin_only => {
-                    let _ = fan.tx.send(frame);
-                }
-                // About one session: its own streams have it.
-                _ if frame.about.is_some() => {}
+                // Joins and departures are folded into the next summary (the hidden ones left
+                // out); an ejection is followed by its departure.
+                "participant.joined" | "participant.left" if !about_hidden => fold(fan, e),
+                "participant.joined" | "participant.left" | "participant.ejected" => {}
                 _ => {
                     let _ = fan.tx.send(frame);
+                    if presence_changed {
+                        let _ = fan.tx.send(resync());
+                    }
                 }
             }
         }
@@ -275,6 +302,10 @@ impl Hub {
         let own = self.own.lock().map(|o| o.len()).unwrap_or(0);
         (rooms, own)
     }
+}
+
+fn resync() -> Arc<Frame> {
+    Arc::new(Frame { kind: Arc::from(RESYNC), about: None, admin_only: false, bytes: Bytes::new() })
 }
 
 /// Folds a join or a departure into the room's next summary.

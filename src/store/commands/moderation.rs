@@ -189,9 +189,14 @@ impl Command for UpdatePermissions {
             if e.session.permissions.as_ref() == Some(&permissions) {
                 continue;
             }
+            let shown_before = sessions::has_presence(e.session.permissions.as_ref());
             let mut next = (*e).clone();
             next.session.permissions = Some(permissions);
-            cx.event(crate::events::PARTICIPANT_UPDATED, next.session.joined_payload());
+            let mut payload = next.session.joined_payload();
+            // Hidden or shown: streams must redraw who is present (the fan-out sends a resync).
+            payload["presence_changed"] =
+                json!(shown_before != sessions::has_presence(next.session.permissions.as_ref()));
+            cx.event(crate::events::PARTICIPANT_UPDATED, payload);
             updated.push(next.session.id.clone());
             cx.put_session(next)?;
         }
