@@ -545,4 +545,17 @@ mod tests {
         assert_eq!(queued.load(Ordering::Relaxed), 0);
         assert!(out.caught_up());
     }
+
+    #[tokio::test]
+    async fn a_lagging_stream_whose_reader_went_away_ends() {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let mut out = Out { tx, queued: Arc::new(AtomicUsize::new(0)), lagging: false, drained: Arc::default() };
+        for _ in 0..100 {
+            out.offer(&Bytes::from(vec![b'x'; 10 * 1024]));
+        }
+        assert!(out.lagging && !out.caught_up());
+        // The client disconnects: its body (the receiver) is dropped with bytes still queued.
+        drop(rx);
+        assert!(!out.offer(&Bytes::from_static(b": keep-alive\n\n")), "a ghost stream would renew its lease forever");
+    }
 }
