@@ -24,6 +24,11 @@ const KEY_FILE: &str = "api_key";
 const DOMAIN_FILE: &str = "domain_id";
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    run_with(settings, None).await
+}
+
+/// [`run`], in cluster mode with `cluster`'s hooks (the node leads; see `cluster::node`).
+pub async fn run_with(settings: Settings, cluster: Option<crate::store::ClusterHooks>) -> anyhow::Result<()> {
     create_data_dir(&settings.data_dir)?;
     let keys = load_keys(&settings)?;
 
@@ -62,7 +67,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
         let clock = clock.clone();
-        move || Store::open(opts, clock)
+        move || Store::open_with(opts, clock, cluster)
     })
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
@@ -270,7 +275,7 @@ fn connections_for(fd_limit: u64) -> usize {
     usize::try_from(fd_limit.saturating_sub(512).clamp(16, 100_000)).unwrap_or(16)
 }
 
-fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)

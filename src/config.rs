@@ -257,8 +257,7 @@ pub struct ServeArgs {
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
     /// Where the state lives: `sled` (the embedded store in the data dir, the default) or
-    /// `etcd` (cluster mode, in progress: `config check` reports the cluster's health; `serve`
-    /// does not run on it yet).
+    /// `etcd` (several nodes sharing an etcd cluster; README, "Running several nodes").
     #[arg(long, env = "GATEHOUSE_STORE", value_enum, default_value = "sled")]
     pub store: StoreArg,
     /// etcd client URLs, comma-separated (`http://10.0.0.1:2379,http://10.0.0.2:2379`).
@@ -285,6 +284,10 @@ pub struct ServeArgs {
     /// TTL of the leader's lease in etcd: a dead leader is replaced within about this plus a third.
     #[arg(long, env = "GATEHOUSE_ETCD_LEASE_TTL_SECS", default_value_t = 6)]
     pub etcd_lease_ttl_secs: u64,
+    /// How the other nodes reach this one, `http://host:port` (default: http://<listen address>;
+    /// set it when listening on 0.0.0.0).
+    #[arg(long, env = "GATEHOUSE_ETCD_ADVERTISE_URL")]
+    pub etcd_advertise_url: Option<String>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -408,6 +411,15 @@ fn etcd_settings(a: &ServeArgs) -> Result<Option<crate::cluster::EtcdSettings>, 
         ca_file: a.etcd_ca_file.clone(),
         client_cert: a.etcd_cert_file.clone().zip(a.etcd_key_file.clone()),
         lease_ttl_secs: within("etcd-lease-ttl-secs", a.etcd_lease_ttl_secs, 2, 60)?,
+        advertise_url: match &a.etcd_advertise_url {
+            None => None,
+            Some(u) => match url::Url::parse(u) {
+                Ok(p) if p.scheme() == "http" && p.host().is_some() && p.path() == "/" && p.query().is_none() => {
+                    Some(u.trim_end_matches('/').to_string())
+                }
+                _ => return bad(format!("--etcd-advertise-url: '{u}' is not an http://host:port URL")),
+            },
+        },
         request_timeout: std::time::Duration::from_secs(5),
     }))
 }

@@ -81,13 +81,9 @@ fn main() -> anyhow::Result<()> {
         None => cli.serve,
     };
     let settings = args.validate(api_keys)?;
-    if settings.etcd.is_some() {
-        eprintln!(
-            "--store etcd: this version cannot serve from etcd yet (cluster mode is in progress); \
-             `gatehouse config check --store etcd --etcd-endpoints ...` checks a cluster. Serve with the default --store sled."
-        );
-        std::process::exit(2);
-    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    if settings.etcd.is_some() {
+        return rt.block_on(gatehouse::cluster::node::run(settings));
+    }
     rt.block_on(gatehouse::app::run(settings))
 }

@@ -340,6 +340,7 @@ fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
         client_cert: None,
         lease_ttl_secs: 4,
         request_timeout: Duration::from_secs(2),
+        advertise_url: None,
     }
 }
 
@@ -414,4 +415,118 @@ fn needs_etcd_one_fenced_leader_survives_a_member_and_is_replaced_when_it_dies()
         until("c leads", Duration::from_secs(3), || matches!(next.role(), Role::Leader { .. })).await;
         assert!(!b_etcd.txn(&[fence_b], &put("from b, resigned"), &[]).await.unwrap().succeeded);
     });
+}
+
+/// A Gatehouse node in cluster mode on `port` (fixed: a follower and the leader it becomes
+/// listen on the same address).
+fn node(c: &EtcdCluster, dir: &Path, port: u16) -> common::Server {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &c.endpoints().join(",")])
+        .args(["--etcd-prefix", "/gh-nodes/", "--etcd-lease-ttl-secs", "3"])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("GATEHOUSE_API_KEY", common::KEY)
+        .env("GATEHOUSE_LOG", "info")
+        .env("GATEHOUSE_TRUSTED_PROXIES", "127.0.0.1")
+        .env("GATEHOUSE_JOIN_RATE", "100000")
+        .env("GATEHOUSE_JOIN_BURST", "100000")
+        .env_remove("RUST_BACKTRACE")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    common::Server::spawn(cmd, dir, common::KEY)
+}
+
+/// Retries a write while the cluster elects (503) until it is acknowledged.
+fn acked(s: &common::Server, path: &str, body: serde_json::Value, within: Duration) -> (common::Reply, Duration) {
+    let started = Instant::now();
+    loop {
+        let r = s.post(path, &body);
+        if r.status == 200 {
+            return (r, started.elapsed());
+        }
+        assert!(r.status == 503 || r.status == 0, "{path}: {} {}", r.status, r.text);
+        assert!(started.elapsed() < within, "{path} not acknowledged within {within:?}: {} {}", r.status, r.text);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn seqs(s: &common::Server) -> Vec<u64> {
+    let r = s.get("/v1/events?limit=1000");
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["data"].as_array().unwrap().iter().map(|e| e["seq"].as_u64().unwrap()).collect()
+}
+
+#[test]
+fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
+    let mut c = EtcdCluster::start(3, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let mut a = node(&c, &tmp.path().join("a"), pa);
+    // A is alone: it leads once elected.
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
+    let b = node(&c, &tmp.path().join("b"), pb);
+    // Any node answers any request: B forwards to A.
+    let mut rooms = vec!["first".to_string()];
+    for i in 0..6 {
+        let name = format!("room-{i}");
+        let via = if i % 2 == 0 { &a } else { &b };
+        acked(via, "/v1/rooms", serde_json::json!({"name": name}), Duration::from_secs(5));
+        rooms.push(name);
+    }
+    let (joined, _) =
+        acked(&b, "/v1/rooms/room-0/join", serde_json::json!({"user_name": "Ann"}), Duration::from_secs(5));
+    let session = joined.body["session_id"].as_str().unwrap().to_string();
+    let (tok, _) = acked(
+        &b,
+        "/v1/meeting-tokens",
+        serde_json::json!({"properties": {"room_name": "room-1"}}),
+        Duration::from_secs(5),
+    );
+    let token = tok.body["token"].as_str().unwrap().to_string();
+    assert_eq!(b.get(&format!("/v1/meeting-tokens/{token}")).status, 200);
+
+    // An etcd member dies: writes go on (after etcd's own election, if it led).
+    c.kill(0);
+    let (_, took) = acked(&b, "/v1/rooms", serde_json::json!({"name": "member-down"}), Duration::from_secs(10));
+    println!("a write after an etcd member died: acknowledged {took:?} after the first try");
+    rooms.push("member-down".into());
+    let before = seqs(&b);
+    assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>(), "the event log has a gap");
+
+    // The leader dies (kill -9): B takes over and has every acknowledged write.
+    a.kill9();
+    let (_, took) = acked(&b, "/v1/rooms", serde_json::json!({"name": "after-failover"}), Duration::from_secs(15));
+    println!("failover: B acknowledged a write {took:?} after A was killed (lease TTL 3 s)");
+    assert!(took <= Duration::from_secs(10), "failover took {took:?}");
+    rooms.push("after-failover".into());
+    for name in &rooms {
+        assert_eq!(b.get(&format!("/v1/rooms/{name}")).status, 200, "acknowledged room {name} lost");
+    }
+    let presence = b.get("/v1/rooms/room-0/presence");
+    assert!(presence.text.contains(&session), "the session did not survive the failover: {}", presence.text);
+    assert_eq!(b.get(&format!("/v1/meeting-tokens/{token}")).status, 200, "tokens signed before still validate");
+    let after = seqs(&b);
+    assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>(), "the event log has a gap after failover");
+    assert!(after.len() > before.len());
+    assert_eq!(after[..before.len()], before[..]);
+
+    // A comes back (same data dir): it follows B and answers through it.
+    let a = node(&c, &tmp.path().join("a"), pa);
+    let started = Instant::now();
+    loop {
+        let r = a.get("/v1/rooms/after-failover");
+        if r.status == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the restarted node never answered: {} {}",
+            r.status,
+            r.text
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(b);
+    drop(a);
 }

@@ -328,6 +328,30 @@ impl Etcd {
         v["kvs"].as_array().map(|a| a.iter().map(kv).collect()).unwrap_or_else(|| Ok(Vec::new()))
     }
 
+    /// Every pair whose key starts with `prefix`, in key order, fetched `page` at a time (so no
+    /// answer grows with the data).
+    pub async fn get_prefix_paged(&self, prefix: &[u8], page: usize) -> Result<Vec<Kv>, EtcdError> {
+        let end = prefix_end(prefix);
+        let mut from = prefix.to_vec();
+        let mut out = Vec::new();
+        loop {
+            let v = self
+                .call("/v3/kv/range", &json!({"key": b64(&from), "range_end": b64(&end), "limit": page.to_string()}))
+                .await?;
+            let kvs: Vec<Kv> =
+                v["kvs"].as_array().map(|a| a.iter().map(kv).collect()).unwrap_or_else(|| Ok(Vec::new()))?;
+            let more = v["more"].as_bool().unwrap_or(false);
+            if let Some(last) = kvs.last() {
+                from = last.key.clone();
+                from.push(0);
+            }
+            out.extend(kvs);
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+
     /// How many keys start with `prefix`.
     pub async fn count_prefix(&self, prefix: &[u8]) -> Result<i64, EtcdError> {
         let v = self

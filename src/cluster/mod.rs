@@ -1,14 +1,15 @@
-//! Cluster mode on etcd (in progress): several nodes sharing their state in an etcd cluster.
-//!
-//! What exists so far: the etcd client (`etcd`: JSON gateway, several endpoints, user/password
-//! auth, TLS with client certificates), the fenced leader election (`leader`), and the health
-//! report of `gatehouse config check --store etcd`. The server does not yet serve from etcd:
-//! `--store etcd` is refused by `serve` with that reason (see README, "Running several nodes").
+//! Cluster mode on etcd: several nodes sharing their state in an etcd cluster
+//! (ARCHITECTURE.md, "Cluster mode on etcd"): the etcd client (`etcd`: JSON gateway, several
+//! endpoints, user/password auth, TLS with client certificates), the fenced leader election
+//! (`leader`), a node's life (`node`), a follower's forwarding (`proxy`), and the health
+//! report of `gatehouse config check --store etcd`.
 //!
 //! Must not: log or print the etcd password or auth token.
 
 pub mod etcd;
 pub mod leader;
+pub mod node;
+mod proxy;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -28,6 +29,8 @@ pub struct EtcdSettings {
     pub client_cert: Option<(PathBuf, PathBuf)>,
     /// The leader's lease: a dead leader is replaced within about this plus a third.
     pub lease_ttl_secs: u64,
+    /// How other nodes reach this one (`http://host:port`); `None`: `http://<listen address>`.
+    pub advertise_url: Option<String>,
     pub request_timeout: Duration,
 }
 
@@ -41,6 +44,7 @@ impl std::fmt::Debug for EtcdSettings {
             .field("ca_file", &self.ca_file)
             .field("client_cert", &self.client_cert)
             .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .field("advertise_url", &self.advertise_url)
             .finish()
     }
 }

@@ -70,6 +70,20 @@ fn file_name(number: u64) -> String {
     format!("{number:016x}.wal")
 }
 
+/// Writes `records` (framed) as the first journal file of an empty folder, synced.
+pub fn seed(dir: &Path, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    use std::io::Write as _;
+    std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
+    if !list(dir)?.is_empty() {
+        return Err(StoreError::Setup("journal: seeding a folder that has a journal".into()));
+    }
+    let mut f = open_new(dir, 1)?;
+    for r in records {
+        f.write_all(r).map_err(|e| io("writing", e))?;
+    }
+    f.sync_data().map_err(|e| io("syncing", e))
+}
+
 /// Journal files present, in replay order.
 pub fn list(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StoreError> {
     let mut out = Vec::new();

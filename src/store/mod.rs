@@ -91,6 +91,26 @@ pub enum SyncMode {
     Fdatasync,
 }
 
+/// What cluster mode (`src/cluster`) adds to a store: the domain id every node shares, and
+/// the commit of each batch where every node can read it, before anyone is answered.
+pub struct ClusterHooks {
+    pub domain_id: uuid::Uuid,
+    pub replicate: Arc<dyn Replicate>,
+}
+
+pub trait Replicate: Send + Sync {
+    /// Commits the framed journal records `(lsn, record)`, in order; `Err`: not committed
+    /// (nothing of them may be acknowledged).
+    fn commit(&self, records: &[(u64, Vec<u8>)]) -> Result<(), String>;
+}
+
+/// Starts the journal of an empty data dir with `records` (framed, in lsn order), for the
+/// store's recovery to replay at open: how a node that takes over in cluster mode rebuilds the
+/// state from what the cluster committed.
+pub fn seed_journal(data_dir: &Path, records: &[Vec<u8>]) -> Result<(), StoreError> {
+    journal::seed(&data_dir.join("wal"), records)
+}
+
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Folder holding sled's files (`store/`); the journal (`wal/`) and the event segments
@@ -223,6 +243,15 @@ impl Store {
     /// Opens (or creates) the store: migrates a schema 1 store, replays the journal into sled
     /// and the event log, loads the live state, and starts the threads.
     pub fn open(opts: StoreOptions, clock: SharedClock) -> Result<Store, StoreError> {
+        Store::open_with(opts, clock, None)
+    }
+
+    /// [`Store::open`], in cluster mode with `cluster`'s domain id and replication.
+    pub fn open_with(
+        opts: StoreOptions,
+        clock: SharedClock,
+        cluster: Option<ClusterHooks>,
+    ) -> Result<Store, StoreError> {
         let data_dir = opts.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         let db = open_sled(&opts)?;
         let meta = db.open_tree(Tree::Meta.name())?;
@@ -241,7 +270,13 @@ impl Store {
             }
         }
         let trees = Trees::open(&db)?;
-        let domain_id = load_domain_id(&meta)?;
+        let domain_id = match &cluster {
+            Some(c) => {
+                meta.insert(keys::META_DOMAIN, c.domain_id.as_bytes())?;
+                c.domain_id
+            }
+            None => load_domain_id(&meta)?,
+        };
         let read_u64 =
             |k: &[u8]| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.and_then(|v| keys::u64_of(&v))) };
         let oldest_meta = read_u64(keys::META_EVENTS_OLDEST)?.unwrap_or(1);
@@ -315,8 +350,13 @@ impl Store {
             last_rotation: std::time::Instant::now(),
             last_lsn_in_file: lsn,
         };
-        let syncer =
-            syncer::Syncer { shared: shared.clone(), stats: env.stats.clone(), sync: opts.sync, applier: apply_tx };
+        let syncer = syncer::Syncer {
+            shared: shared.clone(),
+            stats: env.stats.clone(),
+            sync: opts.sync,
+            applier: apply_tx,
+            replicate: cluster.map(|c| c.replicate),
+        };
         let applier = applier::Applier {
             trees,
             applied: applied.clone(),

@@ -55,6 +55,8 @@ pub struct Syncer {
     pub stats: Arc<StoreStats>,
     pub sync: SyncMode,
     pub applier: flume::Sender<Applied>,
+    /// Cluster mode: batches are committed to etcd too before anyone is answered.
+    pub replicate: Option<Arc<dyn super::Replicate>>,
 }
 
 impl Syncer {
@@ -67,7 +69,7 @@ impl Syncer {
                     Err(_) => break,
                 }
             }
-            let synced = self.sync_files(&group);
+            let synced = self.sync_files(&group).and_then(|()| self.replicate(&group));
             for m in group {
                 match m {
                     ToSyncer::Batch(a) => self.finish(a, &synced),
@@ -106,6 +108,29 @@ impl Syncer {
                 self.shared.poison(why.clone());
                 return Err(why);
             }
+        }
+        Ok(())
+    }
+
+    /// Cluster mode: commits the group's batches (in order) where every node reads them.
+    fn replicate(&self, group: &[ToSyncer]) -> Result<(), String> {
+        let Some(r) = &self.replicate else { return Ok(()) };
+        let mut records = Vec::new();
+        for m in group {
+            if let ToSyncer::Batch(Appended { batch: Some(b), outcome: Ok(()), .. }) = m {
+                if b.ops.is_empty() && b.events.is_empty() {
+                    continue;
+                }
+                records.push((b.lsn, journal::encode_batch(b).map_err(|e| e.to_string())?));
+            }
+        }
+        if records.is_empty() {
+            return Ok(());
+        }
+        if let Err(why) = r.commit(&records) {
+            let why = format!("committing to the cluster failed: {why}");
+            self.shared.poison(why.clone());
+            return Err(why);
         }
         Ok(())
     }

@@ -1,0 +1,122 @@
+//! A follower's HTTP front: every request is forwarded, as it came, to the leader (streams
+//! included: bodies are passed through as they arrive). The leader sees the follower as a
+//! proxy: `X-Forwarded-For` carries the client's address (list the nodes in
+//! `--trusted-proxies` so that join limits see clients, not nodes).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::leader::Role;
+
+type Out = Either<Incoming, Full<Bytes>>;
+
+/// Hop-by-hop headers, which a proxy must not pass on (RFC 9110 §7.6.1).
+const HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+fn unavailable(why: &str) -> Response<Out> {
+    let body = serde_json::json!({"error": "server-error", "info": why}).to_string();
+    let mut r = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+    r.headers_mut().insert("content-type", hyper::header::HeaderValue::from_static("application/json"));
+    r.headers_mut().insert("retry-after", hyper::header::HeaderValue::from_static("1"));
+    r
+}
+
+async fn forward(req: Request<Incoming>, peer: SocketAddr, leader: Option<String>) -> Response<Out> {
+    let Some(leader) = leader else {
+        return unavailable("no cluster leader right now (an election is under way); retry");
+    };
+    let Ok(url) = url::Url::parse(&leader) else { return unavailable("the leader's address is unreadable") };
+    let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
+        return unavailable("the leader's address is unreadable");
+    };
+    let authority = format!("{host}:{port}");
+    let stream = match TcpStream::connect(&authority).await {
+        Ok(s) => s,
+        Err(_) => return unavailable("the cluster leader cannot be reached; retry"),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut send, conn) = match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
+        Ok(x) => x,
+        Err(_) => return unavailable("the cluster leader cannot be reached; retry"),
+    };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let Ok(uri) = path.parse() else { return unavailable("bad request path") };
+    parts.uri = uri;
+    for h in HOP {
+        parts.headers.remove(*h);
+    }
+    let forwarded = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(before) => format!("{before}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&forwarded) {
+        parts.headers.insert("x-forwarded-for", v);
+    }
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
+        parts.headers.insert(hyper::header::HOST, v);
+    }
+    match send.send_request(Request::from_parts(parts, body)).await {
+        Ok(resp) => {
+            let (mut parts, body) = resp.into_parts();
+            for h in HOP {
+                parts.headers.remove(*h);
+            }
+            Response::from_parts(parts, Either::Left(body))
+        }
+        Err(_) => unavailable("the cluster leader did not answer; retry"),
+    }
+}
+
+/// Forwards every request to the leader the election names, until `stop` says so (this node
+/// was elected): then it stops accepting and returns, freeing the address.
+pub async fn serve(listener: TcpListener, me: String, role: watch::Receiver<Role>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.changed() => return,
+            got = listener.accept() => match got {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster proxy: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let role = role.clone();
+        let me = me.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let leader = match &*role.borrow() {
+                    // This node's own previous life (a lease not yet lapsed) is nobody to ask.
+                    Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
+                    _ => None,
+                };
+                async move { Ok::<_, Infallible>(forward(req, peer, leader).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
