@@ -23,12 +23,25 @@ const KEY_FILE: &str = "api_key";
 /// store while a server holds it).
 const DOMAIN_FILE: &str = "domain_id";
 
+/// What a cluster node that was elected brings to [`run_with`]: the store's hooks, what to
+/// start once the store is open, and the listener it already holds (connections that arrive
+/// during the takeover wait in its backlog instead of being refused).
+pub struct ClusterStart {
+    pub hooks: crate::store::ClusterHooks,
+    pub started: Box<dyn FnOnce(Store) + Send>,
+    pub listener: tokio::net::TcpListener,
+}
+
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     run_with(settings, None).await
 }
 
 /// [`run`], in cluster mode with `cluster`'s hooks (the node leads; see `cluster::node`).
-pub async fn run_with(settings: Settings, cluster: Option<crate::store::ClusterHooks>) -> anyhow::Result<()> {
+pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyhow::Result<()> {
+    let (cluster, started, bound) = match cluster {
+        Some(c) => (Some(c.hooks), Some(c.started), Some(c.listener)),
+        None => (None, None, None),
+    };
     create_data_dir(&settings.data_dir)?;
     let keys = load_keys(&settings)?;
 
@@ -39,9 +52,12 @@ pub async fn run_with(settings: Settings, cluster: Option<crate::store::ClusterH
     #[cfg(not(feature = "test-clock"))]
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let listener = match bound {
+        Some(l) => l,
+        None => tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?,
+    };
     let addr = listener.local_addr()?;
     let tls = match &settings.tls {
         Some((cert, key)) => {
@@ -64,14 +80,17 @@ pub async fn run_with(settings: Settings, cluster: Option<crate::store::ClusterH
         stall_after: settings.stall_after,
         large_room: settings.large_room,
     };
-    let started = std::time::Instant::now();
+    let opened = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
         let clock = clock.clone();
         move || Store::open_with(opts, clock, cluster)
     })
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
-    tracing::info!(millis = started.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
+    tracing::info!(millis = opened.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
+    if let Some(f) = started {
+        f(store.clone());
+    }
     let domain = store.domain_id().to_string();
     if std::fs::read_to_string(settings.data_dir.join(DOMAIN_FILE)).ok().as_deref() != Some(domain.as_str()) {
         std::fs::write(settings.data_dir.join(DOMAIN_FILE), &domain).context("writing the domain id file")?;

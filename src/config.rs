@@ -288,6 +288,10 @@ pub struct ServeArgs {
     /// set it when listening on 0.0.0.0).
     #[arg(long, env = "GATEHOUSE_ETCD_ADVERTISE_URL")]
     pub etcd_advertise_url: Option<String>,
+    /// Batch records the leader commits between two snapshots of the state in etcd (each drops
+    /// the records before it and compacts etcd's history).
+    #[arg(long, env = "GATEHOUSE_ETCD_SNAPSHOT_EVERY", default_value_t = 10_000)]
+    pub etcd_snapshot_every: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -411,6 +415,7 @@ fn etcd_settings(a: &ServeArgs) -> Result<Option<crate::cluster::EtcdSettings>, 
         ca_file: a.etcd_ca_file.clone(),
         client_cert: a.etcd_cert_file.clone().zip(a.etcd_key_file.clone()),
         lease_ttl_secs: within("etcd-lease-ttl-secs", a.etcd_lease_ttl_secs, 2, 60)?,
+        snapshot_every: within("etcd-snapshot-every", a.etcd_snapshot_every, 1, 10_000_000)?,
         advertise_url: match &a.etcd_advertise_url {
             None => None,
             Some(u) => match url::Url::parse(u) {

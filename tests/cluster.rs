@@ -341,6 +341,7 @@ fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
         lease_ttl_secs: 4,
         request_timeout: Duration::from_secs(2),
         advertise_url: None,
+        snapshot_every: 10_000,
     }
 }
 
@@ -422,12 +423,14 @@ fn needs_etcd_one_fenced_leader_survives_a_member_and_is_replaced_when_it_dies()
 fn node(c: &EtcdCluster, dir: &Path, port: u16) -> common::Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &c.endpoints().join(",")])
-        .args(["--etcd-prefix", "/gh-nodes/", "--etcd-lease-ttl-secs", "3"])
+        .args(["--etcd-prefix", "/gh-nodes/", "--etcd-lease-ttl-secs", "4"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
         .env("GATEHOUSE_API_KEY", common::KEY)
         .env("GATEHOUSE_LOG", "info")
         .env("GATEHOUSE_TRUSTED_PROXIES", "127.0.0.1")
+        // Snapshots often, so that takeovers start from one and the history is trimmed.
+        .env("GATEHOUSE_ETCD_SNAPSHOT_EVERY", "4")
         .env("GATEHOUSE_JOIN_RATE", "100000")
         .env("GATEHOUSE_JOIN_BURST", "100000")
         .env_remove("RUST_BACKTRACE")
@@ -493,11 +496,29 @@ fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
     rooms.push("member-down".into());
     let before = seqs(&b);
     assert_eq!(before, (1..=before.len() as u64).collect::<Vec<_>>(), "the event log has a gap");
+    // The history is trimmed: a snapshot names the state, and the records it covers are gone.
+    let etcd = Etcd::new(&settings(c.endpoints()[1..].to_vec(), "/gh-nodes/")).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let started = Instant::now();
+    loop {
+        let (snap, wal) = rt.block_on(async {
+            (etcd.get(&etcd.key("snap/current")).await.unwrap(), etcd.get_prefix(&etcd.key("wal/")).await.unwrap())
+        });
+        if snap.is_some() && wal.len() < 4 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "no snapshot trimmed the history ({} records)", wal.len());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Writes after the snapshot: the takeover needs the snapshot and the records after it.
+    acked(&b, "/v1/rooms", serde_json::json!({"name": "after-snapshot"}), Duration::from_secs(5));
+    rooms.push("after-snapshot".into());
+    let before = seqs(&b);
 
     // The leader dies (kill -9): B takes over and has every acknowledged write.
     a.kill9();
     let (_, took) = acked(&b, "/v1/rooms", serde_json::json!({"name": "after-failover"}), Duration::from_secs(15));
-    println!("failover: B acknowledged a write {took:?} after A was killed (lease TTL 3 s)");
+    println!("failover: B acknowledged a write {took:?} after A was killed (lease TTL 4 s)");
     assert!(took <= Duration::from_secs(10), "failover took {took:?}");
     rooms.push("after-failover".into());
     for name in &rooms {

@@ -74,6 +74,11 @@ pub enum Op {
     Delete {
         key: Vec<u8>,
     },
+    /// Every key from `key` (included) to `end` (excluded).
+    DeleteRange {
+        key: Vec<u8>,
+        end: Vec<u8>,
+    },
     Get {
         key: Vec<u8>,
     },
@@ -370,6 +375,18 @@ impl Etcd {
 
     /// All `compare`s hold → `success` runs, else `failure`; atomically, at one revision.
     pub async fn txn(&self, compare: &[Compare], success: &[Op], failure: &[Op]) -> Result<TxnResult, EtcdError> {
+        self.txn_within(compare, success, failure, None).await
+    }
+
+    /// [`Etcd::txn`] with a limit on each endpoint's attempt (a member waiting for its raft
+    /// group to elect a leader is left for the next one).
+    pub async fn txn_within(
+        &self,
+        compare: &[Compare],
+        success: &[Op],
+        failure: &[Op],
+        attempt: Option<Duration>,
+    ) -> Result<TxnResult, EtcdError> {
         let cmp: Vec<Value> = compare
             .iter()
             .map(|c| match c {
@@ -391,12 +408,20 @@ impl Etcd {
                         json!({"request_put": {"key": b64(key), "value": b64(value), "lease": lease.to_string()}})
                     }
                     Op::Delete { key } => json!({"request_delete_range": {"key": b64(key)}}),
+                    Op::DeleteRange { key, end } => {
+                        json!({"request_delete_range": {"key": b64(key), "range_end": b64(end)}})
+                    }
                     Op::Get { key } => json!({"request_range": {"key": b64(key)}}),
                 })
                 .collect()
         };
-        let v =
-            self.call("/v3/kv/txn", &json!({"compare": cmp, "success": ops(success), "failure": ops(failure)})).await?;
+        let v = self
+            .call_within(
+                "/v3/kv/txn",
+                &json!({"compare": cmp, "success": ops(success), "failure": ops(failure)}),
+                attempt,
+            )
+            .await?;
         let mut gets = Vec::new();
         for r in v["responses"].as_array().into_iter().flatten() {
             if let Some(range) = r.get("response_range") {
@@ -408,6 +433,15 @@ impl Etcd {
             revision: num(&v["header"]["revision"]),
             gets,
         })
+    }
+
+    /// Drops the history before `revision` (what etcd keeps for watches and old reads).
+    pub async fn compact(&self, revision: i64) -> Result<(), EtcdError> {
+        match self.call("/v3/kv/compaction", &json!({"revision": revision.to_string()})).await {
+            // Someone compacted further already.
+            Err(EtcdError::Server { message, .. }) if message.contains("compacted") => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     /// A lease of `ttl` seconds: its id.

@@ -31,6 +31,8 @@ pub struct EtcdSettings {
     pub lease_ttl_secs: u64,
     /// How other nodes reach this one (`http://host:port`); `None`: `http://<listen address>`.
     pub advertise_url: Option<String>,
+    /// Batch records committed between two snapshots (which trim the history).
+    pub snapshot_every: u64,
     pub request_timeout: Duration,
 }
 
@@ -45,6 +47,7 @@ impl std::fmt::Debug for EtcdSettings {
             .field("client_cert", &self.client_cert)
             .field("lease_ttl_secs", &self.lease_ttl_secs)
             .field("advertise_url", &self.advertise_url)
+            .field("snapshot_every", &self.snapshot_every)
             .finish()
     }
 }

@@ -12,8 +12,13 @@
 //!
 //! Records: `wal/<lsn 016x>` holds a framed journal record, or, for one over the size a
 //! transaction may carry, `P` + its part count (u32 BE), the parts under `wap/<lsn>/<k 04x>`
-//! written (fenced) before it.
+//! written (fenced) before it. Every `--etcd-snapshot-every` records the leader writes a
+//! snapshot (a backup file, in parts under `snap/<id>/`), names it in `snap/current` with its
+//! last batch, and in that same transaction drops the records it covers and the previous
+//! snapshot; then it compacts etcd's history. A takeover restores the snapshot, then replays
+//! the records after it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,13 +64,18 @@ async fn domain_id(etcd: &Etcd) -> Result<uuid::Uuid, EtcdError> {
     uuid::Uuid::from_slice(&v).map_err(|_| EtcdError::Protocol("the cluster's domain_id is unreadable".into()))
 }
 
-/// Every committed batch record, in lsn order (parts joined).
-async fn committed_records(etcd: &Etcd) -> Result<Vec<Vec<u8>>, EtcdError> {
+/// Every committed batch record after `after`, in lsn order (parts joined).
+async fn committed_records(etcd: &Etcd, after: u64) -> Result<Vec<Vec<u8>>, EtcdError> {
     let prefix = etcd.key("wal/");
     let mut out = Vec::new();
     for kv in etcd.get_prefix_paged(&prefix, 256).await? {
+        let lsn_hex = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
+        let lsn = u64::from_str_radix(&lsn_hex, 16)
+            .map_err(|_| EtcdError::Protocol(format!("unexpected key under wal/: {lsn_hex}")))?;
+        if lsn <= after {
+            continue; // in the snapshot (left by a trim that did not finish)
+        }
         if kv.value.len() == 5 && kv.value[0] == b'P' {
-            let lsn_hex = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
             let parts = etcd.get_prefix_paged(&etcd.key(&format!("wap/{lsn_hex}/")), 64).await?;
             let want = u32::from_be_bytes([kv.value[1], kv.value[2], kv.value[3], kv.value[4]]) as usize;
             if parts.len() != want {
@@ -79,10 +89,121 @@ async fn committed_records(etcd: &Etcd) -> Result<Vec<Vec<u8>>, EtcdError> {
     Ok(out)
 }
 
+/// The snapshot `snap/current` names: `{"id", "lsn", "parts"}`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SnapshotRef {
+    id: String,
+    lsn: u64,
+    parts: usize,
+}
+
+async fn current_snapshot(etcd: &Etcd) -> Result<Option<SnapshotRef>, EtcdError> {
+    match etcd.get(&etcd.key("snap/current")).await? {
+        None => Ok(None),
+        Some(kv) => serde_json::from_slice(&kv.value)
+            .map(Some)
+            .map_err(|e| EtcdError::Protocol(format!("snap/current is unreadable: {e}"))),
+    }
+}
+
+/// The snapshot's bytes (a backup file), parts joined.
+async fn snapshot_bytes(etcd: &Etcd, snap: &SnapshotRef) -> Result<Vec<u8>, EtcdError> {
+    let parts = etcd.get_prefix_paged(&etcd.key(&format!("snap/{}/", snap.id)), 16).await?;
+    if parts.len() != snap.parts {
+        return Err(EtcdError::Protocol(format!("snapshot {}: {} of {} parts", snap.id, parts.len(), snap.parts)));
+    }
+    Ok(parts.into_iter().flat_map(|p| p.value).collect())
+}
+
+/// Writes a backup file's bytes as the cluster's snapshot at `lsn`, then (in the same
+/// transaction as naming it) drops every record it covers and the previous snapshot; then
+/// compacts etcd's history. `fence`: the leader's, or none for a restore into an empty prefix
+/// (then `snap/current` must not exist yet).
+pub async fn put_snapshot(etcd: &Etcd, fence: Option<&Compare>, bytes: &[u8], lsn: u64) -> Result<(), EtcdError> {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let chunks: Vec<&[u8]> = bytes.chunks(TXN_BYTES).collect();
+    let guard: Vec<Compare> = fence.cloned().into_iter().collect();
+    let refused =
+        |what: &str| EtcdError::Protocol(format!("snapshot {what}: refused (no longer the leader, or not empty)"));
+    for (k, c) in chunks.iter().enumerate() {
+        let put = Op::Put { key: etcd.key(&format!("snap/{id}/{k:06x}")), value: c.to_vec(), lease: 0 };
+        if !etcd.txn(&guard, &[put], &[]).await?.succeeded {
+            return Err(refused("part"));
+        }
+    }
+    let previous = current_snapshot(etcd).await?;
+    let reference = serde_json::to_vec(&SnapshotRef { id: id.clone(), lsn, parts: chunks.len() })
+        .map_err(|e| EtcdError::Protocol(e.to_string()))?;
+    let upto = |p: &str| etcd.key(&format!("{p}{:016x}", lsn.saturating_add(1)));
+    let mut ops = vec![
+        Op::Put { key: etcd.key("snap/current"), value: reference, lease: 0 },
+        Op::DeleteRange { key: etcd.key("wal/"), end: upto("wal/") },
+        Op::DeleteRange { key: etcd.key("wap/"), end: upto("wap/") },
+    ];
+    if let Some(old) = &previous {
+        let p = etcd.key(&format!("snap/{}/", old.id));
+        ops.push(Op::DeleteRange { end: super::etcd::prefix_end(&p), key: p });
+    }
+    let mut cond = guard.clone();
+    if fence.is_none() {
+        cond.push(Compare::CreateRevision(etcd.key("snap/current"), 0));
+    }
+    let r = etcd.txn(&cond, &ops, &[]).await?;
+    if !r.succeeded {
+        return Err(refused("reference"));
+    }
+    etcd.compact(r.revision).await
+}
+
+/// Takes a snapshot whenever `every` records were committed since the last one.
+async fn snapshots(
+    store: crate::store::Store,
+    etcd: Arc<Etcd>,
+    fence: Compare,
+    since: Arc<AtomicU64>,
+    every: u64,
+    dir: std::path::PathBuf,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if since.load(Ordering::Relaxed) < every {
+            continue;
+        }
+        let started = Instant::now();
+        let file = dir.join("cluster-snapshot.tmp");
+        let taken = async {
+            let f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
+            let before = since.load(Ordering::Relaxed);
+            let (_, lsn) =
+                store.backup_at(crate::store::BackupSink(Box::new(f)), Vec::new()).await.map_err(|e| e.to_string())?;
+            let bytes = std::fs::read(&file).map_err(|e| e.to_string())?;
+            put_snapshot(&etcd, Some(&fence), &bytes, lsn).await.map_err(|e| e.to_string())?;
+            since.fetch_sub(before.min(since.load(Ordering::Relaxed)), Ordering::Relaxed);
+            Ok::<_, String>((lsn, bytes.len()))
+        }
+        .await;
+        let _ = std::fs::remove_file(&file);
+        match taken {
+            Ok((lsn, size)) => tracing::info!(
+                lsn,
+                bytes = size,
+                millis = started.elapsed().as_millis() as u64,
+                "cluster: snapshot written, older records dropped"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: snapshot failed; will retry");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}
+
 /// Commits batch records to etcd, fenced by this node's leadership.
 struct EtcdReplicate {
     etcd: Arc<Etcd>,
     fence: Compare,
+    /// Records committed since the last snapshot.
+    since_snapshot: Arc<AtomicU64>,
     rt: tokio::runtime::Handle,
     /// How long to keep trying when etcd cannot be reached (then the node gives up leading).
     patience: Duration,
@@ -92,7 +213,11 @@ impl EtcdReplicate {
     async fn fenced(&self, ops: Vec<Op>) -> Result<(), String> {
         let started = Instant::now();
         loop {
-            match self.etcd.txn(std::slice::from_ref(&self.fence), &ops, &[]).await {
+            // Short attempts: during an etcd election, ask again (another member, or the same
+            // one once it has a leader) rather than wait out a long timeout. A put that timed
+            // out may have committed: putting the same record again is harmless.
+            let attempt = Some(Duration::from_millis(1000));
+            match self.etcd.txn_within(std::slice::from_ref(&self.fence), &ops, &[], attempt).await {
                 Ok(r) if r.succeeded => return Ok(()),
                 Ok(_) => return Err("this node is no longer the leader (fenced out)".into()),
                 Err(e @ (EtcdError::Unreachable(_) | EtcdError::Server { .. }))
@@ -134,6 +259,7 @@ impl EtcdReplicate {
         if !ops.is_empty() {
             self.fenced(ops).await?;
         }
+        self.since_snapshot.fetch_add(records.len() as u64, Ordering::Relaxed);
         Ok(())
     }
 }
@@ -198,7 +324,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     let _ = stop_tx.send(true);
-    let _ = proxy.await;
+    let listener = proxy.await.context("the forwarding task failed")?;
     let started = Instant::now();
     tracing::info!(node = %me, "cluster: elected; loading the committed state");
     // A fresh local store: whatever a previous life of this node wrote locally may hold
@@ -209,8 +335,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
         }
     }
-    let records = committed_records(&etcd).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
     crate::app::create_data_dir(&settings.data_dir)?;
+    let snap = current_snapshot(&etcd).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
+    let floor = match &snap {
+        None => 0,
+        Some(snap) => {
+            let bytes = snapshot_bytes(&etcd, snap)
+                .await
+                .map_err(|e| anyhow::anyhow!("loading the cluster's snapshot: {e}"))?;
+            let file = settings.data_dir.join("cluster-snapshot.tmp");
+            std::fs::write(&file, &bytes)?;
+            let restored = crate::store::restore(&file, &settings.data_dir, &mut |_, _| {});
+            let _ = std::fs::remove_file(&file);
+            restored.map_err(|e| anyhow::anyhow!("restoring the cluster's snapshot: {e}"))?;
+            snap.lsn
+        }
+    };
+    let records =
+        committed_records(&etcd, floor).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
     crate::store::seed_journal(&settings.data_dir, &records).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(
         batches = records.len(),
@@ -228,16 +370,25 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             }
         }
     });
+    let fence = Compare::CreateRevision(etcd.key("leader"), fence);
+    let since = Arc::new(AtomicU64::new(records.len() as u64));
     let hooks = ClusterHooks {
         domain_id: domain,
         replicate: Arc::new(EtcdReplicate {
             etcd: etcd.clone(),
-            fence: Compare::CreateRevision(etcd.key("leader"), fence),
+            fence: fence.clone(),
+            since_snapshot: since.clone(),
             rt: tokio::runtime::Handle::current(),
             patience: Duration::from_secs(cfg.lease_ttl_secs),
         }),
+        lsn_floor: floor,
     };
-    let result = crate::app::run_with(settings, Some(hooks)).await;
+    let every = cfg.snapshot_every;
+    let dir = settings.data_dir.clone();
+    let started: Box<dyn FnOnce(crate::store::Store) + Send> = Box::new(move |store| {
+        tokio::spawn(snapshots(store, etcd, fence, since, every, dir));
+    });
+    let result = crate::app::run_with(settings, Some(crate::app::ClusterStart { hooks, started, listener })).await;
     leadership.resign().await;
     result
 }

@@ -89,11 +89,16 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, leader: Option<String
 }
 
 /// Forwards every request to the leader the election names, until `stop` says so (this node
-/// was elected): then it stops accepting and returns, freeing the address.
-pub async fn serve(listener: TcpListener, me: String, role: watch::Receiver<Role>, mut stop: watch::Receiver<bool>) {
+/// was elected): then it stops accepting and hands the listener back for the server.
+pub async fn serve(
+    listener: TcpListener,
+    me: String,
+    role: watch::Receiver<Role>,
+    mut stop: watch::Receiver<bool>,
+) -> TcpListener {
     loop {
         let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.changed() => return listener,
             got = listener.accept() => match got {
                 Ok(x) => x,
                 Err(e) => {

@@ -96,6 +96,18 @@ pub enum SyncMode {
 pub struct ClusterHooks {
     pub domain_id: uuid::Uuid,
     pub replicate: Arc<dyn Replicate>,
+    /// The last batch of the snapshot the store was restored from: numbering goes on after it.
+    pub lsn_floor: u64,
+}
+
+/// The domain id of a stopped data dir's store, if it has one.
+pub fn read_domain_id(data_dir: &Path) -> Result<Option<uuid::Uuid>, StoreError> {
+    let db = sled::Config::new().path(data_dir.join("store")).open()?;
+    let meta = db.open_tree(Tree::Meta.name())?;
+    match meta.get(keys::META_DOMAIN)? {
+        Some(v) => uuid::Uuid::from_slice(&v).map(Some).map_err(|_| StoreError::Setup("unreadable domain id".into())),
+        None => Ok(None),
+    }
 }
 
 pub trait Replicate: Send + Sync {
@@ -283,7 +295,7 @@ impl Store {
         let events =
             Arc::new(eventlog::EventLog::open(&data_dir.join("events"), oldest_meta, eventlog::SEGMENT_BYTES)?);
         let wal = data_dir.join("wal");
-        let lsn = recover(&db, &trees, &events, &wal, &opts.path)?;
+        let lsn = recover(&db, &trees, &events, &wal, &opts.path)?.max(cluster.as_ref().map_or(0, |c| c.lsn_floor));
         let next_seq = events.last().max(read_u64(keys::META_NEXT_SEQ)?.unwrap_or(1).saturating_sub(1)) + 1;
         events.set_head(next_seq - 1);
         let (state, private) = load_state(
@@ -447,6 +459,15 @@ impl Store {
 
     /// A consistent backup of every tree and the event log (plus `files`) into `sink`.
     pub async fn backup(&self, sink: BackupSink, files: Vec<(&'static str, Vec<u8>)>) -> Result<u64, StoreError> {
+        Ok(self.backup_at(sink, files).await?.0)
+    }
+
+    /// [`Store::backup`], also saying the last batch (lsn) the copy holds.
+    pub async fn backup_at(
+        &self,
+        sink: BackupSink,
+        files: Vec<(&'static str, Vec<u8>)>,
+    ) -> Result<(u64, u64), StoreError> {
         let (tx, rx) = oneshot::channel();
         self.send(writer::Msg::Backup { sink, files, reply: tx }, false).await?;
         rx.await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?

@@ -44,11 +44,12 @@ pub enum Msg {
     Job(Box<dyn Job>),
     /// Look at the clock again (it moved: test builds).
     Tick,
-    /// A consistent copy of the store into the sink; replies the record count.
+    /// A consistent copy of the store into the sink; replies the record count and the last
+    /// batch it holds.
     Backup {
         sink: super::BackupSink,
         files: Vec<(&'static str, Vec<u8>)>,
-        reply: oneshot::Sender<Result<u64, StoreError>>,
+        reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
     },
     /// Sync, answer, and stop.
     Shutdown(oneshot::Sender<()>),
@@ -299,12 +300,17 @@ impl Writer {
     /// A consistent copy: once the applier has caught up, sled holds exactly the state as of
     /// the last batch, and the event log every event up to the head. The writer is busy for as
     /// long as the copy takes; the sink is a local file.
-    fn backup(&mut self, mut sink: super::BackupSink, files: &[(&'static str, Vec<u8>)]) -> Result<u64, StoreError> {
+    fn backup(
+        &mut self,
+        mut sink: super::BackupSink,
+        files: &[(&'static str, Vec<u8>)],
+    ) -> Result<(u64, u64), StoreError> {
         while self.shared.applied.load(Ordering::Acquire) < self.state.lsn {
             std::thread::sleep(Duration::from_millis(2));
         }
         self.forget_applied();
-        super::backup::write(&self.trees, &self.shared.events, files, sink.0.as_mut())
+        let records = super::backup::write(&self.trees, &self.shared.events, files, sink.0.as_mut())?;
+        Ok((records, self.state.lsn))
     }
 }
 
