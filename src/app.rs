@@ -485,11 +485,19 @@ fn tempfile_dir_for(file: &Path) -> anyhow::Result<std::path::PathBuf> {
 
 /// `gatehouse restore <file> --data-dir <dir>`.
 pub fn restore(args: &crate::config::RestoreArgs) -> anyhow::Result<()> {
-    create_data_dir(&args.data_dir)?;
+    if let Some(etcd) = crate::config::etcd_settings(&args.cluster)? {
+        anyhow::ensure!(args.data_dir.is_none(), "--data-dir is for a restore into a data dir, not into etcd");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let r = rt.block_on(crate::cluster::node::restore_into(&etcd, &args.file))?;
+        println!("restored {} records into etcd under '{}'; start the nodes (with the same API key)", r, etcd.prefix);
+        return Ok(());
+    }
+    let data_dir = args.data_dir.as_ref().context("restore needs --data-dir (or --store etcd and its settings)")?;
+    create_data_dir(data_dir)?;
     let progress = Progress::new("restore");
-    let r = crate::store::restore(&args.file, &args.data_dir, &mut |done, total| progress.bytes(done, Some(total)))?;
+    let r = crate::store::restore(&args.file, data_dir, &mut |done, total| progress.bytes(done, Some(total)))?;
     progress.done();
-    println!("restored {} records ({} file(s)) into {}", r.records, r.files, args.data_dir.display());
+    println!("restored {} records ({} file(s)) into {}", r.records, r.files, data_dir.display());
     Ok(())
 }
 

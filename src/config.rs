@@ -81,9 +81,13 @@ pub struct MigrateArgs {
 #[derive(Args, Debug, Clone)]
 pub struct RestoreArgs {
     pub file: PathBuf,
-    /// An empty (or missing) data dir to restore into.
+    /// An empty (or missing) data dir to restore into (with the default --store sled).
     #[arg(long)]
-    pub data_dir: PathBuf,
+    pub data_dir: Option<PathBuf>,
+    /// With --store etcd: restore into an etcd cluster's empty prefix instead (start the nodes
+    /// afterwards, with the API key the backup was made under).
+    #[command(flatten)]
+    pub cluster: EtcdArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -256,6 +260,13 @@ pub struct ServeArgs {
     /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
     pub sled_flush_every_ms: u64,
+    #[command(flatten)]
+    pub cluster: EtcdArgs,
+}
+
+/// Where the state lives, and the etcd settings of cluster mode (serve, config check, restore).
+#[derive(Args, Debug, Clone)]
+pub struct EtcdArgs {
     /// Where the state lives: `sled` (the embedded store in the data dir, the default) or
     /// `etcd` (several nodes sharing an etcd cluster; README, "Running several nodes").
     #[arg(long, env = "GATEHOUSE_STORE", value_enum, default_value = "sled")]
@@ -367,7 +378,7 @@ pub enum ConfigError {
 
 /// The etcd settings, checked: with `--store etcd`, at least one http(s) endpoint, a CA for
 /// https ones, user and password together, certificate and key together.
-fn etcd_settings(a: &ServeArgs) -> Result<Option<crate::cluster::EtcdSettings>, ConfigError> {
+pub fn etcd_settings(a: &EtcdArgs) -> Result<Option<crate::cluster::EtcdSettings>, ConfigError> {
     if a.store != StoreArg::Etcd {
         return Ok(None);
     }
@@ -440,7 +451,7 @@ fn within(flag: &'static str, value: u64, lo: u64, hi: u64) -> Result<u64, Confi
 
 impl ServeArgs {
     pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
-        let etcd = etcd_settings(&self)?;
+        let etcd = etcd_settings(&self.cluster)?;
         let public_url = match self.public_url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(u.trim_end_matches('/').to_string())

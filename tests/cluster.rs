@@ -551,3 +551,62 @@ fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
     drop(b);
     drop(a);
 }
+
+fn gatehouse(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .env("GATEHOUSE_API_KEY", common::KEY)
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn needs_etcd_a_single_nodes_backup_moves_into_etcd_and_back() {
+    let c = EtcdCluster::start(1, None);
+    let tmp = tempfile::tempdir().unwrap();
+    // A single node on its data dir, with some state.
+    let single = common::Server::start_in(&tmp.path().join("single"), &[]);
+    single.create_room(serde_json::json!({"name": "moved", "privacy": "private"}));
+    let token = single.token(serde_json::json!({"room_name": "moved", "user_id": "ann"}));
+    single.join_ok("moved", Some(&token));
+    let events_before = seqs(&single);
+    let file = tmp.path().join("single.ghbk");
+    let o = gatehouse(&["backup", file.to_str().unwrap(), "--server", &single.base]);
+    assert!(o.status.success(), "{}", text(&o));
+    drop(single);
+
+    // Into etcd, then a node serves it: rooms, sessions, tokens and events as they were.
+    let ep = c.members[0].client.clone();
+    let into =
+        ["restore", file.to_str().unwrap(), "--store", "etcd", "--etcd-endpoints", &ep, "--etcd-prefix", "/gh-nodes/"];
+    let o = gatehouse(&into);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = gatehouse(&into);
+    assert!(
+        !o.status.success() && text(&o).contains("already holds"),
+        "a second restore was not refused: {}",
+        text(&o)
+    );
+    let n = node(&c, &tmp.path().join("node"), free_port());
+    acked(&n, "/v1/rooms", serde_json::json!({"name": "in-the-cluster"}), Duration::from_secs(15));
+    assert_eq!(n.get("/v1/rooms/moved").status, 200);
+    assert_eq!(n.get(&format!("/v1/meeting-tokens/{token}")).status, 200, "the domain id did not move");
+    assert_eq!(n.join("moved", Some(&token), None).status, 200);
+    let after = seqs(&n);
+    assert_eq!(after[..events_before.len()], events_before[..]);
+    assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>());
+
+    // And back: a backup of the cluster (through the node) restores into a data dir.
+    let back = tmp.path().join("cluster.ghbk");
+    let o = gatehouse(&["backup", back.to_str().unwrap(), "--server", &n.base]);
+    assert!(o.status.success(), "{}", text(&o));
+    drop(n);
+    let dir = tmp.path().join("again");
+    let o = gatehouse(&["restore", back.to_str().unwrap(), "--data-dir", dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o));
+    let again = common::Server::start_in(&dir, &[]);
+    assert_eq!(again.get("/v1/rooms/in-the-cluster").status, 200);
+    assert_eq!(again.get(&format!("/v1/meeting-tokens/{token}")).status, 200);
+    assert_eq!(seqs(&again), after);
+}

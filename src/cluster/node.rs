@@ -155,6 +155,55 @@ pub async fn put_snapshot(etcd: &Etcd, fence: Option<&Compare>, bytes: &[u8], ls
     etcd.compact(r.revision).await
 }
 
+/// `gatehouse restore FILE --store etcd`: a backup (of a single node or of a cluster) becomes
+/// the snapshot of an empty prefix, with its domain id, so that tokens signed before still
+/// validate. Checked by restoring it into a temporary data dir first. Returns its record count.
+pub async fn restore_into(s: &super::EtcdSettings, file: &std::path::Path) -> anyhow::Result<u64> {
+    let tmp = tempfile_dir()?;
+    let report = crate::store::restore(file, &tmp.0, &mut |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let domain = crate::store::read_domain_id(&tmp.0)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+        .context("the backup holds no domain id")?;
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let etcd = Etcd::new(s).map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+    let taken = |what: &str| {
+        anyhow::anyhow!("etcd prefix '{}' already holds a cluster's {what}: restore into an empty prefix (a new --etcd-prefix, or delete the old one with etcdctl del --prefix)", s.prefix)
+    };
+    if current_snapshot(&etcd).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))?.is_some() {
+        return Err(taken("snapshot"));
+    }
+    if etcd.count_prefix(&etcd.key("wal/")).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))? > 0 {
+        return Err(taken("history"));
+    }
+    let key = etcd.key("domain_id");
+    let put = Op::Put { key: key.clone(), value: domain.as_bytes().to_vec(), lease: 0 };
+    if !etcd
+        .txn(&[Compare::CreateRevision(key, 0)], &[put], &[])
+        .await
+        .map_err(|e| anyhow::anyhow!("etcd: {e}"))?
+        .succeeded
+    {
+        return Err(taken("domain id"));
+    }
+    put_snapshot(&etcd, None, &bytes, 0).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+    Ok(report.records)
+}
+
+/// A temporary folder, removed when dropped.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<TempDir> {
+    let p = std::env::temp_dir().join(format!("gatehouse-restore-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&p)?;
+    Ok(TempDir(p))
+}
+
 /// Takes a snapshot whenever `every` records were committed since the last one.
 async fn snapshots(
     store: crate::store::Store,
