@@ -527,6 +527,15 @@ fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
     let presence = b.get("/v1/rooms/room-0/presence");
     assert!(presence.text.contains(&session), "the session did not survive the failover: {}", presence.text);
     assert_eq!(b.get(&format!("/v1/meeting-tokens/{token}")).status, 200, "tokens signed before still validate");
+    // The leader reports etcd's size and the snapshot's position.
+    let metrics = b.get("/metrics").text;
+    let size = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_etcd_db_size_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no etcd size in /metrics:\n{metrics}"));
+    assert!(size > 0.0, "{metrics}");
+    assert!(metrics.contains("gatehouse_etcd_snapshot_lsn "), "{metrics}");
     let after = seqs(&b);
     assert_eq!(after, (1..=after.len() as u64).collect::<Vec<_>>(), "the event log has a gap after failover");
     assert!(after.len() > before.len());

@@ -145,6 +145,30 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         "Store size on disk, as sled reports it.",
         store.size_on_disk() as f64,
     );
+    if let Some(g) = crate::cluster::gauges() {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        single(
+            &mut out,
+            "gatehouse_etcd_db_size_bytes",
+            "gauge",
+            "etcd's database size (cluster mode, on the leader).",
+            get(&g.db_size),
+        );
+        single(
+            &mut out,
+            "gatehouse_etcd_records_since_snapshot",
+            "gauge",
+            "Batch records committed to etcd since the last snapshot (cluster mode).",
+            get(&g.since_snapshot),
+        );
+        single(
+            &mut out,
+            "gatehouse_etcd_snapshot_lsn",
+            "gauge",
+            "Last batch the latest snapshot in etcd holds.",
+            get(&g.snapshot_lsn),
+        );
+    }
     let stats = store.stats();
     header(
         &mut out,

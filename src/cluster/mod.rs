@@ -14,6 +14,24 @@ mod proxy;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// What a leading node reports in `/metrics` (set once it leads).
+#[derive(Default)]
+pub struct Gauges {
+    /// etcd's database size, as the first member that answers reports it (every 10 s).
+    pub db_size: std::sync::atomic::AtomicU64,
+    /// Batch records committed since the last snapshot.
+    pub since_snapshot: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// The last batch the latest snapshot holds.
+    pub snapshot_lsn: std::sync::atomic::AtomicU64,
+}
+
+static GAUGES: std::sync::OnceLock<Gauges> = std::sync::OnceLock::new();
+
+/// This process's cluster gauges, when it leads in cluster mode.
+pub fn gauges() -> Option<&'static Gauges> {
+    GAUGES.get()
+}
+
 /// Validated etcd settings (`--etcd-*`). Its `Debug` hides the password.
 #[derive(Clone)]
 pub struct EtcdSettings {

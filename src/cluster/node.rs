@@ -233,12 +233,17 @@ async fn snapshots(
         .await;
         let _ = std::fs::remove_file(&file);
         match taken {
-            Ok((lsn, size)) => tracing::info!(
-                lsn,
-                bytes = size,
-                millis = started.elapsed().as_millis() as u64,
-                "cluster: snapshot written, older records dropped"
-            ),
+            Ok((lsn, size)) => {
+                if let Some(g) = super::gauges() {
+                    g.snapshot_lsn.store(lsn, Ordering::Relaxed);
+                }
+                tracing::info!(
+                    lsn,
+                    bytes = size,
+                    millis = started.elapsed().as_millis() as u64,
+                    "cluster: snapshot written, older records dropped"
+                );
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cluster: snapshot failed; will retry");
                 tokio::time::sleep(Duration::from_secs(5)).await;
@@ -420,7 +425,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     });
     let fence = Compare::CreateRevision(etcd.key("leader"), fence);
-    let since = Arc::new(AtomicU64::new(records.len() as u64));
+    let gauges = super::GAUGES.get_or_init(super::Gauges::default);
+    gauges.snapshot_lsn.store(floor, Ordering::Relaxed);
+    let since = gauges.since_snapshot.clone();
+    since.store(records.len() as u64, Ordering::Relaxed);
+    tokio::spawn({
+        let etcd = etcd.clone();
+        async move {
+            loop {
+                for ep in etcd.endpoints() {
+                    if let Ok(st) = etcd.status_of(ep).await {
+                        gauges.db_size.store(u64::try_from(st.db_size).unwrap_or(0), Ordering::Relaxed);
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_secs(10)).await;
+            }
+        }
+    });
     let hooks = ClusterHooks {
         domain_id: domain,
         replicate: Arc::new(EtcdReplicate {
