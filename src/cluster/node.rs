@@ -409,6 +409,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         committed_records(&etcd, floor).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
     crate::store::seed_journal(&settings.data_dir, &records).map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::info!(
+        snapshot_lsn = floor,
         batches = records.len(),
         millis = started.elapsed().as_millis() as u64,
         "cluster: committed state loaded"
