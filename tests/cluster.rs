@@ -518,12 +518,42 @@ fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
     rooms.push("after-snapshot".into());
     let before = seqs(&b);
 
+    // A room that expires while no one leads: its ejection fires once, on the new leader.
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 2;
+    acked(
+        &b,
+        "/v1/rooms",
+        serde_json::json!({"name": "expiring", "properties": {"exp": exp, "eject_at_room_exp": true}}),
+        Duration::from_secs(5),
+    );
+    rooms.push("expiring".into());
+    let (guest, _) = acked(&b, "/v1/rooms/expiring/join", serde_json::json!({}), Duration::from_secs(5));
+    let guest = guest.body["session_id"].as_str().unwrap().to_string();
+
     // The leader dies (kill -9): B takes over and has every acknowledged write.
     a.kill9();
     let (_, took) = acked(&b, "/v1/rooms", serde_json::json!({"name": "after-failover"}), Duration::from_secs(15));
     println!("failover: B acknowledged a write {took:?} after A was killed (lease TTL 4 s)");
     assert!(took <= Duration::from_secs(10), "failover took {took:?}");
     rooms.push("after-failover".into());
+    let started = Instant::now();
+    let ejected = loop {
+        let r = b.get("/v1/events?limit=1000&types=participant.ejected");
+        let n: Vec<serde_json::Value> = r.body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["payload"]["session_id"] == guest.as_str())
+            .cloned()
+            .collect();
+        if !n.is_empty() || started.elapsed() > Duration::from_secs(10) {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(ejected.len(), 1, "the overdue ejection fired {} times", ejected.len());
+    assert_eq!(ejected[0]["payload"]["reason"], "room_expired", "{}", ejected[0]);
+    rooms.retain(|r| r != "expiring"); // expired: gone, as it should be
     for name in &rooms {
         assert_eq!(b.get(&format!("/v1/rooms/{name}")).status, 200, "acknowledged room {name} lost");
     }
