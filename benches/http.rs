@@ -5,6 +5,9 @@
 //! reports the store's size on disk, restart-to-ready time and RSS.
 //!
 //! Run: `cargo bench --bench http` (add `-- --quick` to skip the million-record part).
+//! `cargo bench --bench http -- --cluster`: the same rows against two nodes on a local
+//! three-member etcd (through the leader and through the follower), and the failover time
+//! (leader killed → first write acknowledged by the other node) over 10 trials. Needs `etcd`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +36,9 @@ fn main() {
     }
     let quick = args.iter().any(|a| a == "--quick");
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    if args.iter().any(|a| a == "--cluster") {
+        return rt.block_on(cluster());
+    }
     rt.block_on(run(quick));
 }
 
@@ -281,6 +287,13 @@ async fn run(quick: bool) {
             .await,
         );
     }
+    table(&results);
+    if !quick {
+        big_store().await;
+    }
+}
+
+fn table(results: &[Result]) {
     let baseline = results[0].rps;
     println!(
         "\n{CONNECTIONS} connections, {}s measured after {}s warm-up, client and server on the same {} cores\n",
@@ -304,9 +317,181 @@ async fn run(quick: bool) {
             r.errors
         );
     }
-    if !quick {
-        big_store().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Three etcd members on loopback (killed when dropped), and their client URLs.
+fn etcd_cluster(dir: &std::path::Path) -> (Vec<Proc>, Vec<String>) {
+    let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+    let initial: Vec<String> =
+        ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
+    let mut procs = Vec::new();
+    let mut urls = Vec::new();
+    for (i, (c, p)) in ports.iter().enumerate() {
+        let client = format!("http://127.0.0.1:{c}");
+        let child = Command::new("etcd")
+            .args(["--name", &format!("m{i}"), "--data-dir"])
+            .arg(dir.join(format!("m{i}")))
+            .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{p}")])
+            .args(["--initial-advertise-peer-urls", &format!("http://127.0.0.1:{p}")])
+            .args(["--initial-cluster", &initial.join(",")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("etcd (Debian etcd-server) is needed for --cluster");
+        procs.push(Proc { child, addr: client.clone() });
+        urls.push(client);
     }
+    (procs, urls)
+}
+
+fn node(dir: &std::path::Path, port: u16, endpoints: &[String]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &endpoints.join(",")])
+        .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
+        .arg(dir)
+        .env("GATEHOUSE_API_KEY", KEY)
+        .env("GATEHOUSE_LOG", "warn")
+        .env("GATEHOUSE_TRUSTED_PROXIES", "127.0.0.1")
+        .env("GATEHOUSE_JOIN_RATE", "1000000000")
+        .env("GATEHOUSE_JOIN_BURST", "1000000000");
+    spawn(cmd)
+}
+
+/// POST /v1/rooms until acknowledged: how long it took.
+async fn until_acked(addr: &str, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut i = 0u64;
+    while started.elapsed() < limit {
+        i += 1;
+        let body = format!(r#"{{"name":"failover-{}-{i}"}}"#, std::process::id());
+        let uri = format!("http://{addr}/v1/rooms");
+        let ok = async {
+            let stream = TcpStream::connect(addr).await.ok()?;
+            let (mut send, conn) =
+                hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.ok()?;
+            tokio::spawn(conn);
+            let req = Request::post(uri)
+                .header("authorization", format!("Bearer {KEY}"))
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .ok()?;
+            let r = tokio::time::timeout(Duration::from_secs(2), send.send_request(req)).await.ok()?.ok()?;
+            Some(r.status().is_success())
+        }
+        .await;
+        if ok == Some(true) {
+            return Some(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+async fn cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_etcd, endpoints) = etcd_cluster(&tmp.path().join("etcd"));
+    let mut results = Vec::new();
+    {
+        let base = spawn({
+            let mut c = Command::new(std::env::current_exe().unwrap());
+            c.arg("--baseline-server");
+            c
+        });
+        results.push(load("baseline: hyper hello-world GET", &base.addr, Kind::Get, "/".into(), no_body()).await);
+    }
+    let ports = [free_port(), free_port()];
+    let dirs = [tmp.path().join("n0"), tmp.path().join("n1")];
+    let mut nodes = vec![Some(node(&dirs[0], ports[0], &endpoints))];
+    until_acked(&nodes[0].as_ref().unwrap().addr, Duration::from_secs(30)).await.expect("no leader");
+    nodes.push(Some(node(&dirs[1], ports[1], &endpoints)));
+    let leader = nodes[0].as_ref().unwrap().addr.clone();
+    let follower = nodes[1].as_ref().unwrap().addr.clone();
+    until_acked(&follower, Duration::from_secs(30)).await.expect("the follower does not forward");
+    for (via, addr) in [("leader", &leader), ("follower", &follower)] {
+        let label = |s: &str| format!("{s} via {via}");
+        results.push(
+            load(&label("POST /v1/rooms"), addr, Kind::Post, "/v1/rooms".into(), Arc::new(|_| "{}".to_string())).await,
+        );
+        results.push(
+            load(
+                &label("POST /v1/meeting-tokens"),
+                addr,
+                Kind::Post,
+                "/v1/meeting-tokens".into(),
+                Arc::new(|_| r#"{"properties":{"room_name":"bench","user_id":"u"}}"#.to_string()),
+            )
+            .await,
+        );
+    }
+    post_json(&leader, "/v1/rooms", r#"{"name":"bench"}"#).await;
+    let token = post_json(&leader, "/v1/meeting-tokens", r#"{"properties":{"room_name":"bench"}}"#).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for (via, addr) in [("leader", &leader), ("follower", &follower)] {
+        results.push(
+            load(
+                &format!("GET /v1/meeting-tokens/:token via {via}"),
+                addr,
+                Kind::Get,
+                format!("/v1/meeting-tokens/{token}"),
+                no_body(),
+            )
+            .await,
+        );
+    }
+    for n in 0..JOIN_ROOMS {
+        post_json(
+            &leader,
+            "/v1/rooms",
+            &format!(r#"{{"name":"joinbench-{n}","properties":{{"max_participants":100000}}}}"#),
+        )
+        .await;
+    }
+    let jt = post_json(&leader, "/v1/meeting-tokens", r#"{"properties":{"user_name":"bench"}}"#).await["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let join_body = format!(r#"{{"token":"{jt}"}}"#);
+    results.push(
+        load(
+            "POST /v1/rooms/:name/join via leader",
+            &leader,
+            Kind::Post,
+            "/v1/rooms/joinbench-{n}/join".into(),
+            Arc::new(move |_| join_body.clone()),
+        )
+        .await,
+    );
+    println!("\nTwo Gatehouse nodes on a three-member etcd (all on loopback).");
+    table(&results);
+
+    // Failover: kill the leader, time the first write the other node acknowledges, restart
+    // the killed one (it follows), ten times.
+    let mut times = Vec::new();
+    let mut leading = 0;
+    for trial in 0..10 {
+        let other = 1 - leading;
+        drop(nodes[leading].take());
+        let took =
+            until_acked(&nodes[other].as_ref().unwrap().addr, Duration::from_secs(60)).await.expect("no failover");
+        println!("failover {}: {:.2} s", trial + 1, took.as_secs_f64());
+        times.push(took.as_secs_f64());
+        nodes[leading] = Some(node(&dirs[leading], ports[leading], &endpoints));
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leading = other;
+    }
+    times.sort_by(f64::total_cmp);
+    println!(
+        "failover (leader killed → first write acknowledged by the other node), 10 trials, lease TTL 6 s: median {:.2} s, max {:.2} s",
+        (times[4] + times[5]) / 2.0,
+        times[9]
+    );
 }
 
 /// Fills a data dir with 1,000,000 rooms and 1,000,000 tokens through the store's own writer

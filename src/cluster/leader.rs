@@ -113,11 +113,7 @@ async fn campaign(
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "cluster: campaign failed; retrying"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
-            _ = stop.notified() => return,
-        }
-        // Who leads now, for followers' answers (and forwarding, later).
+        // Who leads now (a follower forwards there), before waiting.
         if let Ok(current) = etcd.get(&key).await {
             let leader = current.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             role.send_if_modified(|r| {
@@ -126,6 +122,10 @@ async fn campaign(
                 *r = new;
                 changed
             });
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(tick) => {}
+            _ = stop.notified() => return,
         }
     }
 }
