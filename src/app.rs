@@ -150,9 +150,13 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
     .with_context(|| format!("--housekeeping-cron '{}' (six fields, seconds first)", settings.housekeeping_cron))?;
 
     state.ready.store(true, Ordering::SeqCst);
-    // Tests and scripts read this line to find the port when listening on :0.
-    println!("gatehouse listening on {scheme}://{addr}");
-    let _ = std::io::stdout().flush();
+    // Tests and scripts read this line to find the port when listening on :0. Whoever reads
+    // stdout may be gone (a closed pipe): that is no reason to stop serving.
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "gatehouse listening on {scheme}://{addr}");
+        let _ = out.flush();
+    }
     let systemd = SdNotify::from_env();
     systemd.send("READY=1");
     let watchdog = tokio::spawn(watch_store(store.clone(), systemd.clone(), shutdown_rx.clone()));

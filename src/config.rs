@@ -293,7 +293,7 @@ pub struct EtcdArgs {
     #[arg(long, env = "GATEHOUSE_ETCD_KEY_FILE")]
     pub etcd_key_file: Option<PathBuf>,
     /// TTL of the leader's lease in etcd: a dead leader is replaced within about this plus a third.
-    #[arg(long, env = "GATEHOUSE_ETCD_LEASE_TTL_SECS", default_value_t = 6)]
+    #[arg(long, env = "GATEHOUSE_ETCD_LEASE_TTL_SECS", default_value_t = 5)]
     pub etcd_lease_ttl_secs: u64,
     /// How the other nodes reach this one, `http://host:port` (default: http://<listen address>;
     /// set it when listening on 0.0.0.0).

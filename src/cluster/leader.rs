@@ -9,8 +9,9 @@
 //!
 //! The leader renews its lease every `ttl/3`. If renewals fail (etcd unreachable), it steps
 //! down once the lease may have expired (`ttl` after the last renewal), before anyone else can
-//! have been elected. Followers look at the leader key every `ttl/3` and campaign when it is
-//! gone, so a leader killed with `kill -9` is replaced within about `ttl + ttl/3`. The leader's
+//! have been elected. Followers look at the leader key every `ttl/3` (at most a second) and
+//! campaign when it is gone, so a leader killed with `kill -9` is replaced within about `ttl`
+//! plus a second plus the time to load the state. The leader's
 //! loop reconnects by itself: every request goes through [`Etcd`], which moves to another
 //! endpoint when one cannot be reached.
 
@@ -123,12 +124,17 @@ async fn campaign(
                 changed
             });
         }
+        // A follower looks often (a read a second is cheap), so that it notices a dead
+        // leader's key going soon after its lease ends.
         tokio::select! {
-            _ = tokio::time::sleep(tick) => {}
+            _ = tokio::time::sleep(tick.min(FOLLOWER_POLL)) => {}
             _ = stop.notified() => return,
         }
     }
 }
+
+/// How often a follower looks at the leader key, at most.
+const FOLLOWER_POLL: Duration = Duration::from_secs(1);
 
 /// Creates the leader key if there is none: `Some((fence, lease, when the lease was asked
 /// for))` when this node now leads.

@@ -358,10 +358,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let leadership = Leadership::start(etcd.clone(), me.clone(), cfg.lease_ttl_secs);
     let mut role = leadership.watch();
     tracing::info!(node = %me, "cluster: following until elected");
-    println!("gatehouse listening on http://{addr}");
     {
+        // As the server does: a closed stdout is no reason to stop.
         use std::io::Write as _;
-        let _ = std::io::stdout().flush();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "gatehouse listening on http://{addr}");
+        let _ = out.flush();
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let proxy = tokio::spawn(super::proxy::serve(listener, me.clone(), leadership.watch(), stop_rx));
@@ -416,7 +418,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     );
     // Losing the lead ends the process; so does the next commit's fence failing.
     let mut watch = leadership.watch();
-    tokio::spawn(async move {
+    let deposed = tokio::spawn(async move {
         while watch.changed().await.is_ok() {
             if !matches!(*watch.borrow(), Role::Leader { .. }) {
                 tracing::error!("cluster: this node lost the leadership; exiting so that it restarts as a follower");
@@ -461,6 +463,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         tokio::spawn(snapshots(store, etcd, fence, since, every, dir));
     });
     let result = crate::app::run_with(settings, Some(crate::app::ClusterStart { hooks, started, listener })).await;
+    deposed.abort(); // stepping down by choice now
     leadership.resign().await;
     result
 }

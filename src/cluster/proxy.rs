@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::leader::Role;
@@ -38,7 +38,19 @@ fn unavailable(why: &str) -> Response<Out> {
     r
 }
 
-async fn forward(req: Request<Incoming>, peer: SocketAddr, leader: Option<String>) -> Response<Out> {
+/// Keep-alive connections to the leader, reused across requests.
+type Client = hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Incoming>;
+
+fn client() -> Client {
+    let mut http = hyper_util::client::legacy::connect::HttpConnector::new();
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(std::time::Duration::from_secs(2)));
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .pool_idle_timeout(std::time::Duration::from_secs(30))
+        .build(http)
+}
+
+async fn forward(client: &Client, req: Request<Incoming>, peer: SocketAddr, leader: Option<String>) -> Response<Out> {
     let Some(leader) = leader else {
         return unavailable("no cluster leader right now (an election is under way); retry");
     };
@@ -47,21 +59,9 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, leader: Option<String
         return unavailable("the leader's address is unreadable");
     };
     let authority = format!("{host}:{port}");
-    let stream = match TcpStream::connect(&authority).await {
-        Ok(s) => s,
-        Err(_) => return unavailable("the cluster leader cannot be reached; retry"),
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut send, conn) = match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
-        Ok(x) => x,
-        Err(_) => return unavailable("the cluster leader cannot be reached; retry"),
-    };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
-    let Ok(uri) = path.parse() else { return unavailable("bad request path") };
+    let Ok(uri) = format!("http://{authority}{path}").parse() else { return unavailable("bad request path") };
     parts.uri = uri;
     for h in HOP {
         parts.headers.remove(*h);
@@ -76,7 +76,7 @@ async fn forward(req: Request<Incoming>, peer: SocketAddr, leader: Option<String
     if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
         parts.headers.insert(hyper::header::HOST, v);
     }
-    match send.send_request(Request::from_parts(parts, body)).await {
+    match client.request(Request::from_parts(parts, body)).await {
         Ok(resp) => {
             let (mut parts, body) = resp.into_parts();
             for h in HOP {
@@ -96,6 +96,7 @@ pub async fn serve(
     role: watch::Receiver<Role>,
     mut stop: watch::Receiver<bool>,
 ) -> TcpListener {
+    let client = client();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.changed() => return listener,
@@ -110,6 +111,7 @@ pub async fn serve(
         };
         let role = role.clone();
         let me = me.clone();
+        let client = client.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let leader = match &*role.borrow() {
@@ -117,7 +119,8 @@ pub async fn serve(
                     Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
                     _ => None,
                 };
-                async move { Ok::<_, Infallible>(forward(req, peer, leader).await) }
+                let client = client.clone();
+                async move { Ok::<_, Infallible>(forward(&client, req, peer, leader).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
