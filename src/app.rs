@@ -108,6 +108,7 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
         join_rate: settings.join_rate,
         join_burst: settings.join_burst,
         trusted_proxies: settings.trusted_proxies.clone(),
+        node_secret: settings.etcd.as_ref().and(settings.api_keys.first()).map(|k| crate::cluster::node_secret(k)),
         metrics_public: settings.metrics_public,
         data_dir: settings.data_dir.clone(),
         conn: crate::api::conn::Limits {

@@ -57,6 +57,8 @@ pub struct ApiSettings {
     pub join_rate: f64,
     pub join_burst: u32,
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Cluster mode: the nodes' secret, to believe the client address a node forwards.
+    pub node_secret: Option<[u8; 32]>,
     /// `/metrics` without an API key.
     pub metrics_public: bool,
     /// The data dir (backups include its API key file).
@@ -115,7 +117,8 @@ impl AppState {
                 settings.join_rate,
                 settings.join_burst,
                 settings.trusted_proxies.clone(),
-            ),
+            )
+            .with_node_secret(settings.node_secret),
             settings,
             shutdown,
             outbound,

@@ -23,6 +23,8 @@ pub struct JoinLimiter {
     rate: f64,
     burst: f64,
     trusted: Vec<IpAddr>,
+    /// Cluster mode: a forwarding node's tag makes its `X-Forwarded-For` entry believed.
+    node_secret: Option<[u8; 32]>,
     /// A std Mutex: nothing is awaited while it is held, and every operation on it is O(1).
     buckets: Mutex<lru::LruCache<IpAddr, (f64, Instant)>>,
     pub limited: AtomicU64,
@@ -38,6 +40,7 @@ impl JoinLimiter {
             rate,
             burst: f64::from(burst),
             trusted,
+            node_secret: None,
             buckets: Mutex::new(lru::LruCache::new(NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN))),
             limited: AtomicU64::new(0),
         }
@@ -48,10 +51,34 @@ impl JoinLimiter {
         self.buckets.lock().map(|b| b.len()).unwrap_or(0)
     }
 
+    /// In cluster mode: believe forwarding nodes that prove they are nodes (see
+    /// `cluster::NODE_HEADER`).
+    pub fn with_node_secret(mut self, secret: Option<[u8; 32]>) -> JoinLimiter {
+        self.node_secret = secret;
+        self
+    }
+
+    /// Whether `headers` carry a node's valid tag for the last `X-Forwarded-For` entry.
+    fn forwarded_by_a_node(&self, headers: &HeaderMap) -> bool {
+        let (Some(secret), Some(tag)) = (&self.node_secret, headers.get(crate::cluster::NODE_HEADER)) else {
+            return false;
+        };
+        let last = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .last()
+            .map(str::trim);
+        let Some(last) = last else { return false };
+        let want = crate::cluster::forwarded_tag(secret, last);
+        subtle::ConstantTimeEq::ct_eq(want.as_bytes(), tag.as_bytes()).into()
+    }
+
     /// The address a request is attributed to.
     pub fn client(&self, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
         let peer_ip = canonical(peer.ip());
-        if !self.trusted.contains(&peer_ip) {
+        if !self.trusted.contains(&peer_ip) && !self.forwarded_by_a_node(headers) {
             return peer_ip;
         }
         let chain: Vec<IpAddr> = headers
@@ -131,6 +158,25 @@ mod tests {
             assert!(l.check(same_64(n)).is_ok());
         }
         assert!(l.check(same_64(12345)).is_err(), "another address in the same /64 shares the bucket");
+    }
+
+    #[test]
+    fn a_nodes_tag_makes_its_forwarded_address_believed() {
+        let secret = crate::cluster::node_secret("shared key");
+        let l = JoinLimiter::new(1.0, 1, vec![]).with_node_secret(Some(secret));
+        let peer: SocketAddr = "10.0.0.2:5".parse().unwrap();
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "6.6.6.6, 5.6.7.8".parse().unwrap());
+        // No tag, or a tag under another key, or for another address: the peer.
+        assert_eq!(l.client(peer, &h), "10.0.0.2".parse::<IpAddr>().unwrap());
+        let other = crate::cluster::node_secret("another key");
+        h.insert(crate::cluster::NODE_HEADER, crate::cluster::forwarded_tag(&other, "5.6.7.8").parse().unwrap());
+        assert_eq!(l.client(peer, &h), "10.0.0.2".parse::<IpAddr>().unwrap());
+        h.insert(crate::cluster::NODE_HEADER, crate::cluster::forwarded_tag(&secret, "6.6.6.6").parse().unwrap());
+        assert_eq!(l.client(peer, &h), "10.0.0.2".parse::<IpAddr>().unwrap());
+        // The node's own entry, tagged: the client is the node's peer, not what it was told.
+        h.insert(crate::cluster::NODE_HEADER, crate::cluster::forwarded_tag(&secret, "5.6.7.8").parse().unwrap());
+        assert_eq!(l.client(peer, &h), "5.6.7.8".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -14,6 +14,25 @@ mod proxy;
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The header a follower adds to what it forwards: an HMAC, under a secret every node derives
+/// from the shared API key, of the client address it appended to `X-Forwarded-For`. The leader
+/// believes that address when the tag is right, whatever `--trusted-proxies` says.
+pub const NODE_HEADER: &str = "x-gatehouse-forwarded";
+
+/// The nodes' shared secret, derived from the (shared) API key.
+pub fn node_secret(api_key: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(format!("gatehouse-node-v1|{api_key}").as_bytes()).into()
+}
+
+/// The tag of a forwarded client address.
+pub fn forwarded_tag(secret: &[u8; 32], client: &str) -> String {
+    use hmac::Mac as _;
+    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret).expect("any key length");
+    mac.update(client.as_bytes());
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What a leading node reports in `/metrics` (set once it leads).
 #[derive(Default)]
 pub struct Gauges {

@@ -366,7 +366,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         let _ = out.flush();
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let proxy = tokio::spawn(super::proxy::serve(listener, me.clone(), leadership.watch(), stop_rx));
+    let secret = super::node_secret(&settings.api_keys[0]);
+    let proxy = tokio::spawn(super::proxy::serve(listener, me.clone(), secret, leadership.watch(), stop_rx));
     let fence = loop {
         if let Role::Leader { fence, .. } = *role.borrow_and_update() {
             break fence;

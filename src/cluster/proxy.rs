@@ -1,7 +1,7 @@
 //! A follower's HTTP front: every request is forwarded, as it came, to the leader (streams
-//! included: bodies are passed through as they arrive). The leader sees the follower as a
-//! proxy: `X-Forwarded-For` carries the client's address (list the nodes in
-//! `--trusted-proxies` so that join limits see clients, not nodes).
+//! included: bodies are passed through as they arrive), over pooled keep-alive connections.
+//! The client's address goes in `X-Forwarded-For`, with a tag (`cluster::NODE_HEADER`) that
+//! proves to the leader a node put it there.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -50,7 +50,13 @@ fn client() -> Client {
         .build(http)
 }
 
-async fn forward(client: &Client, req: Request<Incoming>, peer: SocketAddr, leader: Option<String>) -> Response<Out> {
+async fn forward(
+    client: &Client,
+    secret: &[u8; 32],
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    leader: Option<String>,
+) -> Response<Out> {
     let Some(leader) = leader else {
         return unavailable("no cluster leader right now (an election is under way); retry");
     };
@@ -73,6 +79,11 @@ async fn forward(client: &Client, req: Request<Incoming>, peer: SocketAddr, lead
     if let Ok(v) = hyper::header::HeaderValue::from_str(&forwarded) {
         parts.headers.insert("x-forwarded-for", v);
     }
+    // Proves to the leader that this entry comes from a node (a client's own copy of the
+    // header is replaced).
+    if let Ok(v) = hyper::header::HeaderValue::from_str(&super::forwarded_tag(secret, &peer.ip().to_string())) {
+        parts.headers.insert(super::NODE_HEADER, v);
+    }
     if let Ok(v) = hyper::header::HeaderValue::from_str(&authority) {
         parts.headers.insert(hyper::header::HOST, v);
     }
@@ -93,6 +104,7 @@ async fn forward(client: &Client, req: Request<Incoming>, peer: SocketAddr, lead
 pub async fn serve(
     listener: TcpListener,
     me: String,
+    secret: [u8; 32],
     role: watch::Receiver<Role>,
     mut stop: watch::Receiver<bool>,
 ) -> TcpListener {
@@ -120,7 +132,7 @@ pub async fn serve(
                     _ => None,
                 };
                 let client = client.clone();
-                async move { Ok::<_, Infallible>(forward(&client, req, peer, leader).await) }
+                async move { Ok::<_, Infallible>(forward(&client, &secret, req, peer, leader).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
