@@ -62,6 +62,27 @@ pub enum TokenCheck {
     Valid { claims: Box<Claims>, token_id: String },
 }
 
+impl TokenCheck {
+    /// What a session keeps of a valid token: its id, `iat` and `exp`.
+    pub fn session_parts(&self) -> (Option<String>, Option<f64>, Option<f64>) {
+        match self {
+            TokenCheck::Valid { claims, token_id } => (Some(token_id.clone()), claims.iat, claims.exp),
+            _ => (None, None, None),
+        }
+    }
+}
+
+/// An owner, or permissions whose `canAdmin` is `true` or names `participants` (a token's, or a
+/// session's as they stand now).
+pub fn can_admin_participants(owner: bool, permissions: Option<&Value>) -> bool {
+    owner
+        || match permissions.and_then(|p| p.get("canAdmin")) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
+            _ => false,
+        }
+}
+
 /// Facts the writer gathers for one join attempt.
 pub struct JoinFacts<'a> {
     pub now_ms: i64,
@@ -75,16 +96,7 @@ pub struct JoinFacts<'a> {
 
 /// Decides a join in Daily's order of checks. `Ok` means admitted (capacity included).
 pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
-    let Some(room) = f.room else {
-        return Err(Denial::new("no-room", "no_room", "This room does not exist"));
-    };
-    let now_s = f.now_ms.div_euclid(1000);
-    if room.nbf().is_some_and(|nbf| now_s < nbf) {
-        return Err(Denial::new("nbf-room", "room_not_started", "This meeting has not started yet"));
-    }
-    if room.is_expired(now_s) {
-        return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
-    }
+    let room = room_open(f.room, f.now_ms)?;
     match f.token {
         TokenCheck::None if room.privacy == Privacy::Private => {
             return Err(Denial::not_allowed(
@@ -112,10 +124,31 @@ pub fn decide_join(f: &JoinFacts) -> Result<(), Denial> {
             }
         }
     }
-    if f.banned {
+    room_has_place(room, f.banned, f.present)
+}
+
+/// The room exists and its meeting is on (`nbf` passed, `exp` not): the first checks of a join
+/// and of a grant.
+fn room_open(room: Option<&Room>, now_ms: i64) -> Result<&Room, Denial> {
+    let Some(room) = room else {
+        return Err(Denial::new("no-room", "no_room", "This room does not exist"));
+    };
+    let now_s = now_ms.div_euclid(1000);
+    if room.nbf().is_some_and(|nbf| now_s < nbf) {
+        return Err(Denial::new("nbf-room", "room_not_started", "This meeting has not started yet"));
+    }
+    if room.is_expired(now_s) {
+        return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
+    }
+    Ok(room)
+}
+
+/// The user is not banned and the room has a place: the last checks of a join and of a grant.
+fn room_has_place(room: &Room, banned: bool, present: u64) -> Result<(), Denial> {
+    if banned {
         return Err(Denial::new("ejected", "banned", "You were removed from this meeting and cannot rejoin"));
     }
-    if f.present >= room.max_participants() {
+    if present >= room.max_participants() {
         return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
     }
     Ok(())
@@ -137,29 +170,14 @@ pub struct GrantFacts<'a> {
 /// check the owner's grant stands for (a room that has filled, expired, or banned the user in
 /// the meantime still refuses).
 pub fn decide_grant(f: &GrantFacts) -> Result<(), Denial> {
-    let Some(room) = f.room else {
-        return Err(Denial::new("no-room", "no_room", "This room does not exist"));
-    };
-    let now_s = f.now_ms.div_euclid(1000);
-    if room.nbf().is_some_and(|nbf| now_s < nbf) {
-        return Err(Denial::new("nbf-room", "room_not_started", "This meeting has not started yet"));
-    }
-    if room.is_expired(now_s) {
-        return Err(Denial::new("exp-room", "room_expired", "This meeting has ended"));
-    }
+    let room = room_open(f.room, f.now_ms)?;
     if f.token_exp.is_some_and(|exp| f.now_ms as f64 / 1000.0 >= exp + f.leeway_s as f64) {
         return Err(Denial::new("exp-token", "token_expired", "Your meeting token has expired"));
     }
     if f.revoked {
         return Err(Denial::not_allowed("revoked", "the meeting token has been revoked"));
     }
-    if f.banned {
-        return Err(Denial::new("ejected", "banned", "You were removed from this meeting and cannot rejoin"));
-    }
-    if f.present >= room.max_participants() {
-        return Err(Denial::new("meeting-full", "meeting_full", "This meeting is full"));
-    }
-    Ok(())
+    room_has_place(room, f.banned, f.present)
 }
 
 /// The room knocks: private, with `enable_knocking`.
@@ -327,14 +345,7 @@ impl Session {
     /// May manage the room's participants: an owner, or `canAdmin` true or naming `participants`
     /// (as the session's permissions stand now, after any update).
     pub fn can_admin_participants(&self) -> bool {
-        if self.owner {
-            return true;
-        }
-        match self.permissions.as_ref().and_then(|p| p.get("canAdmin")) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
-            _ => false,
-        }
+        can_admin_participants(self.owner, self.permissions.as_ref())
     }
 
     /// `waiting-participant.joined` payload (Daily's fields; no `user_id` key without one).

@@ -377,14 +377,7 @@ impl Claims {
 
     /// True when the token may manage participants: owner, or `canAdmin` true or naming `participants`.
     pub fn can_admin_participants(&self) -> bool {
-        if self.is_owner {
-            return true;
-        }
-        match self.permissions.as_ref().and_then(|p| p.get("canAdmin")) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
-            _ => false,
-        }
+        crate::sessions::can_admin_participants(self.is_owner, self.permissions.as_ref())
     }
 
     /// The properties with Daily's long names, as `GET /v1/meeting-tokens/:token` shows them.

@@ -3,11 +3,9 @@
 //! decision; waiting participants never count and are never in presence.
 
 mod common;
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
 use std::time::Duration;
 
-use common::Server;
+use common::{next_frame, Server};
 use serde_json::{json, Value};
 
 fn knock(s: &Server, room: &str, name: &str) -> (String, String, Value) {
@@ -230,32 +228,6 @@ fn pre_auth_tells_what_a_join_would_get() {
     assert!(s.events_of("waiting-participant.joined").is_empty());
 }
 
-/// Reads a session's stream on a thread: (event, data) frames.
-fn open(s: &Server, id: &str, secret: &str) -> mpsc::Receiver<(String, Value)> {
-    let url = s.url(&format!("/v1/sessions/{id}/stream"));
-    let secret = secret.to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let resp = ureq::get(&url).set("Authorization", &format!("Bearer {secret}")).call().unwrap();
-        let mut kind = String::new();
-        for line in BufReader::new(resp.into_reader()).lines() {
-            let Ok(line) = line else { break };
-            if let Some(k) = line.strip_prefix("event: ") {
-                kind = k.to_string();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                if tx.send((kind.clone(), serde_json::from_str(d).unwrap())).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    rx
-}
-
-fn next(rx: &mpsc::Receiver<(String, Value)>) -> (String, Value) {
-    rx.recv_timeout(Duration::from_secs(5)).expect("no frame within 5 s")
-}
-
 #[test]
 fn a_waiting_stream_sees_only_its_decision_and_admins_see_knocks() {
     let s = Server::start();
@@ -264,36 +236,36 @@ fn a_waiting_stream_sees_only_its_decision_and_admins_see_knocks() {
     let member = s.token(json!({"room_name": "door"}));
     let (host, host_secret, _) = s.join_ok("door", Some(&owner));
     let (guest, guest_secret, _) = s.join_ok("door", Some(&member));
-    let host_rx = open(&s, &host, &host_secret);
-    let guest_rx = open(&s, &guest, &guest_secret);
-    assert_eq!(next(&host_rx).0, "presence");
-    assert_eq!(next(&guest_rx).0, "presence");
+    let host_rx = s.session_stream(&host, &host_secret);
+    let guest_rx = s.session_stream(&guest, &guest_secret);
+    assert_eq!(next_frame(&host_rx, &[]).0, "presence");
+    assert_eq!(next_frame(&guest_rx, &[]).0, "presence");
     let (ann, ann_secret, _) = knock(&s, "door", "Ann");
-    let ann_rx = open(&s, &ann, &ann_secret);
-    let (kind, f) = next(&ann_rx);
+    let ann_rx = s.session_stream(&ann, &ann_secret);
+    let (kind, f) = next_frame(&ann_rx, &[]);
     assert_eq!(kind, "access");
     assert_eq!(f["access"]["level"], "lobby");
     // The owner's stream shows the knock; the guest's does not.
-    let (kind, f) = next(&host_rx);
+    let (kind, f) = next_frame(&host_rx, &[]);
     assert_eq!(kind, "waiting-participant.joined", "{f}");
     // Admitted: the waiting stream says so and goes on as a present session's.
     let r = s.post("/v1/rooms/door/waiting-participants", &json!({ann.clone(): {"grantRequestedAccess": true}}));
     assert_eq!(r.body["granted"], json!([ann]));
-    assert_eq!(next(&ann_rx).1["access"]["level"], "full");
-    assert_eq!(next(&ann_rx).0, "participant.joined");
-    let (kind, snap) = next(&ann_rx);
+    assert_eq!(next_frame(&ann_rx, &[]).1["access"]["level"], "full");
+    assert_eq!(next_frame(&ann_rx, &[]).0, "participant.joined");
+    let (kind, snap) = next_frame(&ann_rx, &[]);
     assert_eq!(kind, "presence");
     assert_eq!(snap["participants"].as_array().unwrap().len(), 3, "{snap}");
     // The guest saw Ann join, never her knock.
-    let (kind, f) = next(&guest_rx);
+    let (kind, f) = next_frame(&guest_rx, &[]);
     assert_eq!(kind, "participant.joined", "{f}");
     assert_eq!(f["payload"]["session_id"], ann.as_str());
     // A denied knocker's stream gets the refusal and closes.
     let (bob, bob_secret, _) = knock(&s, "door", "Bob");
-    let bob_rx = open(&s, &bob, &bob_secret);
-    assert_eq!(next(&bob_rx).0, "access");
+    let bob_rx = s.session_stream(&bob, &bob_secret);
+    assert_eq!(next_frame(&bob_rx, &[]).0, "access");
     s.post("/v1/rooms/door/waiting-participants", &json!({"*": {"grantRequestedAccess": false}}));
-    let (kind, f) = next(&bob_rx);
+    let (kind, f) = next_frame(&bob_rx, &[]);
     assert_eq!(kind, "waiting-participant.left");
     assert_eq!(f["payload"]["reason"], "denied");
     assert!(bob_rx.recv_timeout(Duration::from_secs(2)).is_err(), "the stream closed");
@@ -305,18 +277,18 @@ fn an_owners_stream_sees_every_knock_after_a_denial() {
     lobby(&s, "again", json!({}));
     let owner = s.token(json!({"room_name": "again", "is_owner": true}));
     let (host, host_secret, _) = s.join_ok("again", Some(&owner));
-    let host_rx = open(&s, &host, &host_secret);
-    assert_eq!(next(&host_rx).0, "presence");
+    let host_rx = s.session_stream(&host, &host_secret);
+    assert_eq!(next_frame(&host_rx, &[]).0, "presence");
     for round in 0..3 {
         let (id, _, _) = knock(&s, "again", "Dan");
-        let (kind, f) = next(&host_rx);
+        let (kind, f) = next_frame(&host_rx, &[]);
         assert_eq!(
             (kind.as_str(), f["payload"]["session_id"].as_str()),
             ("waiting-participant.joined", Some(id.as_str())),
             "round {round}"
         );
         s.post("/v1/rooms/again/waiting-participants", &json!({id.clone(): {"grantRequestedAccess": false}}));
-        let (kind, _) = next(&host_rx);
+        let (kind, _) = next_frame(&host_rx, &[]);
         assert_eq!(kind, "waiting-participant.left", "round {round}");
     }
 }

@@ -4,48 +4,10 @@
 //! snapshot; its own ejection still reaches it and closes it.
 
 mod common;
-use std::io::{BufRead, BufReader};
-use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::Server;
+use common::{next_frame, Server};
 use serde_json::{json, Value};
-
-/// Reads a session's stream on a thread; each frame arrives as (event, data).
-fn open(s: &Server, id: &str, secret: &str) -> mpsc::Receiver<(String, Value)> {
-    let url = s.url(&format!("/v1/sessions/{id}/stream"));
-    let secret = secret.to_string();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let resp = ureq::get(&url).set("Authorization", &format!("Bearer {secret}")).call().unwrap();
-        let mut kind = String::new();
-        for line in BufReader::new(resp.into_reader()).lines() {
-            let Ok(line) = line else { break };
-            if let Some(k) = line.strip_prefix("event: ") {
-                kind = k.to_string();
-            } else if let Some(d) = line.strip_prefix("data: ") {
-                let v: Value =
-                    serde_json::from_str(d).unwrap_or_else(|e| panic!("frame {kind} is not JSON ({e}): {d}"));
-                if tx.send((kind.clone(), v)).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    rx
-}
-
-/// The next frame that is not in `skip`, within 5 s.
-fn next(rx: &mpsc::Receiver<(String, Value)>, skip: &[&str]) -> (String, Value) {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        let f = rx.recv_timeout(left).expect("no frame within 5 s");
-        if !skip.contains(&f.0.as_str()) {
-            return f;
-        }
-    }
-}
 
 #[test]
 fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
@@ -61,8 +23,8 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
         ));
     }
     let (me, my_secret) = secrets[0].clone();
-    let rx = open(&s, &me, &my_secret);
-    let (kind, snap) = next(&rx, &[]);
+    let rx = s.session_stream(&me, &my_secret);
+    let (kind, snap) = next_frame(&rx, &[]);
     assert_eq!(kind, "presence");
     assert_eq!(snap["large"], true, "{snap}");
     assert_eq!(snap["count"], 6);
@@ -84,7 +46,7 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
     let mut seen = Vec::new();
     let mut count = 0;
     while seen.len() < 3 {
-        let (kind, f) = next(&rx, &[]);
+        let (kind, f) = next_frame(&rx, &[]);
         assert_eq!(kind, "presence-summary", "{f}");
         count = f["count"].as_u64().unwrap();
         for p in f["joined"].as_array().unwrap() {
@@ -102,21 +64,21 @@ fn a_large_room_streams_counts_and_summaries_then_full_lists_again() {
         let l = s.call("POST", &format!("/v1/sessions/{id}/leave"), Some(secret), None);
         assert_eq!(l.status, 200, "{}", l.text);
     }
-    let (kind, snap) = next(&rx, &["presence-summary"]);
+    let (kind, snap) = next_frame(&rx, &["presence-summary"]);
     assert_eq!(kind, "presence", "{snap}");
     assert_eq!(snap["large"], false);
     assert_eq!(snap["participants"].as_array().unwrap().len(), 3, "{snap}");
     // Small again: every change is a frame of its own.
     s.join_ok("hall", None);
-    assert_eq!(next(&rx, &[]).0, "participant.joined");
+    assert_eq!(next_frame(&rx, &[]).0, "participant.joined");
 
     // Its own ejection reaches it, and the stream closes after its departure.
     let r = s.post("/v1/rooms/hall/eject", &json!({"ids": [me]}));
     assert_eq!(r.body["ejectedIds"], json!([me]));
-    let (kind, f) = next(&rx, &[]);
+    let (kind, f) = next_frame(&rx, &[]);
     assert_eq!(kind, "participant.ejected", "{f}");
     assert_eq!(f["payload"]["session_id"], me.as_str());
-    assert_eq!(next(&rx, &[]).0, "participant.left");
+    assert_eq!(next_frame(&rx, &[]).0, "participant.left");
     assert!(rx.recv_timeout(Duration::from_secs(3)).is_err(), "the stream closed");
 }
 
@@ -127,16 +89,16 @@ fn a_large_rooms_stream_closes_on_its_own_end_and_on_deletion() {
     let (a, a_secret, _) = s.join_ok("big", None);
     let (b, b_secret, _) = s.join_ok("big", None);
     let (_c, _, _) = s.join_ok("big", None);
-    let ra = open(&s, &a, &a_secret);
-    let rb = open(&s, &b, &b_secret);
-    assert_eq!(next(&ra, &[]).1["large"], true);
-    assert_eq!(next(&rb, &[]).1["large"], true);
+    let ra = s.session_stream(&a, &a_secret);
+    let rb = s.session_stream(&b, &b_secret);
+    assert_eq!(next_frame(&ra, &[]).1["large"], true);
+    assert_eq!(next_frame(&rb, &[]).1["large"], true);
     // a leaves: its stream gets its own departure and closes; b's sees only a summary.
     let l = s.call("POST", &format!("/v1/sessions/{a}/leave"), Some(&a_secret), None);
     assert_eq!(l.status, 200);
-    assert_eq!(next(&ra, &[]).0, "participant.left");
+    assert_eq!(next_frame(&ra, &[]).0, "participant.left");
     assert!(ra.recv_timeout(Duration::from_secs(2)).is_err());
-    let (kind, f) = next(&rb, &[]);
+    let (kind, f) = next_frame(&rb, &[]);
     assert_eq!(kind, "presence-summary");
     assert_eq!(f["left"][0]["id"], a.as_str());
     // Deleting the room ends every stream.
@@ -154,16 +116,16 @@ fn someone_elses_departure_does_not_close_my_stream() {
     s.create_room(json!({"name": "small"}));
     let (me, secret, _) = s.join_ok("small", None);
     let (other, other_secret, _) = s.join_ok("small", None);
-    let rx = open(&s, &me, &secret);
-    assert_eq!(next(&rx, &[]).0, "presence");
+    let rx = s.session_stream(&me, &secret);
+    assert_eq!(next_frame(&rx, &[]).0, "presence");
     let l = s.call("POST", &format!("/v1/sessions/{other}/leave"), Some(&other_secret), None);
     assert_eq!(l.status, 200);
-    let (kind, f) = next(&rx, &[]);
+    let (kind, f) = next_frame(&rx, &[]);
     assert_eq!(kind, "participant.left");
     assert_eq!(f["payload"]["session_id"], other.as_str());
     // Still open: the next change arrives.
     s.join_ok("small", None);
-    assert_eq!(next(&rx, &[]).0, "participant.joined");
+    assert_eq!(next_frame(&rx, &[]).0, "participant.joined");
 }
 
 /// Minting a token for a room is an event of that room's too.
@@ -180,18 +142,18 @@ fn hidden_participants_stay_off_other_participants_streams() {
     let owner = s.token(json!({"room_name": "quiet", "is_owner": true}));
     let (host, host_secret, _) = s.join_ok("quiet", Some(&owner));
     let (me, secret, _) = s.join_ok("quiet", None);
-    let guest = open(&s, &me, &secret);
-    let admin = open(&s, &host, &host_secret);
-    assert_eq!(next(&guest, TOKENS).0, "presence");
-    assert_eq!(next(&admin, TOKENS).0, "presence");
+    let guest = s.session_stream(&me, &secret);
+    let admin = s.session_stream(&host, &host_secret);
+    assert_eq!(next_frame(&guest, TOKENS).0, "presence");
+    assert_eq!(next_frame(&admin, TOKENS).0, "presence");
     // A hidden participant's join reaches the admin, not the guest.
     let ghost_tok = s.token(json!({"room_name": "quiet", "user_name": "Ghost", "permissions": {"hasPresence": false}}));
     let (ghost, ghost_secret, _) = s.join_ok("quiet", Some(&ghost_tok));
-    let (kind, f) = next(&admin, TOKENS);
+    let (kind, f) = next_frame(&admin, TOKENS);
     assert_eq!((kind.as_str(), f["payload"]["session_id"].as_str()), ("participant.joined", Some(ghost.as_str())));
     // The guest sees the next visible change first, never the ghost's.
     let (visible, _, _) = s.join_ok("quiet", None);
-    let (kind, f) = next(&guest, TOKENS);
+    let (kind, f) = next_frame(&guest, TOKENS);
     assert_eq!((kind.as_str(), f["payload"]["session_id"].as_str()), ("participant.joined", Some(visible.as_str())));
     // Shown by an update: the guest's stream redraws with the ghost in it; hidden again: without.
     let show = |has: bool| {
@@ -200,18 +162,18 @@ fn hidden_participants_stay_off_other_participants_streams() {
         assert_eq!(r.status, 200, "{}", r.text);
     };
     show(true);
-    let (kind, snap) = next(&guest, &["participant.updated", "meeting-token.created"]);
+    let (kind, snap) = next_frame(&guest, &["participant.updated", "meeting-token.created"]);
     assert_eq!(kind, "presence", "{snap}");
     assert!(ids(&snap).contains(&ghost), "{snap}");
     show(false);
-    let (kind, snap) = next(&guest, &["participant.updated", "meeting-token.created"]);
+    let (kind, snap) = next_frame(&guest, &["participant.updated", "meeting-token.created"]);
     assert_eq!(kind, "presence", "{snap}");
     assert!(!ids(&snap).contains(&ghost), "{snap}");
     // Its departure, too, is for admins only.
     let l = s.call("POST", &format!("/v1/sessions/{ghost}/leave"), Some(&ghost_secret), None);
     assert_eq!(l.status, 200);
     s.join_ok("quiet", None);
-    let (kind, f) = next(&guest, TOKENS);
+    let (kind, f) = next_frame(&guest, TOKENS);
     assert_eq!(kind, "participant.joined", "the guest saw the ghost leave: {f}");
     assert_ne!(f["payload"]["session_id"], ghost.as_str());
 }
@@ -223,13 +185,13 @@ fn a_waiting_stream_hears_its_admission_when_nobody_else_follows_the_room() {
     let r = s.join("door", None, Some("Visitor"));
     assert_eq!(r.body["access"]["level"], "lobby", "{}", r.text);
     let id = r.body["session_id"].as_str().unwrap().to_string();
-    let rx = open(&s, &id, r.body["session_secret"].as_str().unwrap());
-    let (kind, f) = next(&rx, &[]);
+    let rx = s.session_stream(&id, r.body["session_secret"].as_str().unwrap());
+    let (kind, f) = next_frame(&rx, &[]);
     assert_eq!((kind.as_str(), f["access"]["level"].as_str()), ("access", Some("lobby")), "{f}");
     // No stream follows the room; the API key admits.
     let body = json!({id.clone(): {"grantRequestedAccess": true}}).to_string();
     let r = s.call("POST", "/v1/rooms/door/waiting-participants", Some(&s.key), Some(&body));
     assert_eq!(r.status, 200, "{}", r.text);
-    let (kind, f) = next(&rx, &[]);
+    let (kind, f) = next_frame(&rx, &[]);
     assert_eq!((kind.as_str(), f["access"]["level"].as_str()), ("access", Some("full")), "{f}");
 }

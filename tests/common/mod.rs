@@ -8,9 +8,24 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
+
+/// Frames of a session stream, as (event, data), read on a thread.
+pub type Frames = mpsc::Receiver<(String, Value)>;
+
+/// The next frame that is not in `skip`, within 5 s.
+pub fn next_frame(rx: &Frames, skip: &[&str]) -> (String, Value) {
+    let until = Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let f = rx.recv_timeout(left).expect("no frame within 5 s");
+        if !skip.contains(&f.0.as_str()) {
+            return f;
+        }
+    }
+}
 
 /// The Python interpreter of the test virtual environment (`./run-tests` makes it under
 /// `target/test-venv` and exports `GATEHOUSE_TEST_PYTHON`), else `python3`.
@@ -183,6 +198,30 @@ impl Server {
             }
         };
         Server { child: Some(child), base, key: key.to_string(), dir: dir.to_path_buf(), _tmp: None, stderr: log }
+    }
+
+    /// Reads session `id`'s stream (`GET /v1/sessions/:id/stream` with its secret) on a thread.
+    pub fn session_stream(&self, id: &str, secret: &str) -> Frames {
+        let url = self.url(&format!("/v1/sessions/{id}/stream"));
+        let secret = secret.to_string();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let resp = ureq::get(&url).set("Authorization", &format!("Bearer {secret}")).call().unwrap();
+            let mut kind = String::new();
+            for line in BufReader::new(resp.into_reader()).lines() {
+                let Ok(line) = line else { break };
+                if let Some(k) = line.strip_prefix("event: ") {
+                    kind = k.to_string();
+                } else if let Some(d) = line.strip_prefix("data: ") {
+                    let v: Value =
+                        serde_json::from_str(d).unwrap_or_else(|e| panic!("frame {kind} is not JSON ({e}): {d}"));
+                    if tx.send((kind.clone(), v)).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        rx
     }
 
     pub fn pid(&self) -> u32 {

@@ -95,10 +95,7 @@ impl Command for Join {
         let carried = if duplicates.is_empty() { None } else { cx.meeting(&self.room) };
         end_sessions(cx, &duplicates, "duplicate_user_id", "scheduler", Ending::Replaced)?;
         let deadline = sessions::eject_deadline(&room, claims, now);
-        let (token_id, token_iat, token_exp) = match &self.token {
-            TokenCheck::Valid { claims, token_id } => (Some(token_id.clone()), claims.iat, claims.exp),
-            _ => (None, None, None),
-        };
+        let (token_id, token_iat, token_exp) = self.token.session_parts();
         let session = Session {
             id: self.session_id.clone(),
             room: self.room.clone(),
@@ -186,10 +183,7 @@ fn knock(cx: &mut Ctx<'_>, req: &Join, room: &Room, claims: Option<&Claims>) -> 
     } else {
         (sessions::eject_deadline(room, claims, now), sessions::eject_timer(room, claims, now).map(|(at, _)| at))
     };
-    let (token_id, token_iat, token_exp) = match &req.token {
-        TokenCheck::Valid { claims, token_id } => (Some(token_id.clone()), claims.iat, claims.exp),
-        _ => (None, None, None),
-    };
+    let (token_id, token_iat, token_exp) = req.token.session_parts();
     let session = Session {
         id: req.session_id.clone(),
         room: req.room.clone(),
