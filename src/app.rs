@@ -3,7 +3,7 @@
 //! finish within the grace period, flush the store, exit). The only code that handles OS signals.
 
 use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -93,7 +93,8 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
     }
     let domain = store.domain_id().to_string();
     if std::fs::read_to_string(settings.data_dir.join(DOMAIN_FILE)).ok().as_deref() != Some(domain.as_str()) {
-        std::fs::write(settings.data_dir.join(DOMAIN_FILE), &domain).context("writing the domain id file")?;
+        crate::disk::write_atomic(&settings.data_dir.join(DOMAIN_FILE), domain.as_bytes())
+            .context("writing the domain id file")?;
     }
 
     let fd_limit = raise_fd_limit();
@@ -300,11 +301,7 @@ fn connections_for(fd_limit: u64) -> usize {
 }
 
 pub(crate) fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("cannot create data dir {}", dir.display()))?;
+    crate::disk::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
     let mode = std::fs::metadata(dir)?.permissions().mode();
     if mode & 0o077 != 0 {
         tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data dir is readable by others; consider chmod 700");
@@ -329,14 +326,9 @@ fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
         return KeyRing::new(&[key]).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()));
     }
     let key = generate_key();
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&path)
+    // Whole or absent after a power cut, and durable before it is shown.
+    crate::disk::write_atomic(&path, format!("{key}\n").as_bytes())
         .with_context(|| format!("writing {}", path.display()))?;
-    writeln!(f, "{key}")?;
-    f.sync_all()?;
     println!(
         "Generated a new API key. It is shown only this once and stored in {} (mode 0600):\n\n    {key}\n",
         path.display()
@@ -478,6 +470,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
     progress.done();
     let _ = std::fs::remove_dir_all(&check);
     std::fs::rename(&tmp, &args.file)?;
+    crate::disk::sync_dir(crate::disk::parent_of(&args.file))?;
     println!("backup written to {}", args.file.display());
     Ok(())
 }

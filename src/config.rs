@@ -257,8 +257,10 @@ pub struct ServeArgs {
     /// (WatchdogSec) is no longer fed, so the service is restarted.
     #[arg(long, env = "GATEHOUSE_STALL_TIMEOUT_SECS", default_value_t = 30)]
     pub stall_timeout_secs: u64,
-    /// sled's background flush period in ms (0 = off). Acknowledgements never depend on it.
-    #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 500, hide = true)]
+    /// sled's background flush period in ms (0 = off, the default). Acknowledgements never
+    /// depend on it, and the checkpointer makes sled durable with fsyncs whose failures it
+    /// sees; sled's own flusher only logs a failed fsync (and the next one "succeeds").
+    #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 0, hide = true)]
     pub sled_flush_every_ms: u64,
     #[command(flatten)]
     pub cluster: EtcdArgs,

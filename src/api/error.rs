@@ -104,6 +104,16 @@ impl From<StoreError> for ApiError {
                 e.retry_after = Some(5);
                 e
             }
+            StoreError::Durability(why) => {
+                tracing::error!(error = %why, "a sync failed");
+                let mut e = ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "server-error",
+                    "the store cannot make writes durable (a sync failed); writes are refused until a restart",
+                );
+                e.retry_after = Some(5);
+                e
+            }
             StoreError::Overloaded => {
                 let mut e = ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -25,6 +25,8 @@ pub fn readyz(state: &AppState) -> Response<Body> {
     let mut body = json!({"ready": ok, "store_writable": writable});
     if let Some(why) = stalled {
         body["reason"] = json!(why);
+    } else if let Some(why) = state.store.write_refused() {
+        body["reason"] = json!(format!("{why}; writes are refused until a restart (recovery replays the journal)"));
     } else if !writable {
         body["reason"] = json!("the store cannot write (see the log)");
     } else if !ready {

@@ -7,11 +7,13 @@
 //! one, in order, and the writes are absolute, so replaying is harmless.
 //!
 //! The checkpointer, when the writer closes a journal file, waits until sled holds all of it,
-//! makes sled and the event segments durable, and deletes the file.
+//! makes sled (its files and folder) and the event segments durable with real fsyncs, records
+//! the checkpoint, and deletes the file. A failed fsync stops it for good and the store
+//! refuses writes: the journal keeps everything, and a restart recovers from it.
 //!
 //! Must not: write anything the journal does not hold.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +24,7 @@ use super::journal::{self, Op};
 use super::keys;
 use super::state::{Tree, Trees};
 use super::StoreError;
+use crate::disk;
 
 /// A durable batch's writes, for the applier.
 pub struct Applied {
@@ -201,6 +204,8 @@ pub struct Closed {
 }
 
 pub struct Checkpointer {
+    /// To refuse writes when a sync fails.
+    pub shared: Arc<super::Shared>,
     pub db: sled::Db,
     pub store_dir: PathBuf,
     pub journal_dir: PathBuf,
@@ -211,8 +216,9 @@ pub struct Checkpointer {
 }
 
 impl Checkpointer {
-    /// Folds closed journal files into sled and the segments; on failure the files stay and
-    /// the next round covers them too.
+    /// Folds closed journal files into sled and the segments. A checkpoint that fails keeps
+    /// every journal file, refuses writes from then on, and stops checkpointing: a sync that
+    /// failed may have lost what it was to write, and trying again could "succeed" without it.
     pub fn run(self, rx: std::sync::mpsc::Receiver<Closed>) {
         while let Ok(mut closed) = rx.recv() {
             while let Ok(later) = rx.try_recv() {
@@ -224,24 +230,58 @@ impl Checkpointer {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            if let Err(e) = self.checkpoint(closed.file) {
-                tracing::error!(error = %e, "checkpoint failed; the journal is kept and replayed if needed");
+            if let Err(e) = checkpoint(
+                &self.db,
+                &self.store_dir,
+                &self.events,
+                &self.journal_dir,
+                closed.last_lsn,
+                Some(closed.file),
+            ) {
+                self.shared.poison(format!("checkpoint failed: {e}"));
+                while rx.recv().is_ok() {}
+                return;
             }
         }
     }
+}
 
-    fn checkpoint(&self, upto: u64) -> Result<(), StoreError> {
-        checkpoint_sled(&self.db, &self.store_dir)?;
-        self.events.sync()?;
-        journal::remove_upto(&self.journal_dir, upto)
+/// Makes sled and the event log durable, records that they hold every batch up to `lsn`, and
+/// deletes the journal files up to `upto` (all of them when `None` is given after reading them).
+pub fn checkpoint(
+    db: &sled::Db,
+    store_dir: &Path,
+    events: &EventLog,
+    journal_dir: &Path,
+    lsn: u64,
+    upto: Option<u64>,
+) -> Result<(), StoreError> {
+    checkpoint_sled(db, store_dir)?;
+    events.sync()?;
+    journal::set_checkpoint(journal_dir, lsn)?;
+    match upto {
+        Some(n) => journal::remove_upto(journal_dir, n),
+        None => Ok(()),
     }
 }
 
-/// Makes everything sled holds durable: `flush()` (sync_file_range), then a real `fdatasync`
-/// of its file, since journal files are deleted on the strength of it.
-pub fn checkpoint_sled(db: &sled::Db, store_dir: &std::path::Path) -> Result<(), StoreError> {
-    db.flush()?;
-    std::fs::File::open(store_dir.join("db"))
-        .and_then(|f| f.sync_data())
-        .map_err(|e| StoreError::Setup(format!("fdatasync of the store: {e}")))
+/// Makes everything sled holds durable: `flush()` writes its buffers with `sync_file_range`,
+/// which syncs neither the file's size nor the disk's cache; then a real fsync of each of its
+/// files (`db`, `conf`, `snap.*`, `blobs/*`) and of its folders, since journal files are
+/// deleted on the strength of it.
+pub fn checkpoint_sled(db: &sled::Db, store_dir: &Path) -> Result<(), StoreError> {
+    let failed = |what: &Path, e: std::io::Error| {
+        StoreError::Durability(format!("fsync of the store's {} failed: {e}", what.display()))
+    };
+    db.flush().map_err(|e| StoreError::Durability(format!("sled's flush failed: {e}")))?;
+    for dir in [store_dir.join("blobs"), store_dir.to_path_buf()] {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                disk::sync_file(&entry.path()).map_err(|e| failed(&entry.path(), e))?;
+            }
+        }
+        disk::sync_dir(&dir).map_err(|e| failed(&dir, e))?;
+    }
+    Ok(())
 }

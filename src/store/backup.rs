@@ -17,6 +17,7 @@ use super::journal::LoggedEvent;
 use super::keys;
 use super::state::{Tree, Trees};
 use super::StoreError;
+use crate::disk;
 
 const MAGIC: &[u8; 4] = b"GHBK";
 const FORMAT: u32 = 2;
@@ -110,6 +111,10 @@ pub struct RestoreReport {
 
 /// Restores `file` into `data_dir`, which must not hold a store yet. `progress` is told the
 /// bytes done and the total every few thousand records.
+///
+/// The store is built aside (`<data_dir>/.restoring/`), made durable, and moved in at the end,
+/// the store folder last: a restore that a crash or a power cut interrupts leaves no store
+/// behind, and running it again starts over.
 pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<RestoreReport, StoreError> {
     let mut bytes = Vec::new();
     std::fs::File::open(file).and_then(|mut f| f.read_to_end(&mut bytes)).map_err(io)?;
@@ -125,21 +130,69 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
     if format != 1 && format != FORMAT {
         return Err(bad("written by an unknown backup format version"));
     }
-    let store = data_dir.join("store");
-    if store.exists() {
+    if data_dir.join("store").exists() {
         return Err(StoreError::Setup(format!(
             "{} already holds a store; restore into an empty data dir",
             data_dir.display()
         )));
     }
-    std::fs::create_dir_all(data_dir).map_err(io)?;
+    if super::journal::list(&data_dir.join("wal"))?.first().is_some() {
+        return Err(StoreError::Setup(format!(
+            "{} holds a journal without a store; remove its wal folder or restore into an empty data dir",
+            data_dir.display()
+        )));
+    }
+    let stage = data_dir.join(STAGE);
+    if stage.exists() {
+        // A restore was cut short: whatever it had moved in is incomplete without its store.
+        tracing::warn!(dir = %data_dir.display(), "finishing off a restore that was interrupted; starting over");
+        std::fs::remove_dir_all(&stage).map_err(io)?;
+        remove_moved_in(data_dir)?;
+    }
+    disk::create_dir_all(&stage).map_err(io)?;
+    let report = restore_into(body, format, &stage, progress, &bad)?;
+    // Moved in with the store last: its presence says the restore is complete.
+    for name in ["events", "api_key", "store"] {
+        let from = stage.join(name);
+        if from.exists() {
+            std::fs::rename(&from, data_dir.join(name)).map_err(io)?;
+        }
+    }
+    disk::sync_dir(data_dir).map_err(io)?;
+    std::fs::remove_dir(&stage).map_err(io)?;
+    disk::sync_dir(data_dir).map_err(io)?;
+    Ok(report)
+}
+
+/// The staging folder of a restore in progress.
+const STAGE: &str = ".restoring";
+
+/// Removes what an interrupted restore moved into `data_dir` before its store.
+fn remove_moved_in(data_dir: &Path) -> Result<(), StoreError> {
+    let events = data_dir.join("events");
+    if events.exists() {
+        std::fs::remove_dir_all(&events).map_err(io)?;
+    }
+    disk::remove_files(data_dir, &[data_dir.join("api_key")]).map_err(io)
+}
+
+/// Writes the backup's records as a store in `dir` (sled, the event log, files), durable.
+fn restore_into(
+    body: &[u8],
+    format: u32,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+    bad: &dyn Fn(&str) -> StoreError,
+) -> Result<RestoreReport, StoreError> {
+    let store = dir.join("store");
+    disk::create_dir_all(&store).map_err(io)?;
     let db = sled::Config::new().path(&store).open()?;
     // Format 1 holds schema 1's trees (the first open migrates them); format 2 this schema's.
     let names: Vec<&str> =
         if format == 1 { super::migrate::V1_TREES.to_vec() } else { Tree::ALL.iter().map(|t| t.name()).collect() };
     let trees: Vec<sled::Tree> = names.iter().map(|t| db.open_tree(t)).collect::<Result<_, _>>()?;
     let log = (format == FORMAT)
-        .then(|| EventLog::open(&data_dir.join("events"), 1, super::eventlog::SEGMENT_BYTES))
+        .then(|| EventLog::open(&dir.join("events"), 1, super::eventlog::SEGMENT_BYTES))
         .transpose()?;
     let mut at = 8usize;
     let mut report = RestoreReport { records: 0, files: 0 };
@@ -165,7 +218,7 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
                 if name != "api_key" {
                     return Err(bad("unexpected file"));
                 }
-                write_private(&data_dir.join(&name), &v)?;
+                disk::create_new(&dir.join(&name), &v).map_err(io)?;
                 report.files += 1;
                 continue;
             }
@@ -203,13 +256,6 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
             meta.insert(keys::META_EVENTS_OLDEST, &first.to_be_bytes())?;
         }
     }
-    db.flush()?;
-    std::fs::File::open(store.join("db")).and_then(|f| f.sync_all()).map_err(io)?;
+    super::applier::checkpoint_sled(&db, &store)?;
     Ok(report)
-}
-
-fn write_private(path: &Path, content: &[u8]) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(io)?;
-    f.write_all(content).and_then(|_| f.sync_all()).map_err(io)
 }

@@ -30,6 +30,7 @@ use tokio::sync::watch;
 
 use super::journal::LoggedEvent;
 use super::StoreError;
+use crate::disk;
 
 /// A segment is closed (and later packed) past this size, unless configured otherwise.
 pub const SEGMENT_BYTES: u64 = 64 << 20;
@@ -148,6 +149,11 @@ fn io(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Setup(format!("event log {what}: {e}"))
 }
 
+/// A failed sync: the data's fate is unknown (see [`StoreError::Durability`]).
+fn durability(what: &str, e: std::io::Error) -> StoreError {
+    StoreError::Durability(format!("event log fsync failed ({what}): {e}"))
+}
+
 fn corrupt(path: &Path, why: String) -> StoreError {
     StoreError::Corrupt { tree: "events", key: path.display().to_string(), why }
 }
@@ -188,9 +194,10 @@ fn name(first: u64, ext: &str) -> String {
 
 impl EventLog {
     /// Opens the log in `dir`: reads every segment's index (a packed one's footer, a plain one
-    /// whole, cutting a torn tail), and serves from `oldest`.
+    /// whole, cutting a torn or zero-filled tail), and serves from `oldest`. A damaged file is
+    /// cut back to what it holds intact, with a warning; it never stops the start.
     pub fn open(dir: &Path, oldest: u64, segment_bytes: u64) -> Result<EventLog, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
+        disk::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
         let mut plain = Vec::new();
         let mut packed = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| io("listing", e))? {
@@ -201,7 +208,7 @@ impl EventLog {
             match ext {
                 "seg" => plain.push(first),
                 "pack" => packed.push(first),
-                "pack.tmp" => {
+                "pack.tmp" | "seg.tmp" => {
                     let _ = std::fs::remove_file(entry.path());
                 }
                 _ => {}
@@ -209,10 +216,21 @@ impl EventLog {
         }
         let mut segments = Vec::new();
         for first in &packed {
-            segments.push(open_packed(dir, *first)?);
+            match open_packed(dir, *first) {
+                Ok(seg) => segments.push(seg),
+                Err(e) if plain.contains(first) => {
+                    // The plain copy is still there: the pack was never needed.
+                    tracing::warn!(error = %e, "an unreadable event pack beside its segment; using the segment");
+                    disk::remove_files(dir, &[dir.join(name(*first, "pack"))]).map_err(|e| io("removing a pack", e))?;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "an unreadable event pack; keeping the events it still holds");
+                    segments.push(salvage_pack(dir, *first)?);
+                }
+            }
         }
         for first in plain {
-            if packed.contains(&first) {
+            if segments.iter().any(|s| s.first == first) {
                 // Packed, and the crash came before the plain copy was removed.
                 let _ = std::fs::remove_file(dir.join(name(first, "seg")));
                 continue;
@@ -220,6 +238,15 @@ impl EventLog {
             segments.push(open_plain(dir, first)?);
         }
         segments.sort_by_key(|s| s.first);
+        for pair in segments.windows(2) {
+            if pair[1].first != pair[0].last + 1 {
+                tracing::error!(
+                    after = pair[0].last,
+                    next = pair[1].first,
+                    "the event log has a hole: events between these seqs were lost from disk"
+                );
+            }
+        }
         let last = segments.last().map_or(oldest.saturating_sub(1), |s| s.last);
         let log = EventLog {
             dir: dir.to_path_buf(),
@@ -337,30 +364,48 @@ impl EventLog {
         Ok(())
     }
 
-    /// Closes the current segment (syncing it) and starts a new one at `first`.
+    /// Closes the current segment (syncing it) and starts a new one at `first`. A last segment
+    /// that holds nothing (a restart soon after it was started) is written to instead: it has
+    /// the same name, and a second segment of that name would be packed over the live one.
     fn start_segment(&self, first: u64, closing: Option<Appender>) -> Result<Appender, StoreError> {
-        // The previous last segment (the one being closed, or the one a restart left) is done:
-        // sync it and queue it for packing.
-        let previous = self.state.read().ok().and_then(|st| {
-            st.segments.last().filter(|s| matches!(s.layout, Layout::Plain { .. })).map(|s| (s.first, s.file.clone()))
-        });
         drop(closing);
-        if let Some((c, file)) = previous {
-            file.sync_data().map_err(|e| io("syncing a closed segment", e))?;
-            if let Ok(mut q) = self.to_pack.lock() {
-                q.push(c);
+        let previous = self.state.read().ok().and_then(|st| {
+            st.segments
+                .last()
+                .filter(|s| matches!(s.layout, Layout::Plain { .. }))
+                .map(|s| (s.first, s.last, s.file.clone(), s.path.clone()))
+        });
+        match previous {
+            Some((f, last, file, _)) if last + 1 == f && f == first => {
+                return Ok(Appender { file, len: 0 });
             }
+            Some((f, last, _, path)) if last + 1 == f => {
+                // Empty, and named for another seq: nothing to keep.
+                tracing::warn!(segment = f, next = first, "dropping an empty event segment");
+                let mut st = self.state.write().map_err(|_| StoreError::Setup("event log lock poisoned".into()))?;
+                st.segments.pop();
+                drop(st);
+                disk::remove_files(&self.dir, &[path]).map_err(|e| io("removing an empty segment", e))?;
+            }
+            Some((f, _, file, _)) => {
+                // The previous last segment (the one being closed, or the one a restart left)
+                // is done: sync it and queue it for packing.
+                file.sync_data().map_err(|e| durability("closing a segment", e))?;
+                if let Ok(mut q) = self.to_pack.lock() {
+                    q.push(f);
+                }
+            }
+            None => {}
         }
         let path = self.dir.join(name(first, "seg"));
         let file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
+            .create_new(true)
             .read(true)
             .write(true)
-            .mode(0o600)
+            .mode(disk::FILE_MODE)
             .open(&path)
             .map_err(|e| io("creating a segment", e))?;
-        super::journal::sync_dir(&self.dir).map_err(|e| io("syncing its folder", e))?;
+        disk::sync_dir(&self.dir).map_err(|e| durability("syncing its folder", e))?;
         let file = Arc::new(file);
         let mut st = self.state.write().map_err(|_| StoreError::Setup("event log lock poisoned".into()))?;
         st.segments.push(Segment {
@@ -375,11 +420,15 @@ impl EventLog {
     }
 
     /// Makes every appended event durable (the checkpointer calls this before it deletes the
-    /// journal files that also hold them).
+    /// journal files that also hold them). Closed segments were synced when they were closed;
+    /// the last one is synced even when nothing was appended since the open: after a `kill -9`
+    /// what it holds may still be only in the page cache, and the journal is about to go.
     pub fn sync(&self) -> Result<(), StoreError> {
-        let file = self.appender.lock().ok().and_then(|a| a.as_ref().map(|a| a.file.clone()));
+        let file = self.state.read().ok().and_then(|st| {
+            st.segments.last().filter(|s| matches!(s.layout, Layout::Plain { .. })).map(|s| s.file.clone())
+        });
         if let Some(f) = file {
-            f.sync_data().map_err(|e| io("sync", e))?;
+            f.sync_data().map_err(|e| durability("sync", e))?;
         }
         Ok(())
     }
@@ -579,13 +628,13 @@ impl EventLog {
             .create(true)
             .truncate(true)
             .write(true)
-            .mode(0o600)
+            .mode(disk::FILE_MODE)
             .open(&tmp)
             .map_err(|e| io("creating a pack", e))?;
         f.write_all(&out).and_then(|_| f.sync_all()).map_err(|e| io("writing a pack", e))?;
         let path = self.dir.join(name(first, "pack"));
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming a pack", e))?;
-        super::journal::sync_dir(&self.dir).map_err(|e| io("syncing its folder", e))?;
+        disk::sync_dir(&self.dir).map_err(|e| io("syncing its folder", e))?;
         let last = events.last().map_or(first - 1, |e| e.seq);
         let file = Arc::new(File::open(&path).map_err(|e| io("opening a pack", e))?);
         Ok(Segment { first, last, path, file, layout: Layout::Packed { blocks }, bytes: out.len() as u64 })
@@ -597,19 +646,21 @@ fn open_plain(dir: &Path, first: u64) -> Result<Segment, StoreError> {
     let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io("opening a segment", e))?;
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io("reading a segment", e))?;
-    let (records, valid) = decode_all(&bytes);
-    if valid < bytes.len() as u64 {
-        tracing::warn!(file = %path.display(), torn_bytes = bytes.len() as u64 - valid, "event segment ends in a torn record; cutting it (the journal still holds anything acknowledged)");
-        file.set_len(valid).map_err(|e| io("cutting a torn segment", e))?;
-    }
+    let (records, mut valid) = decode_all(&bytes);
     let mut expect = first;
     let mut offsets = Vec::with_capacity(records.len());
     for (e, at) in &records {
         if e.seq != expect {
-            return Err(corrupt(&path, format!("seq {} where {expect} was expected", e.seq)));
+            tracing::warn!(file = %path.display(), seq = e.seq, expected = expect, "event segment out of sequence; cutting it there");
+            valid = *at;
+            break;
         }
         offsets.push(*at);
         expect += 1;
+    }
+    if valid < bytes.len() as u64 {
+        tracing::warn!(file = %path.display(), torn_bytes = bytes.len() as u64 - valid, "event segment ends in a torn or zero-filled tail; cutting it (the journal still holds anything acknowledged)");
+        file.set_len(valid).map_err(|e| io("cutting a torn segment", e))?;
     }
     Ok(Segment { first, last: expect - 1, path, file: Arc::new(file), layout: Layout::Plain { offsets }, bytes: valid })
 }
@@ -635,6 +686,34 @@ fn open_packed(dir: &Path, first: u64) -> Result<Segment, StoreError> {
         bincode::serde::decode_from_slice(&index, bincode::config::standard()).map_err(|e| bad(&e.to_string()))?;
     let last = blocks.last().map_or(first - 1, |b| b.last_seq);
     Ok(Segment { first, last, path, file: Arc::new(file), layout: Layout::Packed { blocks }, bytes: len })
+}
+
+/// What an unreadable pack still holds: its blocks from the start, as long as they decompress
+/// and continue the sequence, rewritten as a plain segment that replaces it.
+fn salvage_pack(dir: &Path, first: u64) -> Result<Segment, StoreError> {
+    let pack = dir.join(name(first, "pack"));
+    let bytes = std::fs::read(&pack).map_err(|e| io("reading a pack", e))?;
+    let mut at = 0usize;
+    let mut kept = Vec::new();
+    let mut expect = first;
+    'blocks: while at < bytes.len() {
+        let Ok(size) = zstd::zstd_safe::find_frame_compressed_size(&bytes[at..]) else { break };
+        let Ok(raw) = zstd::bulk::decompress(&bytes[at..at + size], BLOCK_BYTES * 4 + (64 << 20)) else { break };
+        let (records, _) = decode_all(&raw);
+        for (e, _) in records {
+            if e.seq != expect {
+                break 'blocks;
+            }
+            expect += 1;
+            kept.extend_from_slice(&encode(&e)?);
+        }
+        at += size;
+    }
+    tracing::warn!(file = %pack.display(), events = expect - first, "kept the intact start of a damaged pack as a plain segment");
+    let seg = dir.join(name(first, "seg"));
+    disk::write_atomic(&seg, &kept).map_err(|e| io("rewriting a damaged pack", e))?;
+    disk::remove_files(dir, &[pack]).map_err(|e| io("removing a damaged pack", e))?;
+    open_plain(dir, first)
 }
 
 /// Every event of a log directory from `from` on, in order (backups and the migration's
@@ -706,5 +785,79 @@ mod tests {
         from_disk.append(&[ev(502)]).unwrap();
         from_disk.set_head(502);
         assert_eq!(from_disk.read(499, 10, 100, &|_| true).unwrap().events.len(), 3);
+    }
+
+    fn seqs(log: &EventLog) -> Vec<u64> {
+        log.set_head(log.last());
+        log.read(0, 100_000, 1_000_000, &|_| true).unwrap().events.iter().map(|e| e.seq).collect()
+    }
+
+    /// A restart soon after a segment was started (normal after a power cut) leaves an empty
+    /// last segment; the next append used to create a second segment of the same name, which
+    /// the packer then packed empty, deleting the live file with it.
+    #[test]
+    fn an_empty_last_segment_is_written_to_not_packed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 1, 8192).unwrap();
+        log.append(&(1..=5).map(ev).collect::<Vec<_>>()).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let log = EventLog::open(dir.path(), 1, 8192).unwrap();
+        log.append(&[ev(6)]).unwrap();
+        drop(log);
+        // The power went before segment 6 held anything.
+        let six = dir.path().join(name(6, "seg"));
+        OpenOptions::new().write(true).open(&six).unwrap().set_len(0).unwrap();
+        let log = EventLog::open(dir.path(), 1, 8192).unwrap();
+        assert_eq!(log.last(), 5);
+        log.append(&(6..=11).map(ev).collect::<Vec<_>>()).unwrap();
+        log.pack_closed().unwrap();
+        assert_eq!(seqs(&log), (1..=11).collect::<Vec<_>>());
+        drop(log);
+        assert_eq!(seqs(&EventLog::open(dir.path(), 1, 8192).unwrap()), (1..=11).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_zero_filled_or_torn_tail_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
+        log.append(&(1..=7).map(ev).collect::<Vec<_>>()).unwrap();
+        drop(log);
+        let path = dir.path().join(name(1, "seg"));
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(&[0u8; 300]).unwrap();
+        let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
+        assert_eq!(seqs(&log), (1..=7).collect::<Vec<_>>());
+        log.append(&[ev(8)]).unwrap();
+        drop(log);
+        // A record cut short.
+        let len = std::fs::metadata(dir.path().join(name(8, "seg"))).unwrap().len();
+        OpenOptions::new().write(true).open(dir.path().join(name(8, "seg"))).unwrap().set_len(len - 3).unwrap();
+        let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
+        assert_eq!(log.last(), 7);
+        log.append(&[ev(8), ev(9)]).unwrap();
+        assert_eq!(seqs(&log), (1..=9).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_damaged_pack_keeps_its_intact_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 1, 4096).unwrap();
+        for chunk in (1..=300u64).collect::<Vec<_>>().chunks(10) {
+            log.append(&chunk.iter().map(|s| ev(*s)).collect::<Vec<_>>()).unwrap();
+        }
+        assert!(log.pack_closed().unwrap() > 0);
+        drop(log);
+        let pack = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "pack"))
+            .min()
+            .unwrap();
+        // The footer and part of the index lost.
+        let len = std::fs::metadata(&pack).unwrap().len();
+        OpenOptions::new().write(true).open(&pack).unwrap().set_len(len - 6).unwrap();
+        let log = EventLog::open(dir.path(), 1, 4096).unwrap();
+        assert_eq!(seqs(&log), (1..=300).collect::<Vec<_>>(), "the salvaged pack's events are all there");
     }
 }

@@ -7,9 +7,15 @@
 //! `fdatasync` costs ~0.5 ms, sled's flush is `sync_file_range` rather than a real sync, and a
 //! sled insert costs ~10 µs: the writer must not wait for sled.
 //!
-//! Record: `len: u32 BE | crc32(payload): u32 BE | payload`. A record that is short or fails
-//! its CRC ends the journal (a torn write at a crash: it was never acknowledged); recovery cuts
-//! the file there. Files: `<dir>/<number, 16 hex digits>.wal`, replayed in number order.
+//! Record: `len: u32 BE | crc32(payload): u32 BE | payload`. A record that is short, empty
+//! (a zero-filled tail reads as length 0) or fails its CRC ends the journal (a torn write at a
+//! crash or a power cut: it was never acknowledged); recovery cuts the file there. Files:
+//! `<dir>/<number, 16 hex digits>.wal`, replayed in number order. A file is synced whole before
+//! the next one gets its first record, so a durable batch never follows a lost one.
+//!
+//! `<dir>/checkpoint` names the last batch sled and the event log hold durably (written, synced
+//! and renamed into place before the journal files it covers are deleted): recovery replays
+//! what follows it, never trusting what sled says it applied.
 //!
 //! Must not: interpret payloads (the writer and recovery do), or be read by request handlers.
 
@@ -21,6 +27,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
+use crate::disk;
 
 /// Payload version of a [`Batch`] record.
 pub const BATCH_V2: u8 = 2;
@@ -73,7 +80,7 @@ fn file_name(number: u64) -> String {
 /// Writes `records` (framed) as the first journal file of an empty folder, synced.
 pub fn seed(dir: &Path, records: &[Vec<u8>]) -> Result<(), StoreError> {
     use std::io::Write as _;
-    std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
+    disk::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
     if !list(dir)?.is_empty() {
         return Err(StoreError::Setup("journal: seeding a folder that has a journal".into()));
     }
@@ -81,7 +88,35 @@ pub fn seed(dir: &Path, records: &[Vec<u8>]) -> Result<(), StoreError> {
     for r in records {
         f.write_all(r).map_err(|e| io("writing", e))?;
     }
-    f.sync_data().map_err(|e| io("syncing", e))
+    f.sync_data().map_err(|e| StoreError::Durability(format!("journal fdatasync failed: {e}")))
+}
+
+/// The file naming the last checkpointed batch.
+const CHECKPOINT: &str = "checkpoint";
+
+/// The last batch sled and the event log hold durably (0: none recorded).
+pub fn checkpointed(dir: &Path) -> Result<u64, StoreError> {
+    let bytes = match std::fs::read(dir.join(CHECKPOINT)) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(io("reading the checkpoint", e)),
+    };
+    match decode_record(&bytes).and_then(|(p, _)| <[u8; 8]>::try_from(p.as_slice()).ok()) {
+        Some(lsn) => Ok(u64::from_be_bytes(lsn)),
+        None => {
+            // Written whole and synced before its rename: only a damaged disk gets here.
+            // Replaying every batch the journal holds is still exact.
+            tracing::warn!(file = %dir.join(CHECKPOINT).display(), "unreadable journal checkpoint; replaying the whole journal");
+            Ok(0)
+        }
+    }
+}
+
+/// Records durably that sled and the event log hold every batch up to `lsn`.
+pub fn set_checkpoint(dir: &Path, lsn: u64) -> Result<(), StoreError> {
+    let record = frame(&lsn.to_be_bytes())?;
+    disk::write_atomic(&dir.join(CHECKPOINT), &record)
+        .map_err(|e| StoreError::Durability(format!("writing the journal checkpoint: {e}")))
 }
 
 /// Journal files present, in replay order.
@@ -140,8 +175,40 @@ pub fn read_batches(dir: &Path) -> Result<Vec<Batch>, StoreError> {
     Ok(out)
 }
 
+/// The batches recovery replays: those after the checkpoint, in order, up to the first one
+/// missing. A batch after a gap was never acknowledged (a file is synced whole before the next
+/// one gets a record, and no batch is answered before every one before it is durable).
+pub fn after_checkpoint(batches: Vec<Batch>, checkpoint: u64) -> Vec<Batch> {
+    let mut out: Vec<Batch> = Vec::with_capacity(batches.len());
+    let total = batches.len();
+    for b in batches.into_iter().filter(|b| b.lsn > checkpoint) {
+        let expect = out.last().map_or(checkpoint + 1, |p| p.lsn + 1);
+        if b.lsn != expect && !(out.is_empty() && checkpoint == 0) {
+            if out.is_empty() {
+                tracing::error!(checkpoint, first = b.lsn, "journal batches after the checkpoint are missing");
+            } else {
+                tracing::warn!(
+                    after = expect - 1,
+                    next = b.lsn,
+                    "journal batches after a gap were never acknowledged; dropping them"
+                );
+                break;
+            }
+        }
+        out.push(b);
+    }
+    if out.len() < total {
+        tracing::debug!(kept = out.len(), total, "journal batches the checkpoint covers are not replayed");
+    }
+    out
+}
+
 fn decode_record(b: &[u8]) -> Option<(Vec<u8>, usize)> {
     let len = u32::from_be_bytes(b.get(..4)?.try_into().ok()?) as usize;
+    if len == 0 {
+        // Every payload holds at least a version byte; zeros are a tail the disk never wrote.
+        return None;
+    }
     let crc = u32::from_be_bytes(b.get(4..8)?.try_into().ok()?);
     let payload = b.get(8..8 + len)?;
     (crc32fast::hash(payload) == crc).then(|| (payload.to_vec(), 8 + len))
@@ -166,7 +233,7 @@ pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, StoreError> {
 impl Journal {
     /// Starts a fresh journal file numbered after every existing one.
     pub fn create(dir: &Path) -> Result<Journal, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
+        disk::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
         let number = list(dir)?.last().map_or(1, |(n, _)| n + 1);
         let file = std::sync::Arc::new(open_new(dir, number)?);
         Ok(Journal { dir: dir.to_path_buf(), file, number, len: 0 })
@@ -191,8 +258,14 @@ impl Journal {
         self.file.clone()
     }
 
-    /// Closes the current file and starts the next; returns the closed file's number.
+    /// Closes the current file and starts the next; returns the closed file's number. The
+    /// closed file is synced whole first (batches the syncer had no reason to sync, such as
+    /// webhook progress, included): recovery stops at the first missing batch, so a batch of the
+    /// next file must never be durable while one before it is not.
     pub fn rotate(&mut self) -> Result<u64, StoreError> {
+        self.file
+            .sync_data()
+            .map_err(|e| StoreError::Durability(format!("journal fdatasync failed at rotation: {e}")))?;
         let next = open_new(&self.dir, self.number + 1)?;
         let old = self.number;
         self.file = std::sync::Arc::new(next);
@@ -204,29 +277,20 @@ impl Journal {
 
 fn open_new(dir: &Path, number: u64) -> Result<File, StoreError> {
     let f = OpenOptions::new()
-        .create(true)
+        .create_new(true)
         .append(true)
-        .mode(0o600)
+        .mode(disk::FILE_MODE)
         .open(dir.join(file_name(number)))
         .map_err(|e| io("creating a file", e))?;
     // Make the new file's directory entry durable, so a synced record cannot vanish with it.
-    sync_dir(dir).map_err(|e| io("syncing its folder", e))?;
+    disk::sync_dir(dir).map_err(|e| StoreError::Durability(format!("fsync of the journal's folder failed: {e}")))?;
     Ok(f)
 }
 
-pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir).and_then(|d| d.sync_all())
-}
-
-/// Deletes journal files numbered up to and including `upto` (sled and the event segments now
-/// cover them).
+/// Deletes journal files numbered up to and including `upto` (the checkpoint covers them).
 pub fn remove_upto(dir: &Path, upto: u64) -> Result<(), StoreError> {
-    for (n, path) in list(dir)? {
-        if n <= upto {
-            std::fs::remove_file(&path).map_err(|e| io("removing a file", e))?;
-        }
-    }
-    Ok(())
+    let gone: Vec<PathBuf> = list(dir)?.into_iter().filter(|(n, _)| *n <= upto).map(|(_, p)| p).collect();
+    disk::remove_files(dir, &gone).map_err(|e| io("removing files", e))
 }
 
 #[cfg(test)]
@@ -253,5 +317,53 @@ mod tests {
         let old = j2.rotate().unwrap();
         remove_upto(dir.path(), old).unwrap();
         assert!(read_batches(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = Journal::create(dir.path()).unwrap();
+        for lsn in 1..=3 {
+            j.append(&encode_batch(&Batch { lsn, ..Default::default() }).unwrap()).unwrap();
+        }
+        // A size that reached the disk before the data did.
+        j.append(&[0u8; 4096]).unwrap();
+        let got = read_batches(dir.path()).unwrap();
+        assert_eq!(got.iter().map(|b| b.lsn).collect::<Vec<_>>(), vec![1, 2, 3]);
+        let (_, path) = &list(dir.path()).unwrap()[0];
+        let expected = 3 * encode_batch(&Batch { lsn: 1, ..Default::default() }).unwrap().len() as u64;
+        assert_eq!(std::fs::metadata(path).unwrap().len(), expected, "the zeros are cut off");
+    }
+
+    fn lsns(batches: Vec<Batch>) -> Vec<u64> {
+        batches.iter().map(|b| b.lsn).collect()
+    }
+
+    fn batches(lsns: &[u64]) -> Vec<Batch> {
+        lsns.iter().map(|l| Batch { lsn: *l, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn recovery_replays_after_the_checkpoint_up_to_a_gap() {
+        // Files the checkpoint covers but whose deletion a cut undid are not replayed.
+        assert_eq!(lsns(after_checkpoint(batches(&[3, 4, 5, 6, 7]), 5)), vec![6, 7]);
+        // No checkpoint yet (or a store of an earlier release): everything, from wherever it starts.
+        assert_eq!(lsns(after_checkpoint(batches(&[40, 41]), 0)), vec![40, 41]);
+        // A batch after a missing one was never acknowledged.
+        assert_eq!(lsns(after_checkpoint(batches(&[6, 7, 9, 10]), 5)), vec![6, 7]);
+        assert_eq!(lsns(after_checkpoint(batches(&[6, 6, 7]), 5)), vec![6]);
+        // Missing right after the checkpoint: a damaged disk; what is there is still replayed.
+        assert_eq!(lsns(after_checkpoint(batches(&[8, 9]), 5)), vec![8, 9]);
+    }
+
+    #[test]
+    fn the_checkpoint_is_durable_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(checkpointed(dir.path()).unwrap(), 0);
+        set_checkpoint(dir.path(), 42).unwrap();
+        set_checkpoint(dir.path(), 43).unwrap();
+        assert_eq!(checkpointed(dir.path()).unwrap(), 43);
+        std::fs::write(dir.path().join(CHECKPOINT), b"garbage").unwrap();
+        assert_eq!(checkpointed(dir.path()).unwrap(), 0, "an unreadable checkpoint replays everything");
     }
 }

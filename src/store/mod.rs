@@ -79,6 +79,11 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("data dir: {0}")]
     Setup(String),
+    /// A sync failed: whether the data it was to make durable is on disk is unknown, and a retry
+    /// could succeed without it (Linux drops the data a failed fsync held). Writes are refused
+    /// until a restart, whose recovery reads the journal.
+    #[error("{0}")]
+    Durability(String),
 }
 
 /// How hard a sync pushes data down before a mutation is acknowledged.
@@ -153,7 +158,7 @@ impl StoreOptions {
         StoreOptions {
             path,
             cache_bytes: 64 << 20,
-            background_flush_ms: Some(500),
+            background_flush_ms: None,
             sync: SyncMode::Fdatasync,
             public_url: String::new(),
             lease_ms: 30_000,
@@ -208,7 +213,7 @@ impl Shared {
     }
 
     fn poison(&self, why: String) {
-        tracing::error!(error = %why, "the store cannot write; refusing writes until restart (recovery replays the journal)");
+        tracing::error!(error = %why, "the store cannot write; refusing writes until a restart (recovery replays the journal)");
         self.writable.store(false, Ordering::SeqCst);
         let mut p = self.poisoned.lock().unwrap_or_else(|p| p.into_inner());
         p.get_or_insert(why);
@@ -265,6 +270,11 @@ impl Store {
         cluster: Option<ClusterHooks>,
     ) -> Result<Store, StoreError> {
         let data_dir = opts.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        // Each folder's name durable in its parent before anything is written inside it.
+        for d in [opts.path.clone(), data_dir.join("wal"), data_dir.join("events")] {
+            crate::disk::create_dir_all(&d)
+                .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", d.display())))?;
+        }
         let db = open_sled(&opts)?;
         let meta = db.open_tree(Tree::Meta.name())?;
         match schema_of(&meta)? {
@@ -378,6 +388,7 @@ impl Store {
             done: applier_done.clone(),
         };
         let checkpointer = applier::Checkpointer {
+            shared: shared.clone(),
             db,
             store_dir: opts.path.clone(),
             journal_dir: wal,
@@ -532,6 +543,11 @@ impl Store {
 
     pub fn is_writable(&self) -> bool {
         self.shared.writable.load(Ordering::SeqCst)
+    }
+
+    /// Why writes are refused until a restart (a sync failed, a thread is gone), if they are.
+    pub fn write_refused(&self) -> Option<String> {
+        self.shared.poisoned()
     }
 
     /// Why the store is stuck (a thread that makes no progress), if it is.
@@ -925,6 +941,7 @@ fn is_revoked(
 /// sled's own threads may hold the file for a moment longer. Another live process holding it
 /// is still an error, with sled's message.
 fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
+    drop_torn_sled_conf(&opts.path)?;
     let config =
         sled::Config::new().path(&opts.path).cache_capacity(opts.cache_bytes).flush_every_ms(opts.background_flush_ms);
     let started = std::time::Instant::now();
@@ -941,9 +958,28 @@ fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
     }
 }
 
-/// Replays journal batches sled or the event log lacks (batches past the last one the applier
-/// recorded; events past the log's end), makes both durable, and starts over with an empty
-/// journal. Returns the last batch number.
+/// sled writes its `conf` (the parameters it was opened with) without syncing it; a power cut
+/// can leave the name durable and the bytes not, and sled then refuses to open. It holds
+/// nothing but the parameters every open passes, so a torn one is removed for sled to write
+/// again (a `conf` of 8 bytes or fewer sled already treats as missing).
+fn drop_torn_sled_conf(store_dir: &Path) -> Result<(), StoreError> {
+    let path = store_dir.join("conf");
+    let Ok(bytes) = std::fs::read(&path) else { return Ok(()) };
+    let Some(split) = bytes.len().checked_sub(4).filter(|_| bytes.len() > 8) else { return Ok(()) };
+    let (body, crc) = bytes.split_at(split);
+    if crc32fast::hash(body).to_le_bytes() == crc {
+        return Ok(());
+    }
+    tracing::warn!(file = %path.display(), "sled's conf is torn (a power cut); writing it again");
+    crate::disk::remove_files(store_dir, &[path])
+        .map_err(|e| StoreError::Setup(format!("removing a torn sled conf: {e}")))
+}
+
+/// Replays the journal batches after the last checkpoint into sled and the event log (never
+/// trusting what sled says it applied: sled's own flush is not an fsync), makes sled, its
+/// folder and the event log durable, records the checkpoint and starts over with an empty
+/// journal. Runs at every open, so whatever the open wrote itself (the schema, a new domain
+/// id) is durable before anything is served. Returns the last batch number.
 fn recover(
     db: &sled::Db,
     trees: &Trees,
@@ -953,25 +989,29 @@ fn recover(
 ) -> Result<u64, StoreError> {
     let meta = trees.get(Tree::Meta);
     let applied = meta.get(keys::META_APPLIED_LSN)?.and_then(|v| keys::u64_of(&v)).unwrap_or(0);
-    let batches = journal::read_batches(wal)?;
-    let Some(last) = batches.last().map(|b| b.lsn) else {
-        return Ok(applied);
-    };
-    let missing: Vec<journal::Batch> = batches.into_iter().filter(|b| b.lsn > applied).collect();
-    applier::apply_now(trees, &missing)?;
+    let checkpoint = journal::checkpointed(wal)?;
+    let files = journal::list(wal)?;
+    let replay = journal::after_checkpoint(journal::read_batches(wal)?, checkpoint);
+    applier::apply_now(trees, &replay)?;
     let log_end = events.last();
     let lost: Vec<journal::LoggedEvent> =
-        missing.iter().flat_map(|b| b.events.iter()).filter(|e| e.seq > log_end).cloned().collect();
-    events.append(&lost)?;
-    events.sync()?;
-    meta.insert(keys::META_APPLIED_LSN, &last.max(applied).to_be_bytes())?;
-    meta.insert(keys::META_NEXT_SEQ, &(events.last() + 1).to_be_bytes())?;
-    applier::checkpoint_sled(db, store_dir)?;
-    if let Some((n, _)) = journal::list(wal)?.last() {
-        journal::remove_upto(wal, *n)?;
+        replay.iter().flat_map(|b| b.events.iter()).filter(|e| e.seq > log_end).cloned().collect();
+    if let Some(first) = lost.first().filter(|e| e.seq != log_end + 1) {
+        tracing::error!(
+            log_end,
+            next = first.seq,
+            "events between the log's end and the journal's were lost from disk"
+        );
     }
-    tracing::info!(batches = missing.len(), events = lost.len(), "journal recovered");
-    Ok(last.max(applied))
+    events.append(&lost)?;
+    let last = replay.last().map_or(0, |b| b.lsn).max(checkpoint).max(applied);
+    meta.insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
+    meta.insert(keys::META_NEXT_SEQ, &(events.last() + 1).to_be_bytes())?;
+    applier::checkpoint(db, store_dir, events, wal, last, files.last().map(|(n, _)| *n))?;
+    if !replay.is_empty() {
+        tracing::info!(batches = replay.len(), events = lost.len(), "journal recovered");
+    }
+    Ok(last)
 }
 
 /// The state at start-up: every session (with a fresh lease and its own deadline), the room
@@ -1092,5 +1132,30 @@ fn with_live_peak(live: &live::Live, m: &mut MeetingRecord) {
     }
     if let Some(r) = live.room(&m.room).filter(|r| *r.meeting_id == *m.id) {
         m.max_participants = m.max_participants.max(r.present.len() as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A power cut can leave sled's `conf` named but torn; sled would then refuse to open.
+    #[test]
+    fn a_torn_sled_conf_is_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        drop(sled::Config::new().path(&store).open().unwrap());
+        let conf = store.join("conf");
+        let good = std::fs::read(&conf).unwrap();
+        drop_torn_sled_conf(&store).unwrap();
+        assert_eq!(std::fs::read(&conf).unwrap(), good, "an intact conf is kept");
+        let mut torn = good.clone();
+        let n = torn.len();
+        torn[n / 2..].fill(0);
+        std::fs::write(&conf, &torn).unwrap();
+        drop_torn_sled_conf(&store).unwrap();
+        assert!(!conf.exists());
+        drop(sled::Config::new().path(&store).open().expect("sled opens once the torn conf is gone"));
+        assert_eq!(std::fs::read(&conf).unwrap(), good);
     }
 }

@@ -293,6 +293,7 @@ impl Writer {
                 self.last_rotation = Instant::now();
                 let _ = self.checkpoints.send(Closed { file, last_lsn: self.last_lsn_in_file });
             }
+            Err(StoreError::Durability(why)) => self.shared.poison(why),
             Err(e) => tracing::warn!(error = %e, "journal rotation failed; will retry"),
         }
     }
