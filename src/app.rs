@@ -300,13 +300,49 @@ fn connections_for(fd_limit: u64) -> usize {
     usize::try_from(fd_limit.saturating_sub(512).clamp(16, 100_000)).unwrap_or(16)
 }
 
+/// Creates the data dir (0700, its name durable in its parent), or checks the one there: it
+/// must belong to the user the server runs as (another user's is refused, as PostgreSQL
+/// refuses it), and anything in it that others could read or enter is made private (0700
+/// folders, 0600 files: webhook secrets and the API key live there), saying so in the log.
 pub(crate) fn create_data_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
     crate::disk::create_dir_all(dir).with_context(|| format!("cannot create data dir {}", dir.display()))?;
-    let mode = std::fs::metadata(dir)?.permissions().mode();
-    if mode & 0o077 != 0 {
-        tracing::warn!(dir = %dir.display(), mode = format!("{:o}", mode & 0o777), "data dir is readable by others; consider chmod 700");
+    let owner = std::fs::metadata(dir)?.uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if owner != me {
+        bail!(
+            "data dir {} belongs to uid {owner}, but the server runs as uid {me}; \
+             run it as the dir's owner or `chown -R {me} {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    let changed = make_private(dir, 3)?;
+    if changed > 0 {
+        tracing::info!(dir = %dir.display(), changed, "made the data dir private (folders 0700, files 0600)");
     }
     Ok(())
+}
+
+/// Takes group and other permissions off `path` and, `depth` levels down, what it holds;
+/// returns how many it changed.
+fn make_private(path: &Path, depth: u32) -> anyhow::Result<usize> {
+    let meta = std::fs::symlink_metadata(path)?;
+    let mut changed = 0;
+    let mode = meta.permissions().mode() & 0o7777;
+    let private = if meta.is_dir() { crate::disk::DIR_MODE } else { crate::disk::FILE_MODE };
+    if !meta.file_type().is_symlink() && mode & 0o077 != 0 {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode & private))
+            .with_context(|| format!("making {} private", path.display()))?;
+        changed += 1;
+    }
+    if meta.is_dir() && depth > 0 {
+        for entry in std::fs::read_dir(path)? {
+            changed += make_private(&entry?.path(), depth - 1)?;
+        }
+    }
+    Ok(changed)
 }
 
 /// Keys from `GATEHOUSE_API_KEY`; else the data dir's key file; else a new key, written there

@@ -18,6 +18,15 @@ pub const DIR_MODE: u32 = 0o700;
 /// Mode of every file the server creates.
 pub const FILE_MODE: u32 = 0o600;
 
+/// Makes every file and folder this process creates private (umask 077), including those
+/// libraries create (sled's `db`, `conf`, snapshots and `blobs/`).
+pub fn private_by_default() {
+    // SAFETY: umask only sets the process's file-creation mask; it cannot fail.
+    unsafe {
+        libc::umask(0o077);
+    }
+}
+
 /// The folder holding `path` (`.` for a bare name).
 pub fn parent_of(path: &Path) -> &Path {
     match path.parent() {

@@ -15,6 +15,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
+    gatehouse::disk::private_by_default();
     let (cli, file_keys) = match gatehouse::config::parse_cli(std::env::args_os().collect()) {
         Ok(c) => c,
         Err(e) => {
