@@ -38,13 +38,7 @@ fn closed_within(c: &mut TcpStream, limit: Duration) -> bool {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kb: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0.0);
-    kb / 1024.0
+    common::memory_mib(pid, "VmRSS")
 }
 
 fn metric(s: &Server, series: &str) -> f64 {

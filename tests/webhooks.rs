@@ -330,3 +330,100 @@ fn deny_private_refuses_local_targets_even_by_name() {
     }
     assert!(rx.requests().is_empty(), "nothing reached the private receiver");
 }
+
+/// A hostile receiver: answers every request 200 with a `size`-byte body, declared
+/// (`Content-Length`) or not (chunked), and counts the event deliveries it got.
+fn flooding_receiver(size: u64, chunked: bool) -> (String, std::sync::Arc<std::sync::Mutex<Vec<u64>>>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let seqs = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = seqs.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut out = stream;
+                loop {
+                    let mut len = 0usize;
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if h.trim().is_empty() {
+                            break;
+                        }
+                        if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    if let Some(seq) = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["seq"].as_u64()) {
+                        seen.lock().unwrap().push(seq);
+                    }
+                    let head = if chunked {
+                        "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_string()
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-length: {size}\r\n\r\n")
+                    };
+                    if out.write_all(head.as_bytes()).is_err() {
+                        return;
+                    }
+                    let block = vec![b'x'; 64 * 1024];
+                    let mut sent = 0u64;
+                    while sent < size {
+                        let n = (size - sent).min(block.len() as u64) as usize;
+                        let ok = if chunked {
+                            out.write_all(format!("{n:x}\r\n").as_bytes()).is_ok()
+                                && out.write_all(&block[..n]).is_ok()
+                                && out.write_all(b"\r\n").is_ok()
+                        } else {
+                            out.write_all(&block[..n]).is_ok()
+                        };
+                        if !ok {
+                            return; // the server hung up: what a bounded reader does
+                        }
+                        sent += n as u64;
+                    }
+                    if chunked && out.write_all(b"0\r\n\r\n").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, seqs)
+}
+
+/// Issue 24, item 1: a receiver's reply (to the test POST and to deliveries) is read up to a
+/// few KB, then the connection is dropped; 256 MiB replies, declared or chunked, neither stall
+/// delivery nor grow the server's memory.
+#[test]
+fn huge_webhook_replies_are_not_read_into_memory() {
+    const SIZE: u64 = 256 * 1024 * 1024;
+    let s = Server::start();
+    let (declared, declared_got) = flooding_receiver(SIZE, false);
+    let (chunked, chunked_got) = flooding_receiver(SIZE, true);
+    let before = common::memory_mib(s.pid(), "VmHWM");
+    create(&s, json!({"url": declared, "eventTypes": ["room.created"]}));
+    create(&s, json!({"url": chunked, "eventTypes": ["room.created"]}));
+    rooms(&s, "flood", 3);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while declared_got.lock().unwrap().len() < 3 || chunked_got.lock().unwrap().len() < 3 {
+        assert!(std::time::Instant::now() < deadline, "deliveries stalled behind huge replies");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peak = common::memory_mib(s.pid(), "VmHWM");
+    println!("server peak RSS: {before:.1} MiB before, {peak:.1} MiB after 8 replies of 256 MiB each");
+    assert!(peak < 128.0, "peak RSS {peak:.1} MiB: a reply was read into memory");
+}

@@ -1,6 +1,8 @@
 //! Outbound HTTP for webhooks (the only outbound HTTP in Gatehouse): a 15 s timeout, no
 //! redirects, proxy variables ignored, and optionally no private targets — checked at connect
-//! time for every request, through the DNS resolver and for literal-IP URLs alike.
+//! time for every request, through the DNS resolver and for literal-IP URLs alike. A reply's
+//! body is read up to [`REPLY_READ_LIMIT`] and the rest never: a receiver that answers with a
+//! huge (or endless) body costs a few KB, not the server's memory.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -8,6 +10,10 @@ use std::time::Duration;
 
 /// Per-request timeout (docs/API.md: 15 s).
 pub const TIMEOUT: Duration = Duration::from_secs(15);
+/// Bytes of a reply's body read at most; past them the connection is dropped unread.
+pub const REPLY_READ_LIMIT: usize = 4 * 1024;
+/// Characters of a reply's body kept in the attempt log.
+const SNIPPET_CHARS: usize = 512;
 
 /// Loopback, private, link-local, shared (100.64/10), unique-local, unspecified, multicast,
 /// broadcast, and IPv4-mapped forms of those.
@@ -134,9 +140,27 @@ impl Outbound {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(|s| Duration::from_secs(s.min(3600)));
-        let text = res.text().await.unwrap_or_default();
-        Ok(Response { status, retry_after, snippet: text.chars().take(512).collect() })
+        let start = read_start(res, REPLY_READ_LIMIT).await;
+        let snippet = String::from_utf8_lossy(&start).chars().take(SNIPPET_CHARS).collect();
+        Ok(Response { status, retry_after, snippet })
     }
+}
+
+/// The first `limit` bytes of a reply's body (less if it ends sooner or breaks off). The
+/// response is dropped here, unread past them: hyper then closes the connection rather than
+/// reading the rest, however much the receiver still has to send.
+async fn read_start(mut res: reqwest::Response, limit: usize) -> Vec<u8> {
+    let mut start = Vec::new();
+    while start.len() < limit {
+        match res.chunk().await {
+            Ok(Some(chunk)) => {
+                let take = chunk.len().min(limit - start.len());
+                start.extend_from_slice(&chunk[..take]);
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    start
 }
 
 pub struct Response {

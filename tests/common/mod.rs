@@ -330,6 +330,18 @@ impl Server {
     }
 }
 
+/// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`: now; `VmHWM`: its peak),
+/// in MiB; 0 when it cannot be read.
+pub fn memory_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field).and_then(|r| r.strip_prefix(':')))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0.0);
+    kb / 1024.0
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
