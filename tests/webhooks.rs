@@ -427,3 +427,41 @@ fn huge_webhook_replies_are_not_read_into_memory() {
     println!("server peak RSS: {before:.1} MiB before, {peak:.1} MiB after 8 replies of 256 MiB each");
     assert!(peak < 128.0, "peak RSS {peak:.1} MiB: a reply was read into memory");
 }
+
+/// Issue 24, item 7: a failing webhook's retry waits its own time (`Retry-After`, honoured up
+/// to an hour), whatever is done meanwhile to other webhooks.
+#[test]
+fn a_retry_waits_its_turn_whatever_happens_to_other_webhooks() {
+    let s = Server::start_with(FAST);
+    let rx = Receiver::start();
+    let w = create(&s, json!({"url": rx.url, "eventTypes": ["room.created"]}));
+    let id = w["uuid"].as_str().unwrap().to_string();
+    rx.then(&[Answer {
+        status: 503,
+        headers: vec![("Retry-After".into(), "999999999".into())],
+        delay: Duration::ZERO,
+    }]);
+    s.create_room(json!({"name": "held"}));
+    let seq = rx.wait_for("the first attempt", 10, |s| !s.is_empty())[0];
+    for _ in 0..200 {
+        if !s.get(&format!("/v1/webhooks/{id}/attempts")).body["data"].as_array().unwrap().is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    // Other webhooks come, change and go; each change is seen by every delivery worker.
+    let other = Receiver::start();
+    for i in 0..3 {
+        let o = create(&s, json!({"url": other.url, "eventTypes": ["room.created"]}));
+        let oid = o["uuid"].as_str().unwrap();
+        assert_eq!(s.post(&format!("/v1/webhooks/{oid}"), &json!({})).status, 200);
+        s.create_room(json!({"name": format!("churn{i}")}));
+        other.wait_for("the other webhook's delivery", 10, |s| s.len() > i);
+        assert_eq!(s.delete(&format!("/v1/webhooks/{oid}")).status, 200);
+    }
+    assert_eq!(rx.seqs(), vec![seq], "the failed event was retried before its Retry-After");
+    // Retry-After is honoured up to its cap (an hour); past that, the retry comes.
+    s.advance(3601.0);
+    let got = rx.wait_for("the retry", 15, |s| s.len() >= 2);
+    assert_eq!(got[1], seq);
+}

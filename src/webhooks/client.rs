@@ -134,16 +134,17 @@ impl Outbound {
         }
         let res = req.send().await.map_err(describe)?;
         let status = res.status().as_u16();
-        let retry_after = res
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+        let retry_after = res.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(retry_after_secs);
         let start = read_start(res, REPLY_READ_LIMIT).await;
         let snippet = String::from_utf8_lossy(&start).chars().take(SNIPPET_CHARS).collect();
         Ok(Response { status, retry_after, snippet })
     }
+}
+
+/// `Retry-After` in seconds (delta-seconds only; an HTTP date is ignored), uncapped: the
+/// retry policy caps it.
+fn retry_after_secs(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The first `limit` bytes of a reply's body (less if it ends sooner or breaks off). The

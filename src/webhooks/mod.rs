@@ -25,6 +25,8 @@ const PERSIST_EVERY: u64 = 256;
 const PERSIST_AFTER: Duration = Duration::from_millis(200);
 /// Events read from the log at a time.
 const PAGE: usize = 256;
+/// A retry wait looks at the clock at least this often (the test clock can jump).
+const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
 /// The test POST a webhook URL must answer with 2xx when created or updated (as Daily does).
 pub async fn probe(out: &Outbound, url: &str, hmac: &str, basic_auth: Option<&str>, now_s: i64) -> Result<(), String> {
@@ -256,13 +258,51 @@ impl Worker {
                     return Step::Reload;
                 }
                 policy::Decision::RetryAfter(d) => {
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => {}
-                        _ = config.changed() => return Step::Reload,
-                        _ = shutdown.changed() => return Step::Reload,
+                    let at_ms = self.clock.now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+                    if !self.wait_to_retry(pos, at_ms, config, shutdown).await {
+                        return Step::Reload;
                     }
                 }
             }
+        }
+    }
+
+    /// Waits until `at_ms` by the server's clock (so a test clock moves it too). False when
+    /// this webhook was changed through the API meanwhile (an update, a replay, its deletion:
+    /// its `version` moved), or at shutdown. Changes to other webhooks wake every worker but do
+    /// not cut this wait short: each webhook keeps its own retry schedule.
+    async fn wait_to_retry(
+        &self,
+        pos: &Position,
+        at_ms: i64,
+        config: &mut watch::Receiver<u64>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        loop {
+            let left_ms = at_ms.saturating_sub(self.clock.now_ms());
+            if left_ms <= 0 {
+                return true;
+            }
+            let nap = Duration::from_millis(u64::try_from(left_ms).unwrap_or(0)).min(CLOCK_CHECK);
+            tokio::select! {
+                _ = tokio::time::sleep(nap) => {}
+                changed = config.changed() => {
+                    if changed.is_err() || self.changed_through_api(pos) {
+                        return false;
+                    }
+                }
+                _ = shutdown.changed() => return false,
+            }
+        }
+    }
+
+    /// The webhook is gone, or the API changed it since `pos` was loaded.
+    fn changed_through_api(&self, pos: &Position) -> bool {
+        match self.store.webhook(&self.id) {
+            Ok(Some(w)) => w.version != pos.w.version,
+            Ok(None) => true,
+            // Cannot tell: reload, as before.
+            Err(_) => true,
         }
     }
 }

@@ -2,6 +2,8 @@
 //! `circuit-breaker`: the head event is tried at once, then after 1 s and 5 s; the third
 //! consecutive failure marks the webhook `FAILED`. `exponential`: 5 s, 5 min, 30 min, 2 h, 5 h,
 //! 10 h, then every 10 h (±10% jitter), until the failure window (5 days) runs out.
+//! A receiver's `Retry-After` (seconds) lengthens a wait, up to [`RETRY_AFTER_CAP`]; it never
+//! shortens one.
 
 use std::time::Duration;
 
@@ -9,6 +11,9 @@ use std::time::Duration;
 pub const BREAKER_FAILURES: u32 = 3;
 /// How long an exponential webhook keeps trying.
 pub const FAILURE_WINDOW_MS: i64 = 5 * 24 * 3600 * 1000;
+/// The longest wait a receiver's `Retry-After` can ask for: a receiver cannot park its
+/// webhook for days (an update through the API resumes it at once anyway).
+pub const RETRY_AFTER_CAP: Duration = Duration::from_secs(3600);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Decision {
@@ -33,7 +38,7 @@ pub fn after_failure(retry_type: &str, failures: u32, failing_for_ms: i64, retry
             _ => return Decision::GiveUp,
         }
     };
-    Decision::RetryAfter(retry_after.map_or(base, |r| r.max(base)))
+    Decision::RetryAfter(retry_after.map_or(base, |r| r.min(RETRY_AFTER_CAP).max(base)))
 }
 
 #[cfg(test)]
@@ -58,5 +63,11 @@ mod tests {
             panic!()
         };
         assert_eq!(d, Duration::from_secs(60), "Retry-After is honoured when longer");
+        let asked = Some(Duration::from_secs(999_999_999));
+        assert_eq!(
+            after_failure("circuit-breaker", 1, 0, asked),
+            Decision::RetryAfter(RETRY_AFTER_CAP),
+            "up to the cap"
+        );
     }
 }
