@@ -465,3 +465,35 @@ fn a_retry_waits_its_turn_whatever_happens_to_other_webhooks() {
     let got = rx.wait_for("the retry", 15, |s| s.len() >= 2);
     assert_eq!(got[1], seq);
 }
+
+/// Issue 24, item 4: credentials in a webhook URL reach the receiver (as basic auth) and
+/// nothing else: not the `webhook.*` events, not the attempts, not the log.
+#[test]
+fn credentials_in_a_webhook_url_stay_out_of_events_attempts_and_logs() {
+    let s = Server::start_with(FAST);
+    let rx = Receiver::start();
+    let with_creds = |pass: &str| rx.url.replace("http://", &format!("http://hook-user:{pass}@"));
+    let w = create(&s, json!({"url": with_creds("s3cr3t-one"), "eventTypes": ["room.created"]}));
+    let id = w["uuid"].as_str().unwrap();
+    let r = s.post(&format!("/v1/webhooks/{id}"), &json!({"url": with_creds("s3cr3t-two")}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    s.create_room(json!({"name": "creds"}));
+    rx.wait_for("a delivery", 10, |s| !s.is_empty());
+    let last = rx.requests().last().cloned().unwrap();
+    assert_eq!(last.header("authorization"), Some("Basic aG9vay11c2VyOnMzY3IzdC10d28="), "delivered with them");
+    // A timed-out attempt (its error names the URL) and the breaker's `webhook.failed`.
+    let slow = Answer { status: 200, headers: vec![], delay: Duration::from_millis(900) };
+    rx.then(&[slow.clone(), slow.clone(), slow]);
+    s.create_room(json!({"name": "slow"}));
+    s.wait_event("webhook.failed", |_| true);
+    let created = &s.events_of("webhook.created")[0]["payload"];
+    assert_eq!(created["url"], rx.url.as_str(), "the URL without its credentials");
+    let everything = format!(
+        "{}{}{}",
+        serde_json::to_string(&s.events()).unwrap(),
+        s.get(&format!("/v1/webhooks/{id}/attempts")).text,
+        s.log()
+    );
+    assert!(!everything.contains("s3cr3t"), "a password leaked:\n{everything}");
+    assert!(!everything.contains("hook-user"), "a user name leaked:\n{everything}");
+}

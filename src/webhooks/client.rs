@@ -170,7 +170,10 @@ pub struct Response {
     pub snippet: String,
 }
 
+/// What went wrong, for the attempt log and the webhook API's error messages. Without the URL,
+/// which may carry credentials (the webhook's own configuration says where it was).
 fn describe(e: reqwest::Error) -> String {
+    let e = e.without_url();
     let kind = if e.is_timeout() {
         "timed out"
     } else if e.is_connect() {

@@ -43,10 +43,30 @@ impl WebhookPatch {
     }
 }
 
-/// The `webhook.*` payload: never the secret, and the URL without its query string.
+/// The `webhook.*` payload: never the secret, and the URL without what may hold one (its
+/// user name and password, its query string and fragment). Other webhooks and event readers
+/// receive these events; only the stored configuration keeps the whole URL, to deliver.
 pub fn public_payload(w: &WebhookRecord) -> serde_json::Value {
-    let url = w.url.split(['?', '#']).next().unwrap_or("");
+    let url = public_url(&w.url);
     json!({"uuid": w.uuid, "url": url, "state": w.state, "eventTypes": w.event_types, "retryType": w.retry_type})
+}
+
+/// `url` without userinfo, query or fragment.
+pub fn public_url(url: &str) -> String {
+    let Ok(mut u) = url::Url::parse(url) else {
+        // Not a URL we could deliver to anyway: keep only what comes before anything secret.
+        let start = url.split(['?', '#']).next().unwrap_or("");
+        return match start.rsplit_once('@') {
+            Some((_, host)) => host.to_string(),
+            None => start.to_string(),
+        };
+    };
+    // Both fail only for URLs that cannot have userinfo (no host), which have none to strip.
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 /// A new webhook starts after its own `webhook.created` event: it receives what happens from now on.
@@ -204,5 +224,21 @@ impl Command for WebhookProgress {
         w.updated_ms = now;
         cx.put_webhook(&w, reload)?;
         Ok(Progress::Applied(Box::new(w)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::public_url;
+
+    #[test]
+    fn public_urls_carry_no_credentials() {
+        assert_eq!(
+            public_url("https://user:pass@hooks.example.com:8443/in?token=x#frag"),
+            "https://hooks.example.com:8443/in"
+        );
+        assert_eq!(public_url("http://user@10.0.0.1/x"), "http://10.0.0.1/x");
+        assert_eq!(public_url("http://host/plain"), "http://host/plain");
+        assert_eq!(public_url("not a url: user:pass@host?q"), "host");
     }
 }
