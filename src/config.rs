@@ -232,8 +232,8 @@ pub struct ServeArgs {
     /// store and outbound webhooks, at most 100000).
     #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
-    /// Most connections from one client address that have not yet made an authenticated
-    /// request (trusted proxies are exempt).
+    /// Most connections from one client address that have not yet made a request with the API
+    /// key (session and lobby secrets do not count: anyone can get one; trusted proxies are exempt).
     #[arg(long, env = "GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", default_value_t = 256)]
     pub max_connections_per_address: usize,
     /// Most open event streams (GET /v1/events/stream) per API key.

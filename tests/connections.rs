@@ -238,3 +238,60 @@ fn streams_are_capped_per_key_and_per_session() {
     assert_eq!((r.status, r.body["error"].as_str()), (429, Some("rate-limit-error")), "{}", r.text);
     assert!(r.body["info"].as_str().unwrap().contains("open streams"), "{}", r.text);
 }
+
+/// Sends one request on `c`, reads its whole response (head and `Content-Length` body), and
+/// returns the status line's first 12 bytes; the connection stays usable.
+fn request_head(c: &mut TcpStream, request: &str) -> String {
+    c.write_all(request.as_bytes()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut byte).unwrap();
+        got.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&got).to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    head.chars().take(12).collect()
+}
+
+/// Issue 24, item 2: anyone can get a session secret (a public room) or a waiting one (a
+/// knock), so connections authenticated only by those still count toward their address's
+/// cap; the API key still lifts it.
+#[test]
+fn participant_and_lobby_secrets_do_not_lift_the_per_address_cap() {
+    let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "4")]);
+    s.create_room(json!({"name": "open"}));
+    s.create_room(json!({"name": "lobby", "privacy": "private", "properties": {"enable_knocking": true}}));
+    let (id, secret, _) = s.join_ok("open", None);
+    let knock = s.join("lobby", None, Some("knocker"));
+    assert_eq!(knock.body["access"]["level"], "lobby", "{}", knock.text);
+    let (wid, wsecret) = (knock.body["session_id"].as_str().unwrap(), knock.body["session_secret"].as_str().unwrap());
+    let from = [127, 0, 3, 1];
+    let mut held = Vec::new();
+    for (sid, sec) in [(id.as_str(), secret.as_str()), (wid, wsecret), (id.as_str(), secret.as_str()), (wid, wsecret)] {
+        let mut c = connect_from(&s, from);
+        let head = request_head(
+            &mut c,
+            &format!("POST /v1/sessions/{sid}/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {sec}\r\nContent-Length: 0\r\n\r\n"),
+        );
+        assert_eq!(head, "HTTP/1.1 200");
+        held.push(c);
+    }
+    let mut fifth = connect_from(&s, from);
+    assert!(closed_within(&mut fifth, Duration::from_secs(5)), "a participant's secret lifted the per-address cap");
+    // The API key on one of them frees a place.
+    let head = request_head(
+        &mut held[0],
+        &format!("GET /v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", s.key),
+    );
+    assert_eq!(head, "HTTP/1.1 200");
+    let mut sixth = connect_from(&s, from);
+    let head = request_head(&mut sixth, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_eq!(head, "HTTP/1.1 200");
+}

@@ -39,7 +39,8 @@ pub fn api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a Sig
 }
 
 /// Marks the request's connection as authenticated (it no longer counts against its address's
-/// cap of unauthenticated connections).
+/// cap of unauthenticated connections). Only for what an outsider cannot get: the API key, or
+/// a cluster node's tag. Session and lobby secrets do not count: anyone can get one.
 pub fn authenticated(req: &Request<Incoming>) {
     if let Some(c) = req.extensions().get::<std::sync::Arc<super::conn::Conn>>() {
         c.authenticated();

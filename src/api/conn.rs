@@ -13,8 +13,10 @@
 //! Limits: at most [`Limits::max_connections`] open at once (past it the server stops accepting
 //! until one closes, and says so once in the log); at most
 //! [`Limits::max_unauthenticated_per_address`] connections per client address that have not yet
-//! made an authenticated request (API key or session secret). Connections from trusted proxies
-//! are exempt from the per-address cap: behind a proxy every client shares its address.
+//! made a request with the API key (or, in cluster mode, a node's tag). Session and lobby
+//! secrets do not lift the cap: anyone can get one by joining a public room or knocking.
+//! Connections from trusted proxies are exempt from the per-address cap: behind a proxy every
+//! client shares its address.
 //!
 //! Must not: read request contents; handlers mark a connection authenticated through
 //! [`Conn::authenticated`], found in the request's extensions.

@@ -249,6 +249,11 @@ async fn dispatch(
         Err(routes::Miss::Method(allow)) => return Err(ApiError::method_not_allowed(allow)),
         Err(routes::Miss::NotFound) => return Err(ApiError::not_found("no such route")),
     };
+    // A cluster node forwarding its clients' requests holds one connection for many of them;
+    // its tag (an HMAC under the shared key) authenticates the connection as the key would.
+    if state.limiter.forwarded_by_a_node(req.headers()) {
+        auth::authenticated(&req);
+    }
     // Parameters come in the order the route's pattern names them.
     let p = |i: usize| params.get(i).map_or("", String::as_str);
     match route.op {

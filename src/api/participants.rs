@@ -132,7 +132,8 @@ pub(super) fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) 
     if !bool::from(presented.ct_eq(&entry.digest)) {
         return Err(ApiError::unauthenticated("the session secret is not valid"));
     }
-    auth::authenticated(req);
+    // The connection still counts toward its address's cap: anyone can get a session secret
+    // (a public room, a knock), so it proves nothing about who holds the connection.
     Ok(entry.session.clone())
 }
 
@@ -187,6 +188,7 @@ pub(super) fn sse(kind: &str, id: Option<u64>, data: &str) -> Bytes {
 fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Result<(String, bool), ApiError> {
     let cred = auth::bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header"))?;
     if let Some(key) = state.keys.authenticate(cred) {
+        auth::authenticated(req);
         return Ok((format!("api:{}", key.kid), false));
     }
     if cred.split('.').count() != 3 {

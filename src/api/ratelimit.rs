@@ -59,7 +59,7 @@ impl JoinLimiter {
     }
 
     /// Whether `headers` carry a node's valid tag for the last `X-Forwarded-For` entry.
-    fn forwarded_by_a_node(&self, headers: &HeaderMap) -> bool {
+    pub fn forwarded_by_a_node(&self, headers: &HeaderMap) -> bool {
         let (Some(secret), Some(tag)) = (&self.node_secret, headers.get(crate::cluster::NODE_HEADER)) else {
             return false;
         };
