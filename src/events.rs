@@ -27,30 +27,57 @@ pub const WAITING_PARTICIPANT_JOINED: &str = "waiting-participant.joined";
 pub const WAITING_PARTICIPANT_LEFT: &str = "waiting-participant.left";
 pub const PARTICIPANT_UPDATED: &str = "participant.updated";
 
-/// Every event type the API documents; `types=` filters are checked against it.
-pub const ALL_TYPES: &[&str] = &[
-    "room.created",
-    "room.updated",
-    "room.deleted",
-    "room.expired",
-    "meeting.started",
-    "meeting.ended",
-    "participant.joined",
-    "participant.left",
-    "participant.ejected",
-    "participant.join-denied",
-    "participant.updated",
-    "waiting-participant.joined",
-    "waiting-participant.left",
-    "meeting-token.created",
-    "meeting-token.revoked",
-    "ban.created",
-    "ban.removed",
-    "webhook.failed",
-    "webhook.created",
-    "webhook.updated",
-    "webhook.deleted",
+/// Who sees an event of a kind on the session streams of its room (ARCHITECTURE.md,
+/// "Session streams"). Whatever the audience, an event about a session also reaches that
+/// session's own stream (its ejection, its departure).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Audience {
+    /// Everyone in the room: what Daily's clients see of the call (who comes, goes and
+    /// changes, the room's own changes). Events about participants hidden from presence still
+    /// go to admins only.
+    Room,
+    /// The room's admins only (owners, `canAdmin: participants`): tokens, refusals, knocks,
+    /// ejections, bans, webhooks.
+    Admins,
+}
+
+/// Every event type the API documents (`types=` filters are checked against it), with its
+/// audience on session streams.
+pub const KINDS: &[(&str, Audience)] = &[
+    (ROOM_CREATED, Audience::Room),
+    (ROOM_UPDATED, Audience::Room),
+    (ROOM_DELETED, Audience::Room),
+    (ROOM_EXPIRED, Audience::Room),
+    (MEETING_STARTED, Audience::Room),
+    (MEETING_ENDED, Audience::Room),
+    (PARTICIPANT_JOINED, Audience::Room),
+    (PARTICIPANT_LEFT, Audience::Room),
+    // Daily's clients see someone leave, not who removed them or why.
+    (PARTICIPANT_EJECTED, Audience::Admins),
+    (PARTICIPANT_JOIN_DENIED, Audience::Admins),
+    (PARTICIPANT_UPDATED, Audience::Room),
+    (WAITING_PARTICIPANT_JOINED, Audience::Admins),
+    (WAITING_PARTICIPANT_LEFT, Audience::Admins),
+    // Names someone who has not joined (maybe never visibly).
+    (MEETING_TOKEN_CREATED, Audience::Admins),
+    (MEETING_TOKEN_REVOKED, Audience::Admins),
+    (BAN_CREATED, Audience::Admins),
+    (BAN_REMOVED, Audience::Admins),
+    (WEBHOOK_FAILED, Audience::Admins),
+    (WEBHOOK_CREATED, Audience::Admins),
+    (WEBHOOK_UPDATED, Audience::Admins),
+    (WEBHOOK_DELETED, Audience::Admins),
 ];
+
+/// Whether `kind` is an event type the API documents.
+pub fn is_known(kind: &str) -> bool {
+    KINDS.iter().any(|(k, _)| *k == kind)
+}
+
+/// Who sees events of `kind` on session streams; a kind not in [`KINDS`] is for admins only.
+pub fn audience(kind: &str) -> Audience {
+    KINDS.iter().find(|(k, _)| *k == kind).map_or(Audience::Admins, |(_, a)| *a)
+}
 
 /// An event a command wants logged; the writer gives it its sequence number and time.
 #[derive(Debug, Clone)]
@@ -101,6 +128,46 @@ pub fn room_payload(room_json: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 24, item 3: every kind has the audience written in ARCHITECTURE.md; a kind added
+    /// to [`KINDS`] without being placed here fails, so nobody adds one without deciding.
+    #[test]
+    fn every_kind_has_its_stated_audience() {
+        let room = [
+            "room.created",
+            "room.updated",
+            "room.deleted",
+            "room.expired",
+            "meeting.started",
+            "meeting.ended",
+            "participant.joined",
+            "participant.left",
+            "participant.updated",
+        ];
+        let admins = [
+            "participant.ejected",
+            "participant.join-denied",
+            "waiting-participant.joined",
+            "waiting-participant.left",
+            "meeting-token.created",
+            "meeting-token.revoked",
+            "ban.created",
+            "ban.removed",
+            "webhook.failed",
+            "webhook.created",
+            "webhook.updated",
+            "webhook.deleted",
+        ];
+        assert_eq!(KINDS.len(), room.len() + admins.len(), "a kind without a stated audience");
+        for k in room {
+            assert_eq!(audience(k), Audience::Room, "{k}");
+        }
+        for k in admins {
+            assert_eq!(audience(k), Audience::Admins, "{k}");
+        }
+        assert_eq!(audience("something.new"), Audience::Admins, "unknown kinds fail closed");
+        assert!(is_known("ban.created") && !is_known("nope"));
+    }
 
     #[test]
     fn envelope_shape() {

@@ -195,3 +195,90 @@ fn a_waiting_stream_hears_its_admission_when_nobody_else_follows_the_room() {
     let (kind, f) = next_frame(&rx, &[]);
     assert_eq!((kind.as_str(), f["access"]["level"].as_str()), ("access", Some("full")), "{f}");
 }
+
+/// Frame kinds a stream got until (and with) a `room.updated` marker, skipping keep-alives.
+fn kinds_until_marker(rx: &common::Frames) -> Vec<(String, Value)> {
+    let mut got = Vec::new();
+    loop {
+        let (kind, f) = next_frame(rx, &[]);
+        let done = kind == "room.updated";
+        got.push((kind, f));
+        if done {
+            return got;
+        }
+    }
+}
+
+/// Issue 24, item 3: each event kind has one audience (ARCHITECTURE.md, "Session streams"):
+/// a plain participant's stream gets what Daily's clients see (joins, departures, updates of
+/// visible participants, the room's own changes); tokens, refused joins, knocks, ejections of
+/// others and bans reach only the room's admins.
+#[test]
+fn admin_only_events_stay_off_plain_participants_streams() {
+    let s = Server::start();
+    s.create_room(json!({"name": "vis", "privacy": "private", "properties": {"enable_knocking": true}}));
+    let owner = s.token(json!({"room_name": "vis", "is_owner": true, "user_id": "host"}));
+    let plain = s.token(json!({"room_name": "vis", "user_id": "plain", "user_name": "Plain"}));
+    let (host, host_secret, _) = s.join_ok("vis", Some(&owner));
+    let (me, secret, _) = s.join_ok("vis", Some(&plain));
+    let admin_rx = s.session_stream(&host, &host_secret);
+    let plain_rx = s.session_stream(&me, &secret);
+    assert_eq!(next_frame(&admin_rx, &[]).0, "presence");
+    assert_eq!(next_frame(&plain_rx, &[]).0, "presence");
+
+    // meeting-token.created, for someone who has not joined (and would be hidden).
+    s.token(
+        json!({"room_name": "vis", "user_id": "future", "user_name": "Not Yet", "permissions": {"hasPresence": false}}),
+    );
+    // participant.join-denied.
+    let other_room = s.token(json!({"room_name": "elsewhere", "user_name": "Refused"}));
+    assert_eq!(s.join("vis", Some(&other_room), None).status, 403);
+    // waiting-participant.joined, then .left (denied).
+    let knock = s.join("vis", None, Some("Knocker"));
+    let knocker = knock.body["session_id"].as_str().unwrap().to_string();
+    let r = s.post("/v1/rooms/vis/waiting-participants", &json!({knocker.clone(): {"grantRequestedAccess": false}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // participant.joined, .updated, .ejected, .left; ban.created; meeting-token.revoked.
+    let visitor = s.token(json!({"room_name": "vis", "user_id": "visitor", "user_name": "Visitor"}));
+    let (v, _, _) = s.join_ok("vis", Some(&visitor));
+    let r = s.post("/v1/rooms/vis/update-permissions", &json!({"data": {v.clone(): {"canSend": false}}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s.post("/v1/rooms/vis/eject", &json!({"ids": [v], "ban": true}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    // ban.removed; meeting-token.revoked by jti.
+    assert_eq!(s.delete("/v1/rooms/vis/bans/visitor").status, 200);
+    let spare = s.token(json!({"room_name": "vis", "user_id": "spare"}));
+    assert_eq!(s.post("/v1/meeting-tokens/revoke", &json!({"token": spare})).status, 200);
+    // webhook.* carry no room; room.updated is the marker everyone sees.
+    let r = s.post("/v1/rooms/vis", &json!({"properties": {"max_participants": 50}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let seen_by_admin: Vec<String> = kinds_until_marker(&admin_rx).into_iter().map(|(k, _)| k).collect();
+    let plain_frames = kinds_until_marker(&plain_rx);
+    let seen_by_plain: Vec<&str> = plain_frames.iter().map(|(k, _)| k.as_str()).collect();
+    for kind in [
+        "meeting-token.created",
+        "participant.join-denied",
+        "waiting-participant.joined",
+        "waiting-participant.left",
+        "participant.joined",
+        "participant.updated",
+        "participant.ejected",
+        "participant.left",
+        "ban.created",
+        "meeting-token.revoked",
+        "ban.removed",
+        "room.updated",
+    ] {
+        assert!(seen_by_admin.iter().any(|k| k == kind), "the admin did not see {kind}: {seen_by_admin:?}");
+    }
+    assert_eq!(
+        seen_by_plain,
+        ["participant.joined", "participant.updated", "participant.left", "room.updated"],
+        "a plain participant's stream"
+    );
+    let text = format!("{plain_frames:?}");
+    for secret_word in ["Not Yet", "future", "Refused", "Knocker", "spare"] {
+        assert!(!text.contains(secret_word), "{secret_word} reached a plain participant: {text}");
+    }
+}

@@ -58,7 +58,7 @@ fn types_param(q: &std::collections::HashMap<String, String>) -> Result<Option<V
         return Ok(None);
     };
     let list: Vec<String> = s.split(',').map(|t| t.trim().to_string()).collect();
-    if let Some(bad) = list.iter().find(|t| !crate::events::ALL_TYPES.contains(&t.as_str())) {
+    if let Some(bad) = list.iter().find(|t| !crate::events::is_known(t)) {
         return Err(ApiError::invalid(format!("unknown event type '{}'", wire::clip(bad))));
     }
     Ok(Some(list))

@@ -74,7 +74,7 @@ fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
             let mut types = Vec::new();
             for t in a {
                 match t.as_str() {
-                    Some(t) if crate::events::ALL_TYPES.contains(&t) => types.push(t.to_string()),
+                    Some(t) if crate::events::is_known(t) => types.push(t.to_string()),
                     _ => return Err(ApiError::invalid(format!("unknown event type {}", wire::clip(&t.to_string())))),
                 }
             }

@@ -42,7 +42,8 @@ pub struct Frame {
     pub kind: Arc<str>,
     /// The session the event is about, if one.
     pub about: Option<Arc<str>>,
-    /// For the room's admins only (who knocks: `waiting-participant.*`).
+    /// For the room's admins only: its kind's audience (`events::audience`), or it is about a
+    /// participant hidden from presence.
     pub admin_only: bool,
     pub bytes: Bytes,
 }
@@ -169,8 +170,9 @@ impl Hub {
 
     /// Hands each event about a session to that session's streams, and each event about a room
     /// to that room's subscribers, if it has any. `live` is the state the events were published
-    /// with. Events about participants hidden from presence (`hasPresence: false`) go to the
-    /// room's admins only, as do knocks.
+    /// with. Each kind has its audience (`events::audience`: tokens, refusals, knocks,
+    /// ejections and bans are for the room's admins only); events about participants hidden
+    /// from presence (`hasPresence: false`) go to the room's admins only too.
     pub fn publish(&self, events: &[LoggedEvent], live: &Live) {
         let Ok(mut rooms) = self.rooms.lock() else { return };
         let Ok(own) = self.own.lock() else { return };
@@ -211,7 +213,7 @@ impl Hub {
             let frame = Arc::new(Frame {
                 kind: Arc::from(e.kind.as_str()),
                 about: e.session.as_deref().map(Arc::from),
-                admin_only: e.kind.starts_with("waiting-participant.") || about_hidden,
+                admin_only: crate::events::audience(&e.kind) == crate::events::Audience::Admins || about_hidden,
                 bytes: sse_frame(&e.kind, Some(e.seq), &e.envelope),
             });
             // A session's own streams get its events whatever the room's subscriptions.
@@ -329,5 +331,36 @@ fn fold(fan: &mut RoomFan, e: &LoggedEvent) {
     list.push_back(entry);
     if list.len() > SUMMARY_LIST {
         list.pop_front();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{Audience, KINDS};
+
+    /// Issue 24, item 3: every kind reaches a room's streams marked as its audience says.
+    #[test]
+    fn frames_are_marked_with_their_kinds_audience() {
+        let hub = Hub::default();
+        let (mut rx, _) = hub.subscribe("r", 0);
+        let events: Vec<LoggedEvent> = KINDS
+            .iter()
+            .enumerate()
+            .map(|(i, (kind, _))| LoggedEvent {
+                seq: i as u64 + 1,
+                ts_ms: 0,
+                kind: kind.to_string(),
+                room: Some("r".into()),
+                envelope: r#"{"payload":{"room":"r"}}"#.into(),
+                session: None,
+            })
+            .collect();
+        hub.publish(&events, &Live::default());
+        for (kind, audience) in KINDS {
+            let f = rx.try_recv().unwrap_or_else(|e| panic!("no frame for {kind}: {e}"));
+            assert_eq!(&*f.kind, *kind);
+            assert_eq!(f.admin_only, *audience == Audience::Admins, "{kind}");
+        }
     }
 }
