@@ -106,9 +106,18 @@ pub fn check(name: &str, kind: Kind, v: &Value) -> Result<(), PropertyError> {
     Err(bad(name, expectation(kind)))
 }
 
-/// At most `max` characters and no control characters (names are shown to other people).
+/// At most `max` characters, none of them a control character or a bidirectional control
+/// (names are shown to other people, and written to logs).
 pub fn is_plain_text(s: &str, max: usize) -> bool {
-    s.chars().count() <= max && !s.chars().any(char::is_control)
+    s.chars().count() <= max && !s.chars().any(is_unsafe_char)
+}
+
+/// A control character (C0, DEL, C1: newlines, NUL, escapes) or a bidirectional control (the
+/// marks, embeddings, overrides and isolates that make text display in another order than it
+/// is stored in, so that a name can pass for another).
+pub fn is_unsafe_char(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
 }
 
 fn expectation(kind: Kind) -> String {
@@ -267,6 +276,15 @@ fn check_media(name: &str, field: &str, v: &Value) -> Result<(), PropertyError> 
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn plain_text_refuses_controls_and_bidi_overrides() {
+        assert!(is_plain_text("Zoë O'Brien – 東京", 100));
+        for bad in ["a\nb", "a\0b", "a\u{1b}[31m", "a\u{85}b", "evil\u{202E}txt.exe", "a\u{2066}b", "a\u{200F}"] {
+            assert!(!is_plain_text(bad, 100), "{bad:?}");
+        }
+        assert!(!is_plain_text("abc", 2));
+    }
 
     const T: &[(&str, Kind)] =
         &[("nbf", Kind::UnixSecs), ("exp", Kind::UnixSecs), ("n", Kind::Text(5)), ("p", Kind::Permissions)];

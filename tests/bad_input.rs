@@ -145,3 +145,45 @@ fn no_request_ever_gets_a_500() {
     assert_error(&r, 400, "json-parsing-error", "JSON");
     assert!(!s.log().contains("panicked"));
 }
+
+/// Issue 24, item 8: a name in a path with control characters, NUL or a bidi override is
+/// refused before anything is logged; names that cannot be rooms never reach the event log.
+#[test]
+fn odd_names_in_paths_are_refused_before_anything_is_logged() {
+    let s = Server::start();
+    s.create_room(json!({"name": "fine"}));
+    let odd = ["x%0aevent:%20evil", "x%00y", "x%E2%80%AEevil", "x%1b%5b31m", "x%0d%0aevil", "evil%C2%85x", "a%20evil"];
+    let routes = [
+        ("POST", "/v1/rooms/{}/join"),
+        ("POST", "/v1/rooms/{}/pre-auth"),
+        ("POST", "/v1/rooms/{}/eject"),
+        ("POST", "/v1/rooms/{}/update-permissions"),
+        ("GET", "/v1/rooms/{}/waiting-participants"),
+        ("POST", "/v1/rooms/{}/waiting-participants"),
+        ("GET", "/v1/rooms/{}/presence"),
+        ("GET", "/v1/rooms/{}/bans"),
+        ("DELETE", "/v1/rooms/fine/bans/{}"),
+        ("DELETE", "/v1/rooms/{}/bans/someone"),
+        ("GET", "/v1/rooms/{}"),
+        ("POST", "/v1/rooms/{}"),
+        ("DELETE", "/v1/rooms/{}"),
+        ("GET", "/{}"),
+    ];
+    for name in odd {
+        for (method, pattern) in routes {
+            let path = pattern.replace("{}", name);
+            let resp = raw(
+                &s.base,
+                format!(
+                    "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}"
+                )
+                .as_bytes(),
+            );
+            assert!(resp.starts_with("HTTP/1.1 400") || resp.starts_with("HTTP/1.1 404"), "{method} {path}: {resp}");
+        }
+    }
+    let log = serde_json::to_string(&s.events()).unwrap();
+    assert!(!log.contains("evil") && !log.contains("x\\u0000y"), "an odd name reached the event log: {log}");
+    assert!(s.events_of("participant.join-denied").is_empty());
+    assert!(!s.log().contains("evil"), "an odd name reached the log");
+}

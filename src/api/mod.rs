@@ -245,7 +245,11 @@ async fn dispatch(
     use routes::Op;
     let (route, params) = match found {
         Ok(f) => f,
-        Err(routes::Miss::BadPath) => return Err(ApiError::invalid("request path is not valid UTF-8")),
+        Err(routes::Miss::BadPath) => {
+            return Err(ApiError::invalid(
+                "request path is not valid UTF-8, or holds a control or bidirectional-control character",
+            ))
+        }
         Err(routes::Miss::Method(allow)) => return Err(ApiError::method_not_allowed(allow)),
         Err(routes::Miss::NotFound) => return Err(ApiError::not_found("no such route")),
     };
@@ -256,6 +260,10 @@ async fn dispatch(
     }
     // Parameters come in the order the route's pattern names them.
     let p = |i: usize| params.get(i).map_or("", String::as_str);
+    // A name no room can have names no room: answered before any handler could log it.
+    if route.names_a_room() && crate::rooms::validate_name(p(0)).is_err() {
+        return Err(ApiError::not_found("room not found"));
+    }
     match route.op {
         Op::Healthz => Ok(ops::healthz()),
         Op::Readyz => Ok(ops::readyz(state)),

@@ -131,6 +131,13 @@ routes! {
     GET "/:room" => RoomPage,
 }
 
+impl Route {
+    /// The route's first parameter is a room name (`/v1/rooms/:name...`).
+    pub fn names_a_room(&self) -> bool {
+        self.path.starts_with("/v1/rooms/:name")
+    }
+}
+
 /// Why no route answers a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Miss {
@@ -138,7 +145,9 @@ pub enum Miss {
     NotFound,
     /// Patterns fit, for these other methods (the `Allow` header).
     Method(&'static str),
-    /// A path segment is not valid UTF-8 once percent-decoded.
+    /// A path segment is not valid UTF-8 once percent-decoded, or holds a control character or
+    /// a bidirectional control (`properties::is_unsafe_char`): no name or id has one, and
+    /// nothing that does gets as far as a handler, a log line or the event log.
     BadPath,
 }
 
@@ -201,11 +210,15 @@ fn fit(pattern: &str, segs: &[String]) -> Option<Vec<String>> {
     Some(params)
 }
 
-/// The path split into percent-decoded segments; `None` when one is not valid UTF-8.
+/// The path split into percent-decoded segments; `None` when one is not valid UTF-8 or holds
+/// a character no name may have.
 fn segments(path: &str) -> Option<Vec<String>> {
     path.split('/')
         .filter(|s| !s.is_empty())
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8().ok().map(|c| c.into_owned()))
+        .map(|s| {
+            let decoded = percent_encoding::percent_decode_str(s).decode_utf8().ok()?;
+            (!decoded.chars().any(crate::properties::is_unsafe_char)).then(|| decoded.into_owned())
+        })
         .collect()
 }
 
@@ -227,6 +240,11 @@ mod tests {
         assert_eq!(find(&Method::POST, "/some-room").unwrap_err(), Miss::NotFound);
         assert_eq!(find(&Method::POST, "/healthz").unwrap_err(), Miss::Method("GET"));
         assert_eq!(find(&Method::GET, "/v1/rooms/%ff").unwrap_err(), Miss::BadPath);
+        for odd in ["x%0aevent:%20evil", "x%00y", "x%E2%80%AEy", "%C2%85", "x%7f"] {
+            assert_eq!(find(&Method::POST, &format!("/v1/rooms/{odd}/join")).unwrap_err(), Miss::BadPath, "{odd}");
+        }
+        assert!(find(&Method::POST, "/v1/rooms/x/join").unwrap().0.names_a_room());
+        assert!(!find(&Method::GET, "/v1/rooms").unwrap().0.names_a_room());
     }
 
     #[test]
