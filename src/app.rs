@@ -123,6 +123,7 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
         },
         max_event_streams_per_key: settings.max_event_streams_per_key,
         max_streams_per_session: settings.max_streams_per_session,
+        max_bans_per_room: settings.max_bans_per_room,
     };
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)

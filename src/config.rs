@@ -242,6 +242,9 @@ pub struct ServeArgs {
     /// Most open streams (GET /v1/sessions/:id/stream) per session.
     #[arg(long, env = "GATEHOUSE_MAX_STREAMS_PER_SESSION", default_value_t = 4)]
     pub max_streams_per_session: usize,
+    /// Most bans one room may hold; an eject with `ban` that would pass it is refused (400).
+    #[arg(long, env = "GATEHOUSE_MAX_BANS_PER_ROOM", default_value_t = 10_000)]
+    pub max_bans_per_room: usize,
     /// People present from which a room is large: its session streams get the count and the
     /// latest joiners and leavers a few times a second instead of every change.
     #[arg(long, env = "GATEHOUSE_LARGE_ROOM_THRESHOLD", default_value_t = 1000)]
@@ -349,6 +352,7 @@ pub struct Settings {
     pub max_connections_per_address: usize,
     pub max_event_streams_per_key: usize,
     pub max_streams_per_session: usize,
+    pub max_bans_per_room: usize,
     pub large_room: u64,
     pub writer_queue: usize,
     pub shed_after: std::time::Duration,
@@ -494,6 +498,7 @@ impl ServeArgs {
             )?,
             max_event_streams_per_key: count("max-event-streams-per-key", self.max_event_streams_per_key, 1, 100_000)?,
             max_streams_per_session: count("max-streams-per-session", self.max_streams_per_session, 1, 1000)?,
+            max_bans_per_room: count("max-bans-per-room", self.max_bans_per_room, 1, 1_000_000)?,
             large_room: within("large-room-threshold", self.large_room_threshold, 1, 1_000_000)?,
             writer_queue: count("writer-queue", self.writer_queue, 1, 1_000_000)?,
             shed_after: std::time::Duration::from_millis(within("shed-after-ms", self.shed_after_ms, 0, 60_000)?),
@@ -622,7 +627,7 @@ impl Settings {
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
              webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
-             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\nstore = {}\n",
+             max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nmax_bans_per_room = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\nstore = {}\n",
             self.listen,
             self.data_dir.display(),
             self.public_url.as_deref().unwrap_or("(the bound address)"),
@@ -651,6 +656,7 @@ impl Settings {
             self.max_connections_per_address,
             self.max_event_streams_per_key,
             self.max_streams_per_session,
+            self.max_bans_per_room,
             self.large_room,
             self.writer_queue,
             self.shed_after,

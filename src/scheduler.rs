@@ -1,5 +1,6 @@
 //! Housekeeping: the cron job (tokio-cron-scheduler, six-field cron, re-registered at every
-//! start) that purges dead revocations and token records and compacts the event log. Deadlines
+//! start) that purges dead revocations, token records and bans of rooms that are gone, and
+//! compacts the event log. Deadlines
 //! are not here: the writer fires them itself, between batches (ARCHITECTURE.md, invariant 4).
 //!
 //! Must not: change state itself; it only submits housekeeping commands.
@@ -30,7 +31,8 @@ pub async fn housekeep_once(
         let report = store.submit_wait(Purge { limit: PURGE_LIMIT }).await?;
         total.revocations += report.revocations;
         total.tokens += report.tokens;
-        if report.revocations < PURGE_LIMIT as u64 && report.tokens < PURGE_LIMIT as u64 {
+        total.bans += report.bans;
+        if [report.revocations, report.tokens, report.bans].iter().all(|n| *n < PURGE_LIMIT as u64) {
             break;
         }
     }
@@ -61,6 +63,7 @@ pub async fn housekeep_once(
             tokens = total.tokens,
             events = total.events,
             meetings = total.meetings,
+            bans = total.bans,
             "housekeeping purged dead records"
         );
     }

@@ -11,10 +11,6 @@ fn offline(claims: Value) -> String {
         .unwrap()
 }
 
-fn eject_as(s: &Server, room: &str, bearer: &str, body: Value) -> common::Reply {
-    s.call("POST", &format!("/v1/rooms/{room}/eject"), Some(bearer), Some(&body.to_string()))
-}
-
 #[test]
 fn api_key_ejects_only_sessions_of_that_room() {
     let s = Server::start();
@@ -48,7 +44,7 @@ fn who_may_eject_with_a_token() {
     let guest = s.token(json!({"room_name": "room", "user_id": "guest"}));
     let (victim, _, _) = s.join_ok("room", Some(&guest));
     let forbidden = |bearer: &str| {
-        let r = eject_as(&s, "room", bearer, json!({"ids": [victim]}));
+        let r = s.eject_as("room", bearer, json!({"ids": [victim]}));
         assert_eq!((r.status, r.body["error"].as_str()), (403, Some("forbidden-error")), "{}", r.text);
     };
     forbidden(&guest);
@@ -59,12 +55,12 @@ fn who_may_eject_with_a_token() {
     assert_eq!(s.post("/v1/meeting-tokens/revoke", &json!({"token": revoked})).status, 200);
     forbidden(&revoked);
     forbidden(&offline(json!({"r": "room", "o": true, "exp": "never"})));
-    let r = eject_as(&s, "room", "not-a-key-and-not-a-jwt", json!({"ids": [victim]}));
+    let r = s.eject_as("room", "not-a-key-and-not-a-jwt", json!({"ids": [victim]}));
     assert_eq!(r.status, 401);
     assert_eq!(s.get("/v1/rooms/room/presence").body["total_count"], 1, "nobody was ejected so far");
 
     let admin = s.token(json!({"room_name": "room", "permissions": {"canAdmin": ["participants"]}}));
-    let r = eject_as(&s, "room", &admin, json!({"ids": [victim]}));
+    let r = s.eject_as("room", &admin, json!({"ids": [victim]}));
     assert_eq!(r.body, json!({"ejectedIds": [victim]}));
     let ej = &s.events_of("participant.ejected")[0]["payload"];
     assert_eq!(ej["reason"], "owner");
@@ -72,7 +68,7 @@ fn who_may_eject_with_a_token() {
 
     let owner = s.token(json!({"room_name": "room", "is_owner": true}));
     let (v2, _, _) = s.join_ok("room", Some(&guest));
-    assert_eq!(eject_as(&s, "room", &owner, json!({"user_ids": ["guest"]})).body, json!({"ejectedIds": [v2]}));
+    assert_eq!(s.eject_as("room", &owner, json!({"user_ids": ["guest"]})).body, json!({"ejectedIds": [v2]}));
 }
 
 trait AdvanceAfter {
@@ -108,11 +104,7 @@ fn bans_last_across_tokens_deletion_and_restart_until_lifted() {
     let r = s.join("class", Some(&fresh), None);
     assert_eq!((r.status, r.body["error"].as_str()), (403, Some("ejected")));
     assert_eq!(s.get(&format!("/v1/meeting-tokens/{fresh}?verbose=true")).body["status"], "banned");
-    // Deleting and recreating the room keeps the ban.
-    s.delete("/v1/rooms/class");
-    s.create_room(json!({"name": "class", "privacy": "private"}));
-    assert_eq!(s.join("class", Some(&fresh), None).body["error"], "ejected");
-    // And so does a crash.
+    // A crash keeps the ban.
     s.kill9();
     let s = Server::start_in(&dir, &[]);
     assert_eq!(s.join("class", Some(&fresh), None).body["error"], "ejected");
@@ -126,6 +118,78 @@ fn bans_last_across_tokens_deletion_and_restart_until_lifted() {
     assert_eq!(removed[0]["payload"]["user_id"], "troll");
 }
 
+fn ban_users(s: &Server, room: &str, query: &str) -> (Vec<String>, Value) {
+    let r = s.get(&format!("/v1/rooms/{room}/bans{query}"));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let users = r.body["data"].as_array().unwrap().iter().map(|b| b["user_id"].as_str().unwrap().to_string()).collect();
+    (users, r.body)
+}
+
+/// Issue 24, item 5: bans per room are capped (`--max-bans-per-room`), listed a page at a
+/// time, and go with their room (deleted, or expired and gone), each with `ban.removed`.
+#[test]
+fn bans_are_capped_paged_and_go_with_their_room() {
+    let s = Server::start_with(&[("GATEHOUSE_MAX_BANS_PER_ROOM", "5")]);
+    let now = s.now_secs();
+    s.create_room(json!({"name": "b", "privacy": "private"}));
+    let owner = s.token(json!({"room_name": "b", "is_owner": true}));
+    let ban = |users: &[&str]| s.eject_as("b", &owner, json!({"user_ids": users, "ban": true}));
+    assert_eq!(ban(&["u0", "u1", "u2"]).status, 200);
+    let r = ban(&["u3", "u4", "u5"]);
+    assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid-request-error")), "{}", r.text);
+    assert!(r.body["info"].as_str().unwrap().contains('5'), "the message names the cap: {}", r.text);
+    assert_eq!(ban_users(&s, "b", "").1["total_count"], 3, "nothing of a refused call was applied");
+    assert_eq!(ban(&["u3", "u4"]).status, 200);
+    assert_eq!(ban(&["u0"]).status, 200, "banning again someone banned takes no new place");
+    assert_eq!(ban(&["u9"]).status, 400);
+    // Pages: limit and a cursor, in user id order.
+    let (first, body) = ban_users(&s, "b", "?limit=2");
+    assert_eq!(
+        (first.clone(), body["has_more"].as_bool(), body["total_count"].as_u64()),
+        (vec!["u0".to_string(), "u1".into()], Some(true), Some(5))
+    );
+    let (second, _) = ban_users(&s, "b", "?limit=2&starting_after=u1");
+    let (third, body) = ban_users(&s, "b", "?limit=2&starting_after=u3");
+    assert_eq!(
+        (second, third, body["has_more"].as_bool()),
+        (vec!["u2".to_string(), "u3".into()], vec!["u4".to_string()], Some(false))
+    );
+    for bad in ["?limit=0", "?limit=1001", "?limit=x"] {
+        assert_eq!(s.get(&format!("/v1/rooms/b/bans{bad}")).status, 400, "{bad}");
+    }
+    // Deleting the room removes its bans; a room of the same name starts without them.
+    assert_eq!(s.delete("/v1/rooms/b").status, 200);
+    let removed: Vec<Value> =
+        s.events_of("ban.removed").into_iter().filter(|e| e["payload"]["reason"] == "room_deleted").collect();
+    assert_eq!(removed.len(), 5, "{removed:?}");
+    s.create_room(json!({"name": "b", "privacy": "private"}));
+    assert_eq!(ban_users(&s, "b", "").1["total_count"], 0);
+    let t = s.token(json!({"room_name": "b", "user_id": "u0"}));
+    s.join_ok("b", Some(&t));
+    // An expiring room takes its bans with it when it goes.
+    s.create_room(json!({"name": "short", "properties": {"exp": now + 60}}));
+    assert_eq!(s.post("/v1/rooms/short/eject", &json!({"user_ids": ["w"], "ban": true})).status, 200);
+    s.advance(61.0);
+    s.wait_event("ban.removed", |e| e["payload"]["room"] == "short" && e["payload"]["reason"] == "room_expired");
+    assert_eq!(ban_users(&s, "short", "").1["total_count"], 0);
+}
+
+/// Issue 24, item 9: a ban needs a user id to keep someone out; banning an anonymous session
+/// is refused with the reason, and nobody is ejected by the refused call.
+#[test]
+fn banning_an_anonymous_session_is_refused_with_the_reason() {
+    let s = Server::start();
+    s.create_room(json!({"name": "pub"}));
+    let (anon, _, _) = s.join_ok("pub", None);
+    let r = s.post("/v1/rooms/pub/eject", &json!({"ids": [anon], "ban": true}));
+    assert_eq!((r.status, r.body["error"].as_str()), (400, Some("invalid-request-error")), "{}", r.text);
+    assert!(r.body["info"].as_str().unwrap().contains("user_id"), "{}", r.text);
+    assert_eq!(s.get("/v1/rooms/pub/presence").body["total_count"], 1, "the refused call ejected nobody");
+    assert!(s.events_of("ban.created").is_empty());
+    let r = s.post("/v1/rooms/pub/eject", &json!({"ids": [anon]}));
+    assert_eq!(r.body, json!({"ejectedIds": [anon]}));
+}
+
 #[test]
 fn token_made_bans_are_bounded() {
     let s = Server::start();
@@ -133,11 +197,11 @@ fn token_made_bans_are_bounded() {
     s.create_room(json!({"name": "capped", "properties": {"exp": now + 7200}}));
     s.create_room(json!({"name": "open"}));
     let owner = s.token(json!({"room_name": "capped", "is_owner": true}));
-    eject_as(&s, "capped", &owner, json!({"user_ids": ["x"], "ban": true, "ban_until": now + 99_999}));
+    s.eject_as("capped", &owner, json!({"user_ids": ["x"], "ban": true, "ban_until": now + 99_999}));
     let until = s.get("/v1/rooms/capped/bans").body["data"][0]["until"].as_i64().unwrap();
     assert_eq!(until, now + 7200, "at most until the room's exp");
     let owner2 = s.token(json!({"room_name": "open", "is_owner": true}));
-    eject_as(&s, "open", &owner2, json!({"user_ids": ["y"], "ban": true}));
+    s.eject_as("open", &owner2, json!({"user_ids": ["y"], "ban": true}));
     let until = s.get("/v1/rooms/open/bans").body["data"][0]["until"].as_i64().unwrap();
     assert!((until - (now + 86_400)).abs() <= 2, "24 h without exp: {until} vs {now}");
     // A ban runs out by itself (check on read).

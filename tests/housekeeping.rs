@@ -57,7 +57,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
 
     clock.set_ms((t0 + 10) * 1000 + 3_600_000);
     let report = housekeep_once(&store, &KEEP_ALL, &stats).await.unwrap();
-    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1, events: 0, meetings: 0 });
+    assert_eq!(report, PurgeReport { revocations: 1, tokens: 1, events: 0, meetings: 0, bans: 0 });
     assert!(store.token("dies").unwrap().is_none());
     assert!(store.token("lives").unwrap().is_some());
     assert!(store.token("forever").unwrap().is_some());

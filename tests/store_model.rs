@@ -11,8 +11,8 @@ use gatehouse::events::NewEvent;
 use gatehouse::rooms::{Privacy, RoomError};
 use gatehouse::sessions::TokenCheck;
 use gatehouse::store::{
-    CreateRoom, CreateToken, DeleteRoom, Eject, Heartbeat, Join, JoinOutcome, Leave, LiftBan, Revoke, RoomCursor,
-    Store, StoreOptions, SyncMode, TokenRecord, UpdateRoom,
+    CreateRoom, CreateToken, DeleteRoom, Eject, EjectError, Heartbeat, Join, JoinOutcome, Leave, LiftBan, Revoke,
+    RoomCursor, Store, StoreOptions, SyncMode, TokenRecord, UpdateRoom,
 };
 use gatehouse::tokens::Claims;
 use rand::{RngExt, SeedableRng};
@@ -107,8 +107,7 @@ impl Model {
             if self.present(&s.room) == 0 {
                 self.log("meeting.ended");
                 if self.fired.contains(&s.room) || self.rooms.get(&s.room).is_some_and(|r| r.expired(self.now)) {
-                    self.rooms.remove(&s.room);
-                    self.fired.remove(&s.room);
+                    self.drop_room(&s.room);
                 }
             }
         }
@@ -117,8 +116,18 @@ impl Model {
     fn remove_room(&mut self, name: &str) {
         let ids: Vec<String> = self.sessions.iter().filter(|(_, s)| s.room == name).map(|(id, _)| id.clone()).collect();
         self.end(&ids, "room_deleted");
+        self.drop_room(name);
+    }
+
+    /// A room goes, and its bans with it (each logs `ban.removed`).
+    fn drop_room(&mut self, name: &str) {
         self.rooms.remove(name);
         self.fired.remove(name);
+        let gone: Vec<(String, String)> = self.bans.iter().filter(|(r, _)| r == name).cloned().collect();
+        for b in gone {
+            self.bans.remove(&b);
+            self.log("ban.removed");
+        }
     }
 
     /// Fires every deadline due at `now`, in deadline order, as the store's writer does.
@@ -159,9 +168,8 @@ impl Model {
                         .collect();
                     self.fired.insert(id.clone());
                     self.end(&leaving, "room_expired");
-                    if self.present(&id) == 0 {
-                        self.rooms.remove(&id);
-                        self.fired.remove(&id);
+                    if self.present(&id) == 0 && self.rooms.contains_key(&id) {
+                        self.drop_room(&id);
                     }
                 }
             }
@@ -452,6 +460,7 @@ async fn run(seed: u64) {
                         ban_until_s: None,
                         by: "api:test".into(),
                         by_token: false,
+                        max_bans: 10_000,
                     })
                     .await
                     .unwrap();
@@ -464,7 +473,17 @@ async fn run(seed: u64) {
                     .map(|(id, _)| id.clone())
                     .collect();
                 targets.sort();
-                assert_eq!(ejected, targets);
+                // Refused calls change nothing: the room is gone, or a ban could not hold someone.
+                if !m.rooms.get(&name).is_some_and(|r| !r.expired(now)) {
+                    assert_eq!(ejected, Err(EjectError::NoRoom));
+                    continue;
+                }
+                let anonymous = targets.iter().find(|id| m.sessions[*id].user.is_none()).cloned();
+                if let (true, Some(id)) = (ban, anonymous) {
+                    assert_eq!(ejected, Err(EjectError::Anonymous(id)));
+                    continue;
+                }
+                assert_eq!(ejected, Ok(targets.clone()));
                 let target_sessions: Vec<MSession> = targets.iter().map(|id| m.sessions[id].clone()).collect();
                 m.end(&targets, if ban { "banned" } else { "api" });
                 if ban {

@@ -144,6 +144,15 @@ impl From<RoomError> for ApiError {
     }
 }
 
+impl From<crate::store::EjectError> for ApiError {
+    fn from(e: crate::store::EjectError) -> Self {
+        match e {
+            crate::store::EjectError::NoRoom => ApiError::not_found("room not found"),
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> Self {
         match e {

@@ -69,6 +69,8 @@ pub struct ApiSettings {
     pub max_event_streams_per_key: usize,
     /// Open `GET /v1/sessions/:id/stream` responses per session.
     pub max_streams_per_session: usize,
+    /// Most bans one room may hold.
+    pub max_bans_per_room: usize,
 }
 
 /// Everything a handler can reach. Shared behind an `Arc`.

@@ -121,6 +121,10 @@ pub fn document() -> Value {
                 "MeetingList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Meeting"}}}},
                 "MeetingParticipants": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/MeetingParticipant"}}}},
                 "Presence": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": open_object()}}},
+                "Ban": {"type": "object", "required": ["user_id", "until", "created_at", "by"], "properties": {
+                    "user_id": {"type": "string"}, "until": {"type": ["integer", "null"]}, "created_at": {"type": "string"}, "by": {"type": "string"}}},
+                "BanList": {"type": "object", "required": ["total_count", "data", "has_more"], "properties": {
+                    "total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Ban"}}, "has_more": {"type": "boolean"}}},
                 "Eject": {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
                           "user_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "ban": {"type": "boolean"}, "ban_until": {"type": "integer"}}},
                 "Ejected": {"type": "object", "required": ["ejectedIds"], "properties": {"ejectedIds": {"type": "array", "items": {"type": "string"}}}},
@@ -161,7 +165,7 @@ pub fn document() -> Value {
             },
             "/v1/rooms/{name}/eject": {"post": op("Eject sessions (API key, or an owner token of the room)", vec![name()], Some(body("Eject")), json!({"200": ok("Ejected"), "403": err("not allowed to eject")}))},
             "/v1/rooms/{name}/presence": {"get": op("Who is in the room", vec![name()], None, json!({"200": ok("Presence")}))},
-            "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room", vec![name()], None, json!({"200": ok("Presence")}))},
+            "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room in force, in user id order, a page at a time", vec![name(), limit(1000), query("starting_after", json!({"type": "string"}))], None, json!({"200": ok("BanList")}))},
             "/v1/rooms/{name}/bans/{user_id}": {"delete": op("(ext) Lift a ban", vec![name(), path_param("user_id")], None, json!({"200": ok("Deleted")}))},
             "/v1/presence": {"get": op("Everyone present, by room", vec![], None, json!({"200": ok("Object")}))},
             "/v1/sessions/{id}/heartbeat": {"post": op("Keep a session's lease (session secret)", vec![id()], None, json!({"200": ok("Object")}))},

@@ -365,6 +365,30 @@ impl Ctx<'_> {
         self.del(Tree::Bans, keys::ban(room, user));
     }
 
+    /// The user ids with a ban row in `room` (in force or not yet fired), at most `at_most`, in
+    /// key order.
+    pub fn banned_in(&self, room: &str, at_most: usize) -> Result<Vec<String>, StoreError> {
+        let prefix = keys::parts(&[room]);
+        let hi = match super::state::prefix_end(&prefix) {
+            Some(end) => std::ops::Bound::Excluded(end),
+            None => std::ops::Bound::Unbounded,
+        };
+        let rows = self.st.range(self.trees, Tree::Bans, std::ops::Bound::Included(prefix), hi, false, at_most)?;
+        Ok(rows.iter().filter_map(|(k, _)| keys::split(k).and_then(|p| p.get(1).cloned())).collect())
+    }
+
+    /// Every ban row as (room, user id), in key order (housekeeping).
+    pub fn ban_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+        Ok(self
+            .scan(Tree::Bans, b"")?
+            .iter()
+            .filter_map(|(k, _)| match keys::split(k)?.as_slice() {
+                [room, user] => Some((room.clone(), user.clone())),
+                _ => None,
+            })
+            .collect())
+    }
+
     pub fn revocation(&self, key: &[u8]) -> Result<Option<RevocationRecord>, StoreError> {
         match self.get(Tree::Revocations, key)? {
             Some(v) => Ok(Some(records::decode("revocations", key, records::REVOCATION_V1, &v)?)),

@@ -64,6 +64,7 @@ try {
   await owner.goto(`${BASE}/private-room-test?t=${ownerTok}`);
   const ejectBtn = owner.getByRole("button", { name: /^Eject Zed/ });
   await ejectBtn.waitFor({ timeout: 5000 });
+  check((await owner.getByRole("button", { name: /^Eject and ban Zed/ }).count()) === 1, "a participant with a user id can be banned");
   await owner.screenshot({ path: `${SHOTS}/3-owner-view.png` });
   await ejectBtn.click();
   await guest.getByText("You were removed from the meeting").waitFor({ timeout: 5000 });
@@ -78,6 +79,9 @@ try {
   const t0 = Date.now();
   await brief.goto(`${BASE}/private-room-test?t=${shortTok}`);
   await brief.getByText(/Time left/).waitFor({ timeout: 5000 });
+  // Brief has no user id: a ban could not keep them out, so the owner is offered none.
+  await owner.getByRole("button", { name: /^Eject Brief/ }).waitFor({ timeout: 5000 });
+  check((await owner.getByRole("button", { name: /^Eject and ban Brief/ }).count()) === 0, "no ban offered for a participant without a user id");
   await brief.getByText("Meeting has ended").waitFor({ timeout: 10000 });
   const took = (Date.now() - t0) / 1000;
   check(took >= 2.5 && took < 9, `eject_after_elapsed 3: ended by itself after ${took.toFixed(1)} s`);

@@ -284,6 +284,11 @@ impl Server {
         self.call("DELETE", path, Some(&self.key), None)
     }
 
+    /// `POST /v1/rooms/:room/eject` with `bearer` (an API key or a meeting token).
+    pub fn eject_as(&self, room: &str, bearer: &str, body: Value) -> Reply {
+        self.call("POST", &format!("/v1/rooms/{room}/eject"), Some(bearer), Some(&body.to_string()))
+    }
+
     /// Moves the server's clock forward (needs a `test-clock` build).
     pub fn advance(&self, secs: f64) {
         let r = self.post("/v1/_test/clock", &serde_json::json!({"advance_secs": secs}));

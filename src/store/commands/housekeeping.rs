@@ -1,7 +1,14 @@
 //! Bulk sweeps the per-item deadlines do not cover (cron jobs only purge; deadlines do the
 //! rest): revocations whose token could no longer be used anyway, issued-token records past
-//! their `exp`, and events past the retention rules. No events, so their batches are not
-//! synced on their own: losing one in a crash only means the next run does it again.
+//! their `exp`, bans left behind by rooms that are gone (a room takes its bans with it since
+//! issue 24; stores written before keep them until a sweep), and events past the retention
+//! rules. Only the bans' removal logs events (`ban.removed`); the rest have none, so their
+//! batches are not synced on their own: losing one in a crash only means the next run does it
+//! again.
+
+use std::collections::HashMap;
+
+use serde_json::json;
 
 use crate::store::command::Command;
 use crate::store::ctx::Ctx;
@@ -20,6 +27,8 @@ pub struct PurgeReport {
     pub tokens: u64,
     pub events: u64,
     pub meetings: u64,
+    /// Bans of rooms that no longer exist.
+    pub bans: u64,
 }
 
 /// Event log retention: by age and size; the soft limits never pass an active webhook's
@@ -61,8 +70,35 @@ impl Command for Purge {
                 report.tokens += 1;
             }
         }
+        report.bans = purge_orphan_bans(cx, self.limit)?;
         Ok(report)
     }
+}
+
+/// Removes at most `limit` bans whose room is gone, each with `ban.removed`.
+fn purge_orphan_bans(cx: &mut Ctx<'_>, limit: usize) -> Result<u64, StoreError> {
+    let mut rooms: HashMap<String, bool> = HashMap::new();
+    let mut removed = 0;
+    for (room, user) in cx.ban_keys()? {
+        if removed >= limit {
+            break;
+        }
+        let exists = match rooms.get(&room) {
+            Some(e) => *e,
+            None => {
+                let e = cx.room(&room)?.is_some();
+                rooms.insert(room.clone(), e);
+                e
+            }
+        };
+        if exists {
+            continue;
+        }
+        cx.del_ban(&room, &user);
+        cx.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "room_deleted"}));
+        removed += 1;
+    }
+    Ok(removed as u64)
 }
 
 /// Drops at most [`COMPACT_CHUNK`] of the oldest events, as the retention allows. Never the head.
@@ -137,5 +173,69 @@ impl Command for PurgeMeetings {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::store::records::BanRecord;
+    use crate::store::{CreateRoom, Eject, Store, StoreOptions, SyncMode};
+
+    /// What a store written before rooms took their bans with them may hold: a ban of a room
+    /// that is gone.
+    struct OrphanBan;
+
+    impl Command for OrphanBan {
+        type Reply = ();
+
+        fn apply(self, cx: &mut Ctx<'_>) -> Result<(), StoreError> {
+            let ban = BanRecord { until_ms: None, created_ms: 0, by: "api:test".into() };
+            cx.put_ban("gone", "u1", &ban)?;
+            cx.put_ban("gone", "u2", &ban)
+        }
+    }
+
+    /// Issue 24, item 5: bans left behind by a room that is gone are swept, each with
+    /// `ban.removed`; a live room's are kept.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bans_of_rooms_that_are_gone_are_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let clock = Arc::new(crate::clock::ManualClock::new(1_000_000_000));
+        let opts = StoreOptions {
+            sync: SyncMode::Flush,
+            background_flush_ms: None,
+            ..StoreOptions::at(tmp.path().join("store"))
+        };
+        let store = Store::open(opts, clock).unwrap();
+        let room = CreateRoom {
+            name: Some("here".into()),
+            privacy: crate::rooms::Privacy::Public,
+            config: Default::default(),
+        };
+        store.submit(room).await.unwrap().unwrap();
+        let ban = Eject {
+            room: "here".into(),
+            ids: vec![],
+            user_ids: vec!["u1".into()],
+            ban: true,
+            ban_until_s: None,
+            by: "api:test".into(),
+            by_token: false,
+            max_bans: 10,
+        };
+        assert_eq!(store.submit(ban).await.unwrap(), Ok(vec![]));
+        store.submit(OrphanBan).await.unwrap();
+        assert_eq!(store.submit(Purge { limit: 1 }).await.unwrap().bans, 1, "at most the limit per sweep");
+        assert_eq!(store.submit(Purge { limit: 10 }).await.unwrap().bans, 1);
+        assert!(store.bans("gone", 0).unwrap().is_empty());
+        assert_eq!(store.bans("here", 0).unwrap().len(), 1);
+        let removed = store.events(0, 100, Some(&["ban.removed".to_string()])).unwrap().events;
+        assert_eq!(removed.len(), 2);
+        assert!(removed.iter().all(|e| e.envelope.contains(r#""room":"gone""#) && e.envelope.contains("room_deleted")));
+        assert_eq!(store.submit(Purge { limit: 10 }).await.unwrap().bans, 0, "safe to repeat");
+        store.close().await;
     }
 }

@@ -13,7 +13,7 @@ pub mod tokens;
 pub mod webhooks;
 
 pub use housekeeping::{Compact, Purge, PurgeMeetings, PurgeReport, Retention, COMPACT_CHUNK};
-pub use moderation::{Eject, LiftBan, PermissionsError, Revoke, UpdatePermissions};
+pub use moderation::{Eject, EjectError, LiftBan, PermissionsError, Revoke, UpdatePermissions};
 pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
 pub use sessions::{
     DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport,

@@ -16,7 +16,8 @@ use crate::store::StoreError;
 
 use super::sessions::{end_sessions, Ending};
 
-/// `POST /v1/rooms/:name/eject`. Replies the ids of the sessions ejected.
+/// `POST /v1/rooms/:name/eject`. Replies the ids of the sessions ejected, or why nothing was
+/// done (a refused call ejects nobody and bans nobody).
 #[derive(Debug)]
 pub struct Eject {
     pub room: String,
@@ -27,13 +28,36 @@ pub struct Eject {
     /// `api:<kid>` or `token:<id>`.
     pub by: String,
     pub by_token: bool,
+    /// Most bans the room may hold (`--max-bans-per-room`).
+    pub max_bans: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EjectError {
+    /// Checked here, in order with deletions: a ban must never outlive its room (a room made
+    /// later under the same name would inherit it).
+    #[error("room not found")]
+    NoRoom,
+    #[error(
+        "session '{0}' has no user_id, so a ban could not keep it out (it can come back as anyone); \
+         eject it without 'ban', or revoke its token"
+    )]
+    Anonymous(String),
+    #[error(
+        "this room has {have} bans and may hold at most {max} (--max-bans-per-room); this call would add \
+         {adding}: lift some bans first"
+    )]
+    TooManyBans { have: usize, adding: usize, max: usize },
 }
 
 impl Command for Eject {
-    type Reply = Vec<String>;
+    type Reply = Result<Vec<String>, EjectError>;
 
-    fn apply(self, cx: &mut Ctx<'_>) -> Result<Vec<String>, StoreError> {
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
         let now = cx.now_ms();
+        if cx.room(&self.room)?.filter(|r| !r.is_expired(cx.now_secs())).is_none() {
+            return Ok(Err(EjectError::NoRoom));
+        }
         let mut targets: Vec<Arc<Entry>> = Vec::new();
         for id in &self.ids {
             if let Some(e) = cx.session(id).filter(|e| e.session.room == self.room) {
@@ -45,6 +69,16 @@ impl Command for Eject {
         }
         targets.sort_by(|a, b| a.session.id.cmp(&b.session.id));
         targets.dedup_by(|a, b| a.session.id == b.session.id);
+        let banned: BTreeSet<String> =
+            self.user_ids.iter().cloned().chain(targets.iter().filter_map(|e| e.session.user_id.clone())).collect();
+        if self.ban {
+            if let Some(anonymous) = targets.iter().find(|e| e.session.user_id.is_none()) {
+                return Ok(Err(EjectError::Anonymous(anonymous.session.id.clone())));
+            }
+            if let Err(e) = room_has_room_for(cx, &self.room, &banned, self.max_bans)? {
+                return Ok(Err(e));
+            }
+        }
         let reason = if self.ban {
             "banned"
         } else if self.by_token {
@@ -54,31 +88,63 @@ impl Command for Eject {
         };
         end_sessions(cx, &targets, reason, &self.by, Ending::Normal)?;
         if self.ban {
-            let room_exp = cx.room(&self.room)?.and_then(|r| r.exp());
-            let until = sessions::ban_until_ms(self.by_token, self.ban_until_s, room_exp, now);
-            let users: BTreeSet<String> =
-                self.user_ids.iter().cloned().chain(targets.iter().filter_map(|e| e.session.user_id.clone())).collect();
-            for u in users {
-                let ban = BanRecord { until_ms: until, created_ms: now, by: self.by.clone() };
-                cx.put_ban(&self.room, &u, &ban)?;
-                cx.event(
-                    crate::events::BAN_CREATED,
-                    json!({"room": self.room, "user_id": u, "until": until.map(|ms| ms / 1000), "by": self.by}),
-                );
-            }
-            for e in &targets {
-                let Some(token_id) = &e.session.token_id else { continue };
-                let exp = e.token_exp.map(|x| (x * 1000.0) as i64);
-                let r = RevocationRecord { until_ms: exp, issued_before_s: None, created_ms: now };
-                cx.put_revocation(keys::revoke_token(token_id), &r)?;
-                cx.event(
-                    crate::events::MEETING_TOKEN_REVOKED,
-                    json!({"room": self.room, "jti": crate::tokens::short_id(token_id), "user_id": e.session.user_id, "by": self.by, "reason": "banned"}),
-                );
-            }
+            ban(cx, &self, &banned, &targets, now)?;
         }
-        Ok(targets.iter().map(|e| e.session.id.clone()).collect())
+        Ok(Ok(targets.iter().map(|e| e.session.id.clone()).collect()))
     }
+}
+
+/// Whether `room` can take bans of `users` within `max` (users banned already take no new
+/// place). Counts at most `max + 1` rows, whatever the room holds.
+fn room_has_room_for(
+    cx: &Ctx<'_>,
+    room: &str,
+    users: &BTreeSet<String>,
+    max: usize,
+) -> Result<Result<(), EjectError>, StoreError> {
+    let have = cx.banned_in(room, max.saturating_add(1))?.len();
+    let mut adding = 0;
+    for u in users {
+        if cx.ban(room, u)?.is_none() {
+            adding += 1;
+        }
+    }
+    if have.saturating_add(adding) > max {
+        return Ok(Err(EjectError::TooManyBans { have, adding, max }));
+    }
+    Ok(Ok(()))
+}
+
+/// Bans `users` (each with `ban.created`) and revokes the tokens the ejected sessions used
+/// (each with `meeting-token.revoked`).
+fn ban(
+    cx: &mut Ctx<'_>,
+    eject: &Eject,
+    users: &BTreeSet<String>,
+    targets: &[Arc<Entry>],
+    now: i64,
+) -> Result<(), StoreError> {
+    let room_exp = cx.room(&eject.room)?.and_then(|r| r.exp());
+    let until = sessions::ban_until_ms(eject.by_token, eject.ban_until_s, room_exp, now);
+    for u in users {
+        let ban = BanRecord { until_ms: until, created_ms: now, by: eject.by.clone() };
+        cx.put_ban(&eject.room, u, &ban)?;
+        cx.event(
+            crate::events::BAN_CREATED,
+            json!({"room": eject.room, "user_id": u, "until": until.map(|ms| ms / 1000), "by": eject.by}),
+        );
+    }
+    for e in targets {
+        let Some(token_id) = &e.session.token_id else { continue };
+        let exp = e.token_exp.map(|x| (x * 1000.0) as i64);
+        let r = RevocationRecord { until_ms: exp, issued_before_s: None, created_ms: now };
+        cx.put_revocation(keys::revoke_token(token_id), &r)?;
+        cx.event(
+            crate::events::MEETING_TOKEN_REVOKED,
+            json!({"room": eject.room, "jti": crate::tokens::short_id(token_id), "user_id": e.session.user_id, "by": eject.by, "reason": "banned"}),
+        );
+    }
+    Ok(())
 }
 
 /// Lifts a ban. Replies false when there was none.

@@ -9,7 +9,7 @@ use crate::store::ctx::Ctx;
 use crate::store::timers::TimerId;
 use crate::store::StoreError;
 
-use super::sessions::{end_sessions, remove_room, Ending};
+use super::sessions::{drop_room, end_sessions, remove_room, Ending};
 
 /// Creates a room; `name: None` picks a random free one. Inputs are validated already.
 #[derive(Debug)]
@@ -158,7 +158,7 @@ pub fn expire(cx: &mut Ctx<'_>, name: &str) -> Result<usize, StoreError> {
     end_sessions(cx, &leaving, "room_expired", "scheduler", Ending::Normal)?;
     if staying.is_empty() {
         if let Some(still) = cx.room(name)? {
-            cx.drop_room(&still);
+            drop_room(cx, &still, "room_expired")?;
         }
     }
     Ok(1)

@@ -506,7 +506,7 @@ pub fn end_sessions(
         );
         if let Some(room) = cx.room(&s.room)?.filter(|r| r.is_expired(now.div_euclid(1000))) {
             if cx.waiting_in(&s.room).is_empty() {
-                cx.drop_room(&room);
+                drop_room(cx, &room, "room_expired")?;
             }
         }
     }
@@ -526,7 +526,19 @@ pub fn remove_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str, by
     end_sessions(cx, &everyone, reason, by, Ending::Normal)?;
     // Ending the last session of an expired room may have removed it already.
     if let Some(still) = cx.room(&room.name)? {
-        cx.drop_room(&still);
+        drop_room(cx, &still, reason)?;
+    }
+    Ok(())
+}
+
+/// Removes a room that is gone (deleted, or expired with nobody left in it): its records, its
+/// deadline, and its bans, each with `ban.removed` (`reason`), so that a room made later under
+/// the same name starts without them.
+pub fn drop_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str) -> Result<(), StoreError> {
+    cx.drop_room(room);
+    for user in cx.banned_in(&room.name, usize::MAX)? {
+        cx.del_ban(&room.name, &user);
+        cx.event(crate::events::BAN_REMOVED, json!({"room": room.name, "user_id": user, "reason": reason}));
     }
     Ok(())
 }

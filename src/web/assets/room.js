@@ -159,7 +159,7 @@ function countdown(at) {
   timer = setInterval(tick, 1000);
 }
 
-const people = new Map(); // id -> { name, owner }
+const people = new Map(); // id -> { name, userId }
 // A large room (the server's threshold) sends the count and the latest joiners and leavers,
 // not everyone; an owner can page through everyone.
 let large = false;
@@ -223,7 +223,9 @@ function render() {
     who.textContent = (p.name || "Guest") + (id === session.id ? " (you)" : "");
     li.append(who);
     if (session.owner && id !== session.id && token) {
-      for (const [label, ban] of [["Eject", false], ["Eject and ban", true]]) {
+      // A ban keeps a user id out; someone without one (anonymous) can only be ejected.
+      const actions = p.userId ? [["Eject", false], ["Eject and ban", true]] : [["Eject", false]];
+      for (const [label, ban] of actions) {
         const b = document.createElement("button");
         b.type = "button";
         b.className = ban ? "danger" : "secondary";
@@ -277,7 +279,7 @@ function onEvent(kind, data) {
     large = !!data.large;
     count = data.count || 0;
     if (large) recentJoined = (data.participants || []).slice(0, RECENT), recentLeft = [];
-    else for (const p of data.participants || []) people.set(p.id, { name: p.userName });
+    else for (const p of data.participants || []) people.set(p.id, { name: p.userName, userId: p.userId });
     render();
     return;
   }
@@ -292,11 +294,11 @@ function onEvent(kind, data) {
   const p = (data && data.payload) || {};
   const hidden = p.permissions && p.permissions.hasPresence === false && !session.admin;
   if (kind === "participant.joined" && knockers.delete(p.session_id)) renderKnockers();
-  if (kind === "participant.joined" && !hidden) people.set(p.session_id, { name: p.user_name });
+  if (kind === "participant.joined" && !hidden) people.set(p.session_id, { name: p.user_name, userId: p.user_id });
   if (kind === "participant.updated" && p.session_id === session.id) session.admin = isAdmin(p);
   if (kind === "participant.updated" && p.session_id !== session.id) {
     if (hidden) people.delete(p.session_id);
-    else people.set(p.session_id, { name: p.user_name });
+    else people.set(p.session_id, { name: p.user_name, userId: p.user_id });
   }
   if (kind === "participant.left") people.delete(p.session_id);
   if (kind === "participant.ejected" && p.session_id === session.id) {
