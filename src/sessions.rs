@@ -202,6 +202,19 @@ pub fn initial_permissions(room: &Room, claims: Option<&Claims>) -> Option<Value
     }
 }
 
+/// Permissions without the right to administer participants: `canAdmin: true` becomes
+/// `false`, a list loses `participants` (what a later session of a token starts with once
+/// update-permissions withdrew that right from one of its sessions).
+pub fn without_participants_admin(permissions: Option<Value>) -> Option<Value> {
+    let mut p = permissions?;
+    match p.get_mut("canAdmin") {
+        Some(Value::Bool(b)) => *b = false,
+        Some(Value::Array(a)) => a.retain(|v| v.as_str() != Some("participants")),
+        _ => {}
+    }
+    Some(p)
+}
+
 /// Applies an `update-permissions` patch to a session's permissions: `hasPresence`, `canSend`
 /// and `canAdmin` replace; `canReceive` replaces its sub-fields one by one (Daily's rules).
 pub fn patch_permissions(current: Option<&Value>, patch: &serde_json::Map<String, Value>) -> Value {
@@ -438,6 +451,16 @@ mod tests {
         assert_eq!(eject_timer(&r2, None, 1_000), None, "the room's own timer handles its expiry");
         assert!(follows_room_rules(Some(&plain)) && follows_room_rules(None));
         assert!(!follows_room_rules(Some(&Claims { eject_after_elapsed: Some(3), ..Default::default() })));
+    }
+
+    #[test]
+    fn a_withdrawn_admin_right_is_taken_out_of_permissions() {
+        let w = |v: Value| without_participants_admin(Some(v));
+        assert_eq!(w(json!({"canAdmin": true, "canSend": true})), Some(json!({"canAdmin": false, "canSend": true})));
+        assert_eq!(w(json!({"canAdmin": ["participants", "streaming"]})), Some(json!({"canAdmin": ["streaming"]})));
+        assert_eq!(w(json!({"hasPresence": true})), Some(json!({"hasPresence": true})));
+        assert_eq!(without_participants_admin(None), None);
+        assert!(!can_admin_participants(false, w(json!({"canAdmin": ["participants"]})).as_ref()));
     }
 
     #[test]

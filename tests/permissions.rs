@@ -167,3 +167,33 @@ fn star_updates_racing_joins_touch_each_session_once_or_not_at_all() {
     assert!(events.iter().all(|e| joined.contains(e["payload"]["session_id"].as_str().unwrap())));
     assert_eq!(s.get("/v1/rooms/race/presence").body["total_count"], 65);
 }
+
+/// Issue 24, item 6: `canAdmin` withdrawn from a token's session by update-permissions stays
+/// withdrawn for that token: after the session leaves, the token neither ejects nor bans, and
+/// a new session from it starts without admin rights; a later grant restores them.
+#[test]
+fn a_withdrawn_can_admin_sticks_to_the_token() {
+    let s = Server::start();
+    s.create_room(json!({"name": "mods"}));
+    let moderator =
+        s.token(json!({"room_name": "mods", "user_id": "mod", "permissions": {"canAdmin": ["participants"]}}));
+    let (first, secret, _) = s.join_ok("mods", Some(&moderator));
+    assert_eq!(s.eject_as("mods", &moderator, json!({"user_ids": ["nobody"]})).status, 200, "an admin to begin with");
+    let r = update(&s, &s.key, "mods", json!({"data": {first.clone(): {"canAdmin": false}}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(s.eject_as("mods", &moderator, json!({"user_ids": ["x"], "ban": true})).status, 403);
+    let l = s.call("POST", &format!("/v1/sessions/{first}/leave"), Some(&secret), None);
+    assert_eq!(l.status, 200);
+    let r = s.eject_as("mods", &moderator, json!({"user_ids": ["x"], "ban": true}));
+    assert_eq!(r.status, 403, "the withdrawal outlived the session: {}", r.text);
+    assert!(s.events_of("ban.created").is_empty());
+    // A new session from the same token starts without admin rights.
+    let (second, _, body) = s.join_ok("mods", Some(&moderator));
+    assert_eq!(body["permissions"]["canAdmin"], json!([]), "{body}");
+    assert_eq!(s.eject_as("mods", &moderator, json!({"user_ids": ["x"]})).status, 403);
+    // Granted again: the token is an admin again, with or without a session.
+    let r = update(&s, &s.key, "mods", json!({"data": {second.clone(): {"canAdmin": ["participants"]}}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(s.eject_as("mods", &moderator, json!({"ids": [second]})).status, 200);
+    assert_eq!(s.eject_as("mods", &moderator, json!({"user_ids": ["x"], "ban": true})).status, 200);
+}

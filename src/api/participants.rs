@@ -216,7 +216,8 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
     }
     // Permissions live on sessions: while the token has a session in the room, that
     // session's current permissions decide (update-permissions can grant or withdraw
-    // canAdmin); without one, the token's own claims do, as they would for a new join.
+    // canAdmin); without one, the token's own claims do, as they would for a new join, less
+    // what update-permissions withdrew from an earlier session of the token (it sticks).
     let live: Vec<_> = state
         .store
         .live()
@@ -226,7 +227,7 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
         .collect();
     let admin = c.is_owner
         || if live.is_empty() {
-            c.can_admin_participants()
+            c.can_admin_participants() && !state.store.admin_withdrawn(&v.token_id, now)?
         } else {
             live.iter().any(|e| e.session.can_admin_participants())
         };

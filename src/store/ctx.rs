@@ -423,6 +423,30 @@ impl Ctx<'_> {
         super::is_revoked(&|k| self.revocation(k), claims, token_id, room, self.now_ms)
     }
 
+    /// Whether update-permissions withdrew the right to administer participants from a session
+    /// of this token (it then sticks to every later session of the token).
+    pub fn admin_withdrawn(&self, token_id: &str) -> Result<bool, StoreError> {
+        Ok(self.revocation(&keys::revoke_admin(token_id))?.is_some_and(|r| r.until_ms.is_none_or(|u| u > self.now_ms)))
+    }
+
+    /// Records that a token's right to administer participants is withdrawn (`Some(until)`,
+    /// kept until the token expires) or given back (`None`).
+    pub fn set_admin_withdrawn(&mut self, token_id: &str, withdrawn: Option<Option<i64>>) -> Result<(), StoreError> {
+        let key = keys::revoke_admin(token_id);
+        match withdrawn {
+            Some(until_ms) => {
+                let r = RevocationRecord { until_ms, issued_before_s: None, created_ms: self.now_ms };
+                self.put_revocation(key, &r)
+            }
+            None => {
+                if self.revocation(&key)?.is_some() {
+                    self.del_revocation(key);
+                }
+                Ok(())
+            }
+        }
+    }
+
     pub fn is_banned(&self, room: &str, user: &str) -> Result<bool, StoreError> {
         Ok(self.ban(room, user)?.is_some_and(|b| b.until_ms.is_none_or(|u| u > self.now_ms)))
     }

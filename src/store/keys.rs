@@ -100,9 +100,14 @@ pub fn ban(room: &str, user: &str) -> Vec<u8> {
     parts(&[room, user])
 }
 
-/// Revocation keys: `j` + token id; `u` + (room, user); `r` + room.
+/// Revocation keys: `j` + token id; `u` + (room, user); `r` + room; `a` + token id (its right
+/// to administer participants, withdrawn by update-permissions).
 pub fn revoke_token(token_id: &str) -> Vec<u8> {
     [b"j", token_id.as_bytes()].concat()
+}
+
+pub fn revoke_admin(token_id: &str) -> Vec<u8> {
+    [b"a", token_id.as_bytes()].concat()
 }
 
 pub fn revoke_user(room: &str, user: &str) -> Vec<u8> {

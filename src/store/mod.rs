@@ -894,6 +894,19 @@ impl Store {
         is_revoked(&lookup, claims, token_id, room, now_ms)
     }
 
+    /// Whether update-permissions withdrew the right to administer participants from a session
+    /// of this token (it sticks to the token until the token expires).
+    pub fn admin_withdrawn(&self, token_id: &str, now_ms: i64) -> Result<bool, StoreError> {
+        let key = keys::revoke_admin(token_id);
+        match self.get(Tree::Revocations, &key)? {
+            Some(v) => {
+                let r: records::RevocationRecord = records::decode("revocations", &key, records::REVOCATION_V1, &v)?;
+                Ok(r.until_ms.is_none_or(|u| u > now_ms))
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Number of pending deadlines.
     pub fn timer_count(&self) -> usize {
         self.state().timer_count

@@ -252,6 +252,9 @@ impl Command for UpdatePermissions {
             let own = self.updates.iter().find(|(id, _)| *id == e.session.id).map(|(_, p)| p);
             let Some(patch) = own.or(star) else { continue };
             let permissions = sessions::patch_permissions(e.session.permissions.as_ref(), patch);
+            if patch.contains_key("canAdmin") {
+                remember_admin_right(cx, &e, &permissions)?;
+            }
             if e.session.permissions.as_ref() == Some(&permissions) {
                 continue;
             }
@@ -268,4 +271,17 @@ impl Command for UpdatePermissions {
         }
         Ok(Ok(updated))
     }
+}
+
+/// A `canAdmin` update sticks to the session's token (its lineage): withdrawn, later sessions of
+/// the token start without the right to administer participants, and the token without a
+/// session may not use it either, until the token expires; given back, the token has it again.
+/// Owners keep theirs whatever `canAdmin` says, as they do for the session.
+fn remember_admin_right(cx: &mut Ctx<'_>, e: &Entry, permissions: &Value) -> Result<(), StoreError> {
+    let (false, Some(token_id)) = (e.session.owner, &e.session.token_id) else { return Ok(()) };
+    if sessions::can_admin_participants(false, Some(permissions)) {
+        return cx.set_admin_withdrawn(token_id, None);
+    }
+    let until_ms = e.token_exp.map(|exp| (exp * 1000.0).ceil() as i64);
+    cx.set_admin_withdrawn(token_id, Some(until_ms))
 }

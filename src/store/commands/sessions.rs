@@ -107,7 +107,7 @@ impl Command for Join {
             joined_ms: now,
             eject_at_ms: deadline.map(|d| d.0),
             eject_reason: deadline.map(|d| d.1.to_string()),
-            permissions: sessions::initial_permissions(&room, claims),
+            permissions: starting_permissions(cx, &room, &self.token)?,
             meeting_id: String::new(),
             room_rules: sessions::follows_room_rules(claims),
         };
@@ -115,6 +115,20 @@ impl Command for Join {
         let session = enter(cx, session, self.secret_digest, token_exp, timer, carried)?;
         Ok(JoinOutcome::Joined(Box::new(session)))
     }
+}
+
+/// The permissions a new session starts with: the room's and its token's, less the right to
+/// administer participants if update-permissions withdrew it from an earlier session of the
+/// token.
+fn starting_permissions(cx: &Ctx<'_>, room: &Room, token: &TokenCheck) -> Result<Option<Value>, StoreError> {
+    let TokenCheck::Valid { claims, token_id } = token else {
+        return Ok(sessions::initial_permissions(room, None));
+    };
+    let permissions = sessions::initial_permissions(room, Some(claims));
+    if cx.admin_withdrawn(token_id)? {
+        return Ok(sessions::without_participants_admin(permissions));
+    }
+    Ok(permissions)
 }
 
 /// Makes a session present: starts the room's meeting if it has none (`meeting.started`),
@@ -195,7 +209,7 @@ fn knock(cx: &mut Ctx<'_>, req: &Join, room: &Room, claims: Option<&Claims>) -> 
         joined_ms: now,
         eject_at_ms: deadline.map(|d| d.0),
         eject_reason: deadline.map(|d| d.1.to_string()),
-        permissions: sessions::initial_permissions(room, claims),
+        permissions: starting_permissions(cx, room, &req.token)?,
         meeting_id: String::new(),
         room_rules,
     };
