@@ -107,3 +107,18 @@ fn labels_and_access_log_never_hold_ids_names_or_tokens() {
     assert!(routes.contains("GET /v1/meeting-tokens/:token"), "{routes:?}");
     assert!(routes.len() <= 8, "labels grow with paths: {routes:?}");
 }
+
+/// Issue 24, item 10: a room created with an `exp` already past is accepted (Daily's reference
+/// sets no such limit) and expires at once, but is no deadline the writer was late for: it
+/// stays out of `gatehouse_deadline_lateness_seconds`.
+#[test]
+fn a_past_exp_is_accepted_and_kept_out_of_the_lateness_metric() {
+    let s = Server::start();
+    let now = s.now_secs();
+    s.create_room(json!({"name": "bygone", "properties": {"exp": now - 1_000_000}}));
+    s.wait_event("room.expired", |e| e["payload"]["room"] == "bygone");
+    let text = s.get("/metrics").text;
+    let sum = value(&text, "gatehouse_deadline_lateness_seconds_sum");
+    assert!(sum < 60.0, "lateness sum {sum} s after one room created with a past exp");
+    assert!(value(&text, "gatehouse_deadline_lateness_seconds_count") >= 1.0, "the expiry was counted, on time");
+}

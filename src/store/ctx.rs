@@ -527,7 +527,7 @@ impl Ctx<'_> {
         let id: Arc<str> = Arc::from(e.session.id.as_str());
         self.put(Tree::Sessions, id.as_bytes().to_vec(), records::encode(records::SESSION_V2, &e.to_record())?);
         match e.eject_timer_ms {
-            Some(at) => self.set_timer(TimerId::Eject(id.clone()), at),
+            Some(at) => self.set_timer(TimerId::Eject(id.clone()), self.due(at)),
             None => self.clear_timer(&TimerId::Eject(id.clone())),
         }
         if !self.pv.leases.contains_key(&id) {
@@ -563,7 +563,9 @@ impl Ctx<'_> {
 
     // --- deadlines ---------------------------------------------------------------------------
 
-    /// Sets (or moves) a deadline; room and ban deadlines are also written as rows.
+    /// Sets (or moves) a deadline; room and ban deadlines are also written as rows. Kept as
+    /// given, even when past: a deadline a firing moves fires in its turn, in deadline order
+    /// (invariant 4). Deadlines a command takes from its caller are set with [`Ctx::due`].
     pub fn set_timer(&mut self, id: TimerId, at_ms: i64) {
         let prev = self.pv.timers.set(id.clone(), at_ms);
         self.batch.undo.push(Undo::Timer(id.clone(), prev));
@@ -575,6 +577,14 @@ impl Ctx<'_> {
         if id.is_durable() {
             self.put(Tree::Timers, timer_key(at_ms, &id), Vec::new());
         }
+    }
+
+    /// When a deadline a caller asked for is due: `at_ms`, or now if that has passed (a room
+    /// created or updated with an `exp` already gone, a session whose room's rules changed
+    /// under it). It fires at once, and the lateness metric counts only what the writer takes
+    /// from now, not the time before anyone asked for it.
+    pub fn due(&self, at_ms: i64) -> i64 {
+        at_ms.max(self.now_ms)
     }
 
     pub fn clear_timer(&mut self, id: &TimerId) {

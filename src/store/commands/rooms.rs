@@ -114,7 +114,7 @@ impl Command for DeleteRoom {
 pub fn sync_room_timer(cx: &mut Ctx<'_>, room: &Room) {
     let id = TimerId::RoomExp(std::sync::Arc::from(room.name.as_str()));
     match room.exp() {
-        Some(exp) => cx.set_timer(id, exp.saturating_mul(1000)),
+        Some(exp) => cx.set_timer(id, cx.due(exp.saturating_mul(1000))),
         None => cx.clear_timer(&id),
     }
 }
