@@ -263,7 +263,24 @@ pub fn eject_timer(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Opti
         .min_by_key(|(at, _)| *at)
 }
 
+/// Every ejection deadline that applies, each on a whole second (see [`whole_second_up`]).
 fn eject_candidates(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Vec<(i64, &'static str)> {
+    let mut candidates = raw_eject_candidates(room, claims, joined_ms);
+    for (at, _) in &mut candidates {
+        *at = whole_second_up(*at);
+    }
+    candidates
+}
+
+/// Up to the next whole second. Deadlines are announced in whole seconds (`will_eject_at`), so
+/// they are made to land on one: the ejection comes exactly at the time announced, and never
+/// before the time asked for (3 s after a join at x.5 s is x+4, not x+3).
+fn whole_second_up(ms: i64) -> i64 {
+    let up = i64::from(ms.rem_euclid(1000) != 0);
+    ms.div_euclid(1000).saturating_add(up).saturating_mul(1000)
+}
+
+fn raw_eject_candidates(room: &Room, claims: Option<&Claims>, joined_ms: i64) -> Vec<(i64, &'static str)> {
     let mut candidates: Vec<(i64, &'static str)> = Vec::new();
     let token_rules = claims.filter(|c| c.eject_at_token_exp || c.eject_after_elapsed.is_some());
     match token_rules {
@@ -446,6 +463,10 @@ mod tests {
         assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((200_000, "token_expired")));
         let plain = Claims::default();
         assert_eq!(eject_deadline(&r, Some(&plain), 1_000), Some((61_000, "elapsed")));
+        let three = Claims { eject_after_elapsed: Some(3), ..Default::default() };
+        assert_eq!(eject_deadline(&r, Some(&three), 1_500), Some((5_000, "elapsed")), "on the announced second");
+        let c = Claims { eject_at_token_exp: true, exp: Some(200.25), ..Default::default() };
+        assert_eq!(eject_deadline(&r, Some(&c), 1_000), Some((201_000, "token_expired")));
         let r2 = room(json!({"eject_at_room_exp": true, "exp": 50}), Privacy::Public);
         assert_eq!(eject_deadline(&r2, None, 1_000), Some((50_000, "room_expired")));
         assert_eq!(eject_timer(&r2, None, 1_000), None, "the room's own timer handles its expiry");

@@ -211,13 +211,15 @@ fn token_elapsed_ejection_and_will_eject_at() {
     let t = s.token(json!({"room_name": "timed", "eject_after_elapsed": 3}));
     let (id, _, body) = s.join_ok("timed", Some(&t));
     let joined = body["joined_at"].as_f64().unwrap();
-    assert_eq!(body["will_eject_at"].as_i64().unwrap(), (joined + 3.0).floor() as i64);
+    // The deadline lands on the whole second it announces (issue 24, item 12): at the earliest
+    // 3 s after the join.
+    assert_eq!(body["will_eject_at"].as_i64().unwrap(), (joined + 3.0).ceil() as i64);
     let joined_event = &s.events_of("participant.joined")[0]["payload"];
     assert_eq!(joined_event["will_eject_at"], body["will_eject_at"]);
     s.advance(2.0);
     std::thread::sleep(std::time::Duration::from_millis(100));
     assert!(s.events_of("participant.ejected").is_empty(), "not before its time");
-    s.advance(1.5);
+    s.advance(2.0);
     let e = s.wait_event("participant.ejected", |e| e["payload"]["session_id"] == id.as_str());
     assert_eq!((e["payload"]["reason"].as_str(), e["payload"]["by"].as_str()), (Some("elapsed"), Some("scheduler")));
 }
@@ -311,4 +313,31 @@ fn offline_tokens_join_like_issued_ones() {
     let t = offline(json!({"r": "off", "ud": "app-user", "u": "App User"}));
     let (_, _, body) = s.join_ok("off", Some(&t));
     assert_eq!(body["user_id"], "app-user");
+}
+
+fn set_clock_ms(s: &Server, ms: i64) {
+    let r = s.post("/v1/_test/clock", &json!({"set_ms": ms}));
+    assert_eq!(r.status, 200, "{}", r.text);
+}
+
+/// Issue 24, item 12: `will_eject_at` is the moment of ejection, not the whole second before
+/// it: a session joined at x.5 s with 3 s to stay is still present a second before the time it
+/// was told, and gone at that time.
+#[test]
+fn will_eject_at_is_the_moment_of_ejection() {
+    let s = Server::start();
+    s.create_room(json!({"name": "tick"}));
+    let t = s.token(json!({"room_name": "tick", "eject_after_elapsed": 3}));
+    let base = (s.now_secs() + 100) * 1000;
+    set_clock_ms(&s, base + 500);
+    let (id, _, body) = s.join_ok("tick", Some(&t));
+    let announced = body["will_eject_at"].as_i64().unwrap();
+    assert!(announced * 1000 >= base + 3500, "announced {announced}, before 3 s have passed");
+    let present = || s.get("/v1/rooms/tick/presence").body["total_count"].as_u64().unwrap();
+    set_clock_ms(&s, announced * 1000 - 1000);
+    assert_eq!(present(), 1, "ejected before the announced time");
+    set_clock_ms(&s, announced * 1000);
+    assert_eq!(present(), 0, "still present at the announced time");
+    let e = s.wait_event("participant.ejected", |e| e["payload"]["session_id"] == id.as_str());
+    assert_eq!(e["payload"]["reason"], "elapsed");
 }
