@@ -142,6 +142,12 @@ fn bans_are_capped_paged_and_go_with_their_room() {
     assert_eq!(ban(&["u3", "u4"]).status, 200);
     assert_eq!(ban(&["u0"]).status, 200, "banning again someone banned takes no new place");
     assert_eq!(ban(&["u9"]).status, 400);
+    // Lifting one makes a place again (the writer's count follows every removal).
+    assert_eq!(s.delete("/v1/rooms/b/bans/u4").status, 200);
+    assert_eq!(ban(&["u9"]).status, 200);
+    assert_eq!(ban(&["u4"]).status, 400);
+    assert_eq!(s.delete("/v1/rooms/b/bans/u9").status, 200);
+    assert_eq!(ban(&["u4"]).status, 200);
     // Pages: limit and a cursor, in user id order.
     let (first, body) = ban_users(&s, "b", "?limit=2");
     assert_eq!(

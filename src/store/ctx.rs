@@ -55,6 +55,7 @@ enum Undo {
     Timer(TimerId, Option<i64>),
     Session(Arc<str>, Option<Arc<Entry>>),
     Lease(Arc<str>, Option<i64>),
+    BanCount(Arc<str>, Option<usize>),
 }
 
 /// A point to roll a batch back to (a failed command leaves nothing behind).
@@ -114,6 +115,14 @@ impl BatchBuf {
                     }
                     None => {
                         pv.leases.remove(&id);
+                    }
+                },
+                Some(Undo::BanCount(room, prev)) => match prev {
+                    Some(n) => {
+                        pv.ban_counts.insert(room, n);
+                    }
+                    None => {
+                        pv.ban_counts.remove(&room);
                     }
                 },
                 None => break,
@@ -356,13 +365,56 @@ impl Ctx<'_> {
             Some(at) => self.set_timer(id, at),
             None => self.clear_timer(&id),
         }
-        self.put(Tree::Bans, keys::ban(room, user), records::encode(records::BAN_V1, ban)?);
+        let key = keys::ban(room, user);
+        if self.get(Tree::Bans, &key)?.is_none() {
+            self.count_bans(room, 1);
+        }
+        self.put(Tree::Bans, key, records::encode(records::BAN_V1, ban)?);
         Ok(())
     }
 
-    pub fn del_ban(&mut self, room: &str, user: &str) {
+    pub fn del_ban(&mut self, room: &str, user: &str) -> Result<(), StoreError> {
         self.clear_timer(&TimerId::Ban(Arc::from(room), Arc::from(user)));
-        self.del(Tree::Bans, keys::ban(room, user));
+        let key = keys::ban(room, user);
+        if self.get(Tree::Bans, &key)?.is_some() {
+            self.count_bans(room, -1);
+        }
+        self.del(Tree::Bans, key);
+        Ok(())
+    }
+
+    /// How many ban rows `room` has (in force or not yet fired): read from the trees the first
+    /// time, then from the writer's count.
+    pub fn ban_count(&mut self, room: &str) -> Result<usize, StoreError> {
+        if let Some(n) = self.pv.ban_counts.get(room) {
+            return Ok(*n);
+        }
+        let n = self.banned_in(room, usize::MAX)?.len();
+        self.set_ban_count(room, Some(n));
+        Ok(n)
+    }
+
+    /// Moves a room's ban count, if it is kept (one not kept yet is read when first needed).
+    fn count_bans(&mut self, room: &str, delta: isize) {
+        if let Some(n) = self.pv.ban_counts.get(room).copied() {
+            self.set_ban_count(room, Some(n.saturating_add_signed(delta)));
+        }
+    }
+
+    fn set_ban_count(&mut self, room: &str, n: Option<usize>) {
+        let room: Arc<str> = Arc::from(room);
+        let prev = match n {
+            Some(n) => self.pv.ban_counts.insert(room.clone(), n),
+            None => self.pv.ban_counts.remove(&room),
+        };
+        self.batch.undo.push(Undo::BanCount(room, prev));
+    }
+
+    /// Forgets a room's ban count (the room is gone with its bans).
+    pub fn forget_ban_count(&mut self, room: &str) {
+        if self.pv.ban_counts.contains_key(room) {
+            self.set_ban_count(room, None);
+        }
     }
 
     /// The user ids with a ban row in `room` (in force or not yet fired), at most `at_most`, in

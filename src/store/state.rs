@@ -19,6 +19,10 @@ pub struct Private {
     pub timers: Timers,
     /// Last sign of life per session (join, heartbeat, open stream).
     pub leases: std::collections::HashMap<Arc<str>, i64>,
+    /// Ban rows per room, for the rooms whose bans were counted since the start (counted once
+    /// from the trees, then kept up to date by every ban written or removed): the per-room cap
+    /// is checked without reading every ban of the room at each call.
+    pub ban_counts: std::collections::HashMap<Arc<str>, usize>,
 }
 
 /// Names of the sled trees, in the order journal records number them (only ever append).

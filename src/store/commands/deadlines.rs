@@ -65,7 +65,7 @@ fn ban_expiry(cx: &mut Ctx<'_>, room: &str, user: &str, now: i64) -> Result<usiz
     if ban.until_ms.is_none_or(|u| u > now) {
         return Ok(0);
     }
-    cx.del_ban(room, user);
+    cx.del_ban(room, user)?;
     cx.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "expired"}));
     Ok(1)
 }

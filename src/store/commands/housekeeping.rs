@@ -94,7 +94,7 @@ fn purge_orphan_bans(cx: &mut Ctx<'_>, limit: usize) -> Result<u64, StoreError> 
         if exists {
             continue;
         }
-        cx.del_ban(&room, &user);
+        cx.del_ban(&room, &user)?;
         cx.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "room_deleted"}));
         removed += 1;
     }

@@ -551,8 +551,9 @@ pub fn remove_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str, by
 pub fn drop_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str) -> Result<(), StoreError> {
     cx.drop_room(room);
     for user in cx.banned_in(&room.name, usize::MAX)? {
-        cx.del_ban(&room.name, &user);
+        cx.del_ban(&room.name, &user)?;
         cx.event(crate::events::BAN_REMOVED, json!({"room": room.name, "user_id": user, "reason": reason}));
     }
+    cx.forget_ban_count(&room.name);
     Ok(())
 }
