@@ -36,6 +36,7 @@ fn open(dir: &std::path::Path) -> Store {
         shed_after: std::time::Duration::from_secs(60),
         stall_after: std::time::Duration::from_secs(30),
         large_room: gatehouse::store::fanout::DEFAULT_LARGE_ROOM,
+        segment_bytes: gatehouse::store::eventlog::SEGMENT_BYTES,
     };
     Store::open(opts, Arc::new(SystemClock)).unwrap()
 }

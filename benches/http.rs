@@ -615,6 +615,7 @@ fn fill(dir: &str) {
             shed_after: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
             large_room: gatehouse::store::fanout::DEFAULT_LARGE_ROOM,
+            segment_bytes: gatehouse::store::eventlog::SEGMENT_BYTES,
         };
         let store = Store::open(opts, Arc::new(gatehouse::clock::SystemClock)).unwrap();
         const N: u64 = 1_000_000;

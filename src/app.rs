@@ -79,6 +79,7 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
         shed_after: settings.shed_after,
         stall_after: settings.stall_after,
         large_room: settings.large_room,
+        segment_bytes: settings.event_segment_bytes,
     };
     let opened = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
@@ -479,6 +480,7 @@ pub async fn backup(args: &crate::config::BackupArgs, api_key_env: Option<String
                 shed_after: std::time::Duration::from_secs(60),
                 stall_after: std::time::Duration::from_secs(30),
                 large_room: crate::store::fanout::DEFAULT_LARGE_ROOM,
+                segment_bytes: crate::store::eventlog::SEGMENT_BYTES,
             };
             let store = Store::open(opts, Arc::new(crate::clock::SystemClock)).map_err(|e| {
                 anyhow::anyhow!(

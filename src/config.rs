@@ -265,6 +265,10 @@ pub struct ServeArgs {
     /// sees; sled's own flusher only logs a failed fsync (and the next one "succeeds").
     #[arg(long, env = "GATEHOUSE_SLED_FLUSH_EVERY_MS", default_value_t = 0, hide = true)]
     pub sled_flush_every_ms: u64,
+    /// Size in KiB past which an event segment is closed and packed (tests make it small to
+    /// close and pack segments often).
+    #[arg(long, env = "GATEHOUSE_EVENT_SEGMENT_KB", default_value_t = 65_536, hide = true)]
+    pub event_segment_kb: u64,
     #[command(flatten)]
     pub cluster: EtcdArgs,
 }
@@ -332,6 +336,7 @@ pub struct Settings {
     pub token_leeway_secs: u64,
     pub shutdown_grace: std::time::Duration,
     pub sled_flush_every_ms: Option<u64>,
+    pub event_segment_bytes: u64,
     pub lease_ms: i64,
     pub join_rate: f64,
     pub join_burst: u32,
@@ -516,6 +521,7 @@ impl ServeArgs {
             token_leeway_secs: self.token_leeway_secs,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_secs),
             sled_flush_every_ms: (self.sled_flush_every_ms > 0).then_some(self.sled_flush_every_ms),
+            event_segment_bytes: self.event_segment_kb.clamp(4, 1 << 22) * 1024,
             lease_ms: (self.lease_secs * 1000) as i64,
             join_rate: self.join_rate,
             join_burst: self.join_burst,

@@ -46,7 +46,8 @@ pub fn sync_file(path: &Path) -> io::Result<()> {
 }
 
 /// Creates `dir` and the folders missing above it (0700), each made durable in its parent
-/// before the next is made inside it.
+/// before the next is made inside it; `dir`'s name is synced in its parent even when it was
+/// there already (made by a crashed run before its sync, or by an installer that never synced).
 pub fn create_dir_all(dir: &Path) -> io::Result<()> {
     let mut missing = Vec::new();
     let mut at = dir;
@@ -64,6 +65,20 @@ pub fn create_dir_all(dir: &Path) -> io::Result<()> {
             Err(e) => return Err(e),
         }
         sync_dir(parent_of(d))?;
+    }
+    sync_dir(parent_of(dir))
+}
+
+/// Syncs a file and drops its pages from the page cache, so that the next read of it comes
+/// from the disk (see `store::read_from_disk` for why).
+pub fn drop_cached(path: &Path) -> io::Result<()> {
+    use std::os::unix::io::AsRawFd;
+    let f = File::open(path)?;
+    f.sync_data()?;
+    // SAFETY: a valid descriptor; the call only advises the kernel about its cache.
+    let rc = unsafe { libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    if rc != 0 {
+        tracing::debug!(file = %path.display(), errno = rc, "posix_fadvise(DONTNEED) refused");
     }
     Ok(())
 }
@@ -89,6 +104,12 @@ pub fn create_new(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     sync_dir(parent_of(path))
+}
+
+/// The regular files directly in `dir` (none when it cannot be read: it may not exist yet).
+pub fn files_in(dir: &Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    entries.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_file())).map(|e| e.path()).collect()
 }
 
 /// Removes files and makes their absence durable (one sync per folder). Missing ones are fine.

@@ -43,6 +43,7 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
         shed_after: std::time::Duration::from_secs(60),
         stall_after: std::time::Duration::from_secs(30),
         large_room: gatehouse::store::fanout::DEFAULT_LARGE_ROOM,
+        segment_bytes: gatehouse::store::eventlog::SEGMENT_BYTES,
     };
     let store = Store::open(opts, clock.clone()).unwrap();
     let t0 = 1_000_000; // seconds

@@ -26,6 +26,13 @@ impl ApiError {
         ApiError { status, kind, info: info.into(), extra: None, retry_after: None, allow: None }
     }
 
+    /// 503 with `Retry-After`.
+    pub fn unavailable(info: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "server-error", info);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
     pub fn invalid(info: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-request-error", info)
     }
@@ -84,45 +91,22 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Unavailable(why) => {
                 tracing::error!(error = %why, "store unavailable");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server-error",
-                    "the store cannot accept writes right now; nothing was saved",
-                );
-                e.retry_after = Some(5);
-                e
+                ApiError::unavailable("the store cannot accept writes right now; nothing was saved", 5)
             }
             // sled refusing an operation (a full disk, an I/O error in its log): nothing of the
             // request was saved, and it may clear.
             StoreError::Io(err) => {
                 tracing::error!(error = %err, "storage error");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server-error",
-                    "the store cannot read or write right now (storage error); nothing was saved",
-                );
-                e.retry_after = Some(5);
-                e
+                ApiError::unavailable("the store cannot read or write right now (storage error); nothing was saved", 5)
             }
             StoreError::Durability(why) => {
                 tracing::error!(error = %why, "a sync failed");
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server-error",
+                ApiError::unavailable(
                     "the store cannot make writes durable (a sync failed); writes are refused until a restart",
-                );
-                e.retry_after = Some(5);
-                e
+                    5,
+                )
             }
-            StoreError::Overloaded => {
-                let mut e = ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "server-error",
-                    "the server is busy; nothing was saved; retry shortly",
-                );
-                e.retry_after = Some(1);
-                e
-            }
+            StoreError::Overloaded => ApiError::unavailable("the server is busy; nothing was saved; retry shortly", 1),
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(

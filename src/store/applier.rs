@@ -207,7 +207,7 @@ pub struct Checkpointer {
     /// To refuse writes when a sync fails.
     pub shared: Arc<super::Shared>,
     pub db: sled::Db,
-    pub store_dir: PathBuf,
+    pub store_dir: Arc<SledDir>,
     pub journal_dir: PathBuf,
     pub events: Arc<EventLog>,
     pub applied: Arc<AtomicU64>,
@@ -250,7 +250,7 @@ impl Checkpointer {
 /// deletes the journal files up to `upto` (all of them when `None` is given after reading them).
 pub fn checkpoint(
     db: &sled::Db,
-    store_dir: &Path,
+    store_dir: &SledDir,
     events: &EventLog,
     journal_dir: &Path,
     lsn: u64,
@@ -265,23 +265,47 @@ pub fn checkpoint(
     }
 }
 
+/// sled's folder, with its log file held open from the store's open on: Linux reports a
+/// failed writeback once to each descriptor open when it happened, so an fsync through this
+/// one sees a failure even when one of sled's own syncs saw it first (a descriptor opened
+/// afterwards would be told nothing).
+pub struct SledDir {
+    pub path: PathBuf,
+    db_file: std::fs::File,
+}
+
+impl SledDir {
+    /// Opens sled's log file (`db`, which sled creates) for syncing.
+    pub fn open(path: &Path) -> Result<SledDir, StoreError> {
+        let db_file = std::fs::File::open(path.join("db"))
+            .map_err(|e| StoreError::Setup(format!("opening {}: {e}", path.join("db").display())))?;
+        Ok(SledDir { path: path.to_path_buf(), db_file })
+    }
+}
+
 /// Makes everything sled holds durable: `flush()` writes its buffers with `sync_file_range`,
 /// which syncs neither the file's size nor the disk's cache; then a real fsync of each of its
-/// files (`db`, `conf`, `snap.*`, `blobs/*`) and of its folders, since journal files are
-/// deleted on the strength of it.
-pub fn checkpoint_sled(db: &sled::Db, store_dir: &Path) -> Result<(), StoreError> {
+/// files (`db` through the descriptor held since the open, `conf`, `snap.*`, `blobs/*`) and of
+/// its folders, since journal files are deleted on the strength of it. A file sled removes
+/// meanwhile (a blob it replaced) needs no sync: the folder's sync covers its removal.
+pub fn checkpoint_sled(db: &sled::Db, dir: &SledDir) -> Result<(), StoreError> {
     let failed = |what: &Path, e: std::io::Error| {
         StoreError::Durability(format!("fsync of the store's {} failed: {e}", what.display()))
     };
     db.flush().map_err(|e| StoreError::Durability(format!("sled's flush failed: {e}")))?;
-    for dir in [store_dir.join("blobs"), store_dir.to_path_buf()] {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_file()) {
-                disk::sync_file(&entry.path()).map_err(|e| failed(&entry.path(), e))?;
+    dir.db_file.sync_all().map_err(|e| failed(&dir.path.join("db"), e))?;
+    for folder in [dir.path.join("blobs"), dir.path.clone()] {
+        if !folder.is_dir() {
+            continue;
+        }
+        for path in disk::files_in(&folder).into_iter().filter(|p| *p != dir.path.join("db")) {
+            match disk::sync_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(failed(&path, e)),
             }
         }
-        disk::sync_dir(&dir).map_err(|e| failed(&dir, e))?;
+        disk::sync_dir(&folder).map_err(|e| failed(&folder, e))?;
     }
     Ok(())
 }

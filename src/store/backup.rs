@@ -165,7 +165,7 @@ pub fn restore(file: &Path, data_dir: &Path, progress: &mut dyn FnMut(u64, u64))
 }
 
 /// The staging folder of a restore in progress.
-const STAGE: &str = ".restoring";
+pub(super) const STAGE: &str = ".restoring";
 
 /// Removes what an interrupted restore moved into `data_dir` before its store.
 fn remove_moved_in(data_dir: &Path) -> Result<(), StoreError> {
@@ -186,7 +186,9 @@ fn restore_into(
 ) -> Result<RestoreReport, StoreError> {
     let store = dir.join("store");
     disk::create_dir_all(&store).map_err(io)?;
-    let db = sled::Config::new().path(&store).open()?;
+    // sled's own flusher off: it only logs a failed fsync (the checkpoint below must see it).
+    let db = sled::Config::new().path(&store).flush_every_ms(None).open()?;
+    let sled_dir = super::applier::SledDir::open(&store)?;
     // Format 1 holds schema 1's trees (the first open migrates them); format 2 this schema's.
     let names: Vec<&str> =
         if format == 1 { super::migrate::V1_TREES.to_vec() } else { Tree::ALL.iter().map(|t| t.name()).collect() };
@@ -256,6 +258,6 @@ fn restore_into(
             meta.insert(keys::META_EVENTS_OLDEST, &first.to_be_bytes())?;
         }
     }
-    super::applier::checkpoint_sled(&db, &store)?;
+    super::applier::checkpoint_sled(&db, &sled_dir)?;
     Ok(report)
 }

@@ -248,6 +248,19 @@ impl EventLog {
             }
         }
         let last = segments.last().map_or(oldest.saturating_sub(1), |s| s.last);
+        // Events below the first segment are gone (a retention whose record a cut undid):
+        // serve from where the log starts, with 410 below it, rather than stall there.
+        let oldest = match segments.first() {
+            Some(s) if s.first > oldest.max(1) => {
+                tracing::warn!(
+                    oldest,
+                    first = s.first,
+                    "the event log starts after its recorded oldest seq; serving from its start"
+                );
+                s.first
+            }
+            _ => oldest,
+        };
         let log = EventLog {
             dir: dir.to_path_buf(),
             segment_bytes: segment_bytes.max(4096),
@@ -310,7 +323,21 @@ impl EventLog {
         });
     }
 
-    /// Appends events (contiguous, continuing the log). The head does not move: see [`set_head`].
+    /// Appends events that continue the log exactly (the syncer's appends): a gap would be a hole
+    /// readers skip for good, so it is refused.
+    pub fn append_next(&self, events: &[LoggedEvent]) -> Result<(), StoreError> {
+        if let Some(first) = events.first() {
+            let last = self.last();
+            if first.seq != last + 1 {
+                return Err(StoreError::Setup(format!("event log: seq {} does not follow {last}", first.seq)));
+            }
+        }
+        self.append(events)
+    }
+
+    /// Appends events (contiguous among themselves; a restore, a migration or a recovery that
+    /// found events lost from disk may start past the log's end). The head does not move: see
+    /// [`set_head`].
     pub fn append(&self, events: &[LoggedEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
@@ -351,6 +378,11 @@ impl EventLog {
             seg.bytes = a.len;
         }
         st.last = events[events.len() - 1].seq;
+        if st.tail.back().is_some_and(|b| b.seq + 1 != first) {
+            // The tail holds contiguous events only: after a hole it starts over.
+            st.tail.clear();
+            st.tail_bytes = 0;
+        }
         for e in events {
             let ev = Arc::new(Event::from(e));
             st.tail_bytes += ev.envelope.len();
@@ -483,10 +515,15 @@ impl EventLog {
             }
         }
         let idx = st.segments.partition_point(|s| s.last < from);
-        let Some(seg) = st.segments.get(idx).filter(|s| s.first <= from) else {
+        let Some(seg) = st.segments.get(idx) else {
             return Ok(Vec::new());
         };
+        // Events lost from disk (logged at open) leave a hole: read on from after it.
+        let from = from.max(seg.first);
         let upto = head.min(seg.last).min(from + max as u64 - 1);
+        if from > upto {
+            return Ok(Vec::new());
+        }
         match &seg.layout {
             Layout::Plain { offsets } => {
                 let i = usize::try_from(from - seg.first).unwrap_or(usize::MAX);
@@ -859,5 +896,19 @@ mod tests {
         OpenOptions::new().write(true).open(&pack).unwrap().set_len(len - 6).unwrap();
         let log = EventLog::open(dir.path(), 1, 4096).unwrap();
         assert_eq!(seqs(&log), (1..=300).collect::<Vec<_>>(), "the salvaged pack's events are all there");
+    }
+
+    #[test]
+    fn a_gap_is_refused_and_readers_read_past_a_hole() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
+        log.append_next(&(1..=3).map(ev).collect::<Vec<_>>()).unwrap();
+        assert!(log.append_next(&[ev(5)]).is_err(), "a gap would be a hole readers skip");
+        // Events lost from disk (a recovery that found them gone appends past the hole).
+        log.append(&(7..=9).map(ev).collect::<Vec<_>>()).unwrap();
+        assert_eq!(seqs(&log), vec![1, 2, 3, 7, 8, 9]);
+        drop(log);
+        let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
+        assert_eq!(seqs(&log), vec![1, 2, 3, 7, 8, 9]);
     }
 }

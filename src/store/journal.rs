@@ -239,11 +239,17 @@ impl Journal {
         Ok(Journal { dir: dir.to_path_buf(), file, number, len: 0 })
     }
 
-    /// Appends one record (no sync). On failure the file is cut back to its previous length.
-    pub fn append(&mut self, record: &[u8]) -> Result<(), std::io::Error> {
+    /// Appends one record (no sync). On failure the file is cut back to its previous length;
+    /// when even that fails, the garbage would hide every record appended after it, so the
+    /// error is a [`StoreError::Durability`] (the store stops) rather than a refusal of one batch.
+    pub fn append(&mut self, record: &[u8]) -> Result<(), StoreError> {
         if let Err(e) = (&*self.file).write_all(record) {
-            let _ = self.file.set_len(self.len);
-            return Err(e);
+            if let Err(cut) = self.file.set_len(self.len) {
+                return Err(StoreError::Durability(format!(
+                    "journal write failed ({e}) and could not be undone ({cut})"
+                )));
+            }
+            return Err(StoreError::Unavailable(format!("journal write failed: {e}")));
         }
         self.len += record.len() as u64;
         Ok(())

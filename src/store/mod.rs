@@ -107,7 +107,7 @@ pub struct ClusterHooks {
 
 /// The domain id of a stopped data dir's store, if it has one.
 pub fn read_domain_id(data_dir: &Path) -> Result<Option<uuid::Uuid>, StoreError> {
-    let db = sled::Config::new().path(data_dir.join("store")).open()?;
+    let db = sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open()?;
     let meta = db.open_tree(Tree::Meta.name())?;
     match meta.get(keys::META_DOMAIN)? {
         Some(v) => uuid::Uuid::from_slice(&v).map(Some).map_err(|_| StoreError::Setup("unreadable domain id".into())),
@@ -150,6 +150,8 @@ pub struct StoreOptions {
     pub stall_after: std::time::Duration,
     /// People present from which a room's streams get summaries instead of every change.
     pub large_room: u64,
+    /// Bytes past which an event segment is closed (and packed).
+    pub segment_bytes: u64,
 }
 
 impl StoreOptions {
@@ -166,6 +168,7 @@ impl StoreOptions {
             shed_after: std::time::Duration::from_secs(60),
             stall_after: std::time::Duration::from_secs(30),
             large_room: fanout::DEFAULT_LARGE_ROOM,
+            segment_bytes: eventlog::SEGMENT_BYTES,
         }
     }
 }
@@ -270,12 +273,21 @@ impl Store {
         cluster: Option<ClusterHooks>,
     ) -> Result<Store, StoreError> {
         let data_dir = opts.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+        if data_dir.join(backup::STAGE).exists() {
+            return Err(StoreError::Setup(format!(
+                "a restore into {} was interrupted ({} is there): run the restore again",
+                data_dir.display(),
+                data_dir.join(backup::STAGE).display()
+            )));
+        }
         // Each folder's name durable in its parent before anything is written inside it.
         for d in [opts.path.clone(), data_dir.join("wal"), data_dir.join("events")] {
             crate::disk::create_dir_all(&d)
                 .map_err(|e| StoreError::Setup(format!("cannot create {}: {e}", d.display())))?;
         }
+        read_from_disk(&[opts.path.clone(), opts.path.join("blobs"), data_dir.join("wal"), data_dir.join("events")])?;
         let db = open_sled(&opts)?;
+        let sled_dir = Arc::new(applier::SledDir::open(&opts.path)?);
         let meta = db.open_tree(Tree::Meta.name())?;
         match schema_of(&meta)? {
             None => {
@@ -302,10 +314,9 @@ impl Store {
         let read_u64 =
             |k: &[u8]| -> Result<Option<u64>, StoreError> { Ok(meta.get(k)?.and_then(|v| keys::u64_of(&v))) };
         let oldest_meta = read_u64(keys::META_EVENTS_OLDEST)?.unwrap_or(1);
-        let events =
-            Arc::new(eventlog::EventLog::open(&data_dir.join("events"), oldest_meta, eventlog::SEGMENT_BYTES)?);
+        let events = Arc::new(eventlog::EventLog::open(&data_dir.join("events"), oldest_meta, opts.segment_bytes)?);
         let wal = data_dir.join("wal");
-        let lsn = recover(&db, &trees, &events, &wal, &opts.path)?.max(cluster.as_ref().map_or(0, |c| c.lsn_floor));
+        let lsn = recover(&db, &trees, &events, &wal, &sled_dir)?.max(cluster.as_ref().map_or(0, |c| c.lsn_floor));
         let next_seq = events.last().max(read_u64(keys::META_NEXT_SEQ)?.unwrap_or(1).saturating_sub(1)) + 1;
         events.set_head(next_seq - 1);
         let (state, private) = load_state(
@@ -390,7 +401,7 @@ impl Store {
         let checkpointer = applier::Checkpointer {
             shared: shared.clone(),
             db,
-            store_dir: opts.path.clone(),
+            store_dir: sled_dir,
             journal_dir: wal,
             events: events.clone(),
             applied,
@@ -955,6 +966,7 @@ fn is_revoked(
 /// is still an error, with sled's message.
 fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
     drop_torn_sled_conf(&opts.path)?;
+    drop_sled_snapshot_leftovers(&opts.path)?;
     let config =
         sled::Config::new().path(&opts.path).cache_capacity(opts.cache_bytes).flush_every_ms(opts.background_flush_ms);
     let started = std::time::Instant::now();
@@ -969,6 +981,35 @@ fn open_sled(opts: &StoreOptions) -> Result<sled::Db, StoreError> {
             other => return Ok(other?),
         }
     }
+}
+
+/// Syncs every file of `dirs` and drops its cached pages, so what the open reads next comes from
+/// the disk. After a failed fsync Linux marks the lost pages clean and keeps serving them from
+/// the page cache, and a descriptor opened later is told nothing: a restart in the same boot
+/// would trust data the disk never got, and delete the journal that holds it. A failed sync
+/// here refuses the start (the disk does not keep writes).
+fn read_from_disk(dirs: &[PathBuf]) -> Result<(), StoreError> {
+    for file in dirs.iter().flat_map(|d| crate::disk::files_in(d)) {
+        crate::disk::drop_cached(&file)
+            .map_err(|e| StoreError::Durability(format!("fsync of {} failed at start: {e}", file.display())))?;
+    }
+    Ok(())
+}
+
+/// sled writes a snapshot at open as `snap.<lsn>.generating`, then renames it; one that a crash
+/// left behind (empty or partial) sorts after every finished snapshot, and sled picks it and
+/// refuses to open. It holds nothing a finished snapshot or sled's log does not.
+fn drop_sled_snapshot_leftovers(store_dir: &Path) -> Result<(), StoreError> {
+    let leftovers: Vec<PathBuf> = crate::disk::files_in(store_dir)
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().ends_with(".generating")))
+        .collect();
+    if leftovers.is_empty() {
+        return Ok(());
+    }
+    tracing::warn!(files = leftovers.len(), "removing sled snapshots a crash left half written");
+    crate::disk::remove_files(store_dir, &leftovers)
+        .map_err(|e| StoreError::Setup(format!("removing a half-written sled snapshot: {e}")))
 }
 
 /// sled writes its `conf` (the parameters it was opened with) without syncing it; a power cut
@@ -998,7 +1039,7 @@ fn recover(
     trees: &Trees,
     events: &eventlog::EventLog,
     wal: &Path,
-    store_dir: &Path,
+    store_dir: &applier::SledDir,
 ) -> Result<u64, StoreError> {
     let meta = trees.get(Tree::Meta);
     let applied = meta.get(keys::META_APPLIED_LSN)?.and_then(|v| keys::u64_of(&v)).unwrap_or(0);
@@ -1124,7 +1165,7 @@ fn room_to_record(room: &Room) -> RoomRecord {
 
 /// `gatehouse migrate`: opens (and so migrates) a stopped data dir, then closes it.
 pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
-    let db = sled::Config::new().path(data_dir.join("store")).open()?;
+    let db = sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open()?;
     let meta = db.open_tree(Tree::Meta.name())?;
     match schema_of(&meta)? {
         Some(1) => {
@@ -1170,5 +1211,20 @@ mod tests {
         assert!(!conf.exists());
         drop(sled::Config::new().path(&store).open().expect("sled opens once the torn conf is gone"));
         assert_eq!(std::fs::read(&conf).unwrap(), good);
+    }
+
+    /// sled picks a `snap.*.generating` a crash left behind over every finished snapshot.
+    #[test]
+    fn a_half_written_sled_snapshot_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let db = sled::Config::new().path(&store).open().unwrap();
+        db.insert(b"k", b"v").unwrap();
+        drop(db);
+        std::fs::write(store.join("snap.7FFFFFFFFFFFFFFF.generating"), b"half a snapshot").unwrap();
+        assert!(sled::Config::new().path(&store).open().is_err(), "sled opens over a half-written snapshot");
+        drop_sled_snapshot_leftovers(&store).unwrap();
+        let db = sled::Config::new().path(&store).open().expect("sled opens once the leftover is gone");
+        assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

@@ -31,7 +31,7 @@ pub struct Appended {
     /// The journal file it was appended to; `None` when nothing was appended (an empty batch,
     /// or an append that failed — then `outcome` says so).
     pub file: Option<Arc<File>>,
-    /// It carries events, so it must be synced before anyone is answered.
+    /// It writes (state or events), so it must be synced before it is finished.
     pub hard: bool,
     /// The writer's state after the batch, to publish once it is durable.
     pub state: Option<State>,
@@ -137,6 +137,11 @@ impl Syncer {
 
     fn finish(&self, a: Appended, synced: &Result<(), String>) {
         let mut outcome = a.outcome.and_then(|()| synced.clone());
+        // An earlier batch of this group may have poisoned the store since the sync (its events
+        // could not be logged): nothing after it may be published over the hole.
+        if let (Ok(()), Some(why)) = (&outcome, self.shared.poisoned()) {
+            outcome = Err(why);
+        }
         if outcome.is_ok() {
             if let (Some(batch), Some(state)) = (a.batch, a.state) {
                 if let Err(why) = self.publish(batch, state, a.webhooks_touched, a.oldest_before) {
@@ -161,7 +166,7 @@ impl Syncer {
         let state = Arc::new(state);
         self.shared.published.store(state.clone());
         if let Some(last) = batch.events.last().map(|e| e.seq) {
-            match self.shared.events.append(&batch.events) {
+            match self.shared.events.append_next(&batch.events) {
                 Ok(()) => {
                     self.shared.events.set_head(last);
                     self.shared.hub.publish(&batch.events, &state.live);

@@ -224,9 +224,10 @@ impl Writer {
                 buf.ops.push((Tree::Meta.index(), key, Some(value)));
             }
             let batch = journal::Batch { lsn: buf.lsn, ops: std::mem::take(&mut buf.ops), events: buf.events };
-            let appended = journal::encode_batch(&batch).and_then(|record| {
-                self.journal.append(&record).map_err(|e| StoreError::Unavailable(format!("journal write failed: {e}")))
-            });
+            let appended = journal::encode_batch(&batch).and_then(|record| self.journal.append(&record));
+            if let Err(StoreError::Durability(why)) = &appended {
+                self.shared.poison(why.clone());
+            }
             match appended {
                 Err(e) => {
                     // Nothing of this batch was written: undo it and carry on (a full disk may clear).
@@ -245,7 +246,9 @@ impl Writer {
                     self.unapplied_ops += keys.len();
                     self.unapplied.push_back((batch.lsn, keys));
                     out.file = Some(self.journal.file());
-                    out.hard = !batch.events.is_empty();
+                    // Every batch that writes is synced before it is finished: one that is not
+                    // durable must reach neither sled nor the event log's retention.
+                    out.hard = true;
                     out.state = Some(self.state.clone());
                     out.batch = Some(batch);
                 }

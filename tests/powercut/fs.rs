@@ -350,13 +350,22 @@ impl Model {
         format!("/{}", parts.join("/"))
     }
 
+    /// Whether a fault rule names `ino`'s path (and uses one of its failures up).
+    fn faulty(&mut self, ino: u64) -> bool {
+        let path = self.path_of(ino);
+        match self.failing.iter_mut().find(|(part, left)| *left > 0 && path.contains(part.as_str())) {
+            Some((_, left)) => {
+                *left -= 1;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Makes the file's contents and size durable — or fails with EIO when a fault rule says
     /// so, losing the unsynced writes the way Linux does.
     pub fn fsync(&mut self, ino: u64) -> Result<(), FsError> {
-        let path = self.path_of(ino);
-        let fail = self.failing.iter_mut().find(|(part, left)| *left > 0 && path.contains(part.as_str()));
-        if let Some((_, left)) = fail {
-            *left -= 1;
+        if self.faulty(ino) {
             let n = self.node_mut(ino)?;
             let lost: Vec<(u64, u64)> = n.undo.drain(..).filter(|u| u.len > 0).map(|u| (u.offset, u.len)).collect();
             n.lost.extend(lost);
@@ -368,8 +377,13 @@ impl Model {
         Ok(())
     }
 
-    /// Makes the directory's names durable (not the contents of the files they name).
+    /// Makes the directory's names durable (not the contents of the files they name) — or
+    /// fails with EIO when a fault rule names it (its unsynced names then stay unsynced).
     pub fn fsync_dir(&mut self, ino: u64) -> Result<(), FsError> {
+        if self.faulty(ino) {
+            self.stats.failed_fsyncs += 1;
+            return Err(FsError::Io);
+        }
         self.dir_mut(ino)?.dir_undo.clear();
         self.stats.dir_fsyncs += 1;
         self.collect();
@@ -378,13 +392,7 @@ impl Model {
 
     pub fn unlink(&mut self, parent: u64, name: &OsStr, want_dir: bool) -> Result<(), FsError> {
         let ino = self.lookup(parent, name)?;
-        let n = self.node(ino)?;
-        match (n.dir, want_dir) {
-            (true, false) => return Err(FsError::IsDir),
-            (false, true) => return Err(FsError::NotDir),
-            (true, true) if !n.entries.is_empty() => return Err(FsError::NotEmpty),
-            _ => {}
-        }
+        can_replace(self.node(ino)?, want_dir)?;
         let p = self.dir_mut(parent)?;
         p.entries.remove(name);
         p.dir_undo.push(vec![(name.to_os_string(), Some(ino))]);
@@ -406,13 +414,7 @@ impl Model {
             if no_replace {
                 return Err(FsError::Exists);
             }
-            let target = self.node(r)?;
-            match (target.dir, moving_dir) {
-                (true, false) => return Err(FsError::IsDir),
-                (false, true) => return Err(FsError::NotDir),
-                (true, true) if !target.entries.is_empty() => return Err(FsError::NotEmpty),
-                _ => {}
-            }
+            can_replace(self.node(r)?, moving_dir)?;
         }
         if replaced == Some(ino) {
             return Ok(());
@@ -520,6 +522,16 @@ impl Model {
     }
 }
 
+/// Whether `n` may go (unlinked, or replaced by a rename) for something that is a folder or not.
+fn can_replace(n: &Node, dir: bool) -> Result<(), FsError> {
+    match (n.dir, dir) {
+        (true, false) => Err(FsError::IsDir),
+        (false, true) => Err(FsError::NotDir),
+        (true, true) if !n.entries.is_empty() => Err(FsError::NotEmpty),
+        _ => Ok(()),
+    }
+}
+
 /// The FUSE side: every request is one call on the shared model.
 struct Fuse(Arc<Mutex<Model>>);
 
@@ -539,6 +551,13 @@ impl Fuse {
     }
 }
 
+fn attr(r: Result<FileAttr, FsError>, reply: ReplyAttr) {
+    match r {
+        Ok(a) => reply.attr(&TTL, &a),
+        Err(e) => reply.error(e.errno()),
+    }
+}
+
 fn empty(r: Result<(), FsError>, reply: ReplyEmpty) {
     match r {
         Ok(()) => reply.ok(),
@@ -553,10 +572,7 @@ impl Filesystem for Fuse {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.model().attr(ino.0) {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e.errno()),
-        }
+        attr(self.model().attr(ino.0), reply);
     }
 
     fn setattr(
@@ -594,10 +610,7 @@ impl Filesystem for Fuse {
             }
             m.attr(ino.0)
         })();
-        match changed {
-            Ok(a) => reply.attr(&TTL, &a),
-            Err(e) => reply.error(e.errno()),
-        }
+        attr(changed, reply);
     }
 
     fn mknod(
@@ -880,9 +893,20 @@ fn mount(model: &Arc<Mutex<Model>>, at: &Path) -> std::io::Result<fuser::Backgro
     fuser::spawn_mount2(Fuse(model.clone()), at, &config)
 }
 
-/// Unmounts, detaching if something still holds it (it is then gone for new lookups at once).
+/// Unmounts. Something still holding the file system at a cut would go on writing after the
+/// "power" went: that fails the test (after a lazy unmount, so nothing is left mounted). The
+/// session thread ends with ECONNABORTED once the kernel lets go: that is the normal end.
 fn unmount(session: fuser::BackgroundSession, at: &Path) {
-    if session.umount_and_join().is_err() {
-        let _ = std::process::Command::new("umount").arg("-l").arg(at).status();
+    let result = session.umount_and_join();
+    if !is_mounted(at) {
+        return;
     }
+    let _ = std::process::Command::new("umount").arg("-l").arg(at).status();
+    panic!("the power-cut file system at {} was still in use at the cut: {result:?}", at.display());
+}
+
+fn is_mounted(at: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let at = at.to_string_lossy();
+    mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(at.as_ref()))
 }

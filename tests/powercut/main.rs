@@ -188,15 +188,17 @@ struct Lineage {
     extra: Receiver,
     /// What was already checked one by one (later checks take a sample of it).
     checked: BTreeSet<String>,
+    /// The API key: the test's, or (`generated_key`) the one the server made and printed.
+    key: String,
+    generated_key: bool,
 }
 
 impl Lineage {
     fn new(tag: &str, root: &Path, sled_flusher: bool) -> Lineage {
         let mut env =
             vec![("GATEHOUSE_LEASE_SECS", "3600".to_string()), ("GATEHOUSE_SHUTDOWN_GRACE_SECS", "2".to_string())];
-        if !sled_flusher {
-            env.push(("GATEHOUSE_SLED_FLUSH_EVERY_MS", "0".to_string()));
-        }
+        // The default is off; a lineage with it on checks the cuts do not depend on that.
+        env.push(("GATEHOUSE_SLED_FLUSH_EVERY_MS", if sled_flusher { "500" } else { "0" }.to_string()));
         Lineage {
             tag: tag.to_string(),
             dir: root.join(tag),
@@ -208,6 +210,8 @@ impl Lineage {
             hook: None,
             extra: Receiver::start(),
             checked: BTreeSet::new(),
+            key: KEY.to_string(),
+            generated_key: false,
         }
     }
 
@@ -215,23 +219,43 @@ impl Lineage {
         self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
     }
 
-    fn start(&self) -> Server {
-        Server::start_in(&self.dir, &self.env())
+    fn command(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&self.dir)
+            .env("GATEHOUSE_JOIN_RATE", "100000")
+            .env("GATEHOUSE_JOIN_BURST", "100000")
+            .env("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "100000")
+            .stdin(Stdio::null());
+        if self.generated_key {
+            cmd.env_remove("GATEHOUSE_API_KEY");
+        } else {
+            cmd.env("GATEHOUSE_API_KEY", KEY);
+        }
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        cmd
+    }
+
+    fn start(&mut self) -> Server {
+        if !self.generated_key {
+            return Server::start_in(&self.dir, &self.env());
+        }
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut s = Server::spawn(cmd, &self.dir, "");
+        // Printed before the server listened, so durable by now: the same after every cut.
+        let key = std::fs::read_to_string(self.dir.join("api_key")).unwrap().trim().to_string();
+        assert!(self.key == KEY || self.key == key, "{}: the generated API key changed across a cut", self.tag);
+        self.key = key.clone();
+        s.key = key;
+        s
     }
 
     /// Starts the server and kills it `after` later, whether or not it is serving yet.
     fn start_and_kill(&self, after: Duration) {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(&self.dir)
-            .env("GATEHOUSE_API_KEY", KEY)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        for (k, v) in &self.env {
-            cmd.env(k, v);
-        }
-        let mut child = cmd.spawn().unwrap();
+        let mut child = self.command().stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(after);
         let _ = child.kill();
         let _ = child.wait();
@@ -267,6 +291,7 @@ fn send(
 /// One client: mixed writes until the server dies.
 fn client(
     base: String,
+    key: String,
     lin_ledger: Arc<Mutex<Ledger>>,
     lobby: Arc<Mutex<String>>,
     counter: Arc<AtomicU64>,
@@ -275,7 +300,7 @@ fn client(
 ) {
     let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(10)).build();
     let mut rng = Rng::new(seed);
-    let api = Some(KEY);
+    let api = Some(key.as_str());
     let url = |p: &str| format!("{base}{p}");
     let next = || counter.fetch_add(1, Ordering::Relaxed);
     let ledger = || lin_ledger.lock().unwrap();
@@ -347,21 +372,22 @@ fn client(
                     }
                 }
                 58..=63 => {
+                    // Picked and marked under one lock: two clients never take the same one.
                     let target = {
-                        let l = ledger();
+                        let mut l = ledger();
                         let candidates: Vec<_> =
                             l.joins.iter().filter(|(id, _)| !l.maybe_ejected.contains(*id)).collect();
-                        (!candidates.is_empty()).then(|| {
+                        let picked = (!candidates.is_empty()).then(|| {
                             let (id, (room, user, jti)) = candidates[rng.below(candidates.len() as u64) as usize];
                             (id.clone(), room.clone(), user.clone(), jti.clone())
-                        })
+                        });
+                        if let Some((id, _, _, jti)) = &picked {
+                            l.maybe_ejected.insert(id.clone());
+                            l.maybe_revoked.insert(jti.clone());
+                        }
+                        picked
                     };
-                    let Some((id, room, user, jti)) = target else { return Ok(()) };
-                    {
-                        let mut l = ledger();
-                        l.maybe_ejected.insert(id.clone());
-                        l.maybe_revoked.insert(jti);
-                    }
+                    let Some((_, room, user, _)) = target else { return Ok(()) };
                     let (st, v) = send(
                         &agent,
                         "POST",
@@ -422,15 +448,18 @@ fn client(
                 }
                 86..=97 => {
                     let target = {
-                        let l = ledger();
+                        let mut l = ledger();
                         let open: Vec<_> = l.knocks.iter().filter(|(id, _)| !l.maybe_granted.contains(*id)).collect();
-                        (!open.is_empty()).then(|| {
+                        let picked = (!open.is_empty()).then(|| {
                             let (id, room) = open[rng.below(open.len() as u64) as usize];
                             (id.clone(), room.clone())
-                        })
+                        });
+                        if let Some((id, _)) = &picked {
+                            l.maybe_granted.insert(id.clone());
+                        }
+                        picked
                     };
                     let Some((id, room)) = target else { return Ok(()) };
-                    ledger().maybe_granted.insert(id.clone());
                     let body = json!({ id.clone(): {"grantRequestedAccess": true} });
                     let (st, v) = send(
                         &agent,
@@ -481,9 +510,9 @@ fn load_then_kill(s: &mut Server, lin: &Lineage, run: Duration, seed: u64) {
     for w in 0..4u64 {
         let (base, ledger, lobby, counter) =
             (s.base.clone(), lin.ledger.clone(), lin.lobby.clone(), lin.counter.clone());
-        let hook = lin.extra.url.clone();
+        let (hook, key) = (lin.extra.url.clone(), s.key.clone());
         workers.push(std::thread::spawn(move || {
-            client(base, ledger, lobby, counter, hook, seed.wrapping_mul(16).wrapping_add(w))
+            client(base, key, ledger, lobby, counter, hook, seed.wrapping_mul(16).wrapping_add(w))
         }));
     }
     std::thread::sleep(run);
@@ -526,6 +555,10 @@ fn to_check<'a>(all: impl Iterator<Item = &'a String>, checked: &mut BTreeSet<St
 /// Every acknowledged write is there; events are contiguous, one per change, never reused.
 fn verify(s: &Server, lin: &mut Lineage, when: &str) {
     assert_eq!(s.call("GET", "/readyz", None, None).status, 200, "{when}: not ready; log:\n{}", s.log());
+    let log = s.log();
+    for broken in ["lost from disk", "are missing", "has a hole", "unreadable"] {
+        assert!(!log.contains(broken), "{when}: recovery found something broken ({broken}):\n{log}");
+    }
     let l = lin.ledger.lock().unwrap();
     assert!(l.errors.is_empty(), "{when}: unexpected answers: {:?}", l.errors);
     let events = s.events();
@@ -690,6 +723,8 @@ fn needs_root_acknowledged_writes_survive_power_cuts() {
     // cut (the domain id they are signed for is durable before the first one is answered).
     for n in 0..10 {
         let mut lin = Lineage::new(&format!("fresh-{n}"), fs.path(), n % 2 == 0);
+        // Some generate their API key: the key printed once must be the one kept.
+        lin.generated_key = n % 3 == 0;
         let mut s = lin.start();
         let run = Duration::from_millis(100 + rng.below(800));
         new_lobby(&s, &lin);
@@ -705,6 +740,10 @@ fn needs_root_acknowledged_writes_survive_power_cuts() {
     for life in 0..2 {
         let tag = format!("life-{life}");
         let mut lin = Lineage::new(&tag, fs.path(), life == 0);
+        if life == 1 {
+            // Small segments: closed and packed all along, under the cuts.
+            lin.env.push(("GATEHOUSE_EVENT_SEGMENT_KB", "64".to_string()));
+        }
         {
             let s = lin.start();
             let hook = Receiver::start();
@@ -724,6 +763,9 @@ fn needs_root_acknowledged_writes_survive_power_cuts() {
                 // A process crash first: what was written but not synced is still in the page
                 // cache, and the restart's recovery reads it; then the power goes.
                 lin.start().kill9();
+            } else if round % 5 == 4 {
+                // A process crash, then the power goes during the recovery that follows it.
+                lin.start_and_kill(Duration::from_millis(rng.below(300)));
             }
             let how = cut_kind(&mut rng);
             fs.cut(how);
@@ -742,6 +784,13 @@ fn needs_root_acknowledged_writes_survive_power_cuts() {
         }
         let s = lin.start();
         verify(&s, &mut lin, &format!("{tag} at the end"));
+        if life == 1 {
+            let packs = std::fs::read_dir(lin.dir.join("events"))
+                .unwrap()
+                .filter(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "pack")))
+                .count();
+            assert!(packs > 0, "{tag}: no segment was packed under the cuts");
+        }
         verify_webhook(&s, &lin);
         let l = lin.ledger.lock().unwrap();
         eprintln!(
