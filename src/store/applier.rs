@@ -237,6 +237,7 @@ impl Checkpointer {
                 &self.journal_dir,
                 closed.last_lsn,
                 Some(closed.file),
+                false,
             ) {
                 self.shared.poison(format!("checkpoint failed: {e}"));
                 while rx.recv().is_ok() {}
@@ -247,7 +248,7 @@ impl Checkpointer {
 }
 
 /// Makes sled and the event log durable, records that they hold every batch up to `lsn`, and
-/// deletes the journal files up to `upto` (all of them when `None` is given after reading them).
+/// deletes the journal files up to `upto`. `at_open`: sled's own files and folders too.
 pub fn checkpoint(
     db: &sled::Db,
     store_dir: &SledDir,
@@ -255,8 +256,9 @@ pub fn checkpoint(
     journal_dir: &Path,
     lsn: u64,
     upto: Option<u64>,
+    at_open: bool,
 ) -> Result<(), StoreError> {
-    checkpoint_sled(db, store_dir)?;
+    checkpoint_sled(db, store_dir, at_open)?;
     events.sync()?;
     journal::set_checkpoint(journal_dir, lsn)?;
     match upto {
@@ -284,28 +286,34 @@ impl SledDir {
 }
 
 /// Makes everything sled holds durable: `flush()` writes its buffers with `sync_file_range`,
-/// which syncs neither the file's size nor the disk's cache; then a real fsync of each of its
-/// files (`db` through the descriptor held since the open, `conf`, `snap.*`, `blobs/*`) and of
-/// its folders, since journal files are deleted on the strength of it. A file sled removes
-/// meanwhile (a blob it replaced) needs no sync: the folder's sync covers its removal.
-pub fn checkpoint_sled(db: &sled::Db, dir: &SledDir) -> Result<(), StoreError> {
+/// which syncs neither the file's size nor the disk's cache; then a real fsync of its log
+/// (through the descriptor held since the open) and of its blobs, since journal files are
+/// deleted on the strength of it. `all` also syncs the files and names sled only makes when it
+/// opens (`conf`, `snap.*`, the folders): at an open, a restore, a migration.
+pub fn checkpoint_sled(db: &sled::Db, dir: &SledDir, all: bool) -> Result<(), StoreError> {
     let failed = |what: &Path, e: std::io::Error| {
         StoreError::Durability(format!("fsync of the store's {} failed: {e}", what.display()))
     };
     db.flush().map_err(|e| StoreError::Durability(format!("sled's flush failed: {e}")))?;
     dir.db_file.sync_all().map_err(|e| failed(&dir.path.join("db"), e))?;
-    for folder in [dir.path.join("blobs"), dir.path.clone()] {
-        if !folder.is_dir() {
+    let blobs = dir.path.join("blobs");
+    let folders = if all { vec![blobs, dir.path.clone()] } else { vec![blobs] };
+    for folder in folders {
+        let files: Vec<PathBuf> = disk::files_in(&folder).into_iter().filter(|p| *p != dir.path.join("db")).collect();
+        if files.is_empty() && !all {
             continue;
         }
-        for path in disk::files_in(&folder).into_iter().filter(|p| *p != dir.path.join("db")) {
+        for path in files {
+            // A blob sled removes meanwhile needs no sync: the folder's sync covers its removal.
             match disk::sync_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(failed(&path, e)),
             }
         }
-        disk::sync_dir(&folder).map_err(|e| failed(&folder, e))?;
+        if folder.is_dir() {
+            disk::sync_dir(&folder).map_err(|e| failed(&folder, e))?;
+        }
     }
     Ok(())
 }

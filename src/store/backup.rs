@@ -258,6 +258,6 @@ fn restore_into(
             meta.insert(keys::META_EVENTS_OLDEST, &first.to_be_bytes())?;
         }
     }
-    super::applier::checkpoint_sled(&db, &sled_dir)?;
+    super::applier::checkpoint_sled(&db, &sled_dir, true)?;
     Ok(report)
 }

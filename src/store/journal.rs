@@ -104,19 +104,29 @@ pub fn checkpointed(dir: &Path) -> Result<u64, StoreError> {
     match decode_record(&bytes).and_then(|(p, _)| <[u8; 8]>::try_from(p.as_slice()).ok()) {
         Some(lsn) => Ok(u64::from_be_bytes(lsn)),
         None => {
-            // Written whole and synced before its rename: only a damaged disk gets here.
-            // Replaying every batch the journal holds is still exact.
-            tracing::warn!(file = %dir.join(CHECKPOINT).display(), "unreadable journal checkpoint; replaying the whole journal");
+            // Torn by a cut while it was rewritten: no journal file had been deleted on its
+            // strength yet, so replaying every batch the journal holds is still exact.
+            tracing::warn!(file = %dir.join(CHECKPOINT).display(), "the journal checkpoint is torn; replaying the whole journal");
             Ok(0)
         }
     }
 }
 
-/// Records durably that sled and the event log hold every batch up to `lsn`.
+/// Records durably that sled and the event log hold every batch up to `lsn`: one 16-byte
+/// record rewritten in place and `fdatasync`ed (its name synced when it is first made). A cut
+/// that tears it loses nothing (see [`checkpointed`]); journal files go only after it is durable.
 pub fn set_checkpoint(dir: &Path, lsn: u64) -> Result<(), StoreError> {
+    use std::os::unix::fs::FileExt;
+    let failed = |e: std::io::Error| StoreError::Durability(format!("writing the journal checkpoint failed: {e}"));
     let record = frame(&lsn.to_be_bytes())?;
-    disk::write_atomic(&dir.join(CHECKPOINT), &record)
-        .map_err(|e| StoreError::Durability(format!("writing the journal checkpoint: {e}")))
+    let path = dir.join(CHECKPOINT);
+    let new = !path.exists();
+    let f = OpenOptions::new().create(true).write(true).mode(disk::FILE_MODE).open(&path).map_err(failed)?;
+    f.write_all_at(&record, 0).and_then(|()| f.sync_data()).map_err(failed)?;
+    if new {
+        disk::sync_dir(dir).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Journal files present, in replay order.
@@ -265,13 +275,10 @@ impl Journal {
     }
 
     /// Closes the current file and starts the next; returns the closed file's number. The
-    /// closed file is synced whole first (batches the syncer had no reason to sync, such as
-    /// webhook progress, included): recovery stops at the first missing batch, so a batch of the
-    /// next file must never be durable while one before it is not.
+    /// syncer syncs the files of every batch before it finishes any of them, in order, so a
+    /// batch of the next file is never acknowledged while one before it is not durable (a cut
+    /// between the two syncs leaves a gap recovery stops at, with nothing acknowledged after).
     pub fn rotate(&mut self) -> Result<u64, StoreError> {
-        self.file
-            .sync_data()
-            .map_err(|e| StoreError::Durability(format!("journal fdatasync failed at rotation: {e}")))?;
         let next = open_new(&self.dir, self.number + 1)?;
         let old = self.number;
         self.file = std::sync::Arc::new(next);
@@ -294,9 +301,15 @@ fn open_new(dir: &Path, number: u64) -> Result<File, StoreError> {
 }
 
 /// Deletes journal files numbered up to and including `upto` (the checkpoint covers them).
+/// Their absence need not be durable: a file a cut brings back holds batches the checkpoint
+/// covers, which recovery skips; the next file's creation syncs the folder anyway.
 pub fn remove_upto(dir: &Path, upto: u64) -> Result<(), StoreError> {
-    let gone: Vec<PathBuf> = list(dir)?.into_iter().filter(|(n, _)| *n <= upto).map(|(_, p)| p).collect();
-    disk::remove_files(dir, &gone).map_err(|e| io("removing files", e))
+    for (n, path) in list(dir)? {
+        if n <= upto {
+            std::fs::remove_file(&path).map_err(|e| io("removing a file", e))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -370,6 +383,8 @@ mod tests {
         set_checkpoint(dir.path(), 43).unwrap();
         assert_eq!(checkpointed(dir.path()).unwrap(), 43);
         std::fs::write(dir.path().join(CHECKPOINT), b"garbage").unwrap();
-        assert_eq!(checkpointed(dir.path()).unwrap(), 0, "an unreadable checkpoint replays everything");
+        assert_eq!(checkpointed(dir.path()).unwrap(), 0, "a torn checkpoint replays everything");
+        set_checkpoint(dir.path(), 44).unwrap();
+        assert_eq!(checkpointed(dir.path()).unwrap(), 44, "rewritten in place");
     }
 }

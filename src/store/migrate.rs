@@ -207,10 +207,10 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
     meta.insert(keys::META_APPLIED_LSN, &0u64.to_be_bytes())?;
     meta.insert(keys::META_EVENTS_OLDEST, &oldest.unwrap_or(next_seq).to_be_bytes())?;
     let sled_dir = super::applier::SledDir::open(&data_dir.join("store"))?;
-    super::applier::checkpoint_sled(db, &sled_dir)?;
+    super::applier::checkpoint_sled(db, &sled_dir, true)?;
     // The point of no return.
     meta.insert(keys::META_SCHEMA, &2u32.to_be_bytes())?;
-    super::applier::checkpoint_sled(db, &sled_dir)?;
+    super::applier::checkpoint_sled(db, &sled_dir, true)?;
     drop_v1(db, data_dir)?;
     tracing::info!(
         millis = started.elapsed().as_millis() as u64,

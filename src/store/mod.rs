@@ -1061,7 +1061,7 @@ fn recover(
     let last = replay.last().map_or(0, |b| b.lsn).max(checkpoint).max(applied);
     meta.insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
     meta.insert(keys::META_NEXT_SEQ, &(events.last() + 1).to_be_bytes())?;
-    applier::checkpoint(db, store_dir, events, wal, last, files.last().map(|(n, _)| *n))?;
+    applier::checkpoint(db, store_dir, events, wal, last, files.last().map(|(n, _)| *n), true)?;
     if !replay.is_empty() {
         tracing::info!(batches = replay.len(), events = lost.len(), "journal recovered");
     }
