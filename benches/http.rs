@@ -4,7 +4,9 @@
 //! issued tokens and 5,000,000 events (750,000 joins and leaves make the other 3,000,000) and
 //! reports the store's size on disk, restart-to-ready time and RSS.
 //!
-//! Run: `cargo bench --bench http` (add `-- --quick` to skip the million-record part).
+//! Run: `cargo bench --bench http` (add `-- --quick` to skip the million-record part;
+//! `-- --tokens 3` runs only the baseline and token creation, three rounds, with the server's
+//! CPU per token).
 //! `cargo bench --bench http -- --cluster`: the same rows against two nodes on a local
 //! three-member etcd (through the leader and through the follower), and the failover time
 //! (leader killed → first write acknowledged by the other node) over 10 trials. Needs `etcd`.
@@ -38,6 +40,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     if args.iter().any(|a| a == "--cluster") {
         return rt.block_on(cluster());
+    }
+    if let Some(at) = args.iter().position(|a| a == "--tokens") {
+        let rounds = args.get(at + 1).and_then(|n| n.parse().ok()).unwrap_or(3);
+        return rt.block_on(tokens_only(rounds));
     }
     rt.block_on(run(quick));
 }
@@ -290,6 +296,50 @@ async fn run(quick: bool) {
     table(&results);
     if !quick {
         big_store().await;
+    }
+}
+
+/// CPU seconds (user + system) a process has used so far, from `/proc`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start at ") ".
+    let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+    let f: Vec<f64> = rest.split(' ').map(|x| x.parse().unwrap_or(0.0)).collect();
+    let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// `--tokens [ROUNDS]`: only the baseline and durable token creation, alternated ROUNDS
+/// times on one server, with the server's CPU per token: the quick loop for issue 22's
+/// token target.
+async fn tokens_only(rounds: usize) {
+    let base = spawn({
+        let mut c = Command::new(std::env::current_exe().unwrap());
+        c.arg("--baseline-server");
+        c
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    let gh = gatehouse(&tmp.path().join("data"), "fdatasync");
+    let pid = gh.child.id();
+    let body: Arc<dyn Fn(u64) -> String + Send + Sync> =
+        Arc::new(|_| r#"{"properties":{"room_name":"bench","user_id":"u"}}"#.to_string());
+    for round in 1..=rounds {
+        let b = load("baseline", &base.addr, Kind::Get, "/".into(), no_body()).await;
+        let cpu0 = cpu_secs(pid);
+        let t = load("tokens", &gh.addr, Kind::Post, "/v1/meeting-tokens".into(), body.clone()).await;
+        let cpu = cpu_secs(pid) - cpu0;
+        let made = t.rps * (WARMUP + MEASURE).as_secs_f64();
+        println!(
+            "round {round}: baseline {:.0}/s, tokens {:.0}/s = {:.3}x, p50 {} us, p99 {} us, server CPU {:.1} us/token ({:.0}% of a core), errors {}",
+            b.rps,
+            t.rps,
+            t.rps / b.rps,
+            t.p50_us,
+            t.p99_us,
+            cpu * 1e6 / made,
+            cpu * 100.0 / (WARMUP + MEASURE).as_secs_f64(),
+            t.errors
+        );
     }
 }
 

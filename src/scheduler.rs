@@ -5,7 +5,7 @@
 //!
 //! Must not: change state itself; it only submits housekeeping commands.
 
-use crate::store::{Compact, Purge, Store};
+use crate::store::{Compact, Store, Sweep, Sweeping};
 
 /// Housekeeping totals, for logs and metrics.
 #[derive(Debug, Default)]
@@ -16,8 +16,9 @@ pub struct HousekeepingStats {
     pub events_compacted: std::sync::atomic::AtomicU64,
 }
 
-/// Most records of each kind one sweep removes (the writer is busy for that long).
-const PURGE_LIMIT: usize = 10_000;
+/// Records one sweep command looks at: the writer is busy for that long (a few ms), and the
+/// page is all a sweep holds in memory, whatever the store's size.
+const SWEEP_PAGE: usize = 4096;
 
 /// One housekeeping sweep: what the cron job runs, callable directly (tests do). Safe to repeat.
 pub async fn housekeep_once(
@@ -26,16 +27,12 @@ pub async fn housekeep_once(
     stats: &HousekeepingStats,
 ) -> Result<crate::store::PurgeReport, crate::store::StoreError> {
     use std::sync::atomic::Ordering::Relaxed;
-    let mut total = crate::store::PurgeReport::default();
-    loop {
-        let report = store.submit_wait(Purge { limit: PURGE_LIMIT }).await?;
-        total.revocations += report.revocations;
-        total.tokens += report.tokens;
-        total.bans += report.bans;
-        if [report.revocations, report.tokens, report.bans].iter().all(|n| *n < PURGE_LIMIT as u64) {
-            break;
-        }
-    }
+    let mut total = crate::store::PurgeReport {
+        revocations: sweep(store, Sweeping::Revocations).await?,
+        tokens: sweep(store, Sweeping::Tokens).await?,
+        bans: sweep(store, Sweeping::Bans).await?,
+        ..Default::default()
+    };
     loop {
         let report = store.submit_wait(Compact(*retention)).await?;
         total.events += report.events;
@@ -43,16 +40,7 @@ pub async fn housekeep_once(
             break;
         }
     }
-    // Meeting history is kept as long as events are.
-    loop {
-        let removed = store
-            .submit_wait(crate::store::PurgeMeetings { max_age_ms: retention.max_age_ms, limit: PURGE_LIMIT })
-            .await?;
-        total.meetings += removed;
-        if removed < PURGE_LIMIT as u64 {
-            break;
-        }
-    }
+    total.meetings = sweep(store, Sweeping::Meetings { max_age_ms: retention.max_age_ms }).await?;
     stats.runs.fetch_add(1, Relaxed);
     stats.revocations_purged.fetch_add(total.revocations, Relaxed);
     stats.tokens_purged.fetch_add(total.tokens, Relaxed);
@@ -68,6 +56,24 @@ pub async fn housekeep_once(
         );
     }
     Ok(total)
+}
+
+/// Goes through one kind of record a page at a time; returns how many it removed.
+async fn sweep(store: &Store, what: Sweeping) -> Result<u64, crate::store::StoreError> {
+    let (mut removed, mut after) = (0, None);
+    loop {
+        let page = store.submit_wait(Sweep { what, after, page: SWEEP_PAGE }).await?;
+        removed += page.removed;
+        if page.removed > 0 {
+            // A page's deletes wait in the writer's overlay until sled has them: going on only
+            // once it does keeps a purge of 100,000 meetings from holding them all at once.
+            store.applier_caught_up(std::time::Duration::from_secs(10)).await;
+        }
+        match page.next {
+            Some(next) => after = Some(next),
+            None => return Ok(removed),
+        }
+    }
 }
 
 /// Starts the housekeeping cron job (six-field cron, seconds first). Jobs are not persisted by

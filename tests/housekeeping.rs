@@ -6,7 +6,9 @@ use std::sync::Arc;
 use gatehouse::clock::ManualClock;
 use gatehouse::events::NewEvent;
 use gatehouse::scheduler::{housekeep_once, HousekeepingStats};
-use gatehouse::store::{CreateToken, PurgeReport, Revoke, Store, StoreOptions, SyncMode, TokenRecord};
+use gatehouse::store::{
+    CreateToken, PurgeReport, Revoke, Store, StoreOptions, Sweep, Sweeping, SweptPage, SyncMode, TokenRecord,
+};
 use serde_json::json;
 
 /// Retention that keeps every event (this test is about revocations and tokens).
@@ -71,6 +73,16 @@ async fn purges_dead_revocations_and_tokens_and_repeats_safely() {
     );
     // Purges write no events.
     assert_eq!(store.events(0, 100, None).unwrap().events.len(), 5);
+    // A sweep goes a page at a time, each page looking at no more than its size: two tokens
+    // are left ("forever", "lives"), so a page of one ends once the second has been seen.
+    clock.set_ms((t0 + 100_000) * 1000 + 3_600_000);
+    let page = |after: Option<Vec<u8>>| Sweep { what: Sweeping::Tokens, after, page: 1 };
+    let first = store.submit(page(None)).await.unwrap();
+    assert_eq!(first, SweptPage { removed: 0, next: Some(b"forever".to_vec()) });
+    let second = store.submit(page(first.next)).await.unwrap();
+    assert_eq!(second, SweptPage { removed: 1, next: Some(b"lives".to_vec()) });
+    assert_eq!(store.submit(page(second.next)).await.unwrap(), SweptPage::default(), "the sweep ends");
+    assert!(store.token("lives").unwrap().is_none());
     store.close().await;
 }
 

@@ -87,34 +87,56 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
         return Err(ApiError::invalid("use either 'starting_after' or 'ending_before', not both"));
     }
     let now = state.clock.now_ms();
-    let all: Vec<MeetingRecord> = state
-        .store
-        .meetings(room.map(String::as_str))?
-        .into_iter()
-        .filter(|m| from.is_none_or(|f| secs(m.start_ms) >= f))
-        .filter(|m| to.is_none_or(|t| secs(m.start_ms) < t))
-        .filter(|m| ongoing.is_none_or(|o| m.end_ms.is_none() == o))
-        .collect();
-    let position = |id: &str| {
-        all.iter()
-            .position(|m| m.id == id)
-            .ok_or_else(|| ApiError::invalid("the cursor names no meeting that matches these filters"))
+    let matches = |m: &MeetingRecord| {
+        from.is_none_or(|f| secs(m.start_ms) >= f)
+            && to.is_none_or(|t| secs(m.start_ms) < t)
+            && ongoing.is_none_or(|o| m.end_ms.is_none() == o)
     };
-    // Newest first: `starting_after` pages on to older meetings, `ending_before` back to newer.
-    let page: &[MeetingRecord] = match (after, before) {
-        (Some(id), _) => {
-            let at = position(id)?;
-            let rest = &all[at + 1..];
-            &rest[..rest.len().min(limit)]
+    // One pass, newest first, keeping only the page: `total_count` counts every match, and the
+    // history can be long. `starting_after` pages on to older meetings, `ending_before` back
+    // to newer ones.
+    let mut total = 0usize;
+    let mut cursor_found = false;
+    let mut page: std::collections::VecDeque<MeetingRecord> = std::collections::VecDeque::new();
+    state.store.visit_meetings(room.map(String::as_str), |m| {
+        if !matches(&m) {
+            return true;
         }
-        (_, Some(id)) => {
-            let at = position(id)?;
-            &all[at.saturating_sub(limit)..at]
+        total += 1;
+        match (after, before) {
+            (Some(id), _) => {
+                if cursor_found {
+                    if page.len() < limit {
+                        page.push_back(m);
+                    }
+                } else if m.id == **id {
+                    cursor_found = true;
+                }
+            }
+            (_, Some(id)) => {
+                if m.id == **id {
+                    cursor_found = true;
+                } else if !cursor_found {
+                    // The last `limit` before the cursor.
+                    if page.len() == limit {
+                        page.pop_front();
+                    }
+                    page.push_back(m);
+                }
+            }
+            _ => {
+                if page.len() < limit {
+                    page.push_back(m);
+                }
+            }
         }
-        _ => &all[..all.len().min(limit)],
-    };
+        true
+    })?;
+    if (after.is_some() || before.is_some()) && !cursor_found {
+        return Err(ApiError::invalid("the cursor names no meeting that matches these filters"));
+    }
     let mut data = Vec::with_capacity(page.len());
-    for m in page {
+    for m in &page {
         let mut v = meeting_json(m, now);
         if !no_participants {
             let ps: Vec<Value> = state
@@ -128,7 +150,7 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
         }
         data.push(v);
     }
-    Ok(ok(&json!({"total_count": all.len(), "data": data})))
+    Ok(ok(&json!({"total_count": total, "data": data})))
 }
 
 fn meeting_or_404(state: &AppState, id: &str) -> Result<MeetingRecord, ApiError> {

@@ -32,8 +32,10 @@ pub struct Applied {
     pub ops: Vec<Op>,
 }
 
-/// Most ops coalesced into one round of `apply_batch`.
-const MAX_COALESCED_OPS: usize = 200_000;
+/// Most ops coalesced into one round of `apply_batch`: enough to amortise a round, few enough
+/// that a round's batches stay a few MiB (200,000 made the applier's round the largest
+/// transient allocation after the packer's).
+const MAX_COALESCED_OPS: usize = 20_000;
 
 pub struct Applier {
     pub trees: Trees,

@@ -187,6 +187,28 @@ impl Ctx<'_> {
         self.st.scan_prefix(self.trees, t, prefix)
     }
 
+    /// At most `limit` entries under `prefix` after the key `after`, in key order: housekeeping
+    /// goes through a tree a page at a time, so a sweep never holds a whole tree in memory nor
+    /// the writer for long.
+    fn page(
+        &self,
+        t: Tree,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Arc<[u8]>)>, StoreError> {
+        use std::ops::Bound;
+        let lo = match after {
+            Some(k) => Bound::Excluded(k.to_vec()),
+            None => Bound::Included(prefix.to_vec()),
+        };
+        let hi = match super::state::prefix_end(prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.st.range(self.trees, t, lo, hi, false, limit)
+    }
+
     fn write(&mut self, t: Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
         let slot = Slot { lsn: self.batch.lsn, value: value.as_deref().map(Arc::from) };
         let prev = self.st.overlay.set(t, &key, slot);
@@ -291,9 +313,12 @@ impl Ctx<'_> {
         self.del(Tree::TokensByRoom, keys::token_room(t.room.as_deref(), &t.jti));
     }
 
-    /// Every issued token (housekeeping), in jti order.
-    pub fn tokens(&self) -> Result<Vec<TokenRecord>, StoreError> {
-        self.scan(Tree::Tokens, b"")?.iter().map(|(k, v)| records::decode("tokens", k, records::TOKEN_V1, v)).collect()
+    /// At most `limit` issued tokens after the key `after`, in jti order (a housekeeping page).
+    pub fn tokens_page(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreError> {
+        self.page(Tree::Tokens, b"", after, limit)?
+            .into_iter()
+            .map(|(k, v)| records::decode("tokens", &k, records::TOKEN_V1, &v).map(|t| (k, t)))
+            .collect()
     }
 
     // --- meetings (history) ------------------------------------------------------------------
@@ -330,11 +355,15 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Every meeting record, oldest first (housekeeping).
-    pub fn meetings(&self) -> Result<Vec<MeetingRecord>, StoreError> {
-        self.scan(Tree::Meetings, b"m")?
-            .iter()
-            .map(|(k, v)| records::decode("meetings", k, records::MEETING_V1, v))
+    /// At most `limit` meeting records after the key `after`, oldest first (a housekeeping page).
+    pub fn meetings_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, MeetingRecord)>, StoreError> {
+        self.page(Tree::Meetings, b"m", after, limit)?
+            .into_iter()
+            .map(|(k, v)| records::decode("meetings", &k, records::MEETING_V1, &v).map(|m| (k, m)))
             .collect()
     }
 
@@ -429,14 +458,22 @@ impl Ctx<'_> {
         Ok(rows.iter().filter_map(|(k, _)| keys::split(k).and_then(|p| p.get(1).cloned())).collect())
     }
 
-    /// Every ban row as (room, user id), in key order (housekeeping).
-    pub fn ban_keys(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// At most `limit` ban rows after the key `after`, in key order, each with its (room, user
+    /// id) when the key parses (a housekeeping page).
+    pub fn bans_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Option<(String, String)>)>, StoreError> {
         Ok(self
-            .scan(Tree::Bans, b"")?
-            .iter()
-            .filter_map(|(k, _)| match keys::split(k)?.as_slice() {
-                [room, user] => Some((room.clone(), user.clone())),
-                _ => None,
+            .page(Tree::Bans, b"", after, limit)?
+            .into_iter()
+            .map(|(k, _)| {
+                let parsed = match keys::split(&k).as_deref() {
+                    Some([room, user]) => Some((room.clone(), user.clone())),
+                    _ => None,
+                };
+                (k, parsed)
             })
             .collect())
     }
@@ -453,9 +490,13 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// Every revocation (housekeeping).
-    pub fn revocations(&self) -> Result<Vec<(Vec<u8>, RevocationRecord)>, StoreError> {
-        self.scan(Tree::Revocations, b"")?
+    /// At most `limit` revocations after the key `after`, in key order (a housekeeping page).
+    pub fn revocations_page(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, RevocationRecord)>, StoreError> {
+        self.page(Tree::Revocations, b"", after, limit)?
             .into_iter()
             .map(|(k, v)| records::decode("revocations", &k, records::REVOCATION_V1, &v).map(|r| (k, r)))
             .collect()

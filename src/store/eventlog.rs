@@ -36,6 +36,9 @@ use crate::disk;
 pub const SEGMENT_BYTES: u64 = 64 << 20;
 /// Recent events kept in memory (envelope bytes).
 const TAIL_BYTES: usize = 32 << 20;
+/// What an event in memory costs beyond its envelope (the `Arc<Event>`, its kind and room, the
+/// queue slot, the allocator's rounding), counted against [`TAIL_BYTES`] so the cap is memory.
+const TAIL_OVERHEAD: usize = 160;
 /// Events per packed block (fewer if the block passes [`BLOCK_BYTES`]).
 const BLOCK_EVENTS: usize = 2048;
 const BLOCK_BYTES: usize = 512 << 10;
@@ -388,7 +391,7 @@ impl EventLog {
             st.tail_bytes += ev.envelope.len();
             st.tail.push_back(ev);
         }
-        while st.tail_bytes > TAIL_BYTES && st.tail.len() > 1 {
+        while st.tail_bytes + st.tail.len() * TAIL_OVERHEAD > TAIL_BYTES && st.tail.len() > 1 {
             if let Some(e) = st.tail.pop_front() {
                 st.tail_bytes -= e.envelope.len();
             }
@@ -606,16 +609,13 @@ impl EventLog {
         for first in pending {
             let source = {
                 let st = self.state.read().map_err(|_| StoreError::Setup("event log lock poisoned".into()))?;
-                st.segments
-                    .iter()
-                    .find(|s| s.first == first && matches!(s.layout, Layout::Plain { .. }))
-                    .map(|s| (s.file.clone(), s.bytes, s.path.clone()))
+                st.segments.iter().find(|s| s.first == first).and_then(|s| match &s.layout {
+                    Layout::Plain { offsets } => Some((s.file.clone(), s.bytes, s.path.clone(), offsets.clone())),
+                    Layout::Packed { .. } => None,
+                })
             };
-            let Some((file, bytes, path)) = source else { continue };
-            let mut raw = vec![0u8; usize::try_from(bytes).unwrap_or(0)];
-            file.read_exact_at(&mut raw, 0).map_err(|e| io("reading a segment to pack", e))?;
-            let (records, _) = decode_all(&raw);
-            let packed_seg = self.write_pack(first, &records.into_iter().map(|(e, _)| e).collect::<Vec<_>>())?;
+            let Some((file, bytes, path, offsets)) = source else { continue };
+            let packed_seg = self.write_pack(first, &file, &offsets, bytes)?;
             let mut st = self.state.write().map_err(|_| StoreError::Setup("event log lock poisoned".into()))?;
             if let Some(slot) = st.segments.iter_mut().find(|s| s.first == first) {
                 *slot = packed_seg;
@@ -629,77 +629,103 @@ impl EventLog {
         Ok(packed)
     }
 
-    fn write_pack(&self, first: u64, events: &[LoggedEvent]) -> Result<Segment, StoreError> {
+    /// Packs a closed plain segment (`offsets`: where each of its records starts, `end`: the
+    /// length they cover) block by block: the records' bytes are compressed as they are, never
+    /// decoded, and never more than one block is in memory (a 64 MiB segment read whole, and
+    /// decoded, was the server's largest transient allocation).
+    fn write_pack(&self, first: u64, file: &File, offsets: &[u64], end: u64) -> Result<Segment, StoreError> {
         let tmp = self.dir.join(name(first, "pack.tmp"));
-        let mut out = Vec::new();
-        let mut blocks = Vec::new();
-        let mut raw = Vec::new();
-        let mut block_first = None;
-        let flush = |raw: &mut Vec<u8>, out: &mut Vec<u8>, blocks: &mut Vec<BlockIndex>, f: u64, l: u64| {
-            let z = zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|e| io("compressing", e))?;
-            blocks.push(BlockIndex { first_seq: f, last_seq: l, offset: out.len() as u64, len: z.len() as u64 });
-            out.extend_from_slice(&z);
-            raw.clear();
-            Ok::<(), StoreError>(())
-        };
-        let mut count = 0;
-        for e in events {
-            block_first.get_or_insert(e.seq);
-            raw.extend_from_slice(&encode(e)?);
-            count += 1;
-            if count >= BLOCK_EVENTS || raw.len() >= BLOCK_BYTES {
-                flush(&mut raw, &mut out, &mut blocks, block_first.unwrap_or(e.seq), e.seq)?;
-                block_first = None;
-                count = 0;
-            }
-        }
-        if let (Some(f), Some(l)) = (block_first, events.last()) {
-            flush(&mut raw, &mut out, &mut blocks, f, l.seq)?;
-        }
-        let index = bincode::serde::encode_to_vec(&blocks, bincode::config::standard())
-            .map_err(|e| StoreError::Encode(e.to_string()))?;
-        out.extend_from_slice(&index);
-        out.extend_from_slice(&u32::try_from(index.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(PACK_MAGIC);
-        let mut f = OpenOptions::new()
+        let f = OpenOptions::new()
             .create(true)
             .truncate(true)
             .write(true)
             .mode(disk::FILE_MODE)
             .open(&tmp)
             .map_err(|e| io("creating a pack", e))?;
-        f.write_all(&out).and_then(|_| f.sync_all()).map_err(|e| io("writing a pack", e))?;
+        let mut out = std::io::BufWriter::with_capacity(256 << 10, f);
+        let mut blocks = Vec::new();
+        let mut written = 0u64;
+        let mut i = 0;
+        while i < offsets.len() {
+            let start = offsets[i];
+            let mut j = i + 1;
+            while j < offsets.len() && j - i < BLOCK_EVENTS && offsets[j] - start < BLOCK_BYTES as u64 {
+                j += 1;
+            }
+            let stop = offsets.get(j).copied().unwrap_or(end);
+            let mut raw = vec![0u8; usize::try_from(stop - start).unwrap_or(0)];
+            file.read_exact_at(&mut raw, start).map_err(|e| io("reading a segment to pack", e))?;
+            let z = zstd::bulk::compress(&raw, ZSTD_LEVEL).map_err(|e| io("compressing", e))?;
+            let (first_seq, last_seq) = (first + i as u64, first + j as u64 - 1);
+            blocks.push(BlockIndex { first_seq, last_seq, offset: written, len: z.len() as u64 });
+            out.write_all(&z).map_err(|e| io("writing a pack", e))?;
+            written += z.len() as u64;
+            i = j;
+        }
+        let index = bincode::serde::encode_to_vec(&blocks, bincode::config::standard())
+            .map_err(|e| StoreError::Encode(e.to_string()))?;
+        let mut footer = index;
+        footer.extend_from_slice(&u32::try_from(footer.len()).unwrap_or(u32::MAX).to_be_bytes());
+        footer.extend_from_slice(PACK_MAGIC);
+        out.write_all(&footer).map_err(|e| io("writing a pack", e))?;
+        let f = out.into_inner().map_err(|e| io("writing a pack", e.into_error()))?;
+        f.sync_all().map_err(|e| io("writing a pack", e))?;
         let path = self.dir.join(name(first, "pack"));
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming a pack", e))?;
         disk::sync_dir(&self.dir).map_err(|e| io("syncing its folder", e))?;
-        let last = events.last().map_or(first - 1, |e| e.seq);
+        let last = first + offsets.len() as u64 - 1;
         let file = Arc::new(File::open(&path).map_err(|e| io("opening a pack", e))?);
-        Ok(Segment { first, last, path, file, layout: Layout::Packed { blocks }, bytes: out.len() as u64 })
+        let bytes = written + footer.len() as u64;
+        Ok(Segment { first, last, path, file, layout: Layout::Packed { blocks }, bytes })
     }
+}
+
+/// Reads a plain segment record by record (never the whole file at once): where each record
+/// starts that is intact and continues the sequence from `first`, and the length they cover.
+fn scan_plain(file: &File, first: u64, path: &Path) -> Result<(Vec<u64>, u64), StoreError> {
+    use std::io::Read;
+    let size = file.metadata().map_err(|e| io("reading a segment", e))?.len();
+    let mut r = std::io::BufReader::with_capacity(256 << 10, file);
+    let (mut offsets, mut at, mut expect) = (Vec::new(), 0u64, first);
+    let mut head = [0u8; 8];
+    let mut payload = Vec::new();
+    while r.read_exact(&mut head).is_ok() {
+        let len = u64::from(u32::from_be_bytes([head[0], head[1], head[2], head[3]]));
+        let crc = u32::from_be_bytes([head[4], head[5], head[6], head[7]]);
+        // Zeros, or a length past the file's end: a tail the disk never wrote whole.
+        if len == 0 || at + 8 + len > size {
+            break;
+        }
+        payload.resize(usize::try_from(len).unwrap_or(0), 0);
+        if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+            break;
+        }
+        let Ok((e, _)) = bincode::serde::decode_from_slice::<LoggedEvent, _>(&payload, bincode::config::standard())
+        else {
+            break;
+        };
+        if e.seq != expect {
+            tracing::warn!(file = %path.display(), seq = e.seq, expected = expect, "event segment out of sequence; cutting it there");
+            break;
+        }
+        offsets.push(at);
+        at += 8 + len;
+        expect += 1;
+    }
+    Ok((offsets, at))
 }
 
 fn open_plain(dir: &Path, first: u64) -> Result<Segment, StoreError> {
     let path = dir.join(name(first, "seg"));
     let file = OpenOptions::new().read(true).write(true).open(&path).map_err(|e| io("opening a segment", e))?;
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(&mut &file, &mut bytes).map_err(|e| io("reading a segment", e))?;
-    let (records, mut valid) = decode_all(&bytes);
-    let mut expect = first;
-    let mut offsets = Vec::with_capacity(records.len());
-    for (e, at) in &records {
-        if e.seq != expect {
-            tracing::warn!(file = %path.display(), seq = e.seq, expected = expect, "event segment out of sequence; cutting it there");
-            valid = *at;
-            break;
-        }
-        offsets.push(*at);
-        expect += 1;
-    }
-    if valid < bytes.len() as u64 {
-        tracing::warn!(file = %path.display(), torn_bytes = bytes.len() as u64 - valid, "event segment ends in a torn or zero-filled tail; cutting it (the journal still holds anything acknowledged)");
+    let size = file.metadata().map_err(|e| io("reading a segment", e))?.len();
+    let (offsets, valid) = scan_plain(&file, first, &path)?;
+    if valid < size {
+        tracing::warn!(file = %path.display(), torn_bytes = size - valid, "event segment ends in a torn or zero-filled tail; cutting it (the journal still holds anything acknowledged)");
         file.set_len(valid).map_err(|e| io("cutting a torn segment", e))?;
     }
-    Ok(Segment { first, last: expect - 1, path, file: Arc::new(file), layout: Layout::Plain { offsets }, bytes: valid })
+    let last = first + offsets.len() as u64 - 1;
+    Ok(Segment { first, last, path, file: Arc::new(file), layout: Layout::Plain { offsets }, bytes: valid })
 }
 
 fn open_packed(dir: &Path, first: u64) -> Result<Segment, StoreError> {

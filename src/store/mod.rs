@@ -47,9 +47,9 @@ pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
     Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject,
-    EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, Purge,
-    PurgeMeetings, PurgeReport, ReplayWebhook, Retention, Revoke, UpdatePermissions, UpdateRoom, UpdateWebhook,
-    Waiting, WaitingError, WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
+    EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress,
+    PurgeReport, ReplayWebhook, Retention, Revoke, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom,
+    UpdateWebhook, Waiting, WaitingError, WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
 };
 pub use eventlog::{Event, Page};
 pub use live::Entry;
@@ -571,6 +571,20 @@ impl Store {
         self.state().lsn
     }
 
+    /// Waits (up to `at_most`) until sled holds every batch published so far. Housekeeping
+    /// paces itself with it: a sweep's deletes are never more than a page ahead of sled, so
+    /// the writes waiting in memory for the applier stay a page's worth, not a whole purge's.
+    pub async fn applier_caught_up(&self, at_most: std::time::Duration) {
+        let target = self.published_lsn();
+        let deadline = tokio::time::Instant::now() + at_most;
+        while self.shared.applied.load(Ordering::Acquire) < target
+            && self.is_writable()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     /// Highest durable event seq.
     pub fn durable_seq(&self) -> u64 {
         self.shared.events.head()
@@ -824,32 +838,58 @@ impl Store {
         Ok(Some(m))
     }
 
-    /// Retained meetings, newest first; of one room with `room`.
+    /// Retained meetings, newest first; of one room with `room`. All of them: for tests and
+    /// small stores; a listing uses [`Store::visit_meetings`].
     pub fn meetings(&self, room: Option<&str>) -> Result<Vec<MeetingRecord>, StoreError> {
-        let st = self.state();
         let mut out = Vec::new();
-        match room {
-            None => {
-                for (k, v) in st.scan_prefix(&self.shared.trees, Tree::Meetings, b"m")? {
-                    out.push(records::decode("meetings", &k, records::MEETING_V1, &v)?);
-                }
-            }
-            Some(room) => {
-                let prefix = keys::meetings_of_room(room);
-                for (k, _) in st.scan_prefix(&self.shared.trees, Tree::Meetings, &prefix)? {
-                    let Some(id) = keys::split(&k[1..]).and_then(|p| p.get(1).cloned()) else { continue };
-                    let key = keys::meeting(&id);
-                    if let Some(v) = st.get(&self.shared.trees, Tree::Meetings, &key)? {
-                        out.push(records::decode("meetings", &key, records::MEETING_V1, &v)?);
-                    }
-                }
-            }
-        }
-        out.reverse();
-        for m in &mut out {
-            with_live_peak(&st.live, m);
-        }
+        self.visit_meetings(room, |m| {
+            out.push(m);
+            true
+        })?;
         Ok(out)
+    }
+
+    /// Retained meetings, newest first (of one room with `room`), handed to `visit` one at a
+    /// time until it returns false. Read a page at a time: a listing holds what it keeps, not
+    /// the history (30 days of it by default).
+    pub fn visit_meetings(
+        &self,
+        room: Option<&str>,
+        mut visit: impl FnMut(MeetingRecord) -> bool,
+    ) -> Result<(), StoreError> {
+        const PAGE: usize = 1024;
+        let st = self.state();
+        let trees = &self.shared.trees;
+        let prefix = match room {
+            None => b"m".to_vec(),
+            Some(room) => keys::meetings_of_room(room),
+        };
+        let mut hi = match state::prefix_end(&prefix) {
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        loop {
+            let rows = st.range(trees, Tree::Meetings, Bound::Included(prefix.clone()), hi, true, PAGE)?;
+            for (k, v) in &rows {
+                let mut m = match room {
+                    None => records::decode("meetings", k, records::MEETING_V1, v)?,
+                    Some(_) => {
+                        let Some(id) = keys::split(&k[1..]).and_then(|p| p.get(1).cloned()) else { continue };
+                        let key = keys::meeting(&id);
+                        let Some(v) = st.get(trees, Tree::Meetings, &key)? else { continue };
+                        records::decode("meetings", &key, records::MEETING_V1, &v)?
+                    }
+                };
+                with_live_peak(&st.live, &mut m);
+                if !visit(m) {
+                    return Ok(());
+                }
+            }
+            match rows.last() {
+                Some((last, _)) if rows.len() == PAGE => hi = Bound::Excluded(last.clone()),
+                _ => return Ok(()),
+            }
+        }
     }
 
     /// A meeting's participants, in join order.

@@ -34,8 +34,10 @@ const FIRE_BUDGET: usize = 4096;
 const ROTATE_BYTES: u64 = 64 << 20;
 /// ...or this long after the last rotation, if anything was written.
 const ROTATE_EVERY: Duration = Duration::from_secs(2);
-/// Writes the applier has not confirmed past which the writer waits for it.
-const MAX_UNAPPLIED_OPS: usize = 2_000_000;
+/// Writes the applier has not confirmed past which the writer waits for it: each is held in
+/// memory (the overlay, the applier's queue) until sled has it, so this bounds that memory
+/// (~150 bytes a write) whatever a burst of writes does; it is ~2 s of sled's work.
+const MAX_UNAPPLIED_OPS: usize = 200_000;
 /// Longest wait without looking at the clock (bounds what a wall-clock jump can delay).
 const MAX_WAIT: Duration = Duration::from_secs(1);
 

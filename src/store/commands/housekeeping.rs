@@ -1,5 +1,5 @@
 //! Bulk sweeps the per-item deadlines do not cover (cron jobs only purge; deadlines do the
-//! rest): revocations whose token could no longer be used anyway, issued-token records past
+//! rest), each a page at a time: revocations whose token could no longer be used anyway, issued-token records past
 //! their `exp`, bans left behind by rooms that are gone (a room takes its bans with it since
 //! issue 24; stores written before keep them until a sweep), and events past the retention
 //! rules. Only the bans' removal logs events (`ban.removed`); the rest have none, so their
@@ -40,65 +40,121 @@ pub struct Retention {
     pub hard_max_bytes: u64,
 }
 
-/// Removes at most `limit` dead records of each kind.
+/// What a housekeeping sweep goes through, a page at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweeping {
+    /// Revocations whose token could no longer be used anyway.
+    Revocations,
+    /// Issued-token records [`TOKEN_GRACE_MS`] past their `exp`.
+    Tokens,
+    /// Bans of rooms that no longer exist (each removal logs `ban.removed`).
+    Bans,
+    /// Meetings (with their participants) that ended more than `max_age_ms` ago: meeting
+    /// history is kept as long as events are. Keys are in start order (UUIDv7), so the sweep
+    /// ends at the first meeting that started after the cutoff.
+    Meetings { max_age_ms: i64 },
+}
+
+/// One page of a sweep: looks at no more than `page` records after the key `after` and
+/// removes the dead ones. A sweep holds neither the writer nor memory in proportion to the
+/// store: the scheduler submits pages until `next` is `None`.
 #[derive(Debug)]
-pub struct Purge {
-    pub limit: usize,
+pub struct Sweep {
+    pub what: Sweeping,
+    pub after: Option<Vec<u8>>,
+    pub page: usize,
 }
 
-impl Command for Purge {
-    type Reply = PurgeReport;
+/// What one page removed, and where the next starts (`None`: the sweep is done).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweptPage {
+    pub removed: u64,
+    pub next: Option<Vec<u8>>,
+}
 
-    fn apply(self, cx: &mut Ctx<'_>) -> Result<PurgeReport, StoreError> {
+impl Command for Sweep {
+    type Reply = SweptPage;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<SweptPage, StoreError> {
         let now = cx.now_ms();
-        let mut report = PurgeReport::default();
-        for (k, r) in cx.revocations()? {
-            if report.revocations as usize >= self.limit {
-                break;
+        let (after, page) = (self.after.as_deref(), self.page.max(1));
+        let mut removed = 0;
+        // The last key looked at, and whether the page was full (more may follow).
+        let (last, full) = match self.what {
+            Sweeping::Revocations => {
+                let rows = cx.revocations_page(after, page)?;
+                let full = rows.len() == page;
+                let mut last = None;
+                for (k, r) in rows {
+                    if r.until_ms.is_some_and(|u| u <= now) {
+                        cx.del_revocation(k.clone());
+                        removed += 1;
+                    }
+                    last = Some(k);
+                }
+                (last, full)
             }
-            if r.until_ms.is_some_and(|u| u <= now) {
-                cx.del_revocation(k);
-                report.revocations += 1;
+            Sweeping::Tokens => {
+                let rows = cx.tokens_page(after, page)?;
+                let full = rows.len() == page;
+                let mut last = None;
+                for (k, t) in rows {
+                    if t.exp.is_some_and(|e| e.saturating_mul(1000).saturating_add(TOKEN_GRACE_MS) <= now) {
+                        cx.del_token(&t);
+                        removed += 1;
+                    }
+                    last = Some(k);
+                }
+                (last, full)
             }
-        }
-        for t in cx.tokens()? {
-            if report.tokens as usize >= self.limit {
-                break;
+            Sweeping::Bans => {
+                let rows = cx.bans_page(after, page)?;
+                let full = rows.len() == page;
+                let mut rooms: HashMap<String, bool> = HashMap::new();
+                let mut last = None;
+                for (k, parsed) in rows {
+                    last = Some(k);
+                    let Some((room, user)) = parsed else { continue };
+                    let exists = match rooms.get(&room) {
+                        Some(e) => *e,
+                        None => {
+                            let e = cx.room(&room)?.is_some();
+                            rooms.insert(room.clone(), e);
+                            e
+                        }
+                    };
+                    if !exists {
+                        cx.del_ban(&room, &user)?;
+                        cx.event(
+                            crate::events::BAN_REMOVED,
+                            json!({"room": room, "user_id": user, "reason": "room_deleted"}),
+                        );
+                        removed += 1;
+                    }
+                }
+                (last, full)
             }
-            if t.exp.is_some_and(|e| e.saturating_mul(1000) + TOKEN_GRACE_MS <= now) {
-                cx.del_token(&t);
-                report.tokens += 1;
-            }
-        }
-        report.bans = purge_orphan_bans(cx, self.limit)?;
-        Ok(report)
-    }
-}
-
-/// Removes at most `limit` bans whose room is gone, each with `ban.removed`.
-fn purge_orphan_bans(cx: &mut Ctx<'_>, limit: usize) -> Result<u64, StoreError> {
-    let mut rooms: HashMap<String, bool> = HashMap::new();
-    let mut removed = 0;
-    for (room, user) in cx.ban_keys()? {
-        if removed >= limit {
-            break;
-        }
-        let exists = match rooms.get(&room) {
-            Some(e) => *e,
-            None => {
-                let e = cx.room(&room)?.is_some();
-                rooms.insert(room.clone(), e);
-                e
+            Sweeping::Meetings { max_age_ms } => {
+                let before_ms = now.saturating_sub(max_age_ms);
+                let rows = cx.meetings_page(after, page)?;
+                let mut full = rows.len() == page;
+                let mut last = None;
+                for (k, m) in rows {
+                    if m.start_ms >= before_ms {
+                        full = false; // every later one started later still
+                        break;
+                    }
+                    if m.end_ms.is_some_and(|e| e < before_ms) {
+                        cx.del_meeting(&m)?;
+                        removed += 1;
+                    }
+                    last = Some(k);
+                }
+                (last, full)
             }
         };
-        if exists {
-            continue;
-        }
-        cx.del_ban(&room, &user)?;
-        cx.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "room_deleted"}));
-        removed += 1;
+        Ok(SweptPage { removed, next: if full { last } else { None } })
     }
-    Ok(removed as u64)
 }
 
 /// Drops at most [`COMPACT_CHUNK`] of the oldest events, as the retention allows. Never the head.
@@ -145,34 +201,6 @@ impl Command for Compact {
         }
         cx.set_events_oldest(cut);
         Ok(PurgeReport { events: cut - oldest, ..Default::default() })
-    }
-}
-
-/// Removes at most `limit` meetings (with their participants) that ended more than
-/// `max_age_ms` ago: meeting history is kept as long as events are (the retention's age).
-#[derive(Debug)]
-pub struct PurgeMeetings {
-    pub max_age_ms: i64,
-    pub limit: usize,
-}
-
-impl Command for PurgeMeetings {
-    /// Meetings removed.
-    type Reply = u64;
-
-    fn apply(self, cx: &mut Ctx<'_>) -> Result<u64, StoreError> {
-        let before_ms = cx.now_ms().saturating_sub(self.max_age_ms);
-        let mut removed = 0;
-        for m in cx.meetings()? {
-            if removed as usize >= self.limit {
-                break;
-            }
-            if m.end_ms.is_some_and(|e| e < before_ms) {
-                cx.del_meeting(&m)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
     }
 }
 
@@ -228,14 +256,22 @@ mod tests {
         };
         assert_eq!(store.submit(ban).await.unwrap(), Ok(vec![]));
         store.submit(OrphanBan).await.unwrap();
-        assert_eq!(store.submit(Purge { limit: 1 }).await.unwrap().bans, 1, "at most the limit per sweep");
-        assert_eq!(store.submit(Purge { limit: 10 }).await.unwrap().bans, 1);
+        let sweep = |after: Option<Vec<u8>>, page: usize| Sweep { what: Sweeping::Bans, after, page };
+        // Keys in order: "gone"/"u1", "gone"/"u2", "here"/"u1"; a page of one looks at one.
+        let first = store.submit(sweep(None, 1)).await.unwrap();
+        assert_eq!(first.removed, 1, "a page looks at no more than its size");
+        let second = store.submit(sweep(first.next.clone(), 1)).await.unwrap();
+        assert_eq!(second.removed, 1);
+        let third = store.submit(sweep(second.next.clone(), 1)).await.unwrap();
+        assert_eq!(third.removed, 0, "a live room's ban stays");
+        let fourth = store.submit(sweep(third.next.clone(), 1)).await.unwrap();
+        assert_eq!(fourth, SweptPage { removed: 0, next: None }, "the sweep ends");
         assert!(store.bans("gone", 0).unwrap().is_empty());
         assert_eq!(store.bans("here", 0).unwrap().len(), 1);
         let removed = store.events(0, 100, Some(&["ban.removed".to_string()])).unwrap().events;
         assert_eq!(removed.len(), 2);
         assert!(removed.iter().all(|e| e.envelope.contains(r#""room":"gone""#) && e.envelope.contains("room_deleted")));
-        assert_eq!(store.submit(Purge { limit: 10 }).await.unwrap().bans, 0, "safe to repeat");
+        assert_eq!(store.submit(sweep(None, 10)).await.unwrap(), SweptPage::default(), "safe to repeat");
         store.close().await;
     }
 }

@@ -12,7 +12,7 @@ pub mod sessions;
 pub mod tokens;
 pub mod webhooks;
 
-pub use housekeeping::{Compact, Purge, PurgeMeetings, PurgeReport, Retention, COMPACT_CHUNK};
+pub use housekeeping::{Compact, PurgeReport, Retention, Sweep, Sweeping, SweptPage, COMPACT_CHUNK};
 pub use moderation::{Eject, EjectError, LiftBan, PermissionsError, Revoke, UpdatePermissions};
 pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
 pub use sessions::{
