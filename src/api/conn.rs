@@ -22,6 +22,7 @@
 //! [`Conn::authenticated`], found in the request's extensions.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -29,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 
@@ -211,6 +213,7 @@ pub struct Gate {
     pub limits: Limits,
     pub metrics: Arc<ConnMetrics>,
     per_address: Arc<PerAddress>,
+    /// One permit per open connection, held by its task until the connection is closed.
     slots: Arc<tokio::sync::Semaphore>,
     /// When the "connection limit reached" line was last logged.
     last_full_log: Mutex<Option<Instant>>,
@@ -268,17 +271,42 @@ impl Gate {
         }))
     }
 
-    /// Runs `serve` (the connection's HTTP future) until it ends or a deadline passes.
-    pub async fn supervise<F: std::future::Future>(&self, conn: &Conn, serve: F) {
+    /// Resolves once every connection has closed: every slot is free.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.limits.max_connections.max(1)).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
+    }
+
+    /// Runs `http` (the connection's hyper future) until it ends. A connection that outstays a
+    /// deadline is dropped. One still open when `stop` resolves (the server is stopping) is
+    /// finished through hyper's graceful shutdown: an HTTP/1 connection closes once the response
+    /// in progress is sent, an HTTP/2 one gets a GOAWAY.
+    pub async fn supervise<C: GracefulConnection>(&self, conn: &Conn, http: C, stop: impl Future<Output = ()>) {
         self.metrics.open.fetch_add(1, Ordering::Relaxed);
-        tokio::select! {
-            _ = serve => {}
+        let mut http = std::pin::pin!(http);
+        let finish_within = tokio::select! {
+            _ = http.as_mut() => None,
             why = conn.watchdog(&self.limits) => {
-                self.metrics.closed(why);
-                tracing::debug!(reason = ?why, "closing a stalled connection");
+                self.stalled(why);
+                None
+            }
+            // The server's shutdown grace bounds this one.
+            () = stop => Some(Duration::MAX),
+        };
+        if let Some(within) = finish_within {
+            http.as_mut().graceful_shutdown();
+            tokio::select! {
+                _ = http => {}
+                why = conn.watchdog(&self.limits) => self.stalled(why),
+                () = tokio::time::sleep(within) => {}
             }
         }
         self.metrics.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    fn stalled(&self, why: Closed) {
+        self.metrics.closed(why);
+        tracing::debug!(reason = ?why, "closing a stalled connection");
     }
 }
 

@@ -152,7 +152,6 @@ pub async fn serve(
     tls: Option<Arc<Tls>>,
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
     let mut accept_errors_logged: Option<Instant> = None;
     loop {
@@ -189,13 +188,17 @@ pub async fn serve(
                 async move { handled.await.map(|res| res.map(|body| conn::Tracked::new(body, in_flight))) }
             })
         };
-        let (gate, watcher, builder, tls) = (gate.clone(), graceful.watcher(), builder.clone(), tls.clone());
+        let (gate, builder, tls, mut stopping) = (gate.clone(), builder.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let _permit = permit;
+            // A closed channel means the server is going away too.
+            let stop = async move {
+                let _ = stopping.wait_for(|stop| *stop).await;
+            };
             match tls {
                 None => {
                     let io = TokioIo::new(conn::Watched::new(stream, conn.clone()));
-                    gate.supervise(&conn, watcher.watch(builder.serve_connection(io, svc).into_owned())).await;
+                    gate.supervise(&conn, builder.serve_connection(io, svc), stop).await;
                 }
                 Some(tls) => {
                     // The handshake runs in the connection's task, so a slow client cannot stall accepting.
@@ -206,13 +209,13 @@ pub async fn serve(
                         Err(_) => return gate.metrics.closed(conn::Closed::TlsHandshakeTimeout),
                     };
                     let io = TokioIo::new(conn::Watched::new(stream, conn.clone()));
-                    gate.supervise(&conn, watcher.watch(builder.serve_connection(io, svc).into_owned())).await;
+                    gate.supervise(&conn, builder.serve_connection(io, svc), stop).await;
                 }
             }
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, gate.drained()).await.is_err() {
         tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
     }
 }
