@@ -295,3 +295,170 @@ fn participant_and_lobby_secrets_do_not_lift_the_per_address_cap() {
     let head = request_head(&mut sixth, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(head, "HTTP/1.1 200");
 }
+
+/// Reads from `c` until `needle` has arrived (within 10 s); panics if the connection closes.
+fn read_until(c: &mut TcpStream, needle: &str) -> String {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains(needle) {
+        let n = c.read(&mut buf).unwrap_or_else(|e| panic!("waiting for {needle}: {e}"));
+        assert!(n > 0, "closed while waiting for {needle}: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).to_string()
+}
+
+/// How the server left a connection that was idle: still open, closed with a FIN (what an
+/// HTTP client retries on a new connection), or reset.
+#[derive(Debug, PartialEq)]
+enum Left {
+    Open,
+    Closed,
+    Reset,
+}
+
+fn left(c: &mut TcpStream, wait: Duration) -> Left {
+    c.set_read_timeout(Some(wait)).unwrap();
+    let mut buf = [0u8; 64];
+    match c.read(&mut buf) {
+        Ok(0) => Left::Closed,
+        Ok(n) => panic!("an idle connection got bytes: {}", String::from_utf8_lossy(&buf[..n])),
+        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => Left::Open,
+        Err(_) => Left::Reset,
+    }
+}
+
+/// A new client at `source` asks once (its connection closing after the answer): it must be
+/// answered, within 10 s.
+fn newcomer_is_answered(s: &Server, source: [u8; 4]) {
+    let mut newcomer = connect_from(s, source);
+    newcomer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    newcomer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = Vec::new();
+    let read = newcomer.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "a newcomer at the cap got no answer ({read:?}): {answer}");
+}
+
+fn authed_get(s: &Server, path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", s.key)
+}
+
+/// Issue 22, item 2: a client that leaks keep-alive connections (each made one request and
+/// is held idle) past the connection cap does not lock others out: at the cap the server
+/// closes the connections idle longest to admit new ones. Connections with a request in
+/// flight (an event stream, a long-poll) are never closed for it, even when they were idle
+/// before anything else.
+#[test]
+fn at_the_cap_the_longest_idle_keep_alives_make_room() {
+    const CAP: usize = 50;
+    let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS", &CAP.to_string())]);
+    // No harness call before the leak: its client may keep a connection open a while after a
+    // call, and that one, idle longest, would be closed first.
+    let authed = |path: &str| authed_get(&s, path);
+    // The two oldest idle keep-alives then start requests that stay in flight: a long-poll
+    // and an event stream.
+    let mut poll = connect_from(&s, [127, 0, 4, 1]);
+    assert_eq!(request_head(&mut poll, &authed("/v1/rooms")), "HTTP/1.1 200");
+    let mut stream = connect_from(&s, [127, 0, 4, 1]);
+    assert_eq!(request_head(&mut stream, &authed("/v1/rooms")), "HTTP/1.1 200");
+    poll.write_all(authed("/v1/events?after=0&wait=60&types=room.created").as_bytes()).unwrap();
+    stream.write_all(authed("/v1/events/stream").as_bytes()).unwrap();
+    read_until(&mut stream, "\r\n\r\n");
+    // The leak fills the cap: one authenticated request each, then held idle.
+    let mut leaked: Vec<TcpStream> = (2..CAP)
+        .map(|_| {
+            let mut c = connect_from(&s, [127, 0, 4, 2]);
+            assert_eq!(request_head(&mut c, &authed("/v1/rooms")), "HTTP/1.1 200");
+            c
+        })
+        .collect();
+    // 20 more from the leaker, sent before anyone reads an answer, then a newcomer at another
+    // address: all are answered, and 21 of the leaked connections made room.
+    let mut more: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut c = connect_from(&s, [127, 0, 4, 2]);
+            c.write_all(authed("/v1/rooms").as_bytes()).unwrap();
+            c
+        })
+        .collect();
+    newcomer_is_answered(&s, [127, 0, 4, 3]);
+    for c in more.iter_mut() {
+        assert_eq!(read_until(c, "\r\n\r\n").get(..12), Some("HTTP/1.1 200"));
+    }
+    // Longest idle first, each closed cleanly; the rest stay open.
+    let fates: Vec<Left> = leaked.iter_mut().map(|c| left(c, Duration::from_millis(50))).collect();
+    let closed = fates.iter().take_while(|f| **f == Left::Closed).count();
+    assert_eq!(closed, 21, "{fates:?}");
+    assert!(fates[closed..].iter().all(|f| *f == Left::Open), "{fates:?}");
+    // Both requests in flight are still being served.
+    s.create_room(json!({"name": "made-later"}));
+    read_until(&mut stream, "made-later");
+    assert!(read_until(&mut poll, "made-later").starts_with("HTTP/1.1 200"));
+    assert!(metric(&s, "gatehouse_connections_closed_total{reason=\"reclaimed_idle\"}") >= 21.0);
+    assert_eq!(metric(&s, "gatehouse_connection_limit_waits_total"), 0.0, "accepting paused");
+}
+
+/// Issue 22, item 2: at the cap with every connection busy (long-polls here), accepting pauses
+/// as before; the first connection to go idle is then closed to admit the one waiting.
+#[test]
+fn at_the_cap_with_none_idle_the_first_to_go_idle_makes_room() {
+    let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS", "16")]);
+    let mut polls: Vec<TcpStream> = (0..16)
+        .map(|i| {
+            let mut c = connect_from(&s, [127, 0, 5, 1]);
+            let wait = if i == 7 { 1 } else { 60 };
+            c.write_all(authed_get(&s, &format!("/v1/events?after=0&wait={wait}&types=room.created")).as_bytes())
+                .unwrap();
+            c
+        })
+        .collect();
+    newcomer_is_answered(&s, [127, 0, 5, 2]);
+    // The short long-poll was answered, then closed to make room; the others are untouched.
+    assert!(read_until(&mut polls[7], "\r\n\r\n").starts_with("HTTP/1.1 200"));
+    let mut body = [0u8; 4096];
+    polls[7].set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    while polls[7].read(&mut body).expect("a reset, not a clean close") > 0 {}
+    let fates: Vec<Left> = polls.iter_mut().map(|c| left(c, Duration::from_millis(20))).collect();
+    assert_eq!(fates.iter().filter(|f| **f == Left::Open).count(), 15, "{fates:?}");
+    assert_eq!(metric(&s, "gatehouse_connection_limit_waits_total"), 1.0);
+    assert!(metric(&s, "gatehouse_connections_closed_total{reason=\"reclaimed_idle\"}") >= 1.0);
+    assert!(s.log().contains("connection limit reached: none is idle"), "{}", s.log());
+}
+
+/// Issue 22, item 2: an HTTP/2 connection closed to make room gets a GOAWAY (its client sees
+/// the connection end cleanly, not an error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_http2_connection_closed_at_the_cap_gets_a_goaway() {
+    let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS", "16")]);
+    let addr = s.base.trim_start_matches("http://").to_string();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let io = hyper_util::rt::TokioIo::new(tcp);
+    let (mut send, h2) = hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io).await.unwrap();
+    let h2 = tokio::spawn(h2);
+    let req = hyper::Request::get(format!("{}/v1/rooms", s.base))
+        .header("authorization", format!("Bearer {}", s.key))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 200);
+    // Sixteen HTTP/1 keep-alives, the last one past the cap.
+    let s = std::sync::Arc::new(s);
+    let held = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || {
+            (0..16)
+                .map(|_| {
+                    let mut c = connect_from(&s, [127, 0, 6, 1]);
+                    assert_eq!(request_head(&mut c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), "HTTP/1.1 200");
+                    c
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap()
+    };
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2).await;
+    assert!(matches!(ended, Ok(Ok(Ok(())))), "{ended:?}");
+    drop(held);
+}

@@ -10,8 +10,12 @@
 //! A connection with a request in flight (a handler running, or a response still streaming: an
 //! SSE stream, a long-poll, a backup) is exempt from the head and idle deadlines.
 //!
-//! Limits: at most [`Limits::max_connections`] open at once (past it the server stops accepting
-//! until one closes, and says so once in the log); at most
+//! Limits: at most [`Limits::max_connections`] open at once. At the cap, a new connection is
+//! admitted by closing the connection idle longest between requests (as nginx reuses its idle
+//! keep-alives: a client whose idle connection closes retries on a new one), so a client that
+//! leaks keep-alives cannot lock others out; a connection with a request in flight, or that has
+//! not made one yet, is never closed for it. Only when none is idle does the server stop
+//! accepting until one closes or goes idle, and say so in the log at most once a minute. At most
 //! [`Limits::max_unauthenticated_per_address`] connections per client address that have not yet
 //! made a request with the API key (or, in cluster mode, a node's tag). Session and lobby
 //! secrets do not lift the cap: anyone can get one by joining a public room or knocking.
@@ -21,18 +25,22 @@
 //! Must not: read request contents; handlers mark a connection authenticated through
 //! [`Conn::authenticated`], found in the request's extensions.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hyper_util::server::graceful::GracefulConnection;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+
+/// How long a connection closed to make room gets to finish (an HTTP/2 client answers the
+/// GOAWAY's ping) before it is dropped: the newcomer it makes room for waits meanwhile.
+const RECLAIM_GRACE: Duration = Duration::from_secs(1);
 
 /// The connection settings (all configurable; see `config`).
 #[derive(Debug, Clone)]
@@ -46,13 +54,15 @@ pub struct Limits {
     pub trusted_proxies: Vec<IpAddr>,
 }
 
-/// Why a connection was refused or closed, for metrics and the log.
+/// Why the server closed a connection, for metrics and the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Closed {
     HeadTimeout,
     IdleTimeout,
     BodyTimeout,
     TlsHandshakeTimeout,
+    /// Idle between requests at the cap, closed to admit a new connection.
+    ReclaimedIdle,
 }
 
 /// Connection counters for `/metrics`.
@@ -62,12 +72,13 @@ pub struct ConnMetrics {
     pub accepted: AtomicU64,
     /// Connections closed at once because their address had too many unauthenticated ones.
     pub refused_per_address: AtomicU64,
-    /// Times the accept loop had to wait for a free slot.
+    /// Times the accept loop had to wait for a free slot (every slot taken, none idle).
     pub waited_for_slot: AtomicU64,
     pub head_timeouts: AtomicU64,
     pub idle_timeouts: AtomicU64,
     pub body_timeouts: AtomicU64,
     pub tls_handshake_timeouts: AtomicU64,
+    pub reclaimed_idle: AtomicU64,
 }
 
 impl ConnMetrics {
@@ -77,6 +88,7 @@ impl ConnMetrics {
             Closed::IdleTimeout => &self.idle_timeouts,
             Closed::BodyTimeout => &self.body_timeouts,
             Closed::TlsHandshakeTimeout => &self.tls_handshake_timeouts,
+            Closed::ReclaimedIdle => &self.reclaimed_idle,
         };
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -116,6 +128,71 @@ impl PerAddress {
     }
 }
 
+/// Connections idle between requests, longest idle first: the ones closed to admit new
+/// connections at the cap. A connection joins at the back each time its last request finishes.
+/// Entries stay when their connection gets busy again or closes (removing them would cost a
+/// search on every request); they are recognised as stale and dropped when they reach the front,
+/// and by a sweep of the whole queue once it holds twice as many entries as connections can be
+/// open, so each entry costs O(1) amortised and the queue stays bounded.
+struct IdleQueue {
+    /// (the connection's idle count when it was queued, the connection). A std Mutex: nothing
+    /// is awaited while it is held.
+    entries: Mutex<VecDeque<(u64, Weak<Conn>)>>,
+    sweep_at: usize,
+    /// Wakes a paused accept loop: a connection went idle.
+    went_idle: Notify,
+    /// The accept loop is paused, every slot taken and none idle.
+    paused: AtomicBool,
+    /// Wakes the accept loop: the connection it asked to close got a request first and stays.
+    declined: Notify,
+}
+
+impl IdleQueue {
+    fn new(max_connections: usize) -> IdleQueue {
+        IdleQueue {
+            entries: Mutex::default(),
+            sweep_at: max_connections.saturating_mul(2).max(64),
+            went_idle: Notify::new(),
+            paused: AtomicBool::new(false),
+            declined: Notify::new(),
+        }
+    }
+
+    /// `conn` went idle (for the `epoch`th time).
+    fn push(&self, epoch: u64, conn: Weak<Conn>) {
+        if let Ok(mut q) = self.entries.lock() {
+            while q.front().is_some_and(|e| idle_conn(e).is_none()) {
+                q.pop_front();
+            }
+            if q.len() >= self.sweep_at {
+                q.retain(|e| idle_conn(e).is_some());
+            }
+            q.push_back((epoch, conn));
+        }
+        if self.paused.load(Ordering::SeqCst) {
+            self.went_idle.notify_one();
+        }
+    }
+
+    /// Asks the connection idle longest to close; false when none is idle.
+    fn reclaim_longest(&self) -> bool {
+        let Ok(mut q) = self.entries.lock() else { return false };
+        while let Some(entry) = q.pop_front() {
+            if let Some(conn) = idle_conn(&entry) {
+                conn.reclaim.notify_one();
+                return true;
+            }
+        }
+        false
+    }
+}
+
+/// An idle queue entry's connection, if it is still open and has stayed idle since.
+fn idle_conn((epoch, conn): &(u64, Weak<Conn>)) -> Option<Arc<Conn>> {
+    let conn = conn.upgrade()?;
+    (conn.idle_epoch.load(Ordering::SeqCst) == *epoch && conn.is_idle()).then_some(conn)
+}
+
 /// One open connection's state, shared by its I/O wrapper, its requests and its watchdog.
 pub struct Conn {
     ip: IpAddr,
@@ -126,10 +203,16 @@ pub struct Conn {
     head_since_ms: AtomicU64,
     /// Millis since `started` of the last time the connection went idle.
     idle_since_ms: AtomicU64,
+    /// Times the connection went idle after a request: an idle queue entry from an earlier
+    /// time is stale.
+    idle_epoch: AtomicU64,
     /// Still counted against its address's unauthenticated cap.
     counted: AtomicBool,
     per_address: Arc<PerAddress>,
+    idle: Arc<IdleQueue>,
     changed: Notify,
+    /// The accept loop asks this connection to close and make room.
+    reclaim: Notify,
 }
 
 impl Conn {
@@ -150,6 +233,23 @@ impl Conn {
         self.head_since_ms.store(0, Ordering::SeqCst);
         self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    /// No request in flight and none arriving.
+    fn is_idle(&self) -> bool {
+        self.in_flight.load(Ordering::SeqCst) == 0 && self.head_since_ms.load(Ordering::SeqCst) == 0
+    }
+
+    /// Resolves when the accept loop asked this connection to make room and it is still idle.
+    /// One that got a request meanwhile stays, and the accept loop picks another.
+    async fn reclaimed(&self) {
+        loop {
+            self.reclaim.notified().await;
+            if self.is_idle() {
+                return;
+            }
+            self.idle.declined.notify_one();
+        }
     }
 
     /// Bytes arrived: when nothing is in flight, they begin a new request's head.
@@ -203,8 +303,26 @@ impl Drop for InFlight {
         if c.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
             c.idle_since_ms.store(c.now_ms(), Ordering::SeqCst);
             c.head_since_ms.store(0, Ordering::SeqCst);
+            let epoch = c.idle_epoch.fetch_add(1, Ordering::SeqCst) + 1;
+            c.idle.push(epoch, Arc::downgrade(c));
         }
         c.changed.notify_one();
+    }
+}
+
+/// A log line's rate: at most once a minute.
+#[derive(Default)]
+struct Throttle(Mutex<Option<Instant>>);
+
+impl Throttle {
+    /// True at most once a minute.
+    fn due(&self) -> bool {
+        let Ok(mut last) = self.0.lock() else { return false };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 }
 
@@ -214,41 +332,76 @@ pub struct Gate {
     pub metrics: Arc<ConnMetrics>,
     per_address: Arc<PerAddress>,
     /// One permit per open connection, held by its task until the connection is closed.
-    slots: Arc<tokio::sync::Semaphore>,
-    /// When the "connection limit reached" line was last logged.
-    last_full_log: Mutex<Option<Instant>>,
+    slots: Arc<Semaphore>,
+    idle: Arc<IdleQueue>,
+    reclaiming_log: Throttle,
+    paused_log: Throttle,
 }
 
 impl Gate {
     pub fn new(limits: Limits, metrics: Arc<ConnMetrics>) -> Gate {
-        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
-        Gate { limits, metrics, per_address: Arc::default(), slots, last_full_log: Mutex::new(None) }
+        let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
+        let idle = Arc::new(IdleQueue::new(limits.max_connections));
+        Gate {
+            limits,
+            metrics,
+            per_address: Arc::default(),
+            slots,
+            idle,
+            reclaiming_log: Throttle::default(),
+            paused_log: Throttle::default(),
+        }
     }
 
-    /// A free connection slot, waiting (and saying so in the log, at most once a minute) while
-    /// every slot is taken. Waiting here means not calling `accept`: new clients queue in the
-    /// kernel's backlog.
-    pub async fn slot(&self) -> tokio::sync::OwnedSemaphorePermit {
-        if let Ok(p) = self.slots.clone().try_acquire_owned() {
-            return p;
-        }
-        self.metrics.waited_for_slot.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut last) = self.last_full_log.lock() {
-            if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                *last = Some(Instant::now());
-                tracing::warn!(
-                    max_connections = self.limits.max_connections,
-                    "connection limit reached: not accepting until a connection closes (logged at most once a minute)"
-                );
-            }
-        }
+    /// A slot for a connection just accepted. At the cap, the connection idle longest between
+    /// requests is asked to close, and its slot taken once it has; with none idle, this waits
+    /// (and the accept loop with it: new clients queue in the kernel's backlog) until a
+    /// connection closes or goes idle.
+    pub async fn slot(&self) -> OwnedSemaphorePermit {
+        let mut paused = false;
         loop {
-            // The semaphore is never closed; were it, waiting a moment and trying again is right.
-            match self.slots.clone().acquire_owned().await {
-                Ok(p) => return p,
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            if let Ok(p) = self.slots.clone().try_acquire_owned() {
+                return p;
+            }
+            // Registered before looking for an idle connection, so that none going idle in
+            // between is missed.
+            let mut went_idle = std::pin::pin!(self.idle.went_idle.notified());
+            went_idle.as_mut().enable();
+            self.idle.paused.store(true, Ordering::SeqCst);
+            let reclaiming = self.idle.reclaim_longest();
+            if reclaiming {
+                self.idle.paused.store(false, Ordering::SeqCst);
+                self.log_full(&self.reclaiming_log, "closing the connections idle longest to admit new ones");
+            } else if !paused {
+                paused = true;
+                self.metrics.waited_for_slot.fetch_add(1, Ordering::Relaxed);
+                self.log_full(&self.paused_log, "none is idle: not accepting until a connection closes or goes idle");
+            }
+            let freed = tokio::select! {
+                p = self.slots.clone().acquire_owned() => p.ok(),
+                () = self.idle.declined.notified(), if reclaiming => None,
+                () = went_idle, if !reclaiming => None,
+            };
+            self.idle.paused.store(false, Ordering::SeqCst);
+            if let Some(p) = freed {
+                return p;
             }
         }
+    }
+
+    fn log_full(&self, throttle: &Throttle, what: &str) {
+        if throttle.due() {
+            tracing::warn!(
+                max_connections = self.limits.max_connections,
+                "connection limit reached: {what} (logged at most once a minute)"
+            );
+        }
+    }
+
+    /// Resolves once every connection has closed: every slot is free.
+    pub async fn drained(&self) {
+        let all = u32::try_from(self.limits.max_connections.max(1)).unwrap_or(u32::MAX);
+        let _ = self.slots.acquire_many(all).await;
     }
 
     /// The new connection's state, or `None` when its address is at its unauthenticated cap.
@@ -265,22 +418,19 @@ impl Gate {
             in_flight: AtomicUsize::new(0),
             head_since_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
+            idle_epoch: AtomicU64::new(0),
             counted: AtomicBool::new(!exempt),
             per_address: self.per_address.clone(),
+            idle: self.idle.clone(),
             changed: Notify::new(),
+            reclaim: Notify::new(),
         }))
     }
 
-    /// Resolves once every connection has closed: every slot is free.
-    pub async fn drained(&self) {
-        let all = u32::try_from(self.limits.max_connections.max(1)).unwrap_or(u32::MAX);
-        let _ = self.slots.acquire_many(all).await;
-    }
-
     /// Runs `http` (the connection's hyper future) until it ends. A connection that outstays a
-    /// deadline is dropped. One still open when `stop` resolves (the server is stopping) is
-    /// finished through hyper's graceful shutdown: an HTTP/1 connection closes once the response
-    /// in progress is sent, an HTTP/2 one gets a GOAWAY.
+    /// deadline is dropped. One asked to make room, or still open when `stop` resolves (the
+    /// server is stopping), is finished through hyper's graceful shutdown: an HTTP/1 connection
+    /// closes once the response in progress is sent, an HTTP/2 one gets a GOAWAY.
     pub async fn supervise<C: GracefulConnection>(&self, conn: &Conn, http: C, stop: impl Future<Output = ()>) {
         self.metrics.open.fetch_add(1, Ordering::Relaxed);
         let mut http = std::pin::pin!(http);
@@ -289,6 +439,10 @@ impl Gate {
             why = conn.watchdog(&self.limits) => {
                 self.stalled(why);
                 None
+            }
+            () = conn.reclaimed() => {
+                self.metrics.closed(Closed::ReclaimedIdle);
+                Some(RECLAIM_GRACE)
             }
             // The server's shutdown grace bounds this one.
             () = stop => Some(Duration::MAX),
@@ -406,5 +560,54 @@ mod tests {
         p.release(ip);
         p.release(ip);
         assert!(p.open.lock().unwrap().is_empty(), "entries go when their last connection does");
+    }
+
+    fn gate(max_connections: usize) -> Gate {
+        let limits = Limits {
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections,
+            max_unauthenticated_per_address: 1000,
+            trusted_proxies: Vec::new(),
+        };
+        Gate::new(limits, Arc::default())
+    }
+
+    /// Whether the accept loop asked `c` to close (consuming the request).
+    async fn asked(c: &Conn) -> bool {
+        tokio::time::timeout(Duration::ZERO, c.reclaim.notified()).await.is_ok()
+    }
+
+    #[tokio::test]
+    async fn the_longest_idle_is_reclaimed_never_a_busy_closed_or_fresh_one() {
+        let g = gate(16);
+        let open = || g.open("10.0.0.1".parse().unwrap()).unwrap();
+        let (busy, closed, older, newer, fresh) = (open(), open(), open(), open(), open());
+        for c in [&busy, &closed, &older, &newer] {
+            drop(c.request_started());
+        }
+        let _in_flight = busy.request_started();
+        drop(closed);
+        assert!(g.idle.reclaim_longest());
+        assert!(asked(&older).await && !asked(&newer).await);
+        assert!(g.idle.reclaim_longest());
+        assert!(asked(&newer).await);
+        assert!(!g.idle.reclaim_longest(), "each idle spell is reclaimed once");
+        assert!(!asked(&busy).await && !asked(&fresh).await);
+    }
+
+    #[test]
+    fn the_idle_queue_stays_bounded_behind_a_long_idle_connection() {
+        let g = gate(16);
+        let open = || g.open("10.0.0.1".parse().unwrap()).unwrap();
+        let (long_idle, busy) = (open(), open());
+        drop(long_idle.request_started());
+        for _ in 0..10_000 {
+            drop(busy.request_started());
+        }
+        let len = g.idle.entries.lock().unwrap().len();
+        assert!(len <= g.idle.sweep_at, "{len} entries");
     }
 }

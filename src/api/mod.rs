@@ -155,10 +155,6 @@ pub async fn serve(
     let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
     let mut accept_errors_logged: Option<Instant> = None;
     loop {
-        let permit = tokio::select! {
-            p = gate.slot() => p,
-            _ = shutdown.changed() => break,
-        };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
@@ -177,6 +173,11 @@ pub async fn serve(
         };
         let Some(conn) = gate.open(ratelimit::canonical(peer.ip())) else {
             continue; // over its address's cap: dropping the stream closes it
+        };
+        // Taken only for a connection that will be served: at the cap this may close an idle one.
+        let permit = tokio::select! {
+            p = gate.slot() => p,
+            _ = shutdown.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let svc = {

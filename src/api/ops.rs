@@ -80,15 +80,21 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
         &mut out,
         "gatehouse_connection_limit_waits_total",
         "counter",
-        "Times accepting paused because every connection slot was taken.",
+        "Times accepting paused because every connection slot was taken and no connection was idle.",
         c.waited_for_slot.load(Relaxed) as f64,
     );
-    header(&mut out, "gatehouse_connections_closed_total", "counter", "Connections closed by a deadline, by deadline.");
+    header(
+        &mut out,
+        "gatehouse_connections_closed_total",
+        "counter",
+        "Connections the server closed, by reason: a deadline, or idle at the cap to admit a new connection.",
+    );
     for (reason, n) in [
         ("head_timeout", &c.head_timeouts),
         ("body_timeout", &c.body_timeouts),
         ("idle_timeout", &c.idle_timeouts),
         ("tls_handshake_timeout", &c.tls_handshake_timeouts),
+        ("reclaimed_idle", &c.reclaimed_idle),
     ] {
         let _ = writeln!(out, "gatehouse_connections_closed_total{{reason=\"{reason}\"}} {}", n.load(Relaxed));
     }
