@@ -206,6 +206,8 @@ pub struct Conn {
     /// Times the connection went idle after a request: an idle queue entry from an earlier
     /// time is stale.
     idle_epoch: AtomicU64,
+    /// The client spoke HTTP/2 (its first bytes were the connection preface).
+    http2: AtomicBool,
     /// Still counted against its address's unauthenticated cap.
     counted: AtomicBool,
     per_address: Arc<PerAddress>,
@@ -252,8 +254,15 @@ impl Conn {
         }
     }
 
-    /// Bytes arrived: when nothing is in flight, they begin a new request's head.
+    /// Bytes arrived: when nothing is in flight, they begin a new HTTP/1 request's head. Not on
+    /// an HTTP/2 connection, where control frames (window updates, pings, settings) come and
+    /// go between requests: a request there is in flight as soon as its headers are in, and a
+    /// connection without one is idle (its idle deadline applies, and it can make room at the
+    /// cap).
     fn bytes_read(&self) {
+        if self.http2.load(Ordering::Relaxed) {
+            return;
+        }
         if self.in_flight.load(Ordering::SeqCst) == 0 && self.head_since_ms.load(Ordering::SeqCst) == 0 {
             self.head_since_ms.store(self.now_ms(), Ordering::SeqCst);
             self.changed.notify_one();
@@ -419,6 +428,7 @@ impl Gate {
             head_since_ms: AtomicU64::new(0),
             idle_since_ms: AtomicU64::new(0),
             idle_epoch: AtomicU64::new(0),
+            http2: AtomicBool::new(false),
             counted: AtomicBool::new(!exempt),
             per_address: self.per_address.clone(),
             idle: self.idle.clone(),
@@ -468,19 +478,31 @@ impl Gate {
 pub struct Watched<S> {
     inner: S,
     conn: Arc<Conn>,
+    /// Nothing read yet (the first bytes tell HTTP/2 from HTTP/1).
+    first: bool,
 }
 
 impl<S> Watched<S> {
     pub fn new(inner: S, conn: Arc<Conn>) -> Self {
-        Watched { inner, conn }
+        Watched { inner, conn, first: true }
     }
 }
+
+/// How an HTTP/2 connection begins (RFC 9113, 3.4), as far as an HTTP/1 request cannot.
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
 
 impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         let before = buf.filled().len();
         let r = Pin::new(&mut self.inner).poll_read(cx, buf);
         if buf.filled().len() > before {
+            if std::mem::take(&mut self.first) {
+                let got = &buf.filled()[before..];
+                let n = got.len().min(HTTP2_PREFACE.len());
+                if got[..n] == HTTP2_PREFACE[..n] {
+                    self.conn.http2.store(true, Ordering::Relaxed);
+                }
+            }
             self.conn.bytes_read();
         }
         r
