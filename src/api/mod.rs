@@ -228,11 +228,10 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     // The label comes from the route table, never from the path (which may hold a token).
     let found = routes::find(req.method(), req.uri().path());
     let label = found.as_ref().map_or(routes::UNMATCHED, |(r, _)| r.label);
-    let st = state.clone();
-    let res = match tokio::spawn(async move { dispatch(&st, peer, req, found).await }).await {
+    let res = match CatchUnwind(dispatch(&state, peer, req, found)).await {
         Ok(Ok(r)) => r,
         Ok(Err(e)) => wire::error_response(&e),
-        Err(_) => {
+        Err(()) => {
             tracing::error!(request_id = %id, route = label, "handler panicked");
             wire::error_response(&ApiError::internal(&id))
         }
@@ -240,6 +239,25 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     state.metrics.request(label, res.status().as_u16(), started.elapsed().as_secs_f64());
     tracing::debug!(request_id = %id, route = label, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(res)
+}
+
+/// Polls a handler, turning a panic into `Err(())`: the request gets a 500 and the connection
+/// and the server go on. In place: a task spawned per request to catch it cost an allocation,
+/// a copy of the whole handler future and a trip through the scheduler on every request.
+struct CatchUnwind<F>(F);
+
+impl<F: std::future::Future> std::future::Future for CatchUnwind<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Self::Output> {
+        // SAFETY: the future is the only field and is never moved out (structural pinning).
+        let inner = unsafe { self.map_unchecked_mut(|s| &mut s.0) };
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(std::task::Poll::Ready(out)) => std::task::Poll::Ready(Ok(out)),
+            Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+            Err(_) => std::task::Poll::Ready(Err(())),
+        }
+    }
 }
 
 async fn dispatch(
@@ -321,5 +339,22 @@ async fn dispatch(
         Op::Asset => crate::web::asset(p(0)).ok_or_else(|| ApiError::not_found("no such asset")),
         Op::RoomPage if crate::rooms::validate_name(p(0)).is_ok() => Ok(crate::web::room_page()),
         Op::RoomPage => Err(ApiError::not_found("no such route")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::CatchUnwind;
+
+    #[tokio::test]
+    async fn a_handler_that_panics_becomes_an_error_and_others_go_on() {
+        assert_eq!(CatchUnwind(async { 7 }).await, Ok(7));
+        let panicked = CatchUnwind(async {
+            tokio::task::yield_now().await;
+            panic!("a handler bug");
+        })
+        .await;
+        assert_eq!(panicked, Err(()));
+        assert_eq!(CatchUnwind(async { 8 }).await, Ok(8), "the next request is served");
     }
 }
