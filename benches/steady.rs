@@ -244,6 +244,10 @@ async fn steady(server: Server, minutes: u64, clients: usize, rooms: usize, rete
     for t in tasks {
         let _ = t.await;
     }
+    if rss.len() < 5 {
+        println!("RSS growth is measured from minute 5: run at least 5 minutes (30 for the target)");
+        return;
+    }
     let from = rss.get(4).copied().unwrap_or(f64::NAN);
     let to = rss.last().copied().unwrap_or(f64::NAN);
     let peak = rss.iter().skip(4).copied().fold(f64::MIN, f64::max);

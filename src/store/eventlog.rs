@@ -104,7 +104,10 @@ struct Segment {
     /// Last seq held (`first - 1` when empty).
     last: u64,
     path: PathBuf,
-    file: Arc<File>,
+    /// Open while the segment is plain (appended to, synced, packed from). A packed one is
+    /// opened only when a block is read that the cache lacks, so open files do not grow with
+    /// the history kept (thirty days of it by default).
+    file: Option<Arc<File>>,
     layout: Layout,
     bytes: u64,
 }
@@ -408,7 +411,7 @@ impl EventLog {
             st.segments
                 .last()
                 .filter(|s| matches!(s.layout, Layout::Plain { .. }))
-                .map(|s| (s.first, s.last, s.file.clone(), s.path.clone()))
+                .and_then(|s| Some((s.first, s.last, s.file.clone()?, s.path.clone())))
         });
         match previous {
             Some((f, last, file, _)) if last + 1 == f && f == first => {
@@ -447,7 +450,7 @@ impl EventLog {
             first,
             last: first - 1,
             path,
-            file: file.clone(),
+            file: Some(file.clone()),
             layout: Layout::Plain { offsets: Vec::new() },
             bytes: 0,
         });
@@ -460,7 +463,7 @@ impl EventLog {
     /// what it holds may still be only in the page cache, and the journal is about to go.
     pub fn sync(&self) -> Result<(), StoreError> {
         let file = self.state.read().ok().and_then(|st| {
-            st.segments.last().filter(|s| matches!(s.layout, Layout::Plain { .. })).map(|s| s.file.clone())
+            st.segments.last().filter(|s| matches!(s.layout, Layout::Plain { .. })).and_then(|s| s.file.clone())
         });
         if let Some(f) = file {
             f.sync_data().map_err(|e| durability("sync", e))?;
@@ -535,7 +538,8 @@ impl EventLog {
                     return Ok(Vec::new());
                 };
                 let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-                seg.file.read_exact_at(&mut buf, start).map_err(|e| io("reading", e))?;
+                let Some(file) = &seg.file else { return Err(corrupt(&seg.path, "a plain segment without its file".into())) };
+                file.read_exact_at(&mut buf, start).map_err(|e| io("reading", e))?;
                 let (records, _) = decode_all(&buf);
                 Ok(records.iter().map(|(e, _)| Arc::new(Event::from(e))).filter(|e| e.seq <= upto).collect())
             }
@@ -553,7 +557,10 @@ impl EventLog {
             return Ok(hit);
         }
         let mut buf = vec![0u8; usize::try_from(b.len).unwrap_or(0)];
-        seg.file.read_exact_at(&mut buf, b.offset).map_err(|e| io("reading", e))?;
+        // Under the log's read lock: retention and the packer delete files only under its write lock.
+        File::open(&seg.path)
+            .and_then(|f| f.read_exact_at(&mut buf, b.offset))
+            .map_err(|e| io("reading a pack", e))?;
         let raw = zstd::bulk::decompress(&buf, BLOCK_BYTES * 4 + (64 << 20))
             .map_err(|e| corrupt(&seg.path, format!("block {n} does not decompress: {e}")))?;
         let (records, _) = decode_all(&raw);
@@ -610,7 +617,7 @@ impl EventLog {
             let source = {
                 let st = self.state.read().map_err(|_| StoreError::Setup("event log lock poisoned".into()))?;
                 st.segments.iter().find(|s| s.first == first).and_then(|s| match &s.layout {
-                    Layout::Plain { offsets } => Some((s.file.clone(), s.bytes, s.path.clone(), offsets.clone())),
+                    Layout::Plain { offsets } => Some((s.file.clone()?, s.bytes, s.path.clone(), offsets.clone())),
                     Layout::Packed { .. } => None,
                 })
             };
@@ -674,9 +681,8 @@ impl EventLog {
         std::fs::rename(&tmp, &path).map_err(|e| io("renaming a pack", e))?;
         disk::sync_dir(&self.dir).map_err(|e| io("syncing its folder", e))?;
         let last = first + offsets.len() as u64 - 1;
-        let file = Arc::new(File::open(&path).map_err(|e| io("opening a pack", e))?);
         let bytes = written + footer.len() as u64;
-        Ok(Segment { first, last, path, file, layout: Layout::Packed { blocks }, bytes })
+        Ok(Segment { first, last, path, file: None, layout: Layout::Packed { blocks }, bytes })
     }
 }
 
@@ -725,7 +731,7 @@ fn open_plain(dir: &Path, first: u64) -> Result<Segment, StoreError> {
         file.set_len(valid).map_err(|e| io("cutting a torn segment", e))?;
     }
     let last = first + offsets.len() as u64 - 1;
-    Ok(Segment { first, last, path, file: Arc::new(file), layout: Layout::Plain { offsets }, bytes: valid })
+    Ok(Segment { first, last, path, file: Some(Arc::new(file)), layout: Layout::Plain { offsets }, bytes: valid })
 }
 
 fn open_packed(dir: &Path, first: u64) -> Result<Segment, StoreError> {
@@ -748,7 +754,7 @@ fn open_packed(dir: &Path, first: u64) -> Result<Segment, StoreError> {
     let (blocks, _): (Vec<BlockIndex>, usize) =
         bincode::serde::decode_from_slice(&index, bincode::config::standard()).map_err(|e| bad(&e.to_string()))?;
     let last = blocks.last().map_or(first - 1, |b| b.last_seq);
-    Ok(Segment { first, last, path, file: Arc::new(file), layout: Layout::Packed { blocks }, bytes: len })
+    Ok(Segment { first, last, path, file: None, layout: Layout::Packed { blocks }, bytes: len })
 }
 
 /// What an unreadable pack still holds: its blocks from the start, as long as they decompress
@@ -834,10 +840,18 @@ mod tests {
         assert_eq!(log.read(499, 10, 100, &|_| true).unwrap().events.len(), 1);
         log.set_head(501);
         assert!(log.pack_closed().unwrap() > 0, "small segments were closed and packed");
+        // A packed segment keeps no file open (it is opened on a block-cache miss): open files
+        // do not grow with the history kept.
+        {
+            let st = log.state.read().unwrap();
+            let packed: Vec<&Segment> = st.segments.iter().filter(|s| matches!(s.layout, Layout::Packed { .. })).collect();
+            assert!(!packed.is_empty() && packed.iter().all(|s| s.file.is_none()));
+        }
         let from_disk = EventLog::open(dir.path(), 1, 8192).unwrap();
         from_disk.set_head(from_disk.last());
         let again = from_disk.read(0, 1000, 100_000, &|_| true).unwrap();
         assert_eq!(again.events.len(), 501);
+        assert!(from_disk.state.read().unwrap().segments.iter().any(|s| s.file.is_none()), "reopened packs stay closed");
         assert_eq!(again.events[100].envelope, all.events[100].envelope);
         // Retention: positions below `oldest` are gone, whole old segments deleted.
         let files_before = std::fs::read_dir(dir.path()).unwrap().count();
