@@ -10,6 +10,8 @@
 //!
 //! Run: `cargo bench --bench deadlines`.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,7 @@ use gatehouse::clock::{Clock, SystemClock};
 use gatehouse::sessions::TokenCheck;
 use gatehouse::store::{CreateRoom, Join, JoinOutcome, Store, StoreOptions, SyncMode};
 use gatehouse::tokens::Claims;
+use support::rss_mib;
 
 const N: usize = 200_000;
 const WINDOW_S: f64 = 20.0;
@@ -97,15 +100,6 @@ async fn make_room(store: &Store) {
         .await
         .unwrap()
         .unwrap();
-}
-
-fn rss_mib(pid: &str) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 fn pct(v: &[f64], p: f64) -> f64 {
@@ -301,7 +295,7 @@ async fn phase2() {
         after = next;
     }
     let all_fired = t1.elapsed();
-    let rss = rss_mib(&gh.id().to_string());
+    let rss = rss_mib(gh.id());
     let _ = gh.kill();
     let _ = gh.wait();
     println!(

@@ -17,15 +17,19 @@
 //! Run: `cargo bench --bench streams -- rooms 100 100`, `-- large 10000`, `-- large 100 100`
 //! (add `--binary PATH` to measure another build).
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::Request;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::{cpu_secs, pct, rss_mib, Conn};
 
 const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
 
@@ -67,59 +71,6 @@ fn start(binary: &str) -> Server {
         }
     }
     panic!("server did not start");
-}
-
-/// A keep-alive HTTP/1 client connection.
-struct Conn {
-    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
-}
-
-impl Conn {
-    async fn open(addr: &str) -> Conn {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
-        tokio::spawn(conn);
-        Conn { send }
-    }
-
-    async fn call(&mut self, method: &str, path: &str, body: Option<String>) -> (u16, Bytes) {
-        self.send.ready().await.unwrap();
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header("host", "bench")
-            .header("authorization", format!("Bearer {KEY}"))
-            .header("content-type", "application/json")
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .unwrap();
-        let res = self.send.send_request(req).await.unwrap();
-        let status = res.status().as_u16();
-        (status, res.into_body().collect().await.unwrap().to_bytes())
-    }
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    v.get(((v.len() as f64 * p) as usize).min(v.len().saturating_sub(1))).copied().unwrap_or(f64::NAN)
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
-        + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    ticks / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
 }
 
 /// When each session id's `participant.joined` frame was seen, by any stream.
@@ -192,7 +143,7 @@ async fn follow(
 }
 
 async fn join(c: &mut Conn, room: &str) -> (String, String) {
-    let (status, body) = c.call("POST", &format!("/v1/rooms/{room}/join"), Some("{}".into())).await;
+    let (status, body) = c.call("POST", &format!("/v1/rooms/{room}/join"), KEY, Some("{}".into())).await;
     assert_eq!(status, 200, "join: {}", String::from_utf8_lossy(&body));
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     (v["session_id"].as_str().unwrap().to_string(), v["session_secret"].as_str().unwrap().to_string())
@@ -200,7 +151,7 @@ async fn join(c: &mut Conn, room: &str) -> (String, String) {
 
 async fn timed(c: &mut Conn, path: &str) -> (f64, usize) {
     let t = Instant::now();
-    let (status, body) = c.call("GET", path, None).await;
+    let (status, body) = c.call("GET", path, KEY, None).await;
     assert_eq!(status, 200, "{path}");
     (t.elapsed().as_secs_f64() * 1000.0, body.len())
 }
@@ -218,7 +169,7 @@ async fn populate(
     let mut c = Conn::open(&server.addr).await;
     for r in 0..rooms {
         let body = format!(r#"{{"name":"room-{r}","properties":{{"max_participants":100000}}}}"#);
-        assert_eq!(c.call("POST", "/v1/rooms", Some(body)).await.0, 200);
+        assert_eq!(c.call("POST", "/v1/rooms", KEY, Some(body)).await.0, 200);
     }
     let mut sessions = Vec::new();
     let mut joiners: Vec<Conn> = Vec::new();
@@ -426,7 +377,7 @@ async fn large_scenario(binary: &str, rooms: usize, n: usize) {
     peak = peak.max(sampler.1.await.unwrap());
     let cpu = cpu_secs(pid) - cpu0;
     // The server's own view of the joins (time from the request's head to its answer).
-    let (_, m) = Conn::open(&server.addr).await.call("GET", "/metrics", None).await;
+    let (_, m) = Conn::open(&server.addr).await.call("GET", "/metrics", KEY, None).await;
     for line in String::from_utf8_lossy(&m).lines() {
         if line.contains("join") && (line.contains("duration_seconds_sum") || line.contains("duration_seconds_count")) {
             println!("server: {line}");
@@ -439,7 +390,7 @@ async fn large_scenario(binary: &str, rooms: usize, n: usize) {
     let mut c = Conn::open(&server.addr).await;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let (_, m) = c.call("GET", "/metrics", None).await;
+        let (_, m) = c.call("GET", "/metrics", KEY, None).await;
         let open = String::from_utf8_lossy(&m)
             .lines()
             .find_map(|l| l.strip_prefix("gatehouse_connections_open ").and_then(|v| v.trim().parse::<f64>().ok()))

@@ -321,11 +321,11 @@ impl Drop for InFlight {
 
 /// A log line's rate: at most once a minute.
 #[derive(Default)]
-struct Throttle(Mutex<Option<Instant>>);
+pub struct Throttle(Mutex<Option<Instant>>);
 
 impl Throttle {
     /// True at most once a minute.
-    fn due(&self) -> bool {
+    pub fn due(&self) -> bool {
         let Ok(mut last) = self.0.lock() else { return false };
         if last.is_some_and(|t| t.elapsed() < Duration::from_secs(60)) {
             return false;

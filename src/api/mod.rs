@@ -153,7 +153,7 @@ pub async fn serve(
 ) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
-    let mut accept_errors_logged: Option<Instant> = None;
+    let accept_errors_logged = conn::Throttle::default();
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -161,8 +161,7 @@ pub async fn serve(
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning, and
                     // say so at most once a minute.
-                    if accept_errors_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
-                        accept_errors_logged = Some(Instant::now());
+                    if accept_errors_logged.due() {
                         tracing::warn!(error = %e, "accept failed; backing off (logged at most once a minute)");
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;

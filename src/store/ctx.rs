@@ -209,6 +209,22 @@ impl Ctx<'_> {
         self.st.range(self.trees, t, lo, hi, false, limit)
     }
 
+    /// [`Ctx::page`], each value decoded as a `version` record (`name` labels a corrupt one).
+    fn decoded_page<T: serde::de::DeserializeOwned>(
+        &self,
+        t: Tree,
+        name: &'static str,
+        version: u8,
+        prefix: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, T)>, StoreError> {
+        self.page(t, prefix, after, limit)?
+            .into_iter()
+            .map(|(k, v)| records::decode(name, &k, version, &v).map(|r| (k, r)))
+            .collect()
+    }
+
     fn write(&mut self, t: Tree, key: Vec<u8>, value: Option<Vec<u8>>) {
         let slot = Slot { lsn: self.batch.lsn, value: value.as_deref().map(Arc::from) };
         let prev = self.st.overlay.set(t, &key, slot);
@@ -315,10 +331,7 @@ impl Ctx<'_> {
 
     /// At most `limit` issued tokens after the key `after`, in jti order (a housekeeping page).
     pub fn tokens_page(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<(Vec<u8>, TokenRecord)>, StoreError> {
-        self.page(Tree::Tokens, b"", after, limit)?
-            .into_iter()
-            .map(|(k, v)| records::decode("tokens", &k, records::TOKEN_V1, &v).map(|t| (k, t)))
-            .collect()
+        self.decoded_page(Tree::Tokens, "tokens", records::TOKEN_V1, b"", after, limit)
     }
 
     // --- meetings (history) ------------------------------------------------------------------
@@ -361,10 +374,7 @@ impl Ctx<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, MeetingRecord)>, StoreError> {
-        self.page(Tree::Meetings, b"m", after, limit)?
-            .into_iter()
-            .map(|(k, v)| records::decode("meetings", &k, records::MEETING_V1, &v).map(|m| (k, m)))
-            .collect()
+        self.decoded_page(Tree::Meetings, "meetings", records::MEETING_V1, b"m", after, limit)
     }
 
     /// Removes a meeting and its participants.
@@ -496,10 +506,7 @@ impl Ctx<'_> {
         after: Option<&[u8]>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, RevocationRecord)>, StoreError> {
-        self.page(Tree::Revocations, b"", after, limit)?
-            .into_iter()
-            .map(|(k, v)| records::decode("revocations", &k, records::REVOCATION_V1, &v).map(|r| (k, r)))
-            .collect()
+        self.decoded_page(Tree::Revocations, "revocations", records::REVOCATION_V1, b"", after, limit)
     }
 
     pub fn del_revocation(&mut self, key: Vec<u8>) {

@@ -171,6 +171,14 @@ fn encode(e: &LoggedEvent) -> Result<Vec<u8>, StoreError> {
 }
 
 /// Decodes the records in `bytes`; returns them with the length they cover.
+/// A record's event, if the payload matches its CRC and decodes (else the log ends there).
+fn decode_payload(crc: u32, payload: &[u8]) -> Option<LoggedEvent> {
+    if crc32fast::hash(payload) != crc {
+        return None;
+    }
+    bincode::serde::decode_from_slice::<LoggedEvent, _>(payload, bincode::config::standard()).ok().map(|(e, _)| e)
+}
+
 fn decode_all(bytes: &[u8]) -> (Vec<(LoggedEvent, u64)>, u64) {
     let mut out = Vec::new();
     let mut at = 0usize;
@@ -181,13 +189,7 @@ fn decode_all(bytes: &[u8]) -> (Vec<(LoggedEvent, u64)>, u64) {
         let (Some(crc), Some(payload)) = (bytes.get(at + 4..at + 8), bytes.get(at + 8..at + 8 + len)) else {
             break;
         };
-        if crc32fast::hash(payload).to_be_bytes() != crc {
-            break;
-        }
-        let Ok((e, _)) = bincode::serde::decode_from_slice::<LoggedEvent, _>(payload, bincode::config::standard())
-        else {
-            break;
-        };
+        let Some(e) = decode_payload(u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]), payload) else { break };
         out.push((e, at as u64));
         at += 8 + len;
     }
@@ -538,7 +540,9 @@ impl EventLog {
                     return Ok(Vec::new());
                 };
                 let mut buf = vec![0u8; usize::try_from(end - start).unwrap_or(0)];
-                let Some(file) = &seg.file else { return Err(corrupt(&seg.path, "a plain segment without its file".into())) };
+                let Some(file) = &seg.file else {
+                    return Err(corrupt(&seg.path, "a plain segment without its file".into()));
+                };
                 file.read_exact_at(&mut buf, start).map_err(|e| io("reading", e))?;
                 let (records, _) = decode_all(&buf);
                 Ok(records.iter().map(|(e, _)| Arc::new(Event::from(e))).filter(|e| e.seq <= upto).collect())
@@ -558,9 +562,7 @@ impl EventLog {
         }
         let mut buf = vec![0u8; usize::try_from(b.len).unwrap_or(0)];
         // Under the log's read lock: retention and the packer delete files only under its write lock.
-        File::open(&seg.path)
-            .and_then(|f| f.read_exact_at(&mut buf, b.offset))
-            .map_err(|e| io("reading a pack", e))?;
+        File::open(&seg.path).and_then(|f| f.read_exact_at(&mut buf, b.offset)).map_err(|e| io("reading a pack", e))?;
         let raw = zstd::bulk::decompress(&buf, BLOCK_BYTES * 4 + (64 << 20))
             .map_err(|e| corrupt(&seg.path, format!("block {n} does not decompress: {e}")))?;
         let (records, _) = decode_all(&raw);
@@ -703,13 +705,10 @@ fn scan_plain(file: &File, first: u64, path: &Path) -> Result<(Vec<u64>, u64), S
             break;
         }
         payload.resize(usize::try_from(len).unwrap_or(0), 0);
-        if r.read_exact(&mut payload).is_err() || crc32fast::hash(&payload) != crc {
+        if r.read_exact(&mut payload).is_err() {
             break;
         }
-        let Ok((e, _)) = bincode::serde::decode_from_slice::<LoggedEvent, _>(&payload, bincode::config::standard())
-        else {
-            break;
-        };
+        let Some(e) = decode_payload(crc, &payload) else { break };
         if e.seq != expect {
             tracing::warn!(file = %path.display(), seq = e.seq, expected = expect, "event segment out of sequence; cutting it there");
             break;
@@ -844,14 +843,18 @@ mod tests {
         // do not grow with the history kept.
         {
             let st = log.state.read().unwrap();
-            let packed: Vec<&Segment> = st.segments.iter().filter(|s| matches!(s.layout, Layout::Packed { .. })).collect();
+            let packed: Vec<&Segment> =
+                st.segments.iter().filter(|s| matches!(s.layout, Layout::Packed { .. })).collect();
             assert!(!packed.is_empty() && packed.iter().all(|s| s.file.is_none()));
         }
         let from_disk = EventLog::open(dir.path(), 1, 8192).unwrap();
         from_disk.set_head(from_disk.last());
         let again = from_disk.read(0, 1000, 100_000, &|_| true).unwrap();
         assert_eq!(again.events.len(), 501);
-        assert!(from_disk.state.read().unwrap().segments.iter().any(|s| s.file.is_none()), "reopened packs stay closed");
+        assert!(
+            from_disk.state.read().unwrap().segments.iter().any(|s| s.file.is_none()),
+            "reopened packs stay closed"
+        );
         assert_eq!(again.events[100].envelope, all.events[100].envelope);
         // Retention: positions below `oldest` are gone, whole old segments deleted.
         let files_before = std::fs::read_dir(dir.path()).unwrap().count();

@@ -47,9 +47,9 @@ pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
     Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject,
-    EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress,
-    PurgeReport, ReplayWebhook, Retention, Revoke, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom,
-    UpdateWebhook, Waiting, WaitingError, WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
+    EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, PurgeReport,
+    ReplayWebhook, Retention, Revoke, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom, UpdateWebhook,
+    Waiting, WaitingError, WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
 };
 pub use eventlog::{Event, Page};
 pub use live::Entry;

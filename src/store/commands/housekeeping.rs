@@ -78,43 +78,32 @@ impl Command for Sweep {
     fn apply(self, cx: &mut Ctx<'_>) -> Result<SweptPage, StoreError> {
         let now = cx.now_ms();
         let (after, page) = (self.after.as_deref(), self.page.max(1));
-        let mut removed = 0;
-        // The last key looked at, and whether the page was full (more may follow).
-        let (last, full) = match self.what {
+        match self.what {
             Sweeping::Revocations => {
                 let rows = cx.revocations_page(after, page)?;
-                let full = rows.len() == page;
-                let mut last = None;
-                for (k, r) in rows {
-                    if r.until_ms.is_some_and(|u| u <= now) {
-                        cx.del_revocation(k.clone());
-                        removed += 1;
+                sweep_page(cx, rows, page, |cx, k, r| {
+                    if !r.until_ms.is_some_and(|u| u <= now) {
+                        return Ok(Verdict::Keep);
                     }
-                    last = Some(k);
-                }
-                (last, full)
+                    cx.del_revocation(k.to_vec());
+                    Ok(Verdict::Removed)
+                })
             }
             Sweeping::Tokens => {
                 let rows = cx.tokens_page(after, page)?;
-                let full = rows.len() == page;
-                let mut last = None;
-                for (k, t) in rows {
-                    if t.exp.is_some_and(|e| e.saturating_mul(1000).saturating_add(TOKEN_GRACE_MS) <= now) {
-                        cx.del_token(&t);
-                        removed += 1;
+                sweep_page(cx, rows, page, |cx, _, t| {
+                    if !t.exp.is_some_and(|e| e.saturating_mul(1000).saturating_add(TOKEN_GRACE_MS) <= now) {
+                        return Ok(Verdict::Keep);
                     }
-                    last = Some(k);
-                }
-                (last, full)
+                    cx.del_token(&t);
+                    Ok(Verdict::Removed)
+                })
             }
             Sweeping::Bans => {
                 let rows = cx.bans_page(after, page)?;
-                let full = rows.len() == page;
                 let mut rooms: HashMap<String, bool> = HashMap::new();
-                let mut last = None;
-                for (k, parsed) in rows {
-                    last = Some(k);
-                    let Some((room, user)) = parsed else { continue };
+                sweep_page(cx, rows, page, |cx, _, parsed| {
+                    let Some((room, user)) = parsed else { return Ok(Verdict::Keep) };
                     let exists = match rooms.get(&room) {
                         Some(e) => *e,
                         None => {
@@ -123,38 +112,66 @@ impl Command for Sweep {
                             e
                         }
                     };
-                    if !exists {
-                        cx.del_ban(&room, &user)?;
-                        cx.event(
-                            crate::events::BAN_REMOVED,
-                            json!({"room": room, "user_id": user, "reason": "room_deleted"}),
-                        );
-                        removed += 1;
+                    if exists {
+                        return Ok(Verdict::Keep);
                     }
-                }
-                (last, full)
+                    cx.del_ban(&room, &user)?;
+                    cx.event(
+                        crate::events::BAN_REMOVED,
+                        json!({"room": room, "user_id": user, "reason": "room_deleted"}),
+                    );
+                    Ok(Verdict::Removed)
+                })
             }
             Sweeping::Meetings { max_age_ms } => {
                 let before_ms = now.saturating_sub(max_age_ms);
                 let rows = cx.meetings_page(after, page)?;
-                let mut full = rows.len() == page;
-                let mut last = None;
-                for (k, m) in rows {
+                sweep_page(cx, rows, page, |cx, _, m| {
                     if m.start_ms >= before_ms {
-                        full = false; // every later one started later still
-                        break;
+                        return Ok(Verdict::Stop); // every later one started later still
                     }
-                    if m.end_ms.is_some_and(|e| e < before_ms) {
-                        cx.del_meeting(&m)?;
-                        removed += 1;
+                    if !m.end_ms.is_some_and(|e| e < before_ms) {
+                        return Ok(Verdict::Keep);
                     }
-                    last = Some(k);
-                }
-                (last, full)
+                    cx.del_meeting(&m)?;
+                    Ok(Verdict::Removed)
+                })
             }
-        };
-        Ok(SweptPage { removed, next: if full { last } else { None } })
+        }
     }
+}
+
+/// What a sweep made of one record.
+enum Verdict {
+    Keep,
+    Removed,
+    /// This one and every later one are kept: the sweep is done.
+    Stop,
+}
+
+/// Hands each row of a page (in key order) to `judge`, which removes it if it is dead; the
+/// page's report, whose `next` is the last key looked at when the page was full (more may
+/// follow) and the sweep did not stop.
+fn sweep_page<T>(
+    cx: &mut Ctx<'_>,
+    rows: Vec<(Vec<u8>, T)>,
+    page: usize,
+    mut judge: impl FnMut(&mut Ctx<'_>, &[u8], T) -> Result<Verdict, StoreError>,
+) -> Result<SweptPage, StoreError> {
+    let mut full = rows.len() == page;
+    let (mut removed, mut last) = (0, None);
+    for (k, row) in rows {
+        match judge(cx, &k, row)? {
+            Verdict::Keep => {}
+            Verdict::Removed => removed += 1,
+            Verdict::Stop => {
+                full = false;
+                break;
+            }
+        }
+        last = Some(k);
+    }
+    Ok(SweptPage { removed, next: if full { last } else { None } })
 }
 
 /// Drops at most [`COMPACT_CHUNK`] of the oldest events, as the retention allows. Never the head.
