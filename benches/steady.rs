@@ -87,7 +87,18 @@ fn start(binary: &str, retention_secs: u64) -> Server {
     panic!("server did not start");
 }
 
-/// A keep-alive HTTP/1 client connection.
+/// The server's heap in use (MiB), from `/metrics` (`gatehouse_heap_allocated_bytes`, jemalloc
+/// builds): told apart from RSS, it says whether memory grows with what is kept or with what
+/// the allocator holds on to. NaN when the build does not report it.
+async fn heap_mib(addr: &str) -> f64 {
+    let (_, body) = Conn::open(addr).await.call("GET", "/metrics", KEY, None).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find_map(|l| l.strip_prefix("gatehouse_heap_allocated_bytes "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(f64::NAN, |b| b / (1 << 20) as f64)
+}
+
 fn open_files(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
@@ -167,11 +178,12 @@ async fn steady(server: Server, minutes: u64, clients: usize, rooms: usize, rete
     // RSS is sampled every second and each minute reports the mean of its samples (and the
     // peak): one sample a minute would land on the housekeeping run's transient or miss it.
     println!(
-        "{:>4} {:>12} {:>9} {:>9} {:>6} {:>9} {:>8} {:>8}",
-        "min", "lifecycles", "RSS MiB", "RSS max", "fds", "disk MiB", "p50 ms", "p99 ms"
+        "{:>4} {:>12} {:>9} {:>9} {:>9} {:>6} {:>9} {:>8} {:>8}",
+        "min", "lifecycles", "RSS MiB", "RSS max", "heap MiB", "fds", "disk MiB", "p50 ms", "p99 ms"
     );
     let started = Instant::now();
     let mut rss = Vec::new();
+    let mut heap = Vec::new();
     let mut disk = Vec::new();
     let mut p99s = Vec::new();
     let mut last_done = 0;
@@ -187,8 +199,10 @@ async fn steady(server: Server, minutes: u64, clients: usize, rooms: usize, rete
         let rmax = samples.iter().copied().fold(f64::MIN, f64::max);
         let d = disk_mib(&server.dir);
         let (p50, p99) = (pct(&mut l, 0.5), pct(&mut l, 0.99));
+        let h = heap_mib(&server.addr).await;
+        heap.push(h);
         println!(
-            "{m:>4} {:>12} {r:>9.1} {rmax:>9.1} {:>6} {d:>9.1} {p50:>8.2} {p99:>8.2}",
+            "{m:>4} {:>12} {r:>9.1} {rmax:>9.1} {h:>9.1} {:>6} {d:>9.1} {p50:>8.2} {p99:>8.2}",
             total - last_done,
             open_files(pid)
         );
@@ -218,6 +232,8 @@ async fn steady(server: Server, minutes: u64, clients: usize, rooms: usize, rete
         to - from,
         late - early
     );
+    let (h5, hend) = (heap.get(4).copied().unwrap_or(f64::NAN), heap.last().copied().unwrap_or(f64::NAN));
+    println!("heap in use (jemalloc's count) minute 5 → {minutes}: {h5:.1} → {hend:.1} MiB ({:+.1} MiB)", hend - h5);
     let dmax = disk.iter().copied().fold(f64::MIN, f64::max);
     println!(
         "disk: {:.1} MiB at the end, {dmax:.1} MiB at most; p99 first/last minute {:.2}/{:.2} ms; {} lifecycles",

@@ -131,6 +131,39 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Appends one unlabelled gauge or counter with its HELP and TYPE lines.
+/// The allocator's own view of memory: what the program holds (`allocated`) against what the
+/// allocator keeps in physical pages (`resident`: the live heap plus its caches and
+/// fragmentation). RSS minus `resident` is what is not heap (stacks, code, sled's buffers come
+/// from the heap too). jemalloc builds only: the other allocators leave both out.
+pub fn render_heap(out: &mut String) {
+    #[cfg(not(any(feature = "system-allocator", feature = "mimalloc-allocator")))]
+    {
+        use tikv_jemalloc_ctl::{epoch, stats};
+        // The counters are cached per epoch: advancing it refreshes them.
+        if epoch::advance().is_err() {
+            return;
+        }
+        if let (Ok(allocated), Ok(resident)) = (stats::allocated::read(), stats::resident::read()) {
+            single(
+                out,
+                "gatehouse_heap_allocated_bytes",
+                "gauge",
+                "Heap bytes in use (jemalloc's stats.allocated).",
+                allocated as f64,
+            );
+            single(
+                out,
+                "gatehouse_heap_resident_bytes",
+                "gauge",
+                "Bytes the allocator holds in physical pages: the heap in use, its caches and fragmentation (jemalloc's stats.resident).",
+                resident as f64,
+            );
+        }
+    }
+    #[cfg(any(feature = "system-allocator", feature = "mimalloc-allocator"))]
+    let _ = out;
+}
+
 pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");

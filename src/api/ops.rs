@@ -45,6 +45,7 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
     }
     let mut out = String::with_capacity(8192);
     state.metrics.render(&mut out);
+    crate::metrics::render_heap(&mut out);
     let limited = state.limiter.limited.load(Relaxed) as f64;
     single(
         &mut out,
