@@ -5,28 +5,6 @@
 
 use serde_json::Value;
 
-pub const ROOM_CREATED: &str = "room.created";
-pub const ROOM_UPDATED: &str = "room.updated";
-pub const ROOM_DELETED: &str = "room.deleted";
-pub const ROOM_EXPIRED: &str = "room.expired";
-pub const MEETING_TOKEN_CREATED: &str = "meeting-token.created";
-pub const MEETING_TOKEN_REVOKED: &str = "meeting-token.revoked";
-pub const MEETING_STARTED: &str = "meeting.started";
-pub const MEETING_ENDED: &str = "meeting.ended";
-pub const PARTICIPANT_JOINED: &str = "participant.joined";
-pub const PARTICIPANT_LEFT: &str = "participant.left";
-pub const PARTICIPANT_EJECTED: &str = "participant.ejected";
-pub const PARTICIPANT_JOIN_DENIED: &str = "participant.join-denied";
-pub const BAN_CREATED: &str = "ban.created";
-pub const BAN_REMOVED: &str = "ban.removed";
-pub const WEBHOOK_FAILED: &str = "webhook.failed";
-pub const WEBHOOK_CREATED: &str = "webhook.created";
-pub const WEBHOOK_UPDATED: &str = "webhook.updated";
-pub const WEBHOOK_DELETED: &str = "webhook.deleted";
-pub const WAITING_PARTICIPANT_JOINED: &str = "waiting-participant.joined";
-pub const WAITING_PARTICIPANT_LEFT: &str = "waiting-participant.left";
-pub const PARTICIPANT_UPDATED: &str = "participant.updated";
-
 /// Who sees an event of a kind on the session streams of its room (ARCHITECTURE.md,
 /// "Session streams"). Whatever the audience, an event about a session also reaches that
 /// session's own stream (its ejection, its departure).
@@ -41,53 +19,140 @@ pub enum Audience {
     Admins,
 }
 
-/// Every event type the API documents (`types=` filters are checked against it), with its
-/// audience on session streams.
-pub const KINDS: &[(&str, Audience)] = &[
-    (ROOM_CREATED, Audience::Room),
-    (ROOM_UPDATED, Audience::Room),
-    (ROOM_DELETED, Audience::Room),
-    (ROOM_EXPIRED, Audience::Room),
-    (MEETING_STARTED, Audience::Room),
-    (MEETING_ENDED, Audience::Room),
-    (PARTICIPANT_JOINED, Audience::Room),
-    (PARTICIPANT_LEFT, Audience::Room),
-    // Daily's clients see someone leave, not who removed them or why.
-    (PARTICIPANT_EJECTED, Audience::Admins),
-    (PARTICIPANT_JOIN_DENIED, Audience::Admins),
-    (PARTICIPANT_UPDATED, Audience::Room),
-    (WAITING_PARTICIPANT_JOINED, Audience::Admins),
-    (WAITING_PARTICIPANT_LEFT, Audience::Admins),
-    // Names someone who has not joined (maybe never visibly).
-    (MEETING_TOKEN_CREATED, Audience::Admins),
-    (MEETING_TOKEN_REVOKED, Audience::Admins),
-    (BAN_CREATED, Audience::Admins),
-    (BAN_REMOVED, Audience::Admins),
-    (WEBHOOK_FAILED, Audience::Admins),
-    (WEBHOOK_CREATED, Audience::Admins),
-    (WEBHOOK_UPDATED, Audience::Admins),
-    (WEBHOOK_DELETED, Audience::Admins),
-];
+/// Every event type the API documents (`types=` filters are checked against it). Producers
+/// name one; the journal, the log and the wire carry [`EventKind::as_str`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    RoomCreated,
+    RoomUpdated,
+    RoomDeleted,
+    RoomExpired,
+    MeetingStarted,
+    MeetingEnded,
+    ParticipantJoined,
+    ParticipantLeft,
+    /// Daily's clients see someone leave, not who removed them or why.
+    ParticipantEjected,
+    ParticipantJoinDenied,
+    ParticipantUpdated,
+    /// A meeting's session data changed (`set-session-data`); synced to everyone in the call (Daily's
+    /// clients hear of it as `meeting-session-state-updated`).
+    MeetingSessionDataUpdated,
+    WaitingParticipantJoined,
+    WaitingParticipantLeft,
+    /// Names someone who has not joined (maybe never visibly).
+    MeetingTokenCreated,
+    MeetingTokenRevoked,
+    BanCreated,
+    BanRemoved,
+    WebhookFailed,
+    WebhookCreated,
+    WebhookUpdated,
+    WebhookDeleted,
+    /// (ext) The domain settings changed (`POST /v1/`); Daily has no such event.
+    DomainUpdated,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 23] = [
+        EventKind::RoomCreated,
+        EventKind::RoomUpdated,
+        EventKind::RoomDeleted,
+        EventKind::RoomExpired,
+        EventKind::MeetingStarted,
+        EventKind::MeetingEnded,
+        EventKind::ParticipantJoined,
+        EventKind::ParticipantLeft,
+        EventKind::ParticipantEjected,
+        EventKind::ParticipantJoinDenied,
+        EventKind::ParticipantUpdated,
+        EventKind::MeetingSessionDataUpdated,
+        EventKind::WaitingParticipantJoined,
+        EventKind::WaitingParticipantLeft,
+        EventKind::MeetingTokenCreated,
+        EventKind::MeetingTokenRevoked,
+        EventKind::BanCreated,
+        EventKind::BanRemoved,
+        EventKind::WebhookFailed,
+        EventKind::WebhookCreated,
+        EventKind::WebhookUpdated,
+        EventKind::WebhookDeleted,
+        EventKind::DomainUpdated,
+    ];
+
+    /// The type's name, as Daily spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::RoomCreated => "room.created",
+            EventKind::RoomUpdated => "room.updated",
+            EventKind::RoomDeleted => "room.deleted",
+            EventKind::RoomExpired => "room.expired",
+            EventKind::MeetingStarted => "meeting.started",
+            EventKind::MeetingEnded => "meeting.ended",
+            EventKind::ParticipantJoined => "participant.joined",
+            EventKind::ParticipantLeft => "participant.left",
+            EventKind::ParticipantEjected => "participant.ejected",
+            EventKind::ParticipantJoinDenied => "participant.join-denied",
+            EventKind::ParticipantUpdated => "participant.updated",
+            EventKind::MeetingSessionDataUpdated => "meeting-session-data.updated",
+            EventKind::WaitingParticipantJoined => "waiting-participant.joined",
+            EventKind::WaitingParticipantLeft => "waiting-participant.left",
+            EventKind::MeetingTokenCreated => "meeting-token.created",
+            EventKind::MeetingTokenRevoked => "meeting-token.revoked",
+            EventKind::BanCreated => "ban.created",
+            EventKind::BanRemoved => "ban.removed",
+            EventKind::WebhookFailed => "webhook.failed",
+            EventKind::WebhookCreated => "webhook.created",
+            EventKind::WebhookUpdated => "webhook.updated",
+            EventKind::WebhookDeleted => "webhook.deleted",
+            EventKind::DomainUpdated => "domain.updated",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<EventKind> {
+        EventKind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Who sees events of this kind on session streams: everyone in the room sees what Daily's
+    /// clients see of the call; tokens, refusals, knocks, ejections, bans, webhooks and the
+    /// domain are for the room's admins.
+    pub fn audience(self) -> Audience {
+        match self {
+            EventKind::RoomCreated
+            | EventKind::RoomUpdated
+            | EventKind::RoomDeleted
+            | EventKind::RoomExpired
+            | EventKind::MeetingStarted
+            | EventKind::MeetingEnded
+            | EventKind::ParticipantJoined
+            | EventKind::ParticipantLeft
+            | EventKind::ParticipantUpdated
+            | EventKind::MeetingSessionDataUpdated => Audience::Room,
+            _ => Audience::Admins,
+        }
+    }
+}
 
 /// Whether `kind` is an event type the API documents.
 pub fn is_known(kind: &str) -> bool {
-    KINDS.iter().any(|(k, _)| *k == kind)
+    EventKind::parse(kind).is_some()
 }
 
-/// Who sees events of `kind` on session streams; a kind not in [`KINDS`] is for admins only.
+/// Who sees events of `kind` on session streams; a kind that is not an [`EventKind`] is for
+/// admins only.
 pub fn audience(kind: &str) -> Audience {
-    KINDS.iter().find(|(k, _)| *k == kind).map_or(Audience::Admins, |(_, a)| *a)
+    EventKind::parse(kind).map_or(Audience::Admins, EventKind::audience)
 }
 
 /// An event a command wants logged; the writer gives it its sequence number and time.
 #[derive(Debug, Clone)]
 pub struct NewEvent {
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub payload: Value,
 }
 
 impl NewEvent {
-    pub fn new(kind: &'static str, payload: Value) -> Self {
+    pub fn new(kind: EventKind, payload: Value) -> Self {
         NewEvent { kind, payload }
     }
 }
@@ -130,7 +195,7 @@ mod tests {
     use super::*;
 
     /// Issue 24, item 3: every kind has the audience written in ARCHITECTURE.md; a kind added
-    /// to [`KINDS`] without being placed here fails, so nobody adds one without deciding.
+    /// to [`EventKind`] without being placed here fails, so nobody adds one without deciding.
     #[test]
     fn every_kind_has_its_stated_audience() {
         let room = [
@@ -143,6 +208,7 @@ mod tests {
             "participant.joined",
             "participant.left",
             "participant.updated",
+            "meeting-session-data.updated",
         ];
         let admins = [
             "participant.ejected",
@@ -157,8 +223,12 @@ mod tests {
             "webhook.created",
             "webhook.updated",
             "webhook.deleted",
+            "domain.updated",
         ];
-        assert_eq!(KINDS.len(), room.len() + admins.len(), "a kind without a stated audience");
+        assert_eq!(EventKind::ALL.len(), room.len() + admins.len(), "a kind without a stated audience");
+        for k in EventKind::ALL {
+            assert_eq!(EventKind::parse(k.as_str()), Some(k), "{k:?}");
+        }
         for k in room {
             assert_eq!(audience(k), Audience::Room, "{k}");
         }
@@ -171,7 +241,7 @@ mod tests {
 
     #[test]
     fn envelope_shape() {
-        let s = render("abcd1234", 7, ROOM_CREATED, &serde_json::json!({"room": "r"}), 1_500);
+        let s = render("abcd1234", 7, EventKind::RoomCreated.as_str(), &serde_json::json!({"room": "r"}), 1_500);
         let v: Value = serde_json::from_str(&s).unwrap();
         assert_eq!(v["id"], "evt_abcd1234_7");
         assert_eq!(v["seq"], 7);

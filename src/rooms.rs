@@ -32,6 +32,12 @@ pub enum RoomError {
     Property(#[from] PropertyError),
     #[error("room not found")]
     NotFound,
+    /// A batch names a room that does not exist (or has expired): nothing was done.
+    #[error("room '{0}' not found")]
+    Missing(String),
+    /// A batch names the same room twice.
+    #[error("room '{0}' is named twice")]
+    Repeated(String),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,6 +126,78 @@ const PROPERTIES: &[(&str, Kind)] = &[
     ("permissions", Kind::Permissions),
 ];
 
+/// Domain settings (`POST /v1/`): Daily's domain properties that Gatehouse keeps. Those that
+/// are also room properties ([`INHERITED`]) are the defaults a room takes when it is created
+/// without them; the others (`hide_daily_branding`, `redirect_on_meeting_exit`,
+/// `enable_opus_fec`, `batch_processor_bucket`) are the domain's own, stored and echoed.
+const DOMAIN_ONLY: &[(&str, Kind)] = &[
+    ("hide_daily_branding", Kind::Bool),
+    ("redirect_on_meeting_exit", Kind::Str(2048)),
+    ("enable_opus_fec", Kind::Bool),
+    ("batch_processor_bucket", Kind::Object),
+];
+
+/// The room properties a domain setting gives a default for (Daily's list, as far as rooms
+/// here have the property).
+pub const INHERITED: &[&str] = &[
+    "enable_people_ui",
+    "enable_pip_ui",
+    "enable_emoji_reactions",
+    "enable_hand_raising",
+    "enable_prejoin_ui",
+    "enable_breakout_rooms",
+    "enable_live_captions_ui",
+    "enable_network_ui",
+    "enable_noise_cancellation_ui",
+    "enable_video_processing_ui",
+    "enable_advanced_chat",
+    "lang",
+    "meeting_join_hook",
+    "geo",
+    "enable_terse_logging",
+    "enable_transcription_storage",
+    "transcription_bucket",
+    "enable_mesh_sfu",
+    "sfu_switchover",
+    "enforce_unique_user_ids",
+    "recordings_bucket",
+    "permissions",
+];
+
+fn domain_kind(name: &str) -> Option<Kind> {
+    match properties::kind_of(DOMAIN_ONLY, name) {
+        Some(k) => Some(k),
+        None if INHERITED.contains(&name) => properties::kind_of(PROPERTIES, name),
+        None => None,
+    }
+}
+
+/// Checks a domain settings patch: every name a domain property, every value well-typed;
+/// `null` is kept and means "remove" (as in a room update).
+pub fn validate_domain_patch(patch: &Map<String, Value>) -> Result<Map<String, Value>, PropertyError> {
+    let mut out = Map::new();
+    for (name, v) in patch {
+        let kind = domain_kind(name).ok_or_else(|| PropertyError::Unknown(name.clone()))?;
+        if !v.is_null() {
+            properties::check(name, kind, v)?;
+        }
+        out.insert(name.clone(), v.clone());
+    }
+    Ok(out)
+}
+
+/// A new room's properties: what it was given, plus the domain's default for each inherited
+/// property it was not given. Taken once, at creation: changing the domain later does not
+/// change the rules of rooms that exist.
+pub fn with_domain_defaults(mut config: Map<String, Value>, domain: &Map<String, Value>) -> Map<String, Value> {
+    for (name, v) in domain {
+        if INHERITED.contains(&name.as_str()) && !config.contains_key(name) {
+            config.insert(name.clone(), v.clone());
+        }
+    }
+    config
+}
+
 /// Checks a `properties` object for creation: every name known, every value well-typed, and
 /// `nbf` before `exp`. `null` values are dropped (they mean "not set").
 pub fn validate_properties(props: &Map<String, Value>) -> Result<Map<String, Value>, RoomError> {
@@ -197,6 +275,28 @@ impl Room {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn domain_settings_are_checked_and_only_room_properties_are_inherited() {
+        let patch = obj(json!({"lang": "fi", "hide_daily_branding": true, "enforce_unique_user_ids": null}));
+        assert_eq!(validate_domain_patch(&patch).unwrap(), patch, "null is kept: it removes a setting");
+        for (bad, why) in [
+            (json!({"exp": 5}), "unknown property 'exp'"),
+            (json!({"max_participants": 5}), "unknown property 'max_participants'"),
+            (json!({"hipaa": true}), "unknown property 'hipaa'"),
+            (json!({"lang": 5}), "property 'lang'"),
+        ] {
+            let e = validate_domain_patch(&obj(bad.clone())).unwrap_err().to_string();
+            assert!(e.starts_with(why), "{bad}: {e}");
+        }
+        // Every inherited name is a room property: a room can always be updated to undo it.
+        for name in INHERITED {
+            assert!(properties::kind_of(PROPERTIES, name).is_some(), "{name}");
+        }
+        let domain = obj(json!({"lang": "fi", "hide_daily_branding": true, "enable_pip_ui": true}));
+        let room = with_domain_defaults(obj(json!({"enable_pip_ui": false, "max_participants": 3})), &domain);
+        assert_eq!(Value::Object(room), json!({"enable_pip_ui": false, "max_participants": 3, "lang": "fi"}));
+    }
 
     fn obj(v: Value) -> Map<String, Value> {
         v.as_object().cloned().unwrap_or_default()

@@ -7,7 +7,7 @@
 use serde_json::{json, Value};
 
 use crate::rooms::{Privacy, Room};
-use crate::tokens::{Claims, Rejection, TimeStatus};
+use crate::tokens::{can_admin_participants, Claims, Rejection, TimeStatus};
 
 /// Default presence lease: a session not heard from for this long leaves with reason `timeout`.
 pub const DEFAULT_LEASE_MS: i64 = 30_000;
@@ -70,17 +70,6 @@ impl TokenCheck {
             _ => (None, None, None),
         }
     }
-}
-
-/// An owner, or permissions whose `canAdmin` is `true` or names `participants` (a token's, or a
-/// session's as they stand now).
-pub fn can_admin_participants(owner: bool, permissions: Option<&Value>) -> bool {
-    owner
-        || match permissions.and_then(|p| p.get("canAdmin")) {
-            Some(Value::Bool(b)) => *b,
-            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
-            _ => false,
-        }
 }
 
 /// Facts the writer gathers for one join attempt.

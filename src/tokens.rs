@@ -377,7 +377,7 @@ impl Claims {
 
     /// True when the token may manage participants: owner, or `canAdmin` true or naming `participants`.
     pub fn can_admin_participants(&self) -> bool {
-        crate::sessions::can_admin_participants(self.is_owner, self.permissions.as_ref())
+        can_admin_participants(self.is_owner, self.permissions.as_ref())
     }
 
     /// The properties with Daily's long names, as `GET /v1/meeting-tokens/:token` shows them.
@@ -586,6 +586,17 @@ fn parse_claims(c: &Map<String, Value>) -> Result<Claims, Rejection> {
         permissions: claim(c, "p", "permissions").cloned(),
         ui,
     })
+}
+
+/// An owner, or permissions whose `canAdmin` is `true` or names `participants` (a token's, or a
+/// session's as they stand now).
+pub fn can_admin_participants(owner: bool, permissions: Option<&Value>) -> bool {
+    owner
+        || match permissions.and_then(|p| p.get("canAdmin")) {
+            Some(Value::Bool(b)) => *b,
+            Some(Value::Array(a)) => a.iter().any(|v| v.as_str() == Some("participants")),
+            _ => false,
+        }
 }
 
 #[cfg(test)]

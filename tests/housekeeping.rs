@@ -27,7 +27,7 @@ fn token(jti: &str, exp: Option<i64>) -> CreateToken {
         exp,
         created_ms: 0,
     };
-    CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) }
+    CreateToken { record, event: NewEvent::new(gatehouse::events::EventKind::MeetingTokenCreated, json!({"jti": jti})) }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -540,7 +540,10 @@ async fn run(seed: u64) {
                     created_ms: now,
                 };
                 store
-                    .submit(CreateToken { record, event: NewEvent::new("meeting-token.created", json!({"jti": jti})) })
+                    .submit(CreateToken {
+                        record,
+                        event: NewEvent::new(gatehouse::events::EventKind::MeetingTokenCreated, json!({"jti": jti})),
+                    })
                     .await
                     .unwrap();
                 m.tokens.insert(jti, room);

@@ -33,6 +33,12 @@ impl ApiError {
         e
     }
 
+    /// The same error, its text prefixed (which item of a batch it is about).
+    pub fn prefixed(mut self, prefix: &str) -> Self {
+        self.info.insert_str(0, prefix);
+        self
+    }
+
     pub fn invalid(info: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid-request-error", info)
     }
@@ -123,6 +129,16 @@ impl From<RoomError> for ApiError {
     fn from(e: RoomError) -> Self {
         match e {
             RoomError::NotFound => ApiError::not_found("room not found"),
+            RoomError::Missing(_) => ApiError::not_found(e.to_string()),
+            other => ApiError::invalid(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::store::SessionDataError> for ApiError {
+    fn from(e: crate::store::SessionDataError) -> Self {
+        match e {
+            crate::store::SessionDataError::NoRoom => ApiError::not_found("room not found"),
             other => ApiError::invalid(other.to_string()),
         }
     }

@@ -4,6 +4,7 @@
 
 mod access;
 mod auth;
+mod call;
 pub mod conn;
 mod error;
 mod events;
@@ -294,6 +295,9 @@ async fn dispatch(
         Op::Backup => ops::backup(state, &req).await,
         Op::OpenApi => Ok(wire::ok(&openapi::document())),
         Op::Domain => ops::domain(state, &req),
+        Op::UpdateDomain => ops::update_domain(state, req).await,
+        Op::BatchCreateRooms => rooms::batch_create(state, req).await,
+        Op::BatchDeleteRooms => rooms::batch_delete(state, req).await,
         Op::ListRooms => rooms::list(state, &req),
         Op::CreateRoom => rooms::create(state, req).await,
         Op::GetRoom => rooms::get(state, &req, p(0)),
@@ -306,6 +310,9 @@ async fn dispatch(
         Op::WaitingList => access::waiting(state, &req, p(0)),
         Op::WaitingDecide => access::decide(state, req, p(0)).await,
         Op::RoomPresence => presence::room(state, &req, p(0)),
+        Op::SendAppMessage => call::send_app_message(state, req, p(0)).await,
+        Op::GetSessionData => call::get_session_data(state, &req, p(0)),
+        Op::SetSessionData => call::set_session_data(state, req, p(0)).await,
         Op::Bans => participants::bans(state, &req, p(0)),
         Op::LiftBan => participants::lift_ban(state, &req, p(0), p(1)).await,
         Op::Presence => presence::all(state, &req),

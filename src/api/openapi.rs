@@ -83,6 +83,17 @@ pub fn document() -> Value {
                 "RoomWrite": {"type": "object", "properties": {"name": {"type": ["string", "null"]}, "privacy": {"enum": ["public", "private", null]}, "properties": {"type": ["object", "null"]}}},
                 "RoomList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}},
                 "Deleted": open_object(),
+                "BatchRooms": {"type": "object", "required": ["rooms"], "properties": {"rooms": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/RoomWrite"}}}},
+                "BatchCreated": {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}},
+                "BatchRoomNames": {"type": "object", "required": ["room_names"], "properties": {"room_names": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"}}}},
+                "BatchDeleted": {"type": "object", "required": ["deleted_count"], "properties": {"deleted_count": {"type": "integer"}}},
+                "AppMessage": {"type": "object", "additionalProperties": false, "properties": {"data": {}, "recipient": {"type": "string"}}},
+                "AppMessageSent": {"type": "object", "required": ["sent"], "properties": {"sent": {"const": "true"}, "recipients": {"type": "integer"}}},
+                "SessionData": {"type": "object", "required": ["data"], "properties": {"data": open_object()}},
+                "SetSessionData": {"type": "object", "additionalProperties": false, "properties": {"data": {"type": ["object", "null"]},
+                                   "mergeStrategy": {"enum": ["replace", "shallow-merge", null]}, "keysToDelete": {"type": ["array", "null"], "items": {"type": "string"}}}},
+                "SessionDataSet": {"type": "object", "required": ["sent", "data"], "properties": {"sent": {"const": "true"}, "data": open_object()}},
+                "DomainWrite": {"type": "object", "properties": {"properties": {"type": ["object", "null"]}}},
                 "Object": open_object(),
                 "Domain": {"type": "object", "required": ["domain_id"], "properties": {"domain_id": {"type": "string"}, "domain_name": {"type": "string"}, "config": open_object()}},
                 "TokenRequest": {"type": "object", "properties": {"properties": {"type": ["object", "null"]}}},
@@ -145,7 +156,14 @@ pub fn document() -> Value {
             "/healthz": {"get": {"summary": "Alive", "responses": {"200": ok("Object")}}},
             "/readyz": {"get": {"summary": "Store open and writable, timers loaded", "responses": {"200": ok("Object"), "503": ok("Object")}}},
             "/metrics": {"get": op("Prometheus metrics (text)", vec![], None, json!({"200": {"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
-            "/v1/": {"get": op("The domain (its id is the `d` claim of tokens)", vec![], None, json!({"200": ok("Domain")}))},
+            "/v1/": {
+                "get": op("The domain (its id is the `d` claim of tokens)", vec![], None, json!({"200": ok("Domain")})),
+                "post": op("Change the domain settings (defaults for rooms created afterwards; null removes one)", vec![], Some(body("DomainWrite")), json!({"200": ok("Domain")}))
+            },
+            "/v1/batch/rooms": {
+                "post": op("Create up to 1,000 rooms, all or none", vec![], Some(body("BatchRooms")), json!({"200": ok("BatchCreated")})),
+                "delete": op("Delete up to 1,000 rooms, all or none", vec![], Some(body("BatchRoomNames")), json!({"200": ok("BatchDeleted")}))
+            },
             "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("Object")}}},
             "/v1/rooms": {
                 "get": op("List rooms, newest first", vec![limit(100), query("starting_after", json!({"type": "string"})), query("ending_before", json!({"type": "string"}))], None, json!({"200": ok("RoomList")})),
@@ -164,6 +182,9 @@ pub fn document() -> Value {
                 "post": op("(ext) Admit or deny waiting participants", vec![name()], Some(body("WaitingDecisions")), json!({"200": ok("WaitingDecided"), "403": err("not allowed")}))
             },
             "/v1/rooms/{name}/eject": {"post": op("Eject sessions (API key, or an owner token of the room)", vec![name()], Some(body("Eject")), json!({"200": ok("Ejected"), "403": err("not allowed to eject")}))},
+            "/v1/rooms/{name}/send-app-message": {"post": op("Send a message to the session streams of those in the call now (not stored)", vec![name()], Some(body("AppMessage")), json!({"200": ok("AppMessageSent")}))},
+            "/v1/rooms/{name}/get-session-data": {"get": op("The running meeting's session data", vec![name()], None, json!({"200": ok("SessionData")}))},
+            "/v1/rooms/{name}/set-session-data": {"post": op("Set the running meeting's session data (replace or shallow-merge)", vec![name()], Some(body("SetSessionData")), json!({"200": ok("SessionDataSet")}))},
             "/v1/rooms/{name}/presence": {"get": op("Who is in the room", vec![name()], None, json!({"200": ok("Presence")}))},
             "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room in force, in user id order, a page at a time", vec![name(), limit(1000), query("starting_after", json!({"type": "string"}))], None, json!({"200": ok("BanList")}))},
             "/v1/rooms/{name}/bans/{user_id}": {"delete": op("(ext) Lift a ban", vec![name(), path_param("user_id")], None, json!({"200": ok("Deleted")}))},

@@ -272,14 +272,30 @@ pub fn metrics(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Respons
 
 pub fn domain(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
     auth::api_key(req, &state.keys)?;
-    Ok(ok(&json!({
-        "domain_id": state.domain_id(),
-        "domain_name": state.settings.domain_name,
-        "config": {
-            "max_participants": crate::rooms::DEFAULT_MAX_PARTICIPANTS,
-            "token_leeway_seconds": state.settings.token_leeway_secs,
-        },
-    })))
+    Ok(ok(&domain_json(state, state.store.domain_config()?)))
+}
+
+/// The domain object: its id and name, and in `config` the settings made with `POST /v1/`
+/// besides the server's own defaults.
+fn domain_json(state: &AppState, settings: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+    let mut config = settings;
+    config.insert("max_participants".into(), crate::rooms::DEFAULT_MAX_PARTICIPANTS.into());
+    config.insert("token_leeway_seconds".into(), state.settings.token_leeway_secs.into());
+    json!({"domain_id": state.domain_id(), "domain_name": state.settings.domain_name, "config": config})
+}
+
+/// `POST /v1/` `{"properties": {...}}`: changes the domain settings (a property set to `null`
+/// is removed) and answers the domain object. Rooms created afterwards take the settings that
+/// are room properties as their defaults.
+pub async fn update_domain(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let bytes = wire::read_body(state, req).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["properties"])?;
+    let patch = wire::opt_object(&body, "properties")?.cloned().unwrap_or_default();
+    let patch = crate::rooms::validate_domain_patch(&patch).map_err(|e| ApiError::invalid(format!("domain {e}")))?;
+    let config = state.store.submit(crate::store::SetDomain { patch }).await?;
+    Ok(ok(&domain_json(state, config)))
 }
 
 /// Moves the server's clock: `{"advance_secs": n}` or `{"set_ms": t}`. Test builds only.

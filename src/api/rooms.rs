@@ -10,7 +10,7 @@ use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::rooms::{self, Privacy, Room};
-use crate::store::{CreateRoom, DeleteRoom, RoomCursor, UpdateRoom};
+use crate::store::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, RoomCursor, UpdateRoom, MAX_BATCH};
 
 async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     auth::api_key(&req, &state.keys)?;
@@ -31,16 +31,78 @@ fn room_response(state: &AppState, outcome: Result<Room, rooms::RoomError>) -> R
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let body = json_body(state, req).await?;
-    wire::only_fields(&body, &["name", "privacy", "properties"])?;
+    let out = state.store.submit(new_room(&body)?).await?;
+    room_response(state, out)
+}
+
+/// A room to create, from a `POST /v1/rooms` body (or one item of a batch).
+fn new_room(body: &Map<String, Value>) -> Result<CreateRoom, ApiError> {
+    wire::only_fields(body, &["name", "privacy", "properties"])?;
     // An empty name is a bad name; only an absent (or null) one means "pick a random name".
-    let name = wire::opt_str(&body, "name")?;
+    let name = wire::opt_str(body, "name")?;
     if let Some(n) = name {
         rooms::validate_name(n)?;
     }
-    let privacy = privacy_field(&body)?.unwrap_or(Privacy::Public);
-    let config = rooms::validate_properties(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
-    let out = state.store.submit(CreateRoom { name: name.map(String::from), privacy, config }).await?;
-    room_response(state, out)
+    let privacy = privacy_field(body)?.unwrap_or(Privacy::Public);
+    let config = rooms::validate_properties(wire::opt_object(body, "properties")?.unwrap_or(&Map::new()))?;
+    Ok(CreateRoom { name: name.map(String::from), privacy, config })
+}
+
+/// How much a batch call may send: room objects and their properties for up to
+/// [`MAX_BATCH`] rooms, at least 1 MiB whatever the per-request limit.
+fn batch_body_limit(state: &AppState) -> usize {
+    state.settings.body_limit.max(1 << 20)
+}
+
+/// A batch body's list field, 1 to [`MAX_BATCH`] items.
+fn batch_list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Vec<Value>, ApiError> {
+    match body.get(field) {
+        Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => Ok(items),
+        Some(Value::Array(items)) if !items.is_empty() => {
+            Err(ApiError::invalid(format!("'{field}' lists {} rooms; at most {MAX_BATCH} per call", items.len())))
+        }
+        _ => Err(ApiError::invalid(format!("'{field}' must be a list of 1 to {MAX_BATCH} rooms"))),
+    }
+}
+
+/// `POST /v1/batch/rooms` `{"rooms": [{name?, privacy?, properties?}, ...]}`: up to 1,000
+/// rooms, all or none, answered `{"data": [room, ...]}` in the order given.
+pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    auth::api_key(&req, &state.keys)?;
+    let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["rooms"])?;
+    let mut rooms = Vec::new();
+    for (i, item) in batch_list(&body, "rooms")?.iter().enumerate() {
+        let Value::Object(item) = item else {
+            return Err(ApiError::invalid(format!("rooms[{i}] must be an object")));
+        };
+        rooms.push(new_room(item).map_err(|e| e.prefixed(&format!("rooms[{i}]: ")))?);
+    }
+    let made = state.store.submit(CreateRooms { rooms }).await??;
+    let data: Vec<Value> = made.iter().map(|r| r.to_json(&state.settings.public_url)).collect();
+    Ok(ok(&json!({"data": data})))
+}
+
+/// `DELETE /v1/batch/rooms` `{"room_names": [...]}`: up to 1,000 live rooms, all or none;
+/// each is deleted as `DELETE /v1/rooms/:name` does. Answers `{"deleted_count": n}`.
+pub async fn batch_delete(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let key = auth::api_key(&req, &state.keys)?;
+    let by = format!("api:{}", key.kid);
+    let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
+    let body = wire::parse_object(&bytes)?;
+    wire::only_fields(&body, &["room_names"])?;
+    let mut names = Vec::new();
+    for (i, v) in batch_list(&body, "room_names")?.iter().enumerate() {
+        match v.as_str() {
+            // A name no room can have names no room.
+            Some(n) if rooms::validate_name(n).is_ok() => names.push(n.to_string()),
+            Some(n) => return Err(ApiError::not_found(format!("room '{}' not found", wire::clip(n)))),
+            None => return Err(ApiError::invalid(format!("room_names[{i}] must be a string"))),
+        }
+    }
+    let deleted = state.store.submit(DeleteRooms { names, by }).await??;
+    Ok(ok(&json!({"deleted_count": deleted})))
 }
 
 /// A live room, or 404 (unknown, deleted, or expired: Daily answers 404 for expired rooms).

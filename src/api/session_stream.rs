@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use super::error::ApiError;
 use super::presence::PresenceEntry;
 use super::{AppState, Body};
+use crate::events::EventKind;
 use crate::sessions::{self, Session};
 use crate::store::fanout::{self, sse_frame};
 use crate::store::{Heartbeat, Heartbeats};
@@ -140,12 +141,16 @@ pub async fn run_background(state: Arc<AppState>) {
     }
 }
 
+/// The frame a stream ends with when its session is gone (not an event: nothing is logged).
+const ENDED: &str = "ended";
+
 fn ended(id: &str) -> fanout::Frame {
     fanout::Frame {
-        kind: Arc::from("ended"),
+        to: None,
+        kind: Arc::from(ENDED),
         about: Some(Arc::from(id)),
         admin_only: false,
-        bytes: sse_frame("ended", None, &json!({"session_id": id}).to_string()),
+        bytes: sse_frame(ENDED, None, &json!({"session_id": id}).to_string()),
     }
 }
 
@@ -266,7 +271,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                 }
                 got = own.recv() => match got {
                     Ok(f) => {
-                        if &*f.kind == "participant.joined" {
+                        if &*f.kind == EventKind::ParticipantJoined.as_str() {
                             // Admitted: the session is a full one now.
                             match state.store.session(&me.id) {
                                 Some(e) if !e.waiting => me = e.session.clone(),
@@ -325,7 +330,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
             }
             got = own.recv() => match got {
                 Ok(f) => {
-                    if &*f.kind == "participant.updated" {
+                    if &*f.kind == EventKind::ParticipantUpdated.as_str() {
                         // Its permissions changed: it may have become (or stopped being) an
                         // admin, who sees hidden participants and the lobby: a fresh snapshot.
                         if let Some(e) = state.store.session(&me.id) {
@@ -365,6 +370,9 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                 if f.about.as_deref() == Some(me.id.as_str()) || (f.admin_only && !admin) {
                     continue; // its own ring has it, or it is for the room's admins
                 }
+                if f.to.as_deref().is_some_and(|to| to != me.id.as_str()) {
+                    continue; // a message for someone else
+                }
                 if f.is_resync() {
                     // The room left large mode, or someone was hidden or shown: a fresh snapshot.
                     large = state.store.is_large_room(&me.room);
@@ -376,7 +384,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                     // The stream ends after a room's deletion (the frame is queued unless the
                     // reader lags; the body ends once the queue is drained). Other endings in
                     // the room are someone else's.
-                    if !out.offer(&f.bytes) || &*f.kind == "room.deleted" {
+                    if !out.offer(&f.bytes) || &*f.kind == EventKind::RoomDeleted.as_str() {
                         return;
                     }
                 }
@@ -412,7 +420,11 @@ fn access_frame(me: &Session, level: &str) -> Bytes {
 
 /// The event ends this session's stream.
 fn ends_me(kind: &str) -> bool {
-    matches!(kind, "participant.left" | "waiting-participant.left" | "ended" | "room.deleted")
+    kind == ENDED
+        || matches!(
+            EventKind::parse(kind),
+            Some(EventKind::ParticipantLeft | EventKind::WaitingParticipantLeft | EventKind::RoomDeleted)
+        )
 }
 
 /// `presence`: `{"session_id","room","will_eject_at","large","count","participants":[…]}`;

@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::error::ApiError;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
-use crate::events::{self, NewEvent};
+use crate::events::NewEvent;
 use crate::store::{CreateToken, Revoke, TokenRecord};
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
@@ -33,7 +33,7 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
         exp: props.int("exp"),
         created_ms: now_ms,
     };
-    let event = NewEvent::new(events::MEETING_TOKEN_CREATED, record_json(&record));
+    let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, record_json(&record));
     state.store.submit(CreateToken { record, event }).await?;
     Ok(ok(&json!({"token": token})))
 }

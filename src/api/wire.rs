@@ -20,7 +20,11 @@ const DRAIN_LIMIT: u64 = 1024 * 1024;
 /// Reads the whole body within the body deadline (408 past it, and the connection closes),
 /// refusing more than the body limit (413).
 pub async fn read_body(state: &super::AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    let limit = state.settings.body_limit;
+    read_body_up_to(state, req, state.settings.body_limit).await
+}
+
+/// [`read_body`] with another limit (the batch endpoints take more than one room's worth).
+pub async fn read_body_up_to(state: &super::AppState, req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(state.settings.conn.body_timeout, read_limited(req, limit)).await {
         Ok(r) => r,
         Err(_) => {

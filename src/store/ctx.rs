@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use super::journal::{LoggedEvent, Op};
 use super::keys;
@@ -250,7 +250,8 @@ impl Ctx<'_> {
 
     /// Logs an event: it gets the next seq now, its envelope is rendered now, and it becomes
     /// readable with the batch, once durable.
-    pub fn event(&mut self, kind: &'static str, payload: Value) {
+    pub fn event(&mut self, kind: crate::events::EventKind, payload: Value) {
+        let kind = kind.as_str();
         let seq = self.st.next_seq;
         self.st.next_seq += 1;
         let room = payload.get("room").and_then(Value::as_str).map(String::from);
@@ -303,6 +304,41 @@ impl Ctx<'_> {
         self.del(Tree::RoomsByCreated, keys::room_created(room.created_ms, &room.name));
         self.st.room_count = self.st.room_count.saturating_sub(1);
         self.clear_timer(&TimerId::RoomExp(Arc::from(room.name.as_str())));
+    }
+
+    /// The domain settings (empty until set).
+    pub fn domain_config(&self) -> Result<Map<String, Value>, StoreError> {
+        self.object(Tree::Meta, "meta", keys::META_DOMAIN_CONFIG)
+    }
+
+    pub fn put_domain_config(&mut self, config: &Map<String, Value>) -> Result<(), StoreError> {
+        self.put(Tree::Meta, keys::META_DOMAIN_CONFIG.to_vec(), records::encode_object(config)?);
+        Ok(())
+    }
+
+    /// A JSON object record (an empty object if there is none).
+    fn object(&self, t: Tree, name: &'static str, key: &[u8]) -> Result<Map<String, Value>, StoreError> {
+        self.get(t, key)?.map_or(Ok(Map::new()), |b| records::decode_object(name, key, &b))
+    }
+
+    /// A running meeting's session data (empty until set).
+    pub fn session_data(&self, meeting_id: &str) -> Result<Map<String, Value>, StoreError> {
+        self.object(Tree::Meetings, "meetings", &keys::meeting_data(meeting_id))
+    }
+
+    pub fn put_session_data(&mut self, meeting_id: &str, data: &Map<String, Value>) -> Result<(), StoreError> {
+        self.put(Tree::Meetings, keys::meeting_data(meeting_id), records::encode_object(data)?);
+        Ok(())
+    }
+
+    /// Session data lives as long as its meeting runs. (Looked up first: most meetings have
+    /// none, and a delete would cost the applier a sled write per meeting.)
+    pub fn del_session_data(&mut self, meeting_id: &str) -> Result<(), StoreError> {
+        let key = keys::meeting_data(meeting_id);
+        if self.get(Tree::Meetings, &key)?.is_some() {
+            self.del(Tree::Meetings, key);
+        }
+        Ok(())
     }
 
     pub fn room_json(&self, room: &Room) -> Value {

@@ -26,6 +26,7 @@ use tokio::sync::broadcast;
 
 use super::journal::LoggedEvent;
 use super::live::Live;
+use crate::events::EventKind;
 
 /// Frames each room's ring holds.
 pub const ROOM_RING: usize = 1024;
@@ -45,6 +46,10 @@ pub struct Frame {
     /// For the room's admins only: its kind's audience (`events::audience`), or it is about a
     /// participant hidden from presence.
     pub admin_only: bool,
+    /// For this session's streams only (an app message sent to one participant): it travels
+    /// in the room's ring, which a reader that falls behind resynchronizes from, rather than
+    /// in the session's own small ring, where a burst could push out the session's ending.
+    pub to: Option<Arc<str>>,
     pub bytes: Bytes,
 }
 
@@ -159,6 +164,16 @@ impl Hub {
         }
     }
 
+    /// Hands a frame to every stream following `room` (the people in the call: a lobby stream
+    /// follows only its own session), if any; it is not stored anywhere.
+    pub fn broadcast(&self, room: &str, frame: Frame) {
+        if let Ok(rooms) = self.rooms.lock() {
+            if let Some(fan) = rooms.get(room) {
+                let _ = fan.tx.send(Arc::new(frame));
+            }
+        }
+    }
+
     /// Hands a frame to session `id`'s streams, if any are open.
     pub fn notify(&self, id: &str, frame: Frame) {
         if let Ok(own) = self.own.lock() {
@@ -182,7 +197,7 @@ impl Hub {
         // Departed sessions are no longer in `live`: their `participant.left` says whether they
         // were hidden (and covers their `participant.ejected` of the same batch).
         let mut hidden_gone: Vec<&str> = Vec::new();
-        for e in events.iter().filter(|e| e.kind == "participant.left") {
+        for e in events.iter().filter(|e| EventKind::parse(&e.kind) == Some(EventKind::ParticipantLeft)) {
             if let (Some(id), Ok(v)) = (e.session.as_deref(), serde_json::from_str::<Value>(&e.envelope)) {
                 if !crate::sessions::has_presence(v["payload"].get("permissions")) {
                     hidden_gone.push(id);
@@ -209,8 +224,20 @@ impl Hub {
             if to_own.is_none() && fan.is_none() {
                 continue;
             }
-            let about_hidden = e.kind.starts_with("participant.") && e.session.as_deref().is_some_and(|id| hidden(id));
+            let kind = EventKind::parse(&e.kind);
+            let about_participant = matches!(
+                kind,
+                Some(
+                    EventKind::ParticipantJoined
+                        | EventKind::ParticipantLeft
+                        | EventKind::ParticipantEjected
+                        | EventKind::ParticipantJoinDenied
+                        | EventKind::ParticipantUpdated
+                )
+            );
+            let about_hidden = about_participant && e.session.as_deref().is_some_and(|id| hidden(id));
             let frame = Arc::new(Frame {
+                to: None,
                 kind: Arc::from(e.kind.as_str()),
                 about: e.session.as_deref().map(Arc::from),
                 admin_only: crate::events::audience(&e.kind) == crate::events::Audience::Admins || about_hidden,
@@ -238,7 +265,7 @@ impl Hub {
             }
             // Someone hidden or shown: everyone's view of who is present changes; each stream
             // takes a fresh snapshot (rare: an admin's update).
-            let presence_changed = e.kind == "participant.updated"
+            let presence_changed = kind == Some(EventKind::ParticipantUpdated)
                 && serde_json::from_str::<Value>(&e.envelope)
                     .is_ok_and(|v| v["payload"]["presence_changed"] == Value::Bool(true));
             if !fan.large {
@@ -248,11 +275,11 @@ impl Hub {
                 }
                 continue;
             }
-            match &*e.kind {
+            match kind {
                 // Joins and departures are folded into the next summary (the hidden ones left
                 // out); an ejection is followed by its departure.
-                "participant.joined" | "participant.left" if !about_hidden => fold(fan, e),
-                "participant.joined" | "participant.left" | "participant.ejected" => {}
+                Some(EventKind::ParticipantJoined | EventKind::ParticipantLeft) if !about_hidden => fold(fan, e),
+                Some(EventKind::ParticipantJoined | EventKind::ParticipantLeft | EventKind::ParticipantEjected) => {}
                 _ => {
                     let _ = fan.tx.send(frame);
                     if presence_changed {
@@ -279,6 +306,7 @@ impl Hub {
                 "left_total": fan.left_total,
             });
             let frame = Frame {
+                to: None,
                 kind: Arc::from("presence-summary"),
                 about: None,
                 admin_only: false,
@@ -307,7 +335,7 @@ impl Hub {
 }
 
 fn resync() -> Arc<Frame> {
-    Arc::new(Frame { kind: Arc::from(RESYNC), about: None, admin_only: false, bytes: Bytes::new() })
+    Arc::new(Frame { kind: Arc::from(RESYNC), about: None, admin_only: false, to: None, bytes: Bytes::new() })
 }
 
 /// Folds a join or a departure into the room's next summary.
@@ -322,7 +350,7 @@ fn fold(fan: &mut RoomFan, e: &LoggedEvent) {
         }
         o
     };
-    let (list, total, entry) = if e.kind == "participant.joined" {
+    let (list, total, entry) = if EventKind::parse(&e.kind) == Some(EventKind::ParticipantJoined) {
         (&mut fan.joined, &mut fan.joined_total, who(true))
     } else {
         (&mut fan.left, &mut fan.left_total, who(false))
@@ -337,30 +365,30 @@ fn fold(fan: &mut RoomFan, e: &LoggedEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Audience, KINDS};
+    use crate::events::{Audience, EventKind};
 
     /// Issue 24, item 3: every kind reaches a room's streams marked as its audience says.
     #[test]
     fn frames_are_marked_with_their_kinds_audience() {
         let hub = Hub::default();
         let (mut rx, _) = hub.subscribe("r", 0);
-        let events: Vec<LoggedEvent> = KINDS
+        let events: Vec<LoggedEvent> = EventKind::ALL
             .iter()
             .enumerate()
-            .map(|(i, (kind, _))| LoggedEvent {
+            .map(|(i, kind)| LoggedEvent {
                 seq: i as u64 + 1,
                 ts_ms: 0,
-                kind: kind.to_string(),
+                kind: kind.as_str().to_string(),
                 room: Some("r".into()),
                 envelope: r#"{"payload":{"room":"r"}}"#.into(),
                 session: None,
             })
             .collect();
         hub.publish(&events, &Live::default());
-        for (kind, audience) in KINDS {
-            let f = rx.try_recv().unwrap_or_else(|e| panic!("no frame for {kind}: {e}"));
-            assert_eq!(&*f.kind, *kind);
-            assert_eq!(f.admin_only, *audience == Audience::Admins, "{kind}");
+        for kind in EventKind::ALL {
+            let f = rx.try_recv().unwrap_or_else(|e| panic!("no frame for {kind:?}: {e}"));
+            assert_eq!(&*f.kind, kind.as_str());
+            assert_eq!(f.admin_only, kind.audience() == Audience::Admins, "{kind:?}");
         }
     }
 }

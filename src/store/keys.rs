@@ -13,6 +13,8 @@ pub const META_ROOMS: &[u8] = b"room_count";
 pub const META_APPLIED_LSN: &[u8] = b"applied_lsn";
 /// The first event seq served (compaction moves it).
 pub const META_EVENTS_OLDEST: &[u8] = b"events_oldest";
+/// The domain settings (`records::DomainRecord`); absent until the first `POST /v1/`.
+pub const META_DOMAIN_CONFIG: &[u8] = b"domain_config";
 
 /// Appends one length-prefixed part.
 pub fn part(k: &mut Vec<u8>, s: &[u8]) {
@@ -57,6 +59,14 @@ pub fn token_room(room: Option<&str>, jti: &str) -> Vec<u8> {
 /// `Meetings` tree: a meeting's record.
 pub fn meeting(id: &str) -> Vec<u8> {
     let mut k = b"m".to_vec();
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `Meetings` tree: a running meeting's session data (`set-session-data`), removed when the
+/// meeting ends.
+pub fn meeting_data(id: &str) -> Vec<u8> {
+    let mut k = b"d".to_vec();
     k.extend_from_slice(id.as_bytes());
     k
 }

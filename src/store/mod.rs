@@ -46,10 +46,11 @@ pub use backup::{restore, BackupSink, RestoreReport};
 pub use command::Command;
 pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
-    Compact, CreateRoom, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteWebhook, Delivery, Eject,
-    EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, PermissionsError, Progress, PurgeReport,
-    ReplayWebhook, Retention, Revoke, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom, UpdateWebhook,
-    Waiting, WaitingError, WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_WAITING_PER_ROOM,
+    Compact, CreateRoom, CreateRooms, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteRooms,
+    DeleteWebhook, Delivery, Eject, EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, Merge,
+    PermissionsError, Progress, PurgeReport, ReplayWebhook, Retention, Revoke, SessionDataError, SetDomain,
+    SetSessionData, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom, UpdateWebhook, Waiting, WaitingError,
+    WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_BATCH, MAX_SESSION_DATA, MAX_WAITING_PER_ROOM,
 };
 pub use eventlog::{Event, Page};
 pub use live::Entry;
@@ -622,6 +623,33 @@ impl Store {
         self.shared.hub.flush_summaries(now_ms)
     }
 
+    /// `send-app-message`: an `app-message` frame to the streams of everyone present in `room`
+    /// (`recipient` `None`) or of one session present there. Not stored: whoever is not in the
+    /// call (or has no stream open) never gets it, as with Daily. Answers how many present
+    /// sessions it was addressed to.
+    pub fn send_app_message(&self, room: &str, recipient: Option<&str>, data: &Value) -> usize {
+        let st = self.state();
+        let to = match recipient {
+            None => None,
+            Some(id) => match st.live.get(id) {
+                Some(e) if !e.waiting && e.session.room == room => Some(Arc::from(id)),
+                _ => return 0,
+            },
+        };
+        let n = if to.is_some() { 1 } else { st.live.present(room) as usize };
+        if n > 0 {
+            let body =
+                serde_json::json!({"room": room, "fromId": "api", "recipient": recipient.unwrap_or("*"), "data": data})
+                    .to_string();
+            let bytes = fanout::sse_frame("app-message", None, &body);
+            self.shared.hub.broadcast(
+                room,
+                fanout::Frame { kind: Arc::from("app-message"), about: None, admin_only: false, to, bytes },
+            );
+        }
+        n
+    }
+
     /// Whether `room` is in large mode now.
     pub fn is_large_room(&self, room: &str) -> bool {
         self.shared.hub.is_large(room)
@@ -652,6 +680,26 @@ impl Store {
             }
             None => Ok(None),
         }
+    }
+
+    /// The domain settings (`POST /v1/`), empty until set.
+    pub fn domain_config(&self) -> Result<Map<String, Value>, StoreError> {
+        let key = keys::META_DOMAIN_CONFIG;
+        self.get(Tree::Meta, key)?.map_or(Ok(Map::new()), |b| records::decode_object("meta", key, &b))
+    }
+
+    /// The session data of the meeting running in `room` (`get-session-data`); `None` when no
+    /// meeting is running there.
+    pub fn session_data(&self, room: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+        let st = self.state();
+        let Some(id) = st.live.room(room).filter(|r| !r.present.is_empty()).map(|r| r.meeting_id.clone()) else {
+            return Ok(None);
+        };
+        let key = keys::meeting_data(&id);
+        Ok(Some(
+            st.get(&self.shared.trees, Tree::Meetings, &key)?
+                .map_or(Ok(Map::new()), |b| records::decode_object("meetings", &key, &b))?,
+        ))
     }
 
     pub fn room_count(&self) -> Result<u64, StoreError> {

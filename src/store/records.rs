@@ -24,6 +24,31 @@ pub const WEBHOOK_V2: u8 = 2;
 pub const ATTEMPT_V1: u8 = 1;
 pub const MEETING_V1: u8 = 1;
 pub const MEETING_PARTICIPANT_V1: u8 = 1;
+pub const OBJECT_V1: u8 = 1;
+
+/// A free-form JSON object, as text (bincode cannot decode free-form JSON): the domain
+/// settings (`meta`), a running meeting's session data (`v2/meetings`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ObjectRecord {
+    pub json: String,
+}
+
+pub fn encode_object(map: &serde_json::Map<String, serde_json::Value>) -> Result<Vec<u8>, StoreError> {
+    encode(OBJECT_V1, &ObjectRecord { json: serde_json::Value::Object(map.clone()).to_string() })
+}
+
+pub fn decode_object(
+    tree: &'static str,
+    key: &[u8],
+    bytes: &[u8],
+) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    let rec: ObjectRecord = decode(tree, key, OBJECT_V1, bytes)?;
+    serde_json::from_str(&rec.json).map_err(|e| StoreError::Corrupt {
+        tree,
+        key: super::keys::printable(key),
+        why: format!("not a JSON object: {e}"),
+    })
+}
 
 /// A meeting session: from the first present join into an empty room to the last departure.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -156,6 +156,13 @@ try {
   await visitor.getByText("Hostess").waitFor({ timeout: 5000 });
   await hostess.getByText("Vera").waitFor({ timeout: 5000 });
   check(await hostess.locator("#lobby").isHidden(), "knock, admit: both present, the lobby empty");
+  // An app message to everyone shows on every page in the call, as text.
+  const note = "Break in 5 <b>minutes</b>";
+  const sent = await api("POST", "/v1/rooms/front-door/send-app-message", { data: { message: note }, recipient: "*" });
+  check(sent.sent === "true" && sent.recipients === 2, "send-app-message answers Daily's shape");
+  await visitor.locator("#messages").getByText(note).waitFor({ timeout: 5000 });
+  await hostess.locator("#messages").getByText(note).waitFor({ timeout: 5000 });
+  check((await visitor.locator("#messages b").count()) === 0, "an app message to everyone shows on the page, as text");
   const denied = await newPage();
   await denied.goto(`${BASE}/front-door`);
   await denied.getByLabel("Your name").fill("Dan");

@@ -66,6 +66,6 @@ fn ban_expiry(cx: &mut Ctx<'_>, room: &str, user: &str, now: i64) -> Result<usiz
         return Ok(0);
     }
     cx.del_ban(room, user)?;
-    cx.event(crate::events::BAN_REMOVED, json!({"room": room, "user_id": user, "reason": "expired"}));
+    cx.event(crate::events::EventKind::BanRemoved, json!({"room": room, "user_id": user, "reason": "expired"}));
     Ok(1)
 }

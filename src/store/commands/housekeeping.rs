@@ -117,7 +117,7 @@ impl Command for Sweep {
                     }
                     cx.del_ban(&room, &user)?;
                     cx.event(
-                        crate::events::BAN_REMOVED,
+                        crate::events::EventKind::BanRemoved,
                         json!({"room": room, "user_id": user, "reason": "room_deleted"}),
                     );
                     Ok(Verdict::Removed)
@@ -285,7 +285,8 @@ mod tests {
         assert_eq!(fourth, SweptPage { removed: 0, next: None }, "the sweep ends");
         assert!(store.bans("gone", 0).unwrap().is_empty());
         assert_eq!(store.bans("here", 0).unwrap().len(), 1);
-        let removed = store.events(0, 100, Some(&["ban.removed".to_string()])).unwrap().events;
+        let removed =
+            store.events(0, 100, Some(&[crate::events::EventKind::BanRemoved.as_str().to_string()])).unwrap().events;
         assert_eq!(removed.len(), 2);
         assert!(removed.iter().all(|e| e.envelope.contains(r#""room":"gone""#) && e.envelope.contains("room_deleted")));
         assert_eq!(store.submit(sweep(None, 10)).await.unwrap(), SweptPage::default(), "safe to repeat");

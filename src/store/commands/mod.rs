@@ -8,13 +8,15 @@ pub mod deadlines;
 pub mod housekeeping;
 pub mod moderation;
 pub mod rooms;
+pub mod session_data;
 pub mod sessions;
 pub mod tokens;
 pub mod webhooks;
 
 pub use housekeeping::{Compact, PurgeReport, Retention, Sweep, Sweeping, SweptPage, COMPACT_CHUNK};
 pub use moderation::{Eject, EjectError, LiftBan, PermissionsError, Revoke, UpdatePermissions};
-pub use rooms::{CreateRoom, DeleteRoom, UpdateRoom};
+pub use rooms::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, SetDomain, UpdateRoom, MAX_BATCH};
+pub use session_data::{Merge, SessionDataError, SetSessionData, MAX_SESSION_DATA};
 pub use sessions::{
     DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport,
     MAX_WAITING_PER_ROOM,

@@ -131,7 +131,7 @@ fn ban(
         let ban = BanRecord { until_ms: until, created_ms: now, by: eject.by.clone() };
         cx.put_ban(&eject.room, u, &ban)?;
         cx.event(
-            crate::events::BAN_CREATED,
+            crate::events::EventKind::BanCreated,
             json!({"room": eject.room, "user_id": u, "until": until.map(|ms| ms / 1000), "by": eject.by}),
         );
     }
@@ -141,7 +141,7 @@ fn ban(
         let r = RevocationRecord { until_ms: exp, issued_before_s: None, created_ms: now };
         cx.put_revocation(keys::revoke_token(token_id), &r)?;
         cx.event(
-            crate::events::MEETING_TOKEN_REVOKED,
+            crate::events::EventKind::MeetingTokenRevoked,
             json!({"room": eject.room, "jti": crate::tokens::short_id(token_id), "user_id": e.session.user_id, "by": eject.by, "reason": "banned"}),
         );
     }
@@ -163,7 +163,10 @@ impl Command for LiftBan {
             return Ok(false);
         }
         cx.del_ban(&self.room, &self.user_id)?;
-        cx.event(crate::events::BAN_REMOVED, json!({"room": self.room, "user_id": self.user_id, "reason": "lifted"}));
+        cx.event(
+            crate::events::EventKind::BanRemoved,
+            json!({"room": self.room, "user_id": self.user_id, "reason": "lifted"}),
+        );
         Ok(true)
     }
 }
@@ -217,7 +220,7 @@ impl Command for Revoke {
                 o.insert("room".into(), json!(targets.first().map(|e| e.session.room.clone())));
             }
         }
-        cx.event(crate::events::MEETING_TOKEN_REVOKED, payload);
+        cx.event(crate::events::EventKind::MeetingTokenRevoked, payload);
         end_sessions(cx, &targets, "token_revoked", &by, Ending::Normal)?;
         Ok(targets.iter().map(|e| e.session.id.clone()).collect())
     }
@@ -266,7 +269,7 @@ impl Command for UpdatePermissions {
             // Hidden or shown: streams must redraw who is present (the fan-out sends a resync).
             payload["presence_changed"] =
                 json!(shown_before != sessions::has_presence(next.session.permissions.as_ref()));
-            cx.event(crate::events::PARTICIPANT_UPDATED, payload);
+            cx.event(crate::events::EventKind::ParticipantUpdated, payload);
             updated.push(next.session.id.clone());
             cx.put_session(next)?;
         }
@@ -280,7 +283,7 @@ impl Command for UpdatePermissions {
 /// Owners keep theirs whatever `canAdmin` says, as they do for the session.
 fn remember_admin_right(cx: &mut Ctx<'_>, e: &Entry, permissions: &Value) -> Result<(), StoreError> {
     let (false, Some(token_id)) = (e.session.owner, &e.session.token_id) else { return Ok(()) };
-    if sessions::can_admin_participants(false, Some(permissions)) {
+    if crate::tokens::can_admin_participants(false, Some(permissions)) {
         return cx.set_admin_withdrawn(token_id, None);
     }
     let until_ms = e.token_exp.map(|exp| (exp * 1000.0).ceil() as i64);

@@ -147,7 +147,7 @@ fn enter(
         None => {
             let id = uuid::Uuid::now_v7().to_string();
             cx.event(
-                crate::events::MEETING_STARTED,
+                crate::events::EventKind::MeetingStarted,
                 json!({"room": session.room, "meeting_id": id, "start_ts": now as f64 / 1000.0}),
             );
             (id, now, true)
@@ -177,7 +177,7 @@ fn enter(
         cx.put_meeting(&m)?;
     }
     cx.put_meeting_participant(&session, None)?;
-    cx.event(crate::events::PARTICIPANT_JOINED, session.joined_payload());
+    cx.event(crate::events::EventKind::ParticipantJoined, session.joined_payload());
     Ok(session)
 }
 
@@ -221,7 +221,7 @@ fn knock(cx: &mut Ctx<'_>, req: &Join, room: &Room, claims: Option<&Claims>) -> 
         meeting_start_ms: 0,
         waiting: true,
     })?;
-    cx.event(crate::events::WAITING_PARTICIPANT_JOINED, session.waiting_payload());
+    cx.event(crate::events::EventKind::WaitingParticipantJoined, session.waiting_payload());
     Ok(JoinOutcome::Waiting(Box::new(session)))
 }
 
@@ -378,7 +378,7 @@ fn denied(cx: &mut Ctx<'_>, req: &Join, d: &Denial) {
         _ => (None, req.user_name.clone(), None),
     };
     cx.event(
-        crate::events::PARTICIPANT_JOIN_DENIED,
+        crate::events::EventKind::ParticipantJoinDenied,
         json!({"room": req.room, "reason": d.error, "detail": d.detail, "info": d.info, "user_id": user_id, "user_name": user_name, "jti": jti}),
     );
 }
@@ -470,17 +470,17 @@ pub fn end_sessions(
             continue;
         }
         if e.waiting {
-            cx.event(crate::events::WAITING_PARTICIPANT_LEFT, waiting_left_payload(s, reason));
+            cx.event(crate::events::EventKind::WaitingParticipantLeft, waiting_left_payload(s, reason));
             continue;
         }
         let left_reason = match reason {
             "left" | "timeout" => reason,
             _ => {
-                cx.event(crate::events::PARTICIPANT_EJECTED, s.ejected_payload(reason, by));
+                cx.event(crate::events::EventKind::ParticipantEjected, s.ejected_payload(reason, by));
                 "ejected"
             }
         };
-        cx.event(crate::events::PARTICIPANT_LEFT, s.left_payload(now, left_reason));
+        cx.event(crate::events::EventKind::ParticipantLeft, s.left_payload(now, left_reason));
         cx.put_meeting_participant(s, Some(now))?;
         let present = cx.present(&s.room);
         let over = present == 0 && ending != Ending::Replaced;
@@ -514,8 +514,9 @@ pub fn end_sessions(
         if !over {
             continue;
         }
+        cx.del_session_data(&meeting_id)?;
         cx.event(
-            crate::events::MEETING_ENDED,
+            crate::events::EventKind::MeetingEnded,
             json!({"room": s.room, "meeting_id": meeting_id, "start_ts": start as f64 / 1000.0, "end_ts": now as f64 / 1000.0}),
         );
         if let Some(room) = cx.room(&s.room)?.filter(|r| r.is_expired(now.div_euclid(1000))) {
@@ -552,7 +553,7 @@ pub fn drop_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str) -> R
     cx.drop_room(room);
     for user in cx.banned_in(&room.name, usize::MAX)? {
         cx.del_ban(&room.name, &user)?;
-        cx.event(crate::events::BAN_REMOVED, json!({"room": room.name, "user_id": user, "reason": reason}));
+        cx.event(crate::events::EventKind::BanRemoved, json!({"room": room.name, "user_id": user, "reason": reason}));
     }
     cx.forget_ban_count(&room.name);
     Ok(())

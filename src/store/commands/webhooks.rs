@@ -80,7 +80,7 @@ impl Command for CreateWebhook {
         let mut w = self.0;
         w.cursor = cx.next_seq();
         cx.put_webhook(&w, true)?;
-        cx.event(crate::events::WEBHOOK_CREATED, public_payload(&w));
+        cx.event(crate::events::EventKind::WebhookCreated, public_payload(&w));
         Ok(w)
     }
 }
@@ -104,7 +104,7 @@ impl Command for UpdateWebhook {
         w.updated_ms = cx.now_ms();
         w.version += 1;
         cx.put_webhook(&w, true)?;
-        cx.event(crate::events::WEBHOOK_UPDATED, public_payload(&w));
+        cx.event(crate::events::EventKind::WebhookUpdated, public_payload(&w));
         Ok(Some(w))
     }
 }
@@ -120,7 +120,7 @@ impl Command for DeleteWebhook {
     fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
         let Some(w) = cx.webhook(&self.id)? else { return Ok(None) };
         cx.del_webhook(&self.id)?;
-        cx.event(crate::events::WEBHOOK_DELETED, public_payload(&w));
+        cx.event(crate::events::EventKind::WebhookDeleted, public_payload(&w));
         Ok(Some(w))
     }
 }
@@ -143,7 +143,7 @@ impl Command for ReplayWebhook {
         cx.put_webhook(&w, true)?;
         let mut payload = public_payload(&w);
         payload["replay_from_seq"] = json!(self.from_seq);
-        cx.event(crate::events::WEBHOOK_UPDATED, payload);
+        cx.event(crate::events::EventKind::WebhookUpdated, payload);
         Ok(Some(w))
     }
 }
@@ -217,7 +217,7 @@ impl Command for WebhookProgress {
                 let mut payload = public_payload(&w);
                 payload["reason"] = json!(reason);
                 payload["failedCount"] = json!(w.failed_count);
-                cx.event(crate::events::WEBHOOK_FAILED, payload);
+                cx.event(crate::events::EventKind::WebhookFailed, payload);
                 reload = true;
             }
         }

@@ -255,7 +255,25 @@ function end(text) {
   show("ended");
 }
 
+// App messages (`send-app-message`): shown as text, the latest few. A message's `data` is any
+// JSON; an object with a `message` or `text` string shows that string.
+const MESSAGES = 20;
+function showMessage(data) {
+  const d = data && data.data;
+  const text = typeof d === "string" ? d
+    : d && typeof d.message === "string" ? d.message
+    : d && typeof d.text === "string" ? d.text
+    : JSON.stringify(d);
+  const li = document.createElement("li");
+  li.textContent = text;
+  const list = $("message-list");
+  list.prepend(li);
+  while (list.children.length > MESSAGES) list.lastChild.remove();
+  $("messages").hidden = false;
+}
+
 function onEvent(kind, data) {
+  if (kind === "app-message") return showMessage(data);
   if (kind === "access") {
     if (data.access && data.access.level === "full") enterMeeting(data);
     return;
