@@ -43,15 +43,6 @@ impl Denial {
             &format!("Too many people ({max}) are already waiting to join this meeting; try again later"),
         )
     }
-
-    /// 404 for `no-room`, 429 for a full lobby, 403 for every other refusal.
-    pub fn status(&self) -> u16 {
-        match self.error {
-            "no-room" => 404,
-            "rate-limit-error" => 429,
-            _ => 403,
-        }
-    }
 }
 
 /// The token part of a join attempt, as verified by the handler.

@@ -135,6 +135,19 @@ impl From<RoomError> for ApiError {
     }
 }
 
+impl From<crate::sessions::Denial> for ApiError {
+    /// A refused join, in Daily's words: 404 for `no-room`, 429 for a full lobby, 403 for every
+    /// other refusal.
+    fn from(d: crate::sessions::Denial) -> Self {
+        let status = match d.error {
+            "no-room" => StatusCode::NOT_FOUND,
+            "rate-limit-error" => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::FORBIDDEN,
+        };
+        ApiError::new(status, d.error, d.info)
+    }
+}
+
 impl From<crate::store::SessionDataError> for ApiError {
     fn from(e: crate::store::SessionDataError) -> Self {
         match e {

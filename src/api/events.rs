@@ -9,10 +9,10 @@ use serde_json::json;
 
 use super::error::ApiError;
 use super::wire;
-use super::{auth, AppState, Body};
+use super::{AppState, Body};
+use crate::tokens::SigningKey;
 
 pub async fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let after = wire::int_param(&q, "after", 0, i64::MAX)?.unwrap_or(0) as u64;
     let limit = wire::int_param(&q, "limit", 1, 1000)?.unwrap_or(100) as usize;
@@ -83,8 +83,7 @@ pub(super) fn gone(state: &AppState, oldest: u64) -> ApiError {
 
 /// `GET /v1/events/stream`: SSE with `id:` = seq, resuming after `Last-Event-ID` (which wins)
 /// or `after`; a comment every 15 s; only durable events.
-pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let key = auth::api_key(req, &state.keys)?;
+pub fn stream(state: &Arc<AppState>, req: &Request<Incoming>, key: &SigningKey) -> Result<Response<Body>, ApiError> {
     let cap = state.settings.max_event_streams_per_key;
     let slot = state.streams.take(&format!("key:{}", key.kid), cap).ok_or_else(|| {
         super::participants::too_many(format!("this API key already has {cap} open event streams; close one first"))

@@ -266,7 +266,7 @@ async fn dispatch(
     req: Request<Incoming>,
     found: Result<(&'static routes::Route, Vec<String>), routes::Miss>,
 ) -> Result<Response<Body>, ApiError> {
-    use routes::Op;
+    use routes::{Access, Op};
     let (route, params) = match found {
         Ok(f) => f,
         Err(routes::Miss::BadPath) => {
@@ -288,21 +288,38 @@ async fn dispatch(
     if route.names_a_room() && crate::rooms::validate_name(p(0)).is_err() {
         return Err(ApiError::not_found("room not found"));
     }
+    // Who may call the route is declared with it: the API key is checked here, once, for every
+    // route that needs it (handlers of the others check their own credentials).
+    let key = match route.access {
+        Access::ApiKey => Some(auth::api_key(&req, &state.keys)?),
+        Access::Metrics if !state.settings.metrics_public => Some(auth::api_key(&req, &state.keys)?),
+        _ => None,
+    };
+    // The key of a route declared `ApiKey`, for the handlers that sign or name with it.
+    let key = || {
+        key.ok_or_else(|| {
+            ApiError::new(
+                hyper::StatusCode::INTERNAL_SERVER_ERROR,
+                "server-error",
+                "route declared without the API key",
+            )
+        })
+    };
     match route.op {
         Op::Healthz => Ok(ops::healthz()),
         Op::Readyz => Ok(ops::readyz(state)),
-        Op::Metrics => ops::metrics(state, &req),
-        Op::Backup => ops::backup(state, &req).await,
+        Op::Metrics => ops::metrics(state),
+        Op::Backup => ops::backup(state).await,
         Op::OpenApi => Ok(wire::ok(&openapi::document())),
-        Op::Domain => ops::domain(state, &req),
+        Op::Domain => ops::domain(state),
         Op::UpdateDomain => ops::update_domain(state, req).await,
         Op::BatchCreateRooms => rooms::batch_create(state, req).await,
-        Op::BatchDeleteRooms => rooms::batch_delete(state, req).await,
+        Op::BatchDeleteRooms => rooms::batch_delete(state, req, key()?).await,
         Op::ListRooms => rooms::list(state, &req),
         Op::CreateRoom => rooms::create(state, req).await,
-        Op::GetRoom => rooms::get(state, &req, p(0)),
+        Op::GetRoom => rooms::get(state, p(0)),
         Op::UpdateRoom => rooms::update(state, req, p(0)).await,
-        Op::DeleteRoom => rooms::delete(state, &req, p(0)).await,
+        Op::DeleteRoom => rooms::delete(state, p(0), key()?).await,
         Op::Join => participants::join(state, req, peer, p(0)).await,
         Op::PreAuth => access::pre_auth(state, req, peer, p(0)).await,
         Op::Eject => participants::eject(state, req, p(0)).await,
@@ -311,29 +328,29 @@ async fn dispatch(
         Op::WaitingDecide => access::decide(state, req, p(0)).await,
         Op::RoomPresence => presence::room(state, &req, p(0)),
         Op::SendAppMessage => call::send_app_message(state, req, p(0)).await,
-        Op::GetSessionData => call::get_session_data(state, &req, p(0)),
+        Op::GetSessionData => call::get_session_data(state, p(0)),
         Op::SetSessionData => call::set_session_data(state, req, p(0)).await,
         Op::Bans => participants::bans(state, &req, p(0)),
-        Op::LiftBan => participants::lift_ban(state, &req, p(0), p(1)).await,
+        Op::LiftBan => participants::lift_ban(state, p(0), p(1)).await,
         Op::Presence => presence::all(state, &req),
         Op::Heartbeat => participants::heartbeat(state, &req, p(0)).await,
         Op::Leave => participants::leave(state, &req, p(0)).await,
         Op::SessionStream => session_stream::stream(state, &req, p(0)).await,
-        Op::RevokeTokens => tokens::revoke(state, req).await,
-        Op::CreateToken => tokens::create(state, req).await,
+        Op::RevokeTokens => tokens::revoke(state, req, key()?).await,
+        Op::CreateToken => tokens::create(state, req, key()?).await,
         Op::ListTokens => tokens::list(state, &req),
         Op::ValidateToken => tokens::validate(state, &req, p(0)),
         Op::Events => events::list(state, &req).await,
-        Op::EventStream => events::stream(state, &req),
+        Op::EventStream => events::stream(state, &req, key()?),
         Op::CreateWebhook => webhooks::create(state, req).await,
-        Op::ListWebhooks => webhooks::list(state, &req),
-        Op::GetWebhook => webhooks::get(state, &req, p(0)),
+        Op::ListWebhooks => webhooks::list(state),
+        Op::GetWebhook => webhooks::get(state, p(0)),
         Op::UpdateWebhook => webhooks::update(state, req, p(0)).await,
-        Op::DeleteWebhook => webhooks::delete(state, &req, p(0)).await,
+        Op::DeleteWebhook => webhooks::delete(state, p(0)).await,
         Op::ReplayWebhook => webhooks::replay(state, req, p(0)).await,
-        Op::WebhookAttempts => webhooks::attempts(state, &req, p(0)),
+        Op::WebhookAttempts => webhooks::attempts(state, p(0)),
         Op::ListMeetings => meetings::list(state, &req),
-        Op::GetMeeting => meetings::get(state, &req, p(0)),
+        Op::GetMeeting => meetings::get(state, p(0)),
         Op::MeetingParticipants => meetings::participants(state, &req, p(0)),
         #[cfg(feature = "test-clock")]
         Op::TestClock => ops::test_clock(state, req).await,

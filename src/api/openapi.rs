@@ -1,8 +1,12 @@
-//! `GET /v1/openapi.json`: the OpenAPI 3.1 document of the HTTP API. Kept next to the router;
+//! `GET /v1/openapi.json`: the OpenAPI 3.1 document of the HTTP API. Its operations come from the
+//! route table (each route declares who may call it, its summary, body, answers and parameters);
+//! the schemas are written here.
 //! `tests/openapi.rs` checks that every route the router answers is documented and CI runs
 //! schemathesis against a live server with it (5xx, schema and status mismatches fail).
 
 use serde_json::{json, Value};
+
+use super::routes::{Access, Answer, Param, ROUTES};
 
 fn err(desc: &str) -> Value {
     json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
@@ -50,12 +54,6 @@ fn op(summary: &str, params: Vec<Value>, request: Option<Value>, responses: Valu
     o
 }
 
-/// A participant-facing operation: no API key (a token or session secret instead).
-fn public(mut o: Value) -> Value {
-    o["security"] = json!([]);
-    o
-}
-
 fn sse() -> Value {
     json!({"description": "text/event-stream", "content": {"text/event-stream": {"schema": {}}}})
 }
@@ -64,11 +62,77 @@ fn open_object() -> Value {
     json!({"type": "object", "additionalProperties": true})
 }
 
+/// The OpenAPI path of a route pattern (`/v1/rooms/:name` → `/v1/rooms/{name}`; the domain is
+/// `/v1/`, as Daily writes it).
+fn openapi_path(pattern: &str) -> String {
+    if pattern == "/v1" {
+        return "/v1/".to_string();
+    }
+    pattern
+        .split('/')
+        .map(|seg| seg.strip_prefix(':').map_or(seg.to_string(), |p| format!("{{{p}}}")))
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+fn param(p: &Param) -> Value {
+    match *p {
+        Param::Str(name) => query(name, json!({"type": "string"})),
+        Param::Bool(name) => query(name, json!({"type": "boolean"})),
+        Param::Int(name, min, None) => query(name, json!({"type": "integer", "minimum": min})),
+        Param::Int(name, min, Some(max)) => query(name, json!({"type": "integer", "minimum": min, "maximum": max})),
+    }
+}
+
+/// Every API operation, from the route table: what each route declares of itself (who may
+/// call it, its summary, body, answers and parameters) is all this says of it.
+fn paths() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let d = &r.doc;
+        let success = match d.answer {
+            Answer::Json(schema) => ok(schema),
+            Answer::Sse => sse(),
+            Answer::Text => {
+                json!({"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}})
+            }
+            Answer::Binary => {
+                json!({"description": "backup file", "content": {"application/octet-stream": {"schema": {"type": "string"}}}})
+            }
+            Answer::Page | Answer::Undocumented => continue,
+        };
+        let mut responses = json!({"200": success});
+        for o in d.also {
+            responses[o.status] = if o.schema == "Error" {
+                err(o.when)
+            } else {
+                json!({"description": o.when, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", o.schema)}}}})
+            };
+        }
+        let operation = if r.access == Access::Public {
+            json!({"summary": d.summary, "responses": responses})
+        } else {
+            let params: Vec<Value> = r
+                .path
+                .split('/')
+                .filter_map(|seg| seg.strip_prefix(':'))
+                .map(path_param)
+                .chain(d.query.iter().map(param))
+                .collect();
+            let mut o = op(d.summary, params, d.body.map(body), responses);
+            if !r.access.needs_bearer() {
+                o["security"] = json!([]);
+            }
+            o
+        };
+        let entry = paths.entry(openapi_path(r.path)).or_insert_with(|| json!({}));
+        entry[r.method.as_str().to_lowercase()] = operation;
+    }
+    Value::Object(paths)
+}
+
 /// The document.
 pub fn document() -> Value {
-    let name = || path_param("name");
-    let id = || path_param("id");
-    let limit = |max: u32| query("limit", json!({"type": "integer", "minimum": 1, "maximum": max}));
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Gatehouse", "version": env!("CARGO_PKG_VERSION"),
@@ -152,74 +216,6 @@ pub fn document() -> Value {
                 "Replay": {"type": "object", "properties": {"from_seq": {"type": "integer"}}},
             }
         },
-        "paths": {
-            "/healthz": {"get": {"summary": "Alive", "responses": {"200": ok("Object")}}},
-            "/readyz": {"get": {"summary": "Store open and writable, timers loaded", "responses": {"200": ok("Object"), "503": ok("Object")}}},
-            "/metrics": {"get": op("Prometheus metrics (text)", vec![], None, json!({"200": {"description": "Prometheus text", "content": {"text/plain": {"schema": {"type": "string"}}}}}))},
-            "/v1/": {
-                "get": op("The domain (its id is the `d` claim of tokens)", vec![], None, json!({"200": ok("Domain")})),
-                "post": op("Change the domain settings (defaults for rooms created afterwards; null removes one)", vec![], Some(body("DomainWrite")), json!({"200": ok("Domain")}))
-            },
-            "/v1/batch/rooms": {
-                "post": op("Create up to 1,000 rooms, all or none", vec![], Some(body("BatchRooms")), json!({"200": ok("BatchCreated")})),
-                "delete": op("Delete up to 1,000 rooms, all or none", vec![], Some(body("BatchRoomNames")), json!({"200": ok("BatchDeleted")}))
-            },
-            "/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": ok("Object")}}},
-            "/v1/rooms": {
-                "get": op("List rooms, newest first", vec![limit(100), query("starting_after", json!({"type": "string"})), query("ending_before", json!({"type": "string"}))], None, json!({"200": ok("RoomList")})),
-                "post": op("Create a room (no name: a random one)", vec![], Some(body("RoomWrite")), json!({"200": ok("Room")}))
-            },
-            "/v1/rooms/{name}": {
-                "get": op("Get a room", vec![name()], None, json!({"200": ok("Room")})),
-                "post": op("Update a room (null removes a property)", vec![name()], Some(body("RoomWrite")), json!({"200": ok("Room")})),
-                "delete": op("Delete a room (everyone present is ejected)", vec![name()], None, json!({"200": ok("Deleted")}))
-            },
-            "/v1/rooms/{name}/join": {"post": public(op("Join (a token or none for public rooms)", vec![name()], Some(body("Join")), json!({"200": ok("Joined"), "403": err("refused: not-allowed, nbf-room, exp-room, nbf-token, exp-token, meeting-full, ejected"), "429": err("too many join attempts")})))},
-            "/v1/rooms/{name}/pre-auth": {"post": public(op("(ext) What a join would get now: full, lobby (knock-to-join) or none", vec![name()], Some(body("PreAuth")), json!({"200": ok("Access"), "429": err("too many join attempts")})))},
-            "/v1/rooms/{name}/update-permissions": {"post": op("Update present participants' permissions (API key, or an admin token of the room)", vec![name()], Some(body("UpdatePermissions")), json!({"200": ok("PermissionsSent"), "403": err("not allowed")}))},
-            "/v1/rooms/{name}/waiting-participants": {
-                "get": op("(ext) Who waits in the room's lobby (API key, or an admin token of the room)", vec![name()], None, json!({"200": ok("WaitingList"), "403": err("not allowed")})),
-                "post": op("(ext) Admit or deny waiting participants", vec![name()], Some(body("WaitingDecisions")), json!({"200": ok("WaitingDecided"), "403": err("not allowed")}))
-            },
-            "/v1/rooms/{name}/eject": {"post": op("Eject sessions (API key, or an owner token of the room)", vec![name()], Some(body("Eject")), json!({"200": ok("Ejected"), "403": err("not allowed to eject")}))},
-            "/v1/rooms/{name}/send-app-message": {"post": op("Send a message to the session streams of those in the call now (not stored)", vec![name()], Some(body("AppMessage")), json!({"200": ok("AppMessageSent")}))},
-            "/v1/rooms/{name}/get-session-data": {"get": op("The running meeting's session data", vec![name()], None, json!({"200": ok("SessionData")}))},
-            "/v1/rooms/{name}/set-session-data": {"post": op("Set the running meeting's session data (replace or shallow-merge)", vec![name()], Some(body("SetSessionData")), json!({"200": ok("SessionDataSet")}))},
-            "/v1/rooms/{name}/presence": {"get": op("Who is in the room", vec![name()], None, json!({"200": ok("Presence")}))},
-            "/v1/rooms/{name}/bans": {"get": op("(ext) Bans of the room in force, in user id order, a page at a time", vec![name(), limit(1000), query("starting_after", json!({"type": "string"}))], None, json!({"200": ok("BanList")}))},
-            "/v1/rooms/{name}/bans/{user_id}": {"delete": op("(ext) Lift a ban", vec![name(), path_param("user_id")], None, json!({"200": ok("Deleted")}))},
-            "/v1/presence": {"get": op("Everyone present, by room", vec![], None, json!({"200": ok("Object")}))},
-            "/v1/sessions/{id}/heartbeat": {"post": op("Keep a session's lease (session secret)", vec![id()], None, json!({"200": ok("Object")}))},
-            "/v1/sessions/{id}/leave": {"post": op("Leave (session secret)", vec![id()], None, json!({"200": ok("Object")}))},
-            "/v1/sessions/{id}/stream": {"get": op("SSE: presence changes and this session's end (session secret)", vec![id()], None, json!({"200": sse()}))},
-            "/v1/meeting-tokens": {
-                "get": op("(ext) Issued tokens", vec![limit(100), query("room_name", json!({"type": "string"})), query("starting_after", json!({"type": "string"}))], None, json!({"200": ok("TokenList")})),
-                "post": op("Create a meeting token", vec![], Some(body("TokenRequest")), json!({"200": ok("TokenResponse")}))
-            },
-            "/v1/meeting-tokens/{token}": {"get": op("Validate a token", vec![path_param("token"), query("ignoreNbf", json!({"type": "boolean"})), query("verbose", json!({"type": "boolean"}))], None, json!({"200": ok("Object")}))},
-            "/v1/meeting-tokens/revoke": {"post": op("(ext) Revoke tokens", vec![], Some(body("Revoke")), json!({"200": ok("Revoked")}))},
-            "/v1/events": {"get": op("The durable event log", vec![query("after", json!({"type": "integer", "minimum": 0})), limit(1000), query("types", json!({"type": "string"})), query("wait", json!({"type": "integer", "minimum": 0, "maximum": 60}))], None, json!({"200": ok("Events"), "410": err("position older than the retained log")}))},
-            "/v1/events/stream": {"get": op("SSE of the event log", vec![query("after", json!({"type": "integer", "minimum": 0})), query("types", json!({"type": "string"}))], None, json!({"200": sse(), "410": err("position older than the retained log")}))},
-            "/v1/webhooks": {
-                "get": op("List webhooks", vec![], None, json!({"200": ok("WebhookList")})),
-                "post": op("Create a webhook (the URL must answer a test POST with 2xx)", vec![], Some(body("WebhookWrite")), json!({"200": ok("Webhook")}))
-            },
-            "/v1/webhooks/{id}": {
-                "get": op("Get a webhook", vec![id()], None, json!({"200": ok("Webhook")})),
-                "post": op("Update and re-activate a webhook", vec![id()], Some(body("WebhookWrite")), json!({"200": ok("Webhook")})),
-                "delete": op("Delete a webhook", vec![id()], None, json!({"200": ok("Deleted")}))
-            },
-            "/v1/webhooks/{id}/replay": {"post": op("(ext) Move the cursor back", vec![id()], Some(body("Replay")), json!({"200": ok("Webhook"), "410": err("position older than the retained log")}))},
-            "/v1/webhooks/{id}/attempts": {"get": op("(ext) Failed attempts", vec![id()], None, json!({"200": ok("Object")}))},
-            "/v1/meetings": {"get": op("Meetings, newest first", vec![
-                query("room", json!({"type": "string"})), query("timeframe_start", json!({"type": "integer", "minimum": 0})),
-                query("timeframe_end", json!({"type": "integer", "minimum": 0})), query("ongoing", json!({"type": "boolean"})),
-                query("no_participants", json!({"type": "boolean"})), limit(100),
-                query("starting_after", json!({"type": "string"})), query("ending_before", json!({"type": "string"}))], None, json!({"200": ok("MeetingList")}))},
-            "/v1/meetings/{id}": {"get": op("A meeting", vec![id()], None, json!({"200": ok("Meeting")}))},
-            "/v1/meetings/{id}/participants": {"get": op("A meeting's participants, in join order", vec![id(), limit(1000),
-                query("joined_after", json!({"type": "string"})), query("joined_before", json!({"type": "string"}))], None, json!({"200": ok("MeetingParticipants")}))},
-            "/v1/backup": {"get": op("(ext) A consistent backup, streamed", vec![], None, json!({"200": {"description": "backup file", "content": {"application/octet-stream": {"schema": {"type": "string"}}}}}))}
-        }
+        "paths": paths(),
     })
 }

@@ -8,12 +8,12 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::wire::{self, ok};
-use super::{auth, AppState, Body};
+use super::{AppState, Body};
 use crate::rooms::{self, Privacy, Room};
 use crate::store::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, RoomCursor, UpdateRoom, MAX_BATCH};
+use crate::tokens::SigningKey;
 
 async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
-    auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body(state, req).await?;
     wire::parse_object(&bytes)
 }
@@ -68,7 +68,6 @@ fn batch_list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Vec<V
 /// `POST /v1/batch/rooms` `{"rooms": [{name?, privacy?, properties?}, ...]}`: up to 1,000
 /// rooms, all or none, answered `{"data": [room, ...]}` in the order given.
 pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(&req, &state.keys)?;
     let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["rooms"])?;
@@ -86,8 +85,11 @@ pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Resu
 
 /// `DELETE /v1/batch/rooms` `{"room_names": [...]}`: up to 1,000 live rooms, all or none;
 /// each is deleted as `DELETE /v1/rooms/:name` does. Answers `{"deleted_count": n}`.
-pub async fn batch_delete(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let key = auth::api_key(&req, &state.keys)?;
+pub async fn batch_delete(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    key: &SigningKey,
+) -> Result<Response<Body>, ApiError> {
     let by = format!("api:{}", key.kid);
     let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
     let body = wire::parse_object(&bytes)?;
@@ -111,8 +113,7 @@ fn live_room(state: &AppState, name: &str) -> Result<Room, ApiError> {
     state.store.room(name)?.filter(|r| !r.is_expired(now)).ok_or_else(|| ApiError::not_found("room not found"))
 }
 
-pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+pub fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
     let room = live_room(state, name)?;
     Ok(ok(&room.to_json(&state.settings.public_url)))
 }
@@ -127,7 +128,6 @@ fn cursor_param(q: &std::collections::HashMap<String, String>, name: &str) -> Re
 }
 
 pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let limit = wire::int_param(&q, "limit", 1, 100)?.unwrap_or(100) as usize;
     let cursor = match (cursor_param(&q, "starting_after")?, cursor_param(&q, "ending_before")?) {
@@ -154,8 +154,7 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
     room_response(state, out)
 }
 
-pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
-    let key = auth::api_key(req, &state.keys)?;
+pub async fn delete(state: &Arc<AppState>, name: &str, key: &SigningKey) -> Result<Response<Body>, ApiError> {
     live_room(state, name)?;
     let name = state.store.submit(DeleteRoom { name: name.to_string(), by: format!("api:{}", key.kid) }).await??;
     Ok(ok(&json!({"deleted": true, "name": name})))

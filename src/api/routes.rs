@@ -73,74 +73,266 @@ pub struct Route {
     pub method: Method,
     pub path: &'static str,
     pub op: Op,
+    /// Who may call it.
+    pub access: Access,
+    /// What the OpenAPI document and the endpoint table of docs/API.md say of it.
+    pub doc: Doc,
     /// `"<METHOD> <path>"`, e.g. `"GET /v1/rooms/:name"`.
     pub label: &'static str,
+}
+
+/// Who may call a route. The router itself checks the API key for [`Access::ApiKey`] (and for
+/// [`Access::Metrics`] unless `/metrics` is public) before the handler runs; the credentials
+/// of the others (a meeting token, a session secret) are their handlers' to check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: health, the OpenAPI document, the pages and their assets.
+    Public,
+    /// The API key.
+    ApiKey,
+    /// `/metrics`: the API key, unless the server runs with `--metrics-public`.
+    Metrics,
+    /// A participant about to join: a meeting token, or nothing (a public room).
+    Participant,
+    /// A session's secret (heartbeat, leave, its stream).
+    Session,
+    /// The API key, or a meeting token of the room that makes its holder an admin (eject,
+    /// permissions, the lobby, room presence).
+    ApiKeyOrParticipant,
+}
+
+impl Access {
+    /// Whether a request must carry a bearer credential (the OpenAPI document's `security`).
+    pub fn needs_bearer(self) -> bool {
+        !matches!(self, Access::Public | Access::Participant)
+    }
+
+    /// Who, in words (the endpoint table of docs/API.md).
+    pub fn who(self) -> &'static str {
+        match self {
+            Access::Public => "anyone",
+            Access::ApiKey => "API key",
+            Access::Metrics => "API key (unless `--metrics-public`)",
+            Access::Participant => "a meeting token, or none (public room)",
+            Access::Session => "the session's secret",
+            Access::ApiKeyOrParticipant => "API key, or an admin token of the room",
+        }
+    }
+}
+
+/// What is said of a route: a summary, its request body and answers, its query parameters.
+/// The OpenAPI document (`openapi.rs`) and the endpoint table of docs/API.md are made from it.
+#[derive(Debug)]
+pub struct Doc {
+    pub summary: &'static str,
+    /// The request body's schema (a component of the OpenAPI document), if it takes one.
+    pub body: Option<&'static str>,
+    pub answer: Answer,
+    pub query: &'static [Param],
+    /// Answers besides the success and the errors every authenticated call can give.
+    pub also: &'static [Other],
+}
+
+/// What a route answers when it succeeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// JSON of this schema (a component of the OpenAPI document).
+    Json(&'static str),
+    /// `text/event-stream`.
+    Sse,
+    /// Prometheus text.
+    Text,
+    /// A backup file.
+    Binary,
+    /// HTML or a static asset: a page, not an API operation (left out of the OpenAPI document).
+    Page,
+    /// A test hook, routed only in `test-clock` builds and documented nowhere.
+    Undocumented,
+}
+
+/// A query parameter.
+#[derive(Debug, Clone, Copy)]
+pub enum Param {
+    Str(&'static str),
+    Bool(&'static str),
+    /// An integer at least this, at most that (if any).
+    Int(&'static str, i64, Option<i64>),
+}
+
+const LIMIT_100: Param = Param::Int("limit", 1, Some(100));
+const LIMIT_1000: Param = Param::Int("limit", 1, Some(1000));
+
+/// Another answer: status, when, schema.
+#[derive(Debug, Clone, Copy)]
+pub struct Other {
+    pub status: &'static str,
+    pub when: &'static str,
+    pub schema: &'static str,
+}
+
+/// An error answer (the `Error` schema).
+const fn error(status: &'static str, when: &'static str) -> Other {
+    Other { status, when, schema: "Error" }
+}
+
+/// An answer with its own schema.
+const fn answer(status: &'static str, when: &'static str, schema: &'static str) -> Other {
+    Other { status, when, schema }
+}
+
+const fn json(schema: &'static str) -> Answer {
+    Answer::Json(schema)
+}
+
+const fn doc(summary: &'static str, answer: Answer) -> Doc {
+    Doc { summary, body: None, answer, query: &[], also: &[] }
+}
+
+impl Doc {
+    const fn body(self, schema: &'static str) -> Doc {
+        Doc { body: Some(schema), ..self }
+    }
+
+    const fn query(self, query: &'static [Param]) -> Doc {
+        Doc { query, ..self }
+    }
+
+    const fn also(self, also: &'static [Other]) -> Doc {
+        Doc { also, ..self }
+    }
 }
 
 /// The label of a request no route matches (unknown path, or a known path with another method).
 pub const UNMATCHED: &str = "unmatched";
 
 macro_rules! routes {
-    ($($method:ident $path:literal => $op:ident,)*) => {
+    ($($method:ident $path:literal => $op:ident ($access:ident) $doc:expr,)*) => {
         /// Every route, in matching order (the first route whose method and pattern fit wins).
         pub static ROUTES: &[Route] = &[
-            $(Route { method: Method::$method, path: $path, op: Op::$op, label: concat!(stringify!($method), " ", $path) },)*
+            $(Route {
+                method: Method::$method,
+                path: $path,
+                op: Op::$op,
+                access: Access::$access,
+                label: concat!(stringify!($method), " ", $path),
+                doc: $doc,
+            },)*
         ];
     };
 }
 
 routes! {
-    GET "/healthz" => Healthz,
-    GET "/readyz" => Readyz,
-    GET "/metrics" => Metrics,
-    GET "/v1/backup" => Backup,
-    GET "/v1/openapi.json" => OpenApi,
-    GET "/v1" => Domain,
-    POST "/v1" => UpdateDomain,
-    POST "/v1/batch/rooms" => BatchCreateRooms,
-    DELETE "/v1/batch/rooms" => BatchDeleteRooms,
-    GET "/v1/rooms" => ListRooms,
-    POST "/v1/rooms" => CreateRoom,
-    GET "/v1/rooms/:name" => GetRoom,
-    POST "/v1/rooms/:name" => UpdateRoom,
-    DELETE "/v1/rooms/:name" => DeleteRoom,
-    POST "/v1/rooms/:name/join" => Join,
-    POST "/v1/rooms/:name/pre-auth" => PreAuth,
-    POST "/v1/rooms/:name/eject" => Eject,
-    POST "/v1/rooms/:name/update-permissions" => UpdatePermissions,
-    GET "/v1/rooms/:name/waiting-participants" => WaitingList,
-    POST "/v1/rooms/:name/waiting-participants" => WaitingDecide,
-    GET "/v1/rooms/:name/presence" => RoomPresence,
-    POST "/v1/rooms/:name/send-app-message" => SendAppMessage,
-    GET "/v1/rooms/:name/get-session-data" => GetSessionData,
-    POST "/v1/rooms/:name/set-session-data" => SetSessionData,
-    GET "/v1/rooms/:name/bans" => Bans,
-    DELETE "/v1/rooms/:name/bans/:user_id" => LiftBan,
-    GET "/v1/presence" => Presence,
-    POST "/v1/sessions/:id/heartbeat" => Heartbeat,
-    POST "/v1/sessions/:id/leave" => Leave,
-    GET "/v1/sessions/:id/stream" => SessionStream,
-    POST "/v1/meeting-tokens/revoke" => RevokeTokens,
-    POST "/v1/meeting-tokens" => CreateToken,
-    GET "/v1/meeting-tokens" => ListTokens,
-    GET "/v1/meeting-tokens/:token" => ValidateToken,
-    GET "/v1/events" => Events,
-    GET "/v1/events/stream" => EventStream,
-    POST "/v1/webhooks" => CreateWebhook,
-    GET "/v1/webhooks" => ListWebhooks,
-    GET "/v1/webhooks/:id" => GetWebhook,
-    POST "/v1/webhooks/:id" => UpdateWebhook,
-    DELETE "/v1/webhooks/:id" => DeleteWebhook,
-    POST "/v1/webhooks/:id/replay" => ReplayWebhook,
-    GET "/v1/webhooks/:id/attempts" => WebhookAttempts,
-    GET "/v1/meetings" => ListMeetings,
-    GET "/v1/meetings/:id" => GetMeeting,
-    GET "/v1/meetings/:id/participants" => MeetingParticipants,
-    POST "/v1/_test/clock" => TestClock,
-    POST "/v1/_test/faults" => TestFaults,
-    GET "/dashboard" => Dashboard,
-    GET "/assets/:file" => Asset,
-    GET "/:room" => RoomPage,
+    GET "/healthz" => Healthz (Public) doc("Alive", json("Object")),
+    GET "/readyz" => Readyz (Public)
+        doc("Store open and writable, timers loaded", json("Object")).also(&[answer("503", "not ready (the body says why)", "Object")]),
+    GET "/metrics" => Metrics (Metrics) doc("Prometheus metrics (text)", Answer::Text),
+    GET "/v1/backup" => Backup (ApiKey) doc("(ext) A consistent backup, streamed", Answer::Binary),
+    GET "/v1/openapi.json" => OpenApi (Public) doc("This document", json("Object")),
+    GET "/v1" => Domain (ApiKey) doc("The domain (its id is the `d` claim of tokens)", json("Domain")),
+    POST "/v1" => UpdateDomain (ApiKey)
+        doc("Change the domain settings (defaults for rooms created afterwards; null removes one)", json("Domain")).body("DomainWrite"),
+    POST "/v1/batch/rooms" => BatchCreateRooms (ApiKey)
+        doc("Create up to 1,000 rooms, all or none", json("BatchCreated")).body("BatchRooms"),
+    DELETE "/v1/batch/rooms" => BatchDeleteRooms (ApiKey)
+        doc("Delete up to 1,000 rooms, all or none", json("BatchDeleted")).body("BatchRoomNames"),
+    GET "/v1/rooms" => ListRooms (ApiKey)
+        doc("List rooms, newest first", json("RoomList")).query(&[LIMIT_100, Param::Str("starting_after"), Param::Str("ending_before")]),
+    POST "/v1/rooms" => CreateRoom (ApiKey) doc("Create a room (no name: a random one)", json("Room")).body("RoomWrite"),
+    GET "/v1/rooms/:name" => GetRoom (ApiKey) doc("Get a room", json("Room")),
+    POST "/v1/rooms/:name" => UpdateRoom (ApiKey) doc("Update a room (null removes a property)", json("Room")).body("RoomWrite"),
+    DELETE "/v1/rooms/:name" => DeleteRoom (ApiKey) doc("Delete a room (everyone present is ejected)", json("Deleted")),
+    POST "/v1/rooms/:name/join" => Join (Participant)
+        doc("Join", json("Joined")).body("Join").also(&[
+            error("403", "refused: not-allowed, nbf-room, exp-room, nbf-token, exp-token, meeting-full, ejected"),
+            error("429", "too many join attempts"),
+        ]),
+    POST "/v1/rooms/:name/pre-auth" => PreAuth (Participant)
+        doc("(ext) What a join would get now: full, lobby (knock-to-join) or none", json("Access"))
+            .body("PreAuth")
+            .also(&[error("429", "too many join attempts")]),
+    POST "/v1/rooms/:name/eject" => Eject (ApiKeyOrParticipant)
+        doc("Eject sessions (an admin token may eject from its room)", json("Ejected"))
+            .body("Eject")
+            .also(&[error("403", "not allowed to eject")]),
+    POST "/v1/rooms/:name/update-permissions" => UpdatePermissions (ApiKeyOrParticipant)
+        doc("Update present participants' permissions", json("PermissionsSent"))
+            .body("UpdatePermissions")
+            .also(&[error("403", "not allowed")]),
+    GET "/v1/rooms/:name/waiting-participants" => WaitingList (ApiKeyOrParticipant)
+        doc("(ext) Who waits in the room's lobby", json("WaitingList"))
+            .also(&[error("403", "not allowed")]),
+    POST "/v1/rooms/:name/waiting-participants" => WaitingDecide (ApiKeyOrParticipant)
+        doc("(ext) Admit or deny waiting participants", json("WaitingDecided"))
+            .body("WaitingDecisions")
+            .also(&[error("403", "not allowed")]),
+    GET "/v1/rooms/:name/presence" => RoomPresence (ApiKeyOrParticipant) doc("Who is in the room", json("Presence")),
+    POST "/v1/rooms/:name/send-app-message" => SendAppMessage (ApiKey)
+        doc("Send a message to the session streams of those in the call now (not stored)", json("AppMessageSent")).body("AppMessage"),
+    GET "/v1/rooms/:name/get-session-data" => GetSessionData (ApiKey) doc("The running meeting's session data", json("SessionData")),
+    POST "/v1/rooms/:name/set-session-data" => SetSessionData (ApiKey)
+        doc("Set the running meeting's session data (replace or shallow-merge)", json("SessionDataSet")).body("SetSessionData"),
+    GET "/v1/rooms/:name/bans" => Bans (ApiKey)
+        doc("(ext) Bans of the room in force, in user id order, a page at a time", json("BanList"))
+            .query(&[LIMIT_1000, Param::Str("starting_after")]),
+    DELETE "/v1/rooms/:name/bans/:user_id" => LiftBan (ApiKey) doc("(ext) Lift a ban", json("Deleted")),
+    GET "/v1/presence" => Presence (ApiKey) doc("Everyone present, by room", json("Object")),
+    POST "/v1/sessions/:id/heartbeat" => Heartbeat (Session) doc("Keep a session's lease", json("Object")),
+    POST "/v1/sessions/:id/leave" => Leave (Session) doc("Leave", json("Object")),
+    GET "/v1/sessions/:id/stream" => SessionStream (Session)
+        doc("SSE: presence changes and this session's end", Answer::Sse),
+    POST "/v1/meeting-tokens/revoke" => RevokeTokens (ApiKey) doc("(ext) Revoke tokens", json("Revoked")).body("Revoke"),
+    POST "/v1/meeting-tokens" => CreateToken (ApiKey) doc("Create a meeting token", json("TokenResponse")).body("TokenRequest"),
+    GET "/v1/meeting-tokens" => ListTokens (ApiKey)
+        doc("(ext) Issued tokens", json("TokenList")).query(&[LIMIT_100, Param::Str("room_name"), Param::Str("starting_after")]),
+    GET "/v1/meeting-tokens/:token" => ValidateToken (ApiKey)
+        doc("Validate a token", json("Object")).query(&[Param::Bool("ignoreNbf"), Param::Bool("verbose")]),
+    GET "/v1/events" => Events (ApiKey)
+        doc("The durable event log", json("Events"))
+            .query(&[Param::Int("after", 0, None), LIMIT_1000, Param::Str("types"), Param::Int("wait", 0, Some(60))])
+            .also(&[error("410", "position older than the retained log")]),
+    GET "/v1/events/stream" => EventStream (ApiKey)
+        doc("SSE of the event log", Answer::Sse)
+            .query(&[Param::Int("after", 0, None), Param::Str("types")])
+            .also(&[error("410", "position older than the retained log")]),
+    POST "/v1/webhooks" => CreateWebhook (ApiKey)
+        doc("Create a webhook (the URL must answer a test POST with 2xx)", json("Webhook")).body("WebhookWrite"),
+    GET "/v1/webhooks" => ListWebhooks (ApiKey) doc("List webhooks", json("WebhookList")),
+    GET "/v1/webhooks/:id" => GetWebhook (ApiKey) doc("Get a webhook", json("Webhook")),
+    POST "/v1/webhooks/:id" => UpdateWebhook (ApiKey) doc("Update and re-activate a webhook", json("Webhook")).body("WebhookWrite"),
+    DELETE "/v1/webhooks/:id" => DeleteWebhook (ApiKey) doc("Delete a webhook", json("Deleted")),
+    POST "/v1/webhooks/:id/replay" => ReplayWebhook (ApiKey)
+        doc("(ext) Move the cursor back", json("Webhook")).body("Replay").also(&[error("410", "position older than the retained log")]),
+    GET "/v1/webhooks/:id/attempts" => WebhookAttempts (ApiKey) doc("(ext) Failed attempts", json("Object")),
+    GET "/v1/meetings" => ListMeetings (ApiKey)
+        doc("Meetings, newest first", json("MeetingList")).query(&[
+            Param::Str("room"),
+            Param::Int("timeframe_start", 0, None),
+            Param::Int("timeframe_end", 0, None),
+            Param::Bool("ongoing"),
+            Param::Bool("no_participants"),
+            LIMIT_100,
+            Param::Str("starting_after"),
+            Param::Str("ending_before"),
+        ]),
+    GET "/v1/meetings/:id" => GetMeeting (ApiKey) doc("A meeting", json("Meeting")),
+    GET "/v1/meetings/:id/participants" => MeetingParticipants (ApiKey)
+        doc("A meeting's participants, in join order", json("MeetingParticipants"))
+            .query(&[LIMIT_1000, Param::Str("joined_after"), Param::Str("joined_before")]),
+    POST "/v1/_test/clock" => TestClock (ApiKey) doc("Move the server's clock (test builds only)", Answer::Undocumented),
+    POST "/v1/_test/faults" => TestFaults (ApiKey) doc("Inject store faults (test builds only)", Answer::Undocumented),
+    GET "/dashboard" => Dashboard (Public) doc("The dashboard (HTML; it asks for the API key)", Answer::Page),
+    GET "/assets/:file" => Asset (Public) doc("The pages' scripts and styles", Answer::Page),
+    GET "/:room" => RoomPage (Public) doc("The room page (HTML)", Answer::Page),
+}
+
+/// The endpoint table of docs/API.md, from the route table (`tests/api_doc.rs` keeps the two
+/// equal): every route but the test hooks, with who may call it and what it does.
+pub fn endpoint_table() -> String {
+    let mut out = String::from("| endpoint | who | what |\n|---|---|---|\n");
+    for r in ROUTES.iter().filter(|r| r.doc.answer != Answer::Undocumented) {
+        out.push_str(&format!("| `{}` | {} | {} |\n", r.label, r.access.who(), r.doc.summary));
+    }
+    out
 }
 
 impl Route {

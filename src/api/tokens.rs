@@ -8,13 +8,17 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::wire::{self, ok};
-use super::{auth, AppState, Body};
+use super::{AppState, Body};
 use crate::events::NewEvent;
 use crate::store::{CreateToken, Revoke, TokenRecord};
+use crate::tokens::SigningKey;
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
-pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let key = auth::api_key(&req, &state.keys)?;
+pub async fn create(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    key: &SigningKey,
+) -> Result<Response<Body>, ApiError> {
     let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;
     wire::only_fields(&body, &["properties"])?;
@@ -63,7 +67,6 @@ fn status_word(r: &Rejection) -> &'static str {
 }
 
 pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let ignore_nbf = wire::bool_param(&q, "ignoreNbf")?;
     let verbose = wire::bool_param(&q, "verbose")?;
@@ -105,7 +108,6 @@ pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> 
 }
 
 pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
     let q = wire::query(req)?;
     let limit = wire::int_param(&q, "limit", 1, 100)?.unwrap_or(100) as usize;
     let room = q.get("room_name").filter(|s| !s.is_empty()).map(String::as_str);
@@ -118,8 +120,11 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
 
 /// `POST /v1/meeting-tokens/revoke`: by `jti`, by `token`, by (`room_name`, `user_id`), or by
 /// (`room_name`, `issued_before`). Sessions using what is revoked are ejected.
-pub async fn revoke(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let key = auth::api_key(&req, &state.keys)?;
+pub async fn revoke(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    key: &SigningKey,
+) -> Result<Response<Body>, ApiError> {
     let by = format!("api:{}", key.kid);
     let bytes = wire::read_body(state, req).await?;
     let body = wire::parse_object(&bytes)?;

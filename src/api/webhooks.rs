@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
 use super::wire::{self, ok};
-use super::{auth, AppState, Body};
+use super::{AppState, Body};
 use crate::clock::rfc3339_ms;
 use crate::store::{CreateWebhook, DeleteWebhook, ReplayWebhook, UpdateWebhook, WebhookPatch, WebhookRecord};
 use crate::webhooks::{self, signing};
@@ -108,7 +108,6 @@ fn answer(out: Option<WebhookRecord>) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(&req, &state.keys)?;
     let body = object_body(state, req).await?;
     let p = parse(&body)?;
     let url = p.url.clone().ok_or_else(|| ApiError::invalid("'url' is required"))?;
@@ -136,21 +135,18 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
     answer(Some(state.store.submit(CreateWebhook(w)).await?))
 }
 
-pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+pub fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     let all: Vec<Value> = state.store.webhooks()?.iter().map(webhook_json).collect();
     Ok(ok(&Value::Array(all)))
 }
 
-pub fn get(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+pub fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     let w = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     Ok(ok(&webhook_json(&w)))
 }
 
 /// Updates and re-activates: a `FAILED` webhook resumes from its cursor, losing nothing.
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(&req, &state.keys)?;
     let body = object_body(state, req).await?;
     let p = parse(&body)?;
     let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
@@ -159,8 +155,7 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     answer(state.store.submit(UpdateWebhook { id: id.to_string(), patch: p }).await?)
 }
 
-pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     match state.store.submit(DeleteWebhook { id: id.to_string() }).await? {
         Some(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
         None => Err(ApiError::not_found("webhook not found")),
@@ -168,7 +163,6 @@ pub async fn delete(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) ->
 }
 
 pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(&req, &state.keys)?;
     let body = object_body(state, req).await?;
     wire::only_fields(&body, &["from_seq"])?;
     let head = state.store.durable_seq();
@@ -184,8 +178,7 @@ pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
     answer(state.store.submit(ReplayWebhook { id: id.to_string(), from_seq: from }).await?)
 }
 
-pub fn attempts(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    auth::api_key(req, &state.keys)?;
+pub fn attempts(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     let w = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     let data: Vec<Value> = state
         .store

@@ -694,7 +694,11 @@ fn verify_webhook(s: &Server, lin: &Lineage) {
 
 fn new_lobby(s: &Server, lin: &Lineage) {
     let name = format!("lobby-{}", lin.counter.fetch_add(1, Ordering::Relaxed));
-    s.create_room(json!({"name": name, "privacy": "private", "properties": {"enable_knocking": true}}));
+    // Room for every grant of a round: at 200 (the default) a fast, long round's grants could
+    // fill it, and a `meeting-full` refusal is no durability failure.
+    s.create_room(
+        json!({"name": name, "privacy": "private", "properties": {"enable_knocking": true, "max_participants": 10000}}),
+    );
     lin.ledger.lock().unwrap().rooms.insert(name.clone());
     *lin.lobby.lock().unwrap() = name;
 }
