@@ -90,9 +90,9 @@ fn reqwest_url_invalid(u: &str) -> bool {
 }
 
 async fn probe(state: &AppState, w: &WebhookRecord) -> Result<(), ApiError> {
-    webhooks::probe(&state.outbound, &w.url, &w.hmac, w.basic_auth.as_deref(), state.clock.now_secs())
-        .await
-        .map_err(|e| ApiError::invalid(format!("the URL must answer a test POST with 2xx: {}", wire::clip_long(&e))))
+    webhooks::probe(&state.outbound, &w.url, &w.hmac, w.basic_auth.as_deref(), state.clock.now_secs()).await.map_err(
+        |e| ApiError::invalid(format!("the URL must answer a test POST with 2xx: {}", wire::clip_long(&e.to_string()))),
+    )
 }
 
 async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {

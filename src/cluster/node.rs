@@ -27,7 +27,7 @@ use anyhow::Context as _;
 use super::etcd::{Compare, Etcd, EtcdError, Op};
 use super::leader::{Leadership, Role};
 use crate::config::Settings;
-use crate::store::{ClusterHooks, Replicate};
+use crate::store::{ClusterHooks, Replicate, ReplicateError};
 
 /// Most bytes of records in one transaction (etcd takes 1.5 MiB per request; base64 adds a
 /// third).
@@ -263,8 +263,17 @@ struct EtcdReplicate {
     patience: Duration,
 }
 
+/// Why batches could not be committed to etcd.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    #[error("this node is no longer the leader (fenced out)")]
+    Fenced,
+    #[error(transparent)]
+    Etcd(#[from] EtcdError),
+}
+
 impl EtcdReplicate {
-    async fn fenced(&self, ops: Vec<Op>) -> Result<(), String> {
+    async fn fenced(&self, ops: Vec<Op>) -> Result<(), CommitError> {
         let started = Instant::now();
         loop {
             // Short attempts: during an etcd election, ask again (another member, or the same
@@ -273,19 +282,19 @@ impl EtcdReplicate {
             let attempt = Some(Duration::from_millis(1000));
             match self.etcd.txn_within(std::slice::from_ref(&self.fence), &ops, &[], attempt).await {
                 Ok(r) if r.succeeded => return Ok(()),
-                Ok(_) => return Err("this node is no longer the leader (fenced out)".into()),
+                Ok(_) => return Err(CommitError::Fenced),
                 Err(e @ (EtcdError::Unreachable(_) | EtcdError::Server { .. }))
                     if started.elapsed() < self.patience =>
                 {
                     tracing::warn!(error = %e, "cluster: commit failed; retrying");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
     }
 
-    async fn commit_all(&self, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+    async fn commit_all(&self, records: &[(u64, Vec<u8>)]) -> Result<(), CommitError> {
         let mut ops = Vec::new();
         let mut bytes = 0;
         for (lsn, rec) in records {
@@ -319,7 +328,7 @@ impl EtcdReplicate {
 }
 
 impl Replicate for EtcdReplicate {
-    fn commit(&self, records: &[(u64, Vec<u8>)]) -> Result<(), String> {
+    fn commit(&self, records: &[(u64, Vec<u8>)]) -> Result<(), ReplicateError> {
         let r = self.rt.block_on(self.commit_all(records));
         if let Err(why) = &r {
             // Nothing of these batches is acknowledged; what the cluster committed is the
@@ -328,7 +337,7 @@ impl Replicate for EtcdReplicate {
             eprintln!("gatehouse: cluster commit failed ({why}); exiting so another node leads");
             std::process::exit(EXIT_DEPOSED);
         }
-        r
+        r.map_err(|e| Box::new(e) as ReplicateError)
     }
 }
 

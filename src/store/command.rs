@@ -29,7 +29,7 @@ pub(crate) trait Answer: Send {
     /// The command failed: the writer undoes what it recorded.
     fn failed(&self) -> bool;
     /// Sends the reply; `synced` is the batch's fate (an error replaces the command's result).
-    fn send(self: Box<Self>, synced: Result<(), String>);
+    fn send(self: Box<Self>, synced: Result<(), super::NotDurable>);
 }
 
 pub(crate) struct Typed<C: Command> {
@@ -58,10 +58,10 @@ impl<R: Send + 'static> Answer for Pending<R> {
         self.result.is_err()
     }
 
-    fn send(self: Box<Self>, synced: Result<(), String>) {
+    fn send(self: Box<Self>, synced: Result<(), super::NotDurable>) {
         let answer = match synced {
             Ok(()) => self.result,
-            Err(e) => Err(StoreError::Unavailable(e)),
+            Err(e) => Err(StoreError::Unavailable(e.to_string())),
         };
         let _ = self.reply.send(answer);
     }

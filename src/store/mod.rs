@@ -87,6 +87,35 @@ pub enum StoreError {
     Durability(String),
 }
 
+/// Why a batch was not made durable. Every command of the batch is answered with it (a 503:
+/// nothing of the batch was acknowledged). Cloned to each of them, so it carries text.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NotDurable {
+    /// The store refuses writes until a restart, for this reason (an earlier failed sync, a
+    /// hole in the event log, a failed checkpoint…).
+    #[error("{0}")]
+    Refusing(String),
+    /// The batch could not be appended to the journal (a full disk may clear: later batches
+    /// are tried).
+    #[error("{0}")]
+    Append(String),
+    /// The journal's `fdatasync` failed: the store refuses writes from now on.
+    #[error("journal fdatasync failed: {0}")]
+    Sync(String),
+    /// Cluster mode: the batches could not be committed to etcd.
+    #[error("committing to the cluster failed: {0}")]
+    Replicate(String),
+    /// The applier thread is gone.
+    #[error("the applier thread is gone")]
+    ApplierGone,
+    /// The syncer thread is gone.
+    #[error("the syncer thread is gone")]
+    SyncerGone,
+}
+
+/// Why a cluster commit failed: nothing of the batches may be acknowledged.
+pub type ReplicateError = Box<dyn std::error::Error + Send + Sync>;
+
 /// How hard a sync pushes data down before a mutation is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncMode {
@@ -119,7 +148,7 @@ pub fn read_domain_id(data_dir: &Path) -> Result<Option<uuid::Uuid>, StoreError>
 pub trait Replicate: Send + Sync {
     /// Commits the framed journal records `(lsn, record)`, in order; `Err`: not committed
     /// (nothing of them may be acknowledged).
-    fn commit(&self, records: &[(u64, Vec<u8>)]) -> Result<(), String>;
+    fn commit(&self, records: &[(u64, Vec<u8>)]) -> Result<(), ReplicateError>;
 }
 
 /// Starts the journal of an empty data dir with `records` (framed, in lsn order), for the

@@ -21,7 +21,7 @@ use super::applier::Applied;
 use super::command::Answer;
 use super::journal;
 use super::state::State;
-use super::{Shared, StoreStats, SyncMode};
+use super::{NotDurable, Shared, StoreStats, SyncMode};
 
 /// Most messages taken in one round (one sync per journal file covers them all).
 const MAX_GROUP: usize = 256;
@@ -41,7 +41,7 @@ pub struct Appended {
     pub oldest_before: u64,
     pub answers: Vec<Box<dyn Answer>>,
     /// The writer's verdict before any sync (an append failure, a poisoned store).
-    pub outcome: Result<(), String>,
+    pub outcome: Result<(), NotDurable>,
 }
 
 pub enum ToSyncer {
@@ -82,9 +82,9 @@ impl Syncer {
     }
 
     /// Syncs, once each and in order, the files the group's hard batches were appended to.
-    fn sync_files(&self, group: &[ToSyncer]) -> Result<(), String> {
+    fn sync_files(&self, group: &[ToSyncer]) -> Result<(), NotDurable> {
         if let Some(why) = self.shared.poisoned() {
-            return Err(why);
+            return Err(NotDurable::Refusing(why));
         }
         if self.sync != SyncMode::Fdatasync {
             return Ok(());
@@ -104,8 +104,8 @@ impl Syncer {
             self.shared.health.syncer_idle();
             self.stats.sync_seconds.observe(started.elapsed().as_secs_f64());
             if let Err(e) = synced {
-                let why = format!("journal fdatasync failed: {e}");
-                self.shared.poison(why.clone());
+                let why = NotDurable::Sync(e.to_string());
+                self.shared.poison(why.to_string());
                 return Err(why);
             }
         }
@@ -113,7 +113,7 @@ impl Syncer {
     }
 
     /// Cluster mode: commits the group's batches (in order) where every node reads them.
-    fn replicate(&self, group: &[ToSyncer]) -> Result<(), String> {
+    fn replicate(&self, group: &[ToSyncer]) -> Result<(), NotDurable> {
         let Some(r) = &self.replicate else { return Ok(()) };
         let mut records = Vec::new();
         for m in group {
@@ -121,26 +121,26 @@ impl Syncer {
                 if b.ops.is_empty() && b.events.is_empty() {
                     continue;
                 }
-                records.push((b.lsn, journal::encode_batch(b).map_err(|e| e.to_string())?));
+                records.push((b.lsn, journal::encode_batch(b).map_err(|e| NotDurable::Replicate(e.to_string()))?));
             }
         }
         if records.is_empty() {
             return Ok(());
         }
-        if let Err(why) = r.commit(&records) {
-            let why = format!("committing to the cluster failed: {why}");
-            self.shared.poison(why.clone());
+        if let Err(e) = r.commit(&records) {
+            let why = NotDurable::Replicate(e.to_string());
+            self.shared.poison(why.to_string());
             return Err(why);
         }
         Ok(())
     }
 
-    fn finish(&self, a: Appended, synced: &Result<(), String>) {
+    fn finish(&self, a: Appended, synced: &Result<(), NotDurable>) {
         let mut outcome = a.outcome.and_then(|()| synced.clone());
         // An earlier batch of this group may have poisoned the store since the sync (its events
         // could not be logged): nothing after it may be published over the hole.
         if let (Ok(()), Some(why)) = (&outcome, self.shared.poisoned()) {
-            outcome = Err(why);
+            outcome = Err(NotDurable::Refusing(why));
         }
         if outcome.is_ok() {
             if let (Some(batch), Some(state)) = (a.batch, a.state) {
@@ -161,7 +161,7 @@ impl Syncer {
         state: State,
         webhooks_touched: bool,
         oldest_before: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), NotDurable> {
         let oldest = state.events_oldest;
         let state = Arc::new(state);
         self.shared.published.store(state.clone());
@@ -185,9 +185,8 @@ impl Syncer {
             self.shared.webhooks_changed.send_modify(|v| *v += 1);
         }
         if self.applier.send(Applied { lsn: batch.lsn, ops: batch.ops }).is_err() {
-            let why = "the applier thread is gone".to_string();
-            self.shared.poison(why.clone());
-            return Err(why);
+            self.shared.poison(NotDurable::ApplierGone.to_string());
+            return Err(NotDurable::ApplierGone);
         }
         Ok(())
     }

@@ -24,7 +24,7 @@ use super::journal::{self, Journal};
 use super::state::{Private, State, Tree, Trees};
 use super::syncer::{Appended, ToSyncer};
 use super::timers::TimerId;
-use super::{Shared, StoreError};
+use super::{NotDurable, Shared, StoreError};
 
 /// Most commands in one batch.
 const MAX_BATCH: usize = 1024;
@@ -218,7 +218,7 @@ impl Writer {
             outcome: Ok(()),
         };
         if let Some(why) = self.shared.poisoned() {
-            out.outcome = Err(why);
+            out.outcome = Err(NotDurable::Refusing(why));
         } else if !(buf.ops.is_empty() && buf.events.is_empty()) {
             if self.state.room_count != base.room_count {
                 let key = super::keys::META_ROOMS.to_vec();
@@ -236,7 +236,7 @@ impl Writer {
                     self.state = base;
                     self.shared.writable.store(false, Ordering::SeqCst);
                     tracing::error!(error = %e, "journal append failed; the batch is refused");
-                    out.outcome = Err(e.to_string());
+                    out.outcome = Err(NotDurable::Append(e.to_string()));
                 }
                 Ok(()) => {
                     self.shared.writable.store(true, Ordering::SeqCst);
@@ -257,9 +257,9 @@ impl Writer {
             }
         }
         if let Err(std::sync::mpsc::SendError(ToSyncer::Batch(lost))) = self.syncer.send(ToSyncer::Batch(out)) {
-            self.shared.poison("the syncer thread is gone".into());
+            self.shared.poison(NotDurable::SyncerGone.to_string());
             for a in lost.answers {
-                a.send(Err("the syncer thread is gone".into()));
+                a.send(Err(NotDurable::SyncerGone));
             }
         }
     }
@@ -328,7 +328,7 @@ impl Answer for Refused {
         true
     }
 
-    fn send(self: Box<Self>, _synced: Result<(), String>) {
+    fn send(self: Box<Self>, _synced: Result<(), NotDurable>) {
         // The job's own reply channel is inside it; dropping it tells the caller the store is
         // unavailable ("shutting down" would be wrong, so run it against nothing instead).
         let Refused(err, job) = *self;

@@ -62,6 +62,22 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// Why an outbound request was not made or got no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("the HTTP client could not be built: {0}")]
+    Client(reqwest::Error),
+    #[error("not a URL: {0}")]
+    NotUrl(url::ParseError),
+    #[error("the URL must be http or https")]
+    Scheme,
+    #[error("private, loopback and link-local addresses are refused (--webhook-deny-private)")]
+    Private,
+    /// The request failed: timed out, could not connect, or broke off (the whole chain of causes).
+    #[error("{0}")]
+    Failed(String),
+}
+
 #[derive(Clone)]
 pub struct Outbound {
     client: reqwest::Client,
@@ -69,7 +85,7 @@ pub struct Outbound {
 }
 
 impl Outbound {
-    pub fn new(deny_private: bool, timeout: Duration) -> Result<Outbound, String> {
+    pub fn new(deny_private: bool, timeout: Duration) -> Result<Outbound, OutboundError> {
         // One TLS crypto provider for the process (ring: a pure-Rust build, no cmake). Installing
         // it twice is a no-op error we can ignore.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -82,25 +98,25 @@ impl Outbound {
         if deny_private {
             b = b.dns_resolver(Arc::new(GuardedResolver));
         }
-        Ok(Outbound { client: b.build().map_err(|e| e.to_string())?, deny_private })
+        Ok(Outbound { client: b.build().map_err(OutboundError::Client)?, deny_private })
     }
 
     /// A plain client (no redirects, no proxy) for the CLI talking to its own server.
-    pub fn raw_client() -> Result<reqwest::Client, String> {
+    pub fn raw_client() -> Result<reqwest::Client, OutboundError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         reqwest::Client::builder()
             .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(OutboundError::Client)
     }
 
     /// Refuses URLs that cannot be delivered to: bad scheme, or a literal private IP when
     /// private targets are refused (names are checked by the resolver at connect time).
-    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, String> {
-        let u = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    pub fn check_url(&self, url: &str) -> Result<reqwest::Url, OutboundError> {
+        let u = reqwest::Url::parse(url).map_err(OutboundError::NotUrl)?;
         if !matches!(u.scheme(), "http" | "https") {
-            return Err("the URL must be http or https".into());
+            return Err(OutboundError::Scheme);
         }
         if self.deny_private {
             let literal = match u.host() {
@@ -109,7 +125,7 @@ impl Outbound {
                 _ => None,
             };
             if literal.is_some_and(is_private) {
-                return Err("private, loopback and link-local addresses are refused (--webhook-deny-private)".into());
+                return Err(OutboundError::Private);
             }
         }
         Ok(u)
@@ -122,7 +138,7 @@ impl Outbound {
         basic_auth: Option<&str>,
         headers: &[(&'static str, String)],
         body: String,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, OutboundError> {
         let u = self.check_url(url)?;
         let mut req = self.client.post(u).header("content-type", "application/json").body(body);
         for (k, v) in headers {
@@ -172,7 +188,7 @@ pub struct Response {
 
 /// What went wrong, for the attempt log and the webhook API's error messages. Without the URL,
 /// which may carry credentials (the webhook's own configuration says where it was).
-fn describe(e: reqwest::Error) -> String {
+fn describe(e: reqwest::Error) -> OutboundError {
     let e = e.without_url();
     let kind = if e.is_timeout() {
         "timed out"
@@ -187,7 +203,7 @@ fn describe(e: reqwest::Error) -> String {
         msg.push_str(&format!(": {s}"));
         src = s.source();
     }
-    msg
+    OutboundError::Failed(msg)
 }
 
 #[cfg(test)]

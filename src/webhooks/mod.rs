@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use client::{is_private, Outbound, TIMEOUT};
+pub use client::{is_private, Outbound, OutboundError, TIMEOUT};
 
 use crate::clock::SharedClock;
 use crate::store::{AttemptRecord, Delivery, Event, Progress, Store, WebhookProgress, WebhookRecord};
@@ -28,9 +28,26 @@ const PAGE: usize = 256;
 /// A retry wait looks at the clock at least this often (the test clock can jump).
 const CLOCK_CHECK: Duration = Duration::from_secs(1);
 
+/// Why a webhook's URL failed its test POST.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("hmac is not base64")]
+    BadSecret,
+    #[error(transparent)]
+    Request(#[from] OutboundError),
+    #[error("the test POST got HTTP {0}")]
+    Status(u16),
+}
+
 /// The test POST a webhook URL must answer with 2xx when created or updated (as Daily does).
-pub async fn probe(out: &Outbound, url: &str, hmac: &str, basic_auth: Option<&str>, now_s: i64) -> Result<(), String> {
-    let key = signing::secret_key(hmac).ok_or("hmac is not base64")?;
+pub async fn probe(
+    out: &Outbound,
+    url: &str,
+    hmac: &str,
+    basic_auth: Option<&str>,
+    now_s: i64,
+) -> Result<(), ProbeError> {
+    let key = signing::secret_key(hmac).ok_or(ProbeError::BadSecret)?;
     let body = r#"{"test":"test"}"#.to_string();
     let id = format!("test_{}", uuid::Uuid::new_v4().simple());
     let headers = signing::headers(&key, &id, now_s, body.as_bytes());
@@ -38,7 +55,7 @@ pub async fn probe(out: &Outbound, url: &str, hmac: &str, basic_auth: Option<&st
     if (200..300).contains(&r.status) {
         Ok(())
     } else {
-        Err(format!("the test POST got HTTP {}", r.status))
+        Err(ProbeError::Status(r.status))
     }
 }
 
@@ -223,7 +240,7 @@ impl Worker {
                     return Step::Next;
                 }
                 Ok(r) => (r.status, r.retry_after, r.snippet),
-                Err(e) => (0, None, e),
+                Err(e) => (0, None, e.to_string()),
             };
             // Everything before this event is delivered: record that first.
             if !self.persist(pos).await {
