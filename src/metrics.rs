@@ -130,7 +130,6 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
 
-/// Appends one unlabelled gauge or counter with its HELP and TYPE lines.
 /// The allocator's own view of memory: what the program holds (`allocated`) against what the
 /// allocator keeps in physical pages (`resident`: the live heap plus its caches and
 /// fragmentation). RSS minus `resident` is what is not heap (stacks, code, sled's buffers come
@@ -164,6 +163,7 @@ pub fn render_heap(out: &mut String) {
     let _ = out;
 }
 
+/// Appends one unlabelled gauge or counter with its HELP and TYPE lines.
 pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: f64) {
     header(out, name, kind, help);
     let _ = writeln!(out, "{name} {value}");

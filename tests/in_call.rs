@@ -134,14 +134,30 @@ fn session_data_lives_with_the_meeting_and_survives_a_crash() {
     // Everyone in the call hears of it; the log has it.
     let rx = s.session_stream(&a, &a_secret);
     assert_eq!(next_frame(&rx, &[]).0, "presence", "the stream follows the room from here on");
+    let (kind, f) = next_frame(&rx, &[]);
+    assert_eq!((kind.as_str(), &f["data"]), ("session-data", &json!({"c": 3})), "the snapshot carries the data");
     set_data(&s, "sd", &json!({"data": {"d": 4}, "mergeStrategy": "shallow-merge"}));
     let (kind, f) = next_frame(&rx, &[]);
     assert_eq!(kind, "meeting-session-data.updated");
-    assert_eq!(f["payload"]["data"], json!({"c": 3, "d": 4}));
+    assert_eq!(f["payload"]["keys"], json!(["c", "d"]));
+    let (kind, f) = next_frame(&rx, &[]);
+    assert_eq!(kind, "session-data");
+    assert_eq!(f["data"], json!({"c": 3, "d": 4}));
+    let seq = f["seq"].as_u64().expect("a change's frame has its seq");
+    // The log says that it changed, never what it holds: session data goes with its meeting.
     let logged = s.events_of("meeting-session-data.updated");
     assert_eq!(logged.len(), 4);
+    assert_eq!(logged[3]["seq"].as_u64(), Some(seq));
     assert_eq!(logged[3]["payload"]["room"], "sd");
     assert!(logged[3]["payload"]["meeting_id"].is_string());
+    assert!(logged.iter().all(|e| e["payload"].get("data").is_none()), "{logged:?}");
+    // Someone who joins later gets the data as it is now, after the presence snapshot.
+    let (b, b_secret, _) = s.join_ok("sd", None);
+    let rx_b = s.session_stream(&b, &b_secret);
+    assert_eq!(next_frame(&rx_b, &[]).0, "presence");
+    let (kind, f) = next_frame(&rx_b, &[]);
+    assert_eq!((kind.as_str(), &f["data"], &f["seq"]), ("session-data", &json!({"c": 3, "d": 4}), &Value::Null));
+    assert_eq!(s.call("POST", &format!("/v1/sessions/{b}/leave"), Some(&b_secret), None).status, 200);
 
     // Refused, with the reason, and nothing changed.
     let cases = [

@@ -59,14 +59,15 @@ pub async fn send_app_message(
 pub fn get_session_data(state: &Arc<AppState>, room: &str) -> Result<Response<Body>, ApiError> {
     live_room(state, room)?;
     match state.store.session_data(room)? {
-        Some(data) => Ok(ok(&json!({"data": data}))),
+        Some((_, data)) => Ok(ok(&json!({"data": data}))),
         None => Err(SessionDataError::NoMeeting(room.to_string()).into()),
     }
 }
 
 /// `POST /v1/rooms/:name/set-session-data` `{"data": {...}, "mergeStrategy": "replace" |
 /// "shallow-merge", "keysToDelete": [...]}` → `{"sent": "true", "data": {...}}` (Daily's
-/// answer, and the data as it now is).
+/// answer, and the data as it now is). The streams of those in the call get a `session-data`
+/// frame with it; the event log only says it changed.
 pub async fn set_session_data(
     state: &Arc<AppState>,
     req: Request<Incoming>,
@@ -93,6 +94,8 @@ pub async fn set_session_data(
     if !delete.is_empty() && merge == Merge::Replace {
         return Err(ApiError::invalid("'keysToDelete' applies only with \"mergeStrategy\": \"shallow-merge\""));
     }
-    let data = state.store.submit(SetSessionData { room: room.to_string(), merge, data, delete }).await??;
-    Ok(ok(&json!({"sent": "true", "data": data})))
+    let set = state.store.submit(SetSessionData { room: room.to_string(), merge, data, delete }).await??;
+    // Durable now: the people in the call get it.
+    state.store.send_session_data(room, &set.meeting_id, Some(set.seq), &set.data);
+    Ok(ok(&json!({"sent": "true", "data": set.data})))
 }

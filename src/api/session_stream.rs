@@ -457,7 +457,17 @@ async fn send_snapshot(state: &AppState, me: &Session, large: bool, admin: bool,
         json!(me.room),
         json!(me.eject_at_ms.map(|m| m / 1000)),
     );
-    out.send(Bytes::from(head)).await && out.send(list).await && out.send(Bytes::from_static(b"}\n\n")).await
+    if !(out.send(Bytes::from(head)).await && out.send(list).await && out.send(Bytes::from_static(b"}\n\n")).await) {
+        return false;
+    }
+    // The meeting's session data as it is now, if it has some: a late joiner, or a stream that
+    // fell behind, gets the state and then the changes after it.
+    match state.store.session_data(&me.room) {
+        Ok(Some((meeting, data))) if !data.is_empty() => {
+            out.send(crate::store::session_data_frame(&me.room, &meeting, None, &data).bytes).await
+        }
+        _ => true,
+    }
 }
 
 /// The whole room as a JSON array (without hidden participants unless for an admin), shared by

@@ -18,7 +18,7 @@ pub enum TlsError {
     NoCert(String),
     #[error("--tls-key {path}: {source}")]
     Key { path: String, source: rustls_pki_types::pem::Error },
-    #[error("the TLS protocol versions cannot be set up: {0}")]
+    #[error("{0}")]
     Protocols(rustls::Error),
     #[error("the TLS certificate and key do not fit: {0}")]
     Mismatch(rustls::Error),

@@ -13,7 +13,7 @@ pub const META_ROOMS: &[u8] = b"room_count";
 pub const META_APPLIED_LSN: &[u8] = b"applied_lsn";
 /// The first event seq served (compaction moves it).
 pub const META_EVENTS_OLDEST: &[u8] = b"events_oldest";
-/// The domain settings (`records::DomainRecord`); absent until the first `POST /v1/`.
+/// The domain settings (`records::ObjectRecord`); absent until the first `POST /v1/`.
 pub const META_DOMAIN_CONFIG: &[u8] = b"domain_config";
 
 /// Appends one length-prefixed part.

@@ -105,6 +105,9 @@ pub enum NotDurable {
     /// Cluster mode: the batches could not be committed to etcd.
     #[error("committing to the cluster failed: {0}")]
     Replicate(String),
+    /// A batch could not be encoded (for the cluster, before anything was committed).
+    #[error("{0}")]
+    Encode(String),
     /// The applier thread is gone.
     #[error("the applier thread is gone")]
     ApplierGone,
@@ -679,6 +682,15 @@ impl Store {
         n
     }
 
+    /// A `session-data` frame (`{"room", "meeting_id", "seq", "data"}`) to the streams of those
+    /// present in `room`: session data goes to the people in the call, not to the event log.
+    /// `seq` orders frames of concurrent changes (a later change has a higher one; `null` in a
+    /// snapshot's frame, which holds the data as it is now).
+    pub fn send_session_data(&self, room: &str, meeting_id: &str, seq: Option<u64>, data: &Map<String, Value>) {
+        let frame = session_data_frame(room, meeting_id, seq, data);
+        self.shared.hub.broadcast(room, frame);
+    }
+
     /// Whether `room` is in large mode now.
     pub fn is_large_room(&self, room: &str) -> bool {
         self.shared.hub.is_large(room)
@@ -719,16 +731,16 @@ impl Store {
 
     /// The session data of the meeting running in `room` (`get-session-data`); `None` when no
     /// meeting is running there.
-    pub fn session_data(&self, room: &str) -> Result<Option<Map<String, Value>>, StoreError> {
+    pub fn session_data(&self, room: &str) -> Result<Option<(String, Map<String, Value>)>, StoreError> {
         let st = self.state();
         let Some(id) = st.live.room(room).filter(|r| !r.present.is_empty()).map(|r| r.meeting_id.clone()) else {
             return Ok(None);
         };
         let key = keys::meeting_data(&id);
-        Ok(Some(
-            st.get(&self.shared.trees, Tree::Meetings, &key)?
-                .map_or(Ok(Map::new()), |b| records::decode_object("meetings", &key, &b))?,
-        ))
+        let data = st
+            .get(&self.shared.trees, Tree::Meetings, &key)?
+            .map_or(Ok(Map::new()), |b| records::decode_object("meetings", &key, &b))?;
+        Ok(Some((id.to_string(), data)))
     }
 
     pub fn room_count(&self) -> Result<u64, StoreError> {
@@ -1280,6 +1292,18 @@ fn room_to_record(room: &Room) -> RoomRecord {
     }
 }
 
+/// The `session-data` frame of [`Store::send_session_data`] and of stream snapshots.
+pub fn session_data_frame(room: &str, meeting_id: &str, seq: Option<u64>, data: &Map<String, Value>) -> fanout::Frame {
+    let body = serde_json::json!({"room": room, "meeting_id": meeting_id, "seq": seq, "data": data}).to_string();
+    fanout::Frame {
+        kind: Arc::from("session-data"),
+        about: None,
+        admin_only: false,
+        to: None,
+        bytes: fanout::sse_frame("session-data", None, &body),
+    }
+}
+
 /// `gatehouse migrate`: opens (and so migrates) a stopped data dir, then closes it.
 pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
     let db = sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open()?;
@@ -1341,7 +1365,19 @@ mod tests {
         std::fs::write(store.join("snap.7FFFFFFFFFFFFFFF.generating"), b"half a snapshot").unwrap();
         assert!(sled::Config::new().path(&store).open().is_err(), "sled opens over a half-written snapshot");
         drop_sled_snapshot_leftovers(&store).unwrap();
-        let db = sled::Config::new().path(&store).open().expect("sled opens once the leftover is gone");
+        // A sled that was just dropped (or failed to open) may hold its file lock a moment
+        // longer, in a background thread: wait for it rather than fail on it.
+        let mut opened = sled::Config::new().path(&store).open();
+        for _ in 0..100 {
+            match &opened {
+                Err(e) if e.to_string().contains("could not acquire lock") => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    opened = sled::Config::new().path(&store).open();
+                }
+                _ => break,
+            }
+        }
+        let db = opened.expect("sled opens once the leftover is gone");
         assert_eq!(db.get(b"k").unwrap().as_deref(), Some(&b"v"[..]));
     }
 }

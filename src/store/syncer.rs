@@ -121,7 +121,7 @@ impl Syncer {
                 if b.ops.is_empty() && b.events.is_empty() {
                     continue;
                 }
-                records.push((b.lsn, journal::encode_batch(b).map_err(|e| NotDurable::Replicate(e.to_string()))?));
+                records.push((b.lsn, journal::encode_batch(b).map_err(|e| NotDurable::Encode(e.to_string()))?));
             }
         }
         if records.is_empty() {

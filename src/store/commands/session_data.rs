@@ -38,9 +38,19 @@ pub struct SetSessionData {
     pub delete: Vec<String>,
 }
 
+/// A meeting's session data as one change left it.
+#[derive(Debug)]
+pub struct SessionData {
+    pub meeting_id: String,
+    /// The seq of the change's `meeting-session-data.updated` event: a later change has a
+    /// higher one.
+    pub seq: u64,
+    pub data: Map<String, Value>,
+}
+
 impl Command for SetSessionData {
     /// The session data now.
-    type Reply = Result<Map<String, Value>, SessionDataError>;
+    type Reply = Result<SessionData, SessionDataError>;
 
     fn apply(self, cx: &mut Ctx<'_>) -> Result<Self::Reply, StoreError> {
         let now_s = cx.now_secs();
@@ -66,10 +76,14 @@ impl Command for SetSessionData {
             return Ok(Err(SessionDataError::TooLarge(size)));
         }
         cx.put_session_data(&meeting_id, &data)?;
+        // The log keeps that it changed, not the data: session data goes with its meeting, and
+        // the log outlives meetings. The streams of those in the call get the data itself.
+        let seq = cx.next_seq();
+        let keys: Vec<&String> = data.keys().collect();
         cx.event(
             crate::events::EventKind::MeetingSessionDataUpdated,
-            json!({"room": self.room, "meeting_id": meeting_id, "data": data}),
+            json!({"room": self.room, "meeting_id": meeting_id, "keys": keys, "bytes": size}),
         );
-        Ok(Ok(data))
+        Ok(Ok(SessionData { meeting_id, seq, data }))
     }
 }
