@@ -141,7 +141,12 @@ pub fn is_known(kind: &str) -> bool {
 /// Who sees events of `kind` on session streams; a kind that is not an [`EventKind`] is for
 /// admins only.
 pub fn audience(kind: &str) -> Audience {
-    EventKind::parse(kind).map_or(Audience::Admins, EventKind::audience)
+    audience_of(EventKind::parse(kind))
+}
+
+/// [`audience`] of a kind already parsed (`None`: not an [`EventKind`], admins only).
+pub fn audience_of(kind: Option<EventKind>) -> Audience {
+    kind.map_or(Audience::Admins, EventKind::audience)
 }
 
 /// An event a command wants logged; the writer gives it its sequence number and time.

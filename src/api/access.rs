@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::participants::{check_token, join_gate, room_admin};
@@ -38,8 +38,7 @@ pub async fn pre_auth(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     join_gate(state, &req, peer)?;
-    let bytes = wire::read_body(state, req).await?;
-    let body = if bytes.is_empty() { Map::new() } else { wire::parse_object(&bytes)? };
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["token"])?;
     let token = check_token(state, wire::opt_str(&body, "token")?.filter(|t| !t.is_empty()));
     let room = state.store.room(name)?;
@@ -111,8 +110,7 @@ pub fn waiting(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Re
 /// "info"}]}`. A named id that is not waiting in this room is a 404 and nothing changes.
 pub async fn decide(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
     let (by, _) = room_admin(state, &req, room)?;
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     if body.is_empty() || body.len() > MAX_TARGETS {
         return Err(ApiError::invalid(format!(
             "the body must map 1 to {MAX_TARGETS} waiting participant ids (or \"*\") to {{\"grantRequestedAccess\": true|false}}"
@@ -162,8 +160,7 @@ pub async fn update_permissions(
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
     room_admin(state, &req, room)?;
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["data"])?;
     let data = match body.get("data") {
         Some(Value::Object(m)) if !m.is_empty() && m.len() <= MAX_TARGETS => m,

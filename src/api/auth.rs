@@ -38,6 +38,11 @@ pub fn api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a Sig
     Ok(key)
 }
 
+/// Who acted, as events and records name a caller with the API key: `api:<kid>`.
+pub fn actor(key: &SigningKey) -> String {
+    format!("api:{}", key.kid)
+}
+
 /// Marks the request's connection as authenticated (it no longer counts against its address's
 /// cap of unauthenticated connections). Only for what an outsider cannot get: the API key, or
 /// a cluster node's tag. Session and lobby secrets do not count: anyone can get one.

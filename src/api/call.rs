@@ -35,8 +35,7 @@ pub async fn send_app_message(
     req: Request<Incoming>,
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["data", "recipient"])?;
     // Any JSON value: some clients send a string they serialized themselves.
     let data = body.get("data").cloned().unwrap_or_else(|| Value::Object(Map::new()));
@@ -73,8 +72,7 @@ pub async fn set_session_data(
     req: Request<Incoming>,
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["data", "mergeStrategy", "keysToDelete"])?;
     let data = wire::opt_object(&body, "data")?.cloned().unwrap_or_default();
     let merge = match wire::opt_str(&body, "mergeStrategy")? {

@@ -8,12 +8,17 @@ use serde_json::{json, Value};
 
 use super::routes::{Access, Answer, Param, ROUTES};
 
+/// A JSON answer of a component schema.
+fn reply(desc: &str, schema: &str) -> Value {
+    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+}
+
 fn err(desc: &str) -> Value {
-    json!({"description": desc, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}})
+    reply(desc, "Error")
 }
 
 fn ok(schema: &str) -> Value {
-    json!({"description": "OK", "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}}})
+    reply("OK", schema)
 }
 
 /// The answers every authenticated call can give besides its own.
@@ -103,11 +108,7 @@ fn paths() -> Value {
         };
         let mut responses = json!({"200": success});
         for o in d.also {
-            responses[o.status] = if o.schema == "Error" {
-                err(o.when)
-            } else {
-                json!({"description": o.when, "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{}", o.schema)}}}})
-            };
+            responses[o.status] = reply(o.when, o.schema);
         }
         let operation = if r.access == Access::Public {
             json!({"summary": d.summary, "responses": responses})

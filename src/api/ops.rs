@@ -284,8 +284,7 @@ fn domain_json(state: &AppState, settings: serde_json::Map<String, serde_json::V
 /// is removed) and answers the domain object. Rooms created afterwards take the settings that
 /// are room properties as their defaults.
 pub async fn update_domain(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["properties"])?;
     let patch = wire::opt_object(&body, "properties")?.cloned().unwrap_or_default();
     let patch = crate::rooms::validate_domain_patch(&patch).map_err(|e| ApiError::invalid(format!("domain {e}")))?;
@@ -296,8 +295,7 @@ pub async fn update_domain(state: &Arc<AppState>, req: Request<Incoming>) -> Res
 /// Moves the server's clock: `{"advance_secs": n}` or `{"set_ms": t}`. Test builds only.
 #[cfg(feature = "test-clock")]
 pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     if let Some(secs) = body.get("advance_secs").and_then(serde_json::Value::as_f64) {
         state.test_clock.advance_ms((secs * 1000.0) as i64);
     } else if let Some(ms) = body.get("set_ms").and_then(serde_json::Value::as_i64) {
@@ -314,8 +312,7 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
 /// n}` the applier (answers at once). Test builds only.
 #[cfg(feature = "test-clock")]
 pub async fn test_faults(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     let (writer, ms) = match (body.get("freeze_writer_ms"), body.get("freeze_applier_ms")) {
         (Some(v), None) => (true, v.as_u64()),
         (None, Some(v)) => (false, v.as_u64()),

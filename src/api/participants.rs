@@ -74,8 +74,7 @@ pub async fn join(
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
     join_gate(state, &req, peer)?;
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["token", "user_name"])?;
     let token = wire::opt_str(&body, "token")?.filter(|t| !t.is_empty());
     let user_name = wire::opt_str(&body, "user_name")?;
@@ -189,7 +188,7 @@ fn eject_authority(state: &AppState, req: &Request<Incoming>, room: &str) -> Res
     let cred = auth::bearer(req)?.ok_or_else(|| ApiError::unauthenticated("missing Authorization header"))?;
     if let Some(key) = state.keys.authenticate(cred) {
         auth::authenticated(req);
-        return Ok((format!("api:{}", key.kid), false));
+        return Ok((super::auth::actor(key), false));
     }
     if cred.split('.').count() != 3 {
         return Err(ApiError::unauthenticated("the credential is neither an API key nor a meeting token"));
@@ -261,8 +260,7 @@ fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiErro
 
 pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
     let (by, by_token) = eject_authority(state, &req, room)?;
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["ids", "user_ids", "ban", "ban_until"])?;
     let ids = id_list(&body, "ids")?;
     let user_ids = id_list(&body, "user_ids")?;

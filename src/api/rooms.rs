@@ -13,11 +13,6 @@ use crate::rooms::{self, Privacy, Room};
 use crate::store::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, RoomCursor, UpdateRoom, MAX_BATCH};
 use crate::tokens::SigningKey;
 
-async fn json_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    wire::parse_object(&bytes)
-}
-
 fn privacy_field(body: &Map<String, Value>) -> Result<Option<Privacy>, ApiError> {
     match body.get("privacy") {
         None | Some(Value::Null) => Ok(None),
@@ -30,7 +25,7 @@ fn room_response(state: &AppState, outcome: Result<Room, rooms::RoomError>) -> R
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = json_body(state, req).await?;
+    let body = wire::read_object(state, req).await?;
     let out = state.store.submit(new_room(&body)?).await?;
     room_response(state, out)
 }
@@ -68,8 +63,7 @@ fn batch_list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Vec<V
 /// `POST /v1/batch/rooms` `{"rooms": [{name?, privacy?, properties?}, ...]}`: up to 1,000
 /// rooms, all or none, answered `{"data": [room, ...]}` in the order given.
 pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object_up_to(state, req, batch_body_limit(state)).await?;
     wire::only_fields(&body, &["rooms"])?;
     let mut rooms = Vec::new();
     for (i, item) in batch_list(&body, "rooms")?.iter().enumerate() {
@@ -90,9 +84,8 @@ pub async fn batch_delete(
     req: Request<Incoming>,
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
-    let by = format!("api:{}", key.kid);
-    let bytes = wire::read_body_up_to(state, req, batch_body_limit(state)).await?;
-    let body = wire::parse_object(&bytes)?;
+    let by = super::auth::actor(key);
+    let body = wire::read_object_up_to(state, req, batch_body_limit(state)).await?;
     wire::only_fields(&body, &["room_names"])?;
     let mut names = Vec::new();
     for (i, v) in batch_list(&body, "room_names")?.iter().enumerate() {
@@ -146,7 +139,7 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
 }
 
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
-    let body = json_body(state, req).await?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["privacy", "properties"])?;
     let privacy = privacy_field(&body)?;
     let patch = rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
@@ -156,6 +149,6 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
 
 pub async fn delete(state: &Arc<AppState>, name: &str, key: &SigningKey) -> Result<Response<Body>, ApiError> {
     live_room(state, name)?;
-    let name = state.store.submit(DeleteRoom { name: name.to_string(), by: format!("api:{}", key.kid) }).await??;
+    let name = state.store.submit(DeleteRoom { name: name.to_string(), by: super::auth::actor(key) }).await??;
     Ok(ok(&json!({"deleted": true, "name": name})))
 }

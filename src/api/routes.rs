@@ -172,7 +172,7 @@ pub struct Other {
 
 /// An error answer (the `Error` schema).
 const fn error(status: &'static str, when: &'static str) -> Other {
-    Other { status, when, schema: "Error" }
+    answer(status, when, "Error")
 }
 
 /// An answer with its own schema.

@@ -51,16 +51,18 @@ const QUEUE: usize = 32;
 const LARGE_SNAPSHOT: usize = 20;
 /// How often large rooms' summaries go out.
 pub const SUMMARY_EVERY: Duration = Duration::from_millis(100);
-/// Participant lists kept for streams opening at the same moment (rooms; each list is at most
-/// the large-room threshold long).
+/// Participant lists and session-data frames kept for streams opening at the same moment (rooms;
+/// each list is at most the large-room threshold long, each frame at most 100 KB of data).
 const SNAPSHOT_CACHE: usize = 64;
 /// Sessions renewed per command.
 const RENEW_CHUNK: usize = 5000;
 
-/// Open session streams (for lease renewal) and recently built participant lists.
+/// Open session streams (for lease renewal), recently built participant lists and session-data
+/// frames.
 pub struct Registry {
     open: Mutex<HashMap<Arc<str>, usize>>,
-    /// (admin or not, room) → (batch, second, count, list).
+    /// (admin or not, room) → (batch, second, count, list); `d:` + room → (batch, 0, 0, its
+    /// session-data frame, empty when there is no data).
     lists: Mutex<lru::LruCache<Arc<str>, (u64, i64, u64, Bytes)>>,
 }
 
@@ -462,12 +464,34 @@ async fn send_snapshot(state: &AppState, me: &Session, large: bool, admin: bool,
     }
     // The meeting's session data as it is now, if it has some: a late joiner, or a stream that
     // fell behind, gets the state and then the changes after it.
-    match state.store.session_data(&me.room) {
-        Ok(Some((meeting, data))) if !data.is_empty() => {
-            out.send(crate::store::session_data_frame(&me.room, &meeting, None, &data).bytes).await
+    let data = session_data(state, &me.room);
+    data.is_empty() || out.send(data).await
+}
+
+/// The room's `session-data` frame as the data is now (empty when the meeting has none), built
+/// once per published batch and shared, like [`participants`], by the streams that take a
+/// snapshot meanwhile: a room's streams resyncing together do not each decode up to 100 KB and
+/// hold their own copy.
+fn session_data(state: &AppState, room: &str) -> Bytes {
+    let lsn = state.store.published_lsn();
+    let key: Arc<str> = Arc::from(format!("d:{room}"));
+    if let Ok(mut lists) = state.session_streams.lists.lock() {
+        if let Some((l, _, _, b)) = lists.get(&key) {
+            if *l == lsn {
+                return b.clone();
+            }
         }
-        _ => true,
     }
+    let b = match state.store.session_data(room) {
+        Ok(Some((meeting, data))) if !data.is_empty() => {
+            crate::store::session_data_frame(room, &meeting, None, &data).bytes
+        }
+        _ => Bytes::new(),
+    };
+    if let Ok(mut lists) = state.session_streams.lists.lock() {
+        lists.put(key, (lsn, 0, 0, b.clone()));
+    }
+    b
 }
 
 /// The whole room as a JSON array (without hidden participants unless for an admin), shared by

@@ -19,8 +19,7 @@ pub async fn create(
     req: Request<Incoming>,
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["properties"])?;
     let props = TokenProps::validate(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
     let now_ms = state.clock.now_ms();
@@ -125,9 +124,8 @@ pub async fn revoke(
     req: Request<Incoming>,
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
-    let by = format!("api:{}", key.kid);
-    let bytes = wire::read_body(state, req).await?;
-    let body = wire::parse_object(&bytes)?;
+    let by = super::auth::actor(key);
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["jti", "token", "room_name", "user_id", "issued_before"])?;
     let jti = wire::opt_str(&body, "jti")?;
     let token = wire::opt_str(&body, "token")?;

@@ -95,11 +95,6 @@ async fn probe(state: &AppState, w: &WebhookRecord) -> Result<(), ApiError> {
     )
 }
 
-async fn object_body(state: &AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
-    let bytes = wire::read_body(state, req).await?;
-    wire::parse_object(&bytes)
-}
-
 fn answer(out: Option<WebhookRecord>) -> Result<Response<Body>, ApiError> {
     match out {
         Some(w) => Ok(ok(&webhook_json(&w))),
@@ -108,7 +103,7 @@ fn answer(out: Option<WebhookRecord>) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = object_body(state, req).await?;
+    let body = wire::read_object(state, req).await?;
     let p = parse(&body)?;
     let url = p.url.clone().ok_or_else(|| ApiError::invalid("'url' is required"))?;
     let now = state.clock.now_ms();
@@ -147,7 +142,7 @@ pub fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> 
 
 /// Updates and re-activates: a `FAILED` webhook resumes from its cursor, losing nothing.
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    let body = object_body(state, req).await?;
+    let body = wire::read_object(state, req).await?;
     let p = parse(&body)?;
     let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     p.apply(&mut preview);
@@ -163,7 +158,7 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, A
 }
 
 pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    let body = object_body(state, req).await?;
+    let body = wire::read_object(state, req).await?;
     wire::only_fields(&body, &["from_seq"])?;
     let head = state.store.durable_seq();
     let from = body

@@ -18,13 +18,8 @@ use super::Body;
 const DRAIN_LIMIT: u64 = 1024 * 1024;
 
 /// Reads the whole body within the body deadline (408 past it, and the connection closes),
-/// refusing more than the body limit (413).
-pub async fn read_body(state: &super::AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    read_body_up_to(state, req, state.settings.body_limit).await
-}
-
-/// [`read_body`] with another limit (the batch endpoints take more than one room's worth).
-pub async fn read_body_up_to(state: &super::AppState, req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+/// refusing more than `limit` (413).
+async fn read_body_up_to(state: &super::AppState, req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
     match tokio::time::timeout(state.settings.conn.body_timeout, read_limited(req, limit)).await {
         Ok(r) => r,
         Err(_) => {
@@ -71,6 +66,20 @@ async fn drain(body: &mut Incoming) {
             return;
         }
     }
+}
+
+/// Reads and parses a JSON object body (an empty body is `{}`) within the body limit.
+pub async fn read_object(state: &super::AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
+    read_object_up_to(state, req, state.settings.body_limit).await
+}
+
+/// [`read_object`] with another limit (the batch endpoints take more than one room's worth).
+pub async fn read_object_up_to(
+    state: &super::AppState,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<Map<String, Value>, ApiError> {
+    parse_object(&read_body_up_to(state, req, limit).await?)
 }
 
 /// Parses a JSON object body; an empty body is `{}`.

@@ -318,7 +318,7 @@ impl Ctx<'_> {
 
     /// A JSON object record (an empty object if there is none).
     fn object(&self, t: Tree, name: &'static str, key: &[u8]) -> Result<Map<String, Value>, StoreError> {
-        self.get(t, key)?.map_or(Ok(Map::new()), |b| records::decode_object(name, key, &b))
+        records::decode_object(name, key, self.get(t, key)?.as_deref())
     }
 
     /// A running meeting's session data (empty until set).

@@ -26,7 +26,7 @@ use tokio::sync::broadcast;
 
 use super::journal::LoggedEvent;
 use super::live::Live;
-use crate::events::EventKind;
+use crate::events::{Audience, EventKind};
 
 /// Frames each room's ring holds.
 pub const ROOM_RING: usize = 1024;
@@ -43,7 +43,7 @@ pub struct Frame {
     pub kind: Arc<str>,
     /// The session the event is about, if one.
     pub about: Option<Arc<str>>,
-    /// For the room's admins only: its kind's audience (`events::audience`), or it is about a
+    /// For the room's admins only: its kind's audience (`EventKind::audience`), or it is about a
     /// participant hidden from presence.
     pub admin_only: bool,
     /// For this session's streams only (an app message sent to one participant): it travels
@@ -185,7 +185,7 @@ impl Hub {
 
     /// Hands each event about a session to that session's streams, and each event about a room
     /// to that room's subscribers, if it has any. `live` is the state the events were published
-    /// with. Each kind has its audience (`events::audience`: tokens, refusals, knocks,
+    /// with. Each kind has its audience (`EventKind::audience`: tokens, refusals, knocks,
     /// ejections and bans are for the room's admins only); events about participants hidden
     /// from presence (`hasPresence: false`) go to the room's admins only too.
     pub fn publish(&self, events: &[LoggedEvent], live: &Live) {
@@ -240,7 +240,7 @@ impl Hub {
                 to: None,
                 kind: Arc::from(e.kind.as_str()),
                 about: e.session.as_deref().map(Arc::from),
-                admin_only: crate::events::audience(&e.kind) == crate::events::Audience::Admins || about_hidden,
+                admin_only: crate::events::audience_of(kind) == Audience::Admins || about_hidden,
                 bytes: sse_frame(&e.kind, Some(e.seq), &e.envelope),
             });
             // A session's own streams get its events whatever the room's subscriptions.

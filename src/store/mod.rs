@@ -726,7 +726,7 @@ impl Store {
     /// The domain settings (`POST /v1/`), empty until set.
     pub fn domain_config(&self) -> Result<Map<String, Value>, StoreError> {
         let key = keys::META_DOMAIN_CONFIG;
-        self.get(Tree::Meta, key)?.map_or(Ok(Map::new()), |b| records::decode_object("meta", key, &b))
+        records::decode_object("meta", key, self.get(Tree::Meta, key)?.as_deref())
     }
 
     /// The session data of the meeting running in `room` (`get-session-data`); `None` when no
@@ -737,9 +737,8 @@ impl Store {
             return Ok(None);
         };
         let key = keys::meeting_data(&id);
-        let data = st
-            .get(&self.shared.trees, Tree::Meetings, &key)?
-            .map_or(Ok(Map::new()), |b| records::decode_object("meetings", &key, &b))?;
+        let data =
+            records::decode_object("meetings", &key, st.get(&self.shared.trees, Tree::Meetings, &key)?.as_deref())?;
         Ok(Some((id.to_string(), data)))
     }
 

@@ -37,11 +37,13 @@ pub fn encode_object(map: &serde_json::Map<String, serde_json::Value>) -> Result
     encode(OBJECT_V1, &ObjectRecord { json: serde_json::Value::Object(map.clone()).to_string() })
 }
 
+/// An [`ObjectRecord`]'s object; no record is an empty object.
 pub fn decode_object(
     tree: &'static str,
     key: &[u8],
-    bytes: &[u8],
+    bytes: Option<&[u8]>,
 ) -> Result<serde_json::Map<String, serde_json::Value>, StoreError> {
+    let Some(bytes) = bytes else { return Ok(serde_json::Map::new()) };
     let rec: ObjectRecord = decode(tree, key, OBJECT_V1, bytes)?;
     serde_json::from_str(&rec.json).map_err(|e| StoreError::Corrupt {
         tree,
