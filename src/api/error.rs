@@ -99,10 +99,10 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %why, "store unavailable");
                 ApiError::unavailable("the store cannot accept writes right now; nothing was saved", 5)
             }
-            // sled refusing an operation (a full disk, an I/O error in its log): nothing of the
+            // sled or the history file refusing an operation (a full disk, an I/O error): nothing of the
             // request was saved, and it may clear.
-            StoreError::Io(err) => {
-                tracing::error!(error = %err, "storage error");
+            StoreError::Io(_) | StoreError::History(_) => {
+                tracing::error!(error = %e, "storage error");
                 ApiError::unavailable("the store cannot read or write right now (storage error); nothing was saved", 5)
             }
             StoreError::Durability(why) => {

@@ -1,13 +1,15 @@
 //! The applier and the checkpointer: sled is written off the acknowledgement path.
 //!
 //! The applier takes batches the writer made durable, coalesces whatever is waiting into one
-//! `apply_batch` per tree (the writer and sled then use both cores), records the last batch
+//! `apply_batch` per tree (the writer and sled then use both cores; the meeting history's trees
+//! one commit each to their own file, see `history.rs`), records the last batch
 //! applied in `meta`, and tells the writer, which then forgets those writes from its overlay.
 //! sled may hold part of a batch after a crash; recovery replays every batch past the recorded
 //! one, in order, and the writes are absolute, so replaying is harmless.
 //!
 //! The checkpointer, when the writer closes a journal file, waits until sled holds all of it,
-//! makes sled (its files and folder) and the event segments durable with real fsyncs, records
+//! makes sled (its files and folder), the meeting history and the event segments durable with
+//! real fsyncs, records
 //! the checkpoint, and deletes the file. A failed fsync stops it for good and the store
 //! refuses writes: the journal keeps everything, and a restart recovers from it.
 //!
@@ -20,6 +22,7 @@ use std::time::Duration;
 
 use super::eventlog::EventLog;
 use super::health::Health;
+use super::history::History;
 use super::journal::{self, Op};
 use super::keys;
 use super::state::{Tree, Trees};
@@ -39,6 +42,8 @@ const MAX_COALESCED_OPS: usize = 20_000;
 
 pub struct Applier {
     pub trees: Trees,
+    /// To refuse writes when the history file fails (`None` in recovery, which reports it).
+    pub shared: Option<Arc<super::Shared>>,
     pub applied: Arc<AtomicU64>,
     pub health: Arc<Health>,
     /// Test builds: the applier stops until this instant (millis since the epoch; 0: no).
@@ -93,6 +98,19 @@ impl Applier {
             loop {
                 match self.apply(&batches, last) {
                     Ok(()) => break,
+                    Err(StoreError::History(why)) => {
+                        // redb refuses every write after a failed commit until it is opened
+                        // again: no retry can succeed. The journal holds every batch, and a
+                        // restart replays them.
+                        if let Some(shared) = &self.shared {
+                            shared.poison(format!(
+                                "the meeting history file failed ({why}); restart to recover from the journal"
+                            ));
+                        }
+                        self.health.applier_failed(why);
+                        while rx.recv().is_ok() {}
+                        return;
+                    }
                     Err(e) => {
                         // The journal still holds every batch; keep trying (a full disk may clear).
                         self.health.applier_failed(e.to_string());
@@ -121,50 +139,41 @@ impl Applier {
         }
         let trees = crash.trees;
         drop(armed);
-        let mut per_tree: Vec<(u8, sled::Batch)> = Vec::new();
-        for (t, k, v) in &b.ops {
-            let at = match per_tree.iter().position(|(x, _)| x == t) {
-                Some(i) => i,
-                None => {
-                    per_tree.push((*t, sled::Batch::default()));
-                    per_tree.len() - 1
-                }
-            };
-            match v {
-                Some(v) => per_tree[at].1.insert(k.as_slice(), v.as_slice()),
-                None => per_tree[at].1.remove(k.as_slice()),
+        // Tree by tree in the order the batch first writes them; only the first `trees`.
+        let mut order: Vec<u8> = Vec::new();
+        for (t, _, _) in &b.ops {
+            if !order.contains(t) {
+                order.push(*t);
             }
         }
-        for (t, batch) in per_tree.into_iter().take(trees) {
+        for t in order.into_iter().take(trees) {
             if let Some(tree) = Tree::from_index(t) {
-                let _ = self.trees.get(tree).apply_batch(batch);
+                let ops: Vec<(&[u8], Option<&[u8]>)> =
+                    b.ops.iter().filter(|(x, _, _)| *x == t).map(|(_, k, v)| (k.as_slice(), v.as_deref())).collect();
+                let _ = self.trees.apply(tree, &ops);
             }
         }
         Some(false)
     }
 
     fn apply(&self, batches: &[Applied], last: u64) -> Result<(), StoreError> {
-        let mut per_tree: Vec<Option<sled::Batch>> = (0..Tree::ALL.len()).map(|_| None).collect();
+        let mut per_tree: Vec<Vec<(&[u8], Option<&[u8]>)>> = (0..Tree::ALL.len()).map(|_| Vec::new()).collect();
         for b in batches {
             for (t, k, v) in &b.ops {
-                let slot = per_tree.get_mut(usize::from(*t)).ok_or_else(|| StoreError::Corrupt {
+                let ops = per_tree.get_mut(usize::from(*t)).ok_or_else(|| StoreError::Corrupt {
                     tree: "journal",
                     key: String::new(),
                     why: format!("unknown tree index {t}"),
                 })?;
-                let batch = slot.get_or_insert_with(sled::Batch::default);
-                match v {
-                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
-                    None => batch.remove(k.as_slice()),
-                }
+                ops.push((k.as_slice(), v.as_deref()));
             }
         }
-        for (t, batch) in Tree::ALL.iter().zip(per_tree) {
-            if let Some(b) = batch {
-                self.trees.get(*t).apply_batch(b)?;
+        for (t, ops) in Tree::ALL.iter().zip(per_tree) {
+            if !ops.is_empty() {
+                self.trees.apply(*t, &ops)?;
             }
         }
-        self.trees.get(Tree::Meta).insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
+        self.trees.sled(Tree::Meta).insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
         Ok(())
     }
 
@@ -185,6 +194,7 @@ pub fn apply_now(trees: &Trees, batches: &[journal::Batch]) -> Result<(), StoreE
     let Some(last) = batches.last().map(|b| b.lsn) else { return Ok(()) };
     let applier = Applier {
         trees: trees.clone(),
+        shared: None,
         applied: Arc::default(),
         health: Arc::new(Health::new(Duration::from_secs(3600))),
         frozen_until: Arc::default(),
@@ -209,6 +219,7 @@ pub struct Checkpointer {
     /// To refuse writes when a sync fails.
     pub shared: Arc<super::Shared>,
     pub db: sled::Db,
+    pub history: Arc<History>,
     pub store_dir: Arc<SledDir>,
     pub journal_dir: PathBuf,
     pub events: Arc<EventLog>,
@@ -234,6 +245,7 @@ impl Checkpointer {
             }
             if let Err(e) = checkpoint(
                 &self.db,
+                &self.history,
                 &self.store_dir,
                 &self.events,
                 &self.journal_dir,
@@ -249,10 +261,12 @@ impl Checkpointer {
     }
 }
 
-/// Makes sled and the event log durable, records that they hold every batch up to `lsn`, and
-/// deletes the journal files up to `upto`. `at_open`: sled's own files and folders too.
+/// Makes sled, the meeting history and the event log durable, records that they hold every
+/// batch up to `lsn`, and deletes the journal files up to `upto`. `at_open`: sled's own files
+/// and folders too.
 pub fn checkpoint(
     db: &sled::Db,
+    history: &History,
     store_dir: &SledDir,
     events: &EventLog,
     journal_dir: &Path,
@@ -261,6 +275,7 @@ pub fn checkpoint(
     at_open: bool,
 ) -> Result<(), StoreError> {
     checkpoint_sled(db, store_dir, at_open)?;
+    history.sync()?;
     events.sync()?;
     journal::set_checkpoint(journal_dir, lsn)?;
     match upto {

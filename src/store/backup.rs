@@ -10,9 +10,11 @@
 //! data dir has one), so it is as secret as the key.
 
 use std::io::{Read, Write};
+use std::ops::Bound;
 use std::path::Path;
 
 use super::eventlog::EventLog;
+use super::history::{self, History};
 use super::journal::LoggedEvent;
 use super::keys;
 use super::state::{Tree, Trees};
@@ -79,7 +81,7 @@ pub(super) fn write(
     w.write_all(&FORMAT.to_be_bytes()).map_err(io)?;
     let mut n = 0;
     for t in Tree::ALL {
-        for item in trees.get(t).iter() {
+        for item in trees.entries(t, Bound::Unbounded, Bound::Unbounded, false) {
             let (k, v) = item?;
             record(&mut w, t.index(), &k, &v)?;
             n += 1;
@@ -193,6 +195,17 @@ fn restore_into(
     let names: Vec<&str> =
         if format == 1 { super::migrate::V1_TREES.to_vec() } else { Tree::ALL.iter().map(|t| t.name()).collect() };
     let trees: Vec<sled::Tree> = names.iter().map(|t| db.open_tree(t)).collect::<Result<_, _>>()?;
+    // This schema's meeting history goes to its own file, a page at a time.
+    let history = (format == FORMAT).then(|| History::open(&store, 2 << 20)).transpose()?;
+    let mut history_page: Vec<(Tree, Vec<u8>, Vec<u8>)> = Vec::new();
+    let flush_history = |page: &mut Vec<(Tree, Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
+        let Some(h) = &history else { return Ok(()) };
+        for t in [Tree::Meetings, Tree::MeetingParticipants] {
+            h.apply(t, page.iter().filter(|(x, _, _)| *x == t).map(|(_, k, v)| (k.as_slice(), Some(v.as_slice()))))?;
+        }
+        page.clear();
+        Ok(())
+    };
     let log = (format == FORMAT)
         .then(|| EventLog::open(&dir.join("events"), 1, super::eventlog::SEGMENT_BYTES))
         .transpose()?;
@@ -235,10 +248,18 @@ fn restore_into(
                     pending.clear();
                 }
             }
-            _ => {
-                let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
-                t.insert(k, v)?;
-            }
+            _ => match Tree::from_index(tree).filter(|t| history.is_some() && history::holds(*t)) {
+                Some(t) => {
+                    history_page.push((t, k, v));
+                    if history_page.len() >= 4096 {
+                        flush_history(&mut history_page)?;
+                    }
+                }
+                None => {
+                    let t = trees.get(usize::from(tree)).ok_or_else(|| bad("unknown tree"))?;
+                    t.insert(k, v)?;
+                }
+            },
         }
         report.records += 1;
         if report.records % 4096 == 0 {
@@ -257,6 +278,10 @@ fn restore_into(
         if let Some(first) = first_event {
             meta.insert(keys::META_EVENTS_OLDEST, &first.to_be_bytes())?;
         }
+    }
+    flush_history(&mut history_page)?;
+    if let Some(h) = &history {
+        h.sync()?;
     }
     super::applier::checkpoint_sled(&db, &sled_dir, true)?;
     Ok(report)

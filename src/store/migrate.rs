@@ -18,7 +18,7 @@ use super::eventlog::EventLog;
 use super::journal::LoggedEvent;
 use super::keys;
 use super::records::{self, EventRecord, SessionRecord, SessionRecordV1};
-use super::state::{Tree, Trees};
+use super::state::Tree;
 use super::StoreError;
 
 /// Schema 1's trees, in the order its journal numbered them.
@@ -77,10 +77,10 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
     let v1 = |name: &str| db.open_tree(name);
     let mut report =
         Report { journal_replayed: replay_v1_journal(db, &data_dir.join("journal"))?, ..Default::default() };
-    let trees = Trees::open(db)?;
+    let tree = |t: Tree| db.open_tree(t.name());
     for t in Tree::ALL {
         if t.name().starts_with("v2/") {
-            trees.get(t).clear()?;
+            tree(t)?.clear()?;
         }
     }
     // Events → segment files.
@@ -138,7 +138,7 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
             room_rules: old.room_rules,
             waiting: false,
         };
-        trees.get(Tree::Sessions).insert(k, records::encode(records::SESSION_V2, &new)?)?;
+        tree(Tree::Sessions)?.insert(k, records::encode(records::SESSION_V2, &new)?)?;
         report.sessions += 1;
     }
     // Keys with `\0`-joined parts: room names never contain `\0`, so the first one splits.
@@ -150,13 +150,13 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
         let (k, v) = item?;
         let (room, jti) = split(&k).ok_or_else(|| corrupt("tokens_by_room", &k, "no separator"))?;
         let room = (!room.is_empty()).then_some(room);
-        trees.get(Tree::TokensByRoom).insert(keys::token_room(room.as_deref(), &jti), v)?;
+        tree(Tree::TokensByRoom)?.insert(keys::token_room(room.as_deref(), &jti), v)?;
         report.rekeyed += 1;
     }
     for item in v1("bans")?.iter() {
         let (k, v) = item?;
         let (room, user) = split(&k).ok_or_else(|| corrupt("bans", &k, "no separator"))?;
-        trees.get(Tree::Bans).insert(keys::ban(&room, &user), v)?;
+        tree(Tree::Bans)?.insert(keys::ban(&room, &user), v)?;
         report.rekeyed += 1;
     }
     for item in v1("revocations")?.iter() {
@@ -168,7 +168,7 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
             }
             _ => k.to_vec(),
         };
-        trees.get(Tree::Revocations).insert(key, v)?;
+        tree(Tree::Revocations)?.insert(key, v)?;
         report.rekeyed += 1;
     }
     for item in v1("timers")?.iter() {
@@ -187,7 +187,7 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
             // Lease and session ejection deadlines are derived from the sessions now.
             _ => continue,
         };
-        trees.get(Tree::Timers).insert(key, vec![])?;
+        tree(Tree::Timers)?.insert(key, vec![])?;
         report.rekeyed += 1;
     }
     for item in v1("attempts")?.iter() {
@@ -200,7 +200,7 @@ pub fn run(db: &sled::Db, data_dir: &Path) -> Result<Report, StoreError> {
         };
         let ms = i64::from_be_bytes(ms.try_into().unwrap_or_default());
         let seq = u64::from_be_bytes(seq.try_into().unwrap_or_default());
-        trees.get(Tree::Attempts).insert(keys::attempt(&webhook, ms, seq), v)?;
+        tree(Tree::Attempts)?.insert(keys::attempt(&webhook, ms, seq), v)?;
         report.rekeyed += 1;
     }
     meta.insert(keys::META_NEXT_SEQ, &next_seq.to_be_bytes())?;

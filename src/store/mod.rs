@@ -22,6 +22,7 @@ mod ctx;
 pub mod eventlog;
 pub mod fanout;
 mod health;
+mod history;
 mod journal;
 mod keys;
 pub mod live;
@@ -62,7 +63,7 @@ use records::RoomRecord;
 use state::{State, Tree, Trees};
 
 /// The on-disk schema this build writes (and the oldest it migrates: 1).
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -80,6 +81,9 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("data dir: {0}")]
     Setup(String),
+    /// The meeting history's file refused an operation (a full disk, an I/O error).
+    #[error("meeting history storage error: {0}")]
+    History(String),
     /// A sync failed: whether the data it was to make durable is on disk is unknown, and a retry
     /// could succeed without it (Linux drops the data a failed fsync held). Writes are refused
     /// until a restart, whose recovery reads the journal.
@@ -321,22 +325,9 @@ impl Store {
         read_from_disk(&[opts.path.clone(), opts.path.join("blobs"), data_dir.join("wal"), data_dir.join("events")])?;
         let db = open_sled(&opts)?;
         let sled_dir = Arc::new(applier::SledDir::open(&opts.path)?);
+        let history = Arc::new(upgrade(&db, &data_dir, &sled_dir, history_cache(opts.cache_bytes))?);
         let meta = db.open_tree(Tree::Meta.name())?;
-        match schema_of(&meta)? {
-            None => {
-                meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
-            }
-            Some(1) => {
-                migrate::run(&db, &data_dir)?;
-            }
-            Some(SCHEMA_VERSION) => migrate::drop_v1(&db, &data_dir)?,
-            Some(found) => {
-                return Err(StoreError::Setup(format!(
-                    "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
-                )))
-            }
-        }
-        let trees = Trees::open(&db)?;
+        let trees = Trees::open(&db, history.clone())?;
         let domain_id = match &cluster {
             Some(c) => {
                 meta.insert(keys::META_DOMAIN, c.domain_id.as_bytes())?;
@@ -425,6 +416,7 @@ impl Store {
         };
         let applier = applier::Applier {
             trees,
+            shared: Some(shared.clone()),
             applied: applied.clone(),
             health,
             frozen_until: frozen,
@@ -434,6 +426,7 @@ impl Store {
         let checkpointer = applier::Checkpointer {
             shared: shared.clone(),
             db,
+            history,
             store_dir: sled_dir,
             journal_dir: wal,
             events: events.clone(),
@@ -703,7 +696,8 @@ impl Store {
 
     /// Bytes the store occupies on disk: sled and the event segments.
     pub fn size_on_disk(&self) -> u64 {
-        self.shared.db.size_on_disk().unwrap_or(0) + self.shared.events.size_on_disk()
+        let history = self.shared.trees.history().file_len();
+        self.shared.db.size_on_disk().unwrap_or(0) + history + self.shared.events.size_on_disk()
     }
 
     fn state(&self) -> arc_swap::Guard<Arc<State>> {
@@ -1089,6 +1083,11 @@ fn is_revoked(
     Ok(before(lookup(&keys::revoke_room(room))?))
 }
 
+/// The meeting history's cache: a quarter of sled's (`--cache-mb`), at least 2 MiB.
+fn history_cache(sled_cache_bytes: u64) -> usize {
+    usize::try_from(sled_cache_bytes / 4).unwrap_or(usize::MAX).max(2 << 20)
+}
+
 /// Opens sled, waiting up to 5 s for its file lock: after a store in this process is closed,
 /// sled's own threads may hold the file for a moment longer. Another live process holding it
 /// is still an error, with sled's message.
@@ -1169,7 +1168,7 @@ fn recover(
     wal: &Path,
     store_dir: &applier::SledDir,
 ) -> Result<u64, StoreError> {
-    let meta = trees.get(Tree::Meta);
+    let meta = trees.sled(Tree::Meta);
     let applied = meta.get(keys::META_APPLIED_LSN)?.and_then(|v| keys::u64_of(&v)).unwrap_or(0);
     let checkpoint = journal::checkpointed(wal)?;
     let files = journal::list(wal)?;
@@ -1189,7 +1188,7 @@ fn recover(
     let last = replay.last().map_or(0, |b| b.lsn).max(checkpoint).max(applied);
     meta.insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
     meta.insert(keys::META_NEXT_SEQ, &(events.last() + 1).to_be_bytes())?;
-    applier::checkpoint(db, store_dir, events, wal, last, files.last().map(|(n, _)| *n), true)?;
+    applier::checkpoint(db, trees.history(), store_dir, events, wal, last, files.last().map(|(n, _)| *n), true)?;
     if !replay.is_empty() {
         tracing::info!(batches = replay.len(), events = lost.len(), "journal recovered");
     }
@@ -1217,7 +1216,7 @@ fn load_state(
         events_oldest,
     };
     let mut pv = state::Private::default();
-    for item in trees.get(Tree::Sessions).iter() {
+    for item in trees.sled(Tree::Sessions).iter() {
         let (k, v) = item?;
         let rec: records::SessionRecord = records::decode("sessions", &k, records::SESSION_V2, &v)?;
         let e = Entry::from_record(rec);
@@ -1229,7 +1228,7 @@ fn load_state(
         }
         st.live.insert(Arc::new(e));
     }
-    for item in trees.get(Tree::Timers).iter() {
+    for item in trees.sled(Tree::Timers).iter() {
         let (k, _) = item?;
         let Some((at, kind, id)) = keys::parse_timer(&k) else {
             return Err(StoreError::Corrupt { tree: "timers", key: keys::printable(&k), why: "unreadable key".into() });
@@ -1305,17 +1304,55 @@ pub fn session_data_frame(room: &str, meeting_id: &str, seq: Option<u64>, data: 
 
 /// `gatehouse migrate`: opens (and so migrates) a stopped data dir, then closes it.
 pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
-    let db = sled::Config::new().path(data_dir.join("store")).flush_every_ms(None).open()?;
-    let meta = db.open_tree(Tree::Meta.name())?;
-    match schema_of(&meta)? {
-        Some(1) => {
-            migrate::run(&db, data_dir)?;
-            Ok(())
-        }
-        Some(SCHEMA_VERSION) => Ok(()),
-        None => Err(StoreError::Setup(format!("{} holds no store", data_dir.display()))),
-        Some(found) => Err(StoreError::Setup(format!("schema {found} is newer than this build's {SCHEMA_VERSION}"))),
+    let store = data_dir.join("store");
+    let db = sled::Config::new().path(&store).flush_every_ms(None).open()?;
+    if schema_of(&db.open_tree(Tree::Meta.name())?)?.is_none() {
+        return Err(StoreError::Setup(format!("{} holds no store", data_dir.display())));
     }
+    let sled_dir = applier::SledDir::open(&store)?;
+    upgrade(&db, data_dir, &sled_dir, 2 << 20)?;
+    applier::checkpoint_sled(&db, &sled_dir, true)
+}
+
+/// Brings the store opened as `db` to this build's schema and opens the meeting history:
+/// schema 1 is migrated to 2 (`migrate.rs`); schema 2 kept the history in sled, which is copied
+/// into its own file, made durable, the schema set to 3 and made durable (a build that reads
+/// up to 2 refuses the data dir from then on, instead of showing no history), and only then
+/// is sled's copy cleared. A newer schema is refused.
+fn upgrade(
+    db: &sled::Db,
+    data_dir: &Path,
+    sled_dir: &applier::SledDir,
+    cache: usize,
+) -> Result<history::History, StoreError> {
+    let meta = db.open_tree(Tree::Meta.name())?;
+    let found = schema_of(&meta)?;
+    match found {
+        None => {}
+        Some(1) => {
+            migrate::run(db, data_dir)?;
+        }
+        Some(2) | Some(SCHEMA_VERSION) => migrate::drop_v1(db, data_dir)?,
+        Some(found) => return Err(StoreError::Setup(format!(
+            "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
+        ))),
+    }
+    let history = history::History::open(&sled_dir.path, cache)?;
+    if found != Some(SCHEMA_VERSION) {
+        let started = std::time::Instant::now();
+        let copied = history.copy_from_sled(db)?;
+        meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
+        applier::checkpoint_sled(db, sled_dir, true)?;
+        if copied > 0 {
+            history::clear_sled(db)?;
+            tracing::info!(
+                records = copied,
+                millis = started.elapsed().as_millis() as u64,
+                "the store is at schema {SCHEMA_VERSION}: meeting history has its own file"
+            );
+        }
+    }
+    Ok(history)
 }
 
 /// An ongoing meeting's record holds its peak as of the last departure (joins into a running
@@ -1332,6 +1369,32 @@ fn with_live_peak(live: &live::Live, m: &mut MeetingRecord) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Schema 2 kept the meeting history in sled: the open copies it into its own file, records
+    /// schema 3 and only then clears sled's copy; a newer schema than this build's is refused.
+    #[test]
+    fn a_schema_2_store_moves_its_history_out_of_sled() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let db = sled::Config::new().path(&store).open().unwrap();
+        let meta = db.open_tree(Tree::Meta.name()).unwrap();
+        meta.insert(keys::META_SCHEMA, &2u32.to_be_bytes()).unwrap();
+        let old = db.open_tree(Tree::Meetings.name()).unwrap();
+        old.insert(b"m-one", b"record").unwrap();
+        let sled_dir = applier::SledDir::open(&store).unwrap();
+        let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
+        assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
+        assert!(db.open_tree(Tree::Meetings.name()).unwrap().is_empty(), "sled's copy is dropped");
+        assert_eq!(schema_of(&meta).unwrap(), Some(SCHEMA_VERSION));
+        drop(history);
+        // Opening again moves nothing and keeps what the file holds.
+        let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
+        assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
+        drop(history);
+        meta.insert(keys::META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
+        let refused = upgrade(&db, dir.path(), &sled_dir, 2 << 20).err().expect("a newer schema is refused");
+        assert!(refused.to_string().contains("newer Gatehouse"), "{refused}");
+    }
 
     /// A power cut can leave sled's `conf` named but torn; sled would then refuse to open.
     #[test]

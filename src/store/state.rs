@@ -9,6 +9,7 @@
 use std::ops::Bound;
 use std::sync::Arc;
 
+use super::history::{self, History};
 use super::live::Live;
 use super::timers::Timers;
 use super::StoreError;
@@ -92,17 +93,72 @@ impl Tree {
     }
 }
 
-/// The sled trees, in the order of [`Tree::ALL`].
+/// The stored trees, in the order of [`Tree::ALL`]: sled's, and the meeting history's
+/// ([`History`], a file of its own).
 #[derive(Clone)]
-pub struct Trees(Vec<sled::Tree>);
+pub struct Trees {
+    sled: Vec<sled::Tree>,
+    history: Arc<History>,
+}
 
 impl Trees {
-    pub fn open(db: &sled::Db) -> Result<Trees, StoreError> {
-        Ok(Trees(Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?))
+    pub fn open(db: &sled::Db, history: Arc<History>) -> Result<Trees, StoreError> {
+        Ok(Trees { sled: Tree::ALL.iter().map(|t| db.open_tree(t.name())).collect::<Result<_, _>>()?, history })
     }
 
-    pub fn get(&self, t: Tree) -> &sled::Tree {
-        &self.0[t as usize]
+    /// A tree sled keeps (never one of the history's: those are empty in sled).
+    pub fn sled(&self, t: Tree) -> &sled::Tree {
+        debug_assert!(!history::holds(t), "{} is kept in the history file", t.name());
+        &self.sled[t as usize]
+    }
+
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
+    }
+
+    /// A stored value (what the applier has written).
+    pub fn value(&self, t: Tree, key: &[u8]) -> Result<Option<Arc<[u8]>>, StoreError> {
+        if history::holds(t) {
+            return Ok(self.history.get(t, key)?.map(Arc::from));
+        }
+        Ok(self.sled[t as usize].get(key)?.map(|v| Arc::from(v.as_ref())))
+    }
+
+    /// Stored entries in `lo..hi`, in key order or reversed.
+    pub fn entries(
+        &self,
+        t: Tree,
+        lo: Bound<Vec<u8>>,
+        hi: Bound<Vec<u8>>,
+        rev: bool,
+    ) -> Box<dyn Iterator<Item = Result<(Vec<u8>, Vec<u8>), StoreError>> + '_> {
+        if history::holds(t) {
+            return Box::new(self.history.range(t, lo, hi, rev));
+        }
+        let iter = self.sled[t as usize].range::<Vec<u8>, _>((lo, hi));
+        let owned = |item: sled::Result<(sled::IVec, sled::IVec)>| {
+            item.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(StoreError::from)
+        };
+        if rev {
+            Box::new(iter.rev().map(owned))
+        } else {
+            Box::new(iter.map(owned))
+        }
+    }
+
+    /// Applies puts (`Some`) and deletes (`None`) to tree `t`.
+    pub fn apply(&self, t: Tree, ops: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
+        if history::holds(t) {
+            return self.history.apply(t, ops.iter().copied());
+        }
+        let mut batch = sled::Batch::default();
+        for (k, v) in ops {
+            match v {
+                Some(v) => batch.insert(*k, *v),
+                None => batch.remove(*k),
+            }
+        }
+        Ok(self.sled[t as usize].apply_batch(batch)?)
     }
 }
 
@@ -179,15 +235,15 @@ pub struct State {
 }
 
 impl State {
-    /// A value: the overlay's if it has one, else sled's.
+    /// A value: the overlay's if it has one, else the stored one.
     pub fn get(&self, trees: &Trees, t: Tree, key: &[u8]) -> Result<Option<Arc<[u8]>>, StoreError> {
         if let Some(slot) = self.overlay.slot(t, key) {
             return Ok(slot.value.clone());
         }
-        Ok(trees.get(t).get(key)?.map(|v| Arc::from(v.as_ref())))
+        trees.value(t, key)
     }
 
-    /// Entries in `lo..hi` (overlay over sled), in key order or reversed, at most `limit`.
+    /// Entries in `lo..hi` (overlay over what is stored), in key order or reversed, at most `limit`.
     pub fn range(
         &self,
         trees: &Trees,
@@ -202,30 +258,28 @@ impl State {
             over.reverse();
         }
         let mut over = over.into_iter().peekable();
-        let sled_iter = trees.get(t).range::<Vec<u8>, _>((lo, hi));
-        let mut sled_iter: Box<dyn Iterator<Item = sled::Result<(sled::IVec, sled::IVec)>>> =
-            if rev { Box::new(sled_iter.rev()) } else { Box::new(sled_iter) };
-        let mut next_sled = sled_iter.next().transpose()?;
+        let mut stored = trees.entries(t, lo, hi, rev);
+        let mut next_stored = stored.next().transpose()?;
         let mut out = Vec::new();
         let before = |a: &[u8], b: &[u8]| if rev { a > b } else { a < b };
         while out.len() < limit {
-            let take_overlay = match (over.peek(), &next_sled) {
+            let take_overlay = match (over.peek(), &next_stored) {
                 (None, None) => break,
                 (Some(_), None) => true,
                 (None, Some(_)) => false,
-                (Some((ok, _)), Some((sk, _))) => before(ok, sk) || ok.as_slice() == sk.as_ref(),
+                (Some((ok, _)), Some((sk, _))) => before(ok, sk) || ok == sk,
             };
             if take_overlay {
                 let Some((k, slot)) = over.next() else { break };
-                if next_sled.as_ref().is_some_and(|(sk, _)| sk.as_ref() == k.as_slice()) {
-                    next_sled = sled_iter.next().transpose()?;
+                if next_stored.as_ref().is_some_and(|(sk, _)| *sk == k) {
+                    next_stored = stored.next().transpose()?;
                 }
                 if let Some(v) = slot.value {
                     out.push((k, v));
                 }
-            } else if let Some((k, v)) = next_sled.take() {
-                out.push((k.to_vec(), Arc::from(v.as_ref())));
-                next_sled = sled_iter.next().transpose()?;
+            } else if let Some((k, v)) = next_stored.take() {
+                out.push((k, Arc::from(v)));
+                next_stored = stored.next().transpose()?;
             }
         }
         Ok(out)
