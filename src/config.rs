@@ -463,6 +463,15 @@ fn within(flag: &'static str, value: u64, lo: u64, hi: u64) -> Result<u64, Confi
 impl ServeArgs {
     pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
         let etcd = etcd_settings(&self.cluster)?;
+        if etcd.is_some() && self.tls_cert.is_some() {
+            // A follower forwards to the leader over plain HTTP (the advertised http:// address):
+            // a leader serving TLS could not be reached, and a follower would take API keys in clear.
+            return Err(ConfigError::Etcd(
+                "--tls-cert is not supported with --store etcd yet: nodes forward to the leader over plain HTTP; \
+                 terminate TLS in a proxy in front of the nodes (see README, \"Running several nodes\")"
+                    .into(),
+            ));
+        }
         let public_url = match self.public_url {
             Some(u) if u.starts_with("http://") || u.starts_with("https://") => {
                 Some(u.trim_end_matches('/').to_string())

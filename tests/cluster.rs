@@ -445,7 +445,12 @@ fn needs_etcd_one_fenced_leader_survives_a_member_and_is_replaced_when_it_dies()
 /// A Gatehouse node in cluster mode on `port` (fixed: a follower and the leader it becomes
 /// listen on the same address).
 fn node(c: &EtcdCluster, dir: &Path, port: u16) -> common::Server {
+    node_with(c, dir, port, &[])
+}
+
+fn node_with(c: &EtcdCluster, dir: &Path, port: u16, env: &[(&str, &str)]) -> common::Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
+    cmd.envs(env.iter().copied());
     cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &c.endpoints().join(",")])
         .args(["--etcd-prefix", "/gh-nodes/", "--etcd-lease-ttl-secs", "4"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
@@ -810,4 +815,52 @@ fn needs_etcd_mixed_load_through_failovers_keeps_limits_order_and_streams() {
     let covered: Vec<u64> = got.iter().copied().filter(|q| *q <= head).collect();
     assert_eq!(covered, (1..=head).collect::<Vec<_>>(), "the stream missed or repeated events across the failover");
     drop(a);
+}
+
+/// A follower holds connections to the leader's rules: half-sent request heads are closed at
+/// the head deadline, one address cannot hold more unauthenticated connections than its cap,
+/// an API key lifts it, and the follower still forwards to the leader meanwhile.
+#[test]
+fn needs_etcd_a_follower_holds_slow_clients_to_the_same_deadlines_and_caps() {
+    use std::io::{Read, Write};
+    let c = EtcdCluster::start(1, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let env = [("GATEHOUSE_HEAD_TIMEOUT_SECS", "2"), ("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "20")];
+    let a = node_with(&c, &tmp.path().join("a"), free_port(), &env);
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
+    let b = node_with(&c, &tmp.path().join("b"), free_port(), &env);
+    acked(&b, "/v1/rooms", serde_json::json!({"name": "via-b"}), Duration::from_secs(10));
+    // Slow heads from 15 addresses, 20 each (not from 127.0.0.1, a trusted proxy for the nodes,
+    // exempt from the per-address cap): every one closed at the head deadline.
+    let mut slow: Vec<std::net::TcpStream> = Vec::new();
+    for i in 0..300 {
+        let mut conn = b.connect_from([127, 0, 3, 1 + (i % 15) as u8]);
+        conn.write_all(b"GET /v1/rooms HTTP/1.1\r\nHost: x\r\n").unwrap();
+        slow.push(conn);
+    }
+    // Meanwhile the follower forwards.
+    assert_eq!(b.get("/v1/rooms/first").status, 200);
+    std::thread::sleep(Duration::from_secs(3));
+    let open = slow
+        .iter_mut()
+        .map(|conn| common::closed_within(conn, Duration::from_millis(300)))
+        .filter(|closed| !closed)
+        .count();
+    assert_eq!(open, 0, "{open} of 300 half-sent request heads still open on the follower after the 2 s deadline");
+    // The per-address cap: 20 idle connections from one address, the 21st closed at once.
+    let from = [127, 0, 3, 100];
+    let mut twenty: Vec<std::net::TcpStream> = (0..20).map(|_| b.connect_from(from)).collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut over = b.connect_from(from);
+    assert!(common::closed_within(&mut over, Duration::from_secs(1)), "a 21st unauthenticated connection was kept");
+    // A connection that carries the API key no longer counts against its address.
+    write!(twenty[0], "GET /v1/rooms/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", b.key).unwrap();
+    let mut head = [0u8; 12];
+    twenty[0].read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200", "the API key's request through the follower");
+    let mut next = b.connect_from(from);
+    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut buf = Vec::new();
+    next.read_to_end(&mut buf).unwrap();
+    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
 }

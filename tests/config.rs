@@ -148,3 +148,28 @@ fn weak_keys_are_refused_everywhere() {
         assert!(!text.contains(&weak), "the key itself is never printed: {text}");
     }
 }
+
+/// Cluster nodes forward to the leader over plain HTTP: serving TLS on a node would leave the
+/// leader unreachable from its followers, so the combination is refused, saying what to do.
+#[test]
+fn tls_on_cluster_nodes_is_refused_with_what_to_do_instead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (cert, key) = (tmp.path().join("c.pem"), tmp.path().join("k.pem"));
+    std::fs::write(&cert, "x").unwrap();
+    std::fs::write(&key, "x").unwrap();
+    let (ok, out) = check(
+        &[
+            "--store",
+            "etcd",
+            "--etcd-endpoints",
+            "http://127.0.0.1:1",
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[("GATEHOUSE_API_KEY", &"k".repeat(40))],
+    );
+    assert!(!ok, "accepted:\n{out}");
+    assert!(out.contains("--tls-cert is not supported with --store etcd") && out.contains("proxy"), "{out}");
+}

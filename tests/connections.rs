@@ -6,36 +6,11 @@
 
 mod common;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use common::Server;
+use common::{closed_within, Server};
 use serde_json::json;
-
-/// A connection from a chosen loopback source address (all of 127.0.0.0/8 is local).
-fn connect_from(server: &Server, source: [u8; 4]) -> TcpStream {
-    let to: SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
-    let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    s.bind(&SocketAddr::from((source, 0)).into()).unwrap();
-    s.connect(&to.into()).unwrap();
-    s.into()
-}
-
-/// True once the server has closed the connection (EOF or reset), reading whatever it sent.
-fn closed_within(c: &mut TcpStream, limit: Duration) -> bool {
-    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 4096];
-    while Instant::now() < deadline {
-        match c.read(&mut buf) {
-            Ok(0) => return true,
-            Ok(_) => {}
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            Err(_) => return true,
-        }
-    }
-    false
-}
 
 fn rss_mib(pid: u32) -> f64 {
     common::memory_mib(pid, "VmRSS")
@@ -62,7 +37,7 @@ fn slowloris_and_slow_bodies_are_closed_while_others_are_served() {
     // default per-address cap of 256 unauthenticated connections).
     let mut attack = Vec::new();
     for i in 0..2500u32 {
-        let mut c = connect_from(&s, [127, 0, 1, (i % 40 + 2) as u8]);
+        let mut c = s.connect_from([127, 0, 1, (i % 40 + 2) as u8]);
         if i < 2000 {
             c.write_all(b"GET /v1/rooms HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
         } else {
@@ -104,7 +79,7 @@ fn slowloris_and_slow_bodies_are_closed_while_others_are_served() {
 fn idle_connections_close_but_streams_and_long_polls_do_not() {
     let s = Server::start_with(&[("GATEHOUSE_IDLE_TIMEOUT_SECS", "1"), ("GATEHOUSE_HEAD_TIMEOUT_SECS", "1")]);
     // A keep-alive connection: one request, then silence.
-    let mut c = connect_from(&s, [127, 0, 0, 1]);
+    let mut c = s.connect_from([127, 0, 0, 1]);
     c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let started = Instant::now();
     assert!(closed_within(&mut c, Duration::from_secs(10)), "an idle keep-alive connection stays open");
@@ -113,7 +88,7 @@ fn idle_connections_close_but_streams_and_long_polls_do_not() {
     let r = s.get("/v1/events?after=0&wait=3&types=room.deleted");
     assert_eq!(r.status, 200);
     // An open event stream outlives the idle timeout (it is sending, or waiting to).
-    let mut stream = connect_from(&s, [127, 0, 0, 1]);
+    let mut stream = s.connect_from([127, 0, 0, 1]);
     write!(stream, "GET /v1/events/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", s.key).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     s.create_room(json!({"name": "still-streaming"}));
@@ -131,10 +106,10 @@ fn idle_connections_close_but_streams_and_long_polls_do_not() {
 #[test]
 fn the_connection_cap_holds_and_recovers() {
     let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS", "20")]);
-    let mut held: Vec<TcpStream> = (0..20).map(|_| connect_from(&s, [127, 0, 0, 1])).collect();
+    let mut held: Vec<TcpStream> = (0..20).map(|_| s.connect_from([127, 0, 0, 1])).collect();
     std::thread::sleep(Duration::from_millis(300));
     // Over the cap: the connection waits in the backlog, unanswered.
-    let mut waiting = connect_from(&s, [127, 0, 0, 1]);
+    let mut waiting = s.connect_from([127, 0, 0, 1]);
     waiting.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     waiting.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
     let mut buf = [0u8; 256];
@@ -155,12 +130,12 @@ fn the_connection_cap_holds_and_recovers() {
 fn one_address_cannot_hold_more_unauthenticated_connections_than_its_cap() {
     let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "5")]);
     let from = [127, 0, 2, 1];
-    let mut five: Vec<TcpStream> = (0..5).map(|_| connect_from(&s, from)).collect();
+    let mut five: Vec<TcpStream> = (0..5).map(|_| s.connect_from(from)).collect();
     std::thread::sleep(Duration::from_millis(200));
-    let mut sixth = connect_from(&s, from);
+    let mut sixth = s.connect_from(from);
     assert!(closed_within(&mut sixth, Duration::from_secs(5)), "a sixth unauthenticated connection was kept");
     // Another address is not affected.
-    let mut other = connect_from(&s, [127, 0, 2, 2]);
+    let mut other = s.connect_from([127, 0, 2, 2]);
     other.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     other.read_to_end(&mut buf).unwrap();
@@ -169,7 +144,7 @@ fn one_address_cannot_hold_more_unauthenticated_connections_than_its_cap() {
     write!(five[0], "GET /v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", s.key).unwrap();
     let mut head = [0u8; 12];
     five[0].read_exact(&mut head).unwrap();
-    let mut seventh = connect_from(&s, from);
+    let mut seventh = s.connect_from(from);
     seventh.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let mut buf = Vec::new();
     seventh.read_to_end(&mut buf).unwrap();
@@ -218,7 +193,7 @@ fn streams_are_capped_per_key_and_per_session() {
     let s =
         Server::start_with(&[("GATEHOUSE_MAX_EVENT_STREAMS_PER_KEY", "2"), ("GATEHOUSE_MAX_STREAMS_PER_SESSION", "1")]);
     let open = |path: &str, auth: &str| {
-        let mut c = connect_from(&s, [127, 0, 0, 1]);
+        let mut c = s.connect_from([127, 0, 0, 1]);
         write!(c, "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {auth}\r\n\r\n").unwrap();
         let mut head = [0u8; 12];
         c.read_exact(&mut head).unwrap();
@@ -275,7 +250,7 @@ fn participant_and_lobby_secrets_do_not_lift_the_per_address_cap() {
     let from = [127, 0, 3, 1];
     let mut held = Vec::new();
     for (sid, sec) in [(id.as_str(), secret.as_str()), (wid, wsecret), (id.as_str(), secret.as_str()), (wid, wsecret)] {
-        let mut c = connect_from(&s, from);
+        let mut c = s.connect_from(from);
         let head = request_head(
             &mut c,
             &format!("POST /v1/sessions/{sid}/heartbeat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {sec}\r\nContent-Length: 0\r\n\r\n"),
@@ -283,7 +258,7 @@ fn participant_and_lobby_secrets_do_not_lift_the_per_address_cap() {
         assert_eq!(head, "HTTP/1.1 200");
         held.push(c);
     }
-    let mut fifth = connect_from(&s, from);
+    let mut fifth = s.connect_from(from);
     assert!(closed_within(&mut fifth, Duration::from_secs(5)), "a participant's secret lifted the per-address cap");
     // The API key on one of them frees a place.
     let head = request_head(
@@ -291,7 +266,7 @@ fn participant_and_lobby_secrets_do_not_lift_the_per_address_cap() {
         &format!("GET /v1/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", s.key),
     );
     assert_eq!(head, "HTTP/1.1 200");
-    let mut sixth = connect_from(&s, from);
+    let mut sixth = s.connect_from(from);
     let head = request_head(&mut sixth, "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert_eq!(head, "HTTP/1.1 200");
 }
@@ -332,7 +307,7 @@ fn left(c: &mut TcpStream, wait: Duration) -> Left {
 /// A new client at `source` asks once (its connection closing after the answer): it must be
 /// answered, within 10 s.
 fn newcomer_is_answered(s: &Server, source: [u8; 4]) {
-    let mut newcomer = connect_from(s, source);
+    let mut newcomer = s.connect_from(source);
     newcomer.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     newcomer.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut answer = Vec::new();
@@ -359,9 +334,9 @@ fn at_the_cap_the_longest_idle_keep_alives_make_room() {
     let authed = |path: &str| authed_get(&s, path);
     // The two oldest idle keep-alives then start requests that stay in flight: a long-poll
     // and an event stream.
-    let mut poll = connect_from(&s, [127, 0, 4, 1]);
+    let mut poll = s.connect_from([127, 0, 4, 1]);
     assert_eq!(request_head(&mut poll, &authed("/v1/rooms")), "HTTP/1.1 200");
-    let mut stream = connect_from(&s, [127, 0, 4, 1]);
+    let mut stream = s.connect_from([127, 0, 4, 1]);
     assert_eq!(request_head(&mut stream, &authed("/v1/rooms")), "HTTP/1.1 200");
     poll.write_all(authed("/v1/events?after=0&wait=60&types=room.created").as_bytes()).unwrap();
     stream.write_all(authed("/v1/events/stream").as_bytes()).unwrap();
@@ -369,7 +344,7 @@ fn at_the_cap_the_longest_idle_keep_alives_make_room() {
     // The leak fills the cap: one authenticated request each, then held idle.
     let mut leaked: Vec<TcpStream> = (2..CAP)
         .map(|_| {
-            let mut c = connect_from(&s, [127, 0, 4, 2]);
+            let mut c = s.connect_from([127, 0, 4, 2]);
             assert_eq!(request_head(&mut c, &authed("/v1/rooms")), "HTTP/1.1 200");
             c
         })
@@ -378,7 +353,7 @@ fn at_the_cap_the_longest_idle_keep_alives_make_room() {
     // address: all are answered, and 21 of the leaked connections made room.
     let mut more: Vec<TcpStream> = (0..20)
         .map(|_| {
-            let mut c = connect_from(&s, [127, 0, 4, 2]);
+            let mut c = s.connect_from([127, 0, 4, 2]);
             c.write_all(authed("/v1/rooms").as_bytes()).unwrap();
             c
         })
@@ -407,7 +382,7 @@ fn at_the_cap_with_none_idle_the_first_to_go_idle_makes_room() {
     let s = Server::start_with(&[("GATEHOUSE_MAX_CONNECTIONS", "16")]);
     let mut polls: Vec<TcpStream> = (0..16)
         .map(|i| {
-            let mut c = connect_from(&s, [127, 0, 5, 1]);
+            let mut c = s.connect_from([127, 0, 5, 1]);
             let wait = if i == 7 { 1 } else { 60 };
             c.write_all(authed_get(&s, &format!("/v1/events?after=0&wait={wait}&types=room.created")).as_bytes())
                 .unwrap();
@@ -451,7 +426,7 @@ async fn an_idle_http2_connection_closed_at_the_cap_gets_a_goaway() {
         tokio::task::spawn_blocking(move || {
             (0..17)
                 .map(|_| {
-                    let mut c = connect_from(&s, [127, 0, 6, 1]);
+                    let mut c = s.connect_from([127, 0, 6, 1]);
                     assert_eq!(request_head(&mut c, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"), "HTTP/1.1 200");
                     c
                 })

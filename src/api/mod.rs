@@ -148,12 +148,38 @@ impl AppState {
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
     grace: Duration,
     tls: Option<Arc<Tls>>,
 ) {
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
+    let listener =
+        accept(listener, gate.clone(), shutdown, tls, move |peer, req| handle(state.clone(), peer, req)).await;
+    drop(listener);
+    if tokio::time::timeout(grace, gate.drained()).await.is_err() {
+        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+    }
+}
+
+/// Accepts connections on `listener` within `gate`'s limits and deadlines (over TLS with
+/// `tls`), each request answered by `handler` (which finds the connection in the request's
+/// extensions, to mark it authenticated), until `stop` turns true; then the connections close
+/// gracefully and the listener is handed back. The API's server, and a cluster follower's
+/// forwarding front: both hold every connection to the same rules.
+pub async fn accept<H, F, B>(
+    listener: TcpListener,
+    gate: Arc<conn::Gate>,
+    mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<Tls>>,
+    handler: H,
+) -> TcpListener
+where
+    H: Fn(SocketAddr, Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let accept_errors_logged = conn::Throttle::default();
     loop {
         let (stream, peer) = tokio::select! {
@@ -169,7 +195,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
         let Some(conn) = gate.open(ratelimit::canonical(peer.ip())) else {
             continue; // over its address's cap: dropping the stream closes it
@@ -177,19 +203,19 @@ pub async fn serve(
         // Taken only for a connection that will be served: at the cap this may close an idle one.
         let permit = tokio::select! {
             p = gate.slot() => p,
-            _ = shutdown.changed() => break,
+            _ = stop.changed() => break,
         };
         let _ = stream.set_nodelay(true);
         let svc = {
-            let (state, conn) = (state.clone(), conn.clone());
+            let (handler, conn) = (handler.clone(), conn.clone());
             hyper::service::service_fn(move |mut req: Request<Incoming>| {
                 let in_flight = conn.request_started();
                 req.extensions_mut().insert(conn.clone());
-                let handled = handle(state.clone(), peer, req);
+                let handled = handler(peer, req);
                 async move { handled.await.map(|res| res.map(|body| conn::Tracked::new(body, in_flight))) }
             })
         };
-        let (gate, builder, tls, mut stopping) = (gate.clone(), builder.clone(), tls.clone(), shutdown.clone());
+        let (gate, builder, tls, mut stopping) = (gate.clone(), builder.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
             let _permit = permit;
             // A closed channel means the server is going away too.
@@ -215,9 +241,16 @@ pub async fn serve(
             }
         });
     }
-    drop(listener);
-    if tokio::time::timeout(grace, gate.drained()).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+    listener
+}
+
+/// Marks the request's connection authenticated when it carries one of `keys` (a cluster
+/// follower's front, which forwards without reading anything else of the request).
+pub fn authenticate_if_api_key(req: &Request<Incoming>, keys: &KeyRing) {
+    if let Ok(Some(cred)) = auth::bearer(req) {
+        if keys.authenticate(cred).is_some() {
+            auth::authenticated(req);
+        }
     }
 }
 

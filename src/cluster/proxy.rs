@@ -5,6 +5,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::leader::Role;
+use crate::tokens::KeyRing;
 
 type Out = Either<Incoming, Full<Bytes>>;
 
@@ -100,43 +102,30 @@ async fn forward(
 }
 
 /// Forwards every request to the leader the election names, until `stop` says so (this node
-/// was elected): then it stops accepting and hands the listener back for the server.
+/// was elected): then it hands the listener back for the server. Connections are accepted and
+/// held by the API's own front (`api::accept`): the same deadlines for heads, bodies and idle
+/// keep-alives, the same connection cap and per-address limit of unauthenticated connections
+/// as the leader's (a connection that carries an API key is authenticated here, as there).
 pub async fn serve(
     listener: TcpListener,
+    limits: crate::api::conn::Limits,
+    keys: Arc<KeyRing>,
     me: String,
     secret: [u8; 32],
     role: watch::Receiver<Role>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) -> TcpListener {
+    let gate = Arc::new(crate::api::conn::Gate::new(limits, Arc::default()));
     let client = client();
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.changed() => return listener,
-            got = listener.accept() => match got {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cluster proxy: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+    crate::api::accept(listener, gate, stop, None, move |peer, req: Request<Incoming>| {
+        crate::api::authenticate_if_api_key(&req, &keys);
+        let leader = match &*role.borrow() {
+            // This node's own previous life (a lease not yet lapsed) is nobody to ask.
+            Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
+            _ => None,
         };
-        let role = role.clone();
-        let me = me.clone();
         let client = client.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let leader = match &*role.borrow() {
-                    // This node's own previous life (a lease not yet lapsed) is nobody to ask.
-                    Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
-                    _ => None,
-                };
-                let client = client.clone();
-                async move { Ok::<_, Infallible>(forward(&client, &secret, req, peer, leader).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { Ok::<_, Infallible>(forward(&client, &secret, req, peer, leader).await) }
+    })
+    .await
 }

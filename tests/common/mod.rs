@@ -12,6 +12,22 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+/// True once the server has closed the connection (EOF or reset), reading whatever it sent.
+pub fn closed_within(c: &mut std::net::TcpStream, limit: Duration) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
 /// Frames of a session stream, as (event, data), read on a thread.
 pub type Frames = mpsc::Receiver<(String, Value)>;
 
@@ -262,6 +278,15 @@ impl Server {
         let _ = c.kill();
         let _ = c.wait();
         None
+    }
+
+    /// A connection from a chosen loopback source address (all of 127.0.0.0/8 is local).
+    pub fn connect_from(&self, source: [u8; 4]) -> std::net::TcpStream {
+        let to: std::net::SocketAddr = self.base.trim_start_matches("http://").parse().unwrap();
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.bind(&std::net::SocketAddr::from((source, 0)).into()).unwrap();
+        s.connect(&to.into()).unwrap();
+        s.into()
     }
 
     pub fn url(&self, path: &str) -> String {
