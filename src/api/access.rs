@@ -21,6 +21,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::participants::{check_token, join_gate, room_admin};
+use super::requests;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::sessions::{self, JoinFacts, TokenCheck};
@@ -38,9 +39,8 @@ pub async fn pre_auth(
     name: &str,
 ) -> Result<Response<Body>, ApiError> {
     join_gate(state, &req, peer)?;
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["token"])?;
-    let token = check_token(state, wire::opt_str(&body, "token")?.filter(|t| !t.is_empty()));
+    let body: requests::PreAuth = wire::read(state, req).await?;
+    let token = check_token(state, body.token.as_deref().filter(|t| !t.is_empty()));
     let room = state.store.room(name)?;
     let now = state.clock.now_ms();
     // The same facts a join would be judged on now (revocations, bans, who is present).
@@ -160,9 +160,8 @@ pub async fn update_permissions(
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
     room_admin(state, &req, room)?;
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["data"])?;
-    let data = match body.get("data") {
+    let body: requests::UpdatePermissions = wire::read(state, req).await?;
+    let data = match &body.data {
         Some(Value::Object(m)) if !m.is_empty() && m.len() <= MAX_TARGETS => m,
         _ => {
             return Err(ApiError::invalid(format!(

@@ -9,6 +9,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Map, Value};
 
 use super::error::ApiError;
+use super::requests;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::store::{Merge, SessionDataError, SetSessionData};
@@ -35,15 +36,14 @@ pub async fn send_app_message(
     req: Request<Incoming>,
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["data", "recipient"])?;
+    let body: requests::AppMessage = wire::read(state, req).await?;
     // Any JSON value: some clients send a string they serialized themselves.
-    let data = body.get("data").cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let data = body.data.unwrap_or_else(|| Value::Object(Map::new()));
     let size = serde_json::to_vec(&data).map_or(usize::MAX, |b| b.len());
     if size > MAX_APP_MESSAGE {
         return Err(ApiError::invalid(format!("'data' is {size} bytes as JSON; at most {MAX_APP_MESSAGE}")));
     }
-    let recipient = match wire::opt_str(&body, "recipient")? {
+    let recipient = match body.recipient.as_deref() {
         None | Some("*") => None,
         Some("") => return Err(ApiError::invalid("'recipient' must be \"*\" or a session id")),
         Some(id) => Some(id),
@@ -72,15 +72,14 @@ pub async fn set_session_data(
     req: Request<Incoming>,
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["data", "mergeStrategy", "keysToDelete"])?;
-    let data = wire::opt_object(&body, "data")?.cloned().unwrap_or_default();
-    let merge = match wire::opt_str(&body, "mergeStrategy")? {
+    let body: requests::SetSessionData = wire::read(state, req).await?;
+    let data = body.data.unwrap_or_default();
+    let merge = match body.merge_strategy.as_deref() {
         None | Some("replace") => Merge::Replace,
         Some("shallow-merge") => Merge::ShallowMerge,
         Some(_) => return Err(ApiError::invalid("'mergeStrategy' must be \"replace\" or \"shallow-merge\"")),
     };
-    let delete = match body.get("keysToDelete") {
+    let delete = match &body.keys_to_delete {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(keys)) => keys
             .iter()

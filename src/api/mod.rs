@@ -14,6 +14,7 @@ mod ops;
 mod participants;
 mod presence;
 mod ratelimit;
+mod requests;
 mod rooms;
 pub mod routes;
 pub mod session_stream;

@@ -1,6 +1,7 @@
 //! `GET /v1/openapi.json`: the OpenAPI 3.1 document of the HTTP API. Its operations come from the
 //! route table (each route declares who may call it, its summary, body, answers and parameters);
-//! the schemas are written here.
+//! the request bodies' schemas are derived from their types (`requests.rs`, schemars), the
+//! answers' are written here.
 //! `tests/openapi.rs` checks that every route the router answers is documented and CI runs
 //! schemathesis against a live server with it (5xx, schema and status mismatches fail).
 
@@ -134,6 +135,16 @@ fn paths() -> Value {
 
 /// The document.
 pub fn document() -> Value {
+    let mut doc = answers();
+    if let Some(schemas) = doc["components"]["schemas"].as_object_mut() {
+        schemas.extend(super::requests::schemas());
+    }
+    doc
+}
+
+/// The document with the answers' schemas, written here (the request bodies' are derived from
+/// their types in `requests.rs`).
+fn answers() -> Value {
     json!({
         "openapi": "3.1.0",
         "info": {"title": "Gatehouse", "version": env!("CARGO_PKG_VERSION"),
@@ -145,33 +156,22 @@ pub fn document() -> Value {
                 "Room": {"type": "object", "required": ["id", "name", "privacy", "url", "created_at", "config"],
                          "properties": {"id": {"type": "string"}, "name": {"type": "string"}, "api_created": {"type": "boolean"},
                                         "privacy": {"enum": ["public", "private"]}, "url": {"type": "string"}, "created_at": {"type": "string"}, "config": open_object()}},
-                "RoomWrite": {"type": "object", "properties": {"name": {"type": ["string", "null"]}, "privacy": {"enum": ["public", "private", null]}, "properties": {"type": ["object", "null"]}}},
                 "RoomList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}},
                 "Deleted": open_object(),
-                "BatchRooms": {"type": "object", "required": ["rooms"], "properties": {"rooms": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"$ref": "#/components/schemas/RoomWrite"}}}},
                 "BatchCreated": {"type": "object", "required": ["data"], "properties": {"data": {"type": "array", "items": {"$ref": "#/components/schemas/Room"}}}},
-                "BatchRoomNames": {"type": "object", "required": ["room_names"], "properties": {"room_names": {"type": "array", "minItems": 1, "maxItems": 1000, "items": {"type": "string"}}}},
                 "BatchDeleted": {"type": "object", "required": ["deleted_count"], "properties": {"deleted_count": {"type": "integer"}}},
-                "AppMessage": {"type": "object", "additionalProperties": false, "properties": {"data": {}, "recipient": {"type": "string"}}},
                 "AppMessageSent": {"type": "object", "required": ["sent"], "properties": {"sent": {"const": "true"}, "recipients": {"type": "integer"}}},
                 "SessionData": {"type": "object", "required": ["data"], "properties": {"data": open_object()}},
-                "SetSessionData": {"type": "object", "additionalProperties": false, "properties": {"data": {"type": ["object", "null"]},
-                                   "mergeStrategy": {"enum": ["replace", "shallow-merge", null]}, "keysToDelete": {"type": ["array", "null"], "items": {"type": "string"}}}},
                 "SessionDataSet": {"type": "object", "required": ["sent", "data"], "properties": {"sent": {"const": "true"}, "data": open_object()}},
-                "DomainWrite": {"type": "object", "properties": {"properties": {"type": ["object", "null"]}}},
                 "Object": open_object(),
                 "Domain": {"type": "object", "required": ["domain_id"], "properties": {"domain_id": {"type": "string"}, "domain_name": {"type": "string"}, "config": open_object()}},
-                "TokenRequest": {"type": "object", "properties": {"properties": {"type": ["object", "null"]}}},
                 "TokenResponse": {"type": "object", "required": ["token"], "properties": {"token": {"type": "string"}}},
                 "TokenList": {"type": "object", "required": ["data", "has_more"], "properties": {"data": {"type": "array", "items": open_object()}, "has_more": {"type": "boolean"}}},
-                "Revoke": {"type": "object", "properties": {"jti": {"type": "string"}, "token": {"type": "string"}, "room_name": {"type": "string"}, "user_id": {"type": "string"}, "issued_before": {"type": "number"}}},
                 "Revoked": {"type": "object", "required": ["revoked", "ejectedIds"], "properties": {"revoked": {"type": "boolean"}, "ejectedIds": {"type": "array", "items": {"type": "string"}}}},
-                "Join": {"type": "object", "properties": {"token": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]}}},
                 "Joined": {"type": "object", "required": ["session_id", "session_secret", "room", "joined_at", "will_eject_at", "owner"],
                            "properties": {"session_id": {"type": "string"}, "session_secret": {"type": "string"}, "room": {"type": "string"},
                                           "user_id": {"type": ["string", "null"]}, "user_name": {"type": ["string", "null"]}, "owner": {"type": "boolean"},
                                           "joined_at": {"type": "number"}, "will_eject_at": {"type": ["integer", "null"]}, "permissions": open_object()}},
-                "PreAuth": {"type": "object", "properties": {"token": {"type": ["string", "null"]}}},
                 "Access": {"type": "object", "required": ["room", "access"], "properties": {"room": {"type": "string"},
                            "access": {"type": "object", "required": ["level"], "properties": {"level": {"enum": ["full", "lobby", "none"]}}},
                            "error": {"type": "string"}, "info": {"type": "string"}}},
@@ -180,11 +180,8 @@ pub fn document() -> Value {
                     "canSend": {"oneOf": [{"type": "boolean"}, {"type": "array", "uniqueItems": true, "items": {"enum": ["video", "audio", "screenVideo", "screenAudio", "customVideo", "customAudio"]}}]},
                     "canAdmin": {"oneOf": [{"type": "boolean"}, {"type": "array", "uniqueItems": true, "items": {"enum": ["participants", "streaming", "transcription"]}}]},
                     "canReceive": {"type": "object", "additionalProperties": false, "properties": {"base": {"type": ["boolean", "object"]}, "byUserId": {"type": "object"}, "byParticipantId": {"type": "object"}}}}},
-                "UpdatePermissions": {"type": "object", "additionalProperties": false, "required": ["data"],
-                                      "properties": {"data": {"type": "object", "minProperties": 1, "additionalProperties": {"$ref": "#/components/schemas/Permissions"}}}},
                 "PermissionsSent": {"type": "object", "required": ["status", "updated"], "properties": {"status": {"const": "sent"}, "updated": {"type": "array", "items": {"type": "string"}}}},
                 "WaitingList": {"type": "object", "required": ["total_count", "data"], "properties": {"total_count": {"type": "integer"}, "data": {"type": "array", "items": open_object()}}},
-                "WaitingDecisions": {"type": "object", "minProperties": 1, "additionalProperties": {"type": "object", "required": ["grantRequestedAccess"], "additionalProperties": false, "properties": {"grantRequestedAccess": {"type": "boolean"}}}},
                 "WaitingDecided": {"type": "object", "required": ["ids", "granted", "denied", "refused"], "properties": {
                     "ids": {"type": "array", "items": {"type": "string"}}, "granted": {"type": "array", "items": {"type": "string"}},
                     "denied": {"type": "array", "items": {"type": "string"}}, "refused": {"type": "array", "items": open_object()}}},
@@ -201,8 +198,6 @@ pub fn document() -> Value {
                     "user_id": {"type": "string"}, "until": {"type": ["integer", "null"]}, "created_at": {"type": "string"}, "by": {"type": "string"}}},
                 "BanList": {"type": "object", "required": ["total_count", "data", "has_more"], "properties": {
                     "total_count": {"type": "integer"}, "data": {"type": "array", "items": {"$ref": "#/components/schemas/Ban"}}, "has_more": {"type": "boolean"}}},
-                "Eject": {"type": "object", "properties": {"ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
-                          "user_ids": {"type": "array", "items": {"type": "string"}, "maxItems": 100}, "ban": {"type": "boolean"}, "ban_until": {"type": "integer"}}},
                 "Ejected": {"type": "object", "required": ["ejectedIds"], "properties": {"ejectedIds": {"type": "array", "items": {"type": "string"}}}},
                 "Events": {"type": "object", "required": ["data", "next_after", "has_more", "head_seq"],
                            "properties": {"data": {"type": "array", "items": open_object()}, "next_after": {"type": "integer"}, "has_more": {"type": "boolean"}, "head_seq": {"type": "integer"}}},
@@ -211,10 +206,7 @@ pub fn document() -> Value {
                                            "retryType": {"enum": ["circuit-breaker", "exponential"]}, "eventTypes": {"type": "array", "items": {"type": "string"}},
                                            "state": {"enum": ["ACTIVE", "FAILED", "INACTIVE"]}, "failedCount": {"type": "integer"},
                                            "lastMomentPushed": {"type": ["string", "null"]}, "createdAt": {"type": "string"}, "updatedAt": {"type": "string"}}},
-                "WebhookWrite": {"type": "object", "properties": {"url": {"type": "string"}, "eventTypes": {"type": "array", "items": {"type": "string"}},
-                                 "hmac": {"type": "string"}, "basicAuth": {"type": ["string", "null"]}, "retryType": {"type": "string"}}},
                 "WebhookList": {"type": "array", "items": {"$ref": "#/components/schemas/Webhook"}},
-                "Replay": {"type": "object", "properties": {"from_seq": {"type": "integer"}}},
             }
         },
         "paths": paths(),

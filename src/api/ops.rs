@@ -284,9 +284,8 @@ fn domain_json(state: &AppState, settings: serde_json::Map<String, serde_json::V
 /// is removed) and answers the domain object. Rooms created afterwards take the settings that
 /// are room properties as their defaults.
 pub async fn update_domain(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["properties"])?;
-    let patch = wire::opt_object(&body, "properties")?.cloned().unwrap_or_default();
+    let body: super::requests::DomainWrite = wire::read(state, req).await?;
+    let patch = body.properties.unwrap_or_default();
     let patch = crate::rooms::validate_domain_patch(&patch).map_err(|e| ApiError::invalid(format!("domain {e}")))?;
     let config = state.store.submit(crate::store::SetDomain { patch }).await?;
     Ok(ok(&domain_json(state, config)))

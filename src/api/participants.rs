@@ -12,12 +12,13 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
+use super::requests;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::sessions::{self, Session, TokenCheck};
@@ -74,10 +75,9 @@ pub async fn join(
     room: &str,
 ) -> Result<Response<Body>, ApiError> {
     join_gate(state, &req, peer)?;
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["token", "user_name"])?;
-    let token = wire::opt_str(&body, "token")?.filter(|t| !t.is_empty());
-    let user_name = wire::opt_str(&body, "user_name")?;
+    let body: requests::Join = wire::read(state, req).await?;
+    let token = body.token.as_deref().filter(|t| !t.is_empty());
+    let user_name = body.user_name.as_deref();
     if let Some(n) = user_name {
         if !crate::properties::is_plain_text(n, 100) {
             return Err(ApiError::invalid("'user_name' must be at most 100 characters, without control characters"));
@@ -241,14 +241,14 @@ pub(super) fn room_admin(state: &AppState, req: &Request<Incoming>, room: &str) 
     eject_authority(state, req, room)
 }
 
-fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiError> {
+fn id_list(v: Option<&Value>, name: &str) -> Result<Vec<String>, ApiError> {
     let bad = || {
         ApiError::invalid(format!(
             "'{name}' must be an array of at most {} strings of at most 255 characters without control characters",
             sessions::MAX_EJECT_IDS
         ))
     };
-    match body.get(name) {
+    match v {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) if a.len() <= sessions::MAX_EJECT_IDS => a
             .iter()
@@ -260,16 +260,15 @@ fn id_list(body: &Map<String, Value>, name: &str) -> Result<Vec<String>, ApiErro
 
 pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -> Result<Response<Body>, ApiError> {
     let (by, by_token) = eject_authority(state, &req, room)?;
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["ids", "user_ids", "ban", "ban_until"])?;
-    let ids = id_list(&body, "ids")?;
-    let user_ids = id_list(&body, "user_ids")?;
-    let ban = match body.get("ban") {
+    let body: requests::Eject = wire::read(state, req).await?;
+    let ids = id_list(body.ids.as_ref(), "ids")?;
+    let user_ids = id_list(body.user_ids.as_ref(), "user_ids")?;
+    let ban = match &body.ban {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(ApiError::invalid("'ban' must be true or false")),
     };
-    let ban_until_s = match body.get("ban_until") {
+    let ban_until_s = match &body.ban_until {
         None | Some(Value::Null) => None,
         Some(v) => {
             let now = state.clock.now_secs();

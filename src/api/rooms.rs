@@ -4,17 +4,18 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::requests;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::rooms::{self, Privacy, Room};
 use crate::store::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, RoomCursor, UpdateRoom, MAX_BATCH};
 use crate::tokens::SigningKey;
 
-fn privacy_field(body: &Map<String, Value>) -> Result<Option<Privacy>, ApiError> {
-    match body.get("privacy") {
+fn privacy_field(v: Option<&Value>) -> Result<Option<Privacy>, ApiError> {
+    match v {
         None | Some(Value::Null) => Ok(None),
         Some(v) => Ok(Some(Privacy::parse(v)?)),
     }
@@ -25,22 +26,20 @@ fn room_response(state: &AppState, outcome: Result<Room, rooms::RoomError>) -> R
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    let out = state.store.submit(new_room(&body)?).await?;
+    let body: requests::RoomWrite = wire::read(state, req).await?;
+    let out = state.store.submit(new_room(body)?).await?;
     room_response(state, out)
 }
 
 /// A room to create, from a `POST /v1/rooms` body (or one item of a batch).
-fn new_room(body: &Map<String, Value>) -> Result<CreateRoom, ApiError> {
-    wire::only_fields(body, &["name", "privacy", "properties"])?;
+fn new_room(body: requests::RoomWrite) -> Result<CreateRoom, ApiError> {
     // An empty name is a bad name; only an absent (or null) one means "pick a random name".
-    let name = wire::opt_str(body, "name")?;
-    if let Some(n) = name {
+    if let Some(n) = &body.name {
         rooms::validate_name(n)?;
     }
-    let privacy = privacy_field(body)?.unwrap_or(Privacy::Public);
-    let config = rooms::validate_properties(wire::opt_object(body, "properties")?.unwrap_or(&Map::new()))?;
-    Ok(CreateRoom { name: name.map(String::from), privacy, config })
+    let privacy = privacy_field(body.privacy.as_ref())?.unwrap_or(Privacy::Public);
+    let config = rooms::validate_properties(&body.properties.unwrap_or_default())?;
+    Ok(CreateRoom { name: body.name, privacy, config })
 }
 
 /// How much a batch call may send: room objects and their properties for up to
@@ -50,8 +49,8 @@ fn batch_body_limit(state: &AppState) -> usize {
 }
 
 /// A batch body's list field, 1 to [`MAX_BATCH`] items.
-fn batch_list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Vec<Value>, ApiError> {
-    match body.get(field) {
+fn batch_list(list: Option<Value>, field: &str) -> Result<Vec<Value>, ApiError> {
+    match list {
         Some(Value::Array(items)) if !items.is_empty() && items.len() <= MAX_BATCH => Ok(items),
         Some(Value::Array(items)) if !items.is_empty() => {
             Err(ApiError::invalid(format!("'{field}' lists {} rooms; at most {MAX_BATCH} per call", items.len())))
@@ -63,14 +62,13 @@ fn batch_list<'a>(body: &'a Map<String, Value>, field: &str) -> Result<&'a Vec<V
 /// `POST /v1/batch/rooms` `{"rooms": [{name?, privacy?, properties?}, ...]}`: up to 1,000
 /// rooms, all or none, answered `{"data": [room, ...]}` in the order given.
 pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object_up_to(state, req, batch_body_limit(state)).await?;
-    wire::only_fields(&body, &["rooms"])?;
+    let body: requests::BatchRooms = wire::read_up_to(state, req, batch_body_limit(state)).await?;
     let mut rooms = Vec::new();
-    for (i, item) in batch_list(&body, "rooms")?.iter().enumerate() {
+    for (i, item) in batch_list(body.rooms, "rooms")?.into_iter().enumerate() {
         let Value::Object(item) = item else {
             return Err(ApiError::invalid(format!("rooms[{i}] must be an object")));
         };
-        rooms.push(new_room(item).map_err(|e| e.prefixed(&format!("rooms[{i}]: ")))?);
+        rooms.push(wire::typed(item).and_then(new_room).map_err(|e| e.prefixed(&format!("rooms[{i}]: ")))?);
     }
     let made = state.store.submit(CreateRooms { rooms }).await??;
     let data: Vec<Value> = made.iter().map(|r| r.to_json(&state.settings.public_url)).collect();
@@ -85,10 +83,9 @@ pub async fn batch_delete(
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
     let by = super::auth::actor(key);
-    let body = wire::read_object_up_to(state, req, batch_body_limit(state)).await?;
-    wire::only_fields(&body, &["room_names"])?;
+    let body: requests::BatchRoomNames = wire::read_up_to(state, req, batch_body_limit(state)).await?;
     let mut names = Vec::new();
-    for (i, v) in batch_list(&body, "room_names")?.iter().enumerate() {
+    for (i, v) in batch_list(body.room_names, "room_names")?.iter().enumerate() {
         match v.as_str() {
             // A name no room can have names no room.
             Some(n) if rooms::validate_name(n).is_ok() => names.push(n.to_string()),
@@ -139,10 +136,9 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
 }
 
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["privacy", "properties"])?;
-    let privacy = privacy_field(&body)?;
-    let patch = rooms::validate_patch(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
+    let body: requests::RoomUpdate = wire::read(state, req).await?;
+    let privacy = privacy_field(body.privacy.as_ref())?;
+    let patch = rooms::validate_patch(&body.properties.unwrap_or_default())?;
     let out = state.store.submit(UpdateRoom { name: name.to_string(), privacy, patch }).await?;
     room_response(state, out)
 }

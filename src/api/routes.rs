@@ -239,7 +239,7 @@ routes! {
         doc("List rooms, newest first", json("RoomList")).query(&[LIMIT_100, Param::Str("starting_after"), Param::Str("ending_before")]),
     POST "/v1/rooms" => CreateRoom (ApiKey) doc("Create a room (no name: a random one)", json("Room")).body("RoomWrite"),
     GET "/v1/rooms/:name" => GetRoom (ApiKey) doc("Get a room", json("Room")),
-    POST "/v1/rooms/:name" => UpdateRoom (ApiKey) doc("Update a room (null removes a property)", json("Room")).body("RoomWrite"),
+    POST "/v1/rooms/:name" => UpdateRoom (ApiKey) doc("Update a room (null removes a property)", json("Room")).body("RoomUpdate"),
     DELETE "/v1/rooms/:name" => DeleteRoom (ApiKey) doc("Delete a room (everyone present is ejected)", json("Deleted")),
     POST "/v1/rooms/:name/join" => Join (Participant)
         doc("Join", json("Joined")).body("Join").also(&[

@@ -4,9 +4,10 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::requests;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::events::NewEvent;
@@ -19,9 +20,8 @@ pub async fn create(
     req: Request<Incoming>,
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["properties"])?;
-    let props = TokenProps::validate(wire::opt_object(&body, "properties")?.unwrap_or(&Map::new()))?;
+    let body: requests::TokenRequest = wire::read(state, req).await?;
+    let props = TokenProps::validate(&body.properties.unwrap_or_default())?;
     let now_ms = state.clock.now_ms();
     let jti = uuid::Uuid::now_v7().to_string();
     let token = tokens::sign(key, &props, &state.domain_id(), now_ms.div_euclid(1000), &jti)?;
@@ -125,13 +125,12 @@ pub async fn revoke(
     key: &SigningKey,
 ) -> Result<Response<Body>, ApiError> {
     let by = super::auth::actor(key);
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["jti", "token", "room_name", "user_id", "issued_before"])?;
-    let jti = wire::opt_str(&body, "jti")?;
-    let token = wire::opt_str(&body, "token")?;
-    let room = wire::opt_str(&body, "room_name")?;
-    let user = wire::opt_str(&body, "user_id")?;
-    let before = match body.get("issued_before") {
+    let body: requests::Revoke = wire::read(state, req).await?;
+    let jti = body.jti.as_deref();
+    let token = body.token.as_deref();
+    let room = body.room_name.as_deref();
+    let user = body.user_id.as_deref();
+    let before = match &body.issued_before {
         None | Some(Value::Null) => None,
         Some(v) => Some(
             v.as_f64()

@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::error::ApiError;
+use super::requests;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::clock::rfc3339_ms;
@@ -15,7 +16,6 @@ use crate::store::{CreateWebhook, DeleteWebhook, ReplayWebhook, UpdateWebhook, W
 use crate::webhooks::{self, signing};
 
 const RETRY_TYPES: &[&str] = &["circuit-breaker", "exponential"];
-const FIELDS: &[&str] = &["url", "eventTypes", "hmac", "basicAuth", "retryType"];
 
 /// Daily's webhook object, plus the cursor and success count.
 fn webhook_json(w: &WebhookRecord) -> Value {
@@ -39,22 +39,21 @@ fn webhook_json(w: &WebhookRecord) -> Value {
 }
 
 /// Validated fields of a create or update body.
-fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
-    wire::only_fields(body, FIELDS)?;
+fn parse(body: requests::WebhookWrite) -> Result<WebhookPatch, ApiError> {
     let mut p = WebhookPatch::default();
-    if let Some(u) = wire::opt_str(body, "url")? {
+    if let Some(u) = body.url.as_deref() {
         if u.len() > 2048 || !(u.starts_with("http://") || u.starts_with("https://")) || reqwest_url_invalid(u) {
             return Err(ApiError::invalid("'url' must be an http(s) URL of at most 2048 characters"));
         }
         p.url = Some(u.to_string());
     }
-    if let Some(h) = wire::opt_str(body, "hmac")? {
+    if let Some(h) = body.hmac.as_deref() {
         if signing::secret_key(h).is_none_or(|k| k.len() < 16) {
             return Err(ApiError::invalid("'hmac' must be base64 of at least 16 bytes"));
         }
         p.hmac = Some(h.to_string());
     }
-    match body.get("basicAuth") {
+    match &body.basic_auth {
         None => {}
         Some(Value::Null) => p.basic_auth = Some(None),
         Some(Value::String(s)) if s.len() <= 512 && !s.chars().any(char::is_control) => {
@@ -62,13 +61,13 @@ fn parse(body: &Map<String, Value>) -> Result<WebhookPatch, ApiError> {
         }
         Some(_) => return Err(ApiError::invalid("'basicAuth' must be a string of at most 512 characters")),
     }
-    if let Some(r) = wire::opt_str(body, "retryType")? {
+    if let Some(r) = body.retry_type.as_deref() {
         if !RETRY_TYPES.contains(&r) {
             return Err(ApiError::invalid("'retryType' must be \"circuit-breaker\" or \"exponential\""));
         }
         p.retry_type = Some(r.to_string());
     }
-    match body.get("eventTypes") {
+    match &body.event_types {
         None | Some(Value::Null) => {}
         Some(Value::Array(a)) => {
             let mut types = Vec::new();
@@ -103,8 +102,7 @@ fn answer(out: Option<WebhookRecord>) -> Result<Response<Body>, ApiError> {
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    let p = parse(&body)?;
+    let p = parse(wire::read(state, req).await?)?;
     let url = p.url.clone().ok_or_else(|| ApiError::invalid("'url' is required"))?;
     let now = state.clock.now_ms();
     let w = WebhookRecord {
@@ -142,8 +140,7 @@ pub fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> 
 
 /// Updates and re-activates: a `FAILED` webhook resumes from its cursor, losing nothing.
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    let p = parse(&body)?;
+    let p = parse(wire::read(state, req).await?)?;
     let mut preview = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
     p.apply(&mut preview);
     probe(state, &preview).await?;
@@ -158,11 +155,11 @@ pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, A
 }
 
 pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
-    let body = wire::read_object(state, req).await?;
-    wire::only_fields(&body, &["from_seq"])?;
+    let body: requests::Replay = wire::read(state, req).await?;
     let head = state.store.durable_seq();
     let from = body
-        .get("from_seq")
+        .from_seq
+        .as_ref()
         .and_then(Value::as_u64)
         .filter(|f| *f >= 1 && *f <= head + 1)
         .ok_or_else(|| ApiError::invalid(format!("'from_seq' must be an event seq between 1 and {}", head + 1)))?;

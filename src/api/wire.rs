@@ -82,6 +82,51 @@ pub async fn read_object_up_to(
     parse_object(&read_body_up_to(state, req, limit).await?)
 }
 
+/// Reads the body as a request type (`api::requests`; an empty body is `{}`) within the body
+/// limit.
+pub async fn read<T: serde::de::DeserializeOwned>(
+    state: &super::AppState,
+    req: Request<Incoming>,
+) -> Result<T, ApiError> {
+    typed(read_object(state, req).await?)
+}
+
+/// [`read`] with another limit (the batch endpoints take more than one room's worth).
+pub async fn read_up_to<T: serde::de::DeserializeOwned>(
+    state: &super::AppState,
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    typed(read_object_up_to(state, req, limit).await?)
+}
+
+/// A JSON object as a request type, refused as the API words it: a field the type does not
+/// name is an "unknown parameter", a value of the wrong JSON type "must be" the right one.
+pub fn typed<T: serde::de::DeserializeOwned>(body: Map<String, Value>) -> Result<T, ApiError> {
+    serde_path_to_error::deserialize(Value::Object(body)).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::invalid(refusal(&path, &e.into_inner().to_string()))
+    })
+}
+
+/// serde's words for a refused field, in the API's.
+fn refusal(path: &str, serde_says: &str) -> String {
+    if let Some(rest) = serde_says.strip_prefix("unknown field `") {
+        let name = rest.split('`').next().unwrap_or_default();
+        return format!("unknown parameter '{}'", clip(name));
+    }
+    if let Some((_, expected)) = serde_says.split_once(", expected ") {
+        let what = match expected {
+            "a map" => "an object",
+            "a sequence" => "an array",
+            "a boolean" => "true or false",
+            other => other,
+        };
+        return format!("'{}' must be {what}", clip(path));
+    }
+    format!("'{}': {}", clip(path), clip_long(serde_says))
+}
+
 /// Parses a JSON object body; an empty body is `{}`.
 pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -92,32 +137,6 @@ pub fn parse_object(bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     match v {
         Value::Object(m) => Ok(m),
         _ => Err(ApiError::invalid("body must be a JSON object")),
-    }
-}
-
-/// Refuses fields not in `allowed`, naming the first one.
-pub fn only_fields(body: &Map<String, Value>, allowed: &[&str]) -> Result<(), ApiError> {
-    match body.keys().find(|k| !allowed.contains(&k.as_str())) {
-        Some(k) => Err(ApiError::invalid(format!("unknown parameter '{}'", clip(k)))),
-        None => Ok(()),
-    }
-}
-
-/// An optional string field (`null` = absent).
-pub fn opt_str<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(ApiError::invalid(format!("'{name}' must be a string"))),
-    }
-}
-
-/// An optional object field (`null` = absent).
-pub fn opt_object<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a Map<String, Value>>, ApiError> {
-    match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Object(m)) => Ok(Some(m)),
-        Some(_) => Err(ApiError::invalid(format!("'{name}' must be an object"))),
     }
 }
 
