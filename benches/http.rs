@@ -684,7 +684,7 @@ fn fill(dir: &str) {
                         .submit_wait(CreateToken {
                             record,
                             event: gatehouse::events::NewEvent::new(
-                                "meeting-token.created",
+                                gatehouse::events::EventKind::MeetingTokenCreated,
                                 serde_json::json!({"jti": jti, "room": format!("room-{i}")}),
                             ),
                         })
