@@ -23,23 +23,42 @@ const KEY_FILE: &str = "api_key";
 /// store while a server holds it).
 const DOMAIN_FILE: &str = "domain_id";
 
-/// What a cluster node that was elected brings to [`run_with`]: the store's hooks, what to
-/// start once the store is open, and the listener it already holds (connections that arrive
-/// during the takeover wait in its backlog instead of being refused).
-pub struct ClusterStart {
-    pub hooks: crate::store::ClusterHooks,
-    pub started: Box<dyn FnOnce(Store) + Send>,
-    pub listener: tokio::net::TcpListener,
-}
-
+/// Runs the server: a single node, or (with `--store etcd`) a cluster node, which forwards to
+/// the leader until elected, then leads until it stops (see `cluster::node`).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    run_with(settings, None).await
+    let Some(cfg) = settings.etcd.clone() else {
+        return run_with(settings, None, None).await;
+    };
+    let (mut node, listener) = crate::cluster::node::Node::join(&settings, cfg).await?;
+    let Some((listener, fence)) = node.follow(listener, conn_limits(&settings)).await? else {
+        node.step_down().await; // stopped by a signal while following
+        return Ok(());
+    };
+    // A fresh local store: whatever a previous life of this node wrote locally may hold
+    // batches the cluster never committed.
+    for d in ["store", "wal", "events"] {
+        let p = settings.data_dir.join(d);
+        if p.exists() {
+            std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
+        }
+    }
+    create_data_dir(&settings.data_dir)?;
+    let takeover = node.take_over(&settings, fence).await?;
+    // Connections that arrived during the takeover waited in the listener's backlog.
+    let result = run_with(settings, Some(takeover), Some(listener)).await;
+    node.step_down().await;
+    result
 }
 
-/// [`run`], in cluster mode with `cluster`'s hooks (the node leads; see `cluster::node`).
-pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyhow::Result<()> {
-    let (cluster, started, bound) = match cluster {
-        Some(c) => (Some(c.hooks), Some(c.started), Some(c.listener)),
+/// The server on this data dir; `cluster`: as the elected leader, `bound`: on a listener
+/// already held.
+async fn run_with(
+    settings: Settings,
+    cluster: Option<crate::cluster::node::Takeover>,
+    bound: Option<tokio::net::TcpListener>,
+) -> anyhow::Result<()> {
+    let (cluster, started, gauges) = match cluster {
+        Some(c) => (Some(c.hooks), Some(c.started), Some(c.gauges)),
         None => (None, None, None),
     };
     create_data_dir(&settings.data_dir)?;
@@ -98,9 +117,6 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
             .context("writing the domain id file")?;
     }
 
-    let fd_limit = raise_fd_limit();
-    let max_connections = settings.max_connections.unwrap_or_else(|| connections_for(fd_limit));
-    tracing::info!(fd_limit, max_connections, "connection limit");
     let api_settings = ApiSettings {
         public_url,
         domain_name: settings.domain_name.clone(),
@@ -113,15 +129,7 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
         node_secret: settings.etcd.as_ref().and(settings.api_keys.first()).map(|k| crate::cluster::node_secret(k)),
         metrics_public: settings.metrics_public,
         data_dir: settings.data_dir.clone(),
-        conn: crate::api::conn::Limits {
-            head_timeout: settings.head_timeout,
-            body_timeout: settings.body_timeout,
-            idle_timeout: settings.idle_timeout,
-            tls_handshake_timeout: settings.tls_handshake_timeout,
-            max_connections,
-            max_unauthenticated_per_address: settings.max_connections_per_address,
-            trusted_proxies: settings.trusted_proxies.clone(),
-        },
+        conn: conn_limits(&settings),
         max_event_streams_per_key: settings.max_event_streams_per_key,
         max_streams_per_session: settings.max_streams_per_session,
         max_bans_per_room: settings.max_bans_per_room,
@@ -139,6 +147,9 @@ pub async fn run_with(settings: Settings, cluster: Option<ClusterStart>) -> anyh
         #[cfg(feature = "test-clock")]
         test_clock,
     ));
+    if let Some(g) = gauges {
+        state.metrics.set_cluster(g);
+    }
     // The deadlines are the writer's: from here overdue state is enforced by check-on-read,
     // and the writer fires what is due right away.
     let deliveries =
@@ -298,6 +309,23 @@ fn raise_fd_limit() -> u64 {
 
 /// The default connection cap for an open-file limit: keep 512 descriptors for the store, the
 /// journal and outbound webhooks; at least 16, at most 100,000.
+/// The connection limits and deadlines every front (the API's, a cluster follower's) keeps;
+/// raises the open-file limit first, which bounds the default connection cap.
+pub(crate) fn conn_limits(settings: &Settings) -> crate::api::conn::Limits {
+    let fd_limit = raise_fd_limit();
+    let max_connections = settings.max_connections.unwrap_or_else(|| connections_for(fd_limit));
+    tracing::info!(fd_limit, max_connections, "connection limit");
+    crate::api::conn::Limits {
+        head_timeout: settings.head_timeout,
+        body_timeout: settings.body_timeout,
+        idle_timeout: settings.idle_timeout,
+        tls_handshake_timeout: settings.tls_handshake_timeout,
+        max_connections,
+        max_unauthenticated_per_address: settings.max_connections_per_address,
+        trusted_proxies: settings.trusted_proxies.clone(),
+    }
+}
+
 fn connections_for(fd_limit: u64) -> usize {
     usize::try_from(fd_limit.saturating_sub(512).clamp(16, 100_000)).unwrap_or(16)
 }

@@ -366,7 +366,7 @@ pub struct Settings {
     /// "use or generate the data dir's key".
     pub api_keys: Vec<String>,
     /// `Some` with `--store etcd`.
-    pub etcd: Option<crate::cluster::EtcdSettings>,
+    pub etcd: Option<EtcdSettings>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -389,7 +389,7 @@ pub enum ConfigError {
 
 /// The etcd settings, checked: with `--store etcd`, at least one http(s) endpoint, a CA for
 /// https ones, user and password together, certificate and key together.
-pub fn etcd_settings(a: &EtcdArgs) -> Result<Option<crate::cluster::EtcdSettings>, ConfigError> {
+pub fn etcd_settings(a: &EtcdArgs) -> Result<Option<EtcdSettings>, ConfigError> {
     if a.store != StoreArg::Etcd {
         return Ok(None);
     }
@@ -429,7 +429,7 @@ pub fn etcd_settings(a: &EtcdArgs) -> Result<Option<crate::cluster::EtcdSettings
     if a.etcd_cert_file.is_some() != a.etcd_key_file.is_some() {
         return bad("--etcd-cert-file and --etcd-key-file go together".into());
     }
-    Ok(Some(crate::cluster::EtcdSettings {
+    Ok(Some(EtcdSettings {
         endpoints,
         prefix: a.etcd_prefix.clone(),
         user: a.etcd_user.clone(),
@@ -556,13 +556,64 @@ pub fn split_keys(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
 }
 
+/// Validated etcd settings (`--etcd-*`). Its `Debug` hides the password.
+#[derive(Clone)]
+pub struct EtcdSettings {
+    /// `http://host:port` or `https://host:port`, one per member.
+    pub endpoints: Vec<String>,
+    /// Every key Gatehouse writes starts with this (several deployments can share a cluster).
+    pub prefix: String,
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// CA bundle that signed the members' certificates (needed for https endpoints).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key, when the members require client certificates.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+    /// The leader's lease: a dead leader is replaced within about this plus a third.
+    pub lease_ttl_secs: u64,
+    /// How other nodes reach this one (`http://host:port`); `None`: `http://<listen address>`.
+    pub advertise_url: Option<String>,
+    /// Batch records committed between two snapshots (which trim the history).
+    pub snapshot_every: u64,
+    pub request_timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for EtcdSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdSettings")
+            .field("endpoints", &self.endpoints)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
+            .field("ca_file", &self.ca_file)
+            .field("client_cert", &self.client_cert)
+            .field("lease_ttl_secs", &self.lease_ttl_secs)
+            .field("advertise_url", &self.advertise_url)
+            .field("snapshot_every", &self.snapshot_every)
+            .finish()
+    }
+}
+
+/// Why the command line (with its `--config` file) was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("{0}")]
+    Args(clap::Error),
+    /// The file could not be read or parsed, or holds a setting it may not.
+    #[error("--config {}: {why}", path.display())]
+    File { path: PathBuf, why: String },
+    /// A value the file gave was refused as a flag would be.
+    #[error("in --config {}: {err}", path.display())]
+    FileArgs { path: PathBuf, err: clap::Error },
+}
+
 /// Settings that may not come from the file (they are about finding the file).
 const NOT_IN_FILE: &[&str] = &["config"];
 
 /// The command line, with settings that flags and environment leave at their defaults taken
 /// from the TOML file named by `--config` / `GATEHOUSE_CONFIG`. Also returns the file's
 /// `api_keys`, used when `GATEHOUSE_API_KEY` is not set.
-pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), String> {
+pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), CliError> {
     use clap::{CommandFactory, FromArgMatches};
     // Help, version and usage errors: clap prints them and exits with the right code.
     let matches = Cli::command().try_get_matches_from(&args).unwrap_or_else(|e| e.exit());
@@ -571,15 +622,16 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
         Some(("serve", m)) => (m, vec!["serve"]),
         Some(("config", m)) => match m.subcommand() {
             Some(("check", c)) => (c, vec!["config", "check"]),
-            _ => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string()),
+            _ => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(CliError::Args),
         },
-        Some(_) => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string()),
+        Some(_) => return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(CliError::Args),
     };
     let Some(path) = serve_matches.get_one::<PathBuf>("config").cloned() else {
-        return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(|e| e.to_string());
+        return Cli::from_arg_matches(&matches).map(|c| (c, vec![])).map_err(CliError::Args);
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("--config {}: {e}", path.display()))?;
-    let table: toml::Table = text.parse().map_err(|e| format!("--config {}: {e}", path.display()))?;
+    let file = |why: String| CliError::File { path: path.clone(), why };
+    let text = std::fs::read_to_string(&path).map_err(|e| file(e.to_string()))?;
+    let table: toml::Table = text.parse().map_err(|e: toml::de::Error| file(e.to_string()))?;
     let known: Vec<String> =
         ServeArgs::augment_args(clap::Command::new("x")).get_arguments().map(|a| a.get_id().to_string()).collect();
     let mut extra: Vec<String> = Vec::new();
@@ -589,12 +641,12 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
             file_keys = match value {
                 toml::Value::Array(a) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
                 toml::Value::String(s) => split_keys(s),
-                _ => return Err(format!("--config {}: 'api_keys' must be a list of strings", path.display())),
+                _ => return Err(file("'api_keys' must be a list of strings".into())),
             };
             continue;
         }
         if !known.contains(key) || NOT_IN_FILE.contains(&key.as_str()) {
-            return Err(format!("--config {}: unknown setting '{key}'", path.display()));
+            return Err(file(format!("unknown setting '{key}'")));
         }
         if serve_matches.value_source(key).is_some_and(|s| s != clap::parser::ValueSource::DefaultValue) {
             continue; // the environment or a flag says otherwise, and wins
@@ -611,7 +663,7 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
                     a.iter().map(|v| v.as_str().map(String::from).unwrap_or_else(|| v.to_string())).collect();
                 extra.push(format!("{flag}={}", items.join(",")));
             }
-            _ => return Err(format!("--config {}: '{key}' has an unsupported value", path.display())),
+            _ => return Err(file(format!("'{key}' has an unsupported value"))),
         }
     }
     // Re-parse with the file's values as flags of the right (sub)command.
@@ -624,8 +676,8 @@ pub fn parse_cli(args: Vec<std::ffi::OsString>) -> Result<(Cli, Vec<String>), St
         argv.insert(insert_at + i, e.into());
     }
     let matches =
-        Cli::command().try_get_matches_from(&argv).map_err(|e| format!("in --config {}: {e}", path.display()))?;
-    Cli::from_arg_matches(&matches).map(|c| (c, file_keys)).map_err(|e| e.to_string())
+        Cli::command().try_get_matches_from(&argv).map_err(|e| CliError::FileArgs { path: path.clone(), err: e })?;
+    Cli::from_arg_matches(&matches).map(|c| (c, file_keys)).map_err(CliError::Args)
 }
 
 impl Settings {

@@ -83,8 +83,5 @@ fn main() -> anyhow::Result<()> {
     };
     let settings = args.validate(api_keys)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    if settings.etcd.is_some() {
-        return rt.block_on(gatehouse::cluster::node::run(settings));
-    }
     rt.block_on(gatehouse::app::run(settings))
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A histogram with fixed buckets.
 pub struct Histogram {
@@ -68,6 +68,18 @@ pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
 }
 
+/// What a leading cluster node reports in `/metrics`: its cluster task keeps them, the metrics
+/// handler reads them through [`ApiMetrics::cluster`].
+#[derive(Debug, Default)]
+pub struct ClusterGauges {
+    /// etcd's database size, as the first member that answers reports it (every 10 s).
+    pub db_size: std::sync::atomic::AtomicU64,
+    /// Batch records committed since the last snapshot.
+    pub since_snapshot: Arc<std::sync::atomic::AtomicU64>,
+    /// The last batch the latest snapshot holds.
+    pub snapshot_lsn: std::sync::atomic::AtomicU64,
+}
+
 /// Request and join metrics recorded by the API. Labels are `'static` (route patterns from the
 /// route table, refusal types), so recording allocates nothing.
 #[derive(Default)]
@@ -75,9 +87,20 @@ pub struct ApiMetrics {
     requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
     durations: Mutex<BTreeMap<&'static str, Histogram>>,
     joins: Mutex<BTreeMap<&'static str, u64>>,
+    /// Set when this process leads in cluster mode.
+    cluster: std::sync::OnceLock<Arc<ClusterGauges>>,
 }
 
 impl ApiMetrics {
+    /// From now on `/metrics` reports the cluster's gauges too (a node that leads).
+    pub fn set_cluster(&self, gauges: Arc<ClusterGauges>) {
+        let _ = self.cluster.set(gauges);
+    }
+
+    pub fn cluster(&self) -> Option<&ClusterGauges> {
+        self.cluster.get().map(Arc::as_ref)
+    }
+
     pub fn request(&self, route: &'static str, status: u16, secs: f64) {
         if let Ok(mut m) = self.requests.lock() {
             *m.entry((route, status)).or_insert(0) += 1;

@@ -151,7 +151,7 @@ pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
         "Store size on disk, as sled reports it.",
         store.size_on_disk() as f64,
     );
-    if let Some(g) = crate::cluster::gauges() {
+    if let Some(g) = state.metrics.cluster() {
         let get = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
         single(
             &mut out,

@@ -11,9 +11,6 @@ pub mod leader;
 pub mod node;
 mod proxy;
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 /// The header a follower adds to what it forwards: an HMAC, under a secret every node derives
 /// from the shared API key, of the client address it appended to `X-Forwarded-For`. The leader
 /// believes that address when the tag is right, whatever `--trusted-proxies` says.
@@ -35,71 +32,28 @@ pub fn forwarded_tag(secret: &[u8; 32], client: &str) -> String {
     mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// What a leading node reports in `/metrics` (set once it leads).
-#[derive(Default)]
-pub struct Gauges {
-    /// etcd's database size, as the first member that answers reports it (every 10 s).
-    pub db_size: std::sync::atomic::AtomicU64,
-    /// Batch records committed since the last snapshot.
-    pub since_snapshot: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    /// The last batch the latest snapshot holds.
-    pub snapshot_lsn: std::sync::atomic::AtomicU64,
-}
+pub use crate::config::EtcdSettings;
 
-static GAUGES: std::sync::OnceLock<Gauges> = std::sync::OnceLock::new();
-
-/// This process's cluster gauges, when it leads in cluster mode.
-pub fn gauges() -> Option<&'static Gauges> {
-    GAUGES.get()
-}
-
-/// Validated etcd settings (`--etcd-*`). Its `Debug` hides the password.
-#[derive(Clone)]
-pub struct EtcdSettings {
-    /// `http://host:port` or `https://host:port`, one per member.
-    pub endpoints: Vec<String>,
-    /// Every key Gatehouse writes starts with this (several deployments can share a cluster).
-    pub prefix: String,
-    pub user: Option<String>,
-    pub password: Option<String>,
-    /// CA bundle that signed the members' certificates (needed for https endpoints).
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate and key, when the members require client certificates.
-    pub client_cert: Option<(PathBuf, PathBuf)>,
-    /// The leader's lease: a dead leader is replaced within about this plus a third.
-    pub lease_ttl_secs: u64,
-    /// How other nodes reach this one (`http://host:port`); `None`: `http://<listen address>`.
-    pub advertise_url: Option<String>,
-    /// Batch records committed between two snapshots (which trim the history).
-    pub snapshot_every: u64,
-    pub request_timeout: Duration,
-}
-
-impl std::fmt::Debug for EtcdSettings {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtcdSettings")
-            .field("endpoints", &self.endpoints)
-            .field("prefix", &self.prefix)
-            .field("user", &self.user)
-            .field("password", &self.password.as_ref().map(|_| "(hidden)"))
-            .field("ca_file", &self.ca_file)
-            .field("client_cert", &self.client_cert)
-            .field("lease_ttl_secs", &self.lease_ttl_secs)
-            .field("advertise_url", &self.advertise_url)
-            .field("snapshot_every", &self.snapshot_every)
-            .finish()
-    }
+/// Why `config check` found the cluster unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailed {
+    /// etcd refused the credentials.
+    #[error("etcd: {0}")]
+    Etcd(etcd::EtcdError),
+    /// What was asked and what failed, as `config check` prints it.
+    #[error("{0}")]
+    Report(String),
 }
 
 /// `gatehouse config check --store etcd`: asks every endpoint for its status and the member
 /// list, then reads Gatehouse's keys. `Ok(report)` when the members that answer agree on a
 /// leader and the read succeeds (a linearizable read needs a quorum, and read permission);
-/// `Err(report)` otherwise (the report says what failed). A cluster that works but that fewer
+/// `Err` otherwise (its report says what failed). A cluster that works but that fewer
 /// than a majority of its members can be reached through the configured endpoints gets a
 /// warning. Never prints the password.
-pub async fn check(s: &EtcdSettings) -> Result<String, String> {
+pub async fn check(s: &EtcdSettings) -> Result<String, CheckFailed> {
     use std::fmt::Write as _;
-    let client = etcd::Etcd::new(s).map_err(|e| e.to_string())?;
+    let client = etcd::Etcd::new(s).map_err(|e| CheckFailed::Report(e.to_string()))?;
     let mut out = String::new();
     let mut answered = Vec::new();
     for ep in &s.endpoints {
@@ -118,7 +72,7 @@ pub async fn check(s: &EtcdSettings) -> Result<String, String> {
                 );
                 answered.push(st);
             }
-            Err(e @ etcd::EtcdError::Auth(_)) => return Err(format!("etcd: {e}")),
+            Err(e @ etcd::EtcdError::Auth(_)) => return Err(CheckFailed::Etcd(e)),
             Err(etcd::EtcdError::Unreachable(why)) => {
                 let why = why.strip_prefix(&format!("{ep}: ")).unwrap_or(&why);
                 let _ = writeln!(out, "  {ep}: NOT ANSWERING ({why})");
@@ -129,11 +83,11 @@ pub async fn check(s: &EtcdSettings) -> Result<String, String> {
         }
     }
     if answered.is_empty() {
-        return Err(format!("etcd: no endpoint answered\n{out}"));
+        return Err(CheckFailed::Report(format!("etcd: no endpoint answered\n{out}")));
     }
     let members = match client.members().await {
         Ok(m) => m,
-        Err(e) => return Err(format!("etcd: the member list failed: {e}\n{out}")),
+        Err(e) => return Err(CheckFailed::Report(format!("etcd: the member list failed: {e}\n{out}"))),
     };
     let total = members.len().max(1);
     let names: Vec<String> = members.iter().map(|m| format!("{} ({})", m.name, m.client_urls.join(" "))).collect();
@@ -161,19 +115,19 @@ pub async fn check(s: &EtcdSettings) -> Result<String, String> {
     );
     let healthy = leaders.len() == 1 && leader_name != "none";
     if !healthy {
-        return Err(format!("{head}{out}etcd: the members do not agree on a leader (no quorum?)"));
+        return Err(CheckFailed::Report(format!("{head}{out}etcd: the members do not agree on a leader (no quorum?)")));
     }
     // Status and the member list need no permission; reading Gatehouse's keys does.
     match client.count_prefix(s.prefix.as_bytes()).await {
         Ok(n) => {
             let _ = writeln!(out, "  {n} keys under '{}' (readable with these credentials)", s.prefix);
         }
-        Err(e @ etcd::EtcdError::Auth(_)) => return Err(format!("etcd: {e}")),
+        Err(e @ etcd::EtcdError::Auth(_)) => return Err(CheckFailed::Etcd(e)),
         Err(e) => {
-            return Err(format!(
+            return Err(CheckFailed::Report(format!(
                 "{head}{out}etcd: cannot read keys under '{}' (no quorum, or no permission): {e}",
                 s.prefix
-            ))
+            )))
         }
     }
     if reachable_members < quorum {

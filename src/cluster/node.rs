@@ -1,7 +1,7 @@
 //! A node in cluster mode (`serve --store etcd`).
 //!
-//! Every node campaigns (`leader.rs`). A follower forwards every request to the leader
-//! (`proxy.rs`). The node that wins takes over: it rebuilds its local store from what the
+//! The app drives a node's life ([`Node`]: join, follow, take over, step down). Every node
+//! campaigns (`leader.rs`). A follower forwards every request to the leader (`proxy.rs`). The node that wins takes over: it rebuilds its local store from what the
 //! cluster committed (every batch record under `<prefix>wal/`, replayed by the store's own
 //! recovery into a fresh data dir), then runs the whole server — writer, deadlines, webhooks,
 //! housekeeping — with one change: each batch is committed to etcd, in a transaction fenced by
@@ -21,8 +21,6 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use anyhow::Context as _;
 
 use super::etcd::{Compare, Etcd, EtcdError, Op};
 use super::leader::{Leadership, Role};
@@ -158,34 +156,26 @@ pub async fn put_snapshot(etcd: &Etcd, fence: Option<&Compare>, bytes: &[u8], ls
 /// `gatehouse restore FILE --store etcd`: a backup (of a single node or of a cluster) becomes
 /// the snapshot of an empty prefix, with its domain id, so that tokens signed before still
 /// validate. Checked by restoring it into a temporary data dir first. Returns its record count.
-pub async fn restore_into(s: &super::EtcdSettings, file: &std::path::Path) -> anyhow::Result<u64> {
+pub async fn restore_into(s: &super::EtcdSettings, file: &std::path::Path) -> Result<u64, NodeError> {
     let tmp = tempfile_dir()?;
-    let report = crate::store::restore(file, &tmp.0, &mut |_, _| {}).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let domain = crate::store::read_domain_id(&tmp.0)
-        .map_err(|e| anyhow::anyhow!("{e}"))?
-        .context("the backup holds no domain id")?;
-    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
-    let etcd = Etcd::new(s).map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
-    let taken = |what: &str| {
-        anyhow::anyhow!("etcd prefix '{}' already holds a cluster's {what}: restore into an empty prefix (a new --etcd-prefix, or delete the old one with etcdctl del --prefix)", s.prefix)
-    };
-    if current_snapshot(&etcd).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))?.is_some() {
+    let report = crate::store::restore(file, &tmp.0, &mut |_, _| {})?;
+    let domain = crate::store::read_domain_id(&tmp.0)?.ok_or(NodeError::NoDomainInBackup)?;
+    let bytes =
+        std::fs::read(file).map_err(|err| NodeError::Io { what: format!("reading {}", file.display()), err })?;
+    let etcd = Etcd::new(s)?;
+    let taken = |what: &'static str| NodeError::PrefixTaken { prefix: s.prefix.clone(), what };
+    if current_snapshot(&etcd).await?.is_some() {
         return Err(taken("snapshot"));
     }
-    if etcd.count_prefix(&etcd.key("wal/")).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))? > 0 {
+    if etcd.count_prefix(&etcd.key("wal/")).await? > 0 {
         return Err(taken("history"));
     }
     let key = etcd.key("domain_id");
     let put = Op::Put { key: key.clone(), value: domain.as_bytes().to_vec(), lease: 0 };
-    if !etcd
-        .txn(&[Compare::CreateRevision(key, 0)], &[put], &[])
-        .await
-        .map_err(|e| anyhow::anyhow!("etcd: {e}"))?
-        .succeeded
-    {
+    if !etcd.txn(&[Compare::CreateRevision(key, 0)], &[put], &[]).await?.succeeded {
         return Err(taken("domain id"));
     }
-    put_snapshot(&etcd, None, &bytes, 0).await.map_err(|e| anyhow::anyhow!("etcd: {e}"))?;
+    put_snapshot(&etcd, None, &bytes, 0).await?;
     Ok(report.records)
 }
 
@@ -198,9 +188,9 @@ impl Drop for TempDir {
     }
 }
 
-fn tempfile_dir() -> anyhow::Result<TempDir> {
+fn tempfile_dir() -> Result<TempDir, NodeError> {
     let p = std::env::temp_dir().join(format!("gatehouse-restore-{}", uuid::Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&p)?;
+    std::fs::create_dir_all(&p).map_err(|err| NodeError::Io { what: format!("creating {}", p.display()), err })?;
     Ok(TempDir(p))
 }
 
@@ -212,6 +202,7 @@ async fn snapshots(
     since: Arc<AtomicU64>,
     every: u64,
     dir: std::path::PathBuf,
+    gauges: Arc<crate::metrics::ClusterGauges>,
 ) {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -221,22 +212,19 @@ async fn snapshots(
         let started = Instant::now();
         let file = dir.join("cluster-snapshot.tmp");
         let taken = async {
-            let f = std::fs::File::create(&file).map_err(|e| e.to_string())?;
+            let f = std::fs::File::create(&file)?;
             let before = since.load(Ordering::Relaxed);
-            let (_, lsn) =
-                store.backup_at(crate::store::BackupSink(Box::new(f)), Vec::new()).await.map_err(|e| e.to_string())?;
-            let bytes = std::fs::read(&file).map_err(|e| e.to_string())?;
-            put_snapshot(&etcd, Some(&fence), &bytes, lsn).await.map_err(|e| e.to_string())?;
+            let (_, lsn) = store.backup_at(crate::store::BackupSink(Box::new(f)), Vec::new()).await?;
+            let bytes = std::fs::read(&file)?;
+            put_snapshot(&etcd, Some(&fence), &bytes, lsn).await?;
             since.fetch_sub(before.min(since.load(Ordering::Relaxed)), Ordering::Relaxed);
-            Ok::<_, String>((lsn, bytes.len()))
+            Ok::<_, SnapshotError>((lsn, bytes.len()))
         }
         .await;
         let _ = std::fs::remove_file(&file);
         match taken {
             Ok((lsn, size)) => {
-                if let Some(g) = super::gauges() {
-                    g.snapshot_lsn.store(lsn, Ordering::Relaxed);
-                }
+                gauges.snapshot_lsn.store(lsn, Ordering::Relaxed);
                 tracing::info!(
                     lsn,
                     bytes = size,
@@ -261,6 +249,17 @@ struct EtcdReplicate {
     rt: tokio::runtime::Handle,
     /// How long to keep trying when etcd cannot be reached (then the node gives up leading).
     patience: Duration,
+}
+
+/// Why a snapshot of the state could not be put in etcd (the next one is tried later).
+#[derive(Debug, thiserror::Error)]
+enum SnapshotError {
+    #[error("{0}")]
+    File(#[from] std::io::Error),
+    #[error("{0}")]
+    Backup(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Etcd(#[from] EtcdError),
 }
 
 /// Why batches could not be committed to etcd.
@@ -341,139 +340,205 @@ impl Replicate for EtcdReplicate {
     }
 }
 
-/// Runs this node: follower (forwarding) until elected, then leader until it stops leading.
-pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    let cfg = settings.etcd.clone().context("cluster mode needs the etcd settings")?;
-    if settings.api_keys.is_empty() {
-        anyhow::bail!(
-            "--store etcd: every node must be given the same API key (GATEHOUSE_API_KEY or api_keys in the file)"
-        );
-    }
-    let etcd = Arc::new(Etcd::new(&cfg).map_err(|e| anyhow::anyhow!("etcd: {e}"))?);
-    let domain = loop {
-        match domain_id(&etcd).await {
-            Ok(d) => break d,
-            Err(e) => {
-                tracing::warn!(error = %e, "cluster: etcd not ready; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
+/// Why a node could not join, follow or take over (the process ends with it).
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("--store etcd: every node must be given the same API key (GATEHOUSE_API_KEY or api_keys in the file)")]
+    NoApiKey,
+    #[error("the API keys: {0}")]
+    Keys(#[from] crate::tokens::TokenError),
+    #[error("etcd: {0}")]
+    Etcd(#[from] EtcdError),
+    #[error("cannot listen on {addr}: {err}")]
+    Listen { addr: std::net::SocketAddr, err: std::io::Error },
+    #[error("{what}: {err}")]
+    Io { what: String, err: std::io::Error },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("the backup holds no domain id")]
+    NoDomainInBackup,
+    #[error("etcd prefix '{prefix}' already holds a cluster's {what}: restore into an empty prefix (a new --etcd-prefix, or delete the old one with etcdctl del --prefix)")]
+    PrefixTaken { prefix: String, what: &'static str },
+}
+
+/// What an elected node brings to the server (`app::run_with`): the store's hooks, what to
+/// start once the store is open, and the gauges `/metrics` reports.
+pub struct Takeover {
+    pub hooks: ClusterHooks,
+    pub started: Box<dyn FnOnce(crate::store::Store) + Send>,
+    pub gauges: Arc<crate::metrics::ClusterGauges>,
+}
+
+/// This process as a cluster node: in etcd, campaigning. The app drives its life: [`Node::join`],
+/// [`Node::follow`] until elected, [`Node::take_over`], the server, [`Node::step_down`].
+pub struct Node {
+    etcd: Arc<Etcd>,
+    cfg: super::EtcdSettings,
+    domain: uuid::Uuid,
+    me: String,
+    secret: [u8; 32],
+    keys: Arc<crate::tokens::KeyRing>,
+    leadership: Leadership,
+    deposed: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Node {
+    /// Reaches etcd (waiting until it answers), listens, and starts campaigning.
+    pub async fn join(
+        settings: &Settings,
+        cfg: super::EtcdSettings,
+    ) -> Result<(Node, tokio::net::TcpListener), NodeError> {
+        if settings.api_keys.is_empty() {
+            return Err(NodeError::NoApiKey);
         }
-    };
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", settings.listen))?;
-    let addr = listener.local_addr()?;
-    let me = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
-    let leadership = Leadership::start(etcd.clone(), me.clone(), cfg.lease_ttl_secs);
-    let mut role = leadership.watch();
-    tracing::info!(node = %me, "cluster: following until elected");
-    {
-        // As the server does: a closed stdout is no reason to stop.
-        use std::io::Write as _;
-        let mut out = std::io::stdout().lock();
-        let _ = writeln!(out, "gatehouse listening on http://{addr}");
-        let _ = out.flush();
-    }
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let secret = super::node_secret(&settings.api_keys[0]);
-    let proxy = tokio::spawn(super::proxy::serve(listener, me.clone(), secret, leadership.watch(), stop_rx));
-    let fence = loop {
-        if let Role::Leader { fence, .. } = *role.borrow_and_update() {
-            break fence;
-        }
-        tokio::select! {
-            _ = role.changed() => {}
-            _ = tokio::signal::ctrl_c() => {
-                leadership.resign().await;
-                return Ok(());
-            }
-        }
-    };
-    let _ = stop_tx.send(true);
-    let listener = proxy.await.context("the forwarding task failed")?;
-    let started = Instant::now();
-    tracing::info!(node = %me, "cluster: elected; loading the committed state");
-    // A fresh local store: whatever a previous life of this node wrote locally may hold
-    // batches the cluster never committed.
-    for d in ["store", "wal", "events"] {
-        let p = settings.data_dir.join(d);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
-        }
-    }
-    crate::app::create_data_dir(&settings.data_dir)?;
-    let snap = current_snapshot(&etcd).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
-    let floor = match &snap {
-        None => 0,
-        Some(snap) => {
-            let bytes = snapshot_bytes(&etcd, snap)
-                .await
-                .map_err(|e| anyhow::anyhow!("loading the cluster's snapshot: {e}"))?;
-            let file = settings.data_dir.join("cluster-snapshot.tmp");
-            std::fs::write(&file, &bytes)?;
-            let restored = crate::store::restore(&file, &settings.data_dir, &mut |_, _| {});
-            let _ = std::fs::remove_file(&file);
-            restored.map_err(|e| anyhow::anyhow!("restoring the cluster's snapshot: {e}"))?;
-            snap.lsn
-        }
-    };
-    let records =
-        committed_records(&etcd, floor).await.map_err(|e| anyhow::anyhow!("loading the committed state: {e}"))?;
-    crate::store::seed_journal(&settings.data_dir, &records).map_err(|e| anyhow::anyhow!("{e}"))?;
-    tracing::info!(
-        snapshot_lsn = floor,
-        batches = records.len(),
-        millis = started.elapsed().as_millis() as u64,
-        "cluster: committed state loaded"
-    );
-    // Losing the lead ends the process; so does the next commit's fence failing.
-    let mut watch = leadership.watch();
-    let deposed = tokio::spawn(async move {
-        while watch.changed().await.is_ok() {
-            if !matches!(*watch.borrow(), Role::Leader { .. }) {
-                tracing::error!("cluster: this node lost the leadership; exiting so that it restarts as a follower");
-                eprintln!("gatehouse: lost the cluster leadership; exiting");
-                std::process::exit(EXIT_DEPOSED);
-            }
-        }
-    });
-    let fence = Compare::CreateRevision(etcd.key("leader"), fence);
-    let gauges = super::GAUGES.get_or_init(super::Gauges::default);
-    gauges.snapshot_lsn.store(floor, Ordering::Relaxed);
-    let since = gauges.since_snapshot.clone();
-    since.store(records.len() as u64, Ordering::Relaxed);
-    tokio::spawn({
-        let etcd = etcd.clone();
-        async move {
-            loop {
-                for ep in etcd.endpoints() {
-                    if let Ok(st) = etcd.status_of(ep).await {
-                        gauges.db_size.store(u64::try_from(st.db_size).unwrap_or(0), Ordering::Relaxed);
-                        break;
-                    }
+        let keys = Arc::new(crate::tokens::KeyRing::new(&settings.api_keys)?);
+        let etcd = Arc::new(Etcd::new(&cfg)?);
+        let domain = loop {
+            match domain_id(&etcd).await {
+                Ok(d) => break d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster: etcd not ready; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                 }
-                tokio::time::sleep(Duration::from_secs(10)).await;
             }
+        };
+        let listen = settings.listen;
+        let listener =
+            tokio::net::TcpListener::bind(listen).await.map_err(|err| NodeError::Listen { addr: listen, err })?;
+        let addr = listener.local_addr().map_err(|err| NodeError::Listen { addr: listen, err })?;
+        let me = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        let leadership = Leadership::start(etcd.clone(), me.clone(), cfg.lease_ttl_secs);
+        tracing::info!(node = %me, "cluster: following until elected");
+        {
+            // As the server does: a closed stdout is no reason to stop.
+            use std::io::Write as _;
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "gatehouse listening on http://{addr}");
+            let _ = out.flush();
         }
-    });
-    let hooks = ClusterHooks {
-        domain_id: domain,
-        replicate: Arc::new(EtcdReplicate {
-            etcd: etcd.clone(),
-            fence: fence.clone(),
-            since_snapshot: since.clone(),
-            rt: tokio::runtime::Handle::current(),
-            patience: Duration::from_secs(cfg.lease_ttl_secs),
-        }),
-        lsn_floor: floor,
-    };
-    let every = cfg.snapshot_every;
-    let dir = settings.data_dir.clone();
-    let started: Box<dyn FnOnce(crate::store::Store) + Send> = Box::new(move |store| {
-        tokio::spawn(snapshots(store, etcd, fence, since, every, dir));
-    });
-    let result = crate::app::run_with(settings, Some(crate::app::ClusterStart { hooks, started, listener })).await;
-    deposed.abort(); // stepping down by choice now
-    leadership.resign().await;
-    result
+        let secret = super::node_secret(&settings.api_keys[0]);
+        Ok((Node { etcd, cfg, domain, me, secret, keys, leadership, deposed: None }, listener))
+    }
+
+    /// Forwards every request to the leader (under `limits`, as the server holds connections)
+    /// until this node is elected: then the listener and the fence. `None`: stopped by a signal
+    /// first (then [`Node::step_down`]).
+    pub async fn follow(
+        &self,
+        listener: tokio::net::TcpListener,
+        limits: crate::api::conn::Limits,
+    ) -> Result<Option<(tokio::net::TcpListener, i64)>, NodeError> {
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let front = tokio::spawn(super::proxy::serve(
+            listener,
+            limits,
+            self.keys.clone(),
+            self.me.clone(),
+            self.secret,
+            self.leadership.watch(),
+            stop_rx,
+        ));
+        let mut role = self.leadership.watch();
+        let fence = loop {
+            if let Role::Leader { fence, .. } = *role.borrow_and_update() {
+                break fence;
+            }
+            tokio::select! {
+                _ = role.changed() => {}
+                _ = tokio::signal::ctrl_c() => return Ok(None),
+            }
+        };
+        let _ = stop_tx.send(true);
+        let listener = front.await.map_err(|e| NodeError::Io {
+            what: "the forwarding front".into(),
+            err: std::io::Error::other(e.to_string()),
+        })?;
+        Ok(Some((listener, fence)))
+    }
+
+    /// Elected with `fence`: loads what the cluster committed into the (fresh, empty) data dir
+    /// as the store's journal, and from now on ends the process if the lead is lost.
+    pub async fn take_over(&mut self, settings: &Settings, fence: i64) -> Result<Takeover, NodeError> {
+        let started = Instant::now();
+        tracing::info!(node = %self.me, "cluster: elected; loading the committed state");
+        let etcd = self.etcd.clone();
+        let snap = current_snapshot(&etcd).await?;
+        let floor = match &snap {
+            None => 0,
+            Some(snap) => {
+                let bytes = snapshot_bytes(&etcd, snap).await?;
+                let file = settings.data_dir.join("cluster-snapshot.tmp");
+                std::fs::write(&file, &bytes)
+                    .map_err(|err| NodeError::Io { what: format!("writing {}", file.display()), err })?;
+                let restored = crate::store::restore(&file, &settings.data_dir, &mut |_, _| {});
+                let _ = std::fs::remove_file(&file);
+                restored?;
+                snap.lsn
+            }
+        };
+        let records = committed_records(&etcd, floor).await?;
+        crate::store::seed_journal(&settings.data_dir, &records)?;
+        tracing::info!(
+            snapshot_lsn = floor,
+            batches = records.len(),
+            millis = started.elapsed().as_millis() as u64,
+            "cluster: committed state loaded"
+        );
+        // Losing the lead ends the process; so does the next commit's fence failing.
+        let mut watch = self.leadership.watch();
+        self.deposed = Some(tokio::spawn(async move {
+            while watch.changed().await.is_ok() {
+                if !matches!(*watch.borrow(), Role::Leader { .. }) {
+                    tracing::error!(
+                        "cluster: this node lost the leadership; exiting so that it restarts as a follower"
+                    );
+                    eprintln!("gatehouse: lost the cluster leadership; exiting");
+                    std::process::exit(EXIT_DEPOSED);
+                }
+            }
+        }));
+        let fence = Compare::CreateRevision(etcd.key("leader"), fence);
+        let gauges = Arc::new(crate::metrics::ClusterGauges::default());
+        gauges.snapshot_lsn.store(floor, Ordering::Relaxed);
+        let since = gauges.since_snapshot.clone();
+        since.store(records.len() as u64, Ordering::Relaxed);
+        tokio::spawn({
+            let (etcd, gauges) = (etcd.clone(), gauges.clone());
+            async move {
+                loop {
+                    for ep in etcd.endpoints() {
+                        if let Ok(st) = etcd.status_of(ep).await {
+                            gauges.db_size.store(u64::try_from(st.db_size).unwrap_or(0), Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            }
+        });
+        let hooks = ClusterHooks {
+            domain_id: self.domain,
+            replicate: Arc::new(EtcdReplicate {
+                etcd: etcd.clone(),
+                fence: fence.clone(),
+                since_snapshot: since.clone(),
+                rt: tokio::runtime::Handle::current(),
+                patience: Duration::from_secs(self.cfg.lease_ttl_secs),
+            }),
+            lsn_floor: floor,
+        };
+        let (every, dir, snapshot_gauges) = (self.cfg.snapshot_every, settings.data_dir.clone(), gauges.clone());
+        let started: Box<dyn FnOnce(crate::store::Store) + Send> = Box::new(move |store| {
+            tokio::spawn(snapshots(store, etcd, fence, since, every, dir, snapshot_gauges));
+        });
+        Ok(Takeover { hooks, started, gauges })
+    }
+
+    /// Stops leading (or campaigning) by choice: the lease is revoked, another node takes over.
+    pub async fn step_down(self) {
+        if let Some(d) = &self.deposed {
+            d.abort();
+        }
+        self.leadership.resign().await;
+    }
 }
