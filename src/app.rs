@@ -30,7 +30,12 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         return run_with(settings, None, None).await;
     };
     let (mut node, listener) = crate::cluster::node::Node::join(&settings, cfg).await?;
-    let Some((listener, fence)) = node.follow(listener, conn_limits(&settings)).await? else {
+    // One front for the node's whole life: it forwards while the node follows, and answers
+    // itself, on the same connections, once it leads.
+    let limits = conn_limits(&settings);
+    let front = api::Front::start(listener, api::Mode::Forward(node.forwarder()), limits, Arc::default(), None)?;
+    let Some(fence) = node.follow().await else {
+        front.close(settings.shutdown_grace).await;
         node.step_down().await; // stopped by a signal while following
         return Ok(());
     };
@@ -44,18 +49,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     }
     create_data_dir(&settings.data_dir)?;
     let takeover = node.take_over(&settings, fence).await?;
-    // Connections that arrived during the takeover waited in the listener's backlog.
-    let result = run_with(settings, Some(takeover), Some(listener)).await;
+    // Requests that arrive during the takeover are answered 503 (retry), as during an election.
+    let result = run_with(settings, Some(takeover), Some(front)).await;
     node.step_down().await;
     result
 }
 
-/// The server on this data dir; `cluster`: as the elected leader, `bound`: on a listener
-/// already held.
+/// The server on this data dir; `cluster`: as the elected leader, `front`: answering on a
+/// front already accepting (a cluster node's).
 async fn run_with(
     settings: Settings,
     cluster: Option<crate::cluster::node::Takeover>,
-    bound: Option<tokio::net::TcpListener>,
+    front: Option<api::Front>,
 ) -> anyhow::Result<()> {
     let (cluster, started, gauges) = match cluster {
         Some(c) => (Some(c.hooks), Some(c.started), Some(c.gauges)),
@@ -71,13 +76,16 @@ async fn run_with(
     #[cfg(not(feature = "test-clock"))]
     let clock: SharedClock = Arc::new(crate::clock::SystemClock);
 
-    let listener = match bound {
-        Some(l) => l,
-        None => tokio::net::TcpListener::bind(settings.listen)
+    let bound = match front {
+        Some(f) => Err(f),
+        None => Ok(tokio::net::TcpListener::bind(settings.listen)
             .await
-            .with_context(|| format!("cannot listen on {}", settings.listen))?,
+            .with_context(|| format!("cannot listen on {}", settings.listen))?),
     };
-    let addr = listener.local_addr()?;
+    let addr = match &bound {
+        Ok(listener) => listener.local_addr()?,
+        Err(front) => front.local_addr(),
+    };
     let tls = match &settings.tls {
         Some((cert, key)) => {
             Some(Arc::new(crate::api::Tls::load(cert.clone(), key.clone()).map_err(|e| anyhow::anyhow!(e))?))
@@ -137,7 +145,7 @@ async fn run_with(
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let outbound = crate::webhooks::Outbound::new(settings.webhook_deny_private, settings.webhook_timeout)
         .map_err(|e| anyhow::anyhow!("webhook client: {e}"))?;
-    let state = Arc::new(AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         keys,
         clock,
@@ -146,7 +154,11 @@ async fn run_with(
         outbound.clone(),
         #[cfg(feature = "test-clock")]
         test_clock,
-    ));
+    );
+    if let Err(front) = &bound {
+        state.conn_metrics = front.metrics();
+    }
+    let state = Arc::new(state);
     if let Some(g) = gauges {
         state.metrics.set_cluster(g);
     }
@@ -176,14 +188,26 @@ async fn run_with(
     systemd.send("READY=1");
     let watchdog = tokio::spawn(watch_store(store.clone(), systemd.clone(), shutdown_rx.clone()));
 
-    let server = tokio::spawn(api::serve(listener, state.clone(), shutdown_rx, settings.shutdown_grace, tls.clone()));
+    let front = match bound {
+        Ok(listener) => api::Front::start(
+            listener,
+            api::Mode::Serve(state.clone()),
+            state.settings.conn.clone(),
+            state.conn_metrics.clone(),
+            tls.clone(),
+        )?,
+        Err(front) => {
+            front.serve(state.clone());
+            front
+        }
+    };
     wait_for_signal(tls).await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
     systemd.send("STOPPING=1");
     let _ = shutdown_tx.send(true);
     let _ = watchdog.await;
-    let _ = server.await;
+    front.close(settings.shutdown_grace).await;
     let _ = deliveries.await;
     let _ = session_streams.await;
     let _ = housekeeping.shutdown().await;

@@ -144,30 +144,90 @@ impl AppState {
     }
 }
 
-/// Serves HTTP on `listener` until `shutdown` turns true, then stops accepting and gives
-/// in-flight connections `grace` to finish. Connection limits and deadlines: see [`conn`].
-pub async fn serve(
-    listener: TcpListener,
-    state: Arc<AppState>,
-    shutdown: watch::Receiver<bool>,
-    grace: Duration,
-    tls: Option<Arc<Tls>>,
-) {
-    let gate = Arc::new(conn::Gate::new(state.settings.conn.clone(), state.conn_metrics.clone()));
-    let listener =
-        accept(listener, gate.clone(), shutdown, tls, move |peer, req| handle(state.clone(), peer, req)).await;
-    drop(listener);
-    if tokio::time::timeout(grace, gate.drained()).await.is_err() {
-        tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+/// What the front does with the requests it accepts: a cluster follower forwards them to the
+/// leader; a server answers them.
+pub enum Mode {
+    Forward(Forward),
+    Serve(Arc<AppState>),
+}
+
+/// A cluster follower's forwarding: the request as it came, answered by the leader.
+pub type Forward = Arc<dyn Fn(SocketAddr, Request<Incoming>) -> BoxFuture<Response<Forwarded>> + Send + Sync>;
+/// A forwarded answer's body: the leader's, passed through as it arrives, or the follower's own
+/// (503 while no leader answers).
+pub type Forwarded = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
+pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+/// The HTTP front: one accept loop under the connection rules (see [`conn`]), whatever the
+/// node does with the requests. Its [`Mode`] can change while connections stay open: a follower
+/// that is elected answers on the connections it was forwarding from (none is closed under a
+/// client that is sending a request).
+pub struct Front {
+    addr: SocketAddr,
+    mode: Arc<arc_swap::ArcSwap<Mode>>,
+    gate: Arc<conn::Gate>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<TcpListener>,
+}
+
+impl Front {
+    /// Starts accepting on `listener` (over TLS with `tls`), counting connections in `metrics`.
+    pub fn start(
+        listener: TcpListener,
+        mode: Mode,
+        limits: conn::Limits,
+        metrics: Arc<conn::ConnMetrics>,
+        tls: Option<Arc<Tls>>,
+    ) -> std::io::Result<Front> {
+        let addr = listener.local_addr()?;
+        let gate = Arc::new(conn::Gate::new(limits, metrics));
+        let mode = Arc::new(arc_swap::ArcSwap::from_pointee(mode));
+        let (stop, stop_rx) = watch::channel(false);
+        let current = mode.clone();
+        let task = tokio::spawn(accept(listener, gate.clone(), stop_rx, tls, move |peer, req| {
+            let mode = current.load_full();
+            async move {
+                match &*mode {
+                    Mode::Serve(state) => {
+                        handle(state.clone(), peer, req).await.map(|r| r.map(http_body_util::Either::Left))
+                    }
+                    Mode::Forward(forward) => Ok(forward(peer, req).await.map(http_body_util::Either::Right)),
+                }
+            }
+        }));
+        Ok(Front { addr, mode, gate, stop, task })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The connection counters (`/metrics` reports them).
+    pub fn metrics(&self) -> Arc<conn::ConnMetrics> {
+        self.gate.metrics.clone()
+    }
+
+    /// From now on this server answers every request, on the connections already open too.
+    pub fn serve(&self, state: Arc<AppState>) {
+        self.mode.store(Arc::new(Mode::Serve(state)));
+    }
+
+    /// Stops accepting, closes the connections gracefully and gives those in flight `grace` to
+    /// finish.
+    pub async fn close(self, grace: Duration) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+        if tokio::time::timeout(grace, self.gate.drained()).await.is_err() {
+            tracing::warn!(grace_secs = grace.as_secs(), "some connections were still busy at the shutdown deadline");
+        }
     }
 }
 
 /// Accepts connections on `listener` within `gate`'s limits and deadlines (over TLS with
 /// `tls`), each request answered by `handler` (which finds the connection in the request's
 /// extensions, to mark it authenticated), until `stop` turns true; then the connections close
-/// gracefully and the listener is handed back. The API's server, and a cluster follower's
-/// forwarding front: both hold every connection to the same rules.
-pub async fn accept<H, F, B>(
+/// gracefully and the listener is handed back. [`Front`] runs it, in every mode.
+async fn accept<H, F, B>(
     listener: TcpListener,
     gate: Arc<conn::Gate>,
     mut stop: watch::Receiver<bool>,

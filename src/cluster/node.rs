@@ -420,40 +420,27 @@ impl Node {
         Ok((Node { etcd, cfg, domain, me, secret, keys, leadership, deposed: None }, listener))
     }
 
-    /// Forwards every request to the leader (under `limits`, as the server holds connections)
-    /// until this node is elected: then the listener and the fence. `None`: stopped by a signal
-    /// first (then [`Node::step_down`]).
-    pub async fn follow(
-        &self,
-        listener: tokio::net::TcpListener,
-        limits: crate::api::conn::Limits,
-    ) -> Result<Option<(tokio::net::TcpListener, i64)>, NodeError> {
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let front = tokio::spawn(super::proxy::serve(
-            listener,
-            limits,
-            self.keys.clone(),
-            self.me.clone(),
-            self.secret,
-            self.leadership.watch(),
-            stop_rx,
-        ));
+    /// How this node's front forwards requests while it follows (`api::Mode::Forward`).
+    pub fn forwarder(&self) -> crate::api::Forward {
+        super::proxy::forwarder(self.keys.clone(), self.me.clone(), self.secret, self.leadership.watch())
+    }
+
+    /// Waits until this node is elected: then its fence. `None`: stopped by a signal first
+    /// (then [`Node::step_down`]).
+    pub async fn follow(&self) -> Option<i64> {
         let mut role = self.leadership.watch();
-        let fence = loop {
+        loop {
             if let Role::Leader { fence, .. } = *role.borrow_and_update() {
-                break fence;
+                return Some(fence);
             }
             tokio::select! {
-                _ = role.changed() => {}
-                _ = tokio::signal::ctrl_c() => return Ok(None),
+                changed = role.changed() => if changed.is_err() {
+                    tracing::error!("cluster: the election stopped; leaving");
+                    return None;
+                },
+                _ = tokio::signal::ctrl_c() => return None,
             }
-        };
-        let _ = stop_tx.send(true);
-        let listener = front.await.map_err(|e| NodeError::Io {
-            what: "the forwarding front".into(),
-            err: std::io::Error::other(e.to_string()),
-        })?;
-        Ok(Some((listener, fence)))
+        }
     }
 
     /// Elected with `fence`: loads what the cluster committed into the (fresh, empty) data dir

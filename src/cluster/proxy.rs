@@ -3,7 +3,6 @@
 //! The client's address goes in `X-Forwarded-For`, with a tag (`cluster::NODE_HEADER`) that
 //! proves to the leader a node put it there.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -11,13 +10,12 @@ use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::leader::Role;
 use crate::tokens::KeyRing;
 
-type Out = Either<Incoming, Full<Bytes>>;
+type Out = crate::api::Forwarded;
 
 /// Hop-by-hop headers, which a proxy must not pass on (RFC 9110 §7.6.1).
 const HOP: &[&str] = &[
@@ -101,31 +99,22 @@ async fn forward(
     }
 }
 
-/// Forwards every request to the leader the election names, until `stop` says so (this node
-/// was elected): then it hands the listener back for the server. Connections are accepted and
-/// held by the API's own front (`api::accept`): the same deadlines for heads, bodies and idle
-/// keep-alives, the same connection cap and per-address limit of unauthenticated connections
-/// as the leader's (a connection that carries an API key is authenticated here, as there).
-pub async fn serve(
-    listener: TcpListener,
-    limits: crate::api::conn::Limits,
-    keys: Arc<KeyRing>,
-    me: String,
-    secret: [u8; 32],
-    role: watch::Receiver<Role>,
-    stop: watch::Receiver<bool>,
-) -> TcpListener {
-    let gate = Arc::new(crate::api::conn::Gate::new(limits, Arc::default()));
+/// Forwards every request to the leader the election names (the mode of a follower's front,
+/// `api::Front`, until this node is elected). The front holds connections to the API's rules:
+/// the same deadlines for heads, bodies and idle keep-alives, the same connection cap and
+/// per-address limit of unauthenticated connections as the leader's (a connection that
+/// carries an API key is authenticated here, as there).
+pub fn forwarder(keys: Arc<KeyRing>, me: String, secret: [u8; 32], role: watch::Receiver<Role>) -> crate::api::Forward {
     let client = client();
-    crate::api::accept(listener, gate, stop, None, move |peer, req: Request<Incoming>| {
+    Arc::new(move |peer: SocketAddr, req: Request<Incoming>| {
         crate::api::authenticate_if_api_key(&req, &keys);
         let leader = match &*role.borrow() {
-            // This node's own previous life (a lease not yet lapsed) is nobody to ask.
+            // This node's own previous life (a lease not yet lapsed) is nobody to ask; nor is
+            // this node while it takes over.
             Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
             _ => None,
         };
         let client = client.clone();
-        async move { Ok::<_, Infallible>(forward(&client, &secret, req, peer, leader).await) }
+        Box::pin(async move { forward(&client, &secret, req, peer, leader).await })
     })
-    .await
 }
