@@ -257,18 +257,49 @@ impl Room {
         self.exp().is_some_and(|exp| now_secs >= exp)
     }
 
-    /// Daily's room object.
-    pub fn to_json(&self, public_url: &str) -> Value {
-        serde_json::json!({
-            "id": self.id.to_string(),
-            "name": self.name,
-            "api_created": self.api_created,
-            "privacy": self.privacy.as_str(),
-            "url": format!("{}/{}", public_url.trim_end_matches('/'), self.name),
-            "created_at": crate::clock::rfc3339_ms(self.created_ms),
-            "config": Value::Object(self.config.clone()),
-        })
+    /// Daily's room object (the API's answer, and the payload of room events).
+    pub fn view(&self, public_url: &str) -> RoomView {
+        RoomView {
+            id: self.id.to_string(),
+            name: self.name.clone(),
+            api_created: self.api_created,
+            privacy: match self.privacy {
+                Privacy::Public => PrivacyName::Public,
+                Privacy::Private => PrivacyName::Private,
+            },
+            url: format!("{}/{}", public_url.trim_end_matches('/'), self.name),
+            created_at: crate::clock::rfc3339_ms(self.created_ms),
+            config: self.config.clone(),
+        }
     }
+
+    pub fn to_json(&self, public_url: &str) -> Value {
+        serde_json::to_value(self.view(public_url)).unwrap_or(Value::Null)
+    }
+}
+
+/// Daily's room object.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+#[schemars(rename = "Room")]
+pub struct RoomView {
+    pub id: String,
+    pub name: String,
+    pub api_created: bool,
+    pub privacy: PrivacyName,
+    /// Where the room's page is.
+    pub url: String,
+    pub created_at: String,
+    /// The room's properties (those it sets; the rest take their defaults).
+    pub config: Map<String, Value>,
+}
+
+/// A room's privacy, as the API writes it.
+#[derive(Debug, Clone, Copy, serde::Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+#[schemars(rename = "Privacy")]
+pub enum PrivacyName {
+    Public,
+    Private,
 }
 
 #[cfg(test)]

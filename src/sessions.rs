@@ -300,6 +300,25 @@ pub fn ban_until_ms(by_token: bool, ban_until_s: Option<i64>, room_exp_s: Option
     Some(asked.map_or(cap, |a| a.min(cap)))
 }
 
+/// A session as the API shows it (a join's answer, `participant.joined`'s payload).
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct SessionView {
+    /// Unix seconds, with milliseconds.
+    pub joined_at: f64,
+    pub session_id: String,
+    pub room: String,
+    /// `null` when the token named no user; left out of a knock's answer then.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<Option<String>>,
+    pub user_name: Option<String>,
+    pub owner: bool,
+    /// Unix seconds: when the session will be ejected, if a deadline applies.
+    pub will_eject_at: Option<i64>,
+    /// Daily's permissions object.
+    #[schemars(with = "serde_json::Map<String, Value>")]
+    pub permissions: Value,
+}
+
 /// A live session as the domain sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Session {
@@ -325,18 +344,23 @@ fn secs(ms: i64) -> f64 {
 }
 
 impl Session {
+    /// The session as the API shows it.
+    pub fn view(&self) -> SessionView {
+        SessionView {
+            joined_at: secs(self.joined_ms),
+            session_id: self.id.clone(),
+            room: self.room.clone(),
+            user_id: Some(self.user_id.clone()),
+            user_name: self.user_name.clone(),
+            owner: self.owner,
+            will_eject_at: self.eject_at_ms.map(|ms| ms.div_euclid(1000)),
+            permissions: self.permissions.clone().unwrap_or_else(|| json!({"hasPresence": true})),
+        }
+    }
+
     /// `participant.joined` payload (also the base of the join response and `participant.left`).
     pub fn joined_payload(&self) -> Value {
-        json!({
-            "joined_at": secs(self.joined_ms),
-            "session_id": self.id,
-            "room": self.room,
-            "user_id": self.user_id,
-            "user_name": self.user_name,
-            "owner": self.owner,
-            "will_eject_at": self.eject_at_ms.map(|ms| ms.div_euclid(1000)),
-            "permissions": self.permissions.clone().unwrap_or_else(|| json!({"hasPresence": true})),
-        })
+        serde_json::to_value(self.view()).unwrap_or(Value::Null)
     }
 
     pub fn left_payload(&self, now_ms: i64, reason: &str) -> Value {
@@ -360,19 +384,13 @@ impl Session {
 
     /// `waiting-participant.joined` payload (Daily's fields; no `user_id` key without one).
     pub fn waiting_payload(&self) -> Value {
-        let mut v = json!({
-            "joined_at": secs(self.joined_ms),
-            "session_id": self.id,
-            "room": self.room,
-            "user_name": self.user_name,
-            "owner": self.owner,
-            "will_eject_at": self.eject_at_ms.map(|ms| ms.div_euclid(1000)),
-            "permissions": self.permissions.clone().unwrap_or_else(|| json!({"hasPresence": true})),
-        });
-        if let (Some(u), Some(o)) = (&self.user_id, v.as_object_mut()) {
-            o.insert("user_id".into(), json!(u));
-        }
-        v
+        serde_json::to_value(self.waiting_view()).unwrap_or(Value::Null)
+    }
+
+    /// The session as a knock's answer and `waiting-participant.joined` show it: without
+    /// `user_id` when it has none.
+    pub fn waiting_view(&self) -> SessionView {
+        SessionView { user_id: self.user_id.clone().map(Some), ..self.view() }
     }
 
     /// Gone at `now_ms` by check-on-read: its ejection deadline has passed.

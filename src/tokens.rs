@@ -381,7 +381,7 @@ impl Claims {
     }
 
     /// The properties with Daily's long names, as `GET /v1/meeting-tokens/:token` shows them.
-    pub fn to_long_json(&self) -> Value {
+    pub fn to_long_json(&self) -> serde_json::Map<String, Value> {
         let mut m = self.ui.clone();
         let mut put = |k: &str, v: Option<Value>| {
             if let Some(v) = v {
@@ -397,7 +397,7 @@ impl Claims {
         put("eject_at_token_exp", self.eject_at_token_exp.then_some(Value::Bool(true)));
         put("eject_after_elapsed", self.eject_after_elapsed.map(Value::from));
         put("permissions", self.permissions.clone());
-        Value::Object(m)
+        m
     }
 }
 

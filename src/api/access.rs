@@ -17,11 +17,12 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::participants::{check_token, join_gate, room_admin};
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::sessions::{self, JoinFacts, TokenCheck};
@@ -67,18 +68,18 @@ pub async fn pre_auth(
     let token_knocks = matches!(&token, TokenCheck::Valid { claims, .. }
         if !claims.is_owner && claims.ui.get("knocking") == Some(&Value::Bool(true)));
     let (level, why) = match sessions::decide_join(&facts) {
-        Ok(()) if knocks && token_knocks => ("lobby", None),
-        Ok(()) => ("full", None),
+        Ok(()) if knocks && token_knocks => (R::Level::Lobby, None),
+        Ok(()) => (R::Level::Full, None),
         Err(d) if d.error == "no-room" => return Err(ApiError::new(StatusCode::NOT_FOUND, d.error, d.info)),
-        Err(d) if knocks && d.detail == "private_room" => ("lobby", None),
-        Err(d) => ("none", Some(d)),
+        Err(d) if knocks && d.detail == "private_room" => (R::Level::Lobby, None),
+        Err(d) => (R::Level::None, Some(d)),
     };
-    let mut out = json!({"room": name, "access": {"level": level}});
-    if let (Some(d), Some(o)) = (why, out.as_object_mut()) {
-        o.insert("error".into(), json!(d.error));
-        o.insert("info".into(), json!(d.info));
-    }
-    Ok(ok(&out))
+    Ok(ok(&R::Access {
+        room: name.to_string(),
+        access: R::AccessLevel { level },
+        error: why.as_ref().map(|d| d.error.to_string()),
+        info: why.map(|d| d.info),
+    }))
 }
 
 /// `GET /v1/rooms/:name/waiting-participants` → `{"total_count", "data": [{"id", "name",
@@ -88,21 +89,19 @@ pub fn waiting(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Re
     if state.store.room(room)?.is_none() {
         return Err(ApiError::not_found("room not found"));
     }
-    let data: Vec<Value> = state
+    let data: Vec<R::Waiting> = state
         .store
         .waiting_sessions(room)
         .iter()
-        .map(|e| {
-            json!({
-                "id": e.session.id,
-                "name": e.session.user_name.clone().unwrap_or_default(),
-                "user_id": e.session.user_id,
-                "joined_at": e.session.joined_ms / 1000,
-                "awaitingAccess": {"level": "full"},
-            })
+        .map(|e| R::Waiting {
+            id: e.session.id.clone(),
+            name: e.session.user_name.clone().unwrap_or_default(),
+            user_id: e.session.user_id.clone(),
+            joined_at: e.session.joined_ms / 1000,
+            awaiting_access: R::AccessLevel { level: R::Level::Full },
         })
         .collect();
-    Ok(ok(&json!({"total_count": data.len(), "data": data})))
+    Ok(ok(&R::WaitingList { total_count: data.len() as u64, data }))
 }
 
 /// `POST /v1/rooms/:name/waiting-participants`: `{"<session id>": {"grantRequestedAccess":
@@ -128,11 +127,14 @@ pub async fn decide(state: &Arc<AppState>, req: Request<Incoming>, room: &str) -
     let cmd = DecideWaiting { room: room.to_string(), decisions, by, leeway_s: state.settings.token_leeway_secs };
     match state.store.submit(cmd).await? {
         Ok(r) => {
-            let refused: Vec<Value> =
-                r.refused.iter().map(|(id, d)| json!({"id": id, "error": d.error, "info": d.info})).collect();
-            let mut ids: Vec<&String> = r.granted.iter().chain(&r.denied).collect();
-            ids.extend(r.refused.iter().map(|(id, _)| id));
-            Ok(ok(&json!({"ids": ids, "granted": r.granted, "denied": r.denied, "refused": refused})))
+            let mut ids: Vec<String> = r.granted.iter().chain(&r.denied).cloned().collect();
+            ids.extend(r.refused.iter().map(|(id, _)| id.clone()));
+            let refused = r
+                .refused
+                .into_iter()
+                .map(|(id, d)| R::Refused { id, error: d.error.to_string(), info: d.info })
+                .collect();
+            Ok(ok(&R::WaitingDecided { ids, granted: r.granted, denied: r.denied, refused }))
         }
         Err(e @ WaitingError::NotWaiting(_)) => Err(ApiError::not_found(wire::clip_long(&e.to_string()))),
     }
@@ -188,7 +190,7 @@ pub async fn update_permissions(
         updates.push((id.clone(), p.clone()));
     }
     match state.store.submit(UpdatePermissions { room: room.to_string(), updates }).await? {
-        Ok(updated) => Ok(ok(&json!({"status": "sent", "updated": updated}))),
+        Ok(updated) => Ok(ok(&R::PermissionsSent { status: R::Sent::Is, updated })),
         Err(PermissionsError::NoRoom) => Err(ApiError::not_found("room not found")),
     }
 }

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 
 use super::error::ApiError;
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::store::{Merge, SessionDataError, SetSessionData};
@@ -50,7 +51,7 @@ pub async fn send_app_message(
     };
     live_room(state, room)?;
     let n = state.store.send_app_message(room, recipient, &data);
-    Ok(ok(&json!({"sent": "true", "recipients": n})))
+    Ok(ok(&R::AppMessageSent { sent: R::TrueText::Is, recipients: n as u64 }))
 }
 
 /// `GET /v1/rooms/:name/get-session-data` → `{"data": {...}}`, the running meeting's session
@@ -58,7 +59,7 @@ pub async fn send_app_message(
 pub fn get_session_data(state: &Arc<AppState>, room: &str) -> Result<Response<Body>, ApiError> {
     live_room(state, room)?;
     match state.store.session_data(room)? {
-        Some((_, data)) => Ok(ok(&json!({"data": data}))),
+        Some((_, data)) => Ok(ok(&R::SessionData { data })),
         None => Err(SessionDataError::NoMeeting(room.to_string()).into()),
     }
 }
@@ -94,5 +95,5 @@ pub async fn set_session_data(
     let set = state.store.submit(SetSessionData { room: room.to_string(), merge, data, delete }).await??;
     // Durable now: the people in the call get it.
     state.store.send_session_data(room, &set.meeting_id, Some(set.seq), &set.data);
-    Ok(ok(&json!({"sent": "true", "data": set.data})))
+    Ok(ok(&R::SessionDataSet { sent: R::TrueText::Is, data: set.data }))
 }

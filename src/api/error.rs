@@ -2,7 +2,7 @@
 //! Body shape: `{"error": "<type>", "info": "<human text>"}` (Daily's); `info` never holds a secret.
 
 use hyper::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::rooms::RoomError;
 use crate::store::StoreError;
@@ -81,14 +81,12 @@ impl ApiError {
         )
     }
 
-    pub fn body(&self) -> Value {
-        let mut v = json!({"error": self.kind, "info": self.info});
-        if let (Some(Value::Object(extra)), Some(obj)) = (&self.extra, v.as_object_mut()) {
-            for (k, x) in extra {
-                obj.insert(k.clone(), x.clone());
-            }
-        }
-        v
+    pub fn body(&self) -> super::responses::Error {
+        let extra = match &self.extra {
+            Some(Value::Object(extra)) => extra.clone(),
+            _ => serde_json::Map::new(),
+        };
+        super::responses::Error { error: self.kind.to_string(), info: self.info.clone(), extra }
     }
 }
 

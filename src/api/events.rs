@@ -47,9 +47,7 @@ fn page_response(page: &crate::store::Page) -> Response<Body> {
         "],\"next_after\":{},\"has_more\":{},\"head_seq\":{}}}",
         page.next_after, page.has_more, page.head_seq
     ));
-    let mut r = Response::new(wire::full(bytes::Bytes::from(out)));
-    r.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
-    r
+    wire::answered::<super::responses::Events>(wire::json_bytes(hyper::StatusCode::OK, out.into_bytes()))
 }
 
 /// The event type filter of a request (`types=a,b`), checked against the known types.

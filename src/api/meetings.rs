@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
+use super::responses as R;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::wire::{self, ok};
@@ -28,25 +28,26 @@ fn secs(ms: i64) -> i64 {
     ms.div_euclid(1000)
 }
 
-fn meeting_json(m: &MeetingRecord, now_ms: i64) -> Value {
-    json!({
-        "id": m.id,
-        "room": m.room,
-        "start_time": secs(m.start_ms),
-        "duration": secs(m.end_ms.unwrap_or(now_ms) - m.start_ms).max(0),
-        "ongoing": m.end_ms.is_none(),
-        "max_participants": m.max_participants,
-    })
+fn meeting_json(m: &MeetingRecord, now_ms: i64) -> R::Meeting {
+    R::Meeting {
+        id: m.id.clone(),
+        room: m.room.clone(),
+        start_time: secs(m.start_ms),
+        duration: secs(m.end_ms.unwrap_or(now_ms) - m.start_ms).max(0),
+        ongoing: m.end_ms.is_none(),
+        max_participants: m.max_participants,
+        participants: None,
+    }
 }
 
-fn participant_json(p: &MeetingParticipantRecord, now_ms: i64) -> Value {
-    json!({
-        "user_id": p.user_id,
-        "participant_id": p.participant_id,
-        "user_name": p.user_name,
-        "join_time": secs(p.join_ms),
-        "duration": secs(p.leave_ms.unwrap_or(now_ms) - p.join_ms).max(0),
-    })
+fn participant_json(p: &MeetingParticipantRecord, now_ms: i64) -> R::MeetingParticipant {
+    R::MeetingParticipant {
+        user_id: p.user_id.clone(),
+        participant_id: p.participant_id.clone(),
+        user_name: p.user_name.clone(),
+        join_time: secs(p.join_ms),
+        duration: secs(p.leave_ms.unwrap_or(now_ms) - p.join_ms).max(0),
+    }
 }
 
 fn unix_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<i64>, ApiError> {
@@ -138,18 +139,18 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     for m in &page {
         let mut v = meeting_json(m, now);
         if !no_participants {
-            let ps: Vec<Value> = state
+            let ps = state
                 .store
                 .meeting_participants(&m.id)?
                 .iter()
                 .take(MAX_EMBEDDED_PARTICIPANTS)
                 .map(|p| participant_json(p, now))
                 .collect();
-            v["participants"] = Value::Array(ps);
+            v.participants = Some(ps);
         }
         data.push(v);
     }
-    Ok(ok(&json!({"total_count": total, "data": data})))
+    Ok(ok(&R::MeetingList { total_count: total as u64, data }))
 }
 
 fn meeting_or_404(state: &AppState, id: &str) -> Result<MeetingRecord, ApiError> {
@@ -192,9 +193,10 @@ pub fn participants(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) ->
         start = end.saturating_sub(limit);
     }
     let now = state.clock.now_ms();
-    let page: Vec<Value> = all[start..end].iter().take(limit).map(|p| participant_json(p, now)).collect();
+    let page: Vec<R::MeetingParticipant> =
+        all[start..end].iter().take(limit).map(|p| participant_json(p, now)).collect();
     if page.is_empty() {
         return Err(ApiError::not_found("no more participants"));
     }
-    Ok(ok(&json!({"total_count": all.len(), "data": page})))
+    Ok(ok(&R::MeetingParticipants { total_count: all.len() as u64, data: page }))
 }

@@ -15,6 +15,7 @@ mod participants;
 mod presence;
 mod ratelimit;
 mod requests;
+pub mod responses;
 mod rooms;
 pub mod routes;
 pub mod session_stream;
@@ -322,7 +323,9 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     // The label comes from the route table, never from the path (which may hold a token).
     let found = routes::find(req.method(), req.uri().path());
     let label = found.as_ref().map_or(routes::UNMATCHED, |(r, _)| r.label);
+    let route = found.as_ref().ok().map(|(r, _)| *r);
     let res = match CatchUnwind(dispatch(&state, peer, req, found)).await {
+        Ok(Ok(r)) if cfg!(debug_assertions) => as_declared(route, r),
         Ok(Ok(r)) => r,
         Ok(Err(e)) => wire::error_response(&e),
         Err(()) => {
@@ -333,6 +336,23 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     state.metrics.request(label, res.status().as_u16(), started.elapsed().as_secs_f64());
     tracing::debug!(request_id = %id, route = label, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(res)
+}
+
+/// In debug builds (every test run): an answer made from a type its route does not declare is
+/// a bug, answered 500 and logged so that the test that provoked it fails.
+fn as_declared(route: Option<&'static routes::Route>, res: Response<Body>) -> Response<Body> {
+    let (Some(route), Some(wire::Answered(name))) = (route, res.extensions().get::<wire::Answered>()) else {
+        return res;
+    };
+    if route.declares(res.status().as_u16(), name) {
+        return res;
+    }
+    tracing::error!(route = route.label, answered = %name, status = res.status().as_u16(), "an answer of a type its route does not declare");
+    wire::error_response(&ApiError::new(
+        hyper::StatusCode::INTERNAL_SERVER_ERROR,
+        "server-error",
+        format!("{} answered {name} ({}), which its route does not declare", route.label, res.status().as_u16()),
+    ))
 }
 
 /// Polls a handler, turning a panic into `Err(())`: the request gets a 500 and the connection
@@ -404,7 +424,7 @@ async fn dispatch(
         Op::Readyz => Ok(ops::readyz(state)),
         Op::Metrics => ops::metrics(state),
         Op::Backup => ops::backup(state).await,
-        Op::OpenApi => Ok(wire::ok(&openapi::document())),
+        Op::OpenApi => Ok(wire::ok(&responses::Document(openapi::document()))),
         Op::Domain => ops::domain(state),
         Op::UpdateDomain => ops::update_domain(state, req).await,
         Op::BatchCreateRooms => rooms::batch_create(state, req).await,

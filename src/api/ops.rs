@@ -9,11 +9,12 @@ use hyper::{Request, Response, StatusCode};
 use serde_json::json;
 
 use super::error::ApiError;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 
 pub fn healthz() -> Response<Body> {
-    ok(&json!({"status": "ok"}))
+    ok(&R::Health { status: R::OkText::Is })
 }
 
 pub fn readyz(state: &AppState) -> Response<Body> {
@@ -22,17 +23,18 @@ pub fn readyz(state: &AppState) -> Response<Body> {
     let stalled = state.store.stalled();
     let ok = ready && writable && stalled.is_none();
     let status = if ok { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    let mut body = json!({"ready": ok, "store_writable": writable});
-    if let Some(why) = stalled {
-        body["reason"] = json!(why);
+    let reason = if let Some(why) = stalled {
+        Some(why.to_string())
     } else if let Some(why) = state.store.write_refused() {
-        body["reason"] = json!(format!("{why}; writes are refused until a restart (recovery replays the journal)"));
+        Some(format!("{why}; writes are refused until a restart (recovery replays the journal)"))
     } else if !writable {
-        body["reason"] = json!("the store cannot write (see the log)");
+        Some("the store cannot write (see the log)".to_string())
     } else if !ready {
-        body["reason"] = json!("starting up or shutting down");
-    }
-    wire::json_response(status, &body)
+        Some("starting up or shutting down".to_string())
+    } else {
+        None
+    };
+    wire::json_response(status, &R::Ready { ready: ok, store_writable: writable, reason })
 }
 
 /// `GET /metrics`: Prometheus text; needs an API key unless `--metrics-public`.
@@ -273,11 +275,11 @@ pub fn domain(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
 
 /// The domain object: its id and name, and in `config` the settings made with `POST /v1/`
 /// besides the server's own defaults.
-fn domain_json(state: &AppState, settings: serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+fn domain_json(state: &AppState, settings: serde_json::Map<String, serde_json::Value>) -> R::Domain {
     let mut config = settings;
     config.insert("max_participants".into(), crate::rooms::DEFAULT_MAX_PARTICIPANTS.into());
     config.insert("token_leeway_seconds".into(), state.settings.token_leeway_secs.into());
-    json!({"domain_id": state.domain_id(), "domain_name": state.settings.domain_name, "config": config})
+    R::Domain { domain_id: state.domain_id(), domain_name: state.settings.domain_name.clone(), config }
 }
 
 /// `POST /v1/` `{"properties": {...}}`: changes the domain settings (a property set to `null`

@@ -12,13 +12,14 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
-use serde_json::{json, Value};
+use serde_json::Value;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{auth, AppState, Body};
 use crate::sessions::{self, Session, TokenCheck};
@@ -96,24 +97,23 @@ pub async fn join(
     match state.store.submit(request).await? {
         JoinOutcome::Joined(s) => {
             state.metrics.join("admitted");
-            let mut body = s.joined_payload();
-            if let Some(o) = body.as_object_mut() {
-                o.insert("session_secret".into(), json!(secret));
-                o.insert("lease_seconds".into(), json!(state.settings.lease_ms / 1000));
-                o.insert("access".into(), json!({"level": "full"}));
-            }
-            Ok(ok(&body))
+            Ok(ok(&R::Joined {
+                session: s.view(),
+                session_secret: secret,
+                lease_seconds: state.settings.lease_ms / 1000,
+                access: R::AccessLevel { level: R::Level::Full },
+                awaiting_access: None,
+            }))
         }
         JoinOutcome::Waiting(s) => {
             state.metrics.join("knocked");
-            let mut body = s.waiting_payload();
-            if let Some(o) = body.as_object_mut() {
-                o.insert("session_secret".into(), json!(secret));
-                o.insert("lease_seconds".into(), json!(state.settings.lease_ms / 1000));
-                o.insert("access".into(), json!({"level": "lobby"}));
-                o.insert("awaitingAccess".into(), json!({"level": "full"}));
-            }
-            Ok(ok(&body))
+            Ok(ok(&R::Joined {
+                session: s.waiting_view(),
+                session_secret: secret,
+                lease_seconds: state.settings.lease_ms / 1000,
+                access: R::AccessLevel { level: R::Level::Lobby },
+                awaiting_access: Some(R::AccessLevel { level: R::Level::Full }),
+            }))
         }
         JoinOutcome::Denied(d) => {
             state.metrics.join(d.error);
@@ -139,7 +139,7 @@ pub(super) fn session_auth(state: &AppState, req: &Request<Incoming>, id: &str) 
 pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
     match state.store.submit(Heartbeat { session_id: id.to_string() }).await? {
-        Some(lease_until_ms) => Ok(ok(&json!({"lease_until": lease_until_ms / 1000}))),
+        Some(lease_until_ms) => Ok(ok(&R::Lease { lease_until: lease_until_ms / 1000 })),
         None => Err(ApiError::not_found("no such session")),
     }
 }
@@ -147,7 +147,7 @@ pub async fn heartbeat(state: &Arc<AppState>, req: &Request<Incoming>, id: &str)
 pub async fn leave(state: &Arc<AppState>, req: &Request<Incoming>, id: &str) -> Result<Response<Body>, ApiError> {
     session_auth(state, req, id)?;
     match state.store.submit(Leave { session_id: id.to_string() }).await? {
-        true => Ok(ok(&json!({"left": true, "session_id": id}))),
+        true => Ok(ok(&R::Left { left: true, session_id: id.to_string() })),
         false => Err(ApiError::not_found("no such session")),
     }
 }
@@ -284,7 +284,7 @@ pub async fn eject(state: &Arc<AppState>, req: Request<Incoming>, room: &str) ->
     let max_bans = state.settings.max_bans_per_room;
     let request = Eject { room: room.to_string(), ids, user_ids, ban, ban_until_s, by, by_token, max_bans };
     let ids = state.store.submit(request).await??;
-    Ok(ok(&json!({"ejectedIds": ids})))
+    Ok(ok(&R::Ejected { ejected_ids: ids }))
 }
 
 /// Most bans one page of `GET /v1/rooms/:name/bans` holds.
@@ -301,16 +301,21 @@ pub fn bans(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Resul
         None => 0,
     };
     let to = from.saturating_add(limit).min(all.len());
-    let data: Vec<Value> = all[from..to]
+    let data = all[from..to]
         .iter()
-        .map(|(user, b)| json!({"user_id": user, "until": b.until_ms.map(|m| m / 1000), "created_at": crate::clock::rfc3339_ms(b.created_ms), "by": b.by}))
+        .map(|(user, b)| R::Ban {
+            user_id: user.clone(),
+            until: b.until_ms.map(|m| m / 1000),
+            created_at: crate::clock::rfc3339_ms(b.created_ms),
+            by: b.by.clone(),
+        })
         .collect();
-    Ok(ok(&json!({"total_count": all.len(), "data": data, "has_more": to < all.len()})))
+    Ok(ok(&R::BanList { total_count: all.len() as u64, data, has_more: to < all.len() }))
 }
 
 pub async fn lift_ban(state: &Arc<AppState>, room: &str, user_id: &str) -> Result<Response<Body>, ApiError> {
     match state.store.submit(LiftBan { room: room.to_string(), user_id: user_id.to_string() }).await? {
-        true => Ok(ok(&json!({"deleted": true, "room": room, "user_id": user_id}))),
+        true => Ok(ok(&R::BanLifted { deleted: true, room: room.to_string(), user_id: user_id.to_string() })),
         false => Err(ApiError::not_found("no such ban")),
     }
 }

@@ -26,7 +26,7 @@ use crate::store::live::{Entry, Live, Order};
 pub const MAX_PAGE: i64 = 1000;
 
 /// One participant, in Daily's presence shape, borrowed from the session.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PresenceEntry<'a> {
     room: &'a str,
@@ -178,7 +178,7 @@ pub fn all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Bo
         (true, Some(limit), Some(c)) => Some((format!("/v1/presence?limit={limit}&"), c)),
         _ => None,
     };
-    Ok(json(out, next))
+    Ok(wire::answered::<super::responses::PresenceByRoom>(json(out, next)))
 }
 
 /// `GET /v1/rooms/:name/presence`: `{total_count, data: [participant…]}`, by API key or by a
@@ -222,7 +222,7 @@ pub fn room(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Resul
         (true, Some(limit), Some(c)) => Some((format!("/v1/rooms/{room}/presence?limit={limit}&"), c)),
         _ => None,
     };
-    Ok(json(out, next))
+    Ok(wire::answered::<super::responses::Presence>(json(out, next)))
 }
 
 fn internal(e: serde_json::Error) -> ApiError {

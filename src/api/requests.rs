@@ -1,6 +1,6 @@
 //! Request bodies: one type per endpoint that takes one, read by [`wire::read`] and described
-//! by the same type in the OpenAPI document (schemars derives each `components.schemas` entry a
-//! route's `Doc::body` names), so what the server accepts and what it documents cannot drift.
+//! by the same type in the OpenAPI document (a route's `Doc::body` names the type, schemars
+//! derives its schema), so what the server accepts and what it documents cannot drift.
 //!
 //! Every type refuses fields it does not name (`deny_unknown_fields`, which the schema says as
 //! `additionalProperties: false`): the error names the field ("unknown parameter 'x'"). A field
@@ -18,14 +18,8 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-/// `"public"` or `"private"`.
-#[derive(JsonSchema)]
-#[serde(rename_all = "lowercase")]
-#[allow(dead_code)] // a schema only: the handler reads the JSON and says what is wrong with it
-enum Privacy {
-    Public,
-    Private,
-}
+/// `"public"` or `"private"` (the handler reads the JSON and says what is wrong with it).
+type Privacy = crate::rooms::PrivacyName;
 
 /// `POST /v1/rooms`, and each room of `POST /v1/batch/rooms`.
 #[derive(Deserialize, JsonSchema)]
@@ -214,36 +208,6 @@ pub struct Replay {
     pub from_seq: Option<Value>,
 }
 
-/// The request schemas for `components.schemas`, each under its type's name, with the types
-/// they refer to (`$ref`s into the same place).
-pub fn schemas() -> Map<String, Value> {
-    let mut settings = schemars::generate::SchemaSettings::draft2020_12();
-    settings.definitions_path = "/components/schemas".into();
-    let mut generator = settings.into_generator();
-    macro_rules! all {
-        ($($t:ty),*) => { $( generator.subschema_for::<$t>(); )* };
-    }
-    all!(
-        RoomWrite,
-        RoomUpdate,
-        BatchRooms,
-        BatchRoomNames,
-        DomainWrite,
-        TokenRequest,
-        Revoke,
-        Join,
-        PreAuth,
-        Eject,
-        UpdatePermissions,
-        WaitingDecisions,
-        AppMessage,
-        SetSessionData,
-        WebhookWrite,
-        Replay
-    );
-    generator.take_definitions(true)
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::routes::ROUTES;
@@ -261,10 +225,12 @@ mod tests {
 
     #[test]
     fn every_declared_body_is_a_derived_schema_that_refuses_unknown_fields() {
-        let schemas = schemas();
+        let doc = super::super::openapi::document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
         for r in ROUTES {
-            let Some(name) = r.doc.body else { continue };
-            let s = schemas.get(name).unwrap_or_else(|| panic!("{}: no derived schema {name}", r.label));
+            let Some(body) = r.doc.body else { continue };
+            let name = body.name();
+            let s = schemas.get(&name).unwrap_or_else(|| panic!("{}: no derived schema {name}", r.label));
             if name != "WaitingDecisions" {
                 assert_eq!(s["additionalProperties"], false, "{name} must refuse unknown fields");
             }

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::rooms::{self, Privacy, Room};
@@ -22,7 +23,7 @@ fn privacy_field(v: Option<&Value>) -> Result<Option<Privacy>, ApiError> {
 }
 
 fn room_response(state: &AppState, outcome: Result<Room, rooms::RoomError>) -> Result<Response<Body>, ApiError> {
-    Ok(ok(&outcome?.to_json(&state.settings.public_url)))
+    Ok(ok(&outcome?.view(&state.settings.public_url)))
 }
 
 pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
@@ -71,8 +72,8 @@ pub async fn batch_create(state: &Arc<AppState>, req: Request<Incoming>) -> Resu
         rooms.push(wire::typed(item).and_then(new_room).map_err(|e| e.prefixed(&format!("rooms[{i}]: ")))?);
     }
     let made = state.store.submit(CreateRooms { rooms }).await??;
-    let data: Vec<Value> = made.iter().map(|r| r.to_json(&state.settings.public_url)).collect();
-    Ok(ok(&json!({"data": data})))
+    let data = made.iter().map(|r| r.view(&state.settings.public_url)).collect();
+    Ok(ok(&R::BatchCreated { data }))
 }
 
 /// `DELETE /v1/batch/rooms` `{"room_names": [...]}`: up to 1,000 live rooms, all or none;
@@ -94,7 +95,7 @@ pub async fn batch_delete(
         }
     }
     let deleted = state.store.submit(DeleteRooms { names, by }).await??;
-    Ok(ok(&json!({"deleted_count": deleted})))
+    Ok(ok(&R::BatchDeleted { deleted_count: deleted as u64 }))
 }
 
 /// A live room, or 404 (unknown, deleted, or expired: Daily answers 404 for expired rooms).
@@ -105,7 +106,7 @@ fn live_room(state: &AppState, name: &str) -> Result<Room, ApiError> {
 
 pub fn get(state: &Arc<AppState>, name: &str) -> Result<Response<Body>, ApiError> {
     let room = live_room(state, name)?;
-    Ok(ok(&room.to_json(&state.settings.public_url)))
+    Ok(ok(&room.view(&state.settings.public_url)))
 }
 
 fn cursor_param(q: &std::collections::HashMap<String, String>, name: &str) -> Result<Option<uuid::Uuid>, ApiError> {
@@ -130,9 +131,8 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     };
     let rooms = state.store.list_rooms(limit, &cursor)?.ok_or_else(|| ApiError::invalid("the cursor names no room"))?;
     let now = state.clock.now_secs();
-    let data: Vec<Value> =
-        rooms.iter().filter(|r| !r.is_expired(now)).map(|r| r.to_json(&state.settings.public_url)).collect();
-    Ok(ok(&json!({"total_count": state.store.room_count()?, "data": data})))
+    let data = rooms.iter().filter(|r| !r.is_expired(now)).map(|r| r.view(&state.settings.public_url)).collect();
+    Ok(ok(&R::RoomList { total_count: state.store.room_count()? as u64, data }))
 }
 
 pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -> Result<Response<Body>, ApiError> {
@@ -146,5 +146,5 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, name: &str) -
 pub async fn delete(state: &Arc<AppState>, name: &str, key: &SigningKey) -> Result<Response<Body>, ApiError> {
     live_room(state, name)?;
     let name = state.store.submit(DeleteRoom { name: name.to_string(), by: super::auth::actor(key) }).await??;
-    Ok(ok(&json!({"deleted": true, "name": name})))
+    Ok(ok(&R::RoomDeleted { deleted: true, name }))
 }

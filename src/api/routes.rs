@@ -8,6 +8,9 @@
 
 use hyper::Method;
 
+use super::requests as Q;
+use super::responses as R;
+
 /// What a route does. `api::dispatch` matches on it exhaustively.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -125,8 +128,8 @@ impl Access {
 #[derive(Debug)]
 pub struct Doc {
     pub summary: &'static str,
-    /// The request body's schema (a component of the OpenAPI document), if it takes one.
-    pub body: Option<&'static str>,
+    /// The request body's type, if it takes one.
+    pub body: Option<Schema>,
     pub answer: Answer,
     pub query: &'static [Param],
     /// Answers besides the success and the errors every authenticated call can give.
@@ -136,8 +139,8 @@ pub struct Doc {
 /// What a route answers when it succeeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answer {
-    /// JSON of this schema (a component of the OpenAPI document).
-    Json(&'static str),
+    /// JSON of this type.
+    Json(Schema),
     /// `text/event-stream`.
     Sse,
     /// Prometheus text.
@@ -162,26 +165,59 @@ pub enum Param {
 const LIMIT_100: Param = Param::Int("limit", 1, Some(100));
 const LIMIT_1000: Param = Param::Int("limit", 1, Some(1000));
 
-/// Another answer: status, when, schema.
+/// A type a route reads or answers, as the OpenAPI document describes it: its name, and its
+/// schema (a `$ref` to the document's components, which the generator collects).
+#[derive(Clone, Copy)]
+pub struct Schema {
+    pub name: fn() -> std::borrow::Cow<'static, str>,
+    pub generate: fn(&mut schemars::SchemaGenerator) -> schemars::Schema,
+}
+
+impl Schema {
+    pub const fn of<T: schemars::JsonSchema + ?Sized>() -> Schema {
+        Schema { name: T::schema_name, generate: schemars::SchemaGenerator::subschema_for::<T> }
+    }
+
+    pub fn name(&self) -> String {
+        (self.name)().into_owned()
+    }
+}
+
+impl std::fmt::Debug for Schema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.name)())
+    }
+}
+
+impl PartialEq for Schema {
+    fn eq(&self, other: &Schema) -> bool {
+        (self.name)() == (other.name)()
+    }
+}
+
+impl Eq for Schema {}
+
+/// Another answer: status, when, and its type.
 #[derive(Debug, Clone, Copy)]
 pub struct Other {
     pub status: &'static str,
     pub when: &'static str,
-    pub schema: &'static str,
+    pub schema: Schema,
 }
 
-/// An error answer (the `Error` schema).
+/// An error answer.
 const fn error(status: &'static str, when: &'static str) -> Other {
-    answer(status, when, "Error")
+    answer::<R::Error>(status, when)
 }
 
-/// An answer with its own schema.
-const fn answer(status: &'static str, when: &'static str, schema: &'static str) -> Other {
-    Other { status, when, schema }
+/// An answer of its own type.
+const fn answer<T: schemars::JsonSchema>(status: &'static str, when: &'static str) -> Other {
+    Other { status, when, schema: Schema::of::<T>() }
 }
 
-const fn json(schema: &'static str) -> Answer {
-    Answer::Json(schema)
+/// A JSON answer of this type.
+const fn json<T: schemars::JsonSchema + ?Sized>() -> Answer {
+    Answer::Json(Schema::of::<T>())
 }
 
 const fn doc(summary: &'static str, answer: Answer) -> Doc {
@@ -189,8 +225,8 @@ const fn doc(summary: &'static str, answer: Answer) -> Doc {
 }
 
 impl Doc {
-    const fn body(self, schema: &'static str) -> Doc {
-        Doc { body: Some(schema), ..self }
+    const fn body<T: schemars::JsonSchema>(self) -> Doc {
+        Doc { body: Some(Schema::of::<T>()), ..self }
     }
 
     const fn query(self, query: &'static [Param]) -> Doc {
@@ -199,6 +235,24 @@ impl Doc {
 
     const fn also(self, also: &'static [Other]) -> Doc {
         Doc { also, ..self }
+    }
+}
+
+impl Route {
+    /// Whether the route declares an answer of type `name` with this status: its own on a 2xx,
+    /// one it names for the status, or an error (which any call can give).
+    pub fn declares(&self, status: u16, name: &str) -> bool {
+        let is = |s: &Schema| (s.name)() == name;
+        if self.doc.answer == Answer::Undocumented {
+            return true; // a test hook
+        }
+        if (200..300).contains(&status) && matches!(&self.doc.answer, Answer::Json(s) if is(s)) {
+            return true;
+        }
+        if self.doc.also.iter().any(|o| o.status.parse::<u16>() == Ok(status) && is(&o.schema)) {
+            return true;
+        }
+        status >= 400 && name == <R::Error as schemars::JsonSchema>::schema_name()
     }
 }
 
@@ -222,72 +276,72 @@ macro_rules! routes {
 }
 
 routes! {
-    GET "/healthz" => Healthz (Public) doc("Alive", json("Object")),
+    GET "/healthz" => Healthz (Public) doc("Alive", json::<R::Health>()),
     GET "/readyz" => Readyz (Public)
-        doc("Store open and writable, timers loaded", json("Object")).also(&[answer("503", "not ready (the body says why)", "Object")]),
+        doc("Store open and writable, timers loaded", json::<R::Ready>()).also(&[answer::<R::Ready>("503", "not ready (the body says why)")]),
     GET "/metrics" => Metrics (Metrics) doc("Prometheus metrics (text)", Answer::Text),
     GET "/v1/backup" => Backup (ApiKey) doc("(ext) A consistent backup, streamed", Answer::Binary),
-    GET "/v1/openapi.json" => OpenApi (Public) doc("This document", json("Object")),
-    GET "/v1" => Domain (ApiKey) doc("The domain (its id is the `d` claim of tokens)", json("Domain")),
+    GET "/v1/openapi.json" => OpenApi (Public) doc("This document", json::<R::Document>()),
+    GET "/v1" => Domain (ApiKey) doc("The domain (its id is the `d` claim of tokens)", json::<R::Domain>()),
     POST "/v1" => UpdateDomain (ApiKey)
-        doc("Change the domain settings (defaults for rooms created afterwards; null removes one)", json("Domain")).body("DomainWrite"),
+        doc("Change the domain settings (defaults for rooms created afterwards; null removes one)", json::<R::Domain>()).body::<Q::DomainWrite>(),
     POST "/v1/batch/rooms" => BatchCreateRooms (ApiKey)
-        doc("Create up to 1,000 rooms, all or none", json("BatchCreated")).body("BatchRooms"),
+        doc("Create up to 1,000 rooms, all or none", json::<R::BatchCreated>()).body::<Q::BatchRooms>(),
     DELETE "/v1/batch/rooms" => BatchDeleteRooms (ApiKey)
-        doc("Delete up to 1,000 rooms, all or none", json("BatchDeleted")).body("BatchRoomNames"),
+        doc("Delete up to 1,000 rooms, all or none", json::<R::BatchDeleted>()).body::<Q::BatchRoomNames>(),
     GET "/v1/rooms" => ListRooms (ApiKey)
-        doc("List rooms, newest first", json("RoomList")).query(&[LIMIT_100, Param::Str("starting_after"), Param::Str("ending_before")]),
-    POST "/v1/rooms" => CreateRoom (ApiKey) doc("Create a room (no name: a random one)", json("Room")).body("RoomWrite"),
-    GET "/v1/rooms/:name" => GetRoom (ApiKey) doc("Get a room", json("Room")),
-    POST "/v1/rooms/:name" => UpdateRoom (ApiKey) doc("Update a room (null removes a property)", json("Room")).body("RoomUpdate"),
-    DELETE "/v1/rooms/:name" => DeleteRoom (ApiKey) doc("Delete a room (everyone present is ejected)", json("Deleted")),
+        doc("List rooms, newest first", json::<R::RoomList>()).query(&[LIMIT_100, Param::Str("starting_after"), Param::Str("ending_before")]),
+    POST "/v1/rooms" => CreateRoom (ApiKey) doc("Create a room (no name: a random one)", json::<R::Room>()).body::<Q::RoomWrite>(),
+    GET "/v1/rooms/:name" => GetRoom (ApiKey) doc("Get a room", json::<R::Room>()),
+    POST "/v1/rooms/:name" => UpdateRoom (ApiKey) doc("Update a room (null removes a property)", json::<R::Room>()).body::<Q::RoomUpdate>(),
+    DELETE "/v1/rooms/:name" => DeleteRoom (ApiKey) doc("Delete a room (everyone present is ejected)", json::<R::RoomDeleted>()),
     POST "/v1/rooms/:name/join" => Join (Participant)
-        doc("Join", json("Joined")).body("Join").also(&[
+        doc("Join", json::<R::Joined>()).body::<Q::Join>().also(&[
             error("403", "refused: not-allowed, nbf-room, exp-room, nbf-token, exp-token, meeting-full, ejected"),
             error("429", "too many join attempts"),
         ]),
     POST "/v1/rooms/:name/pre-auth" => PreAuth (Participant)
-        doc("(ext) What a join would get now: full, lobby (knock-to-join) or none", json("Access"))
-            .body("PreAuth")
+        doc("(ext) What a join would get now: full, lobby (knock-to-join) or none", json::<R::Access>())
+            .body::<Q::PreAuth>()
             .also(&[error("429", "too many join attempts")]),
     POST "/v1/rooms/:name/eject" => Eject (ApiKeyOrParticipant)
-        doc("Eject sessions (an admin token may eject from its room)", json("Ejected"))
-            .body("Eject")
+        doc("Eject sessions (an admin token may eject from its room)", json::<R::Ejected>())
+            .body::<Q::Eject>()
             .also(&[error("403", "not allowed to eject")]),
     POST "/v1/rooms/:name/update-permissions" => UpdatePermissions (ApiKeyOrParticipant)
-        doc("Update present participants' permissions", json("PermissionsSent"))
-            .body("UpdatePermissions")
+        doc("Update present participants' permissions", json::<R::PermissionsSent>())
+            .body::<Q::UpdatePermissions>()
             .also(&[error("403", "not allowed")]),
     GET "/v1/rooms/:name/waiting-participants" => WaitingList (ApiKeyOrParticipant)
-        doc("(ext) Who waits in the room's lobby", json("WaitingList"))
+        doc("(ext) Who waits in the room's lobby", json::<R::WaitingList>())
             .also(&[error("403", "not allowed")]),
     POST "/v1/rooms/:name/waiting-participants" => WaitingDecide (ApiKeyOrParticipant)
-        doc("(ext) Admit or deny waiting participants", json("WaitingDecided"))
-            .body("WaitingDecisions")
+        doc("(ext) Admit or deny waiting participants", json::<R::WaitingDecided>())
+            .body::<Q::WaitingDecisions>()
             .also(&[error("403", "not allowed")]),
-    GET "/v1/rooms/:name/presence" => RoomPresence (ApiKeyOrParticipant) doc("Who is in the room", json("Presence")),
+    GET "/v1/rooms/:name/presence" => RoomPresence (ApiKeyOrParticipant) doc("Who is in the room", json::<R::Presence>()),
     POST "/v1/rooms/:name/send-app-message" => SendAppMessage (ApiKey)
-        doc("Send a message to the session streams of those in the call now (not stored)", json("AppMessageSent")).body("AppMessage"),
-    GET "/v1/rooms/:name/get-session-data" => GetSessionData (ApiKey) doc("The running meeting's session data", json("SessionData")),
+        doc("Send a message to the session streams of those in the call now (not stored)", json::<R::AppMessageSent>()).body::<Q::AppMessage>(),
+    GET "/v1/rooms/:name/get-session-data" => GetSessionData (ApiKey) doc("The running meeting's session data", json::<R::SessionData>()),
     POST "/v1/rooms/:name/set-session-data" => SetSessionData (ApiKey)
-        doc("Set the running meeting's session data (replace or shallow-merge)", json("SessionDataSet")).body("SetSessionData"),
+        doc("Set the running meeting's session data (replace or shallow-merge)", json::<R::SessionDataSet>()).body::<Q::SetSessionData>(),
     GET "/v1/rooms/:name/bans" => Bans (ApiKey)
-        doc("(ext) Bans of the room in force, in user id order, a page at a time", json("BanList"))
+        doc("(ext) Bans of the room in force, in user id order, a page at a time", json::<R::BanList>())
             .query(&[LIMIT_1000, Param::Str("starting_after")]),
-    DELETE "/v1/rooms/:name/bans/:user_id" => LiftBan (ApiKey) doc("(ext) Lift a ban", json("Deleted")),
-    GET "/v1/presence" => Presence (ApiKey) doc("Everyone present, by room", json("Object")),
-    POST "/v1/sessions/:id/heartbeat" => Heartbeat (Session) doc("Keep a session's lease", json("Object")),
-    POST "/v1/sessions/:id/leave" => Leave (Session) doc("Leave", json("Object")),
+    DELETE "/v1/rooms/:name/bans/:user_id" => LiftBan (ApiKey) doc("(ext) Lift a ban", json::<R::BanLifted>()),
+    GET "/v1/presence" => Presence (ApiKey) doc("Everyone present, by room", json::<R::PresenceByRoom>()),
+    POST "/v1/sessions/:id/heartbeat" => Heartbeat (Session) doc("Keep a session's lease", json::<R::Lease>()),
+    POST "/v1/sessions/:id/leave" => Leave (Session) doc("Leave", json::<R::Left>()),
     GET "/v1/sessions/:id/stream" => SessionStream (Session)
         doc("SSE: presence changes and this session's end", Answer::Sse),
-    POST "/v1/meeting-tokens/revoke" => RevokeTokens (ApiKey) doc("(ext) Revoke tokens", json("Revoked")).body("Revoke"),
-    POST "/v1/meeting-tokens" => CreateToken (ApiKey) doc("Create a meeting token", json("TokenResponse")).body("TokenRequest"),
+    POST "/v1/meeting-tokens/revoke" => RevokeTokens (ApiKey) doc("(ext) Revoke tokens", json::<R::Revoked>()).body::<Q::Revoke>(),
+    POST "/v1/meeting-tokens" => CreateToken (ApiKey) doc("Create a meeting token", json::<R::TokenResponse>()).body::<Q::TokenRequest>(),
     GET "/v1/meeting-tokens" => ListTokens (ApiKey)
-        doc("(ext) Issued tokens", json("TokenList")).query(&[LIMIT_100, Param::Str("room_name"), Param::Str("starting_after")]),
+        doc("(ext) Issued tokens", json::<R::TokenList>()).query(&[LIMIT_100, Param::Str("room_name"), Param::Str("starting_after")]),
     GET "/v1/meeting-tokens/:token" => ValidateToken (ApiKey)
-        doc("Validate a token", json("Object")).query(&[Param::Bool("ignoreNbf"), Param::Bool("verbose")]),
+        doc("Validate a token", json::<R::TokenCheck>()).query(&[Param::Bool("ignoreNbf"), Param::Bool("verbose")]),
     GET "/v1/events" => Events (ApiKey)
-        doc("The durable event log", json("Events"))
+        doc("The durable event log", json::<R::Events>())
             .query(&[Param::Int("after", 0, None), LIMIT_1000, Param::Str("types"), Param::Int("wait", 0, Some(60))])
             .also(&[error("410", "position older than the retained log")]),
     GET "/v1/events/stream" => EventStream (ApiKey)
@@ -295,16 +349,16 @@ routes! {
             .query(&[Param::Int("after", 0, None), Param::Str("types")])
             .also(&[error("410", "position older than the retained log")]),
     POST "/v1/webhooks" => CreateWebhook (ApiKey)
-        doc("Create a webhook (the URL must answer a test POST with 2xx)", json("Webhook")).body("WebhookWrite"),
-    GET "/v1/webhooks" => ListWebhooks (ApiKey) doc("List webhooks", json("WebhookList")),
-    GET "/v1/webhooks/:id" => GetWebhook (ApiKey) doc("Get a webhook", json("Webhook")),
-    POST "/v1/webhooks/:id" => UpdateWebhook (ApiKey) doc("Update and re-activate a webhook", json("Webhook")).body("WebhookWrite"),
-    DELETE "/v1/webhooks/:id" => DeleteWebhook (ApiKey) doc("Delete a webhook", json("Deleted")),
+        doc("Create a webhook (the URL must answer a test POST with 2xx)", json::<R::Webhook>()).body::<Q::WebhookWrite>(),
+    GET "/v1/webhooks" => ListWebhooks (ApiKey) doc("List webhooks", json::<Vec<R::Webhook>>()),
+    GET "/v1/webhooks/:id" => GetWebhook (ApiKey) doc("Get a webhook", json::<R::Webhook>()),
+    POST "/v1/webhooks/:id" => UpdateWebhook (ApiKey) doc("Update and re-activate a webhook", json::<R::Webhook>()).body::<Q::WebhookWrite>(),
+    DELETE "/v1/webhooks/:id" => DeleteWebhook (ApiKey) doc("Delete a webhook", json::<R::WebhookDeleted>()),
     POST "/v1/webhooks/:id/replay" => ReplayWebhook (ApiKey)
-        doc("(ext) Move the cursor back", json("Webhook")).body("Replay").also(&[error("410", "position older than the retained log")]),
-    GET "/v1/webhooks/:id/attempts" => WebhookAttempts (ApiKey) doc("(ext) Failed attempts", json("Object")),
+        doc("(ext) Move the cursor back", json::<R::Webhook>()).body::<Q::Replay>().also(&[error("410", "position older than the retained log")]),
+    GET "/v1/webhooks/:id/attempts" => WebhookAttempts (ApiKey) doc("(ext) Failed attempts", json::<R::WebhookAttempts>()),
     GET "/v1/meetings" => ListMeetings (ApiKey)
-        doc("Meetings, newest first", json("MeetingList")).query(&[
+        doc("Meetings, newest first", json::<R::MeetingList>()).query(&[
             Param::Str("room"),
             Param::Int("timeframe_start", 0, None),
             Param::Int("timeframe_end", 0, None),
@@ -314,9 +368,9 @@ routes! {
             Param::Str("starting_after"),
             Param::Str("ending_before"),
         ]),
-    GET "/v1/meetings/:id" => GetMeeting (ApiKey) doc("A meeting", json("Meeting")),
+    GET "/v1/meetings/:id" => GetMeeting (ApiKey) doc("A meeting", json::<R::Meeting>()),
     GET "/v1/meetings/:id/participants" => MeetingParticipants (ApiKey)
-        doc("A meeting's participants, in join order", json("MeetingParticipants"))
+        doc("A meeting's participants, in join order", json::<R::MeetingParticipants>())
             .query(&[LIMIT_1000, Param::Str("joined_after"), Param::Str("joined_before")]),
     POST "/v1/_test/clock" => TestClock (ApiKey) doc("Move the server's clock (test builds only)", Answer::Undocumented),
     POST "/v1/_test/faults" => TestFaults (ApiKey) doc("Inject store faults (test builds only)", Answer::Undocumented),
@@ -429,6 +483,48 @@ fn segments(path: &str) -> Option<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn route(label: &str) -> &'static Route {
+        ROUTES.iter().find(|r| r.label == label).unwrap()
+    }
+
+    /// What the router's debug check (`api::as_declared`) accepts of an answer.
+    #[test]
+    fn a_route_declares_its_answer_its_other_answers_and_errors_only() {
+        let name = |s: Schema| s.name();
+        let room = name(Schema::of::<R::Room>());
+        assert!(route("GET /v1/rooms/:name").declares(200, &room));
+        assert!(!route("GET /v1/rooms/:name").declares(200, &name(Schema::of::<R::RoomList>())));
+        assert!(!route("GET /v1/rooms").declares(200, &room));
+        let error = name(Schema::of::<R::Error>());
+        assert!(route("GET /v1/rooms/:name").declares(404, &error));
+        assert!(!route("GET /v1/rooms/:name").declares(200, &error), "an error is no success");
+        let ready = name(Schema::of::<R::Ready>());
+        assert!(route("GET /readyz").declares(503, &ready), "declared with also()");
+        assert!(!route("GET /readyz").declares(500, &ready));
+        assert!(route("GET /v1/webhooks").declares(200, &name(Schema::of::<Vec<R::Webhook>>())));
+        assert!(route("POST /v1/_test/clock").declares(200, "AnyValue"), "test hooks are undocumented");
+    }
+
+    /// Every JSON answer and body a route declares is a schema of the document, derived from
+    /// its type; nothing is left that the routes do not name but the permissions object.
+    #[test]
+    fn the_documents_schemas_are_the_declared_types() {
+        let doc = super::super::openapi::document();
+        let schemas = doc["components"]["schemas"].as_object().unwrap();
+        for r in ROUTES {
+            let declared = [r.doc.body, if let Answer::Json(s) = r.doc.answer { Some(s) } else { None }];
+            for s in declared.into_iter().flatten().chain(r.doc.also.iter().map(|o| o.schema)) {
+                let n = s.name();
+                assert!(
+                    schemas.contains_key(&n) || n.starts_with("Array_of_"),
+                    "{}: {n} is not in the document",
+                    r.label
+                );
+            }
+        }
+        assert!(!schemas.contains_key("Object"), "no hand-written catch-all schema is left");
+    }
 
     #[test]
     fn finds_routes_and_parameters() {

@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::events::NewEvent;
@@ -38,23 +39,27 @@ pub async fn create(
     };
     let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, record_json(&record));
     state.store.submit(CreateToken { record, event }).await?;
-    Ok(ok(&json!({"token": token})))
+    Ok(ok(&R::TokenResponse { token }))
 }
 
 /// An issued token's metadata (also the `meeting-token.created` payload). Never the JWT.
+fn token_info(r: &TokenRecord) -> R::TokenInfo {
+    R::TokenInfo {
+        jti: r.jti.clone(),
+        room: r.room.clone(),
+        room_name: r.room.clone(),
+        user_id: r.user_id.clone(),
+        user_name: r.user_name.clone(),
+        is_owner: r.is_owner,
+        nbf: r.nbf,
+        exp: r.exp,
+        kid: r.kid.clone(),
+        created_at: crate::clock::rfc3339_ms(r.created_ms),
+    }
+}
+
 fn record_json(r: &TokenRecord) -> Value {
-    json!({
-        "jti": r.jti,
-        "room": r.room,
-        "room_name": r.room,
-        "user_id": r.user_id,
-        "user_name": r.user_name,
-        "is_owner": r.is_owner,
-        "nbf": r.nbf,
-        "exp": r.exp,
-        "kid": r.kid,
-        "created_at": crate::clock::rfc3339_ms(r.created_ms),
-    })
+    serde_json::to_value(token_info(r)).unwrap_or(Value::Null)
 }
 
 fn status_word(r: &Rejection) -> &'static str {
@@ -71,7 +76,12 @@ pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> 
     let verbose = wire::bool_param(&q, "verbose")?;
     let verified = match tokens::verify(&state.keys, &state.domain_id(), token) {
         Ok(v) => v,
-        Err(r) if verbose => return Ok(ok(&json!({"status": status_word(&r), "info": r.to_string()}))),
+        Err(r) if verbose => {
+            let mut m = serde_json::Map::new();
+            m.insert("status".into(), Value::from(status_word(&r)));
+            m.insert("info".into(), Value::from(r.to_string()));
+            return Ok(ok(&R::TokenCheck(m)));
+        }
         Err(r) => return Err(ApiError::invalid(r.to_string())),
     };
     let now = state.clock.now_ms();
@@ -89,16 +99,14 @@ pub fn validate(state: &Arc<AppState>, req: &Request<Incoming>, token: &str) -> 
     };
     let mut body = verified.claims.to_long_json();
     if verbose {
-        if let Some(obj) = body.as_object_mut() {
-            obj.insert("status".into(), Value::from(status));
-            if let Some(jti) = &verified.claims.jti {
-                obj.insert("jti".into(), Value::from(jti.as_str()));
-            }
+        body.insert("status".into(), Value::from(status));
+        if let Some(jti) = &verified.claims.jti {
+            body.insert("jti".into(), Value::from(jti.as_str()));
         }
-        return Ok(ok(&body));
+        return Ok(ok(&R::TokenCheck(body)));
     }
     match status {
-        "valid" => Ok(ok(&body)),
+        "valid" => Ok(ok(&R::TokenCheck(body))),
         "not_yet_valid" => Err(ApiError::invalid("token is not valid yet (nbf is in the future)")),
         "revoked" => Err(ApiError::invalid("token has been revoked")),
         "banned" => Err(ApiError::invalid("the token's user is banned from its room")),
@@ -113,8 +121,8 @@ pub fn list(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<B
     let before = q.get("starting_after").filter(|s| !s.is_empty()).map(String::as_str);
     let records = state.store.list_tokens(room, limit + 1, before)?;
     let has_more = records.len() > limit;
-    let data: Vec<Value> = records.iter().take(limit).map(record_json).collect();
-    Ok(ok(&json!({"data": data, "has_more": has_more})))
+    let data = records.iter().take(limit).map(token_info).collect();
+    Ok(ok(&R::TokenList { data, has_more }))
 }
 
 /// `POST /v1/meeting-tokens/revoke`: by `jti`, by `token`, by (`room_name`, `user_id`), or by
@@ -159,5 +167,5 @@ pub async fn revoke(
         }
     };
     let ejected = state.store.submit(request).await?;
-    Ok(ok(&json!({"revoked": true, "ejectedIds": ejected})))
+    Ok(ok(&R::Revoked { revoked: true, ejected_ids: ejected }))
 }

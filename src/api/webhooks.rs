@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::requests;
+use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::clock::rfc3339_ms;
@@ -18,24 +19,24 @@ use crate::webhooks::{self, signing};
 const RETRY_TYPES: &[&str] = &["circuit-breaker", "exponential"];
 
 /// Daily's webhook object, plus the cursor and success count.
-fn webhook_json(w: &WebhookRecord) -> Value {
-    json!({
-        "uuid": w.uuid,
-        "url": w.url,
-        "hmac": w.hmac,
-        "basicAuth": w.basic_auth,
-        "retryType": w.retry_type,
-        "eventTypes": w.event_types,
-        "state": w.state,
-        "failedCount": w.failed_count,
-        "lastMomentPushed": w.last_pushed_ms.map(rfc3339_ms),
-        "createdAt": rfc3339_ms(w.created_ms),
-        "updatedAt": rfc3339_ms(w.updated_ms),
-        "cursor": w.cursor,
-        "successes": w.successes,
-        "failures": w.failures,
-        "eventsLostBefore": w.lost_before,
-    })
+fn webhook_json(w: &WebhookRecord) -> R::Webhook {
+    R::Webhook {
+        uuid: w.uuid.clone(),
+        url: w.url.clone(),
+        hmac: w.hmac.clone(),
+        basic_auth: w.basic_auth.clone(),
+        retry_type: w.retry_type.clone(),
+        event_types: w.event_types.clone(),
+        state: w.state.clone(),
+        failed_count: w.failed_count,
+        last_moment_pushed: w.last_pushed_ms.map(rfc3339_ms),
+        created_at: rfc3339_ms(w.created_ms),
+        updated_at: rfc3339_ms(w.updated_ms),
+        cursor: w.cursor,
+        successes: w.successes,
+        failures: w.failures,
+        events_lost_before: w.lost_before,
+    }
 }
 
 /// Validated fields of a create or update body.
@@ -129,8 +130,8 @@ pub async fn create(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Res
 }
 
 pub fn list(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
-    let all: Vec<Value> = state.store.webhooks()?.iter().map(webhook_json).collect();
-    Ok(ok(&Value::Array(all)))
+    let all: Vec<R::Webhook> = state.store.webhooks()?.iter().map(webhook_json).collect();
+    Ok(ok(&all))
 }
 
 pub fn get(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
@@ -149,7 +150,7 @@ pub async fn update(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
 
 pub async fn delete(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     match state.store.submit(DeleteWebhook { id: id.to_string() }).await? {
-        Some(_) => Ok(ok(&json!({"deleted": true, "uuid": id}))),
+        Some(_) => Ok(ok(&R::WebhookDeleted { deleted: true, uuid: id.to_string() })),
         None => Err(ApiError::not_found("webhook not found")),
     }
 }
@@ -172,13 +173,24 @@ pub async fn replay(state: &Arc<AppState>, req: Request<Incoming>, id: &str) -> 
 
 pub fn attempts(state: &Arc<AppState>, id: &str) -> Result<Response<Body>, ApiError> {
     let w = state.store.webhook(id)?.ok_or_else(|| ApiError::not_found("webhook not found"))?;
-    let data: Vec<Value> = state
+    let data = state
         .store
         .attempts(id, 100)?
-        .iter()
-        .map(|a| json!({"seq": a.seq, "at": rfc3339_ms(a.at_ms), "status": a.status, "duration_ms": a.duration_ms, "detail": a.detail}))
+        .into_iter()
+        .map(|a| R::Attempt {
+            seq: a.seq,
+            at: rfc3339_ms(a.at_ms),
+            status: a.status,
+            duration_ms: a.duration_ms,
+            detail: a.detail,
+        })
         .collect();
-    Ok(ok(
-        &json!({"uuid": id, "state": w.state, "successes": w.successes, "failedCount": w.failed_count, "cursor": w.cursor, "data": data}),
-    ))
+    Ok(ok(&R::WebhookAttempts {
+        uuid: id.to_string(),
+        state: w.state,
+        successes: w.successes,
+        failed_count: w.failed_count,
+        cursor: w.cursor,
+        data,
+    }))
 }

@@ -191,14 +191,42 @@ pub fn bool_param(q: &HashMap<String, String>, name: &str) -> Result<bool, ApiEr
     }
 }
 
-pub fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
-    let mut r = Response::new(full(Bytes::from(v.to_string())));
+/// The type an answer was made from (set in debug builds; the router then checks it against
+/// what the route declares, see `api::handle`).
+#[derive(Debug, Clone)]
+pub struct Answered(pub String);
+
+/// Marks `r` as an answer of type `T` (for answers written straight to bytes).
+pub fn answered<T: schemars::JsonSchema + ?Sized>(mut r: Response<Body>) -> Response<Body> {
+    if cfg!(debug_assertions) {
+        r.extensions_mut().insert(Answered(T::schema_name().into_owned()));
+    }
+    r
+}
+
+/// `v` as a JSON answer with this status.
+pub fn json_response<T: serde::Serialize + schemars::JsonSchema + ?Sized>(status: StatusCode, v: &T) -> Response<Body> {
+    match serde_json::to_vec(v) {
+        Ok(bytes) => answered::<T>(json_bytes(status, bytes)),
+        Err(e) => {
+            // Only a map whose keys are not strings could fail: no answer has one.
+            tracing::error!(error = %e, "an answer could not be written as JSON");
+            let body = br#"{"error":"server-error","info":"the answer could not be written"}"#.to_vec();
+            answered::<super::responses::Error>(json_bytes(StatusCode::INTERNAL_SERVER_ERROR, body))
+        }
+    }
+}
+
+/// JSON already written.
+pub fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response<Body> {
+    let mut r = Response::new(full(Bytes::from(bytes)));
     *r.status_mut() = status;
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
-pub fn ok(v: &Value) -> Response<Body> {
+/// `v` as a 200 answer.
+pub fn ok<T: serde::Serialize + schemars::JsonSchema + ?Sized>(v: &T) -> Response<Body> {
     json_response(StatusCode::OK, v)
 }
 

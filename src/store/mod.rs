@@ -1333,9 +1333,11 @@ fn upgrade(
             migrate::run(db, data_dir)?;
         }
         Some(2) | Some(SCHEMA_VERSION) => migrate::drop_v1(db, data_dir)?,
-        Some(found) => return Err(StoreError::Setup(format!(
+        Some(found) => {
+            return Err(StoreError::Setup(format!(
             "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
-        ))),
+        )))
+        }
     }
     let history = history::History::open(&sled_dir.path, cache)?;
     if found != Some(SCHEMA_VERSION) {
