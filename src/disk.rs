@@ -83,6 +83,20 @@ pub fn drop_cached(path: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Bytes an unprivileged writer may still use on the file system holding `path`.
+pub fn free_bytes(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs writes only into the struct we pass; `c` is a valid C string.
+    unsafe {
+        let mut st: libc::statvfs = std::mem::zeroed();
+        if libc::statvfs(c.as_ptr(), &mut st) != 0 {
+            return None;
+        }
+        Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    }
+}
+
 /// Writes `bytes` as `path` (0600) so that, whatever happens, `path` holds either what it held
 /// before or all of `bytes`: a temporary file beside it, synced, renamed over it, and the
 /// folder synced.

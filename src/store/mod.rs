@@ -271,6 +271,12 @@ pub(crate) struct Shared {
     hub: fanout::Hub,
     /// False while the last write failed (disk full): mutations answer 503.
     writable: AtomicBool,
+    /// The size of the last batch the journal refused (a full disk), until one as large is
+    /// appended: a small batch that still fits (housekeeping's) does not make the store
+    /// writable again for the writes that do not.
+    refused_bytes: AtomicU64,
+    /// The journal's folder, to ask its file system for free space.
+    wal_dir: PathBuf,
     webhooks_changed: watch::Sender<u64>,
     stats: Arc<StoreStats>,
     health: Arc<health::Health>,
@@ -370,6 +376,8 @@ impl Store {
                 hub
             },
             writable: AtomicBool::new(true),
+            refused_bytes: AtomicU64::new(0),
+            wal_dir: data_dir.join("wal"),
             webhooks_changed: watch::channel(0u64).0,
             stats: stats.clone(),
             health: health.clone(),
@@ -578,8 +586,17 @@ impl Store {
         self.shared.domain_id
     }
 
+    /// Whether writes can be taken: no append has failed since the last one as large as it
+    /// succeeded, or the journal's file system has room for it again (so readiness comes back
+    /// when space is freed, before any write proves it).
     pub fn is_writable(&self) -> bool {
-        self.shared.writable.load(Ordering::SeqCst)
+        if self.shared.writable.load(Ordering::SeqCst) {
+            return true;
+        }
+        let needed = self.shared.refused_bytes.load(Ordering::SeqCst);
+        self.shared.poisoned().is_none()
+            && needed > 0
+            && crate::disk::free_bytes(&self.shared.wal_dir).is_some_and(|free| free >= needed.saturating_add(1 << 20))
     }
 
     /// Why writes are refused until a restart (a sync failed, a thread is gone), if they are.

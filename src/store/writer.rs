@@ -226,7 +226,11 @@ impl Writer {
                 buf.ops.push((Tree::Meta.index(), key, Some(value)));
             }
             let batch = journal::Batch { lsn: buf.lsn, ops: std::mem::take(&mut buf.ops), events: buf.events };
-            let appended = journal::encode_batch(&batch).and_then(|record| self.journal.append(&record));
+            let mut size = 0u64;
+            let appended = journal::encode_batch(&batch).and_then(|record| {
+                size = record.len() as u64;
+                self.journal.append(&record)
+            });
             if let Err(StoreError::Durability(why)) = &appended {
                 self.shared.poison(why.clone());
             }
@@ -234,12 +238,17 @@ impl Writer {
                 Err(e) => {
                     // Nothing of this batch was written: undo it and carry on (a full disk may clear).
                     self.state = base;
+                    self.shared.refused_bytes.fetch_max(size.max(1), Ordering::SeqCst);
                     self.shared.writable.store(false, Ordering::SeqCst);
                     tracing::error!(error = %e, "journal append failed; the batch is refused");
                     out.outcome = Err(NotDurable::Append(e.to_string()));
                 }
                 Ok(()) => {
-                    self.shared.writable.store(true, Ordering::SeqCst);
+                    // Writable again once a batch as large as the one refused fits.
+                    if size >= self.shared.refused_bytes.load(Ordering::SeqCst) {
+                        self.shared.refused_bytes.store(0, Ordering::SeqCst);
+                        self.shared.writable.store(true, Ordering::SeqCst);
+                    }
                     self.state.lsn = batch.lsn;
                     self.state.timer_count = self.private.timers.len();
                     self.last_lsn_in_file = batch.lsn;
