@@ -86,14 +86,20 @@ async fn run_with(
         Ok(listener) => listener.local_addr()?,
         Err(front) => front.local_addr(),
     };
-    let tls = match &settings.tls {
-        Some((cert, key)) => {
+    let acme_certs = settings.acme.as_ref().map(|_| Arc::new(crate::api::AcmeCerts::default()));
+    let tls = match (&settings.tls, &acme_certs) {
+        (Some((cert, key)), _) => {
             Some(Arc::new(crate::api::Tls::load(cert.clone(), key.clone()).map_err(|e| anyhow::anyhow!(e))?))
         }
-        None => None,
+        (None, Some(certs)) => Some(Arc::new(crate::api::Tls::acme(certs.clone()).map_err(|e| anyhow::anyhow!(e))?)),
+        (None, None) => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let public_url = settings.public_url.clone().unwrap_or_else(|| format!("{scheme}://{addr}"));
+    // With --acme-domain the rooms' links name the domain (the CA reached it on port 443).
+    let public_url = settings.public_url.clone().unwrap_or_else(|| match &settings.acme {
+        Some(a) => format!("https://{}", a.domains[0]),
+        None => format!("{scheme}://{addr}"),
+    });
 
     let opts = StoreOptions {
         path: settings.data_dir.join("store"),
@@ -162,6 +168,36 @@ async fn run_with(
     if let Some(g) = gauges {
         state.metrics.set_cluster(g);
     }
+    if let Some((cert, _)) = &settings.tls {
+        note_certificate(cert, &state.metrics.certificate_not_after);
+    }
+    // With --acme-domain: the stored certificate is served at once; the task obtains the first
+    // one, and renews.
+    let acme = match (&settings.acme, acme_certs) {
+        (Some(acme_settings), Some(certs)) => {
+            let acme = crate::acme::Acme::new(
+                acme_settings.clone(),
+                store.clone(),
+                certs,
+                state.clock.clone(),
+                state.metrics.certificate_not_after.clone(),
+                settings.data_dir.clone(),
+            );
+            match acme.load() {
+                Ok(Some(names)) => tracing::info!(domains = %names.join(","), "acme: serving the stored certificate"),
+                Ok(None) => tracing::warn!(
+                    domains = %acme_settings.domains.join(","),
+                    "acme: no certificate yet; obtaining one (HTTPS clients are refused until then)"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %e, "acme: the stored certificate cannot be served; obtaining a new one")
+                }
+            }
+            let renew = acme.renew_now.clone();
+            Some((tokio::spawn(acme.run(shutdown_rx.clone())), renew))
+        }
+        _ => None,
+    };
     // The deadlines are the writer's: from here overdue state is enforced by check-on-read,
     // and the writer fires what is due right away.
     let deliveries =
@@ -201,13 +237,18 @@ async fn run_with(
             front
         }
     };
-    wait_for_signal(tls).await?;
+    let renew = acme.as_ref().map(|(_, renew)| renew.clone());
+    wait_for_signal(tls, renew, &state.metrics.certificate_not_after, settings.tls.as_ref().map(|(c, _)| c.clone()))
+        .await?;
     tracing::info!("shutting down: no new connections; finishing requests in flight");
     state.ready.store(false, Ordering::SeqCst);
     systemd.send("STOPPING=1");
     let _ = shutdown_tx.send(true);
     let _ = watchdog.await;
     front.close(settings.shutdown_grace).await;
+    if let Some((task, _)) = acme {
+        task.abort(); // an order in flight is given up; the stored certificate stays
+    }
     let _ = deliveries.await;
     let _ = session_streams.await;
     let _ = housekeeping.shutdown().await;
@@ -288,8 +329,21 @@ async fn watch_store(store: Store, systemd: SdNotify, mut shutdown: watch::Recei
     }
 }
 
-/// Waits for SIGINT/SIGTERM; on SIGHUP re-reads the TLS certificate and key.
-async fn wait_for_signal(tls: Option<Arc<crate::api::Tls>>) -> anyhow::Result<()> {
+/// Records when the certificate in `file` expires, for `/metrics`.
+fn note_certificate(file: &Path, not_after: &std::sync::atomic::AtomicI64) {
+    if let Some((_, at)) = std::fs::read(file).ok().and_then(|pem| crate::api::validity(&pem)) {
+        not_after.store(at, Ordering::Relaxed);
+    }
+}
+
+/// Waits for SIGINT/SIGTERM; on SIGHUP re-reads the TLS certificate and key, or with ACME
+/// renews the certificate now.
+async fn wait_for_signal(
+    tls: Option<Arc<crate::api::Tls>>,
+    renew: Option<Arc<tokio::sync::Notify>>,
+    not_after: &std::sync::atomic::AtomicI64,
+    cert_file: Option<std::path::PathBuf>,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -298,12 +352,18 @@ async fn wait_for_signal(tls: Option<Arc<crate::api::Tls>>) -> anyhow::Result<()
         tokio::select! {
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
-            _ = hup.recv() => match &tls {
-                Some(t) => match t.reload() {
-                    Ok(()) => tracing::info!("SIGHUP: TLS certificate and key re-read"),
+            _ = hup.recv() => match (&tls, &renew) {
+                (_, Some(renew)) => renew.notify_one(),
+                (Some(t), None) => match t.reload() {
+                    Ok(()) => {
+                        if let Some(f) = &cert_file {
+                            note_certificate(f, not_after);
+                        }
+                        tracing::info!("SIGHUP: TLS certificate and key re-read");
+                    }
                     Err(e) => tracing::error!(error = %e, "SIGHUP: could not re-read the TLS files; keeping the old ones"),
                 },
-                None => tracing::info!("SIGHUP ignored (no TLS configured)"),
+                (None, None) => tracing::info!("SIGHUP ignored (no TLS configured)"),
             },
         }
     }

@@ -207,6 +207,23 @@ pub struct ServeArgs {
     /// The PEM private key for --tls-cert; re-read on SIGHUP.
     #[arg(long, env = "GATEHOUSE_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate for this domain from an ACME CA (Let's Encrypt by
+    /// default), obtained, stored and renewed by the server (repeat it, or separate with commas,
+    /// for several names). The CA checks the domain with tls-alpn-01 on this server's port,
+    /// which must be port 443 as the CA reaches it.
+    #[arg(long = "acme-domain", env = "GATEHOUSE_ACME_DOMAIN", value_delimiter = ',', conflicts_with = "tls_cert")]
+    pub acme_domain: Vec<String>,
+    /// Contact address given to the ACME CA (expiry warnings, account recovery).
+    #[arg(long, env = "GATEHOUSE_ACME_EMAIL")]
+    pub acme_email: Option<String>,
+    /// The ACME directory. Let's Encrypt's staging one, for trying things out without its rate
+    /// limits: https://acme-staging-v02.api.letsencrypt.org/directory
+    #[arg(long, env = "GATEHOUSE_ACME_DIRECTORY", default_value = LETS_ENCRYPT)]
+    pub acme_directory: String,
+    /// A PEM CA certificate to trust for the ACME directory's own HTTPS, instead of the
+    /// system's roots (a private CA; tests).
+    #[arg(long, env = "GATEHOUSE_ACME_CA_ROOT")]
+    pub acme_ca_root: Option<PathBuf>,
     /// Serve /metrics without an API key (for a scraper on a private network).
     #[arg(long, env = "GATEHOUSE_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -348,6 +365,8 @@ pub struct Settings {
     pub metrics_public: bool,
     /// Certificate and key files, when serving HTTPS.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Certificates from an ACME CA, when serving HTTPS that way.
+    pub acme: Option<AcmeSettings>,
     pub head_timeout: std::time::Duration,
     pub body_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -385,6 +404,8 @@ pub enum ConfigError {
     Range(&'static str, u64, u64),
     #[error("{0}")]
     Etcd(String),
+    #[error("{0}")]
+    Acme(String),
 }
 
 /// The etcd settings, checked: with `--store etcd`, at least one http(s) endpoint, a CA for
@@ -463,6 +484,15 @@ fn within(flag: &'static str, value: u64, lo: u64, hi: u64) -> Result<u64, Confi
 impl ServeArgs {
     pub fn validate(self, api_key_env: Option<String>) -> Result<Settings, ConfigError> {
         let etcd = etcd_settings(&self.cluster)?;
+        let acme =
+            acme_settings(&self.acme_domain, self.acme_email.as_deref(), &self.acme_directory, &self.acme_ca_root)?;
+        if etcd.is_some() && acme.is_some() {
+            return Err(ConfigError::Acme(
+                "--acme-domain is not supported with --store etcd: nodes forward to each other over plain HTTP; \
+                 terminate TLS in a proxy in front of the nodes"
+                    .into(),
+            ));
+        }
         if etcd.is_some() && self.tls_cert.is_some() {
             // A follower forwards to the leader over plain HTTP (the advertised http:// address):
             // a leader serving TLS could not be reached, and a follower would take API keys in clear.
@@ -540,6 +570,7 @@ impl ServeArgs {
             webhook_timeout: std::time::Duration::from_millis(self.webhook_timeout_ms.clamp(100, 120_000)),
             metrics_public: self.metrics_public,
             tls: self.tls_cert.zip(self.tls_key),
+            acme,
             retention: crate::store::Retention {
                 max_age_ms: i64::try_from(self.events_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 max_bytes: self.events_max_mb.saturating_mul(1 << 20),
@@ -554,6 +585,94 @@ impl ServeArgs {
 /// A comma-separated key list (`GATEHOUSE_API_KEY`), blanks dropped.
 pub fn split_keys(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
+}
+
+/// Let's Encrypt's production directory, `--acme-directory`'s default.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// Validated ACME settings (`--acme-*`).
+#[derive(Debug, Clone)]
+pub struct AcmeSettings {
+    /// DNS names, lower case, each checked.
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    pub ca_root: Option<PathBuf>,
+}
+
+/// The ACME settings, checked: names a CA can issue for with tls-alpn-01 (no wildcards, no IP
+/// addresses), a plausible contact address, an https directory, a CA file that is there.
+pub fn acme_settings(
+    domains: &[String],
+    email: Option<&str>,
+    directory: &str,
+    ca_root: &Option<PathBuf>,
+) -> Result<Option<AcmeSettings>, ConfigError> {
+    let bad = |why: String| Err(ConfigError::Acme(why));
+    let domains: Vec<String> =
+        domains.iter().map(|d| d.trim().trim_end_matches('.').to_ascii_lowercase()).filter(|d| !d.is_empty()).collect();
+    if domains.is_empty() {
+        if email.is_some() || ca_root.is_some() {
+            return bad("--acme-email and --acme-ca-root need --acme-domain".into());
+        }
+        return Ok(None);
+    }
+    for d in &domains {
+        if !is_dns_name(d) {
+            return bad(format!(
+                "--acme-domain '{}' is not a DNS name a CA can issue for (letters, digits and '-' in dot-separated labels; no wildcard, no IP address)",
+                d.chars().take(80).collect::<String>()
+            ));
+        }
+    }
+    if domains.len() > 100 {
+        return bad(format!("--acme-domain names {} domains; a certificate holds at most 100", domains.len()));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    if let Some(d) = domains.iter().find(|d| !seen.insert(d.as_str())) {
+        return bad(format!("--acme-domain '{d}' is given twice"));
+    }
+    if let Some(e) = email {
+        let plausible = e.len() <= 254
+            && e.split_once('@').is_some_and(|(user, host)| !user.is_empty() && host.contains('.'))
+            && !e.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',');
+        if !plausible {
+            return bad("--acme-email must be one e-mail address (name@example.com)".into());
+        }
+    }
+    if !directory.starts_with("https://") || url::Url::parse(directory).is_err() {
+        return bad(format!(
+            "--acme-directory must be an https:// URL, not '{}'",
+            directory.chars().take(120).collect::<String>()
+        ));
+    }
+    if let Some(f) = ca_root {
+        if let Err(e) = std::fs::metadata(f) {
+            return bad(format!("--acme-ca-root {}: {e}", f.display()));
+        }
+    }
+    Ok(Some(AcmeSettings {
+        domains,
+        email: email.map(String::from),
+        directory: directory.to_string(),
+        ca_root: ca_root.clone(),
+    }))
+}
+
+/// A DNS name of at least two labels: 1 to 63 letters, digits or '-' each, not starting or
+/// ending with '-', the last not all digits; at most 253 characters.
+fn is_dns_name(d: &str) -> bool {
+    let labels: Vec<&str> = d.split('.').collect();
+    d.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+        && !labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Validated etcd settings (`--etcd-*`). Its `Debug` hides the password.
@@ -692,7 +811,7 @@ impl Settings {
         format!(
             "listen = {}\ndata_dir = {}\npublic_url = {}\ndomain_name = {}\nsync = {:?}\ncache_bytes = {}\nbody_limit = {}\ntoken_leeway_secs = {}\n\
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
-             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\napi_keys = {}\n\
+             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\nacme = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
              max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nmax_bans_per_room = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\nstore = {}\n",
             self.listen,
@@ -714,6 +833,7 @@ impl Settings {
             self.retention,
             self.metrics_public,
             self.tls,
+            self.acme,
             if keys.is_empty() { "(generated in the data dir)".to_string() } else { keys.join(", ") },
             self.head_timeout,
             self.body_timeout,

@@ -66,6 +66,12 @@ fn main() -> anyhow::Result<()> {
             tokio_cron_scheduler::Job::new_async(settings.housekeeping_cron.as_str(), |_, _| Box::pin(async {}))
                 .map_err(|e| anyhow::anyhow!("housekeeping_cron: {e}"))?;
             print!("configuration is valid; effective settings:\n{}", settings.describe());
+            if let Some(acme) = &settings.acme {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                print!("{}", gatehouse::acme::report(acme, &settings.data_dir, now));
+            }
             if let Some(etcd) = &settings.etcd {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 match rt.block_on(gatehouse::cluster::check(etcd)) {

@@ -89,6 +89,8 @@ pub struct ApiMetrics {
     joins: Mutex<BTreeMap<&'static str, u64>>,
     /// Set when this process leads in cluster mode.
     cluster: std::sync::OnceLock<Arc<ClusterGauges>>,
+    /// When the served TLS certificate expires (unix seconds; 0: none, or no TLS).
+    pub certificate_not_after: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl ApiMetrics {

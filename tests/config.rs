@@ -173,3 +173,37 @@ fn tls_on_cluster_nodes_is_refused_with_what_to_do_instead() {
     assert!(!ok, "accepted:\n{out}");
     assert!(out.contains("--tls-cert is not supported with --store etcd") && out.contains("proxy"), "{out}");
 }
+
+/// `--acme-*` settings are checked before anything starts, each refusal saying what is wrong.
+#[test]
+fn acme_settings_are_checked() {
+    let key = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9".to_string();
+    let env = [("GATEHOUSE_API_KEY", key.as_str())];
+    for (args, says) in [
+        (&["--acme-domain", "*.example.com"][..], "is not a DNS name a CA can issue for"),
+        (&["--acme-domain", "192.168.1.10"][..], "is not a DNS name a CA can issue for"),
+        (&["--acme-domain", "localhost"][..], "is not a DNS name a CA can issue for"),
+        (&["--acme-domain", "a.example.com,A.example.com"][..], "is given twice"),
+        (&["--acme-domain", "meet.example.com", "--acme-email", "not an address"][..], "--acme-email must be"),
+        (
+            &["--acme-domain", "meet.example.com", "--acme-directory", "http://ca.example/dir"][..],
+            "must be an https:// URL",
+        ),
+        (
+            &["--acme-domain", "meet.example.com", "--acme-ca-root", "/nonexistent/ca.pem"][..],
+            "--acme-ca-root /nonexistent/ca.pem",
+        ),
+        (&["--acme-email", "a@example.com"][..], "need --acme-domain"),
+        (
+            &["--acme-domain", "meet.example.com", "--store", "etcd", "--etcd-endpoints", "http://127.0.0.1:1"][..],
+            "not supported with --store etcd",
+        ),
+    ] {
+        let (ok, out) = check(args, &env);
+        assert!(!ok, "{args:?} accepted:\n{out}");
+        assert!(out.contains(says), "{args:?}: {out}");
+    }
+    let (ok, out) = check(&["--acme-domain", "Meet.Example.com.", "--acme-email", "ops@example.com"], &env);
+    assert!(ok, "{out}");
+    assert!(out.contains("meet.example.com") && out.contains("acme: no certificate yet"), "{out}");
+}

@@ -40,7 +40,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use error::ApiError;
-pub use tls::Tls;
+pub use tls::{certified_key, validity, AcmeCerts, Tls, TlsError};
 
 use crate::clock::SharedClock;
 use crate::store::Store;

@@ -55,6 +55,16 @@ pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     );
     let c = &state.conn_metrics;
     single(&mut out, "gatehouse_connections_open", "gauge", "Connections open now.", c.open.load(Relaxed) as f64);
+    let not_after = state.metrics.certificate_not_after.load(Relaxed);
+    if not_after > 0 {
+        single(
+            &mut out,
+            "gatehouse_tls_certificate_days_left",
+            "gauge",
+            "Days until the served TLS certificate expires (from --tls-cert or --acme-domain).",
+            ((not_after - state.clock.now_secs()) as f64 / 86_400.0 * 100.0).round() / 100.0,
+        );
+    }
     single(
         &mut out,
         "gatehouse_connections_max",

@@ -206,7 +206,9 @@ pub fn answered<T: schemars::JsonSchema + ?Sized>(mut r: Response<Body>) -> Resp
 
 /// `v` as a JSON answer with this status.
 pub fn json_response<T: serde::Serialize + schemars::JsonSchema + ?Sized>(status: StatusCode, v: &T) -> Response<Body> {
-    match serde_json::to_vec(v) {
+    // Through a `Value`: its objects keep their keys in order, so every answer lists its fields
+    // alphabetically, as it always has (and as the README's tour shows them).
+    match serde_json::to_value(v).and_then(|v| serde_json::to_vec(&v)) {
         Ok(bytes) => answered::<T>(json_bytes(status, bytes)),
         Err(e) => {
             // Only a map whose keys are not strings could fail: no answer has one.

@@ -316,6 +316,11 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    pub fn put_acme(&mut self, state: &Map<String, Value>) -> Result<(), StoreError> {
+        self.put(Tree::Meta, keys::META_ACME.to_vec(), records::encode_object(state)?);
+        Ok(())
+    }
+
     /// A JSON object record (an empty object if there is none).
     fn object(&self, t: Tree, name: &'static str, key: &[u8]) -> Result<Map<String, Value>, StoreError> {
         records::decode_object(name, key, self.get(t, key)?.as_deref())

@@ -15,6 +15,8 @@ pub const META_APPLIED_LSN: &[u8] = b"applied_lsn";
 pub const META_EVENTS_OLDEST: &[u8] = b"events_oldest";
 /// The domain settings (`records::ObjectRecord`); absent until the first `POST /v1/`.
 pub const META_DOMAIN_CONFIG: &[u8] = b"domain_config";
+/// What `--acme-domain` keeps: the ACME account and the certificate (`ObjectRecord` v1).
+pub const META_ACME: &[u8] = b"acme";
 
 /// Appends one length-prefixed part.
 pub fn part(k: &mut Vec<u8>, s: &[u8]) {

@@ -49,7 +49,7 @@ pub use commands::webhooks::public_payload as webhook_payload;
 pub use commands::{
     Compact, CreateRoom, CreateRooms, CreateToken, CreateWebhook, DecideWaiting, DeleteRoom, DeleteRooms,
     DeleteWebhook, Delivery, Eject, EjectError, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, LiftBan, Merge,
-    PermissionsError, Progress, PurgeReport, ReplayWebhook, Retention, Revoke, SessionDataError, SetDomain,
+    PermissionsError, Progress, PurgeReport, ReplayWebhook, Retention, Revoke, SessionDataError, SetAcme, SetDomain,
     SetSessionData, Sweep, Sweeping, SweptPage, UpdatePermissions, UpdateRoom, UpdateWebhook, Waiting, WaitingError,
     WaitingReport, WebhookPatch, WebhookProgress, COMPACT_CHUNK, MAX_BATCH, MAX_SESSION_DATA, MAX_WAITING_PER_ROOM,
 };
@@ -735,6 +735,12 @@ impl Store {
     }
 
     /// The domain settings (`POST /v1/`), empty until set.
+    /// What `--acme-domain` kept (empty before its first certificate).
+    pub fn acme_state(&self) -> Result<Map<String, Value>, StoreError> {
+        let key = keys::META_ACME;
+        records::decode_object("meta", key, self.get(Tree::Meta, key)?.as_deref())
+    }
+
     pub fn domain_config(&self) -> Result<Map<String, Value>, StoreError> {
         let key = keys::META_DOMAIN_CONFIG;
         records::decode_object("meta", key, self.get(Tree::Meta, key)?.as_deref())

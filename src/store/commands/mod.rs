@@ -15,7 +15,7 @@ pub mod webhooks;
 
 pub use housekeeping::{Compact, PurgeReport, Retention, Sweep, Sweeping, SweptPage, COMPACT_CHUNK};
 pub use moderation::{Eject, EjectError, LiftBan, PermissionsError, Revoke, UpdatePermissions};
-pub use rooms::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, SetDomain, UpdateRoom, MAX_BATCH};
+pub use rooms::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, SetAcme, SetDomain, UpdateRoom, MAX_BATCH};
 pub use session_data::{Merge, SessionData, SessionDataError, SetSessionData, MAX_SESSION_DATA};
 pub use sessions::{
     DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport,

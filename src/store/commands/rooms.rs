@@ -215,6 +215,20 @@ impl Command for SetDomain {
     }
 }
 
+/// Keeps what `--acme-domain` needs across restarts and in backups: the ACME account's
+/// credentials and the certificate with its key (secrets: no event tells of it).
+pub struct SetAcme {
+    pub state: Map<String, Value>,
+}
+
+impl Command for SetAcme {
+    type Reply = ();
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<(), StoreError> {
+        cx.put_acme(&self.state)
+    }
+}
+
 /// Keeps the room's expiry deadline in step with its `exp`.
 pub fn sync_room_timer(cx: &mut Ctx<'_>, room: &Room) {
     let id = TimerId::RoomExp(std::sync::Arc::from(room.name.as_str()));
