@@ -237,6 +237,22 @@ async fn run_with(
             front
         }
     };
+    // With --janus-url: Janus's VideoRoom rooms follow the store's rooms.
+    let janus = match &settings.janus {
+        Some(j) => {
+            let secret = crate::janus::room_secret_key(&settings.data_dir)
+                .with_context(|| format!("the Janus room secret in {}", settings.data_dir.display()))?;
+            let mirror = crate::janus::Mirror::new(
+                crate::janus::Janus::new(j).map_err(|e| anyhow::anyhow!(e))?,
+                store.clone(),
+                state.clock.clone(),
+                secret,
+            );
+            state.metrics.set_janus(mirror.stats.clone());
+            Some(tokio::spawn(mirror.run(shutdown_rx.clone())))
+        }
+        None => None,
+    };
     let renew = acme.as_ref().map(|(_, renew)| renew.clone());
     wait_for_signal(tls, renew, &state.metrics.certificate_not_after, settings.tls.as_ref().map(|(c, _)| c.clone()))
         .await?;
@@ -248,6 +264,9 @@ async fn run_with(
     front.close(settings.shutdown_grace).await;
     if let Some((task, _)) = acme {
         task.abort(); // an order in flight is given up; the stored certificate stays
+    }
+    if let Some(task) = janus {
+        let _ = task.await;
     }
     let _ = deliveries.await;
     let _ = session_streams.await;

@@ -224,6 +224,19 @@ pub struct ServeArgs {
     /// system's roots (a private CA; tests).
     #[arg(long, env = "GATEHOUSE_ACME_CA_ROOT")]
     pub acme_ca_root: Option<PathBuf>,
+    /// Janus's HTTP API as this server reaches it (e.g. http://127.0.0.1:8088/janus): keep one
+    /// VideoRoom room per live room there.
+    #[arg(long, env = "GATEHOUSE_JANUS_URL")]
+    pub janus_url: Option<String>,
+    /// The VideoRoom plugin's `admin_key` (janus.plugin.videoroom.jcfg), if it sets one.
+    #[arg(long, env = "GATEHOUSE_JANUS_ADMIN_KEY")]
+    pub janus_admin_key: Option<String>,
+    /// Janus's Admin API (e.g. http://127.0.0.1:7088/admin), with --janus-admin-secret.
+    #[arg(long, env = "GATEHOUSE_JANUS_ADMIN_URL", requires = "janus_admin_secret")]
+    pub janus_admin_url: Option<String>,
+    /// Janus's `admin_secret` (janus.jcfg).
+    #[arg(long, env = "GATEHOUSE_JANUS_ADMIN_SECRET", requires = "janus_admin_url")]
+    pub janus_admin_secret: Option<String>,
     /// Serve /metrics without an API key (for a scraper on a private network).
     #[arg(long, env = "GATEHOUSE_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -367,6 +380,8 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Certificates from an ACME CA, when serving HTTPS that way.
     pub acme: Option<AcmeSettings>,
+    /// A Janus media server to keep in step, when there is one.
+    pub janus: Option<JanusSettings>,
     pub head_timeout: std::time::Duration,
     pub body_timeout: std::time::Duration,
     pub idle_timeout: std::time::Duration,
@@ -406,6 +421,8 @@ pub enum ConfigError {
     Etcd(String),
     #[error("{0}")]
     Acme(String),
+    #[error("{0}")]
+    Janus(String),
 }
 
 /// The etcd settings, checked: with `--store etcd`, at least one http(s) endpoint, a CA for
@@ -486,6 +503,15 @@ impl ServeArgs {
         let etcd = etcd_settings(&self.cluster)?;
         let acme =
             acme_settings(&self.acme_domain, self.acme_email.as_deref(), &self.acme_directory, &self.acme_ca_root)?;
+        let janus = janus_settings(
+            self.janus_url.as_deref(),
+            self.janus_admin_key.as_deref(),
+            self.janus_admin_url.as_deref(),
+            self.janus_admin_secret.as_deref(),
+        )?;
+        if etcd.is_some() && janus.is_some() {
+            return Err(ConfigError::Janus("--janus-url is not supported with --store etcd yet".into()));
+        }
         if etcd.is_some() && acme.is_some() {
             return Err(ConfigError::Acme(
                 "--acme-domain is not supported with --store etcd: nodes forward to each other over plain HTTP; \
@@ -571,6 +597,7 @@ impl ServeArgs {
             metrics_public: self.metrics_public,
             tls: self.tls_cert.zip(self.tls_key),
             acme,
+            janus,
             retention: crate::store::Retention {
                 max_age_ms: i64::try_from(self.events_retention_secs.saturating_mul(1000)).unwrap_or(i64::MAX),
                 max_bytes: self.events_max_mb.saturating_mul(1 << 20),
@@ -585,6 +612,57 @@ impl ServeArgs {
 /// A comma-separated key list (`GATEHOUSE_API_KEY`), blanks dropped.
 pub fn split_keys(list: &str) -> Vec<String> {
     list.split(',').map(str::trim).filter(|k| !k.is_empty()).map(String::from).collect()
+}
+
+/// Validated Janus settings (`--janus-*`). Its `Debug` hides the secrets.
+#[derive(Clone)]
+pub struct JanusSettings {
+    pub url: String,
+    pub admin_key: Option<String>,
+    pub admin_url: Option<String>,
+    pub admin_secret: Option<String>,
+}
+
+impl std::fmt::Debug for JanusSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JanusSettings")
+            .field("url", &self.url)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "(hidden)"))
+            .field("admin_url", &self.admin_url)
+            .field("admin_secret", &self.admin_secret.as_ref().map(|_| "(hidden)"))
+            .finish()
+    }
+}
+
+/// The Janus settings, checked: http(s) URLs; the rest needs `--janus-url`.
+pub fn janus_settings(
+    url: Option<&str>,
+    admin_key: Option<&str>,
+    admin_url: Option<&str>,
+    admin_secret: Option<&str>,
+) -> Result<Option<JanusSettings>, ConfigError> {
+    let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+        if admin_key.is_some() || admin_url.is_some() {
+            return Err(ConfigError::Janus("--janus-admin-key and --janus-admin-url need --janus-url".into()));
+        }
+        return Ok(None);
+    };
+    for (flag, u) in [("--janus-url", Some(url)), ("--janus-admin-url", admin_url)] {
+        let Some(u) = u else { continue };
+        let ok = (u.starts_with("http://") || u.starts_with("https://")) && url::Url::parse(u).is_ok();
+        if !ok {
+            return Err(ConfigError::Janus(format!(
+                "{flag} must be an http:// or https:// URL, not '{}'",
+                u.chars().take(120).collect::<String>()
+            )));
+        }
+    }
+    Ok(Some(JanusSettings {
+        url: url.trim_end_matches('/').to_string(),
+        admin_key: admin_key.map(String::from),
+        admin_url: admin_url.map(|u| u.trim_end_matches('/').to_string()),
+        admin_secret: admin_secret.map(String::from),
+    }))
 }
 
 /// Let's Encrypt's production directory, `--acme-directory`'s default.
@@ -811,7 +889,7 @@ impl Settings {
         format!(
             "listen = {}\ndata_dir = {}\npublic_url = {}\ndomain_name = {}\nsync = {:?}\ncache_bytes = {}\nbody_limit = {}\ntoken_leeway_secs = {}\n\
              shutdown_grace = {:?}\nlease_ms = {}\njoin_rate = {}\njoin_burst = {}\ntrusted_proxies = {:?}\nhousekeeping_cron = {}\n\
-             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\nacme = {:?}\napi_keys = {}\n\
+             webhook_deny_private = {}\nwebhook_timeout = {:?}\nretention = {:?}\nmetrics_public = {}\ntls = {:?}\nacme = {:?}\njanus = {:?}\napi_keys = {}\n\
              head_timeout = {:?}\nbody_timeout = {:?}\nidle_timeout = {:?}\ntls_handshake_timeout = {:?}\nmax_connections = {}\n\
              max_connections_per_address = {}\nmax_event_streams_per_key = {}\nmax_streams_per_session = {}\nmax_bans_per_room = {}\nlarge_room_threshold = {}\nwriter_queue = {}\nshed_after = {:?}\nstall_after = {:?}\nstore = {}\n",
             self.listen,
@@ -834,6 +912,7 @@ impl Settings {
             self.metrics_public,
             self.tls,
             self.acme,
+            self.janus,
             if keys.is_empty() { "(generated in the data dir)".to_string() } else { keys.join(", ") },
             self.head_timeout,
             self.body_timeout,

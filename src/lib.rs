@@ -12,6 +12,7 @@ pub mod cluster;
 pub mod config;
 pub mod disk;
 pub mod events;
+pub mod janus;
 pub mod metrics;
 pub mod properties;
 pub mod rooms;

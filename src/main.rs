@@ -66,6 +66,16 @@ fn main() -> anyhow::Result<()> {
             tokio_cron_scheduler::Job::new_async(settings.housekeeping_cron.as_str(), |_, _| Box::pin(async {}))
                 .map_err(|e| anyhow::anyhow!("housekeeping_cron: {e}"))?;
             print!("configuration is valid; effective settings:\n{}", settings.describe());
+            if let Some(janus) = &settings.janus {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                match rt.block_on(gatehouse::janus::check(janus)) {
+                    Ok(report) => print!("{report}"),
+                    Err(e) => {
+                        eprintln!("janus: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
             if let Some(acme) = &settings.acme {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)

@@ -89,6 +89,8 @@ pub struct ApiMetrics {
     joins: Mutex<BTreeMap<&'static str, u64>>,
     /// Set when this process leads in cluster mode.
     cluster: std::sync::OnceLock<Arc<ClusterGauges>>,
+    /// Set when a Janus media server is kept in step.
+    janus: std::sync::OnceLock<Arc<crate::janus::JanusStats>>,
     /// When the served TLS certificate expires (unix seconds; 0: none, or no TLS).
     pub certificate_not_after: Arc<std::sync::atomic::AtomicI64>,
 }
@@ -97,6 +99,15 @@ impl ApiMetrics {
     /// From now on `/metrics` reports the cluster's gauges too (a node that leads).
     pub fn set_cluster(&self, gauges: Arc<ClusterGauges>) {
         let _ = self.cluster.set(gauges);
+    }
+
+    /// From now on `/metrics` reports the Janus reconciler's counters.
+    pub fn set_janus(&self, stats: Arc<crate::janus::JanusStats>) {
+        let _ = self.janus.set(stats);
+    }
+
+    pub fn janus(&self) -> Option<&crate::janus::JanusStats> {
+        self.janus.get().map(Arc::as_ref)
     }
 
     pub fn cluster(&self) -> Option<&ClusterGauges> {

@@ -55,6 +55,29 @@ pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
     );
     let c = &state.conn_metrics;
     single(&mut out, "gatehouse_connections_open", "gauge", "Connections open now.", c.open.load(Relaxed) as f64);
+    if let Some(j) = state.metrics.janus() {
+        let up = if j.up.load(Relaxed) { 1.0 } else { 0.0 };
+        single(&mut out, "gatehouse_janus_up", "gauge", "1 when the last pass reached Janus and left it in step.", up);
+        single(
+            &mut out,
+            "gatehouse_janus_rooms",
+            "gauge",
+            "Rooms kept in Janus after the last pass.",
+            j.rooms.load(Relaxed) as f64,
+        );
+        for (name, help, v) in [
+            (
+                "gatehouse_janus_rooms_created_total",
+                "Rooms created in Janus (again after a Janus restart).",
+                &j.created,
+            ),
+            ("gatehouse_janus_rooms_destroyed_total", "Janus rooms destroyed (no such live room).", &j.destroyed),
+            ("gatehouse_janus_rooms_resized_total", "Janus rooms resized to max_participants.", &j.updated),
+            ("gatehouse_janus_failures_total", "Passes that could not reach Janus or were refused.", &j.failures),
+        ] {
+            single(&mut out, name, "counter", help, v.load(Relaxed) as f64);
+        }
+    }
     let not_after = state.metrics.certificate_not_after.load(Relaxed);
     if not_after > 0 {
         single(

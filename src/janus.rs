@@ -1,0 +1,329 @@
+//! Gatehouse in front of a Janus media server (`--janus-url`): Gatehouse is the source of truth
+//! for which calls exist, and this module keeps Janus in step. One VideoRoom room per live
+//! Gatehouse room (the same name, `string_ids`), `publishers` = the room's `max_participants`,
+//! private, with a per-room secret derived from `<data dir>/janus_secret` and an empty
+//! `allowed` token list: nobody joins it without a credential Gatehouse hands out. Rooms are
+//! described `gatehouse:<name>`; others in the same Janus are left alone.
+//!
+//! The reconciler makes Janus match the store: at start, whenever a room is created, updated or
+//! deleted (it follows the event log), and every 10 s (a restarted Janus has forgotten its
+//! rooms: they come back within that). What it did and what failed go to the log and
+//! `/metrics` (`gatehouse_janus_*`).
+//!
+//! Must not: decide anything about rooms (the store does), or log a secret.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use crate::config::JanusSettings;
+use crate::store::{RoomCursor, Store};
+
+/// Rooms this server made are described so.
+const PREFIX: &str = "gatehouse:";
+/// A full pass at least this often.
+const EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JanusError {
+    #[error("Janus at {url} is unreachable: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("Janus refused {what}: {why}")]
+    Refused { what: String, why: String },
+    #[error("Janus answered {what} with something unexpected: {body}")]
+    Unexpected { what: String, body: String },
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What `/metrics` reports of Janus.
+#[derive(Debug, Default)]
+pub struct JanusStats {
+    pub up: AtomicBool,
+    /// Gatehouse rooms in Janus after the last pass.
+    pub rooms: AtomicU64,
+    pub created: AtomicU64,
+    pub destroyed: AtomicU64,
+    pub updated: AtomicU64,
+    pub failures: AtomicU64,
+    pub passes: AtomicU64,
+}
+
+/// Janus's HTTP API (the "janus" transport), as Gatehouse uses it.
+#[derive(Clone)]
+pub struct Janus {
+    http: reqwest::Client,
+    url: String,
+    admin_key: Option<String>,
+    admin: Option<(String, String)>,
+}
+
+fn transaction() -> String {
+    let mut b = [0u8; 8];
+    rand::fill(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Janus {
+    pub fn new(s: &JanusSettings) -> Result<Janus, JanusError> {
+        // reqwest is built without a TLS provider of its own (an https Janus URL uses ring's).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(5))
+            .no_proxy()
+            .build()
+            .map_err(|e| JanusError::Unreachable { url: s.url.clone(), why: e.to_string() })?;
+        Ok(Janus {
+            http,
+            url: s.url.trim_end_matches('/').to_string(),
+            admin_key: s.admin_key.clone(),
+            admin: s.admin_url.clone().zip(s.admin_secret.clone()),
+        })
+    }
+
+    async fn call(&self, url: &str, what: &str, body: Option<Value>) -> Result<Value, JanusError> {
+        let req = match body {
+            Some(b) => self.http.post(url).header("content-type", "application/json").body(b.to_string()),
+            None => self.http.get(url),
+        };
+        let unreachable = |e: reqwest::Error| JanusError::Unreachable { url: self.url.clone(), why: e.to_string() };
+        let bytes = req.send().await.map_err(unreachable)?.bytes().await.map_err(unreachable)?;
+        let v: Value = serde_json::from_slice(&bytes).map_err(|_| JanusError::Unexpected {
+            what: what.to_string(),
+            body: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+        })?;
+        match v["janus"].as_str() {
+            Some("error") => Err(JanusError::Refused {
+                what: what.to_string(),
+                why: v["error"]["reason"].as_str().unwrap_or("no reason given").to_string(),
+            }),
+            Some(_) => Ok(v),
+            None => Err(JanusError::Unexpected { what: what.to_string(), body: v.to_string() }),
+        }
+    }
+
+    /// Janus's version (`GET /info`).
+    pub async fn version(&self) -> Result<String, JanusError> {
+        let v = self.call(&format!("{}/info", self.url), "info", None).await?;
+        Ok(v["version_string"].as_str().unwrap_or("?").to_string())
+    }
+
+    /// Whether the Admin API answers with the admin secret.
+    pub async fn admin_ping(&self) -> Option<Result<(), JanusError>> {
+        let (url, secret) = self.admin.as_ref()?;
+        let body = json!({"janus": "ping", "transaction": transaction(), "admin_secret": secret});
+        Some(self.call(url, "an Admin API ping", Some(body)).await.map(|_| ()))
+    }
+
+    /// A session with a VideoRoom handle (destroyed by [`Janus::close`]).
+    async fn open(&self) -> Result<(u64, u64), JanusError> {
+        let s = self
+            .call(&self.url, "a new session", Some(json!({"janus": "create", "transaction": transaction()})))
+            .await?;
+        let session = s["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| JanusError::Unexpected { what: "a new session".into(), body: s.to_string() })?;
+        let body = json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": transaction()});
+        let h = self.call(&format!("{}/{session}", self.url), "attaching VideoRoom", Some(body)).await?;
+        let handle = h["data"]["id"]
+            .as_u64()
+            .ok_or_else(|| JanusError::Unexpected { what: "attaching VideoRoom".into(), body: h.to_string() })?;
+        Ok((session, handle))
+    }
+
+    async fn close(&self, session: u64) {
+        let body = json!({"janus": "destroy", "transaction": transaction()});
+        let _ = self.call(&format!("{}/{session}", self.url), "closing the session", Some(body)).await;
+    }
+
+    /// A synchronous VideoRoom request; its `plugindata.data`.
+    async fn videoroom(&self, (session, handle): (u64, u64), what: &str, mut body: Value) -> Result<Value, JanusError> {
+        if let (Some(k), Some(o)) = (&self.admin_key, body.as_object_mut()) {
+            o.insert("admin_key".into(), Value::from(k.as_str()));
+        }
+        let msg = json!({"janus": "message", "transaction": transaction(), "body": body});
+        let v = self.call(&format!("{}/{session}/{handle}", self.url), what, Some(msg)).await?;
+        let data = v["plugindata"]["data"].clone();
+        if let Some(e) = data.get("error") {
+            return Err(JanusError::Refused { what: what.to_string(), why: e.as_str().unwrap_or("?").to_string() });
+        }
+        Ok(data)
+    }
+}
+
+/// `config check`'s lines about Janus; `Err` when it does not answer.
+pub async fn check(s: &JanusSettings) -> Result<String, JanusError> {
+    let janus = Janus::new(s)?;
+    let version = janus.version().await?;
+    let mut out = format!("janus: {} answers, version {version}\n", s.url);
+    match janus.admin_ping().await {
+        Some(Ok(())) => out.push_str("janus: the Admin API answers with the admin secret\n"),
+        Some(Err(e)) => return Err(e),
+        None => out.push_str("janus: no --janus-admin-url: sessions cannot be ended from here\n"),
+    }
+    Ok(out)
+}
+
+/// The secret Janus rooms are made with: 256 random bits kept in `<data dir>/janus_secret`.
+pub fn room_secret_key(data_dir: &Path) -> std::io::Result<String> {
+    let path = data_dir.join("janus_secret");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        if !s.trim().is_empty() {
+            return Ok(s.trim().to_string());
+        }
+    }
+    let mut b = [0u8; 32];
+    rand::fill(&mut b);
+    let key: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    crate::disk::write_atomic(&path, key.as_bytes())?;
+    Ok(key)
+}
+
+/// Keeps Janus's VideoRoom rooms in step with the store's rooms.
+pub struct Mirror {
+    janus: Janus,
+    store: Store,
+    clock: crate::clock::SharedClock,
+    secret: String,
+    pub stats: Arc<JanusStats>,
+}
+
+impl Mirror {
+    pub fn new(janus: Janus, store: Store, clock: crate::clock::SharedClock, secret: String) -> Mirror {
+        Mirror { janus, store, clock, secret, stats: Arc::default() }
+    }
+
+    /// The secret of room `name` (Janus needs it to edit or destroy the room).
+    fn secret_of(&self, name: &str) -> String {
+        use hmac::Mac as _;
+        // Cannot fail: HMAC takes a key of any length.
+        let mut mac =
+            hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).expect("HMAC takes any key length");
+        mac.update(name.as_bytes());
+        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// The live rooms and the publishers each allows.
+    fn wanted(&self) -> Result<BTreeMap<String, u64>, JanusError> {
+        let now = self.clock.now_secs();
+        let mut out = BTreeMap::new();
+        let mut cursor = RoomCursor::First;
+        loop {
+            let page = self.store.list_rooms(1000, &cursor)?.unwrap_or_default();
+            let Some(last) = page.last() else { break };
+            cursor = RoomCursor::After(last.id);
+            for r in page.iter().filter(|r| !r.is_expired(now)) {
+                out.insert(r.name.clone(), r.max_participants());
+            }
+            if page.len() < 1000 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One pass: creates what is missing, destroys what should not be there, fixes the size.
+    async fn reconcile(&self) -> Result<(), JanusError> {
+        let wanted = self.wanted()?;
+        let h = self.janus.open().await?;
+        let result = self.reconcile_with(h, &wanted).await;
+        self.janus.close(h.0).await;
+        result
+    }
+
+    async fn reconcile_with(&self, h: (u64, u64), wanted: &BTreeMap<String, u64>) -> Result<(), JanusError> {
+        let list = self.janus.videoroom(h, "listing rooms", json!({"request": "list"})).await?;
+        let mut have: BTreeMap<String, u64> = BTreeMap::new();
+        for r in list["list"].as_array().into_iter().flatten() {
+            let (Some(name), Some(desc)) = (r["room"].as_str(), r["description"].as_str()) else { continue };
+            if desc.starts_with(PREFIX) {
+                have.insert(name.to_string(), r["max_publishers"].as_u64().unwrap_or(0));
+            }
+        }
+        for (name, publishers) in wanted {
+            match have.get(name) {
+                None => {
+                    let body = json!({
+                        "request": "create", "room": name, "description": format!("{PREFIX}{name}"),
+                        "publishers": publishers, "is_private": true, "secret": self.secret_of(name),
+                        "allowed": [], "permanent": false,
+                    });
+                    self.janus.videoroom(h, &format!("creating room '{name}'"), body).await?;
+                    self.stats.created.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(room = %name, publishers, "janus: room created");
+                }
+                Some(p) if p != publishers => {
+                    let body = json!({"request": "edit", "room": name, "secret": self.secret_of(name), "new_publishers": publishers});
+                    self.janus.videoroom(h, &format!("resizing room '{name}'"), body).await?;
+                    self.stats.updated.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(room = %name, publishers, "janus: room resized");
+                }
+                Some(_) => {}
+            }
+        }
+        for name in have.keys().filter(|n| !wanted.contains_key(*n)) {
+            let body = json!({"request": "destroy", "room": name, "secret": self.secret_of(name)});
+            self.janus.videoroom(h, &format!("destroying room '{name}'"), body).await?;
+            self.stats.destroyed.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(room = %name, "janus: room destroyed (no such live room in Gatehouse)");
+        }
+        self.stats.rooms.store(wanted.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Reconciles until `shutdown`: at start, after each room change, every [`EVERY`].
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let mut durable = self.store.watch_durable();
+        let mut seen = self.store.durable_seq();
+        let kinds = ["room.created".to_string(), "room.updated".to_string(), "room.deleted".to_string()];
+        let mut was_up = None;
+        loop {
+            self.stats.passes.fetch_add(1, Ordering::Relaxed);
+            match self.reconcile().await {
+                Ok(()) => {
+                    if was_up != Some(true) {
+                        tracing::info!(
+                            rooms = self.stats.rooms.load(Ordering::Relaxed),
+                            "janus: in step with Gatehouse's rooms"
+                        );
+                    }
+                    was_up = Some(true);
+                    self.stats.up.store(true, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.stats.failures.fetch_add(1, Ordering::Relaxed);
+                    self.stats.up.store(false, Ordering::Relaxed);
+                    if was_up != Some(false) {
+                        tracing::error!(error = %e, "janus: cannot keep its rooms in step (retrying every 10 s, and at each room change)");
+                    }
+                    was_up = Some(false);
+                }
+            }
+            // Until a room changes (or the periodic pass is due).
+            let deadline = tokio::time::Instant::now() + EVERY;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => break,
+                    _ = shutdown.changed() => return,
+                    changed = durable.changed() => if changed.is_err() { return },
+                }
+                let page = match self.store.events(seen, 1000, Some(&kinds[..])) {
+                    Ok(p) => p,
+                    Err(_) => {
+                        seen = self.store.durable_seq(); // compacted past: a full pass covers it
+                        break;
+                    }
+                };
+                seen = page.next_after;
+                if !page.events.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+}

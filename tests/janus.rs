@@ -1,0 +1,261 @@
+//! Gatehouse in front of a real Janus (Debian's `janus`, started here on loopback from its own
+//! small configuration): every live room has its VideoRoom room, sized by max_participants,
+//! private and closed to anyone without a Gatehouse credential; deleted rooms go; a room
+//! Gatehouse does not know is removed; after `kill -9` of Janus the rooms come back by
+//! themselves. (The media itself, with WebRTC, needs a network namespace: not here.)
+
+mod common;
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Server;
+use serde_json::{json, Value};
+
+const ADMIN_KEY: &str = "videoroom-admin-key-for-tests";
+const ADMIN_SECRET: &str = "janus-admin-secret-for-tests";
+
+struct Janus {
+    child: Option<Child>,
+    dir: std::path::PathBuf,
+    port: u16,
+    admin_port: u16,
+}
+
+impl Drop for Janus {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+impl Janus {
+    fn start(dir: &Path) -> Janus {
+        std::fs::create_dir_all(dir).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        // Debian puts the plugins under the architecture's lib folder.
+        let lib = std::fs::read_dir("/usr/lib")
+            .unwrap()
+            .filter_map(|e| e.ok().map(|e| e.path().join("janus")))
+            .find(|d| d.join("plugins/libjanus_videoroom.so").exists())
+            .expect("janus's plugins folder (/usr/lib/<arch>/janus)")
+            .display()
+            .to_string();
+        std::fs::write(
+            dir.join("janus.jcfg"),
+            format!(
+                "general: {{\n configs_folder = \"{d}\"\n plugins_folder = \"{lib}/plugins\"\n transports_folder = \"{lib}/transports\"\n \
+                 events_folder = \"{lib}/events\"\n loggers_folder = \"{lib}/loggers\"\n debug_level = 4\n admin_secret = \"{ADMIN_SECRET}\"\n}}\n\
+                 media: {{\n}}\nnat: {{\n}}\n\
+                 plugins: {{\n disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\"\n}}\n\
+                 transports: {{\n disable = \"libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so\"\n}}\n\
+                 events: {{\n broadcast = false\n}}\nloggers: {{\n}}\n",
+                d = dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.transport.http.jcfg"),
+            format!(
+                "general: {{\n json = \"plain\"\n base_path = \"/janus\"\n http = true\n port = {port}\n interface = \"lo\"\n https = false\n}}\n\
+                 admin: {{\n admin_base_path = \"/admin\"\n admin_http = true\n admin_port = {admin_port}\n admin_interface = \"lo\"\n admin_https = false\n}}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.join("janus.plugin.videoroom.jcfg"),
+            format!("general: {{\n string_ids = true\n admin_key = \"{ADMIN_KEY}\"\n}}\n"),
+        )
+        .unwrap();
+        let mut j = Janus { child: None, dir: dir.to_path_buf(), port, admin_port };
+        j.run();
+        j
+    }
+
+    fn run(&mut self) {
+        let log = std::fs::File::create(self.dir.join("janus.log")).unwrap();
+        let child = Command::new("janus")
+            .arg("-F")
+            .arg(&self.dir)
+            .arg("-C")
+            .arg(self.dir.join("janus.jcfg"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while ureq::get(&format!("{}/info", self.url())).call().is_err() {
+            assert!(Instant::now() < deadline, "janus did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default()
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/janus", self.port)
+    }
+
+    fn post(&self, path: &str, body: Value) -> Value {
+        let r = ureq::post(&format!("{}{path}", self.url())).send_json(body).unwrap();
+        r.into_json().unwrap()
+    }
+
+    /// A VideoRoom request on a fresh session.
+    fn videoroom(&self, body: Value) -> Value {
+        let s = self.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
+        let h = self
+            .post(&format!("/{s}"), json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}))
+            ["data"]["id"]
+            .as_u64()
+            .unwrap();
+        let out = self.post(&format!("/{s}/{h}"), json!({"janus": "message", "transaction": "t", "body": body}));
+        self.post(&format!("/{s}"), json!({"janus": "destroy", "transaction": "t"}));
+        out["plugindata"]["data"].clone()
+    }
+
+    /// Room name → (description, max publishers, private), as Janus lists them.
+    fn rooms(&self) -> Vec<(String, String, u64, bool)> {
+        let list = self.videoroom(json!({"request": "list", "admin_key": ADMIN_KEY}));
+        let mut out: Vec<_> = list["list"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["room"].as_str().unwrap().to_string(),
+                    r["description"].as_str().unwrap_or("").to_string(),
+                    r["max_publishers"].as_u64().unwrap(),
+                    r["is_private"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    fn wait_rooms(&self, want: &[(&str, u64)], s: &Server) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let got: Vec<(String, u64)> =
+                self.rooms().into_iter().filter(|r| r.1.starts_with("gatehouse:")).map(|r| (r.0, r.2)).collect();
+            let want: Vec<(String, u64)> = want.iter().map(|(n, p)| (n.to_string(), *p)).collect();
+            if got == want {
+                return;
+            }
+            assert!(Instant::now() < deadline, "Janus holds {got:?}, not {want:?}; log:\n{}", s.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).status().is_ok_and(|s| s.success())
+}
+
+#[test]
+fn needs_janus_rooms_are_mirrored_into_videoroom_and_come_back_after_a_janus_crash() {
+    common::require(have("janus"), "janus (Debian package janus)");
+    let tmp = tempfile::tempdir().unwrap();
+    let mut janus = Janus::start(&tmp.path().join("janus"));
+    let url = janus.url();
+    let admin_url = format!("http://127.0.0.1:{}/admin", janus.admin_port);
+    let s = Server::start_with(&[
+        ("GATEHOUSE_JANUS_URL", url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
+        ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_SECRET", ADMIN_SECRET),
+    ]);
+    // Someone else's room in the same Janus is left alone.
+    janus.videoroom(
+        json!({"request": "create", "room": "not-ours", "admin_key": ADMIN_KEY, "description": "another app"}),
+    );
+
+    s.create_room(json!({"name": "standup"}));
+    s.create_room(json!({"name": "small", "properties": {"max_participants": 4}}));
+    janus.wait_rooms(&[("small", 4), ("standup", 200)], &s);
+    let rooms = janus.rooms();
+    assert!(rooms.iter().any(|r| r.0 == "not-ours"), "{rooms:?}");
+    assert!(rooms.iter().filter(|r| r.1.starts_with("gatehouse:")).all(|r| r.3), "private: {rooms:?}");
+
+    // Nobody joins without a credential from Gatehouse (an empty allowed list, a room secret).
+    let s_id = janus.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
+    let h = janus
+        .post(&format!("/{s_id}"), json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}))
+        ["data"]["id"]
+        .as_u64()
+        .unwrap();
+    let join = janus.post(
+        &format!("/{s_id}/{h}"),
+        json!({"janus": "message", "transaction": "t", "body": {"request": "join", "ptype": "publisher", "room": "standup"}}),
+    );
+    // The join is answered asynchronously; an ack means Janus took the request, and the event
+    // that follows must be an error.
+    let event = ureq::get(&format!("{url}/{s_id}?maxev=1")).timeout(Duration::from_secs(5)).call().unwrap();
+    let event: Value = event.into_json().unwrap();
+    let data = &event["plugindata"]["data"];
+    assert!(data["error_code"].is_number(), "a join without a token got in: {join} {event}");
+
+    // Resized, deleted, and a stray "gatehouse:" room removed.
+    let r = s.post("/v1/rooms/small", &json!({"properties": {"max_participants": 6}}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s.call("DELETE", "/v1/rooms/standup", Some(common::KEY), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    janus.videoroom(
+        json!({"request": "create", "room": "stray", "admin_key": ADMIN_KEY, "description": "gatehouse:stray"}),
+    );
+    janus.wait_rooms(&[("small", 6)], &s);
+
+    // kill -9 of Janus: it forgets its rooms; back up, they are made again.
+    janus.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    s.create_room(json!({"name": "while-down"}));
+    janus.run();
+    janus.wait_rooms(&[("small", 6), ("while-down", 200)], &s);
+    let metrics = s.call("GET", "/metrics", Some(common::KEY), None).text;
+    for line in ["gatehouse_janus_up 1", "gatehouse_janus_rooms 2"] {
+        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
+    }
+    let failures: f64 =
+        metrics.lines().find_map(|l| l.strip_prefix("gatehouse_janus_failures_total ")).unwrap().parse().unwrap();
+    let created: f64 =
+        metrics.lines().find_map(|l| l.strip_prefix("gatehouse_janus_rooms_created_total ")).unwrap().parse().unwrap();
+    assert!(created >= 4.0, "{created}");
+    assert!(s.log().contains("janus: cannot keep its rooms in step") || failures == 0.0, "{}", s.log());
+    assert!(!s.log().contains(ADMIN_KEY) && !s.log().contains(ADMIN_SECRET), "secrets stay out of the log");
+
+    // config check reports Janus's version and the Admin API.
+    let out = Command::new(env!("CARGO_BIN_EXE_gatehouse"))
+        .args([
+            "config",
+            "check",
+            "--janus-url",
+            &url,
+            "--janus-admin-url",
+            &admin_url,
+            "--janus-admin-secret",
+            ADMIN_SECRET,
+        ])
+        .env("GATEHOUSE_API_KEY", common::KEY)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("version 1.") && text.contains("Admin API answers"), "{text}");
+    assert!(!text.contains(ADMIN_SECRET), "config check hides the secret: {text}");
+}
