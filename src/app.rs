@@ -164,6 +164,24 @@ async fn run_with(
     if let Err(front) = &bound {
         state.conn_metrics = front.metrics();
     }
+    // With --janus-url: Janus's VideoRoom rooms follow the store's rooms, and admissions hand
+    // out its credentials.
+    let mirror = match &settings.janus {
+        Some(j) => {
+            let secret = crate::janus::room_secret_key(&settings.data_dir)
+                .with_context(|| format!("the Janus room secret in {}", settings.data_dir.display()))?;
+            let mirror = Arc::new(crate::janus::Mirror::new(
+                crate::janus::Janus::new(j).map_err(|e| anyhow::anyhow!(e))?,
+                store.clone(),
+                state.clock.clone(),
+                secret,
+            ));
+            state.metrics.set_janus(mirror.stats.clone());
+            state.janus = Some(mirror.clone());
+            Some(mirror)
+        }
+        None => None,
+    };
     let state = Arc::new(state);
     if let Some(g) = gauges {
         state.metrics.set_cluster(g);
@@ -237,22 +255,7 @@ async fn run_with(
             front
         }
     };
-    // With --janus-url: Janus's VideoRoom rooms follow the store's rooms.
-    let janus = match &settings.janus {
-        Some(j) => {
-            let secret = crate::janus::room_secret_key(&settings.data_dir)
-                .with_context(|| format!("the Janus room secret in {}", settings.data_dir.display()))?;
-            let mirror = crate::janus::Mirror::new(
-                crate::janus::Janus::new(j).map_err(|e| anyhow::anyhow!(e))?,
-                store.clone(),
-                state.clock.clone(),
-                secret,
-            );
-            state.metrics.set_janus(mirror.stats.clone());
-            Some(tokio::spawn(mirror.run(shutdown_rx.clone())))
-        }
-        None => None,
-    };
+    let janus = mirror.map(|m| tokio::spawn(m.run(shutdown_rx.clone())));
     let renew = acme.as_ref().map(|(_, renew)| renew.clone());
     wait_for_signal(tls, renew, &state.metrics.certificate_not_after, settings.tls.as_ref().map(|(c, _)| c.clone()))
         .await?;

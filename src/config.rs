@@ -228,6 +228,9 @@ pub struct ServeArgs {
     /// VideoRoom room per live room there.
     #[arg(long, env = "GATEHOUSE_JANUS_URL")]
     pub janus_url: Option<String>,
+    /// Janus's API as browsers reach it, handed to admitted participants (default: --janus-url).
+    #[arg(long, env = "GATEHOUSE_JANUS_PUBLIC_URL")]
+    pub janus_public_url: Option<String>,
     /// The VideoRoom plugin's `admin_key` (janus.plugin.videoroom.jcfg), if it sets one.
     #[arg(long, env = "GATEHOUSE_JANUS_ADMIN_KEY")]
     pub janus_admin_key: Option<String>,
@@ -505,6 +508,7 @@ impl ServeArgs {
             acme_settings(&self.acme_domain, self.acme_email.as_deref(), &self.acme_directory, &self.acme_ca_root)?;
         let janus = janus_settings(
             self.janus_url.as_deref(),
+            self.janus_public_url.as_deref(),
             self.janus_admin_key.as_deref(),
             self.janus_admin_url.as_deref(),
             self.janus_admin_secret.as_deref(),
@@ -618,6 +622,8 @@ pub fn split_keys(list: &str) -> Vec<String> {
 #[derive(Clone)]
 pub struct JanusSettings {
     pub url: String,
+    /// What browsers use (`None`: `url`).
+    pub public_url: Option<String>,
     pub admin_key: Option<String>,
     pub admin_url: Option<String>,
     pub admin_secret: Option<String>,
@@ -627,6 +633,7 @@ impl std::fmt::Debug for JanusSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("JanusSettings")
             .field("url", &self.url)
+            .field("public_url", &self.public_url)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "(hidden)"))
             .field("admin_url", &self.admin_url)
             .field("admin_secret", &self.admin_secret.as_ref().map(|_| "(hidden)"))
@@ -637,17 +644,21 @@ impl std::fmt::Debug for JanusSettings {
 /// The Janus settings, checked: http(s) URLs; the rest needs `--janus-url`.
 pub fn janus_settings(
     url: Option<&str>,
+    public_url: Option<&str>,
     admin_key: Option<&str>,
     admin_url: Option<&str>,
     admin_secret: Option<&str>,
 ) -> Result<Option<JanusSettings>, ConfigError> {
     let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
-        if admin_key.is_some() || admin_url.is_some() {
-            return Err(ConfigError::Janus("--janus-admin-key and --janus-admin-url need --janus-url".into()));
+        if admin_key.is_some() || admin_url.is_some() || public_url.is_some() {
+            return Err(ConfigError::Janus(
+                "--janus-public-url, --janus-admin-key and --janus-admin-url need --janus-url".into(),
+            ));
         }
         return Ok(None);
     };
-    for (flag, u) in [("--janus-url", Some(url)), ("--janus-admin-url", admin_url)] {
+    for (flag, u) in [("--janus-url", Some(url)), ("--janus-public-url", public_url), ("--janus-admin-url", admin_url)]
+    {
         let Some(u) = u else { continue };
         let ok = (u.starts_with("http://") || u.starts_with("https://")) && url::Url::parse(u).is_ok();
         if !ok {
@@ -659,6 +670,7 @@ pub fn janus_settings(
     }
     Ok(Some(JanusSettings {
         url: url.trim_end_matches('/').to_string(),
+        public_url: public_url.map(|u| u.trim_end_matches('/').to_string()),
         admin_key: admin_key.map(String::from),
         admin_url: admin_url.map(|u| u.trim_end_matches('/').to_string()),
         admin_secret: admin_secret.map(String::from),

@@ -5,10 +5,20 @@
 //! `allowed` token list: nobody joins it without a credential Gatehouse hands out. Rooms are
 //! described `gatehouse:<name>`; others in the same Janus are left alone.
 //!
+//! Admission: a participant admitted by a join gets a Janus credential: the room, and a token
+//! derived from its session id (HMAC under the same secret), added to the room's `allowed` list;
+//! it joins the VideoRoom with its Gatehouse session id as its participant id. Cutting: when a
+//! session ends, however it ends (every way emits `participant.left`, which this module follows
+//! in the event log), its token is removed, its participant kicked, and with the Admin API
+//! every Janus session holding a handle of that participant is destroyed (its subscriptions go
+//! with it, which a kick alone leaves open).
+//!
 //! The reconciler makes Janus match the store: at start, whenever a room is created, updated or
-//! deleted (it follows the event log), and every 10 s (a restarted Janus has forgotten its
-//! rooms: they come back within that). What it did and what failed go to the log and
-//! `/metrics` (`gatehouse_janus_*`).
+//! deleted, and every 10 s (a restarted Janus has forgotten its rooms: they come back within
+//! that; a restarted Gatehouse finds whoever left meanwhile): rooms, each room's `allowed`
+//! tokens (exactly those of its live sessions), and its participants (one whose id is no live
+//! session of the room is kicked). What it did and what failed go to the log and `/metrics`
+//! (`gatehouse_janus_*`).
 //!
 //! Must not: decide anything about rooms (the store does), or log a secret.
 
@@ -52,6 +62,18 @@ pub struct JanusStats {
     pub updated: AtomicU64,
     pub failures: AtomicU64,
     pub passes: AtomicU64,
+    /// Participants cut (their session ended) or kicked (no live session).
+    pub cut: AtomicU64,
+}
+
+/// What a client needs to connect to Janus: its URL, the room, and the session's token.
+#[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
+pub struct Credential {
+    /// Janus's API as browsers reach it.
+    pub server: String,
+    pub room: String,
+    /// Pass as the VideoRoom join's `token`, with the Gatehouse session id as its `id`.
+    pub token: String,
 }
 
 /// Janus's HTTP API (the "janus" transport), as Gatehouse uses it.
@@ -61,6 +83,7 @@ pub struct Janus {
     url: String,
     admin_key: Option<String>,
     admin: Option<(String, String)>,
+    public_url: String,
 }
 
 fn transaction() -> String {
@@ -83,6 +106,7 @@ impl Janus {
             url: s.url.trim_end_matches('/').to_string(),
             admin_key: s.admin_key.clone(),
             admin: s.admin_url.clone().zip(s.admin_secret.clone()),
+            public_url: s.public_url.clone().unwrap_or_else(|| s.url.trim_end_matches('/').to_string()),
         })
     }
 
@@ -118,6 +142,54 @@ impl Janus {
         let (url, secret) = self.admin.as_ref()?;
         let body = json!({"janus": "ping", "transaction": transaction(), "admin_secret": secret});
         Some(self.call(url, "an Admin API ping", Some(body)).await.map(|_| ()))
+    }
+
+    /// An Admin API request (`path` after the admin URL: "", "/<session>", "/<session>/<handle>").
+    async fn admin(&self, path: &str, what: &str, mut body: Value) -> Result<Option<Value>, JanusError> {
+        let Some((url, secret)) = &self.admin else { return Ok(None) };
+        if let Some(o) = body.as_object_mut() {
+            o.insert("transaction".into(), Value::from(transaction()));
+            o.insert("admin_secret".into(), Value::from(secret.as_str()));
+        }
+        self.call(&format!("{url}{path}"), what, Some(body)).await.map(Some)
+    }
+
+    /// The Janus sessions holding a VideoRoom handle of participant `id` in `room` (looked up
+    /// before the participant is kicked: a kicked handle no longer names its room).
+    async fn sessions_of(&self, room: &str, id: &str) -> Result<Vec<u64>, JanusError> {
+        let Some(list) = self.admin("", "listing sessions", json!({"janus": "list_sessions"})).await? else {
+            return Ok(Vec::new());
+        };
+        let mut found = Vec::new();
+        for session in list["sessions"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
+            let Some(handles) = self
+                .admin(&format!("/{session}"), "listing handles", json!({"janus": "list_handles"}))
+                .await
+                .ok()
+                .flatten()
+            else {
+                continue;
+            };
+            for handle in handles["handles"].as_array().into_iter().flatten().filter_map(Value::as_u64) {
+                let info = self
+                    .admin(&format!("/{session}/{handle}"), "a handle's info", json!({"janus": "handle_info"}))
+                    .await;
+                let Ok(Some(info)) = info else { continue };
+                let p = &info["info"]["plugin_specific"];
+                if p["room"].as_str() == Some(room) && p["id"].as_str() == Some(id) {
+                    found.push(session);
+                    break;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// Destroys these Janus sessions (and every handle in them).
+    async fn destroy_sessions(&self, sessions: &[u64]) {
+        for s in sessions {
+            let _ = self.admin(&format!("/{s}"), "destroying a session", json!({"janus": "destroy_session"})).await;
+        }
     }
 
     /// A session with a VideoRoom handle (destroyed by [`Janus::close`]).
@@ -208,6 +280,80 @@ impl Mirror {
         mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
     }
 
+    /// The token of Gatehouse session `session` (what Janus's `allowed` list holds for it).
+    fn token_of(&self, session: &str) -> String {
+        self.secret_of(&format!("token:{session}"))
+    }
+
+    /// Lets session `session` of `room` into the room's VideoRoom room: its credential.
+    pub async fn admit(&self, room: &str, session: &str) -> Result<Credential, JanusError> {
+        let token = self.token_of(session);
+        let h = self.janus.open().await?;
+        let body = json!({"request": "allowed", "room": room, "secret": self.secret_of(room), "action": "add", "allowed": [token]});
+        let added = self.janus.videoroom(h, &format!("admitting a participant to '{room}'"), body).await;
+        self.janus.close(h.0).await;
+        added?;
+        Ok(Credential { server: self.janus.public_url.clone(), room: room.to_string(), token })
+    }
+
+    /// Ends session `session`'s media in `room`: its token removed, its participant kicked, its
+    /// Janus sessions destroyed.
+    pub async fn cut(&self, room: &str, session: &str) -> Result<(), JanusError> {
+        let holding = self.janus.sessions_of(room, session).await?;
+        let h = self.janus.open().await?;
+        let secret = self.secret_of(room);
+        let body = json!({"request": "allowed", "room": room, "secret": secret, "action": "remove", "allowed": [self.token_of(session)]});
+        let removed = self.janus.videoroom(h, &format!("revoking a token in '{room}'"), body).await;
+        // Not there (it never connected, or the room is gone): nothing to kick.
+        let kick = json!({"request": "kick", "room": room, "secret": secret, "id": session});
+        let _ = self.janus.videoroom(h, &format!("kicking from '{room}'"), kick).await;
+        self.janus.close(h.0).await;
+        self.janus.destroy_sessions(&holding).await;
+        self.stats.cut.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(room = %room, session = %session, janus_sessions = holding.len(), "janus: media cut (the session ended)");
+        match removed {
+            Err(JanusError::Refused { .. }) | Ok(_) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes room `name`'s allowed tokens those of its live sessions, and kicks (and cuts) any
+    /// participant that is no live session of it.
+    async fn sync_room(&self, h: (u64, u64), name: &str) -> Result<(), JanusError> {
+        let live = self.store.live();
+        let now = self.clock.now_ms();
+        let sessions: std::collections::BTreeSet<String> =
+            live.present_in(name).iter().filter(|e| !e.session.is_over(now)).map(|e| e.session.id.clone()).collect();
+        let secret = self.secret_of(name);
+        let read = json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": []});
+        let current = self.janus.videoroom(h, &format!("reading the tokens of '{name}'"), read).await?;
+        let held: std::collections::BTreeSet<String> =
+            current["allowed"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect();
+        let wanted: std::collections::BTreeSet<String> = sessions.iter().map(|s| self.token_of(s)).collect();
+        let extra: Vec<&String> = held.difference(&wanted).collect();
+        let missing: Vec<&String> = wanted.difference(&held).collect();
+        if !extra.is_empty() {
+            let body =
+                json!({"request": "allowed", "room": name, "secret": secret, "action": "remove", "allowed": extra});
+            self.janus.videoroom(h, &format!("revoking tokens in '{name}'"), body).await?;
+        }
+        if !missing.is_empty() {
+            let body =
+                json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": missing});
+            self.janus.videoroom(h, &format!("restoring tokens in '{name}'"), body).await?;
+        }
+        let list = json!({"request": "listparticipants", "room": name, "secret": secret});
+        let present = self.janus.videoroom(h, &format!("listing the participants of '{name}'"), list).await?;
+        for p in present["participants"].as_array().into_iter().flatten() {
+            let Some(id) = p["id"].as_str() else { continue };
+            if !sessions.contains(id) {
+                tracing::warn!(room = %name, participant = %id, "janus: a participant with no live Gatehouse session; cutting it");
+                self.cut(name, id).await?;
+            }
+        }
+        Ok(())
+    }
+
     /// The live rooms and the publishers each allows.
     fn wanted(&self) -> Result<BTreeMap<String, u64>, JanusError> {
         let now = self.clock.now_secs();
@@ -266,7 +412,19 @@ impl Mirror {
                 Some(_) => {}
             }
         }
+        for name in wanted.keys() {
+            self.sync_room(h, name).await?;
+        }
         for name in have.keys().filter(|n| !wanted.contains_key(*n)) {
+            // Its participants' Janus sessions first: once the room is gone, their handles no
+            // longer say which room they were in, and their subscriptions would stay open.
+            let list = json!({"request": "listparticipants", "room": name, "secret": self.secret_of(name)});
+            if let Ok(present) = self.janus.videoroom(h, &format!("listing the participants of '{name}'"), list).await {
+                for id in present["participants"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()) {
+                    let holding = self.janus.sessions_of(name, id).await?;
+                    self.janus.destroy_sessions(&holding).await;
+                }
+            }
             let body = json!({"request": "destroy", "room": name, "secret": self.secret_of(name)});
             self.janus.videoroom(h, &format!("destroying room '{name}'"), body).await?;
             self.stats.destroyed.fetch_add(1, Ordering::Relaxed);
@@ -277,10 +435,15 @@ impl Mirror {
     }
 
     /// Reconciles until `shutdown`: at start, after each room change, every [`EVERY`].
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut durable = self.store.watch_durable();
         let mut seen = self.store.durable_seq();
-        let kinds = ["room.created".to_string(), "room.updated".to_string(), "room.deleted".to_string()];
+        let kinds = [
+            "room.created".to_string(),
+            "room.updated".to_string(),
+            "room.deleted".to_string(),
+            "participant.left".to_string(),
+        ];
         let mut was_up = None;
         loop {
             self.stats.passes.fetch_add(1, Ordering::Relaxed);
@@ -320,7 +483,28 @@ impl Mirror {
                     }
                 };
                 seen = page.next_after;
-                if !page.events.is_empty() {
+                let mut rooms_changed = false;
+                for e in &page.events {
+                    if &*e.kind != "participant.left" {
+                        rooms_changed = true;
+                        continue;
+                    }
+                    // Cut at once, each on its own: one slow cut does not hold up the next.
+                    let v: Value = serde_json::from_str(&e.envelope).unwrap_or(Value::Null);
+                    let (Some(room), Some(session)) =
+                        (v["payload"]["room"].as_str(), v["payload"]["session_id"].as_str())
+                    else {
+                        continue;
+                    };
+                    let (me, room, session) = (self.clone(), room.to_string(), session.to_string());
+                    tokio::spawn(async move {
+                        if let Err(e) = me.cut(&room, &session).await {
+                            me.stats.failures.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(error = %e, room = %room, "janus: could not cut a participant's media (the next pass tries again)");
+                        }
+                    });
+                }
+                if rooms_changed {
                     break;
                 }
             }

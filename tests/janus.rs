@@ -228,10 +228,14 @@ fn needs_janus_rooms_are_mirrored_into_videoroom_and_come_back_after_a_janus_cra
     s.create_room(json!({"name": "while-down"}));
     janus.run();
     janus.wait_rooms(&[("small", 6), ("while-down", 200)], &s);
-    let metrics = s.call("GET", "/metrics", Some(common::KEY), None).text;
-    for line in ["gatehouse_janus_up 1", "gatehouse_janus_rooms 2"] {
-        assert!(metrics.contains(line), "{line} not in /metrics:\n{metrics}");
-    }
+    // The pass that made them counts them when it ends.
+    let metrics_now = || s.call("GET", "/metrics", Some(common::KEY), None).text;
+    let in_step = within(|| {
+        let m = metrics_now();
+        m.contains("gatehouse_janus_up 1") && m.contains("gatehouse_janus_rooms 2")
+    });
+    let metrics = metrics_now();
+    assert!(in_step.is_some(), "/metrics does not say Janus is in step:\n{metrics}");
     let failures: f64 =
         metrics.lines().find_map(|l| l.strip_prefix("gatehouse_janus_failures_total ")).unwrap().parse().unwrap();
     let created: f64 =
@@ -258,4 +262,159 @@ fn needs_janus_rooms_are_mirrored_into_videoroom_and_come_back_after_a_janus_cra
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.contains("version 1.") && text.contains("Admin API answers"), "{text}");
     assert!(!text.contains(ADMIN_SECRET), "config check hides the secret: {text}");
+}
+
+/// A Janus session with a VideoRoom handle, as a participant's browser would hold it.
+struct Participant {
+    session: u64,
+    handle: u64,
+}
+
+impl Janus {
+    fn participant(&self) -> Participant {
+        let session = self.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
+        let handle = self.post(
+            &format!("/{session}"),
+            json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}),
+        )["data"]["id"]
+            .as_u64()
+            .unwrap();
+        Participant { session, handle }
+    }
+
+    /// Joins `room` as publisher `id` with `token`; the VideoRoom event that answers.
+    fn join(&self, p: &Participant, room: &str, id: &str, token: &str) -> Value {
+        let body =
+            json!({"request": "join", "ptype": "publisher", "room": room, "id": id, "token": token, "display": id});
+        self.post(
+            &format!("/{}/{}", p.session, p.handle),
+            json!({"janus": "message", "transaction": "t", "body": body}),
+        );
+        let event =
+            ureq::get(&format!("{}/{}?maxev=1", self.url(), p.session)).timeout(Duration::from_secs(5)).call().unwrap();
+        let event: Value = event.into_json().unwrap();
+        event["plugindata"]["data"].clone()
+    }
+
+    fn admin(&self, path: &str, body: Value) -> Value {
+        let mut body = body;
+        body["transaction"] = json!("t");
+        body["admin_secret"] = json!(ADMIN_SECRET);
+        let url = format!("http://127.0.0.1:{}/admin{path}", self.admin_port);
+        ureq::post(&url).send_json(body).unwrap().into_json().unwrap()
+    }
+
+    fn sessions(&self) -> Vec<u64> {
+        self.admin("", json!({"janus": "list_sessions"}))["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_u64)
+            .collect()
+    }
+}
+
+/// How long until `done` holds (at most 5 s).
+fn within(done: impl Fn() -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        if done() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[test]
+fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts_it() {
+    common::require(have("janus"), "janus (Debian package janus)");
+    let tmp = tempfile::tempdir().unwrap();
+    let janus = Janus::start(&tmp.path().join("janus"));
+    let url = janus.url();
+    let admin_url = format!("http://127.0.0.1:{}/admin", janus.admin_port);
+    let s = Server::start_with(&[
+        ("GATEHOUSE_JANUS_URL", url.as_str()),
+        ("GATEHOUSE_JANUS_PUBLIC_URL", "https://media.example.com/janus"),
+        ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
+        ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_SECRET", ADMIN_SECRET),
+    ]);
+    s.create_room(json!({"name": "call"}));
+    janus.wait_rooms(&[("call", 200)], &s);
+
+    // Each of three ways a session ends cuts its media: eject, leave, a ban.
+    for how in ["eject", "leave", "ban"] {
+        let token = s.token(json!({"room_name": "call", "user_id": format!("user-{how}")}));
+        let (id, secret, body) = s.join_ok("call", Some(&token));
+        let cred = &body["janus"];
+        assert_eq!(cred["server"], "https://media.example.com/janus", "{body}");
+        assert_eq!(cred["room"], "call");
+        let token = cred["token"].as_str().unwrap().to_string();
+        let p = janus.participant();
+        let joined = janus.join(&p, "call", &id, &token);
+        assert_eq!(joined["videoroom"], "joined", "{how}: {joined}");
+        assert!(janus.sessions().contains(&p.session));
+        let r = match how {
+            "eject" => s.post("/v1/rooms/call/eject", &json!({"ids": [id]})),
+            "leave" => s.call("POST", &format!("/v1/sessions/{id}/leave"), Some(&secret), None),
+            _ => s.post("/v1/rooms/call/eject", &json!({"ids": [id], "ban": true})),
+        };
+        assert_eq!(r.status, 200, "{how}: {}", r.text);
+        let listed = || {
+            janus.videoroom(json!({"request": "listparticipants", "room": "call", "admin_key": ADMIN_KEY}))
+                ["participants"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x["id"] == id.as_str())
+        };
+        let took = within(|| !listed() && !janus.sessions().contains(&p.session));
+        assert!(
+            took.is_some_and(|t| t < Duration::from_secs(1)),
+            "{how}: still in Janus after {took:?}; log:\n{}",
+            s.log()
+        );
+        println!("{how}: out of Janus (participant list and sessions) {took:?} after the answer");
+        // What it held no longer gets it in.
+        let again = janus.participant();
+        let refused = janus.join(&again, "call", &id, &token);
+        assert!(refused["error_code"].is_number(), "{how}: rejoined with an old token: {refused}");
+    }
+
+    // kill -9 of Gatehouse mid-call: after the restart, a session still live keeps its media.
+    let (id, _, body) = s.join_ok("call", None);
+    let token = body["janus"]["token"].as_str().unwrap().to_string();
+    let p = janus.participant();
+    assert_eq!(janus.join(&p, "call", &id, &token)["videoroom"], "joined");
+    let mut s = s;
+    s.kill9();
+    let s = Server::start_in(
+        &s.dir,
+        &[
+            ("GATEHOUSE_JANUS_URL", url.as_str()),
+            ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
+            ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),
+            ("GATEHOUSE_JANUS_ADMIN_SECRET", ADMIN_SECRET),
+        ],
+    );
+    let listed = |who: &str| {
+        janus.videoroom(json!({"request": "listparticipants", "room": "call", "admin_key": ADMIN_KEY}))["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == who)
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(listed(&id), "a live session keeps its media across a Gatehouse restart");
+    // Deleting the room ends everyone's media with it.
+    let r = s.call("DELETE", "/v1/rooms/call", Some(common::KEY), None);
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        within(|| !janus.sessions().contains(&p.session)).is_some(),
+        "room deletion left the media; log:\n{}",
+        s.log()
+    );
+    let metrics = s.call("GET", "/metrics", Some(common::KEY), None).text;
+    assert!(metrics.contains("gatehouse_janus_participants_cut_total"), "{metrics}");
 }

@@ -95,6 +95,8 @@ pub struct AppState {
     pub metrics: crate::metrics::ApiMetrics,
     /// Turns true at shutdown; long-lived responses (streams) watch it.
     pub shutdown: watch::Receiver<bool>,
+    /// The Janus media server kept in step, if any (admissions hand out its credentials).
+    pub janus: Option<Arc<crate::janus::Mirror>>,
     /// Connection counters (open, refused, closed by each deadline).
     pub conn_metrics: Arc<conn::ConnMetrics>,
     /// Open streams per API key and per session (their caps are in `settings`).
@@ -130,6 +132,7 @@ impl AppState {
             housekeeping: Arc::default(),
             metrics: crate::metrics::ApiMetrics::default(),
             conn_metrics: Arc::default(),
+            janus: None,
             streams: streams::StreamCounts::default(),
             session_streams: Arc::default(),
             #[cfg(feature = "test-clock")]

@@ -74,6 +74,11 @@ pub fn metrics(state: &Arc<AppState>) -> Result<Response<Body>, ApiError> {
             ("gatehouse_janus_rooms_destroyed_total", "Janus rooms destroyed (no such live room).", &j.destroyed),
             ("gatehouse_janus_rooms_resized_total", "Janus rooms resized to max_participants.", &j.updated),
             ("gatehouse_janus_failures_total", "Passes that could not reach Janus or were refused.", &j.failures),
+            (
+                "gatehouse_janus_participants_cut_total",
+                "Participants whose media was cut (their session ended, or none was live).",
+                &j.cut,
+            ),
         ] {
             single(&mut out, name, "counter", help, v.load(Relaxed) as f64);
         }

@@ -97,12 +97,25 @@ pub async fn join(
     match state.store.submit(request).await? {
         JoinOutcome::Joined(s) => {
             state.metrics.join("admitted");
+            // With Janus: the media credential (without it if Janus cannot be reached: the join
+            // stands, and the log says why there is no media).
+            let janus = match &state.janus {
+                Some(j) => match j.admit(&s.room, &s.id).await {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        tracing::error!(error = %e, room = %s.room, "janus: could not admit a participant; joined without media");
+                        None
+                    }
+                },
+                None => None,
+            };
             Ok(ok(&R::Joined {
                 session: s.view(),
                 session_secret: secret,
                 lease_seconds: state.settings.lease_ms / 1000,
                 access: R::AccessLevel { level: R::Level::Full },
                 awaiting_access: None,
+                janus,
             }))
         }
         JoinOutcome::Waiting(s) => {
@@ -113,6 +126,7 @@ pub async fn join(
                 lease_seconds: state.settings.lease_ms / 1000,
                 access: R::AccessLevel { level: R::Level::Lobby },
                 awaiting_access: Some(R::AccessLevel { level: R::Level::Full }),
+                janus: None,
             }))
         }
         JoinOutcome::Denied(d) => {

@@ -123,6 +123,9 @@ pub struct Joined {
     pub access: AccessLevel,
     #[serde(rename = "awaitingAccess", skip_serializing_if = "Option::is_none")]
     pub awaiting_access: Option<AccessLevel>,
+    /// With a Janus media server: how to connect to the call's media (admitted joins only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub janus: Option<crate::janus::Credential>,
 }
 
 /// `POST /v1/rooms/:name/pre-auth`: what a join would get now, and why not when `none`.
