@@ -382,6 +382,37 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
         assert!(refused["error_code"].is_number(), "{how}: rejoined with an old token: {refused}");
     }
 
+    // A knock admitted from the lobby gets its credential on its stream, and it works.
+    s.create_room(json!({"name": "salon", "privacy": "private", "properties": {"enable_knocking": true}}));
+    let r = s.join("salon", None, Some("Visitor"));
+    assert_eq!(r.body["access"]["level"], "lobby", "{}", r.text);
+    assert!(r.body.get("janus").is_none(), "no media while waiting: {}", r.text);
+    let (vid, vsecret) =
+        (r.body["session_id"].as_str().unwrap().to_string(), r.body["session_secret"].as_str().unwrap().to_string());
+    let agent = ureq::AgentBuilder::new().timeout_read(Duration::from_secs(10)).build();
+    let stream = agent
+        .get(&format!("{}/v1/sessions/{vid}/stream", s.base))
+        .set("Authorization", &format!("Bearer {vsecret}"))
+        .call()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream.into_reader()));
+    janus.wait_rooms(&[("call", 200), ("salon", 200)], &s);
+    let decided = s.post("/v1/rooms/salon/waiting-participants", &json!({vid.clone(): {"grantRequestedAccess": true}}));
+    assert_eq!(decided.status, 200, "{}", decided.text);
+    let frame = loop {
+        let line = lines.next().expect("the stream ended").unwrap();
+        if let Some(data) = line.strip_prefix("data: ") {
+            let v: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+            if v["access"]["level"] == "full" {
+                break v;
+            }
+        }
+    };
+    let token = frame["janus"]["token"].as_str().unwrap_or_else(|| panic!("no credential: {frame}")).to_string();
+    assert_eq!(frame["janus"]["room"], "salon");
+    let p = janus.participant();
+    assert_eq!(janus.join(&p, "salon", &vid, &token)["videoroom"], "joined");
+
     // kill -9 of Gatehouse mid-call: after the restart, a session still live keeps its media.
     let (id, _, body) = s.join_ok("call", None);
     let token = body["janus"]["token"].as_str().unwrap().to_string();

@@ -30,7 +30,7 @@ use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Request, Response};
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 
@@ -279,7 +279,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                                 Some(e) if !e.waiting => me = e.session.clone(),
                                 _ => return,
                             }
-                            if !out.send(access_frame(&me, "full")).await || !out.send(f.bytes.clone()).await {
+                            if !out.send(admitted_frame(state, &me).await).await || !out.send(f.bytes.clone()).await {
                                 return;
                             }
                             break;
@@ -296,7 +296,7 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
                         }
                         Some(e) if !e.waiting => {
                             me = e.session.clone();
-                            if !out.send(access_frame(&me, "full")).await {
+                            if !out.send(admitted_frame(state, &me).await).await {
                                 return;
                             }
                             break;
@@ -418,6 +418,21 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
 /// `access` `{"session_id", "room", "access": {"level"}}`: in the lobby, or admitted.
 fn access_frame(me: &Session, level: &str) -> Bytes {
     sse_frame("access", None, &json!({"session_id": me.id, "room": me.room, "access": {"level": level}}).to_string())
+}
+
+/// `access` with level `full` for a knock just admitted; with Janus, its media credential
+/// too (as a join's answer has it), once Janus has its token.
+async fn admitted_frame(state: &AppState, me: &Session) -> Bytes {
+    let mut v = json!({"session_id": me.id, "room": me.room, "access": {"level": "full"}});
+    if let Some(j) = &state.janus {
+        match j.admit(&me.room, &me.id).await {
+            Ok(c) => v["janus"] = serde_json::to_value(c).unwrap_or(Value::Null),
+            Err(e) => {
+                tracing::error!(error = %e, room = %me.room, "janus: could not admit a participant let in from the lobby; no media")
+            }
+        }
+    }
+    sse_frame("access", None, &v.to_string())
 }
 
 /// The event ends this session's stream.
