@@ -263,11 +263,14 @@ pub struct Mirror {
     clock: crate::clock::SharedClock,
     secret: String,
     pub stats: Arc<JanusStats>,
+    /// Cuts under way at once (a room deleted with thousands present must not open thousands
+    /// of scans of Janus's sessions together).
+    cutting: Arc<tokio::sync::Semaphore>,
 }
 
 impl Mirror {
     pub fn new(janus: Janus, store: Store, clock: crate::clock::SharedClock, secret: String) -> Mirror {
-        Mirror { janus, store, clock, secret, stats: Arc::default() }
+        Mirror { janus, store, clock, secret, stats: Arc::default(), cutting: Arc::new(tokio::sync::Semaphore::new(8)) }
     }
 
     /// The secret of room `name` (Janus needs it to edit or destroy the room).
@@ -497,7 +500,9 @@ impl Mirror {
                         continue;
                     };
                     let (me, room, session) = (self.clone(), room.to_string(), session.to_string());
+                    let cutting = self.cutting.clone();
                     tokio::spawn(async move {
+                        let Ok(_turn) = cutting.acquire_owned().await else { return };
                         if let Err(e) = me.cut(&room, &session).await {
                             me.stats.failures.fetch_add(1, Ordering::Relaxed);
                             tracing::error!(error = %e, room = %room, "janus: could not cut a participant's media (the next pass tries again)");
