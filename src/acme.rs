@@ -194,7 +194,10 @@ impl Acme {
         else {
             return Ok(0);
         };
-        if held != wanted {
+        // Other names, another CA (staging before production), or nothing served (the stored
+        // one could not be loaded): now.
+        let same_ca = st.get("cert_directory").and_then(Value::as_str) == Some(self.settings.directory.as_str());
+        if held != wanted || !same_ca || !self.certs.has_certificate() {
             return Ok(0);
         }
         Ok(not_after - (not_after - not_before) / 3)
@@ -233,7 +236,8 @@ impl Acme {
                 }
                 Err(e) => {
                     failures = failures.saturating_add(1);
-                    let backoff = Duration::from_secs(10u64.saturating_mul(1 << failures.min(9)).min(3600));
+                    // 10 s, 20 s, 40 s, ... up to an hour.
+                    let backoff = Duration::from_secs(10u64.saturating_mul(1 << (failures - 1).min(9)).min(3600));
                     let serving = if self.certs.has_certificate() {
                         "the stored certificate is served meanwhile"
                     } else {
@@ -286,6 +290,13 @@ impl Acme {
     /// One order, start to end: the certificate is stored (durably) before it is served.
     async fn obtain(&self) -> Result<i64, AcmeError> {
         let dir = self.settings.directory.as_str();
+        // A certificate that could not be kept would be ordered again and again (the CA's
+        // duplicate-certificate limit is 5 a week): not while the store refuses writes.
+        if !self.store.is_writable() {
+            return Err(AcmeError::Local(
+                "the store cannot write (a full disk?); not ordering a certificate it could not keep".into(),
+            ));
+        }
         let mut st = self.store.acme_state()?;
         let account = self.account(&mut st).await?;
         let ids: Vec<Identifier> = self.settings.domains.iter().map(|d| Identifier::Dns(d.clone())).collect();
@@ -336,9 +347,11 @@ impl Acme {
         st.insert("chain_pem".into(), Value::from(chain_pem.as_str()));
         st.insert("key_pem".into(), Value::from(key_pem));
         st.insert("domains".into(), Value::from(self.settings.domains.clone()));
-        self.store.submit(SetAcme { state: st }).await?;
+        st.insert("cert_directory".into(), Value::from(dir));
+        // Served at once, whether or not it can be kept: it is valid either way.
         self.certs.set(Arc::new(served));
         self.not_after.store(not_after, Ordering::Relaxed);
+        self.store.submit(SetAcme { state: st }).await?;
         self.write_public_chain(&chain_pem);
         Ok(not_after)
     }

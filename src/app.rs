@@ -178,6 +178,17 @@ async fn run_with(
             ));
             state.metrics.set_janus(mirror.stats.clone());
             state.janus = Some(mirror.clone());
+            if j.public_url.is_none()
+                && url::Url::parse(&j.url)
+                    .ok()
+                    .and_then(|u| u.host_str().map(String::from))
+                    .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")
+            {
+                tracing::warn!(
+                    janus_url = %j.url,
+                    "janus: participants are handed --janus-url, a loopback address their browsers cannot reach; set --janus-public-url"
+                );
+            }
             Some(mirror)
         }
         None => None,

@@ -66,13 +66,17 @@ pub struct JanusStats {
     pub cut: AtomicU64,
 }
 
-/// What a client needs to connect to Janus: its URL, the room, and the session's token.
+/// What a client needs to connect to Janus: its URL, the room, the participant id to join
+/// as, and the token.
 #[derive(Debug, Clone, serde::Serialize, schemars::JsonSchema)]
 pub struct Credential {
     /// Janus's API as browsers reach it.
     pub server: String,
     pub room: String,
-    /// Pass as the VideoRoom join's `token`, with the Gatehouse session id as its `id`.
+    /// The VideoRoom join's `id`: derived from the session (not its public id, so that another
+    /// participant cannot take it before its owner joins).
+    pub id: String,
+    /// The VideoRoom join's `token`.
     pub token: String,
 }
 
@@ -244,10 +248,14 @@ pub async fn check(s: &JanusSettings) -> Result<String, JanusError> {
 /// The secret Janus rooms are made with: 256 random bits kept in `<data dir>/janus_secret`.
 pub fn room_secret_key(data_dir: &Path) -> std::io::Result<String> {
     let path = data_dir.join("janus_secret");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if !s.trim().is_empty() {
-            return Ok(s.trim().to_string());
+    match std::fs::read_to_string(&path) {
+        // Made anew only when there is none: another key would lose every room made with this one.
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {
+            return Err(std::io::Error::other(format!("{} is empty; delete it to make a new one", path.display())))
         }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
     }
     let mut b = [0u8; 32];
     rand::fill(&mut b);
@@ -288,27 +296,76 @@ impl Mirror {
         self.secret_of(&format!("token:{session}"))
     }
 
-    /// Lets session `session` of `room` into the room's VideoRoom room: its credential.
-    pub async fn admit(&self, room: &str, session: &str) -> Result<Credential, JanusError> {
-        let token = self.token_of(session);
-        let h = self.janus.open().await?;
-        let body = json!({"request": "allowed", "room": room, "secret": self.secret_of(room), "action": "add", "allowed": [token]});
-        let added = self.janus.videoroom(h, &format!("admitting a participant to '{room}'"), body).await;
-        self.janus.close(h.0).await;
-        added?;
-        Ok(Credential { server: self.janus.public_url.clone(), room: room.to_string(), token })
+    /// The VideoRoom participant id of Gatehouse session `session`.
+    fn media_id(&self, session: &str) -> String {
+        let mut id = self.secret_of(&format!("id:{session}"));
+        id.truncate(32);
+        id
     }
 
-    /// Ends session `session`'s media in `room`: its token removed, its participant kicked, its
-    /// Janus sessions destroyed.
-    pub async fn cut(&self, room: &str, session: &str) -> Result<(), JanusError> {
-        let holding = self.janus.sessions_of(room, session).await?;
+    /// Creates room `name` in Janus now if it is live in Gatehouse and missing there (a join
+    /// right after the room was made need not wait for the next pass).
+    async fn ensure_room(&self, h: (u64, u64), name: &str) -> Result<(), JanusError> {
+        let now = self.clock.now_secs();
+        let Some(room) = self.store.room(name)?.filter(|r| !r.is_expired(now)) else { return Ok(()) };
+        let body = json!({
+            "request": "create", "room": name, "description": format!("{PREFIX}{name}"),
+            "publishers": room.max_participants(), "is_private": true, "secret": self.secret_of(name),
+            "allowed": [], "permanent": false,
+        });
+        match self.janus.videoroom(h, &format!("creating room '{name}'"), body).await {
+            // Made meanwhile by a pass: as good.
+            Ok(_) | Err(JanusError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Lets session `session` of `room` into the room's VideoRoom room: its credential. `None`
+    /// when the session ended meanwhile (then its token is taken back).
+    pub async fn admit(&self, room: &str, session: &str) -> Result<Option<Credential>, JanusError> {
+        let token = self.token_of(session);
         let h = self.janus.open().await?;
+        let add = || json!({"request": "allowed", "room": room, "secret": self.secret_of(room), "action": "add", "allowed": [token]});
+        let what = format!("admitting a participant to '{room}'");
+        let mut added = self.janus.videoroom(h, &what, add()).await;
+        if matches!(added, Err(JanusError::Refused { .. })) {
+            // No such room yet: make it, and try again.
+            let ensured = self.ensure_room(h, room).await;
+            added = match ensured {
+                Ok(()) => self.janus.videoroom(h, &what, add()).await,
+                Err(e) => Err(e),
+            };
+        }
+        self.janus.close(h.0).await;
+        added?;
+        // Cut before the token was added (an eject racing the join): take it back.
+        if self.store.session(session).is_none_or(|e| e.waiting) {
+            self.cut(room, session).await?;
+            return Ok(None);
+        }
+        let id = self.media_id(session);
+        Ok(Some(Credential { server: self.janus.public_url.clone(), room: room.to_string(), id, token }))
+    }
+
+    /// Ends session `session`'s media in `room`: its token removed first (it gets nothing back
+    /// in, whatever fails after), its participant kicked, its Janus sessions destroyed (through
+    /// the Admin API, best effort: the next pass kicks whatever is left).
+    pub async fn cut(&self, room: &str, session: &str) -> Result<(), JanusError> {
+        let id = self.media_id(session);
         let secret = self.secret_of(room);
+        let h = self.janus.open().await?;
         let body = json!({"request": "allowed", "room": room, "secret": secret, "action": "remove", "allowed": [self.token_of(session)]});
         let removed = self.janus.videoroom(h, &format!("revoking a token in '{room}'"), body).await;
+        // Before the kick: a kicked handle no longer says which room it was in.
+        let holding = match self.janus.sessions_of(room, &id).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, room = %room, "janus: cannot find the participant's Janus sessions; kicking only");
+                Vec::new()
+            }
+        };
         // Not there (it never connected, or the room is gone): nothing to kick.
-        let kick = json!({"request": "kick", "room": room, "secret": secret, "id": session});
+        let kick = json!({"request": "kick", "room": room, "secret": secret, "id": id});
         let _ = self.janus.videoroom(h, &format!("kicking from '{room}'"), kick).await;
         self.janus.close(h.0).await;
         self.janus.destroy_sessions(&holding).await;
@@ -320,16 +377,26 @@ impl Mirror {
         }
     }
 
+    /// Kicks participant `id` (no live session has it) and destroys its Janus sessions.
+    async fn kick_stranger(&self, h: (u64, u64), room: &str, id: &str) {
+        let holding = self.janus.sessions_of(room, id).await.unwrap_or_default();
+        let kick = json!({"request": "kick", "room": room, "secret": self.secret_of(room), "id": id});
+        let _ = self.janus.videoroom(h, &format!("kicking from '{room}'"), kick).await;
+        self.janus.destroy_sessions(&holding).await;
+        self.stats.cut.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Makes room `name`'s allowed tokens those of its live sessions, and kicks (and cuts) any
     /// participant that is no live session of it.
     async fn sync_room(&self, h: (u64, u64), name: &str) -> Result<(), JanusError> {
+        let secret = self.secret_of(name);
+        let read = json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": []});
+        let current = self.janus.videoroom(h, &format!("reading the tokens of '{name}'"), read).await?;
+        // Who is live is read after what Janus holds: a token a join added since is then live.
         let live = self.store.live();
         let now = self.clock.now_ms();
         let sessions: std::collections::BTreeSet<String> =
             live.present_in(name).iter().filter(|e| !e.session.is_over(now)).map(|e| e.session.id.clone()).collect();
-        let secret = self.secret_of(name);
-        let read = json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": []});
-        let current = self.janus.videoroom(h, &format!("reading the tokens of '{name}'"), read).await?;
         let held: std::collections::BTreeSet<String> =
             current["allowed"].as_array().into_iter().flatten().filter_map(|t| t.as_str().map(String::from)).collect();
         let wanted: std::collections::BTreeSet<String> = sessions.iter().map(|s| self.token_of(s)).collect();
@@ -345,13 +412,14 @@ impl Mirror {
                 json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": missing});
             self.janus.videoroom(h, &format!("restoring tokens in '{name}'"), body).await?;
         }
+        let ids: std::collections::BTreeSet<String> = sessions.iter().map(|s| self.media_id(s)).collect();
         let list = json!({"request": "listparticipants", "room": name, "secret": secret});
         let present = self.janus.videoroom(h, &format!("listing the participants of '{name}'"), list).await?;
         for p in present["participants"].as_array().into_iter().flatten() {
             let Some(id) = p["id"].as_str() else { continue };
-            if !sessions.contains(id) {
-                tracing::warn!(room = %name, participant = %id, "janus: a participant with no live Gatehouse session; cutting it");
-                self.cut(name, id).await?;
+            if !ids.contains(id) {
+                tracing::warn!(room = %name, participant = %id, "janus: a participant with no live Gatehouse session; kicking it");
+                self.kick_stranger(h, name, id).await;
             }
         }
         Ok(())
@@ -415,8 +483,13 @@ impl Mirror {
                 Some(_) => {}
             }
         }
+        // One room's trouble (a Janus error, a timeout) does not keep the others out of step.
+        let mut first_error = None;
         for name in wanted.keys() {
-            self.sync_room(h, name).await?;
+            if let Err(e) = self.sync_room(h, name).await {
+                tracing::warn!(error = %e, room = %name, "janus: could not bring a room's tokens and participants in step");
+                first_error.get_or_insert(e);
+            }
         }
         for name in have.keys().filter(|n| !wanted.contains_key(*n)) {
             // Its participants' Janus sessions first: once the room is gone, their handles no
@@ -424,7 +497,7 @@ impl Mirror {
             let list = json!({"request": "listparticipants", "room": name, "secret": self.secret_of(name)});
             if let Ok(present) = self.janus.videoroom(h, &format!("listing the participants of '{name}'"), list).await {
                 for id in present["participants"].as_array().into_iter().flatten().filter_map(|p| p["id"].as_str()) {
-                    let holding = self.janus.sessions_of(name, id).await?;
+                    let holding = self.janus.sessions_of(name, id).await.unwrap_or_default();
                     self.janus.destroy_sessions(&holding).await;
                 }
             }
@@ -434,7 +507,7 @@ impl Mirror {
             tracing::info!(room = %name, "janus: room destroyed (no such live room in Gatehouse)");
         }
         self.stats.rooms.store(wanted.len() as u64, Ordering::Relaxed);
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Reconciles until `shutdown`: at start, after each room change, every [`EVERY`].

@@ -151,7 +151,8 @@ impl Janus {
     }
 
     fn wait_rooms(&self, want: &[(&str, u64)], s: &Server) {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // A pass runs every 10 s after the last one ended (which may have waited on timeouts).
+        let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let got: Vec<(String, u64)> =
                 self.rooms().into_iter().filter(|r| r.1.starts_with("gatehouse:")).map(|r| (r.0, r.2)).collect();
@@ -351,8 +352,10 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
         assert_eq!(cred["server"], "https://media.example.com/janus", "{body}");
         assert_eq!(cred["room"], "call");
         let token = cred["token"].as_str().unwrap().to_string();
+        let media = cred["id"].as_str().unwrap().to_string();
+        assert_ne!(media, id, "the media id is not the public session id");
         let p = janus.participant();
-        let joined = janus.join(&p, "call", &id, &token);
+        let joined = janus.join(&p, "call", &media, &token);
         assert_eq!(joined["videoroom"], "joined", "{how}: {joined}");
         assert!(janus.sessions().contains(&p.session));
         let r = match how {
@@ -367,7 +370,7 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
                 .as_array()
                 .unwrap()
                 .iter()
-                .any(|x| x["id"] == id.as_str())
+                .any(|x| x["id"] == media.as_str())
         };
         let took = within(|| !listed() && !janus.sessions().contains(&p.session));
         assert!(
@@ -378,9 +381,29 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
         println!("{how}: out of Janus (participant list and sessions) {took:?} after the answer");
         // What it held no longer gets it in.
         let again = janus.participant();
-        let refused = janus.join(&again, "call", &id, &token);
+        let refused = janus.join(&again, "call", &media, &token);
         assert!(refused["error_code"].is_number(), "{how}: rejoined with an old token: {refused}");
     }
+
+    // A join right after the room was made gets its credential (the room is made in Janus then).
+    s.create_room(json!({"name": "instant"}));
+    let (_, _, body) = s.join_ok("instant", None);
+    assert_eq!(body["janus"]["room"], "instant", "{body}");
+
+    // A live session's token used under another id (not its own): kicked by the next pass.
+    let (_, _, body) = s.join_ok("call", None);
+    let token = body["janus"]["token"].as_str().unwrap().to_string();
+    let p = janus.participant();
+    assert_eq!(janus.join(&p, "call", "someone-else", &token)["videoroom"], "joined");
+    s.create_room(json!({"name": "poke"})); // a room event: a pass now
+    let gone = within(|| {
+        !janus.videoroom(json!({"request": "listparticipants", "room": "call", "admin_key": ADMIN_KEY}))["participants"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["id"] == "someone-else")
+    });
+    assert!(gone.is_some(), "a participant under an id no live session has stayed; log:\n{}", s.log());
 
     // A knock admitted from the lobby gets its credential on its stream, and it works.
     s.create_room(json!({"name": "salon", "privacy": "private", "properties": {"enable_knocking": true}}));
@@ -396,7 +419,7 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
         .call()
         .unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stream.into_reader()));
-    janus.wait_rooms(&[("call", 200), ("salon", 200)], &s);
+    janus.wait_rooms(&[("call", 200), ("instant", 200), ("poke", 200), ("salon", 200)], &s);
     let decided = s.post("/v1/rooms/salon/waiting-participants", &json!({vid.clone(): {"grantRequestedAccess": true}}));
     assert_eq!(decided.status, 200, "{}", decided.text);
     let frame = loop {
@@ -411,11 +434,14 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
     let token = frame["janus"]["token"].as_str().unwrap_or_else(|| panic!("no credential: {frame}")).to_string();
     assert_eq!(frame["janus"]["room"], "salon");
     let p = janus.participant();
-    assert_eq!(janus.join(&p, "salon", &vid, &token)["videoroom"], "joined");
+    let media = frame["janus"]["id"].as_str().unwrap();
+    assert_eq!(janus.join(&p, "salon", media, &token)["videoroom"], "joined");
+    let _ = vid;
 
     // kill -9 of Gatehouse mid-call: after the restart, a session still live keeps its media.
-    let (id, _, body) = s.join_ok("call", None);
+    let (_, _, body) = s.join_ok("call", None);
     let token = body["janus"]["token"].as_str().unwrap().to_string();
+    let id = body["janus"]["id"].as_str().unwrap().to_string();
     let p = janus.participant();
     assert_eq!(janus.join(&p, "call", &id, &token)["videoroom"], "joined");
     let mut s = s;

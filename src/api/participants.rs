@@ -101,7 +101,7 @@ pub async fn join(
             // stands, and the log says why there is no media).
             let janus = match &state.janus {
                 Some(j) => match j.admit(&s.room, &s.id).await {
-                    Ok(c) => Some(c),
+                    Ok(c) => c,
                     Err(e) => {
                         tracing::error!(error = %e, room = %s.room, "janus: could not admit a participant; joined without media");
                         None

@@ -426,7 +426,8 @@ async fn admitted_frame(state: &AppState, me: &Session) -> Bytes {
     let mut v = json!({"session_id": me.id, "room": me.room, "access": {"level": "full"}});
     if let Some(j) = &state.janus {
         match j.admit(&me.room, &me.id).await {
-            Ok(c) => v["janus"] = serde_json::to_value(c).unwrap_or(Value::Null),
+            Ok(Some(c)) => v["janus"] = serde_json::to_value(c).unwrap_or(Value::Null),
+            Ok(None) => {}
             Err(e) => {
                 tracing::error!(error = %e, room = %me.room, "janus: could not admit a participant let in from the lobby; no media")
             }

@@ -429,6 +429,16 @@ impl Node {
     /// (then [`Node::step_down`]).
     pub async fn follow(&self) -> Option<i64> {
         let mut role = self.leadership.watch();
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let terminated = async move {
+            match &mut term {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        tokio::pin!(terminated);
         loop {
             if let Role::Leader { fence, .. } = *role.borrow_and_update() {
                 return Some(fence);
@@ -439,6 +449,7 @@ impl Node {
                     return None;
                 },
                 _ = tokio::signal::ctrl_c() => return None,
+                _ = &mut terminated => return None,
             }
         }
     }

@@ -238,7 +238,7 @@ impl Writer {
                 Err(e) => {
                     // Nothing of this batch was written: undo it and carry on (a full disk may clear).
                     self.state = base;
-                    self.shared.refused_bytes.fetch_max(size.max(1), Ordering::SeqCst);
+                    self.shared.refused_bytes.store(size.max(1), Ordering::SeqCst);
                     self.shared.writable.store(false, Ordering::SeqCst);
                     tracing::error!(error = %e, "journal append failed; the batch is refused");
                     out.outcome = Err(NotDurable::Append(e.to_string()));
