@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
-use serde_json::json;
 
 use super::error::ApiError;
 use super::responses as R;
@@ -344,7 +343,7 @@ pub async fn test_clock(state: &Arc<AppState>, req: Request<Incoming>) -> Result
     }
     // Let the writer look at its deadlines again at once.
     state.store.tick().await;
-    Ok(ok(&json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
+    Ok(ok(&serde_json::json!({"now_ms": crate::clock::Clock::now_ms(state.test_clock.as_ref())})))
 }
 
 /// Injects a fault: `{"freeze_writer_ms": n}` stops the writer for n ms, `{"freeze_applier_ms":
@@ -360,7 +359,7 @@ pub async fn test_faults(state: &Arc<AppState>, req: Request<Incoming>) -> Resul
     let ms = ms.ok_or_else(|| ApiError::invalid("give 'freeze_writer_ms' or 'freeze_applier_ms'"))?;
     let store = state.store.clone();
     tokio::spawn(async move { store.freeze(writer, ms).await });
-    Ok(ok(&json!({"frozen_ms": ms})))
+    Ok(ok(&serde_json::json!({"frozen_ms": ms})))
 }
 
 /// `GET /v1/backup`: a consistent snapshot of the store (and the data dir's API key file).
