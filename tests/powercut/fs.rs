@@ -901,6 +901,16 @@ fn unmount(session: fuser::BackgroundSession, at: &Path) {
     if !is_mounted(at) {
         return;
     }
+    // FUSE hands a closed file's release to the file system asynchronously: on a loaded
+    // machine the kernel can hold the mount busy a moment after the last close (failed once in
+    // ./run-tests). A writer still alive would hold it for good: a second is plenty between.
+    for _ in 0..50 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let _ = std::process::Command::new("umount").arg(at).stderr(std::process::Stdio::null()).status();
+        if !is_mounted(at) {
+            return;
+        }
+    }
     let _ = std::process::Command::new("umount").arg("-l").arg(at).status();
     panic!("the power-cut file system at {} was still in use at the cut: {result:?}", at.display());
 }
