@@ -16,6 +16,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "../tests/common/janus_config.rs"]
+mod janus_config;
 mod support;
 
 use serde_json::{json, Value};
@@ -41,38 +43,7 @@ fn free_port() -> u16 {
 /// Janus with the HTTP and Admin APIs on loopback, VideoRoom only.
 fn janus(dir: &Path) -> (Kill, u16, u16) {
     let (port, admin) = (free_port(), free_port());
-    let lib = std::fs::read_dir("/usr/lib")
-        .unwrap()
-        .filter_map(|e| e.ok().map(|e| e.path().join("janus")))
-        .find(|d| d.join("plugins/libjanus_videoroom.so").exists())
-        .expect("janus installed (apt-get install janus)");
-    let l = lib.display();
-    std::fs::write(
-        dir.join("janus.jcfg"),
-        format!(
-            "general: {{\n configs_folder = \"{d}\"\n plugins_folder = \"{l}/plugins\"\n transports_folder = \"{l}/transports\"\n \
-             events_folder = \"{l}/events\"\n loggers_folder = \"{l}/loggers\"\n debug_level = 3\n admin_secret = \"{ADMIN_SECRET}\"\n}}\n\
-             media: {{\n}}\nnat: {{\n}}\n\
-             plugins: {{\n disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\"\n}}\n\
-             transports: {{\n disable = \"libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so\"\n}}\n\
-             events: {{\n broadcast = false\n}}\nloggers: {{\n}}\n",
-            d = dir.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("janus.transport.http.jcfg"),
-        format!(
-            "general: {{\n json = \"plain\"\n base_path = \"/janus\"\n http = true\n port = {port}\n interface = \"lo\"\n}}\n\
-             admin: {{\n admin_base_path = \"/admin\"\n admin_http = true\n admin_port = {admin}\n admin_interface = \"lo\"\n}}\n"
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        dir.join("janus.plugin.videoroom.jcfg"),
-        format!("general: {{\n string_ids = true\n admin_key = \"{ADMIN_KEY}\"\n}}\n"),
-    )
-    .unwrap();
+    janus_config::write(dir, port, admin, ADMIN_KEY, ADMIN_SECRET);
     let child = Command::new("janus")
         .arg("-F")
         .arg(dir)
@@ -108,9 +79,10 @@ fn gatehouse(dir: &Path, janus: u16, admin: u16) -> (Kill, String) {
         .spawn()
         .unwrap();
     let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let child = Kill(child); // killed and waited for however this ends
     for line in out.lines() {
         if let Some(a) = line.unwrap().strip_prefix("gatehouse listening on ") {
-            return (Kill(child), a.to_string());
+            return (child, a.to_string());
         }
     }
     panic!("gatehouse did not start");

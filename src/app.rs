@@ -521,9 +521,7 @@ fn load_keys(settings: &Settings) -> anyhow::Result<KeyRing> {
 
 /// 256 random bits from the OS-seeded CSPRNG, as 64 hex characters.
 pub fn generate_key() -> String {
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::tokens::random_hex(32)
 }
 
 /// The keys a CLI command uses: `GATEHOUSE_API_KEY`, else the data dir's key file. Never empty.

@@ -91,9 +91,7 @@ pub struct Janus {
 }
 
 fn transaction() -> String {
-    let mut b = [0u8; 8];
-    rand::fill(&mut b);
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    crate::tokens::random_hex(8)
 }
 
 impl Janus {
@@ -257,9 +255,7 @@ pub fn room_secret_key(data_dir: &Path) -> std::io::Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    let mut b = [0u8; 32];
-    rand::fill(&mut b);
-    let key: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    let key = crate::tokens::random_hex(32);
     crate::disk::write_atomic(&path, key.as_bytes())?;
     Ok(key)
 }
@@ -283,12 +279,7 @@ impl Mirror {
 
     /// The secret of room `name` (Janus needs it to edit or destroy the room).
     fn secret_of(&self, name: &str) -> String {
-        use hmac::Mac as _;
-        // Cannot fail: HMAC takes a key of any length.
-        let mut mac =
-            hmac::Hmac::<sha2::Sha256>::new_from_slice(self.secret.as_bytes()).expect("HMAC takes any key length");
-        mac.update(name.as_bytes());
-        mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+        crate::tokens::hmac_hex(self.secret.as_bytes(), name.as_bytes())
     }
 
     /// The token of Gatehouse session `session` (what Janus's `allowed` list holds for it).
@@ -303,17 +294,22 @@ impl Mirror {
         id
     }
 
+    /// Makes Gatehouse room `name` in Janus: private, sized, closed to anyone without a token.
+    async fn create_room(&self, h: (u64, u64), name: &str, publishers: u64) -> Result<Value, JanusError> {
+        let body = json!({
+            "request": "create", "room": name, "description": format!("{PREFIX}{name}"),
+            "publishers": publishers, "is_private": true, "secret": self.secret_of(name),
+            "allowed": [], "permanent": false,
+        });
+        self.janus.videoroom(h, &format!("creating room '{name}'"), body).await
+    }
+
     /// Creates room `name` in Janus now if it is live in Gatehouse and missing there (a join
     /// right after the room was made need not wait for the next pass).
     async fn ensure_room(&self, h: (u64, u64), name: &str) -> Result<(), JanusError> {
         let now = self.clock.now_secs();
         let Some(room) = self.store.room(name)?.filter(|r| !r.is_expired(now)) else { return Ok(()) };
-        let body = json!({
-            "request": "create", "room": name, "description": format!("{PREFIX}{name}"),
-            "publishers": room.max_participants(), "is_private": true, "secret": self.secret_of(name),
-            "allowed": [], "permanent": false,
-        });
-        match self.janus.videoroom(h, &format!("creating room '{name}'"), body).await {
+        match self.create_room(h, name, room.max_participants()).await {
             // Made meanwhile by a pass: as good.
             Ok(_) | Err(JanusError::Refused { .. }) => Ok(()),
             Err(e) => Err(e),
@@ -465,12 +461,7 @@ impl Mirror {
         for (name, publishers) in wanted {
             match have.get(name) {
                 None => {
-                    let body = json!({
-                        "request": "create", "room": name, "description": format!("{PREFIX}{name}"),
-                        "publishers": publishers, "is_private": true, "secret": self.secret_of(name),
-                        "allowed": [], "permanent": false,
-                    });
-                    self.janus.videoroom(h, &format!("creating room '{name}'"), body).await?;
+                    self.create_room(h, name, *publishers).await?;
                     self.stats.created.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(room = %name, publishers, "janus: room created");
                 }

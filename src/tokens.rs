@@ -116,6 +116,23 @@ pub struct KeyRing {
     keys: Vec<SigningKey>,
 }
 
+/// `bytes` random bytes from the OS-seeded CSPRNG, in hex (keys, session secrets, nonces).
+pub fn random_hex(bytes: usize) -> String {
+    let mut b = vec![0u8; bytes];
+    rand::fill(&mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// HMAC-SHA256 of `msg` under `key`, in hex (secrets derived from a shared one).
+pub fn hmac_hex(key: &[u8], msg: &[u8]) -> String {
+    use hmac::Mac as _;
+    // Cannot fail: HMAC takes a key of any length (a longer one is hashed first); only
+    // fixed-key MACs refuse a length.
+    let mut mac = <hmac::Hmac<Sha256> as hmac::Mac>::new_from_slice(key).expect("HMAC takes any key length");
+    mac.update(msg);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// The `kid` of a key: the first 8 bytes of its SHA-256, in hex.
 pub fn kid_for(secret: &str) -> String {
     let d = Sha256::digest(secret.as_bytes());

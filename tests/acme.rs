@@ -37,43 +37,6 @@ fn have(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).status().is_ok_and(|s| s.success())
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status().unwrap();
-    assert!(ok.success(), "openssl {args:?}");
-}
-
-/// A CA of our own and a certificate for pebble's HTTPS API (127.0.0.1), made with openssl.
-fn pebble_https_cert(dir: &Path) {
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    openssl(
-        dir,
-        &[&["req", "-x509"][..], &ec, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test CA"]]
-            .concat(),
-    );
-    openssl(dir, &[&["req"][..], &ec, &["-keyout", "key.pem", "-out", "srv.csr", "-subj", "/CN=localhost"]].concat());
-    std::fs::write(dir.join("ext.cnf"), "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "srv.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
-
 /// pebble (validating on `tls_port`) and its DNS; the directory URL.
 struct Ca {
     dir: PathBuf,
@@ -88,7 +51,8 @@ struct Ca {
 impl Ca {
     fn start(dir: &Path, tls_port: u16) -> Ca {
         std::fs::create_dir_all(dir).unwrap();
-        pebble_https_cert(dir);
+        // pebble's own HTTPS API: a certificate for 127.0.0.1 from a CA of our own.
+        common::test_ca(dir, &[("server", "subjectAltName=DNS:localhost,IP:127.0.0.1")]);
         let dns = free_port();
         let chall = Command::new("pebble-challtestsrv")
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-http01", "", "-https01", "", "-tlsalpn01", ""])
@@ -115,7 +79,7 @@ impl Ca {
         let config = json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{}", self.management),
-            "certificate": self.dir.join("cert.pem"), "privateKey": self.dir.join("key.pem"),
+            "certificate": self.dir.join("server.pem"), "privateKey": self.dir.join("server.key"),
             "httpPort": free_port(), "tlsPort": self.tls_port, "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});

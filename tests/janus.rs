@@ -38,40 +38,7 @@ impl Janus {
     fn start(dir: &Path) -> Janus {
         std::fs::create_dir_all(dir).unwrap();
         let (port, admin_port) = (free_port(), free_port());
-        // Debian puts the plugins under the architecture's lib folder.
-        let lib = std::fs::read_dir("/usr/lib")
-            .unwrap()
-            .filter_map(|e| e.ok().map(|e| e.path().join("janus")))
-            .find(|d| d.join("plugins/libjanus_videoroom.so").exists())
-            .expect("janus's plugins folder (/usr/lib/<arch>/janus)")
-            .display()
-            .to_string();
-        std::fs::write(
-            dir.join("janus.jcfg"),
-            format!(
-                "general: {{\n configs_folder = \"{d}\"\n plugins_folder = \"{lib}/plugins\"\n transports_folder = \"{lib}/transports\"\n \
-                 events_folder = \"{lib}/events\"\n loggers_folder = \"{lib}/loggers\"\n debug_level = 4\n admin_secret = \"{ADMIN_SECRET}\"\n}}\n\
-                 media: {{\n}}\nnat: {{\n}}\n\
-                 plugins: {{\n disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\"\n}}\n\
-                 transports: {{\n disable = \"libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so\"\n}}\n\
-                 events: {{\n broadcast = false\n}}\nloggers: {{\n}}\n",
-                d = dir.display()
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("janus.transport.http.jcfg"),
-            format!(
-                "general: {{\n json = \"plain\"\n base_path = \"/janus\"\n http = true\n port = {port}\n interface = \"lo\"\n https = false\n}}\n\
-                 admin: {{\n admin_base_path = \"/admin\"\n admin_http = true\n admin_port = {admin_port}\n admin_interface = \"lo\"\n admin_https = false\n}}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::write(
-            dir.join("janus.plugin.videoroom.jcfg"),
-            format!("general: {{\n string_ids = true\n admin_key = \"{ADMIN_KEY}\"\n}}\n"),
-        )
-        .unwrap();
+        common::janus_config::write(dir, port, admin_port, ADMIN_KEY, ADMIN_SECRET);
         let mut j = Janus { child: None, dir: dir.to_path_buf(), port, admin_port };
         j.run();
         j

@@ -26,12 +26,6 @@ use crate::sessions::{self, Session, TokenCheck};
 use crate::store::{Eject, Heartbeat, Join, JoinOutcome, Leave, LiftBan};
 use crate::tokens;
 
-fn random_hex(bytes: usize) -> String {
-    let mut b = vec![0u8; bytes];
-    rand::fill(&mut b[..]);
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 /// Verifies a token as far as possible without state.
 pub(super) fn check_token(state: &AppState, token: Option<&str>) -> TokenCheck {
     match token {
@@ -84,7 +78,7 @@ pub async fn join(
             return Err(ApiError::invalid("'user_name' must be at most 100 characters, without control characters"));
         }
     }
-    let secret = random_hex(32);
+    let secret = tokens::random_hex(32);
     let request = Join {
         // A valid room name (the router refuses others with 404 before any handler runs).
         room: room.to_string(),

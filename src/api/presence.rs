@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, CONTENT_TYPE, LINK};
+use hyper::header::{HeaderValue, LINK};
 use hyper::{Request, Response, StatusCode};
 use serde::Serialize;
 
@@ -109,9 +109,7 @@ fn members<'l>(live: &'l Live, room: &str, after: Option<&Order>) -> impl Iterat
 }
 
 fn json(body: Vec<u8>, next: Option<(String, Cursor)>) -> Response<Body> {
-    let mut r = Response::new(wire::full(bytes::Bytes::from(body)));
-    *r.status_mut() = StatusCode::OK;
-    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut r = wire::json_bytes(StatusCode::OK, body);
     if let Some((base, c)) = next {
         let link = format!("<{base}starting_after={}>; rel=\"next\"", c.encode());
         if let Ok(v) = HeaderValue::from_str(&link) {

@@ -417,13 +417,17 @@ async fn follow(state: &AppState, me: &Session, mut out: Out) {
 
 /// `access` `{"session_id", "room", "access": {"level"}}`: in the lobby, or admitted.
 fn access_frame(me: &Session, level: &str) -> Bytes {
-    sse_frame("access", None, &json!({"session_id": me.id, "room": me.room, "access": {"level": level}}).to_string())
+    sse_frame("access", None, &access(me, level).to_string())
+}
+
+fn access(me: &Session, level: &str) -> Value {
+    json!({"session_id": me.id, "room": me.room, "access": {"level": level}})
 }
 
 /// `access` with level `full` for a knock just admitted; with Janus, its media credential
 /// too (as a join's answer has it), once Janus has its token.
 async fn admitted_frame(state: &AppState, me: &Session) -> Bytes {
-    let mut v = json!({"session_id": me.id, "room": me.room, "access": {"level": "full"}});
+    let mut v = access(me, "full");
     if let Some(j) = &state.janus {
         match j.admit(&me.room, &me.id).await {
             Ok(Some(c)) => v["janus"] = serde_json::to_value(c).unwrap_or(Value::Null),

@@ -24,12 +24,7 @@ pub fn node_secret(api_key: &str) -> [u8; 32] {
 
 /// The tag of a forwarded client address.
 pub fn forwarded_tag(secret: &[u8; 32], client: &str) -> String {
-    use hmac::Mac as _;
-    // Cannot fail: HMAC takes a key of any length (a longer one is hashed first); only
-    // fixed-key MACs refuse a length.
-    let mut mac = <hmac::Hmac<sha2::Sha256> as hmac::Mac>::new_from_slice(secret).expect("any key length");
-    mac.update(client.as_bytes());
-    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+    crate::tokens::hmac_hex(secret, client.as_bytes())
 }
 
 pub use crate::config::EtcdSettings;

@@ -2,6 +2,7 @@
 //! dir, and talks HTTP to it.
 #![allow(dead_code)]
 
+pub mod janus_config;
 pub mod receiver;
 
 use std::io::{BufRead, BufReader, Read};
@@ -442,4 +443,48 @@ fn response_complete(out: &[u8]) -> bool {
         l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
     });
     len.is_some_and(|n| body.len() >= n)
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl").current_dir(dir).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "openssl {args:?}: {text}");
+}
+
+/// A test CA (`ca.pem`, `ca.key`) in `dir`, and for each `(name, extension)` a certificate it
+/// signed, `<name>.pem` with its key `<name>.key` (the extension line, e.g.
+/// `subjectAltName=IP:127.0.0.1`, goes into it). Made with openssl, valid two days.
+pub fn test_ca(dir: &Path, leaves: &[(&str, &str)]) {
+    let rsa = ["-newkey", "rsa:2048", "-nodes"];
+    openssl(
+        dir,
+        &[&["req", "-x509"][..], &rsa, &["-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=test-ca"]]
+            .concat(),
+    );
+    for (name, ext) in leaves {
+        let (key, csr, pem, extfile) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &[&["req"][..], &rsa, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN={name}")]].concat());
+        std::fs::write(dir.join(&extfile), format!("{ext}\n")).unwrap();
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &pem,
+                "-days",
+                "2",
+                "-extfile",
+                &extfile,
+            ],
+        );
+    }
 }

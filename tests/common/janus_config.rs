@@ -1,0 +1,44 @@
+//! A small Janus configuration for the tests and `benches/janus.rs` (which include this file):
+//! the HTTP and Admin APIs on loopback at the given ports, VideoRoom with string ids and an
+//! `admin_key`, every other plugin and transport off.
+
+use std::path::Path;
+
+/// Writes `janus.jcfg` and its transport and VideoRoom files into `dir` (run Janus with
+/// `-F dir -C dir/janus.jcfg`).
+pub fn write(dir: &Path, port: u16, admin_port: u16, admin_key: &str, admin_secret: &str) {
+    // Debian puts the plugins under the architecture's lib folder.
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(|e| e.ok().map(|e| e.path().join("janus")))
+        .find(|d| d.join("plugins/libjanus_videoroom.so").exists())
+        .expect("janus's plugins folder (/usr/lib/<arch>/janus): apt-get install janus")
+        .display()
+        .to_string();
+    std::fs::write(
+        dir.join("janus.jcfg"),
+        format!(
+            "general: {{\n configs_folder = \"{d}\"\n plugins_folder = \"{lib}/plugins\"\n transports_folder = \"{lib}/transports\"\n \
+             events_folder = \"{lib}/events\"\n loggers_folder = \"{lib}/loggers\"\n debug_level = 4\n admin_secret = \"{admin_secret}\"\n}}\n\
+             media: {{\n}}\nnat: {{\n}}\n\
+             plugins: {{\n disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\"\n}}\n\
+             transports: {{\n disable = \"libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so\"\n}}\n\
+             events: {{\n broadcast = false\n}}\nloggers: {{\n}}\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("janus.transport.http.jcfg"),
+        format!(
+            "general: {{\n json = \"plain\"\n base_path = \"/janus\"\n http = true\n port = {port}\n interface = \"lo\"\n https = false\n}}\n\
+             admin: {{\n admin_base_path = \"/admin\"\n admin_http = true\n admin_port = {admin_port}\n admin_interface = \"lo\"\n admin_https = false\n}}\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("janus.plugin.videoroom.jcfg"),
+        format!("general: {{\n string_ids = true\n admin_key = \"{admin_key}\"\n}}\n"),
+    )
+    .unwrap();
+}
