@@ -170,25 +170,17 @@ async fn run_with(
         Some(j) => {
             let secret = crate::janus::room_secret_key(&settings.data_dir)
                 .with_context(|| format!("the Janus room secret in {}", settings.data_dir.display()))?;
+            // Browsers reach Janus through this server (`/janus`, the same origin and
+            // certificate) unless --janus-public-url names another way.
+            let relayed_at = format!("{}/janus", state.settings.public_url);
             let mirror = Arc::new(crate::janus::Mirror::new(
-                crate::janus::Janus::new(j).map_err(|e| anyhow::anyhow!(e))?,
+                crate::janus::Janus::new(j, &relayed_at).map_err(|e| anyhow::anyhow!(e))?,
                 store.clone(),
                 state.clock.clone(),
                 secret,
             ));
             state.metrics.set_janus(mirror.stats.clone());
             state.janus = Some(mirror.clone());
-            if j.public_url.is_none()
-                && url::Url::parse(&j.url)
-                    .ok()
-                    .and_then(|u| u.host_str().map(String::from))
-                    .is_some_and(|h| h == "localhost" || h.starts_with("127.") || h == "[::1]")
-            {
-                tracing::warn!(
-                    janus_url = %j.url,
-                    "janus: participants are handed --janus-url, a loopback address their browsers cannot reach; set --janus-public-url"
-                );
-            }
             Some(mirror)
         }
         None => None,

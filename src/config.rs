@@ -228,7 +228,8 @@ pub struct ServeArgs {
     /// VideoRoom room per live room there.
     #[arg(long, env = "GATEHOUSE_JANUS_URL")]
     pub janus_url: Option<String>,
-    /// Janus's API as browsers reach it, handed to admitted participants (default: --janus-url).
+    /// Janus's API as browsers reach it, handed to admitted participants (default: this
+    /// server's own relay, <public URL>/janus, on the same origin and certificate).
     #[arg(long, env = "GATEHOUSE_JANUS_PUBLIC_URL")]
     pub janus_public_url: Option<String>,
     /// The VideoRoom plugin's `admin_key` (janus.plugin.videoroom.jcfg), if it sets one.

@@ -88,28 +88,67 @@ pub struct Janus {
     admin_key: Option<String>,
     admin: Option<(String, String)>,
     public_url: String,
+    /// The relay's client: a browser's long-poll waits up to 30 s on Janus (its `session_timeout`
+    /// aside), so no 5 s limit here.
+    relay: reqwest::Client,
 }
+
+/// The most of Janus's answer the relay reads (a long-poll's events, an SDP: a few KB).
+const RELAY_LIMIT: usize = 1024 * 1024;
+/// How long the relay waits on Janus: a long-poll lasts at most 30 s there.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(40);
 
 fn transaction() -> String {
     crate::tokens::random_hex(8)
 }
 
 impl Janus {
-    pub fn new(s: &JanusSettings) -> Result<Janus, JanusError> {
+    /// `relayed_at`: the URL of this server's relay (`<public URL>/janus`), what browsers are
+    /// handed unless `--janus-public-url` says otherwise.
+    pub fn new(s: &JanusSettings, relayed_at: &str) -> Result<Janus, JanusError> {
         // reqwest is built without a TLS provider of its own (an https Janus URL uses ring's).
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(5))
-            .no_proxy()
-            .build()
-            .map_err(|e| JanusError::Unreachable { url: s.url.clone(), why: e.to_string() })?;
+        let client = |timeout: Duration| {
+            reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(Duration::from_secs(5))
+                .no_proxy()
+                .build()
+                .map_err(|e| JanusError::Unreachable { url: s.url.clone(), why: e.to_string() })
+        };
         Ok(Janus {
-            http,
+            http: client(Duration::from_secs(5))?,
+            relay: client(RELAY_TIMEOUT)?,
             url: s.url.trim_end_matches('/').to_string(),
             admin_key: s.admin_key.clone(),
             admin: s.admin_url.clone().zip(s.admin_secret.clone()),
-            public_url: s.public_url.clone().unwrap_or_else(|| s.url.trim_end_matches('/').to_string()),
+            public_url: s.public_url.clone().unwrap_or_else(|| relayed_at.trim_end_matches('/').to_string()),
         })
+    }
+
+    /// Relays a browser's request to Janus's API: `tail` is what follows `/janus` in its path
+    /// ("", "/info", "/<session>", "/<session>/<handle>", checked by the caller) with its query.
+    /// Janus's status and at most [`RELAY_LIMIT`] bytes of its answer.
+    pub async fn relay(&self, post: Option<bytes::Bytes>, tail: &str) -> Result<(u16, bytes::Bytes), JanusError> {
+        let url = format!("{}{tail}", self.url);
+        let req = match post {
+            Some(b) => self.relay.post(&url).header("content-type", "application/json").body(b),
+            None => self.relay.get(&url),
+        };
+        let unreachable = |e: reqwest::Error| JanusError::Unreachable { url: self.url.clone(), why: e.to_string() };
+        let mut res = req.send().await.map_err(unreachable)?;
+        let status = res.status().as_u16();
+        let mut out = bytes::BytesMut::new();
+        while let Some(chunk) = res.chunk().await.map_err(unreachable)? {
+            if out.len() + chunk.len() > RELAY_LIMIT {
+                return Err(JanusError::Unexpected {
+                    what: "a relayed request".into(),
+                    body: format!("an answer of over {RELAY_LIMIT} bytes"),
+                });
+            }
+            out.extend_from_slice(&chunk);
+        }
+        Ok((status, out.freeze()))
     }
 
     async fn call(&self, url: &str, what: &str, body: Option<Value>) -> Result<Value, JanusError> {
@@ -232,7 +271,7 @@ impl Janus {
 
 /// `config check`'s lines about Janus; `Err` when it does not answer.
 pub async fn check(s: &JanusSettings) -> Result<String, JanusError> {
-    let janus = Janus::new(s)?;
+    let janus = Janus::new(s, "")?;
     let version = janus.version().await?;
     let mut out = format!("janus: {} answers, version {version}\n", s.url);
     match janus.admin_ping().await {
@@ -275,6 +314,11 @@ pub struct Mirror {
 impl Mirror {
     pub fn new(janus: Janus, store: Store, clock: crate::clock::SharedClock, secret: String) -> Mirror {
         Mirror { janus, store, clock, secret, stats: Arc::default(), cutting: Arc::new(tokio::sync::Semaphore::new(8)) }
+    }
+
+    /// The Janus client (the relay uses it).
+    pub fn janus(&self) -> &Janus {
+        &self.janus
     }
 
     /// The secret of room `name` (Janus needs it to edit or destroy the room).

@@ -80,8 +80,7 @@ impl Janus {
     }
 
     fn post(&self, path: &str, body: Value) -> Value {
-        let r = ureq::post(&format!("{}{path}", self.url())).send_json(body).unwrap();
-        r.into_json().unwrap()
+        post_to(&self.url(), path, body)
     }
 
     /// A VideoRoom request on a fresh session.
@@ -238,30 +237,47 @@ struct Participant {
     handle: u64,
 }
 
+/// A Janus API request to `api` (Janus itself, or Gatehouse's relay).
+fn post_to(api: &str, path: &str, body: Value) -> Value {
+    let r = ureq::post(&format!("{api}{path}")).send_json(body).unwrap();
+    r.into_json().unwrap()
+}
+
+/// A Janus session with a VideoRoom handle, made through `api`.
+fn participant_at(api: &str) -> Participant {
+    let session = post_to(api, "", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
+    let handle = post_to(
+        api,
+        &format!("/{session}"),
+        json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}),
+    )["data"]["id"]
+        .as_u64()
+        .unwrap();
+    Participant { session, handle }
+}
+
+/// Joins `room` through `api` as publisher `id` with `token`; the VideoRoom event that answers
+/// (read with the session's long-poll).
+fn join_at(api: &str, p: &Participant, room: &str, id: &str, token: &str) -> Value {
+    let body = json!({"request": "join", "ptype": "publisher", "room": room, "id": id, "token": token, "display": id});
+    post_to(
+        api,
+        &format!("/{}/{}", p.session, p.handle),
+        json!({"janus": "message", "transaction": "t", "body": body}),
+    );
+    let event = ureq::get(&format!("{api}/{}?maxev=1", p.session)).timeout(Duration::from_secs(5)).call().unwrap();
+    let event: Value = event.into_json().unwrap();
+    event["plugindata"]["data"].clone()
+}
+
 impl Janus {
     fn participant(&self) -> Participant {
-        let session = self.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
-        let handle = self.post(
-            &format!("/{session}"),
-            json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}),
-        )["data"]["id"]
-            .as_u64()
-            .unwrap();
-        Participant { session, handle }
+        participant_at(&self.url())
     }
 
     /// Joins `room` as publisher `id` with `token`; the VideoRoom event that answers.
     fn join(&self, p: &Participant, room: &str, id: &str, token: &str) -> Value {
-        let body =
-            json!({"request": "join", "ptype": "publisher", "room": room, "id": id, "token": token, "display": id});
-        self.post(
-            &format!("/{}/{}", p.session, p.handle),
-            json!({"janus": "message", "transaction": "t", "body": body}),
-        );
-        let event =
-            ureq::get(&format!("{}/{}?maxev=1", self.url(), p.session)).timeout(Duration::from_secs(5)).call().unwrap();
-        let event: Value = event.into_json().unwrap();
-        event["plugindata"]["data"].clone()
+        join_at(&self.url(), p, room, id, token)
     }
 
     fn admin(&self, path: &str, body: Value) -> Value {
@@ -441,4 +457,85 @@ fn needs_janus_a_join_admits_to_the_media_room_and_every_end_of_the_session_cuts
     );
     let metrics = s.call("GET", "/metrics", Some(common::KEY), None).text;
     assert!(metrics.contains("gatehouse_janus_participants_cut_total"), "{metrics}");
+}
+
+#[test]
+fn needs_janus_browsers_reach_janus_through_gatehouse_on_its_own_origin() {
+    common::require(have("janus"), "janus (Debian package janus)");
+    let tmp = tempfile::tempdir().unwrap();
+    let janus = Janus::start(&tmp.path().join("janus"));
+    let (url, admin_url) = (janus.url(), format!("http://127.0.0.1:{}/admin", janus.admin_port));
+    // No --janus-public-url: browsers are handed this server's own relay.
+    let s = Server::start_with(&[
+        ("GATEHOUSE_JANUS_URL", url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
+        ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_SECRET", ADMIN_SECRET),
+    ]);
+    s.create_room(json!({"name": "call"}));
+    janus.wait_rooms(&[("call", 200)], &s);
+    let (id, _, body) = s.join_ok("call", None);
+    let api = body["janus"]["server"].as_str().unwrap().to_string();
+    assert_eq!(api, format!("{}/janus", s.base), "the relay, on the room page's own origin: {body}");
+    // The room page's policy lets it talk to its own origin only, which is where Janus now is.
+    let page = s.get("/call");
+    assert!(
+        page.header("content-security-policy").is_some_and(|c| c.contains("connect-src 'self'")),
+        "{:?}",
+        page.headers
+    );
+
+    // Janus's API works through the relay: info, a session, a VideoRoom join with the
+    // credential, the long-poll that brings the answer.
+    let info = s.call("GET", "/janus/info", None, None);
+    assert_eq!(info.status, 200, "{}", info.text);
+    assert_eq!(info.body["janus"], "server_info", "{}", info.text);
+    assert_eq!(info.header("content-type"), Some("application/json"));
+    let p = participant_at(&api);
+    assert!(janus.sessions().contains(&p.session), "the session was made in Janus");
+    let media = body["janus"]["id"].as_str().unwrap();
+    let joined = join_at(&api, &p, "call", media, body["janus"]["token"].as_str().unwrap());
+    assert_eq!(joined["videoroom"], "joined", "{joined}");
+    // Without the credential, Janus refuses the join, relayed or not.
+    let q = participant_at(&api);
+    let refused = join_at(&api, &q, "call", "intruder", "not-a-token");
+    assert!(refused["error_code"].is_number(), "{refused}");
+
+    // Only Janus's API paths pass; the Admin API never does.
+    for (method, path) in [
+        ("POST", "/janus/admin"),
+        ("POST", "/janus/1/admin"),
+        ("GET", "/janus/1/2"),
+        ("POST", "/janus/info"),
+        ("POST", "/janus/../admin"),
+        ("GET", "/janus/-1"),
+    ] {
+        let r = s.call(method, path, None, Some("{\"janus\":\"list_sessions\",\"transaction\":\"t\"}"));
+        assert!(matches!(r.status, 404 | 405), "{method} {path}: {} {}", r.status, r.text);
+        assert!(!r.text.contains("sessions"), "{method} {path}: {}", r.text);
+    }
+    let big = format!("{{\"janus\":\"create\",\"transaction\":\"{}\"}}", "x".repeat(200 * 1024));
+    let r = s.call("POST", "/janus", None, Some(&big));
+    assert_eq!(r.status, 413, "{}", r.text);
+
+    // An ejection cuts the session the browser made through the relay: its long-poll is told
+    // (Janus answers a poll of a session it no longer has with an empty 404).
+    let r = s.post("/v1/rooms/call/eject", &json!({"ids": [id]}));
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(within(|| !janus.sessions().contains(&p.session)).is_some(), "still in Janus; log:\n{}", s.log());
+    let gone = s.call("GET", &format!("/janus/{}?maxev=1", p.session), None, None);
+    assert_eq!(gone.status, 404, "{}", gone.text);
+
+    // Janus down: the relay says so, without naming where Janus is.
+    let mut janus = janus;
+    janus.kill9();
+    let r = s.call("POST", "/janus", None, Some("{\"janus\":\"create\",\"transaction\":\"t\"}"));
+    assert_eq!(r.status, 502, "{}", r.text);
+    assert!(!r.text.contains("127.0.0.1"), "{}", r.text);
+
+    // A server without Janus has no relay.
+    let plain = Server::start();
+    let r = plain.call("POST", "/janus", None, Some("{}"));
+    assert_eq!(r.status, 404, "{}", r.text);
+    assert!(r.text.contains("--janus-url"), "{}", r.text);
 }

@@ -8,6 +8,7 @@ mod call;
 pub mod conn;
 mod error;
 mod events;
+mod media;
 mod meetings;
 pub mod openapi;
 mod ops;
@@ -475,6 +476,7 @@ async fn dispatch(
         Op::TestFaults => ops::test_faults(state, req).await,
         #[cfg(not(feature = "test-clock"))]
         Op::TestClock | Op::TestFaults => Err(ApiError::not_found("no such route")),
+        Op::Janus => media::relay(state, req, p(0), p(1)).await,
         Op::Dashboard => Ok(crate::web::dashboard()),
         Op::Asset => crate::web::asset(p(0)).ok_or_else(|| ApiError::not_found("no such asset")),
         Op::RoomPage if crate::rooms::validate_name(p(0)).is_ok() => Ok(crate::web::room_page()),

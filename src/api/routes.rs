@@ -64,6 +64,8 @@ pub enum Op {
     TestClock,
     /// `POST /v1/_test/faults`, routed only in `test-clock` builds.
     TestFaults,
+    /// Janus's API relayed (`/janus...`), with `--janus-url`.
+    Janus,
     Dashboard,
     Asset,
     RoomPage,
@@ -149,6 +151,9 @@ pub enum Answer {
     Binary,
     /// HTML or a static asset: a page, not an API operation (left out of the OpenAPI document).
     Page,
+    /// Another server's answer, relayed as it came (Janus's API: documented by Janus, left out
+    /// of the OpenAPI document).
+    Relayed,
     /// A test hook, routed only in `test-clock` builds and documented nowhere.
     Undocumented,
 }
@@ -374,6 +379,12 @@ routes! {
             .query(&[LIMIT_1000, Param::Str("joined_after"), Param::Str("joined_before")]),
     POST "/v1/_test/clock" => TestClock (ApiKey) doc("Move the server's clock (test builds only)", Answer::Undocumented),
     POST "/v1/_test/faults" => TestFaults (ApiKey) doc("Inject store faults (test builds only)", Answer::Undocumented),
+    POST "/janus" => Janus (Public) doc("(ext) Janus's API, relayed (with `--janus-url`): a new Janus session", Answer::Relayed),
+    GET "/janus/:session" => Janus (Public)
+        doc("(ext) Janus's API, relayed: `info`, or a session's long-poll for events", Answer::Relayed),
+    POST "/janus/:session" => Janus (Public) doc("(ext) Janus's API, relayed: a request to a Janus session", Answer::Relayed),
+    POST "/janus/:session/:handle" => Janus (Public)
+        doc("(ext) Janus's API, relayed: a request to a plugin handle (VideoRoom)", Answer::Relayed),
     GET "/dashboard" => Dashboard (Public) doc("The dashboard (HTML; it asks for the API key)", Answer::Page),
     GET "/assets/:file" => Asset (Public) doc("The pages' scripts and styles", Answer::Page),
     GET "/:room" => RoomPage (Public) doc("The room page (HTML)", Answer::Page),

@@ -68,6 +68,11 @@ async fn drain(body: &mut Incoming) {
     }
 }
 
+/// Reads the body as it is, within the body limit and deadline (what the Janus relay passes on).
+pub async fn read_bytes(state: &super::AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
+    read_body_up_to(state, req, state.settings.body_limit).await
+}
+
 /// Reads and parses a JSON object body (an empty body is `{}`) within the body limit.
 pub async fn read_object(state: &super::AppState, req: Request<Incoming>) -> Result<Map<String, Value>, ApiError> {
     read_object_up_to(state, req, state.settings.body_limit).await

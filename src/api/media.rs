@@ -1,0 +1,71 @@
+//! The Janus relay (`/janus...`, with `--janus-url`): browsers reach Janus's HTTP API through
+//! this server, on its origin and certificate, under its connection rules (deadlines, caps,
+//! per-address limits, TLS). Only the API's own paths pass: a new session (`POST /janus`),
+//! `GET /janus/info`, a session (`/janus/<id>`: requests, and the long-poll for its events) and
+//! a plugin handle (`/janus/<id>/<id>`); never the Admin API, which stays on loopback. Janus
+//! checks what passes (a VideoRoom room admits only a Gatehouse credential); the relay adds
+//! bounds: the request body under the body limit, Janus's answer under 1 MiB.
+//!
+//! Must not: log what passes (credentials and SDPs), or forward a client's headers.
+
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+
+use super::error::ApiError;
+use super::{wire, AppState, Body};
+
+/// What may follow `/janus/`: Janus's ids are numbers.
+fn is_id(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+pub async fn relay(
+    state: &Arc<AppState>,
+    req: Request<Incoming>,
+    session: &str,
+    handle: &str,
+) -> Result<Response<Body>, ApiError> {
+    let Some(mirror) = &state.janus else {
+        return Err(ApiError::not_found("no media server here (the server runs without --janus-url)"));
+    };
+    let post = req.method() == Method::POST;
+    // The route gave 0, 1 or 2 segments; each must be an id (or `info`, alone, read with GET).
+    let tail = match (session, handle) {
+        ("", _) => String::new(),
+        ("info", "") if !post => "/info".to_string(),
+        (s, "") if is_id(s) => format!("/{s}"),
+        (s, h) if is_id(s) && is_id(h) && post => format!("/{s}/{h}"),
+        _ => return Err(ApiError::not_found("no such Janus path (ids are numbers)")),
+    };
+    // A long-poll's own parameters (`maxev`, `rid`, a cache-buster) pass; nothing else does.
+    let query = if post { None } else { req.uri().query().map(str::to_string) };
+    let body = if post { Some(wire::read_bytes(state, req).await?) } else { None };
+    let tail = match query.filter(|q| !q.is_empty()) {
+        Some(q) if q.len() <= 256 => format!("{tail}?{q}"),
+        Some(_) => return Err(ApiError::invalid("the query string is longer than 256 bytes")),
+        None => tail,
+    };
+    let (status, answer) = mirror.janus().relay(body, &tail).await.map_err(|e| {
+        tracing::warn!(error = %e, "janus relay: no answer from Janus");
+        ApiError::new(StatusCode::BAD_GATEWAY, "server-error", "the media server did not answer")
+    })?;
+    let mut r = Response::new(wire::full(answer));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_numbers_are_janus_ids() {
+        assert!(super::is_id("1234567890"));
+        for bad in ["", "admin", "12a", "-1", "1.0", "123456789012345678901"] {
+            assert!(!super::is_id(bad), "{bad}");
+        }
+    }
+}
