@@ -539,3 +539,55 @@ fn needs_janus_browsers_reach_janus_through_gatehouse_on_its_own_origin() {
     assert_eq!(r.status, 404, "{}", r.text);
     assert!(r.text.contains("--janus-url"), "{}", r.text);
 }
+
+/// A JSON request with reqwest (built without its `json` feature); the answer's JSON.
+async fn send_json(client: &reqwest::Client, url: &str, body: Option<Value>, bearer: Option<&str>) -> Value {
+    let mut req = match body {
+        Some(b) => client.post(url).header("content-type", "application/json").body(b.to_string()),
+        None => client.get(url),
+    };
+    if let Some(k) = bearer {
+        req = req.bearer_auth(k);
+    }
+    let bytes = req.send().await.unwrap().bytes().await.unwrap();
+    serde_json::from_slice(&bytes).unwrap_or_else(|_| panic!("{url}: {}", String::from_utf8_lossy(&bytes)))
+}
+
+/// Over HTTPS, the relay is on the page's own origin and certificate: a client that trusts only
+/// the server's certificate reaches Janus through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_janus_the_relay_serves_on_the_servers_certificate() {
+    common::require(have("janus"), "janus (Debian package janus)");
+    let tmp = tempfile::tempdir().unwrap();
+    let janus = tokio::task::block_in_place(|| Janus::start(&tmp.path().join("janus")));
+    let ck = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let (cert, key) = (tmp.path().join("cert.pem"), tmp.path().join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let url = janus.url();
+    let env = [
+        ("GATEHOUSE_TLS_CERT", cert.to_str().unwrap()),
+        ("GATEHOUSE_TLS_KEY", key.to_str().unwrap()),
+        ("GATEHOUSE_JANUS_URL", url.as_str()),
+        ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
+    ];
+    let s = tokio::task::block_in_place(|| Server::start_in(&tmp.path().join("d"), &env));
+    assert!(s.base.starts_with("https://"), "{}", s.base);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ck.cert.pem().as_bytes()).unwrap()])
+        .no_proxy()
+        .build()
+        .unwrap();
+    let room =
+        send_json(&client, &format!("{}/v1/rooms", s.base), Some(json!({"name": "call"})), Some(common::KEY)).await;
+    assert_eq!(room["name"], "call", "{room}");
+    let joined = send_json(&client, &format!("{}/v1/rooms/call/join", s.base), Some(json!({})), None).await;
+    let api = joined["janus"]["server"].as_str().unwrap_or_else(|| panic!("no credential: {joined}")).to_string();
+    assert_eq!(api, format!("{}/janus", s.base), "https, the same origin");
+    let made = send_json(&client, &api, Some(json!({"janus": "create", "transaction": "t"})), None).await;
+    let session = made["data"]["id"].as_u64().unwrap_or_else(|| panic!("{made}"));
+    let info = send_json(&client, &format!("{api}/info"), None, None).await;
+    assert_eq!(info["janus"], "server_info", "{info}");
+    assert!(tokio::task::block_in_place(|| janus.sessions()).contains(&session), "made in Janus, over HTTPS");
+}
