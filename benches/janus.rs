@@ -44,20 +44,7 @@ fn free_port() -> u16 {
 fn janus(dir: &Path) -> (Kill, u16, u16) {
     let (port, admin) = (free_port(), free_port());
     janus_config::write(dir, port, admin, ADMIN_KEY, ADMIN_SECRET);
-    let child = Command::new("janus")
-        .arg("-F")
-        .arg(dir)
-        .arg("-C")
-        .arg(dir.join("janus.jcfg"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("janus installed (apt-get install janus)");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while ureq::get(&format!("http://127.0.0.1:{port}/janus/info")).call().is_err() {
-        assert!(Instant::now() < deadline, "janus did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let child = janus_config::run(dir, port, None);
     (Kill(child), port, admin)
 }
 

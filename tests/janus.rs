@@ -8,7 +8,7 @@ mod common;
 
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::Server;
@@ -45,23 +45,8 @@ impl Janus {
     }
 
     fn run(&mut self) {
-        let log = std::fs::File::create(self.dir.join("janus.log")).unwrap();
-        let child = Command::new("janus")
-            .arg("-F")
-            .arg(&self.dir)
-            .arg("-C")
-            .arg(self.dir.join("janus.jcfg"))
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while ureq::get(&format!("{}/info", self.url())).call().is_err() {
-            assert!(Instant::now() < deadline, "janus did not start: {}", self.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = self.dir.join("janus.log");
+        self.child = Some(common::janus_config::run(&self.dir, self.port, Some(&log)));
     }
 
     fn kill9(&mut self) {
@@ -69,10 +54,6 @@ impl Janus {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("janus.log")).unwrap_or_default()
     }
 
     fn url(&self) -> String {

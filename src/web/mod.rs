@@ -18,6 +18,7 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; conn
 const ROOM_HTML: &str = include_str!("assets/room.html");
 const DASHBOARD_HTML: &str = include_str!("assets/dashboard.html");
 const ROOM_JS: &str = include_str!("assets/room.js");
+const MEDIA_JS: &str = include_str!("assets/media.js");
 const DASHBOARD_JS: &str = include_str!("assets/dashboard.js");
 const STYLE_CSS: &str = include_str!("assets/style.css");
 
@@ -47,6 +48,7 @@ pub fn room_page() -> Response<Body> {
 pub fn asset(name: &str) -> Option<Response<Body>> {
     Some(match name {
         "room.js" => respond(ROOM_JS, "text/javascript; charset=utf-8"),
+        "media.js" => respond(MEDIA_JS, "text/javascript; charset=utf-8"),
         "dashboard.js" => respond(DASHBOARD_JS, "text/javascript; charset=utf-8"),
         "style.css" => respond(STYLE_CSS, "text/css; charset=utf-8"),
         _ => return None,

@@ -42,3 +42,33 @@ pub fn write(dir: &Path, port: u16, admin_port: u16, admin_key: &str, admin_secr
     )
     .unwrap();
 }
+
+/// Runs Janus on the configuration [`write`] left in `dir`, its output to `log` (or nowhere),
+/// and waits (at most 20 s) until its API on `port` answers.
+pub fn run(dir: &Path, port: u16, log: Option<&Path>) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    let out = || match log {
+        Some(p) => Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(p).unwrap()),
+        None => Stdio::null(),
+    };
+    let mut child = Command::new("janus")
+        .arg("-F")
+        .arg(dir)
+        .arg("-C")
+        .arg(dir.join("janus.jcfg"))
+        .stdout(out())
+        .stderr(out())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("janus installed (apt-get install janus)");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while ureq::get(&format!("http://127.0.0.1:{port}/janus/info")).call().is_err() {
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            let log = log.map(|p| std::fs::read_to_string(p).unwrap_or_default()).unwrap_or_default();
+            panic!("janus did not start:\n{log}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child
+}

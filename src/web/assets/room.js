@@ -85,6 +85,8 @@ function isAdmin(p) {
 
 function enterMeeting(data) {
   show("meeting");
+  // With a media server, a join (or an admitted knock) carries the credential for the call.
+  if (data.janus) Media.start(data.janus, session.name);
   if (data.will_eject_at) countdown(data.will_eject_at);
   if (session.admin && token) loadKnockers();
 }
@@ -146,6 +148,19 @@ const LOBBY_REFUSALS = {
   room_expired: "This meeting has ended.",
   timeout: "You waited too long without an answer.",
   left: "You stopped waiting.",
+};
+
+// Why the meeting ended for this page (a `participant.ejected` event's reason).
+const EJECTIONS = {
+  owner: "You were removed from the meeting",
+  api: "You were removed from the meeting",
+  banned: "You were removed from the meeting and cannot rejoin",
+  token_revoked: "Your access to this meeting was revoked",
+  token_expired: "Your time in this meeting is up: your link expired",
+  elapsed: "Your time in this meeting is up",
+  room_expired: "Meeting has ended",
+  room_deleted: "Meeting has ended",
+  duplicate_user_id: "You joined this meeting from another window or device",
 };
 
 function countdown(at) {
@@ -251,6 +266,7 @@ function end(text) {
   if (ended) return;
   ended = true;
   if (timer) clearInterval(timer);
+  Media.stop("");
   $("ended-text").textContent = text;
   show("ended");
 }
@@ -320,7 +336,7 @@ function onEvent(kind, data) {
   }
   if (kind === "participant.left") people.delete(p.session_id);
   if (kind === "participant.ejected" && p.session_id === session.id) {
-    end(p.reason === "owner" || p.reason === "banned" || p.reason === "api" ? "You were removed from the meeting" : "Meeting has ended");
+    end(EJECTIONS[p.reason] || "Meeting has ended");
     return;
   }
   if (kind === "participant.left" && p.session_id === session.id) end("Meeting has ended");
@@ -361,9 +377,10 @@ async function follow() {
   end("Meeting has ended");
 }
 
+let left = false;
 function leave() {
-  if (!session || ended) return;
-  ended = true;
+  if (!session || ended || left) return;
+  left = true;
   fetch(`/v1/sessions/${encodeURIComponent(session.id)}/leave`, {
     method: "POST",
     keepalive: true,
@@ -377,8 +394,8 @@ $("join-form").addEventListener("submit", (e) => {
   e.preventDefault();
   join($("name").value.trim());
 });
-$("ask-again").addEventListener("click", () => { ended = false; join(lastName); });
-$("stop-waiting").addEventListener("click", () => { leave(); refuse("You stopped waiting.", true); });
+$("ask-again").addEventListener("click", () => { ended = false; left = false; join(lastName); });
+$("stop-waiting").addEventListener("click", () => { leave(); ended = true; refuse("You stopped waiting.", true); });
 
 readToken();
 $("title").textContent = room;

@@ -1,0 +1,199 @@
+// Real calls: room pages in headless Chromium with fake camera and microphone, publishing and
+// receiving video through a real Janus behind Gatehouse. For each way a session is ended, the
+// ended participant's page is made hostile first (it ignores its end and keeps sending), and
+// an observer's page, made deaf to Janus's events for the measurement (it keeps its
+// subscription open whatever Janus says), must stop receiving its media within 2 s: only the
+// server side can stop it. The host's page, which listens, drops the tile.
+// Env: BASE (server URL), KEY (API key), SHOTS (folder for screenshots). Prints one JSON line
+// per measurement ("measure: {...}").
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
+
+const { BASE, KEY, SHOTS } = process.env;
+mkdirSync(SHOTS, { recursive: true });
+const api = async (method, path, body) => {
+  const res = await fetch(BASE + path, {
+    method,
+    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
+    body: body && JSON.stringify(body),
+  });
+  const data = await res.json();
+  if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(data)}`);
+  return data;
+};
+const token = async (properties) => (await api("POST", "/v1/meeting-tokens", { properties })).token;
+const check = (cond, what) => {
+  if (!cond) throw new Error("FAILED: " + what);
+  console.log("ok -", what);
+};
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+const now = () => performance.now();
+
+const browser = await chromium.launch({
+  executablePath: "/usr/bin/chromium",
+  args: [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+    "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+  ],
+});
+const newPage = async () => {
+  const ctx = await browser.newContext({ viewport: { width: 1000, height: 800 }, permissions: ["camera", "microphone"] });
+  const page = await ctx.newPage();
+  page.on("console", (m) => { if (m.type() === "error") console.log("page error:", m.text()); });
+  return page;
+};
+
+// Bytes the host's page has received from `feed` so far (0 before it subscribed).
+const received = async (page, feed) => (await page.evaluate(() => Media.received()))[feed] || 0;
+
+// Waits until `page` receives `feed`'s media and it keeps coming; the time it took.
+async function flowing(page, feed, what) {
+  const started = now();
+  let first = null;
+  while (now() - started < 20000) {
+    const n = await received(page, feed);
+    if (n > 0 && first === null) first = now();
+    if (first !== null && n > 50000) return first - started;
+    await sleep(100);
+  }
+  throw new Error(`FAILED: ${what}: no media from ${feed} after 20 s`);
+}
+
+// Whether `feed`'s media is reaching `page` now (its bytes grow over 300 ms).
+async function live(page, feed) {
+  const before = await received(page, feed);
+  await sleep(300);
+  return (await received(page, feed)) > before;
+}
+
+// After a cut at `cut`: how long `page` went on receiving the feed. Sampled every 100 ms until
+// it has not grown for 1.5 s (at most 6 s): the time of the last growth seen, or of the first
+// sample if it never grew again (an upper bound either way: a sample is at most 100 ms late,
+// plus a getStats call).
+async function stopped(page, feed, cut) {
+  let last = await received(page, feed);
+  let grewAt = now();
+  const first = grewAt - cut;
+  let grew = false;
+  while (now() - grewAt < 1500 && now() - cut < 6000) {
+    await sleep(100);
+    const n = await received(page, feed);
+    if (n > last) {
+      last = n;
+      grewAt = now();
+      grew = true;
+    }
+  }
+  return grew ? grewAt - cut : first;
+}
+
+// A page that ignores the end of its session: its connections and camera go on.
+const hostile = (page) => page.evaluate(() => { Media.stop = () => {}; });
+
+// A page that stops hearing Janus's events (its long-poll answers are dropped), or hears them
+// again: while deaf it keeps every subscription open, whatever Janus says.
+const deaf = (page, on) => page.evaluate((on) => {
+  if (!window.deafness) {
+    const json = Response.prototype.json;
+    Response.prototype.json = function () { return window.deafness.on ? Promise.resolve([]) : json.call(this); };
+    window.deafness = { on: false };
+  }
+  window.deafness.on = on;
+}, on);
+
+async function joined(props) {
+  const t = await token(Object.assign({ room_name: "call" }, props));
+  const page = await newPage();
+  const opened = now();
+  await page.goto(`${BASE}/call?t=${t}`);
+  await page.waitForFunction(() => typeof Media !== "undefined" && Media.id(), null, { timeout: 10000 });
+  return { page, opened, token: t, feed: await page.evaluate(() => Media.id()), sessionId: await page.evaluate(() => session.id) };
+}
+
+// A participant's page in the call, its media flowing to the host and the observer; hostile.
+async function guest(host, observer, props, what) {
+  const g = await joined(props);
+  await flowing(host, g.feed, what);
+  g.firstBytes = now() - g.opened;
+  await flowing(observer, g.feed, what);
+  await hostile(g.page);
+  return g;
+}
+
+const results = [];
+try {
+  await api("POST", "/v1/rooms", { name: "call" });
+  const host = await newPage();
+  await host.goto(`${BASE}/call?t=${await token({ room_name: "call", is_owner: true, user_name: "Host" })}`);
+  await host.waitForFunction(() => typeof Media !== "undefined" && Media.id(), null, { timeout: 10000 });
+  await host.locator("#tiles video").first().waitFor({ timeout: 10000 });
+  check(true, "the host's page shows its own camera");
+  const observer = (await joined({ user_name: "Observer" })).page;
+  await hostile(observer);
+
+  const paths = [
+    ["the REST API's eject", async (g) => api("POST", "/v1/rooms/call/eject", { ids: [g.sessionId] }), "You were removed from the meeting"],
+    ["the owner's Eject button", async () => host.getByRole("button", { name: "Eject Guest button", exact: true }).click(), "You were removed from the meeting"],
+    ["the owner's Eject and ban button", async () => host.getByRole("button", { name: "Eject and ban Guest ban", exact: true }).click(), "cannot rejoin"],
+    ["token revocation", async (g) => api("POST", "/v1/meeting-tokens/revoke", { token: g.token }), "revoked"],
+    ["the token's expiry (eject_at_token_exp)", null, "link expired"],
+  ];
+  for (const [what, cut, says] of paths) {
+    const name = what === "the owner's Eject button" ? "button" : what.includes("ban") ? "ban" : what.replace(/\W+/g, "-");
+    const props = { user_name: `Guest ${name}`, user_id: `guest-${name}` };
+    if (!cut) Object.assign(props, { exp: Math.floor(Date.now() / 1000) + 12, eject_at_token_exp: true });
+    const g = await guest(host, observer, props, what);
+    const tile = host.locator(`#tiles figure[data-feed="${g.feed}"] video`);
+    await tile.waitFor({ timeout: 5000 });
+    check(true, `${what}: the host sees and hears the guest (first bytes ${Math.round(g.firstBytes)} ms after the page opened)`);
+    await deaf(observer, true);
+    check(await live(observer, g.feed), `${what}: the guest's media reaches the (deaf) observer just before the cut`);
+    let at;
+    if (cut) {
+      at = now();
+      await cut(g);
+    } else {
+      // The token's deadline: measured from the second it names.
+      const exp = props.exp * 1000;
+      await sleep(Math.max(0, exp - Date.now()));
+      at = now();
+    }
+    const lasted = await stopped(observer, g.feed, at);
+    await deaf(observer, false);
+    const m = { path: what, first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
+    results.push(m);
+    console.log("measure:", JSON.stringify(m));
+    check(lasted <= 2000, `${what}: the (deaf) observer stopped receiving the (hostile) guest's media ${Math.round(lasted)} ms after the cut`);
+    await g.page.getByText(says).waitFor({ timeout: 5000 });
+    await g.page.screenshot({ path: `${SHOTS}/media-cut-${name}.png` });
+    check(true, `${what}: the guest's page says "${says}"`);
+    await tile.waitFor({ state: "detached", timeout: 2000 });
+    check(true, `${what}: the guest's tile is gone from the host's page`);
+    await g.page.context().close();
+  }
+  await host.screenshot({ path: `${SHOTS}/media-host.png` });
+
+  // Mute: the host's own microphone track is disabled, and enabled again.
+  await host.getByRole("button", { name: "Mute" }).click();
+  check(await host.evaluate(() => document.querySelector("#mute").getAttribute("aria-pressed")) === "true", "mute");
+  await host.getByRole("button", { name: "Unmute" }).click();
+
+  // The room deleted: everyone's media ends (the observer, hostile and deaf, included).
+  const g = await guest(host, observer, { user_name: "Last", user_id: "last" }, "the room's deletion");
+  await deaf(observer, true);
+  check(await live(observer, g.feed), "the room's deletion: the guest's media reaches the (deaf) observer just before");
+  const at = now();
+  await api("DELETE", "/v1/rooms/call");
+  const lasted = await stopped(observer, g.feed, at);
+  await host.getByText("Meeting has ended").waitFor({ timeout: 5000 });
+  await g.page.getByText("Meeting has ended").waitFor({ timeout: 5000 });
+  check(await host.locator("#tiles video").count() === 0, "the room's deletion: the host's page stopped its media");
+  const m = { path: "the room's deletion", first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
+  results.push(m);
+  console.log("measure:", JSON.stringify(m));
+  check(lasted <= 2000, `the room's deletion: the (deaf, hostile) observer stopped receiving ${Math.round(lasted)} ms after`);
+} finally {
+  await browser.close();
+}
