@@ -82,7 +82,7 @@ try {
   // Brief has no user id: a ban could not keep them out, so the owner is offered none.
   await owner.getByRole("button", { name: /^Eject Brief/ }).waitFor({ timeout: 5000 });
   check((await owner.getByRole("button", { name: /^Eject and ban Brief/ }).count()) === 0, "no ban offered for a participant without a user id");
-  await brief.getByText("Meeting has ended").waitFor({ timeout: 10000 });
+  await brief.getByText("Your time in this meeting is up").waitFor({ timeout: 10000 });
   const took = (Date.now() - t0) / 1000;
   check(took >= 2.5 && took < 9, `eject_after_elapsed 3: ended by itself after ${took.toFixed(1)} s`);
   await brief.screenshot({ path: `${SHOTS}/5-ended.png` });
