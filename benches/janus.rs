@@ -9,7 +9,8 @@
 //! round trip to it). The cut is polled every 2 ms (each poll is two requests to Janus), so a
 //! figure is at most a poll late.
 //!
-//! Run: `cargo bench --bench janus -- --ejections 100`.
+//! Run: `cargo bench --bench janus -- --ejections 100`; with real media (WebRTC in headless
+//! Chromium, in a network namespace; needs root): `cargo bench --bench janus -- --media 100`.
 
 use std::net::TcpListener;
 use std::path::Path;
@@ -87,14 +88,95 @@ fn post(url: &str, auth: Option<&str>, body: Value) -> Value {
     }
 }
 
-fn main() {
+/// The number after `flag` in the arguments.
+fn arg(flag: &str) -> Option<usize> {
     let args: Vec<String> = std::env::args().collect();
-    let ejections: usize = args
-        .iter()
-        .position(|a| a == "--ejections")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(100);
+    args.iter().position(|a| a == flag).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+}
+
+/// `--media N`: the media itself, with real WebRTC. Janus, Gatehouse and headless Chromium run
+/// in a network namespace of their own (this program runs itself again under `unshare -n`);
+/// `tests/browser/media.mjs` joins a host and an observer, then N guests in turn, each
+/// ejected through the REST API after its media reached the others, with its page made
+/// hostile (it ignores its end) and the observer deaf (it keeps its subscription, whatever
+/// Janus says): the time until the observer's received bytes (getStats, sampled every 20 ms)
+/// stop growing. Baseline, in the same run: every fifth round a guest that hangs up itself
+/// (its page closes its connections), measured the same way.
+fn media(rounds: usize) {
+    const INSIDE: &str = "GATEHOUSE_BENCH_IN_NETNS";
+    if std::env::var_os(INSIDE).is_none() {
+        let status = Command::new("unshare")
+            .args(["-n", "--"])
+            .arg(std::env::current_exe().unwrap())
+            .args(std::env::args().skip(1))
+            .env(INSIDE, "1")
+            .status()
+            .expect("unshare (util-linux), as root");
+        assert!(status.success(), "the media benchmark failed in its network namespace");
+        return;
+    }
+    janus_config::media_network();
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(tmp.path().join("janus")).unwrap();
+    let (_janus, port, admin) = janus(&tmp.path().join("janus"));
+    let (_gh, base) = gatehouse(&tmp.path().join("data"), port, admin);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut node = Command::new("node")
+        .arg(root.join("tests/browser/media.mjs"))
+        .current_dir(root.join("tests/browser"))
+        .env("BASE", &base)
+        .env("KEY", KEY)
+        .env("SHOTS", root.join("target/browser-screenshots"))
+        .env("ROUNDS", rounds.to_string())
+        .env("SAMPLE_MS", "20")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node, and playwright-core in tests/browser (npm ci)");
+    let (mut cut, mut baseline, mut first) = (Vec::new(), Vec::new(), Vec::new());
+    use std::io::BufRead;
+    for line in std::io::BufReader::new(node.stdout.take().unwrap()).lines() {
+        let line = line.unwrap();
+        let Some(m) = line.strip_prefix("measure: ") else {
+            println!("{line}");
+            continue;
+        };
+        let m: Value = serde_json::from_str(m).unwrap();
+        let ms = m["cut_ms"].as_f64().unwrap();
+        first.push(m["first_bytes_ms"].as_f64().unwrap());
+        if m["kind"] == "baseline" {
+            baseline.push(ms)
+        } else {
+            cut.push(ms)
+        }
+        if (cut.len() + baseline.len()) % 25 == 0 {
+            eprintln!("{} ejections, {} baseline rounds", cut.len(), baseline.len());
+        }
+    }
+    assert!(node.wait().unwrap().success(), "tests/browser/media.mjs failed");
+    let (b50, b99) = (pct(&mut baseline, 0.5), pct(&mut baseline, 0.99));
+    println!("baseline: a guest hangs up itself -> its media stops at the observer ({} rounds): p50 {b50:.0} ms, p99 {b99:.0} ms", baseline.len());
+    let (c50, c99) = (pct(&mut cut, 0.5), pct(&mut cut, 0.99));
+    let max = cut.iter().cloned().fold(0.0, f64::max);
+    let mut slowest = cut.clone();
+    slowest.sort_by(|a, b| b.total_cmp(a));
+    println!("the slowest cuts (ms): {:?}", &slowest[..slowest.len().min(5)]);
+    println!(
+        "REST eject -> the (hostile) guest's media stops at the observer ({} ejections): p50 {c50:.0} ms ({:.1}x baseline), p99 {c99:.0} ms, max {max:.0} ms (target p99 <= 500 ms)",
+        cut.len(),
+        c50 / b50.max(1.0)
+    );
+    let (f50, f99) = (pct(&mut first, 0.5), pct(&mut first, 0.99));
+    println!(
+        "page opened -> its first media bytes at the host ({} joins): p50 {f50:.0} ms, p99 {f99:.0} ms",
+        first.len()
+    );
+}
+
+fn main() {
+    if let Some(rounds) = arg("--media") {
+        return media(rounds);
+    }
+    let ejections = arg("--ejections").unwrap_or(100);
     let tmp = tempfile::tempdir().unwrap();
     std::fs::create_dir_all(tmp.path().join("janus")).unwrap();
     let (_janus, port, admin) = janus(&tmp.path().join("janus"));

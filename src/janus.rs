@@ -11,7 +11,10 @@
 //! session ends, however it ends (every way emits `participant.left`, which this module follows
 //! in the event log), its token is removed, its participant kicked, and with the Admin API
 //! every Janus session holding a handle of that participant is destroyed (its subscriptions go
-//! with it, which a kick alone leaves open).
+//! with it, which a kick alone leaves open). Publishing: a session whose `canSend` (its
+//! permissions, changed by `update-permissions`: `participant.updated`) holds audio or video
+//! back has those streams muted by the moderator (VideoRoom `moderate`, per stream `mid`, found
+//! through the Admin API's `handle_info`): Janus stops relaying them; allowed again, unmuted.
 //!
 //! The reconciler makes Janus match the store: at start, whenever a room is created, updated or
 //! deleted, and every 10 s (a restarted Janus has forgotten its rooms: they come back within
@@ -100,6 +103,25 @@ const RELAY_TIMEOUT: Duration = Duration::from_secs(40);
 
 fn transaction() -> String {
     crate::tokens::random_hex(8)
+}
+
+/// Whether permissions allow sending a Janus stream of this type ("audio", "video"): Daily's
+/// `canSend` (absent or `true`: everything; `false`: nothing; a list: the kinds it names).
+/// Other streams (data) are not media `canSend` speaks of.
+pub fn may_send(permissions: Option<&Value>, kind: &str) -> bool {
+    if kind != "audio" && kind != "video" {
+        return true;
+    }
+    match permissions.and_then(|p| p.get("canSend")) {
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Array(kinds)) => kinds.iter().any(|k| k.as_str() == Some(kind)),
+        _ => true,
+    }
+}
+
+/// Whether permissions hold back any audio or video.
+fn holds_back(permissions: Option<&Value>) -> bool {
+    !may_send(permissions, "audio") || !may_send(permissions, "video")
 }
 
 impl Janus {
@@ -195,9 +217,10 @@ impl Janus {
         self.call(&format!("{url}{path}"), what, Some(body)).await.map(Some)
     }
 
-    /// The Janus sessions holding a VideoRoom handle of participant `id` in `room` (looked up
-    /// before the participant is kicked: a kicked handle no longer names its room).
-    async fn sessions_of(&self, room: &str, id: &str) -> Result<Vec<u64>, JanusError> {
+    /// The VideoRoom handles in `room`: (Janus session, what the handle's `plugin_specific`
+    /// info says: its participant `id`, the `streams` it publishes, ...). One walk of every
+    /// Janus session's handles through the Admin API.
+    async fn handles_in(&self, room: &str) -> Result<Vec<(u64, Value)>, JanusError> {
         let Some(list) = self.admin("", "listing sessions", json!({"janus": "list_sessions"})).await? else {
             return Ok(Vec::new());
         };
@@ -215,15 +238,28 @@ impl Janus {
                 let info = self
                     .admin(&format!("/{session}/{handle}"), "a handle's info", json!({"janus": "handle_info"}))
                     .await;
-                let Ok(Some(info)) = info else { continue };
-                let p = &info["info"]["plugin_specific"];
-                if p["room"].as_str() == Some(room) && p["id"].as_str() == Some(id) {
-                    found.push(session);
-                    break;
+                let Ok(Some(mut info)) = info else { continue };
+                let p = info["info"]["plugin_specific"].take();
+                if p["room"].as_str() == Some(room) {
+                    found.push((session, p));
                 }
             }
         }
         Ok(found)
+    }
+
+    /// The Janus sessions holding a VideoRoom handle of participant `id` in `room` (looked up
+    /// before the participant is kicked: a kicked handle no longer names its room).
+    async fn sessions_of(&self, room: &str, id: &str) -> Result<Vec<u64>, JanusError> {
+        let mut sessions: Vec<u64> = self
+            .handles_in(room)
+            .await?
+            .into_iter()
+            .filter(|(_, p)| p["id"].as_str() == Some(id))
+            .map(|(s, _)| s)
+            .collect();
+        sessions.dedup();
+        Ok(sessions)
     }
 
     /// Destroys these Janus sessions (and every handle in them).
@@ -362,7 +398,7 @@ impl Mirror {
 
     /// Lets session `session` of `room` into the room's VideoRoom room: its credential. `None`
     /// when the session ended meanwhile (then its token is taken back).
-    pub async fn admit(&self, room: &str, session: &str) -> Result<Option<Credential>, JanusError> {
+    pub async fn admit(self: &Arc<Self>, room: &str, session: &str) -> Result<Option<Credential>, JanusError> {
         let token = self.token_of(session);
         let h = self.janus.open().await?;
         let add = || json!({"request": "allowed", "room": room, "secret": self.secret_of(room), "action": "add", "allowed": [token]});
@@ -383,8 +419,41 @@ impl Mirror {
             self.cut(room, session).await?;
             return Ok(None);
         }
+        // Admitted with canSend holding something back: muted as soon as it publishes.
+        let permissions = self.store.session(session).and_then(|e| e.session.permissions.clone());
+        if holds_back(permissions.as_ref()) {
+            self.hold_back_when_publishing(room, session, permissions);
+        }
         let id = self.media_id(session);
         Ok(Some(Credential { server: self.janus.public_url.clone(), room: room.to_string(), id, token }))
+    }
+
+    /// A participant admitted with `canSend` holding something back publishes a moment after
+    /// its join: its streams are moderated as soon as Janus lists them (looked for every 250
+    /// ms for 15 s; one that publishes later is muted by the next pass, within 10 s).
+    fn hold_back_when_publishing(self: &Arc<Self>, room: &str, session: &str, permissions: Option<Value>) {
+        let (me, room) = (self.clone(), room.to_string());
+        let sessions = vec![(session.to_string(), permissions)];
+        tokio::spawn(async move {
+            for _ in 0..60 {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if me.store.session(&sessions[0].0).is_none() {
+                    return;
+                }
+                let Ok(_turn) = me.cutting.clone().acquire_owned().await else { return };
+                match me.moderate(&room, &sessions).await {
+                    Ok(0) => continue,
+                    Ok(streams) => {
+                        tracing::info!(room = %room, streams, "janus: publishing held to canSend from its start");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, room = %room, "janus: could not hold a new publisher to canSend (the next pass tries again)");
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Ends session `session`'s media in `room`: its token removed first (it gets nothing back
@@ -415,6 +484,42 @@ impl Mirror {
             Err(JanusError::Refused { .. }) | Ok(_) => Ok(()),
             Err(e) => Err(e),
         }
+    }
+
+    /// Holds these sessions' publishing in `room` to what their permissions' `canSend` allows:
+    /// each audio or video stream they publish is muted by the moderator (Janus stops relaying
+    /// it) unless allowed, and unmuted if allowed. One walk of Janus's handles for them all.
+    /// How many streams it moderated.
+    pub async fn moderate(&self, room: &str, sessions: &[(String, Option<Value>)]) -> Result<usize, JanusError> {
+        let handles = self.janus.handles_in(room).await?;
+        let secret = self.secret_of(room);
+        let mut opened = None;
+        let (mut done, mut result) = (0, Ok(()));
+        for (session, permissions) in sessions {
+            let id = self.media_id(session);
+            let streams = handles
+                .iter()
+                .filter(|(_, p)| p["id"].as_str() == Some(id.as_str()))
+                .flat_map(|(_, p)| p["streams"].as_array().cloned().unwrap_or_default());
+            for stream in streams {
+                let (Some(mid), Some(kind)) = (stream["mid"].as_str(), stream["type"].as_str()) else { continue };
+                let h = match opened {
+                    Some(h) => h,
+                    None => *opened.insert(self.janus.open().await?),
+                };
+                let mute = !may_send(permissions.as_ref(), kind);
+                let body =
+                    json!({"request": "moderate", "room": room, "secret": secret, "id": id, "mid": mid, "mute": mute});
+                match self.janus.videoroom(h, &format!("moderating a participant in '{room}'"), body).await {
+                    Ok(_) => done += 1,
+                    Err(e) => result = Err(e),
+                }
+            }
+        }
+        if let Some(h) = opened {
+            self.janus.close(h.0).await;
+        }
+        result.map(|()| done)
     }
 
     /// Kicks participant `id` (no live session has it) and destroys its Janus sessions.
@@ -452,15 +557,26 @@ impl Mirror {
                 json!({"request": "allowed", "room": name, "secret": secret, "action": "add", "allowed": missing});
             self.janus.videoroom(h, &format!("restoring tokens in '{name}'"), body).await?;
         }
-        let ids: std::collections::BTreeSet<String> = sessions.iter().map(|s| self.media_id(s)).collect();
+        let ids: BTreeMap<String, &String> = sessions.iter().map(|s| (self.media_id(s), s)).collect();
         let list = json!({"request": "listparticipants", "room": name, "secret": secret});
         let present = self.janus.videoroom(h, &format!("listing the participants of '{name}'"), list).await?;
+        let mut held_back = Vec::new();
         for p in present["participants"].as_array().into_iter().flatten() {
             let Some(id) = p["id"].as_str() else { continue };
-            if !ids.contains(id) {
+            let Some(session) = ids.get(id) else {
                 tracing::warn!(room = %name, participant = %id, "janus: a participant with no live Gatehouse session; kicking it");
                 self.kick_stranger(h, name, id).await;
+                continue;
+            };
+            // A publisher whose canSend holds something back (it may have published since the
+            // last update, or Janus restarted): muted again.
+            let permissions = live.get(session.as_str()).and_then(|e| e.session.permissions.clone());
+            if p["publisher"].as_bool() == Some(true) && holds_back(permissions.as_ref()) {
+                held_back.push(((*session).clone(), permissions));
             }
+        }
+        if !held_back.is_empty() {
+            self.moderate(name, &held_back).await?;
         }
         Ok(())
     }
@@ -554,6 +670,7 @@ impl Mirror {
             "room.updated".to_string(),
             "room.deleted".to_string(),
             "participant.left".to_string(),
+            "participant.updated".to_string(),
         ];
         let mut was_up = None;
         loop {
@@ -595,18 +712,26 @@ impl Mirror {
                 };
                 seen = page.next_after;
                 let mut rooms_changed = false;
+                // Permission changes, by room: one walk of Janus's handles per room.
+                let mut updated: BTreeMap<String, Vec<(String, Option<Value>)>> = BTreeMap::new();
                 for e in &page.events {
-                    if &*e.kind != "participant.left" {
+                    let left = &*e.kind == "participant.left";
+                    if !left && &*e.kind != "participant.updated" {
                         rooms_changed = true;
                         continue;
                     }
-                    // Cut at once, each on its own: one slow cut does not hold up the next.
                     let v: Value = serde_json::from_str(&e.envelope).unwrap_or(Value::Null);
                     let (Some(room), Some(session)) =
                         (v["payload"]["room"].as_str(), v["payload"]["session_id"].as_str())
                     else {
                         continue;
                     };
+                    if !left {
+                        let permissions = v["payload"].get("permissions").cloned();
+                        updated.entry(room.to_string()).or_default().push((session.to_string(), permissions));
+                        continue;
+                    }
+                    // Cut at once, each on its own: one slow cut does not hold up the next.
                     let (me, room, session) = (self.clone(), room.to_string(), session.to_string());
                     let cutting = self.cutting.clone();
                     tokio::spawn(async move {
@@ -617,10 +742,42 @@ impl Mirror {
                         }
                     });
                 }
+                for (room, sessions) in updated {
+                    let (me, cutting) = (self.clone(), self.cutting.clone());
+                    tokio::spawn(async move {
+                        let Ok(_turn) = cutting.acquire_owned().await else { return };
+                        match me.moderate(&room, &sessions).await {
+                            Ok(streams) => {
+                                tracing::info!(room = %room, sessions = sessions.len(), streams, "janus: publishing held to canSend")
+                            }
+                            Err(e) => {
+                                me.stats.failures.fetch_add(1, Ordering::Relaxed);
+                                tracing::error!(error = %e, room = %room, "janus: could not hold publishing to canSend (the next pass tries again)");
+                            }
+                        }
+                    });
+                }
                 if rooms_changed {
                     break;
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{holds_back, may_send};
+    use serde_json::json;
+
+    #[test]
+    fn can_send_as_daily_words_it() {
+        assert!(may_send(None, "audio") && may_send(Some(&json!({})), "video"), "absent: everything");
+        assert!(may_send(Some(&json!({"canSend": true})), "video"));
+        assert!(!may_send(Some(&json!({"canSend": false})), "audio"));
+        let audio_only = json!({"canSend": ["audio", "screenVideo"]});
+        assert!(may_send(Some(&audio_only), "audio") && !may_send(Some(&audio_only), "video"));
+        assert!(may_send(Some(&json!({"canSend": false})), "data"), "data is no media canSend speaks of");
+        assert!(holds_back(Some(&audio_only)) && !holds_back(Some(&json!({"canSend": ["video", "audio"]}))));
     }
 }

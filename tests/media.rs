@@ -24,11 +24,6 @@ fn have(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).status().is_ok_and(|s| s.success())
 }
 
-fn sh(script: &str) {
-    let out = Command::new("sh").arg("-ec").arg(script).output().unwrap();
-    assert!(out.status.success(), "{script}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
@@ -63,10 +58,7 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
         assert!(stdout.contains("test result: ok. 1 passed"), "the test did not run inside:\n{stdout}");
         return;
     }
-    // Inside: loopback for the APIs, and a veth pair on private addresses for the media.
-    sh("ip link set lo up; ip link add ghm0 type veth peer name ghm1; \
-        ip addr add 10.99.0.1/24 dev ghm0; ip addr add 10.99.0.2/24 dev ghm1; \
-        ip link set ghm0 up; ip link set ghm1 up");
+    common::janus_config::media_network();
 
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("janus");

@@ -5,11 +5,15 @@
 // subscription open whatever Janus says), must stop receiving its media within 2 s: only the
 // server side can stop it. The host's page, which listens, drops the tile.
 // Env: BASE (server URL), KEY (API key), SHOTS (folder for screenshots). Prints one JSON line
-// per measurement ("measure: {...}").
+// per measurement ("measure: {...}"). With ROUNDS=N (benches/janus.rs --media N) it measures
+// instead: N REST ejections, and every fifth round a baseline (the guest's own page hanging
+// up), sampling every SAMPLE_MS (default 100) ms.
 import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 
 const { BASE, KEY, SHOTS } = process.env;
+const ROUNDS = Number(process.env.ROUNDS || 0);
+const SAMPLE_MS = Number(process.env.SAMPLE_MS || 100);
 mkdirSync(SHOTS, { recursive: true });
 const api = async (method, path, body) => {
   const res = await fetch(BASE + path, {
@@ -41,12 +45,13 @@ const browser = await chromium.launch({
 const newPage = async () => {
   const ctx = await browser.newContext({ viewport: { width: 1000, height: 800 }, permissions: ["camera", "microphone"] });
   const page = await ctx.newPage();
-  page.on("console", (m) => { if (m.type() === "error") console.log("page error:", m.text()); });
+  // Failed loads are expected (a destroyed Janus session's poll, the favicon): not reported.
+  page.on("console", (m) => { if (m.type() === "error" && !m.text().startsWith("Failed to load resource")) console.log("page error:", m.text()); });
   return page;
 };
 
 // Bytes the host's page has received from `feed` so far (0 before it subscribed).
-const received = async (page, feed) => (await page.evaluate(() => Media.received()))[feed] || 0;
+const received = async (page, feed) => (await page.evaluate((f) => Media.received(f), feed))[feed] || 0;
 
 // Waits until `page` receives `feed`'s media and it keeps coming; the time it took.
 async function flowing(page, feed, what) {
@@ -68,17 +73,17 @@ async function live(page, feed) {
   return (await received(page, feed)) > before;
 }
 
-// After a cut at `cut`: how long `page` went on receiving the feed. Sampled every 100 ms until
-// it has not grown for 1.5 s (at most 6 s): the time of the last growth seen, or of the first
-// sample if it never grew again (an upper bound either way: a sample is at most 100 ms late,
-// plus a getStats call).
+// After a cut at `cut`: how long `page` went on receiving the feed. Sampled every SAMPLE_MS
+// until it has not grown for 1.5 s (at most 6 s): the time of the last growth seen, or of the
+// first sample if it never grew again (an upper bound either way: a sample is at most
+// SAMPLE_MS late, plus a getStats call).
 async function stopped(page, feed, cut) {
   let last = await received(page, feed);
   let grewAt = now();
   const first = grewAt - cut;
   let grew = false;
   while (now() - grewAt < 1500 && now() - cut < 6000) {
-    await sleep(100);
+    await sleep(SAMPLE_MS);
     const n = await received(page, feed);
     if (n > last) {
       last = n;
@@ -122,6 +127,29 @@ async function guest(host, observer, props, what) {
   return g;
 }
 
+// The benchmark: ROUNDS REST ejections of a hostile guest, and every fifth round the
+// baseline: a guest that hangs up itself (its page closes its connections), measured the
+// same way at the same (deaf) observer.
+async function bench(host, observer) {
+  for (let i = 0; i < ROUNDS + Math.floor(ROUNDS / 4); i++) {
+    const baseline = i % 5 === 4;
+    const g = await joined({ user_name: `Guest ${i}` });
+    await flowing(host, g.feed, `round ${i}`);
+    const firstBytes = now() - g.opened;
+    await flowing(observer, g.feed, `round ${i}`);
+    if (!baseline) await hostile(g.page);
+    await deaf(observer, true);
+    if (!(await live(observer, g.feed))) throw new Error(`FAILED: round ${i}: no media before the cut`);
+    const at = now();
+    if (baseline) await g.page.evaluate(() => Media.stop(""));
+    else await api("POST", "/v1/rooms/call/eject", { ids: [g.sessionId] });
+    const lasted = await stopped(observer, g.feed, at);
+    await deaf(observer, false);
+    console.log("measure:", JSON.stringify({ kind: baseline ? "baseline" : "eject", first_bytes_ms: Math.round(firstBytes), cut_ms: Math.round(lasted) }));
+    await g.page.context().close();
+  }
+}
+
 const results = [];
 try {
   await api("POST", "/v1/rooms", { name: "call" });
@@ -133,6 +161,14 @@ try {
   const observer = (await joined({ user_name: "Observer" })).page;
   await hostile(observer);
 
+  if (ROUNDS > 0) await bench(host, observer);
+  else await walk(host, observer);
+} finally {
+  await browser.close();
+}
+
+// Every way a session ends, in turn.
+async function walk(host, observer) {
   const paths = [
     ["the REST API's eject", async (g) => api("POST", "/v1/rooms/call/eject", { ids: [g.sessionId] }), "You were removed from the meeting"],
     ["the owner's Eject button", async () => host.getByRole("button", { name: "Eject Guest button", exact: true }).click(), "You were removed from the meeting"],
@@ -175,6 +211,33 @@ try {
   }
   await host.screenshot({ path: `${SHOTS}/media-host.png` });
 
+  // canSend: false stops the guest's media at the (deaf) observer: Janus mutes its streams (its
+  // page also turns its tracks off, but a disabled track still sends black frames and silence,
+  // so the bytes stop only if Janus stops relaying). true lets it through again.
+  {
+    const c = await guest(host, observer, { user_name: "Quiet", user_id: "quiet" }, "canSend");
+    await deaf(observer, true);
+    check(await live(observer, c.feed), "canSend: the guest's media reaches the observer");
+    const at = now();
+    const perms = (canSend) => ({ data: { [c.sessionId]: { canSend } } });
+    await api("POST", "/v1/rooms/call/update-permissions", perms(false));
+    const held = await stopped(observer, c.feed, at);
+    console.log("measure:", JSON.stringify({ path: "update-permissions canSend: false", media_received_after_cut_ms: Math.round(held) }));
+    check(held <= 2000, `canSend: false: the observer stopped receiving the guest's media ${Math.round(held)} ms after`);
+    await c.page.getByText("The host turned off your microphone and camera.").waitFor({ timeout: 5000 });
+    check(await c.page.locator("#mute").isDisabled(), "canSend: false: the guest's page says so and disables its Mute button");
+    await api("POST", "/v1/rooms/call/update-permissions", perms(["audio"]));
+    await c.page.getByText("The host turned off your camera.").waitFor({ timeout: 5000 });
+    let again = false;
+    for (let i = 0; i < 30 && !again; i++) again = await live(observer, c.feed);
+    check(again, "canSend: [\"audio\"]: the guest's audio reaches the observer again");
+    await api("POST", "/v1/rooms/call/update-permissions", perms(true));
+    await deaf(observer, false);
+    await c.page.locator("#media-status").waitFor({ state: "hidden", timeout: 5000 });
+    check(!(await c.page.locator("#mute").isDisabled()), "canSend: true: the guest may send again");
+    await c.page.context().close();
+  }
+
   // Mute: the host's own microphone track is disabled, and enabled again.
   await host.getByRole("button", { name: "Mute" }).click();
   check(await host.evaluate(() => document.querySelector("#mute").getAttribute("aria-pressed")) === "true", "mute");
@@ -194,6 +257,4 @@ try {
   results.push(m);
   console.log("measure:", JSON.stringify(m));
   check(lasted <= 2000, `the room's deletion: the (deaf, hostile) observer stopped receiving ${Math.round(lasted)} ms after`);
-} finally {
-  await browser.close();
 }

@@ -72,3 +72,14 @@ pub fn run(dir: &Path, port: u16, log: Option<&Path>) -> std::process::Child {
     }
     child
 }
+
+/// Inside a fresh network namespace (`unshare -n`): loopback up for the APIs, and a veth pair
+/// on private addresses (10.99.0.1, 10.99.0.2) for the media, since Janus never gathers ICE
+/// candidates on loopback interfaces.
+pub fn media_network() {
+    let script = "ip link set lo up; ip link add ghm0 type veth peer name ghm1; \
+                  ip addr add 10.99.0.1/24 dev ghm0; ip addr add 10.99.0.2/24 dev ghm1; \
+                  ip link set ghm0 up; ip link set ghm1 up";
+    let out = std::process::Command::new("sh").arg("-ec").arg(script).output().unwrap();
+    assert!(out.status.success(), "making the media network: {}", String::from_utf8_lossy(&out.stderr));
+}

@@ -80,6 +80,7 @@ const Media = (() => {
       return;
     }
     if (over) return stopTracks();
+    apply();
     tile(cred.id, "", local, true);
     pc = new RTCPeerConnection();
     for (const t of local.getTracks()) pc.addTrack(t, local);
@@ -175,13 +176,22 @@ const Media = (() => {
     if (local) for (const t of local.getTracks()) t.stop();
   }
 
-  function toggle(kind, button, on, off) {
-    if (!local) return;
-    const tracks = kind === "audio" ? local.getAudioTracks() : local.getVideoTracks();
-    const enabled = !tracks.every((t) => !t.enabled);
-    for (const t of tracks) t.enabled = !enabled;
-    button.textContent = enabled ? on : off;
-    button.setAttribute("aria-pressed", String(enabled));
+  // What this page may send (Daily's canSend for its session; the server mutes the rest in
+  // Janus as well), and what its user turned off.
+  const allowed = { audio: true, video: true };
+  const off = { audio: false, video: false };
+  function apply() {
+    $("mute").disabled = !allowed.audio;
+    $("camera").disabled = !allowed.video;
+    const held = ["audio", "video"].filter((k) => !allowed[k]).map((k) => (k === "audio" ? "microphone" : "camera"));
+    status(held.length ? `The host turned off your ${held.join(" and ")}.` : "");
+    if (local) for (const t of local.getTracks()) t.enabled = allowed[t.kind] && !off[t.kind];
+  }
+  function toggle(kind, button, onLabel, offLabel) {
+    off[kind] = !off[kind];
+    button.textContent = off[kind] ? onLabel : offLabel;
+    button.setAttribute("aria-pressed", String(off[kind]));
+    apply();
   }
   $("mute").addEventListener("click", (e) => toggle("audio", e.target, "Unmute", "Mute"));
   $("camera").addEventListener("click", (e) => toggle("video", e.target, "Turn camera on", "Turn camera off"));
@@ -203,6 +213,13 @@ const Media = (() => {
       }
     },
 
+    // This session's permissions changed (or were given at the join): Daily's canSend.
+    allow(permissions) {
+      const can = permissions ? permissions.canSend : undefined;
+      for (const k of ["audio", "video"]) allowed[k] = can === undefined || can === true || (Array.isArray(can) && can.includes(k));
+      apply();
+    },
+
     // Ends the media on this page (the meeting ended for us, or the media server ended it).
     stop(why) {
       if (over) return;
@@ -220,11 +237,12 @@ const Media = (() => {
     },
 
     // For tests and diagnostics: this page's VideoRoom id, and the bytes received so far from
-    // each feed it subscribed to (kept after a feed's connection closed).
+    // each feed it subscribed to (kept after a feed's connection closed; `only`: one feed's
+    // figure brought up to date, the others as last seen).
     id: () => cred && cred.id,
-    async received() {
+    async received(only) {
       for (const [id, f] of feeds) {
-        if (!f.pc) continue;
+        if (!f.pc || (only !== undefined && id !== only)) continue;
         let n = 0;
         try {
           (await f.pc.getStats()).forEach((s) => { if (s.type === "inbound-rtp") n += s.bytesReceived || 0; });

@@ -86,7 +86,10 @@ function isAdmin(p) {
 function enterMeeting(data) {
   show("meeting");
   // With a media server, a join (or an admitted knock) carries the credential for the call.
-  if (data.janus) Media.start(data.janus, session.name);
+  if (data.janus) {
+    Media.allow(data.permissions);
+    Media.start(data.janus, session.name);
+  }
   if (data.will_eject_at) countdown(data.will_eject_at);
   if (session.admin && token) loadKnockers();
 }
@@ -329,7 +332,10 @@ function onEvent(kind, data) {
   const hidden = p.permissions && p.permissions.hasPresence === false && !session.admin;
   if (kind === "participant.joined" && knockers.delete(p.session_id)) renderKnockers();
   if (kind === "participant.joined" && !hidden) people.set(p.session_id, { name: p.user_name, userId: p.user_id });
-  if (kind === "participant.updated" && p.session_id === session.id) session.admin = isAdmin(p);
+  if (kind === "participant.updated" && p.session_id === session.id) {
+    session.admin = isAdmin(p);
+    Media.allow(p.permissions);
+  }
   if (kind === "participant.updated" && p.session_id !== session.id) {
     if (hidden) people.delete(p.session_id);
     else people.set(p.session_id, { name: p.user_name, userId: p.user_id });
