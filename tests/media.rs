@@ -3,7 +3,9 @@
 //! For each way a session is ended (the REST eject, the owner's Eject and Eject-and-ban
 //! buttons, token revocation, the token's expiry, the room's deletion) the ended page is made
 //! hostile (it ignores its end and keeps sending) and the host's page must stop receiving its
-//! media within 2 s (WebRTC `getStats`), and the ended page says why.
+//! media within 2 s (WebRTC `getStats`), and the ended page says why. `canSend` false stops a
+//! guest's media the same way. After `kill -9` of Janus (and a restart), the pages join again
+//! by themselves, a new guest's media flows, and an ejected session's credential is refused.
 //!
 //! Janus never gathers ICE candidates on loopback interfaces, so the test runs itself again in
 //! a network namespace of its own (`unshare -n`, as root) with a veth pair on private
@@ -80,6 +82,8 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
         .env("BASE", &s.base)
         .env("KEY", &s.key)
         .env("SHOTS", root.join("target/browser-screenshots"))
+        .env("JANUS_PID", janus.id().to_string())
+        .env("JANUS_DIR", &dir)
         .output()
         .unwrap();
     let _ = janus.kill();

@@ -9,7 +9,8 @@
 // instead: N REST ejections, and every fifth round a baseline (the guest's own page hanging
 // up), sampling every SAMPLE_MS (default 100) ms.
 import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
+import { mkdirSync, openSync } from "node:fs";
+import { spawn } from "node:child_process";
 
 const { BASE, KEY, SHOTS } = process.env;
 const ROUNDS = Number(process.env.ROUNDS || 0);
@@ -150,6 +151,27 @@ async function bench(host, observer) {
   }
 }
 
+// kill -9 of Janus, and Janus started again as the test harness started it (JANUS_PID,
+// JANUS_DIR); the new one is stopped when this script ends.
+let janus = null;
+async function crashJanus() {
+  process.kill(Number(process.env.JANUS_PID), "SIGKILL");
+  const dir = process.env.JANUS_DIR;
+  const log = openSync(`${dir}/janus.log`, "a");
+  await sleep(200);
+  janus = spawn("janus", ["-F", dir, "-C", `${dir}/janus.jcfg`], { stdio: ["ignore", log, log] });
+  for (let i = 0; i < 100; i++) {
+    const r = await fetch(`${BASE}/janus/info`).catch(() => null);
+    if (r && r.ok) return;
+    await sleep(100);
+  }
+  throw new Error("FAILED: Janus did not come back");
+}
+
+// A Janus request through the relay (the answer's JSON).
+const relay = async (path, body) =>
+  (await fetch(`${BASE}/janus${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(Object.assign({ transaction: "t" }, body)) })).json();
+
 const results = [];
 try {
   await api("POST", "/v1/rooms", { name: "call" });
@@ -165,6 +187,7 @@ try {
   else await walk(host, observer);
 } finally {
   await browser.close();
+  if (janus) janus.kill("SIGKILL");
 }
 
 // Every way a session ends, in turn.
@@ -236,6 +259,29 @@ async function walk(host, observer) {
     await c.page.locator("#media-status").waitFor({ state: "hidden", timeout: 5000 });
     check(!(await c.page.locator("#mute").isDisabled()), "canSend: true: the guest may send again");
     await c.page.context().close();
+  }
+
+  // kill -9 of Janus: it comes back empty; Gatehouse puts the rooms and the live sessions'
+  // tokens back, the pages join again by themselves, a new guest's media reaches the host,
+  // and the credential of a session ejected before the crash gets nobody in.
+  if (process.env.JANUS_PID) {
+    const old = await (await fetch(`${BASE}/v1/rooms/call/join`, { method: "POST", headers: { "content-type": "application/json" }, body: "{}" })).json();
+    await api("POST", "/v1/rooms/call/eject", { ids: [old.session_id] });
+    const crashed = now();
+    await crashJanus();
+    await host.getByText("Reconnecting to the media server").waitFor({ timeout: 5000 }).catch(() => {});
+    const g = await joined({ user_name: "After the crash" });
+    await flowing(host, g.feed, "after Janus's crash");
+    const back = now() - crashed;
+    await host.locator("#tiles figure.mine video").waitFor({ timeout: 10000 });
+    check(true, `kill -9 of Janus: the host's page joined again and a new guest's media reaches it ${Math.round(back)} ms after the crash`);
+    const s = (await relay("", { janus: "create" })).data.id;
+    const h = (await relay(`/${s}`, { janus: "attach", plugin: "janus.plugin.videoroom" })).data.id;
+    await relay(`/${s}/${h}`, { janus: "message", body: { request: "join", ptype: "publisher", room: "call", id: old.janus.id, token: old.janus.token } });
+    const ev = await (await fetch(`${BASE}/janus/${s}?maxev=1`)).json();
+    const answer = (Array.isArray(ev) ? ev[0] : ev).plugindata.data;
+    check(typeof answer.error_code === "number", `kill -9 of Janus: an ejected session's credential is refused after the restart (${answer.error})`);
+    await g.page.context().close();
   }
 
   // Mute: the host's own microphone track is disabled, and enabled again.

@@ -17,6 +17,9 @@ const Media = (() => {
   let local = null; // MediaStream
   let over = false;
   let keepalive = null;
+  let name = null;
+  // Each connection to Janus is a generation: a poll of an older one stops.
+  let generation = 0;
   let onEnd = null;
   const feeds = new Map(); // feed (publisher id) -> { handle, pc, tile, bytes }
   const handles = new Map(); // handle id -> feed (subscribers)
@@ -74,7 +77,7 @@ const Media = (() => {
 
   async function publish() {
     try {
-      local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
+      if (!local) local = await navigator.mediaDevices.getUserMedia({ audio: true, video: true });
     } catch (e) {
       status("No camera or microphone: you can see and hear the others, they cannot see or hear you.");
       return;
@@ -135,7 +138,7 @@ const Media = (() => {
       if (jsep && jsep.type === "answer" && pc) pc.setRemoteDescription(jsep).catch(() => {});
       for (const p of data.publishers || []) subscribe(p).catch(() => {});
       for (const k of ["leaving", "unpublished", "kicked"]) if (data[k] && data[k] !== "ok") gone(data[k]);
-      if (data.leaving === "ok" || data.error) Media.stop(data.error ? `The media server refused: ${data.error}` : "");
+      if (data.leaving === "ok" || data.error) lost(generation);
       return;
     }
     const feed = handles.get(sender);
@@ -145,8 +148,8 @@ const Media = (() => {
   }
 
   // Janus's events arrive on the session's long-poll.
-  async function poll() {
-    while (!over) {
+  async function poll(gen) {
+    while (!over && gen === generation) {
       let res;
       try {
         res = await fetch(`${API}/${session}?maxev=10&rid=${Date.now()}`);
@@ -154,16 +157,50 @@ const Media = (() => {
         await new Promise((r) => setTimeout(r, 1000));
         continue;
       }
-      if (!res.ok) return Media.stop("The media connection ended.");
+      if (gen !== generation) return;
+      if (!res.ok) return lost(gen);
       const data = await res.json().catch(() => null);
       for (const ev of Array.isArray(data) ? data : data ? [data] : []) {
         if (ev.janus === "event" && ev.plugindata) onPluginEvent(ev.sender, ev.plugindata.data || {}, ev.jsep);
         else if (ev.janus === "hangup" || ev.janus === "detached") {
-          if (ev.sender === publisher) Media.stop("The media connection ended.");
+          if (ev.sender === publisher) lost(gen);
           else if (handles.has(ev.sender)) gone(handles.get(ev.sender));
         }
       }
     }
+  }
+
+  // A session with Janus: publish into the room, and subscribe to the others.
+  async function connect() {
+    const gen = ++generation;
+    try {
+      const s = (await send("", { janus: "create" })).data.id;
+      if (over || gen !== generation) return;
+      session = s;
+      publisher = (await send(`/${session}`, { janus: "attach", plugin: "janus.plugin.videoroom" })).data.id;
+      poll(gen);
+      await message(publisher, { request: "join", ptype: "publisher", room: cred.room, id: cred.id, token: cred.token, display: name || "Guest" });
+    } catch (e) {
+      lost(gen);
+    }
+  }
+
+  // Janus lost this page's session (it restarted, or refused or ended it): what the page held
+  // goes, and it joins again in 2 s with the same credential. A restarted Janus gets its rooms
+  // and the live sessions' tokens back from Gatehouse within seconds; a session that ended is
+  // ended on the page by its own stream (which stops this for good).
+  function lost(gen) {
+    if (over || gen !== generation) return;
+    generation++;
+    if (pc) pc.close();
+    pc = null;
+    for (const f of feeds.values()) if (f.pc) f.pc.close();
+    feeds.clear();
+    handles.clear();
+    session = null;
+    $("tiles").replaceChildren();
+    status("Reconnecting to the media server…");
+    setTimeout(() => { if (!over) connect(); }, 2000);
   }
 
   function status(text) {
@@ -198,19 +235,13 @@ const Media = (() => {
 
   return {
     // Joins the call's media with the credential of a join (or an admitted knock).
-    async start(credential, name) {
+    async start(credential, userName) {
       if (cred || over) return;
       cred = credential;
+      name = userName;
       $("media").hidden = false;
-      try {
-        session = (await send("", { janus: "create" })).data.id;
-        publisher = (await send(`/${session}`, { janus: "attach", plugin: "janus.plugin.videoroom" })).data.id;
-        poll();
-        keepalive = setInterval(() => send(`/${session}`, { janus: "keepalive" }).catch(() => {}), 25000);
-        await message(publisher, { request: "join", ptype: "publisher", room: cred.room, id: cred.id, token: cred.token, display: name || "Guest" });
-      } catch (e) {
-        status(`No audio or video: ${e.message}.`);
-      }
+      keepalive = setInterval(() => { if (session) send(`/${session}`, { janus: "keepalive" }).catch(() => {}); }, 25000);
+      await connect();
     },
 
     // This session's permissions changed (or were given at the join): Daily's canSend.
