@@ -35,6 +35,8 @@ pub enum EventKind {
     ParticipantEjected,
     ParticipantJoinDenied,
     ParticipantUpdated,
+    /// (ext) A participant's media went up or down in Janus (`--janus-url`).
+    ParticipantMedia,
     /// A meeting's session data changed (`set-session-data`); synced to everyone in the call (Daily's
     /// clients hear of it as `meeting-session-state-updated`).
     MeetingSessionDataUpdated,
@@ -54,7 +56,7 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 23] = [
+    pub const ALL: [EventKind; 24] = [
         EventKind::RoomCreated,
         EventKind::RoomUpdated,
         EventKind::RoomDeleted,
@@ -66,6 +68,7 @@ impl EventKind {
         EventKind::ParticipantEjected,
         EventKind::ParticipantJoinDenied,
         EventKind::ParticipantUpdated,
+        EventKind::ParticipantMedia,
         EventKind::MeetingSessionDataUpdated,
         EventKind::WaitingParticipantJoined,
         EventKind::WaitingParticipantLeft,
@@ -94,6 +97,7 @@ impl EventKind {
             EventKind::ParticipantEjected => "participant.ejected",
             EventKind::ParticipantJoinDenied => "participant.join-denied",
             EventKind::ParticipantUpdated => "participant.updated",
+            EventKind::ParticipantMedia => "participant.media",
             EventKind::MeetingSessionDataUpdated => "meeting-session-data.updated",
             EventKind::WaitingParticipantJoined => "waiting-participant.joined",
             EventKind::WaitingParticipantLeft => "waiting-participant.left",
@@ -127,6 +131,7 @@ impl EventKind {
             | EventKind::ParticipantJoined
             | EventKind::ParticipantLeft
             | EventKind::ParticipantUpdated
+            | EventKind::ParticipantMedia
             | EventKind::MeetingSessionDataUpdated => Audience::Room,
             _ => Audience::Admins,
         }
@@ -213,6 +218,7 @@ mod tests {
             "participant.joined",
             "participant.left",
             "participant.updated",
+            "participant.media",
             "meeting-session-data.updated",
         ];
         let admins = [

@@ -345,11 +345,150 @@ pub struct Mirror {
     /// Cuts under way at once (a room deleted with thousands present must not open thousands
     /// of scans of Janus's sessions together).
     cutting: Arc<tokio::sync::Semaphore>,
+    /// What Janus's event handler told of the live sessions' media.
+    media: std::sync::Mutex<MediaState>,
+}
+
+/// The publishing handles Janus's event handler named, and whether each session's media is
+/// connected. Entries go with their handle, their Janus session, or the Gatehouse session's
+/// end; at most [`MAX_HANDLES`] handles are followed.
+#[derive(Debug, Default)]
+struct MediaState {
+    /// Janus handle → (Janus session, room, Gatehouse session): a VideoRoom publisher's.
+    handles: std::collections::HashMap<u64, (u64, String, String)>,
+    /// Gatehouse session → whether its media (its publisher's PeerConnection) is up.
+    connected: std::collections::HashMap<String, bool>,
+}
+
+/// Most publishing handles followed at once (far beyond the participants one Janus serves).
+const MAX_HANDLES: usize = 100_000;
+
+/// A session's media went up or down, as Janus's event handler told it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MediaChange {
+    pub room: String,
+    pub session: String,
+    pub connected: bool,
 }
 
 impl Mirror {
     pub fn new(janus: Janus, store: Store, clock: crate::clock::SharedClock, secret: String) -> Mirror {
-        Mirror { janus, store, clock, secret, stats: Arc::default(), cutting: Arc::new(tokio::sync::Semaphore::new(8)) }
+        Mirror {
+            janus,
+            store,
+            clock,
+            secret,
+            stats: Arc::default(),
+            cutting: Arc::new(tokio::sync::Semaphore::new(8)),
+            media: Default::default(),
+        }
+    }
+
+    /// Session `session`'s media as Janus last told it: `Some("connected")`,
+    /// `Some("disconnected")`, or `None` when Janus has said nothing of it (since this start).
+    pub fn media_of(&self, session: &str) -> Option<&'static str> {
+        let m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        m.connected.get(session).map(|c| if *c { "connected" } else { "disconnected" })
+    }
+
+    /// Learns from a batch of Janus's event handler's events (`janus.eventhandler.sampleevh`):
+    /// which handle publishes for which Gatehouse session (VideoRoom's `joined`), and when
+    /// each one's PeerConnection goes up or down (WebRTC `webrtcup`, `hangup`; the handle
+    /// detached, the Janus session gone). A participant joining a Gatehouse room under an id no
+    /// live session has is kicked at once. Answers what changed.
+    pub fn learn(self: &Arc<Self>, events: &[Value]) -> Vec<MediaChange> {
+        let mut changes = Vec::new();
+        for e in events {
+            let (Some(kind), janus_session) = (e["type"].as_u64(), e["session_id"].as_u64()) else { continue };
+            let handle = e["handle_id"].as_u64();
+            let body = &e["event"];
+            match kind {
+                // A plugin's event: VideoRoom's `joined` names the room and the participant id.
+                64 if body["plugin"] == "janus.plugin.videoroom" && body["data"]["event"] == "joined" => {
+                    let data = &body["data"];
+                    let (Some(room), Some(id), Some(handle), Some(js)) =
+                        (data["room"].as_str(), data["id"].as_str(), handle, janus_session)
+                    else {
+                        continue;
+                    };
+                    match self.session_of(room, id) {
+                        Some(session) => {
+                            let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                            if m.handles.len() < MAX_HANDLES {
+                                m.handles.insert(handle, (js, room.to_string(), session));
+                            }
+                        }
+                        None if self.store.room(room).ok().flatten().is_some() => {
+                            tracing::warn!(room = %room, participant = %id, "janus: a participant joined with no live Gatehouse session; kicking it");
+                            let (me, room, id) = (self.clone(), room.to_string(), id.to_string());
+                            tokio::spawn(async move {
+                                if let Ok(h) = me.janus.open().await {
+                                    me.kick_stranger(h, &room, &id).await;
+                                    me.janus.close(h.0).await;
+                                }
+                            });
+                        }
+                        None => {}
+                    }
+                }
+                // WebRTC state, subtype 6: the PeerConnection is up, or hung up.
+                16 if e["subtype"].as_u64() == Some(6) => {
+                    let up = match body["connection"].as_str() {
+                        Some("webrtcup") => true,
+                        Some("hangup") => false,
+                        _ => continue,
+                    };
+                    let Some(handle) = handle else { continue };
+                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some((_, room, session)) = m.handles.get(&handle).cloned() else { continue };
+                    if m.connected.insert(session.clone(), up) != Some(up) {
+                        changes.push(MediaChange { room, session, connected: up });
+                    }
+                }
+                // The handle detached, or the Janus session ended: its media is down.
+                2 if body["name"] == "detached" => {
+                    let Some(handle) = handle else { continue };
+                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                    if let Some((_, room, session)) = m.handles.remove(&handle) {
+                        if m.connected.insert(session.clone(), false) == Some(true) {
+                            changes.push(MediaChange { room, session, connected: false });
+                        }
+                    }
+                }
+                1 if matches!(body["name"].as_str(), Some("destroyed" | "timeout")) => {
+                    let Some(js) = janus_session else { continue };
+                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                    let gone: Vec<u64> = m.handles.iter().filter(|(_, v)| v.0 == js).map(|(h, _)| *h).collect();
+                    for h in gone {
+                        if let Some((_, room, session)) = m.handles.remove(&h) {
+                            if m.connected.insert(session.clone(), false) == Some(true) {
+                                changes.push(MediaChange { room, session, connected: false });
+                            }
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        changes
+    }
+
+    /// The live session of `room` whose VideoRoom id is `id`.
+    fn session_of(&self, room: &str, id: &str) -> Option<String> {
+        let live = self.store.live();
+        let now = self.clock.now_ms();
+        live.present_in(room)
+            .iter()
+            .filter(|e| !e.session.is_over(now))
+            .map(|e| e.session.id.clone())
+            .find(|s| self.media_id(s) == id)
+    }
+
+    /// A session ended: what was known of its media goes.
+    fn forget(&self, session: &str) {
+        let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        m.connected.remove(session);
+        m.handles.retain(|_, v| v.2 != session);
     }
 
     /// The Janus client (the relay uses it).
@@ -460,6 +599,7 @@ impl Mirror {
     /// in, whatever fails after), its participant kicked, its Janus sessions destroyed (through
     /// the Admin API, best effort: the next pass kicks whatever is left).
     pub async fn cut(&self, room: &str, session: &str) -> Result<(), JanusError> {
+        self.forget(session);
         let id = self.media_id(session);
         let secret = self.secret_of(room);
         let h = self.janus.open().await?;

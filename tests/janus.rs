@@ -507,6 +507,27 @@ fn needs_janus_browsers_reach_janus_through_gatehouse_on_its_own_origin() {
     let gone = s.call("GET", &format!("/janus/{}?maxev=1", p.session), None, None);
     assert_eq!(gone.status, 404, "{}", gone.text);
 
+    // Janus's event handler's endpoint takes the API key as the password of HTTP Basic only.
+    let events = format!("{}/v1/janus/events", s.base);
+    let basic = |password: &str| {
+        use base64::Engine as _;
+        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("janus:{password}")))
+    };
+    let post = |auth: Option<String>, body: &str| {
+        let headers: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("Authorization", a)]).unwrap_or_default();
+        common::call_url("POST", &events, None, Some(body), &headers)
+    };
+    for (auth, why) in
+        [(None, "none"), (Some(basic("not-the-key")), "a wrong key"), (Some(format!("Bearer {}", s.key)), "Bearer")]
+    {
+        let r = post(auth, "[]");
+        assert_eq!(r.status, 401, "{why}: {}", r.text);
+        assert!(!r.text.contains(&s.key), "{}", r.text);
+    }
+    assert_eq!(post(Some(basic(&s.key)), "not json").status, 400);
+    let r = post(Some(basic(&s.key)), r#"[{"type": 1, "session_id": 1, "event": {"name": "created"}}]"#);
+    assert_eq!(r.status, 200, "{}", r.text);
+
     // Janus down: the relay says so, without naming where Janus is.
     let mut janus = janus;
     janus.kill9();

@@ -6,6 +6,8 @@
 //! media within 2 s (WebRTC `getStats`), and the ended page says why. `canSend` false stops a
 //! guest's media the same way. After `kill -9` of Janus (and a restart), the pages join again
 //! by themselves, a new guest's media flows, and an ejected session's credential is refused.
+//! Janus's event handler posts to Gatehouse: a guest's media shows as `connected` in presence
+//! and in a `participant.media` event, then `disconnected` when its page hangs up.
 //!
 //! Janus never gathers ICE candidates on loopback interfaces, so the test runs itself again in
 //! a network namespace of its own (`unshare -n`, as root) with a veth pair on private
@@ -65,12 +67,17 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("janus");
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, admin_port) = (free_port(), free_port());
+    let (port, admin_port, gatehouse_port) = (free_port(), free_port(), free_port());
     common::janus_config::write(&dir, port, admin_port, ADMIN_KEY, ADMIN_SECRET);
+    // Janus's event handler posts to Gatehouse (started next, on the port chosen here).
+    let backend = format!("http://127.0.0.1:{gatehouse_port}/v1/janus/events");
+    common::janus_config::write_event_handler(&dir, &backend, common::KEY);
     let log = dir.join("janus.log");
     let mut janus = common::janus_config::run(&dir, port, Some(&log));
     let (url, admin_url) = (format!("http://127.0.0.1:{port}/janus"), format!("http://127.0.0.1:{admin_port}/admin"));
+    let listen = format!("127.0.0.1:{gatehouse_port}");
     let s = Server::start_with(&[
+        ("GATEHOUSE_LISTEN", listen.as_str()),
         ("GATEHOUSE_JANUS_URL", url.as_str()),
         ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
         ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),

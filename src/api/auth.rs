@@ -51,3 +51,21 @@ pub fn authenticated(req: &Request<Incoming>) {
         c.authenticated();
     }
 }
+
+/// The API key as the password of HTTP Basic authentication (`Authorization: Basic
+/// base64(user:password)`, the user name ignored): what Janus's event handler can send.
+pub fn basic_api_key<'a>(req: &Request<Incoming>, keys: &'a KeyRing) -> Result<&'a SigningKey, ApiError> {
+    use base64::Engine as _;
+    let refused = || ApiError::unauthenticated("HTTP Basic authentication with the API key as the password is needed");
+    let v = req.headers().get(AUTHORIZATION).and_then(|v| v.to_str().ok()).ok_or_else(refused)?;
+    let (scheme, cred) = v.split_once(' ').ok_or_else(refused)?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return Err(refused());
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(cred.trim()).map_err(|_| refused())?;
+    let text = String::from_utf8(decoded).map_err(|_| refused())?;
+    let (_, password) = text.split_once(':').ok_or_else(refused)?;
+    let key = keys.authenticate(password).ok_or_else(|| ApiError::unauthenticated("the API key is not valid"))?;
+    authenticated(req);
+    Ok(key)
+}

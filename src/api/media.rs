@@ -42,7 +42,7 @@ pub async fn relay(
     };
     // A long-poll's own parameters (`maxev`, `rid`, a cache-buster) pass; nothing else does.
     let query = if post { None } else { req.uri().query().map(str::to_string) };
-    let body = if post { Some(wire::read_bytes(state, req).await?) } else { None };
+    let body = if post { Some(wire::read_bytes(state, req, state.settings.body_limit).await?) } else { None };
     let tail = match query.filter(|q| !q.is_empty()) {
         Some(q) if q.len() <= 256 => format!("{tail}?{q}"),
         Some(_) => return Err(ApiError::invalid("the query string is longer than 256 bytes")),
@@ -57,6 +57,34 @@ pub async fn relay(
     r.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r.headers_mut().insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(r)
+}
+
+/// Most bytes one post of Janus's event handler may hold (it groups what queued up).
+const EVENTS_LIMIT: usize = 1024 * 1024;
+/// Most events one post may hold.
+const MAX_EVENTS: usize = 10_000;
+
+/// `POST /v1/janus/events`: a batch of Janus's event handler's events (an array, or one event).
+/// What they say of the participants' media becomes `participant.media` events and the `media`
+/// of presence; the router checked the API key (HTTP Basic).
+pub async fn events(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let Some(mirror) = &state.janus else {
+        return Err(ApiError::not_found("no media server here (the server runs without --janus-url)"));
+    };
+    let body = wire::read_bytes(state, req, EVENTS_LIMIT).await?;
+    let events = match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(serde_json::Value::Array(a)) => a,
+        Ok(v @ serde_json::Value::Object(_)) => vec![v],
+        _ => return Err(ApiError::invalid("the body must be a JSON array of Janus events, or one event")),
+    };
+    if events.len() > MAX_EVENTS {
+        return Err(ApiError::invalid(format!("at most {MAX_EVENTS} events in one post")));
+    }
+    for change in mirror.learn(&events) {
+        let cmd = crate::store::commands::MediaChanged { session: change.session, connected: change.connected };
+        state.store.submit(cmd).await.map_err(ApiError::from)?;
+    }
+    Ok(wire::json_bytes(StatusCode::OK, b"{}".to_vec()))
 }
 
 #[cfg(test)]

@@ -410,6 +410,7 @@ async fn dispatch(
     // route that needs it (handlers of the others check their own credentials).
     let key = match route.access {
         Access::ApiKey => Some(auth::api_key(&req, &state.keys)?),
+        Access::JanusEventHandler => Some(auth::basic_api_key(&req, &state.keys)?),
         Access::Metrics if !state.settings.metrics_public => Some(auth::api_key(&req, &state.keys)?),
         _ => None,
     };
@@ -477,6 +478,7 @@ async fn dispatch(
         #[cfg(not(feature = "test-clock"))]
         Op::TestClock | Op::TestFaults => Err(ApiError::not_found("no such route")),
         Op::Janus => media::relay(state, req, p(0), p(1)).await,
+        Op::JanusEvents => media::events(state, req).await,
         Op::Dashboard => Ok(crate::web::dashboard()),
         Op::Asset => crate::web::asset(p(0)).ok_or_else(|| ApiError::not_found("no such asset")),
         Op::RoomPage if crate::rooms::validate_name(p(0)).is_ok() => Ok(crate::web::room_page()),

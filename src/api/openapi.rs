@@ -109,7 +109,7 @@ fn paths(requests: &mut SchemaGenerator, answers: &mut SchemaGenerator) -> Value
             Answer::Binary => {
                 json!({"description": "backup file", "content": {"application/octet-stream": {"schema": {"type": "string"}}}})
             }
-            Answer::Page | Answer::Relayed | Answer::Undocumented => continue,
+            Answer::Page | Answer::Relayed | Answer::Hook | Answer::Undocumented => continue,
         };
         let mut responses = json!({"200": success});
         for o in d.also {

@@ -39,10 +39,15 @@ pub struct PresenceEntry<'a> {
     /// Hidden by `hasPresence: false` (listed only where admins look).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     hidden: bool,
+    /// (ext) With Janus: `connected` or `disconnected`, as Janus's event handler last told it
+    /// (absent when it has said nothing of this session).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    media: Option<&'static str>,
 }
 
 impl<'a> PresenceEntry<'a> {
-    pub fn of(s: &'a Session, now_ms: i64) -> PresenceEntry<'a> {
+    /// `media`: what Janus told of the session's media ([`media_of`]).
+    pub fn of(s: &'a Session, now_ms: i64, media: Option<&'static str>) -> PresenceEntry<'a> {
         PresenceEntry {
             room: &s.room,
             id: &s.id,
@@ -52,8 +57,14 @@ impl<'a> PresenceEntry<'a> {
             duration: (now_ms - s.joined_ms).max(0) / 1000,
             owner: s.owner,
             hidden: !crate::sessions::has_presence(s.permissions.as_ref()),
+            media,
         }
     }
+}
+
+/// Session `id`'s media as Janus told it, with `--janus-url`.
+pub fn media_of(state: &AppState, id: &str) -> Option<&'static str> {
+    state.janus.as_ref().and_then(|j| j.media_of(id))
 }
 
 /// Where a page starts: after this member of this room.
@@ -159,7 +170,8 @@ pub fn all(state: &Arc<AppState>, req: &Request<Incoming>) -> Result<Response<Bo
             } else {
                 out.push(b',');
             }
-            serde_json::to_writer(&mut out, &PresenceEntry::of(&e.session, now)).map_err(internal)?;
+            let media = media_of(state, &e.session.id);
+            serde_json::to_writer(&mut out, &PresenceEntry::of(&e.session, now, media)).map_err(internal)?;
             left -= 1;
             last =
                 Some(Cursor { room: room.to_string(), order: (e.session.joined_ms, Arc::from(e.session.id.as_str())) });
@@ -211,7 +223,8 @@ pub fn room(state: &Arc<AppState>, req: &Request<Incoming>, room: &str) -> Resul
         if last.is_some() {
             out.push(b',');
         }
-        serde_json::to_writer(&mut out, &PresenceEntry::of(&e.session, now)).map_err(internal)?;
+        let media = media_of(state, &e.session.id);
+        serde_json::to_writer(&mut out, &PresenceEntry::of(&e.session, now, media)).map_err(internal)?;
         left -= 1;
         last = Some(Cursor { room: room.to_string(), order: (e.session.joined_ms, Arc::from(e.session.id.as_str())) });
     }

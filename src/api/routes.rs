@@ -66,6 +66,8 @@ pub enum Op {
     TestFaults,
     /// Janus's API relayed (`/janus...`), with `--janus-url`.
     Janus,
+    /// `POST /v1/janus/events`: Janus's event handler posts here.
+    JanusEvents,
     Dashboard,
     Asset,
     RoomPage,
@@ -104,6 +106,9 @@ pub enum Access {
     /// The API key, or a meeting token of the room that makes its holder an admin (eject,
     /// permissions, the lobby, room presence).
     ApiKeyOrParticipant,
+    /// Janus's event handler: HTTP Basic authentication with the API key as the password (all
+    /// Janus's sample event handler can send).
+    JanusEventHandler,
 }
 
 impl Access {
@@ -121,6 +126,7 @@ impl Access {
             Access::Participant => "a meeting token, or none (public room)",
             Access::Session => "the session's secret",
             Access::ApiKeyOrParticipant => "API key, or an admin token of the room",
+            Access::JanusEventHandler => "Janus's event handler (HTTP Basic, the API key as password)",
         }
     }
 }
@@ -154,6 +160,9 @@ pub enum Answer {
     /// Another server's answer, relayed as it came (Janus's API: documented by Janus, left out
     /// of the OpenAPI document).
     Relayed,
+    /// For another server's use (Janus's event handler), not an API operation (left out of
+    /// the OpenAPI document).
+    Hook,
     /// A test hook, routed only in `test-clock` builds and documented nowhere.
     Undocumented,
 }
@@ -385,6 +394,8 @@ routes! {
     POST "/janus/:session" => Janus (Public) doc("(ext) Janus's API, relayed: a request to a Janus session", Answer::Relayed),
     POST "/janus/:session/:handle" => Janus (Public)
         doc("(ext) Janus's API, relayed: a request to a plugin handle (VideoRoom)", Answer::Relayed),
+    POST "/v1/janus/events" => JanusEvents (JanusEventHandler)
+        doc("(ext) Janus's event handler posts its events here (with `--janus-url`): media state", Answer::Hook),
     GET "/dashboard" => Dashboard (Public) doc("The dashboard (HTML; it asks for the API key)", Answer::Page),
     GET "/assets/:file" => Asset (Public) doc("The pages' scripts and styles", Answer::Page),
     GET "/:room" => RoomPage (Public) doc("The room page (HTML)", Answer::Page),

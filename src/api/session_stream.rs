@@ -466,7 +466,8 @@ async fn send_snapshot(state: &AppState, me: &Session, large: bool, admin: bool,
             if i > 0 {
                 v.push(b',');
             }
-            let _ = serde_json::to_writer(&mut v, &PresenceEntry::of(&e.session, now));
+            let media = super::presence::media_of(state, &e.session.id);
+            let _ = serde_json::to_writer(&mut v, &PresenceEntry::of(&e.session, now, media));
         }
         v.push(b']');
         (live.present(&me.room), Bytes::from(v))
@@ -539,7 +540,8 @@ fn participants(state: &AppState, room: &str, now_ms: i64, admin: bool) -> (u64,
         if n > 0 {
             v.push(b',');
         }
-        let _ = serde_json::to_writer(&mut v, &PresenceEntry::of(&e.session, now_ms));
+        let media = super::presence::media_of(state, &e.session.id);
+        let _ = serde_json::to_writer(&mut v, &PresenceEntry::of(&e.session, now_ms, media));
         n += 1;
     }
     v.push(b']');

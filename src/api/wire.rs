@@ -68,9 +68,10 @@ async fn drain(body: &mut Incoming) {
     }
 }
 
-/// Reads the body as it is, within the body limit and deadline (what the Janus relay passes on).
-pub async fn read_bytes(state: &super::AppState, req: Request<Incoming>) -> Result<Bytes, ApiError> {
-    read_body_up_to(state, req, state.settings.body_limit).await
+/// Reads the body as it is, within `limit` and the body deadline (what the Janus relay passes
+/// on, what Janus's event handler posts).
+pub async fn read_bytes(state: &super::AppState, req: Request<Incoming>, limit: usize) -> Result<Bytes, ApiError> {
+    read_body_up_to(state, req, limit).await
 }
 
 /// Reads and parses a JSON object body (an empty body is `{}`) within the body limit.

@@ -67,6 +67,16 @@ async function flowing(page, feed, what) {
   throw new Error(`FAILED: ${what}: no media from ${feed} after 20 s`);
 }
 
+// Waits (at most 10 s) until `cond` holds.
+async function until(cond, what) {
+  const started = now();
+  while (!(await cond())) {
+    if (now() - started > 10000) throw new Error(`FAILED: ${what} (after 10 s)`);
+    await sleep(100);
+  }
+  check(true, `${what} (${Math.round(now() - started)} ms)`);
+}
+
 // Whether `feed`'s media is reaching `page` now (its bytes grow over 300 ms).
 async function live(page, feed) {
   const before = await received(page, feed);
@@ -233,6 +243,22 @@ async function walk(host, observer) {
     await g.page.context().close();
   }
   await host.screenshot({ path: `${SHOTS}/media-host.png` });
+
+  // Janus's event handler: a guest's media state in presence and in the event log, up when its
+  // media flows, down when its page hangs up (it stays in the meeting).
+  {
+    const g = await joined({ user_name: "Shown", user_id: "shown" });
+    await flowing(host, g.feed, "media state");
+    const media = async () => ((await api("GET", "/v1/rooms/call/presence")).data.find((p) => p.id === g.sessionId) || {}).media;
+    const events = async () => (await api("GET", "/v1/events?types=participant.media&limit=1000")).data
+      .filter((e) => e.payload.session_id === g.sessionId).map((e) => e.payload.media);
+    await until(async () => (await media()) === "connected", "media state: presence says the guest's media is connected");
+    await g.page.evaluate(() => Media.stop(""));
+    await until(async () => (await media()) === "disconnected", "media state: presence says disconnected once its page hung up");
+    const seen = await events();
+    check(seen.join() === "connected,disconnected", `media state: the event log has participant.media connected, then disconnected (${seen})`);
+    await g.page.context().close();
+  }
 
   // canSend: false stops the guest's media at the (deaf) observer: Janus mutes its streams (its
   // page also turns its tracks off, but a disabled track still sends black frames and silence,

@@ -23,7 +23,7 @@ pub fn write(dir: &Path, port: u16, admin_port: u16, admin_key: &str, admin_secr
              media: {{\n}}\nnat: {{\n}}\n\
              plugins: {{\n disable = \"libjanus_audiobridge.so,libjanus_echotest.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_nosip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so,libjanus_lua.so,libjanus_duktape.so\"\n}}\n\
              transports: {{\n disable = \"libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so\"\n}}\n\
-             events: {{\n broadcast = false\n}}\nloggers: {{\n}}\n",
+             events: {{\n broadcast = true\n disable = \"libjanus_gelfevh.so,libjanus_mqttevh.so,libjanus_nanomsgevh.so,libjanus_rabbitmqevh.so,libjanus_wsevh.so\"\n}}\nloggers: {{\n}}\n",
             d = dir.display()
         ),
     )
@@ -39,6 +39,19 @@ pub fn write(dir: &Path, port: u16, admin_port: u16, admin_key: &str, admin_secr
     std::fs::write(
         dir.join("janus.plugin.videoroom.jcfg"),
         format!("general: {{\n string_ids = true\n admin_key = \"{admin_key}\"\n}}\n"),
+    )
+    .unwrap();
+}
+
+/// Janus's sample event handler, posting its events to `backend` with HTTP Basic (`janus`,
+/// `password`), as `contrib/janus/janus.eventhandler.sampleevh.jcfg` does.
+pub fn write_event_handler(dir: &Path, backend: &str, password: &str) {
+    std::fs::write(
+        dir.join("janus.eventhandler.sampleevh.jcfg"),
+        format!(
+            "general: {{\n enabled = true\n events = \"sessions,handles,webrtc,plugins\"\n grouping = true\n json = \"compact\"\n \
+             backend = \"{backend}\"\n backend_user = \"janus\"\n backend_pwd = \"{password}\"\n max_retransmissions = 5\n retransmissions_backoff = 100\n}}\n"
+        ),
     )
     .unwrap();
 }

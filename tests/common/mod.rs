@@ -160,12 +160,14 @@ impl Server {
         panic!("no {kind} event matching after 10 s; log:\n{}", serde_json::to_string_pretty(&self.events()).unwrap());
     }
 
-    /// A server on `dir` (kept), with extra environment variables.
+    /// A server on `dir` (kept), with extra environment variables (`GATEHOUSE_LISTEN` among
+    /// them names its address; a free port on loopback otherwise).
     pub fn start_in(dir: &Path, env: &[(&str, &str)]) -> Server {
+        let listen = env.iter().find(|(k, _)| *k == "GATEHOUSE_LISTEN").map_or("127.0.0.1:0", |(_, v)| *v);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
         cmd.arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(dir)
             .env("GATEHOUSE_API_KEY", KEY)

@@ -18,7 +18,7 @@ pub use moderation::{Eject, EjectError, LiftBan, PermissionsError, Revoke, Updat
 pub use rooms::{CreateRoom, CreateRooms, DeleteRoom, DeleteRooms, SetAcme, SetDomain, UpdateRoom, MAX_BATCH};
 pub use session_data::{Merge, SessionData, SessionDataError, SetSessionData, MAX_SESSION_DATA};
 pub use sessions::{
-    DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, Waiting, WaitingError, WaitingReport,
+    DecideWaiting, Heartbeat, Heartbeats, Join, JoinOutcome, Leave, MediaChanged, Waiting, WaitingError, WaitingReport,
     MAX_WAITING_PER_ROOM,
 };
 pub use tokens::CreateToken;

@@ -558,3 +558,26 @@ pub fn drop_room(cx: &mut Ctx<'_>, room: &crate::rooms::Room, reason: &str) -> R
     cx.forget_ban_count(&room.name);
     Ok(())
 }
+
+/// A participant's media went up or down in Janus (what Janus's event handler told): the event
+/// `participant.media`, with the session's `participant.joined` fields and `media`
+/// (`connected` or `disconnected`). Nothing is stored: a session that ended meanwhile gets
+/// none.
+#[derive(Debug)]
+pub struct MediaChanged {
+    pub session: String,
+    pub connected: bool,
+}
+
+impl Command for MediaChanged {
+    /// Whether the session was live (and the event written).
+    type Reply = bool;
+
+    fn apply(self, cx: &mut Ctx<'_>) -> Result<bool, StoreError> {
+        let Some(e) = cx.session(&self.session).filter(|e| !e.waiting) else { return Ok(false) };
+        let mut payload = e.session.joined_payload();
+        payload["media"] = serde_json::json!(if self.connected { "connected" } else { "disconnected" });
+        cx.event(crate::events::EventKind::ParticipantMedia, payload);
+        Ok(true)
+    }
+}
