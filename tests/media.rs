@@ -78,6 +78,8 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
     let listen = format!("127.0.0.1:{gatehouse_port}");
     let s = Server::start_with(&[
         ("GATEHOUSE_LISTEN", listen.as_str()),
+        // A short lease, for the path where a page's network goes and its media does not.
+        ("GATEHOUSE_LEASE_SECS", "6"),
         ("GATEHOUSE_JANUS_URL", url.as_str()),
         ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
         ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),

@@ -119,18 +119,26 @@ const deaf = (page, on) => page.evaluate((on) => {
   window.deafness.on = on;
 }, on);
 
-async function joined(props) {
-  const t = await token(Object.assign({ room_name: "call" }, props));
+async function joined(props, room = "call") {
+  const t = await token(Object.assign({ room_name: room }, props));
   const page = await newPage();
+  // The test can cut this page's session stream (window.cutStream()) as a lost network would,
+  // leaving its media (UDP, to Janus) going.
+  await page.addInitScript(() => {
+    const abort = new AbortController();
+    const fetch = window.fetch;
+    window.fetch = (url, opts) => (String(url).endsWith("/stream") ? fetch(url, Object.assign({}, opts, { signal: abort.signal })) : fetch(url, opts));
+    window.cutStream = () => abort.abort();
+  });
   const opened = now();
-  await page.goto(`${BASE}/call?t=${t}`);
+  await page.goto(`${BASE}/${room}?t=${t}`);
   await page.waitForFunction(() => typeof Media !== "undefined" && Media.id(), null, { timeout: 10000 });
   return { page, opened, token: t, feed: await page.evaluate(() => Media.id()), sessionId: await page.evaluate(() => session.id) };
 }
 
 // A participant's page in the call, its media flowing to the host and the observer; hostile.
-async function guest(host, observer, props, what) {
-  const g = await joined(props);
+async function guest(host, observer, props, what, room = "call") {
+  const g = await joined(props, room);
   await flowing(host, g.feed, what);
   g.firstBytes = now() - g.opened;
   await flowing(observer, g.feed, what);
@@ -208,25 +216,56 @@ async function walk(host, observer) {
     ["the owner's Eject and ban button", async () => host.getByRole("button", { name: "Eject and ban Guest ban", exact: true }).click(), "cannot rejoin"],
     ["token revocation", async (g) => api("POST", "/v1/meeting-tokens/revoke", { token: g.token }), "revoked"],
     ["the token's expiry (eject_at_token_exp)", null, "link expired"],
+    ["eject_after_elapsed", null, "Your time in this meeting is up"],
+    ["a replacement (enforce_unique_user_ids)", async (g) => {
+      await api("POST", "/v1/rooms/call", { properties: { enforce_unique_user_ids: true } });
+      const t = await token({ room_name: "call", user_id: g.userId });
+      const r = await fetch(`${BASE}/v1/rooms/call/join`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ token: t }) });
+      if (!r.ok) throw new Error(`the second join: ${r.status}`);
+    }, "from another window or device"],
+    ["a lease that ran out (the page's stream gone, its media not)", async (g) => g.page.evaluate(() => window.cutStream()), "Meeting has ended"],
   ];
   for (const [what, cut, says] of paths) {
     const name = what === "the owner's Eject button" ? "button" : what.includes("ban") ? "ban" : what.replace(/\W+/g, "-");
     const props = { user_name: `Guest ${name}`, user_id: `guest-${name}` };
-    if (!cut) Object.assign(props, { exp: Math.floor(Date.now() / 1000) + 12, eject_at_token_exp: true });
+    // The deadlines: measured from when they fall due.
+    let due = null;
+    if (what.includes("eject_at_token_exp")) {
+      Object.assign(props, { exp: Math.floor(Date.now() / 1000) + 12, eject_at_token_exp: true });
+      due = props.exp * 1000;
+    } else if (what === "eject_after_elapsed") {
+      Object.assign(props, { eject_after_elapsed: 10 });
+    }
     const g = await guest(host, observer, props, what);
+    g.userId = props.user_id;
+    if (what === "eject_after_elapsed") {
+      const j = (await api("GET", "/v1/events?types=participant.joined&limit=1000")).data.find((e) => e.payload.session_id === g.sessionId);
+      due = j.payload.will_eject_at * 1000;
+    }
+    if (what.startsWith("a lease")) due = "lease";
     const tile = host.locator(`#tiles figure[data-feed="${g.feed}"] video`);
     await tile.waitFor({ timeout: 5000 });
     check(true, `${what}: the host sees and hears the guest (first bytes ${Math.round(g.firstBytes)} ms after the page opened)`);
     await deaf(observer, true);
     check(await live(observer, g.feed), `${what}: the guest's media reaches the (deaf) observer just before the cut`);
     let at;
-    if (cut) {
+    if (due === "lease") {
+      // Without its stream the page renews nothing; the lease runs out (6 s here) and the sweep
+      // ends the session: measured from the sweep's event.
+      await cut(g);
+      const gone = async () => (await api("GET", `/v1/events?types=participant.left&limit=1000`)).data
+        .find((e) => e.payload.session_id === g.sessionId);
+      const waited = now();
+      while (!(await gone())) {
+        if (now() - waited > 30000) throw new Error("FAILED: the lease never ran out");
+        await sleep(50);
+      }
+      at = now();
+    } else if (cut) {
       at = now();
       await cut(g);
     } else {
-      // The token's deadline: measured from the second it names.
-      const exp = props.exp * 1000;
-      await sleep(Math.max(0, exp - Date.now()));
+      await sleep(Math.max(0, due - Date.now()));
       at = now();
     }
     const lasted = await stopped(observer, g.feed, at);
@@ -236,6 +275,7 @@ async function walk(host, observer) {
     console.log("measure:", JSON.stringify(m));
     check(lasted <= 2000, `${what}: the (deaf) observer stopped receiving the (hostile) guest's media ${Math.round(lasted)} ms after the cut`);
     await g.page.getByText(says).waitFor({ timeout: 5000 });
+    if (what.startsWith("a replacement")) await api("POST", "/v1/rooms/call", { properties: { enforce_unique_user_ids: false } });
     await g.page.screenshot({ path: `${SHOTS}/media-cut-${name}.png` });
     check(true, `${what}: the guest's page says "${says}"`);
     await tile.waitFor({ state: "detached", timeout: 2000 });
@@ -329,4 +369,23 @@ async function walk(host, observer) {
   results.push(m);
   console.log("measure:", JSON.stringify(m));
   check(lasted <= 2000, `the room's deletion: the (deaf, hostile) observer stopped receiving ${Math.round(lasted)} ms after`);
+
+  // The room's exp with eject_at_room_exp, in a room of its own: everyone's session ends at
+  // the second it names; the guest and the observer are hostile, the observer deaf.
+  {
+    const exp = Math.floor(Date.now() / 1000) + 15;
+    await api("POST", "/v1/rooms", { name: "brief", properties: { exp, eject_at_room_exp: true } });
+    const watcher = (await joined({ user_name: "Watcher" }, "brief")).page;
+    await hostile(watcher);
+    const g = await guest(watcher, watcher, { user_name: "Guest brief" }, "the room's exp", "brief");
+    await deaf(watcher, true);
+    check(await live(watcher, g.feed), "the room's exp: the guest's media reaches the (deaf) watcher before");
+    await sleep(Math.max(0, exp * 1000 - Date.now()));
+    const lasted = await stopped(watcher, g.feed, now());
+    await g.page.getByText("Meeting has ended").waitFor({ timeout: 5000 });
+    const m = { path: "the room's exp (eject_at_room_exp)", first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
+    results.push(m);
+    console.log("measure:", JSON.stringify(m));
+    check(lasted <= 2000, `the room's exp: the (deaf, hostile) watcher stopped receiving ${Math.round(lasted)} ms after`);
+  }
 }
