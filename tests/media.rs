@@ -6,6 +6,8 @@
 //! media within 2 s (WebRTC `getStats`), and the ended page says why. `canSend` false stops a
 //! guest's media the same way. After `kill -9` of Janus (and a restart), the pages join again
 //! by themselves, a new guest's media flows, and an ejected session's credential is refused.
+//! After `kill -9` of Gatehouse mid-call, a guest whose token deadline passed while it was down
+//! loses its media once it is back, and a guest still live keeps it.
 //! Janus's event handler posts to Gatehouse: a guest's media shows as `connected` in presence
 //! and in a `participant.media` event, then `disconnected` when its page hangs up.
 //!
@@ -76,7 +78,7 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
     let mut janus = common::janus_config::run(&dir, port, Some(&log));
     let (url, admin_url) = (format!("http://127.0.0.1:{port}/janus"), format!("http://127.0.0.1:{admin_port}/admin"));
     let listen = format!("127.0.0.1:{gatehouse_port}");
-    let s = Server::start_with(&[
+    let env = [
         ("GATEHOUSE_LISTEN", listen.as_str()),
         // A short lease, for the path where a page's network goes and its media does not.
         ("GATEHOUSE_LEASE_SECS", "6"),
@@ -84,7 +86,14 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
         ("GATEHOUSE_JANUS_ADMIN_KEY", ADMIN_KEY),
         ("GATEHOUSE_JANUS_ADMIN_URL", admin_url.as_str()),
         ("GATEHOUSE_JANUS_ADMIN_SECRET", ADMIN_SECRET),
-    ]);
+    ];
+    let s = Server::start_with(&env);
+    // What the script needs to start it again after its kill -9 (the same data, port, settings).
+    let mut restart: serde_json::Map<String, serde_json::Value> =
+        env.iter().map(|(k, v)| (k.to_string(), serde_json::Value::from(*v))).collect();
+    restart.insert("GATEHOUSE_API_KEY".into(), s.key.clone().into());
+    restart.insert("GATEHOUSE_JOIN_RATE".into(), "100000".into());
+    restart.insert("GATEHOUSE_JOIN_BURST".into(), "100000".into());
     let out = Command::new("node")
         .arg(root.join("tests/browser/media.mjs"))
         .current_dir(root.join("tests/browser"))
@@ -92,6 +101,11 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
         .env("KEY", &s.key)
         .env("SHOTS", root.join("target/browser-screenshots"))
         .env("JANUS_PID", janus.id().to_string())
+        .env("GATEHOUSE_PID", s.pid().to_string())
+        .env("GATEHOUSE_BIN", env!("CARGO_BIN_EXE_gatehouse"))
+        .env("GATEHOUSE_DATA", &s.dir)
+        .env("GATEHOUSE_LISTEN", &listen)
+        .env("GATEHOUSE_ENV", serde_json::Value::Object(restart).to_string())
         .env("JANUS_DIR", &dir)
         .output()
         .unwrap();

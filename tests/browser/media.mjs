@@ -64,7 +64,8 @@ async function flowing(page, feed, what) {
     if (first !== null && n > 50000) return first - started;
     await sleep(100);
   }
-  throw new Error(`FAILED: ${what}: no media from ${feed} after 20 s`);
+  const seen = await page.evaluate(() => `${document.getElementById("media-status").textContent}; ${document.querySelectorAll("#tiles figure").length} tiles; ${document.getElementById("ended-text").textContent}`);
+  throw new Error(`FAILED: ${what}: no media from ${feed} after 20 s (the page: ${seen})`);
 }
 
 // Waits (at most 10 s) until `cond` holds.
@@ -186,6 +187,25 @@ async function crashJanus() {
   throw new Error("FAILED: Janus did not come back");
 }
 
+// kill -9 of Gatehouse, and Gatehouse started again on the same data and port (GATEHOUSE_PID,
+// GATEHOUSE_BIN, GATEHOUSE_DATA, GATEHOUSE_LISTEN, GATEHOUSE_ENV as JSON); the new one is
+// stopped when this script ends. Resolves when it answers again.
+let gatehouse = null;
+function crashGatehouse() {
+  process.kill(Number(process.env.GATEHOUSE_PID), "SIGKILL");
+}
+async function restartGatehouse() {
+  const env = Object.assign({}, process.env, JSON.parse(process.env.GATEHOUSE_ENV));
+  const log = openSync(`${process.env.GATEHOUSE_DATA}/../restarted.log`, "a");
+  gatehouse = spawn(process.env.GATEHOUSE_BIN, ["serve", "--listen", process.env.GATEHOUSE_LISTEN, "--data-dir", process.env.GATEHOUSE_DATA], { env, stdio: ["ignore", log, log] });
+  for (let i = 0; i < 300; i++) {
+    const r = await fetch(`${BASE}/readyz`).catch(() => null);
+    if (r && r.ok) return;
+    await sleep(50);
+  }
+  throw new Error("FAILED: Gatehouse did not come back");
+}
+
 // A Janus request through the relay (the answer's JSON).
 const relay = async (path, body) =>
   (await fetch(`${BASE}/janus${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(Object.assign({ transaction: "t" }, body)) })).json();
@@ -206,6 +226,7 @@ try {
 } finally {
   await browser.close();
   if (janus) janus.kill("SIGKILL");
+  if (gatehouse) gatehouse.kill("SIGKILL");
 }
 
 // Every way a session ends, in turn.
@@ -369,6 +390,8 @@ async function walk(host, observer) {
   results.push(m);
   console.log("measure:", JSON.stringify(m));
   check(lasted <= 2000, `the room's deletion: the (deaf, hostile) observer stopped receiving ${Math.round(lasted)} ms after`);
+  // Pages done with close (two cores run every page's camera and encoder).
+  for (const p of [g.page, observer, host]) await p.context().close();
 
   // The room's exp with eject_at_room_exp, in a room of its own: everyone's session ends at
   // the second it names; the guest and the observer are hostile, the observer deaf.
@@ -387,5 +410,29 @@ async function walk(host, observer) {
     results.push(m);
     console.log("measure:", JSON.stringify(m));
     check(lasted <= 2000, `the room's exp: the (deaf, hostile) watcher stopped receiving ${Math.round(lasted)} ms after`);
+    for (const p of [g.page, watcher]) await p.context().close();
+  }
+
+  // kill -9 of Gatehouse mid-call, a guest's token deadline passing while it is down: after the
+  // restart its session is ended (the overdue deadline) and its media cut, while the watcher,
+  // whose session lives on, keeps receiving the others.
+  if (process.env.GATEHOUSE_PID) {
+    await api("POST", "/v1/rooms", { name: "late" });
+    const watcher = (await joined({ user_name: "Watcher" }, "late")).page;
+    await hostile(watcher);
+    const stays = await guest(watcher, watcher, { user_name: "Stays" }, "Gatehouse's crash", "late");
+    const exp = Math.floor(Date.now() / 1000) + 12;
+    const g = await guest(watcher, watcher, { user_name: "Overdue", exp, eject_at_token_exp: true }, "Gatehouse's crash", "late");
+    await deaf(watcher, true);
+    crashGatehouse();
+    await sleep(Math.max(0, exp * 1000 - Date.now()) + 500);
+    check(await live(watcher, g.feed), "Gatehouse down: the overdue guest's media still flows (nobody to cut it)");
+    await restartGatehouse();
+    const lasted = await stopped(watcher, g.feed, now());
+    const m = { path: "a token deadline passed while Gatehouse was down (after its restart)", media_received_after_cut_ms: Math.round(lasted) };
+    results.push(m);
+    console.log("measure:", JSON.stringify(m));
+    check(lasted <= 2000, `Gatehouse restarted: the overdue guest's media stopped ${Math.round(lasted)} ms after it was ready`);
+    check(await live(watcher, stays.feed), "Gatehouse restarted: a guest still live keeps its media");
   }
 }
