@@ -17,7 +17,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+// The tests' Janus configuration (the event handler's part is theirs alone).
 #[path = "../tests/common/janus_config.rs"]
+#[allow(dead_code)]
 mod janus_config;
 mod support;
 
