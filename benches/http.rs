@@ -21,7 +21,7 @@ mod support;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::Request;
-use support::{cpu_secs, rss_mib};
+use support::{cpu_secs, free_port, rss_mib};
 use tokio::net::TcpStream;
 
 const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
@@ -360,10 +360,6 @@ fn table(results: &[Result]) {
             r.errors
         );
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Three etcd members on loopback (killed when dropped), and their client URLs.

@@ -12,7 +12,6 @@
 //! Run: `cargo bench --bench janus -- --ejections 100`; with real media (WebRTC in headless
 //! Chromium, in a network namespace; needs root): `cargo bench --bench janus -- --media 100`.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,7 +23,7 @@ mod janus_config;
 mod support;
 
 use serde_json::{json, Value};
-use support::pct;
+use support::{free_port, pct};
 
 const KEY: &str = "5b2c0f6a9e8d7c1b3a4f5e6d7c8b9a0f1e2d3c4b5a69788796a5b4c3d2e1f0a9";
 const ADMIN_KEY: &str = "bench-videoroom-admin-key";
@@ -37,10 +36,6 @@ impl Drop for Kill {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Janus with the HTTP and Admin APIs on loopback, VideoRoom only.

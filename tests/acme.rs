@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -27,10 +27,6 @@ impl Drop for Proc {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn have(cmd: &str) -> bool {
@@ -53,10 +49,10 @@ impl Ca {
         std::fs::create_dir_all(dir).unwrap();
         // pebble's own HTTPS API: a certificate for 127.0.0.1 from a CA of our own.
         common::test_ca(dir, &[("server", "subjectAltName=DNS:localhost,IP:127.0.0.1")]);
-        let dns = free_port();
+        let dns = common::free_port();
         let chall = Command::new("pebble-challtestsrv")
             .args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", "", "-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns}"), "-management", &format!("127.0.0.1:{}", free_port())])
+            .args(["-dns01", &format!("127.0.0.1:{dns}"), "-management", &format!("127.0.0.1:{}", common::free_port())])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -64,7 +60,7 @@ impl Ca {
         let mut ca = Ca {
             dir: dir.to_path_buf(),
             directory: String::new(),
-            management: free_port(),
+            management: common::free_port(),
             dns,
             tls_port,
             pebble: None,
@@ -75,12 +71,12 @@ impl Ca {
     }
 
     fn run_pebble(&mut self) {
-        let listen = free_port();
+        let listen = common::free_port();
         let config = json!({"pebble": {
             "listenAddress": format!("127.0.0.1:{listen}"),
             "managementListenAddress": format!("127.0.0.1:{}", self.management),
             "certificate": self.dir.join("server.pem"), "privateKey": self.dir.join("server.key"),
-            "httpPort": free_port(), "tlsPort": self.tls_port, "ocspResponderURL": "",
+            "httpPort": common::free_port(), "tlsPort": self.tls_port, "ocspResponderURL": "",
             "externalAccountBindingRequired": false,
         }});
         std::fs::write(self.dir.join("pebble.json"), config.to_string()).unwrap();
@@ -204,7 +200,7 @@ async fn needs_pebble_a_certificate_is_obtained_renewed_under_an_open_stream_and
     );
     common::require(have("openssl"), "openssl");
     let tmp = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::free_port();
     let mut ca = tokio::task::block_in_place(|| Ca::start(&tmp.path().join("ca"), port));
     let data = tmp.path().join("data");
     let mut s = tokio::task::block_in_place(|| gatehouse(&data, port, &ca));
@@ -273,7 +269,7 @@ async fn needs_pebble_a_certificate_is_obtained_renewed_under_an_open_stream_and
 
     // Nothing stored and the CA down: the server runs and says why HTTPS is not served yet.
     let fresh = tmp.path().join("fresh");
-    let s = tokio::task::block_in_place(|| gatehouse(&fresh, free_port(), &ca));
+    let s = tokio::task::block_in_place(|| gatehouse(&fresh, common::free_port(), &ca));
     let deadline = Instant::now() + Duration::from_secs(20);
     while !s.log().contains("cannot reach the ACME directory") {
         assert!(Instant::now() < deadline, "the log does not say the CA is unreachable:\n{}", s.log());

@@ -21,10 +21,6 @@ fn have(tool: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 struct Member {
     client: String,
     child: Option<Child>,
@@ -44,7 +40,7 @@ impl EtcdCluster {
         common::require(have("etcd") && have("etcdctl"), "etcd and etcdctl (Debian packages etcd-server, etcd-client)");
         let dir = tempfile::tempdir().unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
-        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (common::free_port(), common::free_port())).collect();
         let initial: Vec<String> =
             ports.iter().enumerate().map(|(i, (_, p))| format!("m{i}=http://127.0.0.1:{p}")).collect();
         let token = format!("gh-test-{}", std::process::id());
@@ -201,7 +197,7 @@ fn needs_etcd_config_check_reports_the_clusters_health() {
     }
 
     // Nothing there at all; bad settings.
-    let o = check(&["--etcd-endpoints", &format!("http://127.0.0.1:{}", free_port())]);
+    let o = check(&["--etcd-endpoints", &format!("http://127.0.0.1:{}", common::free_port())]);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("no endpoint answered"), "{}", text(&o));
     for (args, says) in [
@@ -433,7 +429,7 @@ fn seqs(s: &common::Server) -> Vec<u64> {
 fn needs_etcd_two_nodes_lose_nothing_when_the_leader_and_an_etcd_member_die() {
     let mut c = EtcdCluster::start(3, None);
     let tmp = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (common::free_port(), common::free_port());
     let mut a = node(&c, &tmp.path().join("a"), pa);
     // A is alone: it leads once elected.
     acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
@@ -612,7 +608,7 @@ fn needs_etcd_a_single_nodes_backup_moves_into_etcd_and_back() {
         "a second restore was not refused: {}",
         text(&o)
     );
-    let n = node(&c, &tmp.path().join("node"), free_port());
+    let n = node(&c, &tmp.path().join("node"), common::free_port());
     acked(&n, "/v1/rooms", serde_json::json!({"name": "in-the-cluster"}), Duration::from_secs(15));
     assert_eq!(n.get("/v1/rooms/moved").status, 200);
     assert_eq!(n.get(&format!("/v1/meeting-tokens/{token}")).status, 200, "the domain id did not move");
@@ -671,7 +667,7 @@ fn needs_etcd_mixed_load_through_failovers_keeps_limits_order_and_streams() {
     use std::sync::atomic::{AtomicBool, Ordering};
     let mut c = EtcdCluster::start(3, None);
     let tmp = tempfile::tempdir().unwrap();
-    let (pa, pb) = (free_port(), free_port());
+    let (pa, pb) = (common::free_port(), common::free_port());
     let mut a = node(&c, &tmp.path().join("a"), pa);
     acked(
         &a,
@@ -766,9 +762,9 @@ fn needs_etcd_a_follower_holds_slow_clients_to_the_same_deadlines_and_caps() {
     let c = EtcdCluster::start(1, None);
     let tmp = tempfile::tempdir().unwrap();
     let env = [("GATEHOUSE_HEAD_TIMEOUT_SECS", "2"), ("GATEHOUSE_MAX_CONNECTIONS_PER_ADDRESS", "20")];
-    let a = node_with(&c, &tmp.path().join("a"), free_port(), &env);
+    let a = node_with(&c, &tmp.path().join("a"), common::free_port(), &env);
     acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
-    let b = node_with(&c, &tmp.path().join("b"), free_port(), &env);
+    let b = node_with(&c, &tmp.path().join("b"), common::free_port(), &env);
     acked(&b, "/v1/rooms", serde_json::json!({"name": "via-b"}), Duration::from_secs(10));
     // Slow heads from 15 addresses, 20 each (not from 127.0.0.1, a trusted proxy for the nodes,
     // exempt from the per-address cap): every one closed at the head deadline.

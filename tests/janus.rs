@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -30,14 +29,10 @@ impl Drop for Janus {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 impl Janus {
     fn start(dir: &Path) -> Janus {
         std::fs::create_dir_all(dir).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
+        let (port, admin_port) = (common::free_port(), common::free_port());
         common::janus_config::write(dir, port, admin_port, ADMIN_KEY, ADMIN_SECRET);
         let mut j = Janus { child: None, dir: dir.to_path_buf(), port, admin_port };
         j.run();
@@ -66,12 +61,7 @@ impl Janus {
 
     /// A VideoRoom request on a fresh session.
     fn videoroom(&self, body: Value) -> Value {
-        let s = self.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
-        let h = self
-            .post(&format!("/{s}"), json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}))
-            ["data"]["id"]
-            .as_u64()
-            .unwrap();
+        let Participant { session: s, handle: h } = self.participant();
         let out = self.post(&format!("/{s}/{h}"), json!({"janus": "message", "transaction": "t", "body": body}));
         self.post(&format!("/{s}"), json!({"janus": "destroy", "transaction": "t"}));
         out["plugindata"]["data"].clone()
@@ -143,12 +133,7 @@ fn needs_janus_rooms_are_mirrored_into_videoroom_and_come_back_after_a_janus_cra
     assert!(rooms.iter().filter(|r| r.1.starts_with("gatehouse:")).all(|r| r.3), "private: {rooms:?}");
 
     // Nobody joins without a credential from Gatehouse (an empty allowed list, a room secret).
-    let s_id = janus.post("", json!({"janus": "create", "transaction": "t"}))["data"]["id"].as_u64().unwrap();
-    let h = janus
-        .post(&format!("/{s_id}"), json!({"janus": "attach", "plugin": "janus.plugin.videoroom", "transaction": "t"}))
-        ["data"]["id"]
-        .as_u64()
-        .unwrap();
+    let Participant { session: s_id, handle: h } = janus.participant();
     let join = janus.post(
         &format!("/{s_id}/{h}"),
         json!({"janus": "message", "transaction": "t", "body": {"request": "join", "ptype": "publisher", "room": "standup"}}),

@@ -30,10 +30,6 @@ fn have(cmd: &str) -> bool {
     Command::new("sh").arg("-c").arg(format!("command -v {cmd}")).status().is_ok_and(|s| s.success())
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -69,7 +65,7 @@ fn needs_janus_and_chromium_every_end_of_a_session_cuts_its_real_media() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("janus");
     std::fs::create_dir_all(&dir).unwrap();
-    let (port, admin_port, gatehouse_port) = (free_port(), free_port(), free_port());
+    let (port, admin_port, gatehouse_port) = (common::free_port(), common::free_port(), common::free_port());
     common::janus_config::write(&dir, port, admin_port, ADMIN_KEY, ADMIN_SECRET);
     // Janus's event handler posts to Gatehouse (started next, on the port chosen here).
     let backend = format!("http://127.0.0.1:{gatehouse_port}/v1/janus/events");

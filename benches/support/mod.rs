@@ -64,3 +64,8 @@ pub fn cpu_secs(pid: u32) -> f64 {
         + f.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
+
+/// A port on loopback that nothing listens on now (for a process the bench starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

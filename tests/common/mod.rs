@@ -363,6 +363,11 @@ impl Server {
     }
 }
 
+/// A port on loopback that nothing listens on now (for a process the test starts next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
 /// A memory figure of a process from `/proc/<pid>/status` (`VmRSS`: now; `VmHWM`: its peak),
 /// in MiB; 0 when it cannot be read.
 pub fn memory_mib(pid: u32, field: &str) -> f64 {
