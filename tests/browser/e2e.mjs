@@ -1,25 +1,11 @@
 // End-to-end: the seed's walk-through and the dashboard, in headless Chromium.
 // Env: BASE (server URL), KEY (API key), SHOTS (folder for screenshots).
 import { chromium } from "playwright-core";
+import { api, token, check } from "./lib.mjs";
 import { mkdirSync } from "node:fs";
 
 const { BASE, KEY, SHOTS } = process.env;
 mkdirSync(SHOTS, { recursive: true });
-const api = async (method, path, body) => {
-  const res = await fetch(BASE + path, {
-    method,
-    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-    body: body && JSON.stringify(body),
-  });
-  const data = await res.json();
-  if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(data)}`);
-  return data;
-};
-const token = async (properties) => (await api("POST", "/v1/meeting-tokens", { properties })).token;
-const check = (cond, what) => {
-  if (!cond) throw new Error("FAILED: " + what);
-  console.log("ok -", what);
-};
 
 const browser = await chromium.launch({
   executablePath: "/usr/bin/chromium",

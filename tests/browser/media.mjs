@@ -9,28 +9,14 @@
 // instead: N REST ejections, and every fifth round a baseline (the guest's own page hanging
 // up), sampling every SAMPLE_MS (default 100) ms.
 import { chromium } from "playwright-core";
+import { api, token, check } from "./lib.mjs";
 import { mkdirSync, openSync } from "node:fs";
 import { spawn } from "node:child_process";
 
-const { BASE, KEY, SHOTS } = process.env;
+const { BASE, SHOTS } = process.env;
 const ROUNDS = Number(process.env.ROUNDS || 0);
 const SAMPLE_MS = Number(process.env.SAMPLE_MS || 100);
 mkdirSync(SHOTS, { recursive: true });
-const api = async (method, path, body) => {
-  const res = await fetch(BASE + path, {
-    method,
-    headers: { authorization: `Bearer ${KEY}`, "content-type": "application/json" },
-    body: body && JSON.stringify(body),
-  });
-  const data = await res.json();
-  if (!res.ok) throw new Error(`${method} ${path}: ${JSON.stringify(data)}`);
-  return data;
-};
-const token = async (properties) => (await api("POST", "/v1/meeting-tokens", { properties })).token;
-const check = (cond, what) => {
-  if (!cond) throw new Error("FAILED: " + what);
-  console.log("ok -", what);
-};
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const now = () => performance.now();
 
@@ -210,7 +196,6 @@ async function restartGatehouse() {
 const relay = async (path, body) =>
   (await fetch(`${BASE}/janus${path}`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(Object.assign({ transaction: "t" }, body)) })).json();
 
-const results = [];
 try {
   await api("POST", "/v1/rooms", { name: "call" });
   const host = await newPage();
@@ -292,7 +277,6 @@ async function walk(host, observer) {
     const lasted = await stopped(observer, g.feed, at);
     await deaf(observer, false);
     const m = { path: what, first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
-    results.push(m);
     console.log("measure:", JSON.stringify(m));
     check(lasted <= 2000, `${what}: the (deaf) observer stopped receiving the (hostile) guest's media ${Math.round(lasted)} ms after the cut`);
     await g.page.getByText(says).waitFor({ timeout: 5000 });
@@ -387,7 +371,6 @@ async function walk(host, observer) {
   await g.page.getByText("Meeting has ended").waitFor({ timeout: 5000 });
   check(await host.locator("#tiles video").count() === 0, "the room's deletion: the host's page stopped its media");
   const m = { path: "the room's deletion", first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
-  results.push(m);
   console.log("measure:", JSON.stringify(m));
   check(lasted <= 2000, `the room's deletion: the (deaf, hostile) observer stopped receiving ${Math.round(lasted)} ms after`);
   // Pages done with close (two cores run every page's camera and encoder).
@@ -407,7 +390,6 @@ async function walk(host, observer) {
     const lasted = await stopped(watcher, g.feed, now());
     await g.page.getByText("Meeting has ended").waitFor({ timeout: 5000 });
     const m = { path: "the room's exp (eject_at_room_exp)", first_bytes_ms: Math.round(g.firstBytes), media_received_after_cut_ms: Math.round(lasted) };
-    results.push(m);
     console.log("measure:", JSON.stringify(m));
     check(lasted <= 2000, `the room's exp: the (deaf, hostile) watcher stopped receiving ${Math.round(lasted)} ms after`);
     for (const p of [g.page, watcher]) await p.context().close();
@@ -430,7 +412,6 @@ async function walk(host, observer) {
     await restartGatehouse();
     const lasted = await stopped(watcher, g.feed, now());
     const m = { path: "a token deadline passed while Gatehouse was down (after its restart)", media_received_after_cut_ms: Math.round(lasted) };
-    results.push(m);
     console.log("measure:", JSON.stringify(m));
     check(lasted <= 2000, `Gatehouse restarted: the overdue guest's media stopped ${Math.round(lasted)} ms after it was ready`);
     check(await live(watcher, stays.feed), "Gatehouse restarted: a guest still live keeps its media");
