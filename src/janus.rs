@@ -360,6 +360,19 @@ struct MediaState {
     connected: std::collections::HashMap<String, bool>,
 }
 
+impl MediaState {
+    /// Handle `handle` is gone (detached, or its Janus session ended): its session's media is
+    /// down. The change, if its media was up.
+    fn drop_handle(&mut self, handle: u64) -> Option<MediaChange> {
+        let (_, room, session) = self.handles.remove(&handle)?;
+        (self.connected.insert(session.clone(), false) == Some(true)).then_some(MediaChange {
+            room,
+            session,
+            connected: false,
+        })
+    }
+}
+
 /// Most publishing handles followed at once (far beyond the participants one Janus serves).
 const MAX_HANDLES: usize = 100_000;
 
@@ -384,10 +397,15 @@ impl Mirror {
         }
     }
 
+    /// What Janus told of the media (a poisoned lock still holds usable maps).
+    fn media(&self) -> std::sync::MutexGuard<'_, MediaState> {
+        self.media.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Session `session`'s media as Janus last told it: `Some("connected")`,
     /// `Some("disconnected")`, or `None` when Janus has said nothing of it (since this start).
     pub fn media_of(&self, session: &str) -> Option<&'static str> {
-        let m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        let m = self.media();
         m.connected.get(session).map(|c| if *c { "connected" } else { "disconnected" })
     }
 
@@ -413,7 +431,7 @@ impl Mirror {
                     };
                     match self.session_of(room, id) {
                         Some(session) => {
-                            let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                            let mut m = self.media();
                             if m.handles.len() < MAX_HANDLES {
                                 m.handles.insert(handle, (js, room.to_string(), session));
                             }
@@ -439,7 +457,7 @@ impl Mirror {
                         _ => continue,
                     };
                     let Some(handle) = handle else { continue };
-                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut m = self.media();
                     let Some((_, room, session)) = m.handles.get(&handle).cloned() else { continue };
                     if m.connected.insert(session.clone(), up) != Some(up) {
                         changes.push(MediaChange { room, session, connected: up });
@@ -448,23 +466,14 @@ impl Mirror {
                 // The handle detached, or the Janus session ended: its media is down.
                 2 if body["name"] == "detached" => {
                     let Some(handle) = handle else { continue };
-                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some((_, room, session)) = m.handles.remove(&handle) {
-                        if m.connected.insert(session.clone(), false) == Some(true) {
-                            changes.push(MediaChange { room, session, connected: false });
-                        }
-                    }
+                    changes.extend(self.media().drop_handle(handle));
                 }
                 1 if matches!(body["name"].as_str(), Some("destroyed" | "timeout")) => {
                     let Some(js) = janus_session else { continue };
-                    let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut m = self.media();
                     let gone: Vec<u64> = m.handles.iter().filter(|(_, v)| v.0 == js).map(|(h, _)| *h).collect();
                     for h in gone {
-                        if let Some((_, room, session)) = m.handles.remove(&h) {
-                            if m.connected.insert(session.clone(), false) == Some(true) {
-                                changes.push(MediaChange { room, session, connected: false });
-                            }
-                        }
+                        changes.extend(m.drop_handle(h));
                     }
                 }
                 _ => {}
@@ -486,7 +495,7 @@ impl Mirror {
 
     /// A session ended: what was known of its media goes.
     fn forget(&self, session: &str) {
-        let mut m = self.media.lock().unwrap_or_else(|p| p.into_inner());
+        let mut m = self.media();
         m.connected.remove(session);
         m.handles.retain(|_, v| v.2 != session);
     }

@@ -17,6 +17,14 @@ use hyper::{Method, Request, Response, StatusCode};
 use super::error::ApiError;
 use super::{wire, AppState, Body};
 
+/// The server's Janus, or 404 when it runs without one.
+fn janus(state: &AppState) -> Result<&Arc<crate::janus::Mirror>, ApiError> {
+    state
+        .janus
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("no media server here (the server runs without --janus-url)"))
+}
+
 /// What may follow `/janus/`: Janus's ids are numbers.
 fn is_id(s: &str) -> bool {
     !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit())
@@ -28,9 +36,7 @@ pub async fn relay(
     session: &str,
     handle: &str,
 ) -> Result<Response<Body>, ApiError> {
-    let Some(mirror) = &state.janus else {
-        return Err(ApiError::not_found("no media server here (the server runs without --janus-url)"));
-    };
+    let mirror = janus(state)?;
     let post = req.method() == Method::POST;
     // The route gave 0, 1 or 2 segments; each must be an id (or `info`, alone, read with GET).
     let tail = match (session, handle) {
@@ -68,9 +74,7 @@ const MAX_EVENTS: usize = 10_000;
 /// What they say of the participants' media becomes `participant.media` events and the `media`
 /// of presence; the router checked the API key (HTTP Basic).
 pub async fn events(state: &Arc<AppState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let Some(mirror) = &state.janus else {
-        return Err(ApiError::not_found("no media server here (the server runs without --janus-url)"));
-    };
+    let mirror = janus(state)?;
     let body = wire::read_bytes(state, req, EVENTS_LIMIT).await?;
     let events = match serde_json::from_slice::<serde_json::Value>(&body) {
         Ok(serde_json::Value::Array(a)) => a,
