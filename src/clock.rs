@@ -92,7 +92,19 @@ pub fn rfc3339_ms(unix_ms: i64) -> String {
     let days = secs.div_euclid(86_400);
     let sod = secs.rem_euclid(86_400);
     let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z", sod / 3600, (sod % 3600) / 60, sod % 60)
+    let (h, min, sec) = (sod / 3600, (sod % 3600) / 60, sod % 60);
+    if !(0..=9999).contains(&y) {
+        return format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{sec:02}.{ms:03}Z");
+    }
+    // Digits into a fixed buffer: every token and listing formats one, and `format!` cost ~1 µs.
+    let mut b = *b"0000-00-00T00:00:00.000Z";
+    for (at, width, mut n) in [(0, 4, y), (5, 2, m), (8, 2, d), (11, 2, h), (14, 2, min), (17, 2, sec), (20, 3, ms)] {
+        for i in (at..at + width).rev() {
+            b[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    }
+    b.iter().map(|&c| char::from(c)).collect()
 }
 
 /// Howard Hinnant's days-to-civil algorithm.
@@ -119,6 +131,9 @@ mod tests {
         assert_eq!(rfc3339_ms(1_596_819_600_000), "2020-08-07T17:00:00.000Z");
         assert_eq!(rfc3339_ms(1_893_456_000_123), "2030-01-01T00:00:00.123Z");
         assert_eq!(rfc3339_ms(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(253_402_300_799_999), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339_ms(253_402_300_800_000), "10000-01-01T00:00:00.000Z");
+        assert_eq!(rfc3339_ms(-1), "1969-12-31T23:59:59.999Z");
     }
 
     #[test]

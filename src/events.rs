@@ -154,16 +154,24 @@ pub fn audience_of(kind: Option<EventKind>) -> Audience {
     kind.map_or(Audience::Admins, EventKind::audience)
 }
 
-/// An event a command wants logged; the writer gives it its sequence number and time.
-#[derive(Debug, Clone)]
+/// An event a command wants logged, its payload already written as JSON (by the request's
+/// own task, not the writer, which is one thread for every write); the writer gives it its
+/// sequence number and time.
+#[derive(Debug)]
 pub struct NewEvent {
     pub kind: EventKind,
-    pub payload: Value,
+    pub payload: Box<serde_json::value::RawValue>,
+    /// The payload's `room`, which routes the event to the room's streams.
+    pub room: Option<String>,
 }
 
 impl NewEvent {
-    pub fn new(kind: EventKind, payload: Value) -> Self {
-        NewEvent { kind, payload }
+    pub fn new(
+        kind: EventKind,
+        payload: &impl serde::Serialize,
+        room: Option<String>,
+    ) -> Result<Self, serde_json::Error> {
+        Ok(NewEvent { kind, payload: serde_json::value::to_raw_value(payload)?, room })
     }
 }
 
@@ -178,17 +186,25 @@ pub fn domain8(domain_id: &uuid::Uuid) -> String {
     domain_id.simple().to_string().chars().take(8).collect()
 }
 
-/// The envelope exactly as it is stored, returned and delivered.
-pub fn render(domain8: &str, seq: u64, kind: &str, payload: &Value, ts_ms: i64) -> String {
-    let env = serde_json::json!({
-        "version": "1.0.0",
-        "type": kind,
-        "id": event_id(domain8, seq),
-        "seq": seq,
-        "payload": payload,
-        "event_ts": ts_ms as f64 / 1000.0,
-    });
-    env.to_string()
+/// The envelope exactly as it is stored, returned and delivered. Its fields are in the order
+/// the first releases wrote them (a JSON object's keys sorted); the payload is borrowed, not
+/// copied into a new value (the writer renders every event).
+pub fn render<P: serde::Serialize + ?Sized>(domain8: &str, seq: u64, kind: &str, payload: &P, ts_ms: i64) -> String {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a, P: ?Sized> {
+        event_ts: f64,
+        id: String,
+        payload: &'a P,
+        seq: u64,
+        #[serde(rename = "type")]
+        kind: &'a str,
+        version: &'static str,
+    }
+    let env =
+        Envelope { event_ts: ts_ms as f64 / 1000.0, id: event_id(domain8, seq), payload, seq, kind, version: "1.0.0" };
+    // A JSON value's keys are strings and the rest are numbers and text: writing it to a
+    // string cannot fail.
+    serde_json::to_string(&env).expect("an event envelope always serializes")
 }
 
 /// `room.*` payloads: the room object's fields plus `room` (the name).
@@ -203,6 +219,28 @@ pub fn room_payload(room_json: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The envelope is byte for byte what the first releases stored (a `json!` value's text).
+    #[test]
+    fn the_envelope_keeps_its_stored_form() {
+        let payload = serde_json::json!({"room": "r\"1", "n": 2, "nested": {"b": [1, null], "a": "é"}});
+        let old = serde_json::json!({
+            "version": "1.0.0",
+            "type": "room.created",
+            "id": event_id("abcd1234", 7),
+            "seq": 7,
+            "payload": payload,
+            "event_ts": 1_700_000_000_123i64 as f64 / 1000.0,
+        })
+        .to_string();
+        assert_eq!(render("abcd1234", 7, "room.created", &payload, 1_700_000_000_123), old);
+        let raw = serde_json::value::to_raw_value(&payload).unwrap();
+        assert_eq!(
+            render("abcd1234", 7, "room.created", &*raw, 1_700_000_000_123),
+            old,
+            "a payload written beforehand"
+        );
+    }
 
     /// Issue 24, item 3: every kind has the audience written in ARCHITECTURE.md; a kind added
     /// to [`EventKind`] without being placed here fails, so nobody adds one without deciding.

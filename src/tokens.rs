@@ -3,9 +3,14 @@
 //!
 //! Must not: touch the store or HTTP, or log a token or key. The only user of `jsonwebtoken`
 //! (ARCHITECTURE.md, invariant 10). jsonwebtoken's own claim checks are switched off: its defaults (60 s
-//! leeway, `nbf` unchecked, `exp` required and integer-only) are not Daily's rules.
+//! leeway, `nbf` unchecked, `exp` required and integer-only) are not Daily's rules. Signing
+//! writes what `jsonwebtoken::encode` would, from a header encoded and an HMAC keyed once per
+//! key (tested byte for byte); verification is jsonwebtoken's, with the algorithm pinned.
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hmac::Hmac;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -107,7 +112,10 @@ pub struct SigningKey {
     /// Short public hash of the key: the JWT `kid` and the `api:<kid>` in events.
     pub kid: String,
     digest: [u8; 32],
-    enc: EncodingKey,
+    /// HMAC-SHA256 keyed once: signing clones it instead of hashing the key again.
+    mac: Hmac<Sha256>,
+    /// The JWT header (`alg` HS256, `kid`) as it is signed, base64url: the same for every token.
+    header: String,
     dec: DecodingKey,
 }
 
@@ -241,10 +249,15 @@ impl KeyRing {
                     kid_for(s)
                 )));
             }
+            let kid = kid_for(s);
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some(kid.clone());
+            let header = serde_json::to_vec(&header).map_err(|_| TokenError::Signing)?;
             keys.push(SigningKey {
-                kid: kid_for(s),
+                kid,
                 digest: Sha256::digest(s.as_bytes()).into(),
-                enc: EncodingKey::from_secret(s.as_bytes()).map_err(|_| TokenError::Signing)?,
+                mac: <Hmac<Sha256> as hmac::Mac>::new_from_slice(s.as_bytes()).map_err(|_| TokenError::Signing)?,
+                header: URL_SAFE_NO_PAD.encode(header),
                 dec: DecodingKey::from_secret(s.as_bytes()).map_err(|_| TokenError::Signing)?,
             });
         }
@@ -335,9 +348,19 @@ pub fn sign_for(
     }
     claims.insert("iat".into(), Value::from(iat_secs));
     claims.insert("jti".into(), Value::from(jti));
-    let mut header = Header::new(Algorithm::HS256);
-    header.kid = Some(key.kid.clone());
-    jsonwebtoken::encode(&header, &Value::Object(claims), &key.enc).map_err(|_| TokenError::Signing)
+    // What `jsonwebtoken::encode` writes (a test holds it to that, byte for byte), without
+    // serializing the header and keying HMAC again for every token.
+    let claims = serde_json::to_vec(&claims).map_err(|_| TokenError::Signing)?;
+    let mut jwt = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 48);
+    jwt.push_str(&key.header);
+    jwt.push('.');
+    URL_SAFE_NO_PAD.encode_string(claims, &mut jwt);
+    let mut mac = key.mac.clone();
+    hmac::Mac::update(&mut mac, jwt.as_bytes());
+    let signature = hmac::Mac::finalize(mac).into_bytes();
+    jwt.push('.');
+    URL_SAFE_NO_PAD.encode_string(signature, &mut jwt);
+    Ok(jwt)
 }
 
 /// A token whose signature, algorithm, key and domain check out. Time and room are the
@@ -619,7 +642,27 @@ pub fn can_admin_participants(owner: bool, permissions: Option<&Value>) -> bool 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use jsonwebtoken::EncodingKey;
     use serde_json::json;
+
+    /// A token signed here is byte for byte what `jsonwebtoken::encode` makes of the same header
+    /// and claims, and verifies.
+    #[test]
+    fn signing_writes_what_jsonwebtoken_writes() {
+        let ring = ring();
+        let props = json!({"room_name": "r", "user_name": "é\"x", "is_owner": true, "exp": 4102444800i64});
+        let props = TokenProps::validate(props.as_object().unwrap()).unwrap();
+        let jwt = sign(ring.primary(), &props, DOMAIN, 1_700_000_000, "jti-1").unwrap();
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(ring.primary().kid.clone());
+        let claims = json!({"r": "r", "u": "é\"x", "o": true, "exp": 4102444800i64, "d": DOMAIN, "iat": 1_700_000_000, "jti": "jti-1"});
+        let expected =
+            jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(KEY.as_bytes()).unwrap()).unwrap();
+        assert_eq!(jwt, expected);
+        let v = verify(&ring, DOMAIN, &jwt).unwrap();
+        assert_eq!(v.claims.user_name.as_deref(), Some("é\"x"));
+        assert_eq!(v.token_id, "jti-1");
+    }
 
     const KEY: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
     const DOMAIN: &str = "6f1c1a52-0000-4000-8000-000000000000";

@@ -27,7 +27,10 @@ fn token(jti: &str, exp: Option<i64>) -> CreateToken {
         exp,
         created_ms: 0,
     };
-    CreateToken { record, event: NewEvent::new(gatehouse::events::EventKind::MeetingTokenCreated, json!({"jti": jti})) }
+    CreateToken {
+        record,
+        event: NewEvent::new(gatehouse::events::EventKind::MeetingTokenCreated, &json!({"jti": jti}), None).unwrap(),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -542,7 +542,12 @@ async fn run(seed: u64) {
                 store
                     .submit(CreateToken {
                         record,
-                        event: NewEvent::new(gatehouse::events::EventKind::MeetingTokenCreated, json!({"jti": jti})),
+                        event: NewEvent::new(
+                            gatehouse::events::EventKind::MeetingTokenCreated,
+                            &json!({"jti": jti}),
+                            None,
+                        )
+                        .unwrap(),
                     })
                     .await
                     .unwrap();

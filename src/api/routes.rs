@@ -440,8 +440,8 @@ fn enabled(r: &Route) -> bool {
 pub fn find(method: &Method, path: &str) -> Result<(&'static Route, Vec<String>), Miss> {
     let segs = segments(path).ok_or(Miss::BadPath)?;
     let mut allowed: Vec<&'static str> = Vec::new();
-    for r in ROUTES.iter().filter(|r| enabled(r)) {
-        let Some(params) = fit(r.path, &segs) else { continue };
+    for (r, parts) in ROUTES.iter().zip(PARTS.iter()).filter(|(r, _)| enabled(r)) {
+        let Some(params) = fit(parts, &segs) else { continue };
         if r.method == method {
             return Ok((r, params));
         }
@@ -474,8 +474,14 @@ fn allow_header(methods: &[&str]) -> &'static str {
 }
 
 /// The parameters if `pattern` fits the segments.
-fn fit(pattern: &str, segs: &[String]) -> Option<Vec<String>> {
-    let parts: Vec<&str> = pattern.split('/').filter(|p| !p.is_empty()).collect();
+/// Each route's pattern split into segments once (in [`ROUTES`]' order): every request tries
+/// most of the table.
+static PARTS: std::sync::LazyLock<Vec<Vec<&'static str>>> =
+    std::sync::LazyLock::new(|| ROUTES.iter().map(|r| r.path.split('/').filter(|p| !p.is_empty()).collect()).collect());
+
+/// The parameters if the pattern's segments fit the path's; nothing is allocated for a route
+/// that does not.
+fn fit(parts: &[&str], segs: &[String]) -> Option<Vec<String>> {
     if parts.len() != segs.len() {
         return None;
     }

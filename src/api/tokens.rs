@@ -12,7 +12,7 @@ use super::responses as R;
 use super::wire::{self, ok};
 use super::{AppState, Body};
 use crate::events::NewEvent;
-use crate::store::{CreateToken, Revoke, TokenRecord};
+use crate::store::{CreateToken, Revoke, StoreError, TokenRecord};
 use crate::tokens::SigningKey;
 use crate::tokens::{self, Rejection, TimeStatus, TokenProps};
 
@@ -37,7 +37,8 @@ pub async fn create(
         exp: props.int("exp"),
         created_ms: now_ms,
     };
-    let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, record_json(&record));
+    let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &token_info(&record), record.room.clone())
+        .map_err(|e| StoreError::Encode(format!("the token's event: {e}")))?;
     state.store.submit(CreateToken { record, event }).await?;
     Ok(ok(&R::TokenResponse { token }))
 }
@@ -56,10 +57,6 @@ fn token_info(r: &TokenRecord) -> R::TokenInfo {
         kid: r.kid.clone(),
         created_at: crate::clock::rfc3339_ms(r.created_ms),
     }
-}
-
-fn record_json(r: &TokenRecord) -> Value {
-    serde_json::to_value(token_info(r)).unwrap_or(Value::Null)
 }
 
 fn status_word(r: &Rejection) -> &'static str {

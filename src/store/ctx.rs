@@ -251,12 +251,27 @@ impl Ctx<'_> {
     /// Logs an event: it gets the next seq now, its envelope is rendered now, and it becomes
     /// readable with the batch, once durable.
     pub fn event(&mut self, kind: crate::events::EventKind, payload: Value) {
+        let room = payload.get("room").and_then(Value::as_str).map(String::from);
+        let session = payload.get("session_id").and_then(Value::as_str).map(String::from);
+        self.log_event(kind, &payload, room, session);
+    }
+
+    /// An event whose payload the request's task wrote already.
+    pub fn new_event(&mut self, e: crate::events::NewEvent) {
+        self.log_event(e.kind, &*e.payload, e.room, None);
+    }
+
+    fn log_event(
+        &mut self,
+        kind: crate::events::EventKind,
+        payload: &(impl serde::Serialize + ?Sized),
+        room: Option<String>,
+        session: Option<String>,
+    ) {
         let kind = kind.as_str();
         let seq = self.st.next_seq;
         self.st.next_seq += 1;
-        let room = payload.get("room").and_then(Value::as_str).map(String::from);
-        let session = payload.get("session_id").and_then(Value::as_str).map(String::from);
-        let envelope = crate::events::render(&self.env.domain8, seq, kind, &payload, self.now_ms);
+        let envelope = crate::events::render(&self.env.domain8, seq, kind, payload, self.now_ms);
         self.batch.events.push(LoggedEvent {
             seq,
             ts_ms: self.now_ms,

@@ -17,7 +17,7 @@ impl Command for CreateToken {
 
     fn apply(self, cx: &mut Ctx<'_>) -> Result<(), StoreError> {
         cx.put_token(&self.record)?;
-        cx.event(self.event.kind, self.event.payload);
+        cx.new_event(self.event);
         Ok(())
     }
 }
