@@ -40,6 +40,10 @@ pub struct Applied {
 /// transient allocation after the packer's).
 const MAX_COALESCED_OPS: usize = 20_000;
 
+/// Least time between the starts of two rounds: under a steady load, rounds of 10 ms cost
+/// the applier 3.7 µs a token, rounds as they came 9.6 µs (one redb commit each, measured).
+const PACE: Duration = Duration::from_millis(10);
+
 pub struct Applier {
     pub trees: Trees,
     /// To refuse writes when the history file fails (`None` in recovery, which reports it).
@@ -70,6 +74,7 @@ impl Applier {
     }
 
     fn apply_all(&self, rx: &flume::Receiver<Applied>) {
+        let mut last_round = std::time::Instant::now() - PACE;
         while let Ok(first) = rx.recv() {
             match self.crash_step(&first) {
                 Some(true) => continue,
@@ -80,6 +85,13 @@ impl Applier {
                 }
                 None => {}
             }
+            // Gather for a while: each round costs a redb commit and a sled write of its own
+            // besides its keys, and nobody waits on it (readers have the overlay).
+            let since = last_round.elapsed();
+            if since < PACE {
+                std::thread::sleep(PACE - since);
+            }
+            last_round = std::time::Instant::now();
             self.health.applier_busy();
             let mut batches = vec![first];
             let mut ops = batches[0].ops.len();
@@ -168,11 +180,9 @@ impl Applier {
                 ops.push((k.as_slice(), v.as_deref()));
             }
         }
-        for (t, ops) in Tree::ALL.iter().zip(per_tree) {
-            if !ops.is_empty() {
-                self.trees.apply(*t, &ops)?;
-            }
-        }
+        let writes: Vec<(Tree, &[(&[u8], Option<&[u8]>)])> =
+            Tree::ALL.iter().zip(&per_tree).map(|(t, ops)| (*t, ops.as_slice())).collect();
+        self.trees.apply_trees(&writes)?;
         self.trees.sled(Tree::Meta).insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;
         Ok(())
     }

@@ -195,14 +195,14 @@ fn restore_into(
     let names: Vec<&str> =
         if format == 1 { super::migrate::V1_TREES.to_vec() } else { Tree::ALL.iter().map(|t| t.name()).collect() };
     let trees: Vec<sled::Tree> = names.iter().map(|t| db.open_tree(t)).collect::<Result<_, _>>()?;
-    // This schema's meeting history goes to its own file, a page at a time.
+    // This schema's history file (meeting history, tokens) gets its trees, a page at a time.
     let history = (format == FORMAT).then(|| History::open(&store, 2 << 20)).transpose()?;
     let mut history_page: Vec<(Tree, Vec<u8>, Vec<u8>)> = Vec::new();
     let flush_history = |page: &mut Vec<(Tree, Vec<u8>, Vec<u8>)>| -> Result<(), StoreError> {
         let Some(h) = &history else { return Ok(()) };
-        for t in [Tree::Meetings, Tree::MeetingParticipants] {
-            h.apply(t, page.iter().filter(|(x, _, _)| *x == t).map(|(_, k, v)| (k.as_slice(), Some(v.as_slice()))))?;
-        }
+        h.apply_trees(history::TREES.map(|t| {
+            (t, page.iter().filter(move |(x, _, _)| *x == t).map(|(_, k, v)| (k.as_slice(), Some(v.as_slice()))))
+        }))?;
         page.clear();
         Ok(())
     };

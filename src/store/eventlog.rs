@@ -333,20 +333,25 @@ impl EventLog {
 
     /// Appends events that continue the log exactly (the syncer's appends): a gap would be a hole
     /// readers skip for good, so it is refused.
-    pub fn append_next(&self, events: &[LoggedEvent]) -> Result<(), StoreError> {
+    /// Takes references: the syncer appends a whole group's batches in one write.
+    pub fn append_next(&self, events: &[&LoggedEvent]) -> Result<(), StoreError> {
         if let Some(first) = events.first() {
             let last = self.last();
             if first.seq != last + 1 {
                 return Err(StoreError::Setup(format!("event log: seq {} does not follow {last}", first.seq)));
             }
         }
-        self.append(events)
+        self.append_refs(events)
     }
 
     /// Appends events (contiguous among themselves; a restore, a migration or a recovery that
     /// found events lost from disk may start past the log's end). The head does not move: see
     /// [`set_head`].
     pub fn append(&self, events: &[LoggedEvent]) -> Result<(), StoreError> {
+        self.append_refs(&events.iter().collect::<Vec<_>>())
+    }
+
+    fn append_refs(&self, events: &[&LoggedEvent]) -> Result<(), StoreError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -392,7 +397,7 @@ impl EventLog {
             st.tail_bytes = 0;
         }
         for e in events {
-            let ev = Arc::new(Event::from(e));
+            let ev = Arc::new(Event::from(*e));
             st.tail_bytes += ev.envelope.len();
             st.tail.push_back(ev);
         }
@@ -945,8 +950,8 @@ mod tests {
     fn a_gap_is_refused_and_readers_read_past_a_hole() {
         let dir = tempfile::tempdir().unwrap();
         let log = EventLog::open(dir.path(), 1, 1 << 20).unwrap();
-        log.append_next(&(1..=3).map(ev).collect::<Vec<_>>()).unwrap();
-        assert!(log.append_next(&[ev(5)]).is_err(), "a gap would be a hole readers skip");
+        log.append_next(&(1..=3).map(ev).collect::<Vec<_>>().iter().collect::<Vec<_>>()).unwrap();
+        assert!(log.append_next(&[&ev(5)]).is_err(), "a gap would be a hole readers skip");
         // Events lost from disk (a recovery that found them gone appends past the hole).
         log.append(&(7..=9).map(ev).collect::<Vec<_>>()).unwrap();
         assert_eq!(seqs(&log), vec![1, 2, 3, 7, 8, 9]);

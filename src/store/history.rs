@@ -1,10 +1,15 @@
-//! Meeting history on disk: the `v2/meetings` and `v2/meeting_participants` trees live in
-//! `store/history.redb` (a redb B-tree file), not in sled.
+//! The history file: what the server has issued and held, kept for as long as its retention or
+//! expiry says — the meeting history (`v2/meetings`, `v2/meeting_participants`) and the issued
+//! tokens (`tokens`, `v2/tokens_by_room`) — lives in `store/history.redb` (a redb B-tree
+//! file), not in sled.
 //!
 //! Why: sled 0.34 keeps bookkeeping in memory for every page it stores, whatever its cache
 //! size, so with meeting history kept (the default retention is 30 days) the server's memory
 //! grew with every meeting ever held (~39 bytes a lifecycle, measured). redb's index is pages of
 //! its file, read through a cache of fixed size: memory stays flat however much is kept.
+//! Tokens came later for speed: sled rewrote 2.3–3.3 KB of log pages per 80-byte token record,
+//! which cost token creation a third of its CPU; one redb commit per applied group of batches,
+//! its keys (UUIDv7) appended at the B-trees' right edges, costs far less.
 //!
 //! The journal stays the source of truth: the applier writes here off the acknowledgement path
 //! with non-durable commits, and each checkpoint makes them durable (one durable commit, which
@@ -35,8 +40,10 @@ const NEW: &str = "history.redb.new";
 const CHUNK: usize = 256;
 
 /// The trees kept here rather than in sled.
+pub const TREES: [Tree; 4] = [Tree::Tokens, Tree::TokensByRoom, Tree::Meetings, Tree::MeetingParticipants];
+
 pub fn holds(t: Tree) -> bool {
-    matches!(t, Tree::Meetings | Tree::MeetingParticipants)
+    TREES.contains(&t)
 }
 
 fn table(t: Tree) -> TableDefinition<'static, &'static [u8], &'static [u8]> {
@@ -69,9 +76,9 @@ impl History {
                 db: Self::builder(cache_bytes).create(&new).map_err(|e| setup(&new, &e))?,
                 path: new.clone(),
             };
-            // Both tables exist from the first open on, so readers never meet a missing one.
+            // Every table exists from the first open on, so readers never meet a missing one.
             made.write(Durability::Immediate, |w| {
-                for t in [Tree::Meetings, Tree::MeetingParticipants] {
+                for t in TREES {
                     w.open_table(table(t)).map_err(|e| err("creating a history table", e))?;
                 }
                 Ok(())
@@ -123,14 +130,24 @@ impl History {
         t: Tree,
         ops: impl IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
     ) -> Result<(), StoreError> {
+        self.apply_trees([(t, ops)])
+    }
+
+    /// [`History::apply`] for several trees in one commit (a commit costs more than a key).
+    pub fn apply_trees<'a, I>(&self, trees: impl IntoIterator<Item = (Tree, I)>) -> Result<(), StoreError>
+    where
+        I: IntoIterator<Item = (&'a [u8], Option<&'a [u8]>)>,
+    {
         self.write(Durability::None, |w| {
-            let mut tab = w.open_table(table(t)).map_err(|e| err("opening a history table", e))?;
-            for (k, v) in ops {
-                match v {
-                    Some(v) => tab.insert(k, v).map(drop),
-                    None => tab.remove(k).map(drop),
+            for (t, ops) in trees {
+                let mut tab = w.open_table(table(t)).map_err(|e| err("opening a history table", e))?;
+                for (k, v) in ops {
+                    match v {
+                        Some(v) => tab.insert(k, v).map(drop),
+                        None => tab.remove(k).map(drop),
+                    }
+                    .map_err(|e| err("writing the history", e))?;
                 }
-                .map_err(|e| err("writing the history", e))?;
             }
             Ok(())
         })
@@ -190,13 +207,13 @@ impl History {
         Ok(())
     }
 
-    /// Copies history an older build kept in sled (`v2/meetings`, `v2/meeting_participants`)
-    /// here and makes it durable (a sync every 64 pages bounds what redb holds unsynced);
+    /// Copies what an older build kept in sled (the meeting history before schema 3, the
+    /// tokens before schema 4) here and makes it durable (a sync every 64 pages bounds what redb holds unsynced);
     /// returns how many rows. The open then records the new schema and clears sled's copy
     /// ([`clear_sled`]). Cut short anywhere, the next open copies again: the rows are the same.
     pub fn copy_from_sled(&self, db: &sled::Db) -> Result<u64, StoreError> {
         let mut moved = 0;
-        for t in [Tree::Meetings, Tree::MeetingParticipants] {
+        for t in TREES {
             let tree = db.open_tree(t.name())?;
             let mut page: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(4096);
             let mut pages = 0u64;
@@ -217,17 +234,17 @@ impl History {
         }
         if moved > 0 {
             self.sync()?;
-            tracing::info!(records = moved, "meeting history copied out of sled into {FILE}");
+            tracing::info!(records = moved, "meeting history and tokens copied out of sled into {FILE}");
         }
         Ok(moved)
     }
 }
 
-/// Removes sled's copy of the history (after [`History::copy_from_sled`] made it durable here).
-/// The trees are dropped whole (removing key by key cost ~10 µs a row); `Trees::open` opens
-/// them again, empty.
+/// Removes sled's copy of what this file holds (after [`History::copy_from_sled`] made it
+/// durable here). The trees are dropped whole (removing key by key cost ~10 µs a row);
+/// `Trees::open` opens them again, empty.
 pub fn clear_sled(db: &sled::Db) -> Result<(), StoreError> {
-    for t in [Tree::Meetings, Tree::MeetingParticipants] {
+    for t in TREES {
         db.drop_tree(t.name())?;
     }
     Ok(())

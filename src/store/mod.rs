@@ -63,7 +63,7 @@ use records::RoomRecord;
 use state::{State, Tree, Trees};
 
 /// The on-disk schema this build writes (and the oldest it migrates: 1).
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -1337,11 +1337,12 @@ pub fn migrate_data_dir(data_dir: &Path) -> Result<(), StoreError> {
     applier::checkpoint_sled(&db, &sled_dir, true)
 }
 
-/// Brings the store opened as `db` to this build's schema and opens the meeting history:
-/// schema 1 is migrated to 2 (`migrate.rs`); schema 2 kept the history in sled, which is copied
-/// into its own file, made durable, the schema set to 3 and made durable (a build that reads
-/// up to 2 refuses the data dir from then on, instead of showing no history), and only then
-/// is sled's copy cleared. A newer schema is refused.
+/// Brings the store opened as `db` to this build's schema and opens the history file:
+/// schema 1 is migrated to 2 (`migrate.rs`); schema 2 kept the meeting history in sled, and
+/// schemas 2 and 3 the tokens: they are copied into the history file, made durable, the schema
+/// set to 4 and made durable (an older build refuses the data dir from then on, instead of
+/// showing no history or tokens), and only then is sled's copy cleared. A newer schema is
+/// refused.
 fn upgrade(
     db: &sled::Db,
     data_dir: &Path,
@@ -1355,7 +1356,7 @@ fn upgrade(
         Some(1) => {
             migrate::run(db, data_dir)?;
         }
-        Some(2) | Some(SCHEMA_VERSION) => migrate::drop_v1(db, data_dir)?,
+        Some(2..=SCHEMA_VERSION) => migrate::drop_v1(db, data_dir)?,
         Some(found) => {
             return Err(StoreError::Setup(format!(
             "the data dir was written by a newer Gatehouse (schema {found}; this build reads up to {SCHEMA_VERSION})"
@@ -1373,7 +1374,7 @@ fn upgrade(
             tracing::info!(
                 records = copied,
                 millis = started.elapsed().as_millis() as u64,
-                "the store is at schema {SCHEMA_VERSION}: meeting history has its own file"
+                "the store is at schema {SCHEMA_VERSION}: meeting history and tokens have their own file"
             );
         }
     }
@@ -1395,27 +1396,49 @@ fn with_live_peak(live: &live::Live, m: &mut MeetingRecord) {
 mod tests {
     use super::*;
 
-    /// Schema 2 kept the meeting history in sled: the open copies it into its own file, records
-    /// schema 3 and only then clears sled's copy; a newer schema than this build's is refused.
+    /// Schema 2 kept the meeting history in sled, and schemas 2 and 3 the tokens: the open
+    /// copies them into the history file, records this schema and only then clears sled's copy;
+    /// a newer schema than this build's is refused.
     #[test]
-    fn a_schema_2_store_moves_its_history_out_of_sled() {
+    fn schemas_2_and_3_move_their_history_and_tokens_out_of_sled() {
+        for schema in [2u32, 3] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = dir.path().join("store");
+            let db = sled::Config::new().path(&store).open().unwrap();
+            let meta = db.open_tree(Tree::Meta.name()).unwrap();
+            meta.insert(keys::META_SCHEMA, &schema.to_be_bytes()).unwrap();
+            if schema == 2 {
+                db.open_tree(Tree::Meetings.name()).unwrap().insert(b"m-one", b"record").unwrap();
+            }
+            db.open_tree(Tree::Tokens.name()).unwrap().insert(b"jti-one", b"token").unwrap();
+            db.open_tree(Tree::TokensByRoom.name()).unwrap().insert(b"room-jti-one", b"").unwrap();
+            db.open_tree(Tree::Rooms.name()).unwrap().insert(b"room", b"stays").unwrap();
+            let sled_dir = applier::SledDir::open(&store).unwrap();
+            let moved = |history: &history::History| {
+                if schema == 2 {
+                    assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
+                }
+                assert_eq!(history.get(Tree::Tokens, b"jti-one").unwrap().as_deref(), Some(&b"token"[..]));
+                assert_eq!(history.get(Tree::TokensByRoom, b"room-jti-one").unwrap().as_deref(), Some(&b""[..]));
+            };
+            let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
+            moved(&history);
+            for t in history::TREES {
+                assert!(db.open_tree(t.name()).unwrap().is_empty(), "sled's copy of {} is dropped", t.name());
+            }
+            assert_eq!(db.open_tree(Tree::Rooms.name()).unwrap().get(b"room").unwrap().as_deref(), Some(&b"stays"[..]));
+            assert_eq!(schema_of(&meta).unwrap(), Some(SCHEMA_VERSION));
+            drop(history);
+            // Opening again moves nothing and keeps what the file holds.
+            let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
+            moved(&history);
+            drop(history);
+        }
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let db = sled::Config::new().path(&store).open().unwrap();
         let meta = db.open_tree(Tree::Meta.name()).unwrap();
-        meta.insert(keys::META_SCHEMA, &2u32.to_be_bytes()).unwrap();
-        let old = db.open_tree(Tree::Meetings.name()).unwrap();
-        old.insert(b"m-one", b"record").unwrap();
         let sled_dir = applier::SledDir::open(&store).unwrap();
-        let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
-        assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
-        assert!(db.open_tree(Tree::Meetings.name()).unwrap().is_empty(), "sled's copy is dropped");
-        assert_eq!(schema_of(&meta).unwrap(), Some(SCHEMA_VERSION));
-        drop(history);
-        // Opening again moves nothing and keeps what the file holds.
-        let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
-        assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
-        drop(history);
         meta.insert(keys::META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
         let refused = upgrade(&db, dir.path(), &sled_dir, 2 << 20).err().expect("a newer schema is refused");
         assert!(refused.to_string().contains("newer Gatehouse"), "{refused}");

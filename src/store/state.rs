@@ -148,9 +148,25 @@ impl Trees {
 
     /// Applies puts (`Some`) and deletes (`None`) to tree `t`.
     pub fn apply(&self, t: Tree, ops: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
-        if history::holds(t) {
-            return self.history.apply(t, ops.iter().copied());
+        self.apply_trees(&[(t, ops)])
+    }
+
+    /// Applies several trees' writes: sled's one `apply_batch` per tree, the history file's in
+    /// one commit.
+    pub fn apply_trees(&self, writes: &[(Tree, &[(&[u8], Option<&[u8]>)])]) -> Result<(), StoreError> {
+        let kept = writes.iter().filter(|(t, ops)| history::holds(*t) && !ops.is_empty());
+        if kept.clone().next().is_some() {
+            self.history.apply_trees(kept.map(|(t, ops)| (*t, ops.iter().copied())))?;
         }
+        for (t, ops) in writes {
+            if !history::holds(*t) && !ops.is_empty() {
+                self.apply_sled(*t, ops)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_sled(&self, t: Tree, ops: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             match v {

@@ -2,11 +2,11 @@
 //!
 //! The writer appends a batch to the journal and hands it here without waiting; while this
 //! thread syncs the journal, the writer runs the next batch. The syncer takes every batch
-//! waiting, syncs each journal file they were appended to once, and then, in batch order,
-//! publishes the state as of each batch to readers, appends its events to the event log and
-//! moves the durable head, hands its writes to the applier, and answers its commands. So no
-//! one is answered, and nothing is seen, before the batch — and every batch before it — is
-//! durable.
+//! waiting, syncs each journal file they were appended to once, appends all their events to
+//! the event log in one write (invisible until the head moves), and then, in batch order,
+//! publishes the state as of each batch to readers, moves the durable head, hands its writes
+//! to the applier, and answers its commands. So no one is answered, and nothing is seen,
+//! before the batch — and every batch before it — is durable.
 //!
 //! A failed sync leaves the batches' fate unknown: they and every later command are refused
 //! until a restart, whose recovery reads the journal.
@@ -20,6 +20,7 @@ use std::time::Instant;
 use super::applier::Applied;
 use super::command::Answer;
 use super::journal;
+use super::journal::LoggedEvent;
 use super::state::State;
 use super::{NotDurable, Shared, StoreStats, SyncMode};
 
@@ -70,6 +71,9 @@ impl Syncer {
                 }
             }
             let synced = self.sync_files(&group).and_then(|()| self.replicate(&group));
+            if synced.is_ok() {
+                self.log_events(&group);
+            }
             for m in group {
                 match m {
                     ToSyncer::Batch(a) => self.finish(a, &synced),
@@ -135,6 +139,26 @@ impl Syncer {
         Ok(())
     }
 
+    /// Appends the events of the group's batches that will be published, in one write (one
+    /// per batch cost a `pwrite` each). A failure poisons the store: none of the group is then
+    /// published, and the journal holds them all for the restart to re-append.
+    fn log_events(&self, group: &[ToSyncer]) {
+        if self.shared.poisoned().is_some() {
+            return;
+        }
+        let events: Vec<&LoggedEvent> = group
+            .iter()
+            .filter_map(|m| match m {
+                ToSyncer::Batch(Appended { batch: Some(b), state: Some(_), outcome: Ok(()), .. }) => Some(&b.events),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        if let Err(e) = self.shared.events.append_next(&events) {
+            self.shared.poison(format!("event log append failed: {e}"));
+        }
+    }
+
     fn finish(&self, a: Appended, synced: &Result<(), NotDurable>) {
         let mut outcome = a.outcome.and_then(|()| synced.clone());
         // An earlier batch of this group may have poisoned the store since the sync (its events
@@ -165,16 +189,11 @@ impl Syncer {
         let oldest = state.events_oldest;
         let state = Arc::new(state);
         self.shared.published.store(state.clone());
+        // The group's events are in the log already (`log_events`; had that failed, the store
+        // would be poisoned and nothing published).
         if let Some(last) = batch.events.last().map(|e| e.seq) {
-            match self.shared.events.append_next(&batch.events) {
-                Ok(()) => {
-                    self.shared.events.set_head(last);
-                    self.shared.hub.publish(&batch.events, &state.live);
-                }
-                // The journal holds them; a restart re-appends them. Until then nothing may
-                // be written after a hole in the log.
-                Err(e) => self.shared.poison(format!("event log append failed: {e}")),
-            }
+            self.shared.events.set_head(last);
+            self.shared.hub.publish(&batch.events, &state.live);
         }
         if oldest != oldest_before {
             if let Err(e) = self.shared.events.retain_from(oldest) {
