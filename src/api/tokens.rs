@@ -37,7 +37,11 @@ pub async fn create(
         exp: props.int("exp"),
         created_ms: now_ms,
     };
-    let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &token_info(&record), record.room.clone())
+    // Through a JSON value, so the payload's keys stay in the order stored events always had
+    // (sorted); written here, the writer only splices it into the envelope.
+    let payload = serde_json::to_value(token_info(&record));
+    let event = payload
+        .and_then(|p| NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &p, record.room.clone()))
         .map_err(|e| StoreError::Encode(format!("the token's event: {e}")))?;
     state.store.submit(CreateToken { record, event }).await?;
     Ok(ok(&R::TokenResponse { token }))

@@ -1,14 +1,14 @@
 //! The applier and the checkpointer: sled is written off the acknowledgement path.
 //!
-//! The applier takes batches the writer made durable, coalesces whatever is waiting into one
-//! `apply_batch` per tree (the writer and sled then use both cores; the meeting history's trees
-//! one commit each to their own file, see `history.rs`), records the last batch
+//! The applier takes batches the writer made durable and, in rounds at least 10 ms apart,
+//! coalesces whatever is waiting into one `apply_batch` per sled tree (the writer and sled then
+//! use both cores) and one commit for the history file's trees (`history.rs`), records the last batch
 //! applied in `meta`, and tells the writer, which then forgets those writes from its overlay.
 //! sled may hold part of a batch after a crash; recovery replays every batch past the recorded
 //! one, in order, and the writes are absolute, so replaying is harmless.
 //!
 //! The checkpointer, when the writer closes a journal file, waits until sled holds all of it,
-//! makes sled (its files and folder), the meeting history and the event segments durable with
+//! makes sled (its files and folder), the history file and the event segments durable with
 //! real fsyncs, records
 //! the checkpoint, and deletes the file. A failed fsync stops it for good and the store
 //! refuses writes: the journal keeps everything, and a restart recovers from it.
@@ -116,7 +116,7 @@ impl Applier {
                         // restart replays them.
                         if let Some(shared) = &self.shared {
                             shared.poison(format!(
-                                "the meeting history file failed ({why}); restart to recover from the journal"
+                                "the history file failed ({why}); restart to recover from the journal"
                             ));
                         }
                         self.health.applier_failed(why);

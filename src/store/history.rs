@@ -207,13 +207,22 @@ impl History {
         Ok(())
     }
 
-    /// Copies what an older build kept in sled (the meeting history before schema 3, the
-    /// tokens before schema 4) here and makes it durable (a sync every 64 pages bounds what redb holds unsynced);
-    /// returns how many rows. The open then records the new schema and clears sled's copy
-    /// ([`clear_sled`]). Cut short anywhere, the next open copies again: the rows are the same.
-    pub fn copy_from_sled(&self, db: &sled::Db) -> Result<u64, StoreError> {
+    /// Copies `trees` as an older build kept them in sled (the meeting history before schema 3,
+    /// the tokens before schema 4) here, in place of whatever this file holds of them (a copy
+    /// cut short, after which an older build went on writing sled), and makes them durable (a
+    /// sync every 64 pages bounds what redb holds unsynced); returns how many rows. The open
+    /// then records the new schema and clears sled's copy ([`clear_sled`]). Cut short anywhere,
+    /// the next open copies again: the rows are the same.
+    pub fn copy_from_sled(&self, db: &sled::Db, trees: &[Tree]) -> Result<u64, StoreError> {
+        self.write(Durability::Immediate, |w| {
+            for t in trees {
+                w.delete_table(table(*t)).map_err(|e| err("emptying a history table", e))?;
+                w.open_table(table(*t)).map_err(|e| err("creating a history table", e))?;
+            }
+            Ok(())
+        })?;
         let mut moved = 0;
-        for t in TREES {
+        for &t in trees {
             let tree = db.open_tree(t.name())?;
             let mut page: Vec<(sled::IVec, sled::IVec)> = Vec::with_capacity(4096);
             let mut pages = 0u64;
@@ -241,11 +250,13 @@ impl History {
 }
 
 /// Removes sled's copy of what this file holds (after [`History::copy_from_sled`] made it
-/// durable here). The trees are dropped whole (removing key by key cost ~10 µs a row);
-/// `Trees::open` opens them again, empty.
+/// durable here, or a leftover of a move cut short). The trees that hold anything are dropped
+/// whole (removing key by key cost ~10 µs a row); `Trees::open` opens them again, empty.
 pub fn clear_sled(db: &sled::Db) -> Result<(), StoreError> {
     for t in TREES {
-        db.drop_tree(t.name())?;
+        if !db.open_tree(t.name())?.is_empty() {
+            db.drop_tree(t.name())?;
+        }
     }
     Ok(())
 }
@@ -324,7 +335,7 @@ mod tests {
     }
 
     #[test]
-    fn synced_writes_survive_a_reopen_and_sled_history_is_copied_once() {
+    fn synced_writes_survive_a_reopen_and_a_copy_from_sled_replaces_its_trees() {
         let dir = tempfile::tempdir().unwrap();
         let db = sled::Config::new().path(dir.path().join("sled")).open().unwrap();
         let old = db.open_tree(Tree::MeetingParticipants.name()).unwrap();
@@ -332,14 +343,17 @@ mod tests {
         old.insert(b"p2", b"v2").unwrap();
         {
             let h = open(dir.path());
+            // Left by a copy cut short, after which an older build deleted it in sled.
+            h.apply(Tree::Tokens, [(&b"t-stale"[..], Some(&b"x"[..]))]).unwrap();
+            // Not among the trees copied: kept, and made durable by the copy's sync.
             h.apply(Tree::Meetings, [(&b"m1"[..], Some(&b"x"[..]))]).unwrap();
-            assert_eq!(h.copy_from_sled(&db).unwrap(), 2);
+            assert_eq!(h.copy_from_sled(&db, &[Tree::Tokens, Tree::MeetingParticipants]).unwrap(), 2);
             clear_sled(&db).unwrap();
-            assert_eq!(h.copy_from_sled(&db).unwrap(), 0, "sled no longer holds any");
             assert!(db.open_tree(Tree::MeetingParticipants.name()).unwrap().is_empty(), "dropped");
         }
         let h = open(dir.path());
-        assert_eq!(h.get(Tree::Meetings, b"m1").unwrap(), Some(b"x".to_vec()), "the adoption's sync covered it");
+        assert_eq!(h.get(Tree::Meetings, b"m1").unwrap(), Some(b"x".to_vec()), "the copy's sync covered it");
         assert_eq!(h.get(Tree::MeetingParticipants, b"p2").unwrap(), Some(b"v2".to_vec()));
+        assert_eq!(h.get(Tree::Tokens, b"t-stale").unwrap(), None, "the copy replaced the tree");
     }
 }

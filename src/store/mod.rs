@@ -1365,12 +1365,17 @@ fn upgrade(
     }
     let history = history::History::open(&sled_dir.path, cache)?;
     if found != Some(SCHEMA_VERSION) {
+        // What sled held for that schema: schema 3 had the meeting history in the file already
+        // (meeting rows left in sled by a cut after its own move are stale, never copied).
+        let moving: &[Tree] = match found {
+            Some(3) => &[Tree::Tokens, Tree::TokensByRoom],
+            _ => &history::TREES,
+        };
         let started = std::time::Instant::now();
-        let copied = history.copy_from_sled(db)?;
+        let copied = history.copy_from_sled(db, moving)?;
         meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes())?;
         applier::checkpoint_sled(db, sled_dir, true)?;
         if copied > 0 {
-            history::clear_sled(db)?;
             tracing::info!(
                 records = copied,
                 millis = started.elapsed().as_millis() as u64,
@@ -1378,6 +1383,10 @@ fn upgrade(
             );
         }
     }
+    // From here on the file holds these trees; whatever sled still has of them (the drop of a
+    // move cut short before the next checkpoint made it durable) goes, and the open's
+    // checkpoint makes that durable.
+    history::clear_sled(db)?;
     Ok(history)
 }
 
@@ -1407,17 +1416,21 @@ mod tests {
             let db = sled::Config::new().path(&store).open().unwrap();
             let meta = db.open_tree(Tree::Meta.name()).unwrap();
             meta.insert(keys::META_SCHEMA, &schema.to_be_bytes()).unwrap();
-            if schema == 2 {
-                db.open_tree(Tree::Meetings.name()).unwrap().insert(b"m-one", b"record").unwrap();
+            // Schema 2 kept its meetings in sled. Schema 3 had them in the file; a cut after its
+            // own move can leave stale rows in sled, which must not be copied over the file's.
+            db.open_tree(Tree::Meetings.name()).unwrap().insert(b"m-one", b"record").unwrap();
+            if schema == 3 {
+                let h = history::History::open(&store, 2 << 20).unwrap();
+                h.apply(Tree::Meetings, [(&b"m-one"[..], Some(&b"current"[..]))]).unwrap();
+                h.sync().unwrap();
             }
             db.open_tree(Tree::Tokens.name()).unwrap().insert(b"jti-one", b"token").unwrap();
             db.open_tree(Tree::TokensByRoom.name()).unwrap().insert(b"room-jti-one", b"").unwrap();
             db.open_tree(Tree::Rooms.name()).unwrap().insert(b"room", b"stays").unwrap();
             let sled_dir = applier::SledDir::open(&store).unwrap();
             let moved = |history: &history::History| {
-                if schema == 2 {
-                    assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(&b"record"[..]));
-                }
+                let meeting: &[u8] = if schema == 2 { b"record" } else { b"current" };
+                assert_eq!(history.get(Tree::Meetings, b"m-one").unwrap().as_deref(), Some(meeting));
                 assert_eq!(history.get(Tree::Tokens, b"jti-one").unwrap().as_deref(), Some(&b"token"[..]));
                 assert_eq!(history.get(Tree::TokensByRoom, b"room-jti-one").unwrap().as_deref(), Some(&b""[..]));
             };
@@ -1434,11 +1447,19 @@ mod tests {
             moved(&history);
             drop(history);
         }
+        // A store at this schema whose sled still holds token rows (a cut before the drop was
+        // durable): they are dropped, not copied.
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let db = sled::Config::new().path(&store).open().unwrap();
         let meta = db.open_tree(Tree::Meta.name()).unwrap();
+        meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).unwrap();
+        db.open_tree(Tree::Tokens.name()).unwrap().insert(b"left", b"over").unwrap();
         let sled_dir = applier::SledDir::open(&store).unwrap();
+        let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();
+        assert!(db.open_tree(Tree::Tokens.name()).unwrap().is_empty(), "the leftover is dropped");
+        assert_eq!(history.get(Tree::Tokens, b"left").unwrap(), None);
+        drop(history);
         meta.insert(keys::META_SCHEMA, &(SCHEMA_VERSION + 1).to_be_bytes()).unwrap();
         let refused = upgrade(&db, dir.path(), &sled_dir, 2 << 20).err().expect("a newer schema is refused");
         assert!(refused.to_string().contains("newer Gatehouse"), "{refused}");
