@@ -180,7 +180,7 @@ impl Applier {
                 ops.push((k.as_slice(), v.as_deref()));
             }
         }
-        let writes: Vec<(Tree, &[(&[u8], Option<&[u8]>)])> =
+        let writes: Vec<(Tree, &super::state::Ops<'_>)> =
             Tree::ALL.iter().zip(&per_tree).map(|(t, ops)| (*t, ops.as_slice())).collect();
         self.trees.apply_trees(&writes)?;
         self.trees.sled(Tree::Meta).insert(keys::META_APPLIED_LSN, &last.to_be_bytes())?;

@@ -1408,14 +1408,20 @@ mod tests {
     /// Schema 2 kept the meeting history in sled, and schemas 2 and 3 the tokens: the open
     /// copies them into the history file, records this schema and only then clears sled's copy;
     /// a newer schema than this build's is refused.
+    /// A sled store in a temp dir that says it is at `schema`: the dir, `store/`, sled, `meta`.
+    fn sled_at(schema: u32) -> (tempfile::TempDir, std::path::PathBuf, sled::Db, sled::Tree) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let db = sled::Config::new().path(&store).open().unwrap();
+        let meta = db.open_tree(Tree::Meta.name()).unwrap();
+        meta.insert(keys::META_SCHEMA, &schema.to_be_bytes()).unwrap();
+        (dir, store, db, meta)
+    }
+
     #[test]
     fn schemas_2_and_3_move_their_history_and_tokens_out_of_sled() {
         for schema in [2u32, 3] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = dir.path().join("store");
-            let db = sled::Config::new().path(&store).open().unwrap();
-            let meta = db.open_tree(Tree::Meta.name()).unwrap();
-            meta.insert(keys::META_SCHEMA, &schema.to_be_bytes()).unwrap();
+            let (dir, store, db, meta) = sled_at(schema);
             // Schema 2 kept its meetings in sled. Schema 3 had them in the file; a cut after its
             // own move can leave stale rows in sled, which must not be copied over the file's.
             db.open_tree(Tree::Meetings.name()).unwrap().insert(b"m-one", b"record").unwrap();
@@ -1449,11 +1455,7 @@ mod tests {
         }
         // A store at this schema whose sled still holds token rows (a cut before the drop was
         // durable): they are dropped, not copied.
-        let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
-        let db = sled::Config::new().path(&store).open().unwrap();
-        let meta = db.open_tree(Tree::Meta.name()).unwrap();
-        meta.insert(keys::META_SCHEMA, &SCHEMA_VERSION.to_be_bytes()).unwrap();
+        let (dir, store, db, meta) = sled_at(SCHEMA_VERSION);
         db.open_tree(Tree::Tokens.name()).unwrap().insert(b"left", b"over").unwrap();
         let sled_dir = applier::SledDir::open(&store).unwrap();
         let history = upgrade(&db, dir.path(), &sled_dir, 2 << 20).unwrap();

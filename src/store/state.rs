@@ -93,6 +93,9 @@ impl Tree {
     }
 }
 
+/// One tree's writes: puts (`Some`) and deletes (`None`), in order.
+pub type Ops<'a> = [(&'a [u8], Option<&'a [u8]>)];
+
 /// The stored trees, in the order of [`Tree::ALL`]: sled's, and the meeting history's
 /// ([`History`], a file of its own).
 #[derive(Clone)]
@@ -147,16 +150,16 @@ impl Trees {
     }
 
     /// Applies puts (`Some`) and deletes (`None`) to tree `t`.
-    pub fn apply(&self, t: Tree, ops: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
+    pub fn apply(&self, t: Tree, ops: &Ops<'_>) -> Result<(), StoreError> {
         self.apply_trees(&[(t, ops)])
     }
 
     /// Applies several trees' writes: sled's one `apply_batch` per tree, the history file's in
     /// one commit.
-    pub fn apply_trees(&self, writes: &[(Tree, &[(&[u8], Option<&[u8]>)])]) -> Result<(), StoreError> {
-        let kept = writes.iter().filter(|(t, ops)| history::holds(*t) && !ops.is_empty());
-        if kept.clone().next().is_some() {
-            self.history.apply_trees(kept.map(|(t, ops)| (*t, ops.iter().copied())))?;
+    pub fn apply_trees(&self, writes: &[(Tree, &Ops<'_>)]) -> Result<(), StoreError> {
+        let kept: Vec<_> = writes.iter().filter(|(t, ops)| history::holds(*t) && !ops.is_empty()).collect();
+        if !kept.is_empty() {
+            self.history.apply_trees(kept.iter().map(|(t, ops)| (*t, ops.iter().copied())))?;
         }
         for (t, ops) in writes {
             if !history::holds(*t) && !ops.is_empty() {
@@ -166,7 +169,7 @@ impl Trees {
         Ok(())
     }
 
-    fn apply_sled(&self, t: Tree, ops: &[(&[u8], Option<&[u8]>)]) -> Result<(), StoreError> {
+    fn apply_sled(&self, t: Tree, ops: &Ops<'_>) -> Result<(), StoreError> {
         let mut batch = sled::Batch::default();
         for (k, v) in ops {
             match v {
