@@ -260,19 +260,21 @@ pub struct TokenResponse {
     pub token: String,
 }
 
-/// An issued token's metadata (never the token itself).
+/// An issued token's metadata (never the token itself). Fields in alphabetical order: the
+/// `meeting-token.created` event's payload is this, serialized as it is, and stored payloads
+/// have always had sorted keys.
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct TokenInfo {
+    pub created_at: String,
+    pub exp: Option<i64>,
+    pub is_owner: bool,
     pub jti: String,
+    pub kid: String,
+    pub nbf: Option<i64>,
     pub room: Option<String>,
     pub room_name: Option<String>,
     pub user_id: Option<String>,
     pub user_name: Option<String>,
-    pub is_owner: bool,
-    pub nbf: Option<i64>,
-    pub exp: Option<i64>,
-    pub kid: String,
-    pub created_at: String,
 }
 
 #[derive(Debug, Serialize, JsonSchema)]

@@ -37,11 +37,9 @@ pub async fn create(
         exp: props.int("exp"),
         created_ms: now_ms,
     };
-    // Through a JSON value, so the payload's keys stay in the order stored events always had
-    // (sorted); written here, the writer only splices it into the envelope.
-    let payload = serde_json::to_value(token_info(&record));
-    let event = payload
-        .and_then(|p| NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &p, record.room.clone()))
+    // Written here (its keys sorted, as stored events always had them); the writer only
+    // splices it into the envelope.
+    let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &token_info(&record), record.room.clone())
         .map_err(|e| StoreError::Encode(format!("the token's event: {e}")))?;
     state.store.submit(CreateToken { record, event }).await?;
     Ok(ok(&R::TokenResponse { token }))
@@ -169,4 +167,29 @@ pub async fn revoke(
     };
     let ejected = state.store.submit(request).await?;
     Ok(ok(&R::Revoked { revoked: true, ejected_ids: ejected }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The event payload is `TokenInfo` serialized as it is: its keys must come out sorted, as
+    /// a JSON value (a sorted map) writes them and stored payloads always had them.
+    #[test]
+    fn token_info_serializes_with_sorted_keys() {
+        let record = TokenRecord {
+            jti: "j".into(),
+            kid: "k".into(),
+            room: Some("r".into()),
+            user_id: None,
+            user_name: Some("u".into()),
+            is_owner: true,
+            nbf: Some(1),
+            exp: None,
+            created_ms: 0,
+        };
+        let direct = serde_json::to_string(&token_info(&record)).unwrap();
+        let sorted = serde_json::to_value(token_info(&record)).unwrap().to_string();
+        assert_eq!(direct, sorted);
+    }
 }
