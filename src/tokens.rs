@@ -338,19 +338,24 @@ pub fn sign_for(
     iat_secs: i64,
     jti: &str,
 ) -> Result<String, TokenError> {
-    let mut claims = Map::new();
+    // The claims as a JSON object with sorted keys (what a `Map` writes), a later claim of the
+    // same name in place of an earlier one, without copying the properties into a map.
+    let (d, iat, jti) = (domain_id.map(Value::from), Value::from(iat_secs), Value::from(jti));
+    let mut claims: Vec<(&str, &Value)> = Vec::with_capacity(props.0.len() + 3);
     for (long, v) in &props.0 {
-        let name = COMPACT.iter().find(|(l, _)| l == long).map_or(long.as_str(), |(_, c)| c);
-        claims.insert(name.to_string(), v.clone());
+        claims.push((COMPACT.iter().find(|(l, _)| l == long).map_or(long.as_str(), |(_, c)| c), v));
     }
-    if let Some(d) = domain_id {
-        claims.insert("d".into(), Value::from(d));
-    }
-    claims.insert("iat".into(), Value::from(iat_secs));
-    claims.insert("jti".into(), Value::from(jti));
+    claims.extend(d.as_ref().map(|d| ("d", d)));
+    claims.extend([("iat", &iat), ("jti", &jti)]);
+    claims.sort_by_key(|(name, _)| *name); // stable: of equal names, the later stays later
+    let last_of_each =
+        claims.iter().enumerate().filter(|(i, (name, _))| claims.get(i + 1).is_none_or(|(next, _)| next != name));
+    let mut out = Vec::with_capacity(256);
+    serde::Serializer::collect_map(&mut serde_json::Serializer::new(&mut out), last_of_each.map(|(_, (n, v))| (n, v)))
+        .map_err(|_| TokenError::Signing)?;
     // What `jsonwebtoken::encode` writes (a test holds it to that, byte for byte), without
     // serializing the header and keying HMAC again for every token.
-    let claims = serde_json::to_vec(&claims).map_err(|_| TokenError::Signing)?;
+    let claims = out;
     let mut jwt = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 48);
     jwt.push_str(&key.header);
     jwt.push('.');

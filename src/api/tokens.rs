@@ -42,7 +42,7 @@ pub async fn create(
     let event = NewEvent::new(crate::events::EventKind::MeetingTokenCreated, &token_info(&record), record.room.clone())
         .map_err(|e| StoreError::Encode(format!("the token's event: {e}")))?;
     state.store.submit(CreateToken { record, event }).await?;
-    Ok(ok(&R::TokenResponse { token }))
+    Ok(wire::ok_sorted(&R::TokenResponse { token }))
 }
 
 /// An issued token's metadata (also the `meeting-token.created` payload). Never the JWT.
