@@ -75,20 +75,41 @@ pub struct Journal {
     number: u64,
     len: u64,
     /// The next file being zero-filled (`<dir>/spare`), if any.
-    spare: Option<std::thread::JoinHandle<Result<(), String>>>,
+    spare: Option<Spare>,
+}
+
+/// The thread making the spare, and how to stop it (a journal dropped waits for it, so no
+/// spare of an earlier journal is ever written beside a later one's).
+struct Spare {
+    thread: std::thread::JoinHandle<Result<(), String>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Drop for Journal {
+    fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            spare.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = spare.thread.join();
+        }
+    }
 }
 
 /// The spare file's name: not `*.wal`, so recovery never reads it.
 const SPARE: &str = "spare";
 /// A closed file shorter than this gets no spare after it (a quiet store's files are small,
-/// and growing them costs little). Test builds make spares all the time, so that every crash
-/// and power-cut test runs over them.
+/// and growing them costs little). Test builds make spares after almost every file, so that
+/// crash and power-cut tests whose load outlasts a rotation write over them.
 #[cfg(not(feature = "test-clock"))]
 const SPARE_MIN: u64 = 256 << 10;
 #[cfg(feature = "test-clock")]
 const SPARE_MIN: u64 = 4 << 10;
 /// The largest spare (the writer rotates past 64 MiB anyway).
 const SPARE_MAX: u64 = 64 << 20;
+/// The spare made at the open, for the first rotation.
+const SPARE_FIRST: u64 = 1 << 20;
+/// A spare is made only while its file system has four times its size free and this much
+/// more: it must never take the room a full disk's writes and checkpoints need.
+const SPARE_HEADROOM: u64 = 256 << 20;
 
 fn io(what: &str, e: std::io::Error) -> StoreError {
     StoreError::Setup(format!("journal {what}: {e}"))
@@ -272,7 +293,9 @@ impl Journal {
             _ => {}
         }
         let file = std::sync::Arc::new(open_new(dir, number)?);
-        Ok(Journal { dir: dir.to_path_buf(), file, number, len: 0, spare: None })
+        let mut journal = Journal { dir: dir.to_path_buf(), file, number, len: 0, spare: None };
+        journal.make_spare(SPARE_FIRST);
+        Ok(journal)
     }
 
     /// Appends one record (no sync). On failure the file is cut back to its previous length;
@@ -305,7 +328,8 @@ impl Journal {
     /// syncer syncs the files of every batch before it finishes any of them, in order, so a
     /// batch of the next file is never acknowledged while one before it is not durable (a cut
     /// between the two syncs leaves a gap recovery stops at, with nothing acknowledged after).
-    pub fn rotate(&mut self) -> Result<u64, StoreError> {
+    /// `spare_next`: whether to make a spare for the rotation after (not at a shutdown).
+    pub fn rotate(&mut self, spare_next: bool) -> Result<u64, StoreError> {
         let next = match self.take_spare() {
             Some(()) => open_spare(&self.dir, self.number + 1)?,
             None => open_new(&self.dir, self.number + 1)?,
@@ -315,46 +339,65 @@ impl Journal {
         self.file = std::sync::Arc::new(next);
         self.number += 1;
         self.len = 0;
-        if self.spare.is_none() && closed_len >= SPARE_MIN {
+        if spare_next && closed_len >= SPARE_MIN {
             // Room for a file like the one just closed, and a quarter more.
-            let size = (closed_len + closed_len / 4).next_multiple_of(1 << 20).min(SPARE_MAX);
-            let dir = self.dir.clone();
-            self.spare = std::thread::Builder::new()
-                .name("gatehouse-spare".into())
-                .spawn(move || make_spare(&dir, size))
-                .map_err(|e| tracing::warn!(error = %e, "could not start the journal's spare thread"))
-                .ok();
+            self.make_spare((closed_len + closed_len / 4).next_multiple_of(1 << 20).min(SPARE_MAX));
         }
         Ok(old)
+    }
+
+    /// Starts zero-filling a spare of `size` bytes, unless one is on its way or the disk is
+    /// short of room.
+    fn make_spare(&mut self, size: u64) {
+        if self.spare.is_some()
+            || !disk::free_bytes(&self.dir)
+                .is_some_and(|free| free >= size.saturating_mul(4).saturating_add(SPARE_HEADROOM))
+        {
+            return;
+        }
+        let (dir, stop) = (self.dir.clone(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let stopped = stop.clone();
+        self.spare = std::thread::Builder::new()
+            .name("gatehouse-spare".into())
+            .spawn(move || make_spare(&dir, size, &stopped))
+            .map_err(|e| tracing::warn!(error = %e, "could not start the journal's spare thread"))
+            .ok()
+            .map(|thread| Spare { thread, stop });
     }
 
     /// `Some` when a spare is ready (a spare still being written is left to finish, for a
     /// later rotation: nobody waits for it).
     fn take_spare(&mut self) -> Option<()> {
-        if !self.spare.as_ref()?.is_finished() {
+        if !self.spare.as_ref()?.thread.is_finished() {
             return None;
         }
-        match self.spare.take()?.join() {
+        match self.spare.take()?.thread.join() {
             Ok(Ok(())) => Some(()),
             Ok(Err(why)) => {
                 tracing::warn!(error = %why, "no journal spare (the journal grows its file instead)");
                 None
             }
-            Err(_) => None,
+            Err(_) => {
+                tracing::warn!("the journal's spare thread panicked (the journal grows its file instead)");
+                None
+            }
         }
     }
 }
 
 /// Zero-fills `<dir>/spare` to `size` and makes it durable (the file whole: its blocks are then
 /// written ones, which a later `fdatasync` of records over them need not describe again). A
-/// failure (a full disk) removes what was made.
-fn make_spare(dir: &Path, size: u64) -> Result<(), String> {
+/// failure (a full disk), or a stop, removes what was made.
+fn make_spare(dir: &Path, size: u64, stop: &std::sync::atomic::AtomicBool) -> Result<(), String> {
     let path = dir.join(SPARE);
     let made = (|| {
         let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(disk::FILE_MODE).open(&path)?;
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0;
         while at < size {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(std::io::Error::other("the journal closed"));
+            }
             let n = zeros.len().min((size - at) as usize);
             f.write_all(&zeros[..n])?;
             at += n as u64;
@@ -367,11 +410,12 @@ fn make_spare(dir: &Path, size: u64) -> Result<(), String> {
     })
 }
 
-/// The spare, renamed `<number>.wal`, its new name durable before a record goes in.
+/// The spare, renamed `<number>.wal`, its new name durable before a record goes in. Opened
+/// before the rename: a failure leaves either the spare as it was or the renamed file open.
 fn open_spare(dir: &Path, number: u64) -> Result<File, StoreError> {
-    let path = dir.join(file_name(number));
-    std::fs::rename(dir.join(SPARE), &path).map_err(|e| io("naming its spare", e))?;
-    let f = OpenOptions::new().write(true).open(&path).map_err(|e| io("opening its spare", e))?;
+    let spare = dir.join(SPARE);
+    let f = OpenOptions::new().write(true).open(&spare).map_err(|e| io("opening its spare", e))?;
+    std::fs::rename(&spare, dir.join(file_name(number))).map_err(|e| io("naming its spare", e))?;
     disk::sync_dir(dir).map_err(|e| StoreError::Durability(format!("fsync of the journal's folder failed: {e}")))?;
     Ok(f)
 }
@@ -421,7 +465,7 @@ mod tests {
         let mut j2 = Journal::create(dir.path()).unwrap();
         j2.append(&encode_batch(&Batch { lsn: 4, ..Default::default() }).unwrap()).unwrap();
         assert_eq!(read_batches(dir.path()).unwrap().len(), 4);
-        let old = j2.rotate().unwrap();
+        let old = j2.rotate(true).unwrap();
         remove_upto(dir.path(), old).unwrap();
         assert!(read_batches(dir.path()).unwrap().is_empty());
     }
@@ -442,33 +486,56 @@ mod tests {
         assert_eq!(std::fs::metadata(path).unwrap().len(), expected, "the zeros are cut off");
     }
 
+    fn wait_for_spare(j: &Journal) {
+        while j.spare.as_ref().is_some_and(|s| !s.thread.is_finished()) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    fn len(path: &Path) -> u64 {
+        std::fs::metadata(path).unwrap().len()
+    }
+
     #[test]
     fn records_go_over_a_spare_zero_filled_ahead() {
         let dir = tempfile::tempdir().unwrap();
+        let spare = dir.path().join(SPARE);
         let mut j = Journal::create(dir.path()).unwrap();
+        wait_for_spare(&j);
+        assert_eq!(len(&spare), SPARE_FIRST, "the open makes a spare for the first rotation");
         let big = Batch { lsn: 1, ops: vec![(1, vec![1], Some(vec![7; 300 << 10]))], events: vec![] };
         j.append(&encode_batch(&big).unwrap()).unwrap();
-        // A file past SPARE_MIN: a spare is made for the file after the next.
-        assert_eq!(j.rotate().unwrap(), 1);
-        j.spare.as_ref().expect("a spare is being made");
-        while !j.spare.as_ref().unwrap().is_finished() {
-            std::thread::sleep(std::time::Duration::from_millis(5));
-        }
-        assert_eq!(std::fs::metadata(dir.path().join(SPARE)).unwrap().len(), 1 << 20, "300 KiB and a quarter, in MiB");
+        assert_eq!(j.rotate(true).unwrap(), 1);
+        let (_, second) = list(dir.path()).unwrap().pop().unwrap();
+        assert_eq!(len(&second), 1 << 20, "file 2 is the spare");
+        // File 1 was past SPARE_MIN: a spare of its size and a quarter, in MiB, for file 3.
+        wait_for_spare(&j);
+        assert_eq!(len(&spare), 1 << 20);
         j.append(&encode_batch(&Batch { lsn: 2, ..Default::default() }).unwrap()).unwrap();
-        assert_eq!(j.rotate().unwrap(), 2);
-        assert!(!dir.path().join(SPARE).exists(), "the spare became file 3");
+        assert_eq!(j.rotate(false).unwrap(), 2);
+        assert!(!spare.exists() && j.spare.is_none(), "the spare became file 3; none after a last rotation");
         let (_, third) = list(dir.path()).unwrap().pop().unwrap();
-        assert_eq!(std::fs::metadata(&third).unwrap().len(), 1 << 20);
         for lsn in 3..=4 {
             j.append(&encode_batch(&Batch { lsn, ..Default::default() }).unwrap()).unwrap();
         }
-        assert_eq!(std::fs::metadata(&third).unwrap().len(), 1 << 20, "records overwrite the zeros");
+        assert_eq!(len(&third), 1 << 20, "records overwrite the zeros");
         assert_eq!(lsns(read_batches(dir.path()).unwrap()), vec![1, 2, 3, 4]);
-        // A spare a stop left behind is not trusted.
-        std::fs::write(dir.path().join(SPARE), b"half").unwrap();
+        // A spare a stop left behind is not trusted: the open makes a new one.
+        drop(j);
+        std::fs::write(&spare, b"half").unwrap();
         let j = Journal::create(dir.path()).unwrap();
-        assert!(!dir.path().join(SPARE).exists() && j.spare.is_none());
+        wait_for_spare(&j);
+        assert_eq!(len(&spare), SPARE_FIRST);
+        assert_eq!(std::fs::read(&spare).unwrap().iter().filter(|b| **b != 0).count(), 0);
+        // A journal dropped while its spare is being made stops it: no spare is left half made.
+        std::fs::remove_file(&spare).unwrap();
+        let mut j = Journal::create(dir.path()).unwrap();
+        if let Some(s) = j.spare.take() {
+            let _ = s.thread.join();
+        }
+        j.make_spare(SPARE_MAX);
+        drop(j);
+        assert!(!spare.exists() || len(&spare) == SPARE_MAX, "a half-made spare was left behind");
     }
 
     fn lsns(batches: Vec<Batch>) -> Vec<u64> {

@@ -302,7 +302,7 @@ impl Writer {
         if self.shared.poisoned().is_some() || !(due || (force && len > 0)) {
             return;
         }
-        match self.journal.rotate() {
+        match self.journal.rotate(!force) {
             Ok(file) => {
                 self.last_rotation = Instant::now();
                 let _ = self.checkpoints.send(Closed { file, last_lsn: self.last_lsn_in_file });
