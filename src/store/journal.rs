@@ -349,10 +349,8 @@ impl Journal {
     /// Starts zero-filling a spare of `size` bytes, unless one is on its way or the disk is
     /// short of room.
     fn make_spare(&mut self, size: u64) {
-        if self.spare.is_some()
-            || !disk::free_bytes(&self.dir)
-                .is_some_and(|free| free >= size.saturating_mul(4).saturating_add(SPARE_HEADROOM))
-        {
+        let room = size.saturating_mul(4).saturating_add(SPARE_HEADROOM);
+        if self.spare.is_some() || disk::free_bytes(&self.dir).is_none_or(|free| free < room) {
             return;
         }
         let (dir, stop) = (self.dir.clone(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
