@@ -350,16 +350,15 @@ pub fn sign_for(
     claims.sort_by_key(|(name, _)| *name); // stable: of equal names, the later stays later
     let last_of_each =
         claims.iter().enumerate().filter(|(i, (name, _))| claims.get(i + 1).is_none_or(|(next, _)| next != name));
-    let mut out = Vec::with_capacity(256);
-    serde::Serializer::collect_map(&mut serde_json::Serializer::new(&mut out), last_of_each.map(|(_, (n, v))| (n, v)))
+    let mut json = Vec::with_capacity(256);
+    serde::Serializer::collect_map(&mut serde_json::Serializer::new(&mut json), last_of_each.map(|(_, (n, v))| (n, v)))
         .map_err(|_| TokenError::Signing)?;
     // What `jsonwebtoken::encode` writes (a test holds it to that, byte for byte), without
     // serializing the header and keying HMAC again for every token.
-    let claims = out;
-    let mut jwt = String::with_capacity(key.header.len() + claims.len() * 4 / 3 + 48);
+    let mut jwt = String::with_capacity(key.header.len() + json.len() * 4 / 3 + 48);
     jwt.push_str(&key.header);
     jwt.push('.');
-    URL_SAFE_NO_PAD.encode_string(claims, &mut jwt);
+    URL_SAFE_NO_PAD.encode_string(json, &mut jwt);
     let mut mac = key.mac.clone();
     hmac::Mac::update(&mut mac, jwt.as_bytes());
     let signature = hmac::Mac::finalize(mac).into_bytes();

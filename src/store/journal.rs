@@ -30,6 +30,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -71,7 +73,7 @@ pub struct LoggedEvent {
 pub struct Journal {
     dir: PathBuf,
     /// Shared with the syncer, which syncs the file a batch was appended to.
-    file: std::sync::Arc<File>,
+    file: Arc<File>,
     number: u64,
     len: u64,
     /// The next file being zero-filled (`<dir>/spare`), if any.
@@ -82,13 +84,13 @@ pub struct Journal {
 /// spare of an earlier journal is ever written beside a later one's).
 struct Spare {
     thread: std::thread::JoinHandle<Result<(), String>>,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
         if let Some(spare) = self.spare.take() {
-            spare.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            spare.stop.store(true, Ordering::Relaxed);
             let _ = spare.thread.join();
         }
     }
@@ -292,7 +294,7 @@ impl Journal {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io("removing an old spare", e)),
             _ => {}
         }
-        let file = std::sync::Arc::new(open_new(dir, number)?);
+        let file = Arc::new(open_new(dir, number)?);
         let mut journal = Journal { dir: dir.to_path_buf(), file, number, len: 0, spare: None };
         journal.make_spare(SPARE_FIRST);
         Ok(journal)
@@ -320,7 +322,7 @@ impl Journal {
     }
 
     /// The file being appended to (what a sync of the latest records must sync).
-    pub fn file(&self) -> std::sync::Arc<File> {
+    pub fn file(&self) -> Arc<File> {
         self.file.clone()
     }
 
@@ -330,13 +332,14 @@ impl Journal {
     /// between the two syncs leaves a gap recovery stops at, with nothing acknowledged after).
     /// `spare_next`: whether to make a spare for the rotation after (not at a shutdown).
     pub fn rotate(&mut self, spare_next: bool) -> Result<u64, StoreError> {
-        let next = match self.take_spare() {
-            Some(()) => open_spare(&self.dir, self.number + 1)?,
-            None => open_new(&self.dir, self.number + 1)?,
+        let next = if self.spare_ready() {
+            open_spare(&self.dir, self.number + 1)?
+        } else {
+            open_new(&self.dir, self.number + 1)?
         };
         let closed_len = self.len;
         let old = self.number;
-        self.file = std::sync::Arc::new(next);
+        self.file = Arc::new(next);
         self.number += 1;
         self.len = 0;
         if spare_next && closed_len >= SPARE_MIN {
@@ -353,7 +356,7 @@ impl Journal {
         if self.spare.is_some() || disk::free_bytes(&self.dir).is_none_or(|free| free < room) {
             return;
         }
-        let (dir, stop) = (self.dir.clone(), std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
+        let (dir, stop) = (self.dir.clone(), Arc::new(AtomicBool::new(false)));
         let stopped = stop.clone();
         self.spare = std::thread::Builder::new()
             .name("gatehouse-spare".into())
@@ -363,21 +366,19 @@ impl Journal {
             .map(|thread| Spare { thread, stop });
     }
 
-    /// `Some` when a spare is ready (a spare still being written is left to finish, for a
-    /// later rotation: nobody waits for it).
-    fn take_spare(&mut self) -> Option<()> {
-        if !self.spare.as_ref()?.thread.is_finished() {
-            return None;
-        }
-        match self.spare.take()?.thread.join() {
-            Ok(Ok(())) => Some(()),
+    /// Whether a spare is ready to be taken (a spare still being written is left to finish,
+    /// for a later rotation: nobody waits for it).
+    fn spare_ready(&mut self) -> bool {
+        let Some(spare) = self.spare.take_if(|s| s.thread.is_finished()) else { return false };
+        match spare.thread.join() {
+            Ok(Ok(())) => true,
             Ok(Err(why)) => {
                 tracing::warn!(error = %why, "no journal spare (the journal grows its file instead)");
-                None
+                false
             }
             Err(_) => {
                 tracing::warn!("the journal's spare thread panicked (the journal grows its file instead)");
-                None
+                false
             }
         }
     }
@@ -386,14 +387,14 @@ impl Journal {
 /// Zero-fills `<dir>/spare` to `size` and makes it durable (the file whole: its blocks are then
 /// written ones, which a later `fdatasync` of records over them need not describe again). A
 /// failure (a full disk), or a stop, removes what was made.
-fn make_spare(dir: &Path, size: u64, stop: &std::sync::atomic::AtomicBool) -> Result<(), String> {
+fn make_spare(dir: &Path, size: u64, stop: &AtomicBool) -> Result<(), String> {
     let path = dir.join(SPARE);
     let made = (|| {
         let mut f = OpenOptions::new().create(true).truncate(true).write(true).mode(disk::FILE_MODE).open(&path)?;
         let zeros = vec![0u8; 1 << 20];
         let mut at = 0;
         while at < size {
-            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if stop.load(Ordering::Relaxed) {
                 return Err(std::io::Error::other("the journal closed"));
             }
             let n = zeros.len().min((size - at) as usize);
@@ -414,7 +415,7 @@ fn open_spare(dir: &Path, number: u64) -> Result<File, StoreError> {
     let spare = dir.join(SPARE);
     let f = OpenOptions::new().write(true).open(&spare).map_err(|e| io("opening its spare", e))?;
     std::fs::rename(&spare, dir.join(file_name(number))).map_err(|e| io("naming its spare", e))?;
-    disk::sync_dir(dir).map_err(|e| StoreError::Durability(format!("fsync of the journal's folder failed: {e}")))?;
+    sync_folder(dir)?;
     Ok(f)
 }
 
@@ -425,9 +426,13 @@ fn open_new(dir: &Path, number: u64) -> Result<File, StoreError> {
         .mode(disk::FILE_MODE)
         .open(dir.join(file_name(number)))
         .map_err(|e| io("creating a file", e))?;
-    // Make the new file's directory entry durable, so a synced record cannot vanish with it.
-    disk::sync_dir(dir).map_err(|e| StoreError::Durability(format!("fsync of the journal's folder failed: {e}")))?;
+    sync_folder(dir)?;
     Ok(f)
+}
+
+/// Makes a new file's directory entry durable, so a synced record cannot vanish with it.
+fn sync_folder(dir: &Path) -> Result<(), StoreError> {
+    disk::sync_dir(dir).map_err(|e| StoreError::Durability(format!("fsync of the journal's folder failed: {e}")))
 }
 
 /// Deletes journal files numbered up to and including `upto` (the checkpoint covers them).
