@@ -8,8 +8,9 @@
 //! `-- --tokens 3` runs only the baseline and token creation, three rounds, with the server's
 //! CPU per token).
 //! `cargo bench --bench http -- --cluster`: the same rows against two nodes on a local
-//! three-member etcd (through the leader and through the follower), and the failover time
-//! (leader killed → first write acknowledged by the other node) over 10 trials. Needs `etcd`.
+//! three-member etcd (through the leader and through the follower, which answers reads from
+//! its replica), and the failover time (leader killed → first write acknowledged by the other
+//! node) over 20 trials, then from a frozen leader (SIGSTOP) over 5. Needs `etcd`.
 
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -419,10 +420,12 @@ fn node(dir: &std::path::Path, port: u16, endpoints: &[String]) -> Proc {
 
 /// POST /v1/rooms until acknowledged: how long it took.
 async fn until_acked(addr: &str, limit: Duration) -> Option<Duration> {
+    // Names never repeat across calls: a name taken by an earlier call would be refused (409)
+    // and counted as time without a leader.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
     let started = Instant::now();
-    let mut i = 0u64;
     while started.elapsed() < limit {
-        i += 1;
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
         let body = format!(r#"{{"name":"failover-{}-{i}"}}"#, std::process::id());
         let ok = async {
             let stream = TcpStream::connect(addr).await.ok()?;
@@ -435,7 +438,8 @@ async fn until_acked(addr: &str, limit: Duration) -> Option<Duration> {
                 .header("content-type", "application/json")
                 .body(Full::new(Bytes::from(body)))
                 .ok()?;
-            let r = tokio::time::timeout(Duration::from_secs(2), send.send_request(req)).await.ok()?.ok()?;
+            // Short: a request forwarded to a frozen leader must not hide the takeover.
+            let r = tokio::time::timeout(Duration::from_millis(500), send.send_request(req)).await.ok()?.ok()?;
             if std::env::var_os("BENCH_DEBUG").is_some() {
                 eprintln!("until_acked {addr}: {}", r.status());
             }
@@ -449,6 +453,10 @@ async fn until_acked(addr: &str, limit: Duration) -> Option<Duration> {
     }
     None
 }
+
+/// Failover trials of `--cluster`: the leader killed, and the leader frozen.
+const TRIALS: usize = 20;
+const FROZEN_TRIALS: usize = 5;
 
 async fn cluster() {
     let tmp = tempfile::tempdir().unwrap();
@@ -491,7 +499,12 @@ async fn cluster() {
         .as_str()
         .unwrap()
         .to_string();
+    // The follower's replica has them once it polled (within a second).
+    tokio::time::sleep(Duration::from_secs(1)).await;
     for (via, addr) in [("leader", &leader), ("follower", &follower)] {
+        results.push(
+            load(&format!("GET /v1/rooms/:name via {via}"), addr, Kind::Get, "/v1/rooms/bench".into(), no_body()).await,
+        );
         results.push(
             load(
                 &format!("GET /v1/meeting-tokens/:token via {via}"),
@@ -530,26 +543,65 @@ async fn cluster() {
     table(&results);
 
     // Failover: kill the leader, time the first write the other node acknowledges, restart
-    // the killed one (it follows), ten times.
-    let mut times = Vec::new();
+    // the killed one (it rebuilds its replica and follows), twenty times. Then a frozen leader
+    // (SIGSTOP: a hung process, or a VM that stopped), which refuses nothing: only its lease
+    // running out lets the other node take over.
     let mut leading = 0;
-    for trial in 0..10 {
-        let other = 1 - leading;
-        drop(nodes[leading].take());
-        let took =
-            until_acked(&nodes[other].as_ref().unwrap().addr, Duration::from_secs(60)).await.expect("no failover");
-        println!("failover {}: {:.2} s", trial + 1, took.as_secs_f64());
-        times.push(took.as_secs_f64());
-        nodes[leading] = Some(node(&dirs[leading], ports[leading], &endpoints));
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        leading = other;
+    let mut cluster = Nodes { nodes, dirs, ports, endpoints };
+    let killed = cluster.failovers(&mut leading, TRIALS, false).await;
+    report("leader killed → first write acknowledged by the other node", &killed);
+    let frozen = cluster.failovers(&mut leading, FROZEN_TRIALS, true).await;
+    report("leader frozen (SIGSTOP) → first write acknowledged by the other node", &frozen);
+}
+
+/// The two nodes of `--cluster`, and how to start each again.
+struct Nodes {
+    nodes: Vec<Option<Proc>>,
+    dirs: [std::path::PathBuf; 2],
+    ports: [u16; 2],
+    endpoints: Vec<String>,
+}
+
+impl Nodes {
+    /// `n` failovers, the leader killed (or frozen, then killed once the other node leads):
+    /// how long each took until the other node acknowledged a write. The stopped node is
+    /// started again (it rebuilds its replica and follows) and given 3 s before the next.
+    async fn failovers(&mut self, leading: &mut usize, n: usize, freeze: bool) -> Vec<f64> {
+        let mut times = Vec::new();
+        for trial in 0..n {
+            let other = 1 - *leading;
+            if freeze {
+                let pid = self.nodes[*leading].as_ref().unwrap().child.id();
+                let _ = Command::new("kill").args(["-STOP", &pid.to_string()]).status();
+            } else {
+                drop(self.nodes[*leading].take());
+            }
+            let took = until_acked(&self.nodes[other].as_ref().unwrap().addr, Duration::from_secs(60))
+                .await
+                .expect("no failover");
+            println!(
+                "failover {} ({}): {:.2} s",
+                trial + 1,
+                if freeze { "frozen" } else { "killed" },
+                took.as_secs_f64()
+            );
+            times.push(took.as_secs_f64());
+            drop(self.nodes[*leading].take());
+            self.nodes[*leading] = Some(node(&self.dirs[*leading], self.ports[*leading], &self.endpoints));
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            *leading = other;
+        }
+        times
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "failover (leader killed → first write acknowledged by the other node), 10 trials, lease TTL 5 s: median {:.2} s, max {:.2} s",
-        (times[4] + times[5]) / 2.0,
-        times[9]
-    );
+}
+
+/// The median and the worst of `times`.
+fn report(what: &str, times: &[f64]) {
+    let mut t = times.to_vec();
+    t.sort_by(f64::total_cmp);
+    let n = t.len();
+    let median = if n.is_multiple_of(2) { (t[n / 2 - 1] + t[n / 2]) / 2.0 } else { t[n / 2] };
+    println!("failover ({what}), {n} trials, lease TTL 5 s: median {median:.2} s, max {:.2} s", t[n - 1]);
 }
 
 /// Fills a data dir with 1,000,000 rooms and 1,000,000 tokens through the store's own writer

@@ -23,24 +23,21 @@ const KEY_FILE: &str = "api_key";
 /// store while a server holds it).
 const DOMAIN_FILE: &str = "domain_id";
 
-/// Runs the server: a single node, or (with `--store etcd`) a cluster node, which forwards to
-/// the leader until elected, then leads until it stops (see `cluster::node`).
+/// Runs the server: a single node, or (with `--store etcd`) a cluster node, which keeps a
+/// replica of the store and answers reads from it (forwarding the rest to the leader) until
+/// elected, then leads until it stops (see `cluster::node`).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let Some(cfg) = settings.etcd.clone() else {
-        return run_with(settings, None, None).await;
+        return run_with(settings, None).await;
     };
     let (mut node, listener) = crate::cluster::node::Node::join(&settings, cfg).await?;
-    // One front for the node's whole life: it forwards while the node follows, and answers
-    // itself, on the same connections, once it leads.
+    // One front for the node's whole life: it forwards while the node loads, answers reads
+    // from the replica (forwarding the rest) while it follows, and answers everything itself,
+    // on the same connections, once it leads.
     let limits = conn_limits(&settings);
     let front = api::Front::start(listener, api::Mode::Forward(node.forwarder()), limits, Arc::default(), None)?;
-    let Some(fence) = node.follow().await else {
-        front.close(settings.shutdown_grace).await;
-        node.step_down().await; // stopped by a signal while following
-        return Ok(());
-    };
-    // A fresh local store: whatever a previous life of this node wrote locally may hold
-    // batches the cluster never committed.
+    // A fresh local store, rebuilt from what the cluster committed: whatever a previous life
+    // of this node wrote locally may hold batches the cluster never committed.
     for d in ["store", "wal", "events"] {
         let p = settings.data_dir.join(d);
         if p.exists() {
@@ -48,22 +45,23 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     }
     create_data_dir(&settings.data_dir)?;
-    let takeover = node.take_over(&settings, fence).await?;
-    // Requests that arrive during the takeover are answered 503 (retry), as during an election.
-    let result = run_with(settings, Some(takeover), Some(front)).await;
-    node.step_down().await;
-    result
+    let floor = node.load(&settings.data_dir).await?;
+    run_with(settings, Some(Cluster { node, front, floor })).await
 }
 
-/// The server on this data dir; `cluster`: as the elected leader, `front`: answering on a
-/// front already accepting (a cluster node's).
-async fn run_with(
-    settings: Settings,
-    cluster: Option<crate::cluster::node::Takeover>,
-    front: Option<api::Front>,
-) -> anyhow::Result<()> {
-    let (cluster, started, gauges) = match cluster {
-        Some(c) => (Some(c.hooks), Some(c.started), Some(c.gauges)),
+/// A cluster node on its way into [`run_with`]: its front (forwarding), and the snapshot its
+/// data dir was loaded from.
+struct Cluster {
+    node: crate::cluster::node::Node,
+    front: api::Front,
+    floor: u64,
+}
+
+/// The server on this data dir; `cluster`: a cluster node, whose store opens as a replica and
+/// which leads once elected.
+async fn run_with(settings: Settings, cluster: Option<Cluster>) -> anyhow::Result<()> {
+    let (hooks, front, mut node) = match cluster {
+        Some(c) => (Some(c.node.replica_hooks(c.floor)), Some(c.front), Some(c.node)),
         None => (None, None, None),
     };
     create_data_dir(&settings.data_dir)?;
@@ -117,14 +115,11 @@ async fn run_with(
     let opened = std::time::Instant::now();
     let store = tokio::task::spawn_blocking({
         let clock = clock.clone();
-        move || Store::open_with(opts, clock, cluster)
+        move || Store::open_with(opts, clock, hooks)
     })
     .await?
     .with_context(|| format!("opening the store in {}", settings.data_dir.display()))?;
     tracing::info!(millis = opened.elapsed().as_millis() as u64, head_seq = store.durable_seq(), "store open");
-    if let Some(f) = started {
-        f(store.clone());
-    }
     let domain = store.domain_id().to_string();
     if std::fs::read_to_string(settings.data_dir.join(DOMAIN_FILE)).ok().as_deref() != Some(domain.as_str()) {
         crate::disk::write_atomic(&settings.data_dir.join(DOMAIN_FILE), domain.as_bytes())
@@ -186,8 +181,34 @@ async fn run_with(
         None => None,
     };
     let state = Arc::new(state);
-    if let Some(g) = gauges {
-        state.metrics.set_cluster(g);
+    // Serving from here (a cluster follower answers reads from its replica): systemd's start
+    // is over, and its watchdog watches the store from now on.
+    let systemd = SdNotify::from_env();
+    systemd.send("READY=1");
+    let watchdog = tokio::spawn(watch_store(store.clone(), systemd.clone(), shutdown_rx.clone()));
+    // A cluster node: reads from the replica while it follows; then leads.
+    let mut stopped_following = false;
+    if let (Some(n), Err(front)) = (node.as_mut(), &bound) {
+        let replica = n.replicate_into(store.clone());
+        front.replica(state.clone(), n.forwarder(), replica);
+        match n.follow().await {
+            Some(fence) => state.metrics.set_cluster(n.take_over(&settings.data_dir, fence, &store).await?),
+            None => stopped_following = true,
+        }
+    }
+    if stopped_following {
+        // Stopped by a signal while following.
+        systemd.send("STOPPING=1");
+        let _ = shutdown_tx.send(true);
+        let _ = watchdog.await;
+        if let Err(front) = bound {
+            front.close(settings.shutdown_grace).await;
+        }
+        store.close().await;
+        if let Some(n) = node {
+            n.step_down().await;
+        }
+        return Ok(());
     }
     if let Some((cert, _)) = &settings.tls {
         note_certificate(cert, &state.metrics.certificate_not_after);
@@ -241,9 +262,6 @@ async fn run_with(
         let _ = writeln!(out, "gatehouse listening on {scheme}://{addr}");
         let _ = out.flush();
     }
-    let systemd = SdNotify::from_env();
-    systemd.send("READY=1");
-    let watchdog = tokio::spawn(watch_store(store.clone(), systemd.clone(), shutdown_rx.clone()));
 
     let front = match bound {
         Ok(listener) => api::Front::start(
@@ -278,6 +296,9 @@ async fn run_with(
     let _ = session_streams.await;
     let _ = housekeeping.shutdown().await;
     store.close().await;
+    if let Some(node) = node {
+        node.step_down().await;
+    }
     tracing::info!("store flushed; bye");
     Ok(())
 }

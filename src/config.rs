@@ -346,6 +346,10 @@ pub struct EtcdArgs {
     /// the records before it and compacts etcd's history).
     #[arg(long, env = "GATEHOUSE_ETCD_SNAPSHOT_EVERY", default_value_t = 10_000)]
     pub etcd_snapshot_every: u64,
+    /// A follower answers reads from its own replica while it has applied everything etcd held
+    /// this many milliseconds ago or less; past that it forwards them to the leader (0: always).
+    #[arg(long, env = "GATEHOUSE_ETCD_READ_STALENESS_MS", default_value_t = 1000)]
+    pub etcd_read_staleness_ms: u64,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -480,6 +484,12 @@ pub fn etcd_settings(a: &EtcdArgs) -> Result<Option<EtcdSettings>, ConfigError> 
         client_cert: a.etcd_cert_file.clone().zip(a.etcd_key_file.clone()),
         lease_ttl_secs: within("etcd-lease-ttl-secs", a.etcd_lease_ttl_secs, 2, 60)?,
         snapshot_every: within("etcd-snapshot-every", a.etcd_snapshot_every, 1, 10_000_000)?,
+        read_staleness: std::time::Duration::from_millis(within(
+            "etcd-read-staleness-ms",
+            a.etcd_read_staleness_ms,
+            0,
+            60_000,
+        )?),
         advertise_url: match &a.etcd_advertise_url {
             None => None,
             Some(u) => match url::Url::parse(u) {
@@ -785,6 +795,8 @@ pub struct EtcdSettings {
     pub advertise_url: Option<String>,
     /// Batch records committed between two snapshots (which trim the history).
     pub snapshot_every: u64,
+    /// How far behind etcd a follower's replica may be and still answer reads (zero: never).
+    pub read_staleness: std::time::Duration,
     pub request_timeout: std::time::Duration,
 }
 

@@ -1,8 +1,10 @@
-//! Cluster mode on etcd, so far: `config check --store etcd` against real etcd clusters (plain,
-//! with user/password auth, with TLS client certificates; a member down; quorum lost), and the
-//! fenced leader election (one leader; a member of three dies and nothing changes; the leader
-//! dies as with kill -9 and another node takes over within the lease TTL plus a third; the
-//! deposed leader's fenced write is refused). Real etcd processes on loopback, temp data dirs;
+//! Cluster mode on etcd: `config check --store etcd` against real etcd clusters (plain, with
+//! user/password auth, with TLS client certificates; a member down; quorum lost); the fenced
+//! leader election (one leader; a member of three dies and nothing changes; the leader dies as
+//! with kill -9 and another node takes over within the lease TTL plus a third; the deposed
+//! leader's fenced write is refused); nodes that lose nothing through failovers; followers that
+//! answer reads from their replicas (their own writes at once, through a frozen leader, and not
+//! past their staleness bound when cut off from etcd). Real etcd processes on loopback, temp data dirs;
 //! `./run-tests` installs etcd (Debian `etcd-server`, `etcd-client`).
 
 mod common;
@@ -302,6 +304,7 @@ fn settings(endpoints: Vec<String>, prefix: &str) -> EtcdSettings {
         request_timeout: Duration::from_secs(2),
         advertise_url: None,
         snapshot_every: 10_000,
+        read_staleness: Duration::from_secs(1),
     }
 }
 
@@ -385,9 +388,14 @@ fn node(c: &EtcdCluster, dir: &Path, port: u16) -> common::Server {
 }
 
 fn node_with(c: &EtcdCluster, dir: &Path, port: u16, env: &[(&str, &str)]) -> common::Server {
+    node_on(&c.endpoints(), dir, port, env)
+}
+
+/// [`node_with`], reaching etcd at `endpoints`.
+fn node_on(endpoints: &[String], dir: &Path, port: u16, env: &[(&str, &str)]) -> common::Server {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gatehouse"));
     cmd.envs(env.iter().copied());
-    cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &c.endpoints().join(",")])
+    cmd.args(["serve", "--store", "etcd", "--etcd-endpoints", &endpoints.join(",")])
         .args(["--etcd-prefix", "/gh-nodes/", "--etcd-lease-ttl-secs", "4"])
         .args(["--listen", &format!("127.0.0.1:{port}"), "--data-dir"])
         .arg(dir)
@@ -799,4 +807,184 @@ fn needs_etcd_a_follower_holds_slow_clients_to_the_same_deadlines_and_caps() {
     let mut buf = Vec::new();
     next.read_to_end(&mut buf).unwrap();
     assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
+}
+
+/// Waits until `node` answers `path` with 200 (its replica has it, or it forwards).
+fn until_ok(node: &common::Server, path: &str, within: Duration) {
+    let started = Instant::now();
+    loop {
+        let r = node.get(path);
+        if r.status == 200 {
+            return;
+        }
+        assert!(started.elapsed() < within, "{path}: {} {}", r.status, r.text);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn needs_etcd_a_follower_reads_its_replica_its_own_writes_and_through_a_frozen_leader() {
+    let c = EtcdCluster::start(3, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = node(&c, &tmp.path().join("a"), common::free_port());
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
+    let b = node(&c, &tmp.path().join("b"), common::free_port());
+    until_ok(&b, "/v1/rooms/first", Duration::from_secs(15));
+
+    // Read-your-writes: every write through the follower is answered once its replica holds
+    // it, so the next read on the same node sees it, whoever answers that read.
+    let mut tokens = Vec::new();
+    let _logs = LogsOnPanic(&[&a, &b]);
+    for i in 0..20 {
+        let name = format!("ryw-{i}");
+        acked(&b, "/v1/rooms", serde_json::json!({"name": name}), Duration::from_secs(5));
+        let r = b.get(&format!("/v1/rooms/{name}"));
+        assert_eq!(r.status, 200, "a room created through the follower was not there on its next read: {}", r.text);
+        let (t, _) = acked(
+            &b,
+            "/v1/meeting-tokens",
+            serde_json::json!({"properties": {"room_name": name, "user_id": format!("u{i}")}}),
+            Duration::from_secs(5),
+        );
+        let token = t.body["token"].as_str().unwrap().to_string();
+        assert_eq!(b.get(&format!("/v1/meeting-tokens/{token}")).status, 200);
+        let (joined, _) =
+            acked(&b, &format!("/v1/rooms/{name}/join"), serde_json::json!({"token": token}), Duration::from_secs(5));
+        let session = joined.body["session_id"].as_str().unwrap().to_string();
+        let presence = b.get(&format!("/v1/rooms/{name}/presence"));
+        assert!(presence.text.contains(&session), "join {i} is not in the follower's presence: {}", presence.text);
+        tokens.push(token);
+    }
+    let r = b.delete("/v1/rooms/ryw-0");
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(b.get("/v1/rooms/ryw-0").status, 404, "a room deleted through the follower was still there");
+    // The follower's event log is the leader's: the same events, the same seqs.
+    let (on_a, on_b) = (seqs(&a), seqs(&b));
+    assert!(on_b.len() >= 80, "{} events", on_b.len());
+    assert_eq!(on_a, on_b);
+
+    // The leader freezes (SIGSTOP): the follower's replica still answers reads at once
+    // (nothing it reads is forwarded to the frozen process), while etcd says it is current.
+    a.signal("STOP");
+    let started = Instant::now();
+    let mut reads = 0;
+    while started.elapsed() < Duration::from_millis(2500) {
+        let t = Instant::now();
+        for path in [
+            "/v1/rooms/ryw-1".to_string(),
+            format!("/v1/meeting-tokens/{}", tokens[2]),
+            "/v1/rooms/ryw-3/presence".into(),
+            "/v1/presence".into(),
+            "/v1/events?limit=5".into(),
+            "/v1/meetings".into(),
+        ] {
+            let r = b.get(&path);
+            assert_eq!(r.status, 200, "{path} with the leader frozen: {}", r.text);
+            reads += 1;
+        }
+        assert!(t.elapsed() < Duration::from_secs(2), "reads with the leader frozen took {:?}", t.elapsed());
+    }
+    a.signal("CONT");
+    println!("{reads} reads answered by the follower while the leader was frozen");
+}
+
+/// A TCP proxy on loopback that the test can cut (every connection closed, new ones refused).
+struct Cuttable {
+    addr: String,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Cuttable {
+    fn start(upstream: String) -> Cuttable {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let cut = Arc::new(AtomicBool::new(false));
+        let cut2 = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if cut2.load(Ordering::SeqCst) {
+                    continue; // dropped: refused
+                }
+                let Ok(server) = std::net::TcpStream::connect(upstream.trim_start_matches("http://")) else { continue };
+                for (from, to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    let cut = cut2.clone();
+                    std::thread::spawn(move || pump(from, to, &cut));
+                }
+            }
+        });
+        fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, cut: &AtomicBool) {
+            use std::io::{Read, Write};
+            from.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+            let mut buf = [0u8; 16384];
+            while !cut.load(Ordering::SeqCst) {
+                match from.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+                    Err(_) => break,
+                }
+            }
+            let _ = to.shutdown(std::net::Shutdown::Both);
+            let _ = from.shutdown(std::net::Shutdown::Both);
+        }
+        Cuttable { addr, cut }
+    }
+
+    fn cut(&self, cut: bool) {
+        self.cut.store(cut, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn needs_etcd_a_follower_cut_off_from_etcd_stops_reading_its_replica_after_its_bound() {
+    let c = EtcdCluster::start(1, None);
+    let tmp = tempfile::tempdir().unwrap();
+    let a = node(&c, &tmp.path().join("a"), common::free_port());
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "before"}), Duration::from_secs(15));
+    // B reaches etcd only through a proxy the test cuts; it reaches the leader directly.
+    let proxy = Cuttable::start(c.endpoints()[0].clone());
+    let b = node_on(std::slice::from_ref(&proxy.addr), &tmp.path().join("b"), common::free_port(), &[]);
+    until_ok(&b, "/v1/rooms/before", Duration::from_secs(15));
+    let _logs = LogsOnPanic(&[&a, &b]);
+
+    proxy.cut(true);
+    let cut_at = Instant::now();
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "after-the-cut"}), Duration::from_secs(5));
+    // Past its bound (1 s) the replica, which cannot have that room, answers nothing: reads are
+    // forwarded to the leader, which has it.
+    std::thread::sleep(Duration::from_millis(1500).saturating_sub(cut_at.elapsed()));
+    for _ in 0..10 {
+        let r = b.get("/v1/rooms/after-the-cut");
+        assert_eq!(r.status, 200, "a follower cut off from etcd answered from its stale replica: {}", r.text);
+        assert_eq!(b.get("/v1/rooms/before").status, 200);
+    }
+    // Reconnected, it catches up by itself: the leader frozen, it answers from its replica.
+    proxy.cut(false);
+    acked(&a, "/v1/rooms", serde_json::json!({"name": "after-the-repair"}), Duration::from_secs(5));
+    until_ok(&b, "/v1/rooms/after-the-repair", Duration::from_secs(5));
+    std::thread::sleep(Duration::from_millis(300));
+    a.signal("STOP");
+    let r = b.get("/v1/rooms/after-the-cut");
+    a.signal("CONT");
+    assert_eq!(r.status, 200, "the reconnected replica did not catch up: {}", r.text);
+    assert!(b.log().contains("the replica cannot read etcd"), "{}", b.log());
+}
+
+/// Prints the nodes' logs if the test fails while it is held.
+struct LogsOnPanic<'a>(&'a [&'a common::Server]);
+
+impl Drop for LogsOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for (i, n) in self.0.iter().enumerate() {
+                eprintln!("--- node {i} ({}):\n{}", n.base, n.log());
+            }
+        }
+    }
 }

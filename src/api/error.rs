@@ -111,6 +111,10 @@ impl From<StoreError> for ApiError {
                 )
             }
             StoreError::Overloaded => ApiError::unavailable("the server is busy; nothing was saved; retry shortly", 1),
+            StoreError::Replica => ApiError::unavailable(
+                "this cluster node follows the leader and takes no writes itself; nothing was saved; retry",
+                1,
+            ),
             other => {
                 tracing::error!(error = %other, "store error");
                 ApiError::new(

@@ -153,15 +153,33 @@ impl AppState {
 /// leader; a server answers them.
 pub enum Mode {
     Forward(Forward),
+    /// A cluster follower with a replica of the store: the reads its route table allows
+    /// ([`routes::Route::replica_reads`]) are answered from the replica while it is fresh; the
+    /// rest are forwarded, and a forwarded answer waits until the replica holds the batch the
+    /// leader answered after (read-your-writes).
+    Replica {
+        state: Arc<AppState>,
+        forward: Forward,
+        replica: Arc<dyn ReplicaReads>,
+    },
     Serve(Arc<AppState>),
 }
 
+/// What the front asks of a follower's replica.
+pub trait ReplicaReads: Send + Sync {
+    /// Whether reads may be answered from it now (within the staleness bound, and holding
+    /// every write this node acknowledged).
+    fn fresh(&self) -> bool;
+    /// Waits (bounded) until it holds batch `lsn`.
+    fn wait_for(&self, lsn: u64) -> BoxFuture<'_, ()>;
+}
+
 /// A cluster follower's forwarding: the request as it came, answered by the leader.
-pub type Forward = Arc<dyn Fn(SocketAddr, Request<Incoming>) -> BoxFuture<Response<Forwarded>> + Send + Sync>;
+pub type Forward = Arc<dyn Fn(SocketAddr, Request<Incoming>) -> BoxFuture<'static, Response<Forwarded>> + Send + Sync>;
 /// A forwarded answer's body: the leader's, passed through as it arrives, or the follower's own
 /// (503 while no leader answers).
 pub type Forwarded = http_body_util::Either<Incoming, http_body_util::Full<Bytes>>;
-pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
 /// The HTTP front: one accept loop under the connection rules (see [`conn`]), whatever the
 /// node does with the requests. Its [`Mode`] can change while connections stay open: a follower
@@ -196,7 +214,27 @@ impl Front {
                     Mode::Serve(state) => {
                         handle(state.clone(), peer, req).await.map(|r| r.map(http_body_util::Either::Left))
                     }
-                    Mode::Forward(forward) => Ok(forward(peer, req).await.map(http_body_util::Either::Right)),
+                    Mode::Forward(forward) => {
+                        let mut res = forward(peer, req).await;
+                        res.headers_mut().remove(crate::cluster::LSN_HEADER);
+                        Ok(res.map(http_body_util::Either::Right))
+                    }
+                    Mode::Replica { state, forward, replica } => {
+                        let local = routes::find(req.method(), req.uri().path()).is_ok_and(|(r, _)| r.replica_reads())
+                            && replica.fresh();
+                        if local {
+                            return handle(state.clone(), peer, req).await.map(|r| r.map(http_body_util::Either::Left));
+                        }
+                        // A write's answer waits until the replica has its batch; a read's need
+                        // not (the forwarder noted the batch: no local read goes back before it).
+                        let write = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
+                        let mut res = forward(peer, req).await;
+                        let lsn = res.headers_mut().remove(crate::cluster::LSN_HEADER);
+                        if let Some(lsn) = lsn.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).filter(|_| write) {
+                            replica.wait_for(lsn).await;
+                        }
+                        Ok(res.map(http_body_util::Either::Right))
+                    }
                 }
             }
         }));
@@ -210,6 +248,12 @@ impl Front {
     /// The connection counters (`/metrics` reports them).
     pub fn metrics(&self) -> Arc<conn::ConnMetrics> {
         self.gate.metrics.clone()
+    }
+
+    /// From now on this node answers reads from its replica and forwards the rest (a cluster
+    /// follower whose store is a replica).
+    pub fn replica(&self, state: Arc<AppState>, forward: Forward, replica: Arc<dyn ReplicaReads>) {
+        self.mode.store(Arc::new(Mode::Replica { state, forward, replica }));
     }
 
     /// From now on this server answers every request, on the connections already open too.
@@ -328,7 +372,8 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
     let found = routes::find(req.method(), req.uri().path());
     let label = found.as_ref().map_or(routes::UNMATCHED, |(r, _)| r.label);
     let route = found.as_ref().ok().map(|(r, _)| *r);
-    let res = match CatchUnwind(dispatch(&state, peer, req, found)).await {
+    let from_a_node = req.headers().contains_key(crate::cluster::NODE_HEADER);
+    let mut res = match CatchUnwind(dispatch(&state, peer, req, found)).await {
         Ok(Ok(r)) if cfg!(debug_assertions) => as_declared(route, r),
         Ok(Ok(r)) => r,
         Ok(Err(e)) => wire::error_response(&e),
@@ -337,6 +382,11 @@ async fn handle(state: Arc<AppState>, peer: SocketAddr, req: Request<Incoming>) 
             wire::error_response(&ApiError::internal(&id))
         }
     };
+    if from_a_node {
+        // The forwarding follower holds the answer until its replica has this batch.
+        res.headers_mut()
+            .insert(crate::cluster::LSN_HEADER, hyper::header::HeaderValue::from(state.store.published_lsn()));
+    }
     state.metrics.request(label, res.status().as_u16(), started.elapsed().as_secs_f64());
     tracing::debug!(request_id = %id, route = label, status = res.status().as_u16(), micros = started.elapsed().as_micros() as u64, "request");
     Ok(res)

@@ -88,6 +88,35 @@ pub struct Route {
     pub label: &'static str,
 }
 
+/// The routes a cluster follower answers from its replica while it is fresh (reads of the
+/// state and the event log, and the pages); everything else is forwarded to the leader.
+/// Session streams are not here: an open stream renews its session's lease, a write.
+const REPLICA_READS: &[&str] = &[
+    "GET /healthz",
+    "GET /v1/openapi.json",
+    "GET /v1",
+    "GET /v1/rooms",
+    "GET /v1/rooms/:name",
+    "GET /v1/rooms/:name/waiting-participants",
+    "GET /v1/rooms/:name/presence",
+    "GET /v1/rooms/:name/get-session-data",
+    "GET /v1/rooms/:name/bans",
+    "GET /v1/presence",
+    "GET /v1/meeting-tokens",
+    "GET /v1/meeting-tokens/:token",
+    "GET /v1/events",
+    "GET /v1/events/stream",
+    "GET /v1/webhooks",
+    "GET /v1/webhooks/:id",
+    "GET /v1/webhooks/:id/attempts",
+    "GET /v1/meetings",
+    "GET /v1/meetings/:id",
+    "GET /v1/meetings/:id/participants",
+    "GET /dashboard",
+    "GET /assets/:file",
+    "GET /:room",
+];
+
 /// Who may call a route. The router itself checks the API key for [`Access::ApiKey`] (and for
 /// [`Access::Metrics`] unless `/metrics` is public) before the handler runs; the credentials
 /// of the others (a meeting token, a session secret) are their handlers' to check.
@@ -253,6 +282,11 @@ impl Doc {
 }
 
 impl Route {
+    /// Whether a cluster follower may answer it from its replica (see [`REPLICA_READS`]).
+    pub fn replica_reads(&self) -> bool {
+        REPLICA_READS.contains(&self.label)
+    }
+
     /// Whether the route declares an answer of type `name` with this status: its own on a 2xx,
     /// one it names for the status, or an error (which any call can give).
     pub fn declares(&self, status: u16, name: &str) -> bool {
@@ -514,6 +548,16 @@ mod tests {
 
     fn route(label: &str) -> &'static Route {
         ROUTES.iter().find(|r| r.label == label).unwrap()
+    }
+
+    /// A follower answers from its replica only routes that exist and only read.
+    #[test]
+    fn replica_reads_are_declared_gets() {
+        for label in REPLICA_READS {
+            assert_eq!(route(label).method, Method::GET, "{label}");
+        }
+        assert!(!route("GET /v1/sessions/:id/stream").replica_reads(), "renews a lease");
+        assert!(!route("POST /v1/rooms").replica_reads());
     }
 
     /// What the router's debug check (`api::as_declared`) accepts of an answer.

@@ -340,12 +340,7 @@ impl Etcd {
         let mut from = prefix.to_vec();
         let mut out = Vec::new();
         loop {
-            let v = self
-                .call("/v3/kv/range", &json!({"key": b64(&from), "range_end": b64(&end), "limit": page.to_string()}))
-                .await?;
-            let kvs: Vec<Kv> =
-                v["kvs"].as_array().map(|a| a.iter().map(kv).collect()).unwrap_or_else(|| Ok(Vec::new()))?;
-            let more = v["more"].as_bool().unwrap_or(false);
+            let (kvs, more) = self.range(&from, &end, page).await?;
             if let Some(last) = kvs.last() {
                 from = last.key.clone();
                 from.push(0);
@@ -355,6 +350,15 @@ impl Etcd {
                 return Ok(out);
             }
         }
+    }
+
+    /// The pairs with keys in `from..end`, in key order, at most `limit`; and whether more follow.
+    pub async fn range(&self, from: &[u8], end: &[u8], limit: usize) -> Result<(Vec<Kv>, bool), EtcdError> {
+        let v = self
+            .call("/v3/kv/range", &json!({"key": b64(from), "range_end": b64(end), "limit": limit.to_string()}))
+            .await?;
+        let kvs: Vec<Kv> = v["kvs"].as_array().map(|a| a.iter().map(kv).collect()).unwrap_or_else(|| Ok(Vec::new()))?;
+        Ok((kvs, v["more"].as_bool().unwrap_or(false)))
     }
 
     /// How many keys start with `prefix`.

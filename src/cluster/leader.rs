@@ -9,9 +9,11 @@
 //!
 //! The leader renews its lease every `ttl/3`. If renewals fail (etcd unreachable), it steps
 //! down once the lease may have expired (`ttl` after the last renewal), before anyone else can
-//! have been elected. Followers look at the leader key every `ttl/3` (at most a second) and
-//! campaign when it is gone, so a leader killed with `kill -9` is replaced within about `ttl`
-//! plus a second plus the time to load the state. The leader's
+//! have been elected. Followers look at the leader key every 200 ms and campaign when it is
+//! gone. A leader whose process is gone (its address refuses connections, or the key names the
+//! follower's own previous process) has its lease revoked by the follower at once, so a
+//! `kill -9` costs well under a second; a frozen or cut-off leader is replaced once its lease
+//! runs out, about `ttl` after its last renewal. The leader's
 //! loop reconnects by itself: every request goes through [`Etcd`], which moves to another
 //! endpoint when one cannot be reached.
 
@@ -94,6 +96,7 @@ async fn campaign(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let tick = Duration::from_millis(ttl * 1000 / 3);
+    let mut gone = Gone::default();
     loop {
         match try_lead(&etcd, &key, &node, ttl).await {
             Ok(Some((fence, lease, granted))) => {
@@ -116,6 +119,16 @@ async fn campaign(
         }
         // Who leads now (a follower forwards there), before waiting.
         if let Ok(current) = etcd.get(&key).await {
+            if let Some(kv) = &current {
+                if gone.leader_is_gone(kv, &node).await {
+                    // Its lease ends now (the key with it): whatever that process still
+                    // tries to commit fails its fence, and the next campaign is at once.
+                    match etcd.lease_revoke(kv.lease).await {
+                        Ok(()) => continue,
+                        Err(e) => tracing::warn!(error = %e, "cluster: could not end the gone leader's lease"),
+                    }
+                }
+            }
             let leader = current.map(|kv| String::from_utf8_lossy(&kv.value).into_owned());
             role.send_if_modified(|r| {
                 let new = Role::Follower { leader: leader.clone() };
@@ -124,8 +137,7 @@ async fn campaign(
                 changed
             });
         }
-        // A follower looks often (a read a second is cheap), so that it notices a dead
-        // leader's key going soon after its lease ends.
+        // A follower looks often (a read is cheap), so that it notices a dead leader soon.
         tokio::select! {
             _ = tokio::time::sleep(tick.min(FOLLOWER_POLL)) => {}
             _ = stop.notified() => return,
@@ -133,8 +145,52 @@ async fn campaign(
     }
 }
 
+/// A follower's evidence that the leader's process is gone, so that it need not wait for its
+/// lease to run out: the leader key names this very node (its previous process: this one
+/// does not lead), or the leader's address refused connections twice in a row (nothing listens
+/// there: a process that leads accepts connections for as long as it lives). A leader that
+/// is merely slow, frozen or cut off is not gone by this test (its address does not refuse):
+/// its lease decides.
+#[derive(Default)]
+struct Gone {
+    /// The leader key (its creation revision) whose address refused last time.
+    refused: Option<i64>,
+}
+
+impl Gone {
+    async fn leader_is_gone(&mut self, kv: &super::etcd::Kv, me: &str) -> bool {
+        let name = String::from_utf8_lossy(&kv.value);
+        if name == me {
+            tracing::warn!(node = %me, "cluster: the leader key names this node's previous process; ending its lease");
+            return true;
+        }
+        let refused = match leader_address(&name) {
+            Some(addr) => matches!(
+                tokio::time::timeout(PROBE_TIMEOUT, tokio::net::TcpStream::connect(addr)).await,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused
+            ),
+            None => false,
+        };
+        let twice = refused && self.refused == Some(kv.create_revision);
+        self.refused = refused.then_some(kv.create_revision);
+        if twice {
+            tracing::warn!(leader = %name, "cluster: the leader's address refuses connections (its process is gone); ending its lease");
+        }
+        twice
+    }
+}
+
+/// `host:port` of a node's advertised `http://host:port`.
+fn leader_address(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    Some(format!("{}:{}", u.host_str()?, u.port_or_known_default()?))
+}
+
+/// How long a probe of the leader's address may take (a timeout is no evidence either way).
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+
 /// How often a follower looks at the leader key, at most.
-const FOLLOWER_POLL: Duration = Duration::from_secs(1);
+const FOLLOWER_POLL: Duration = Duration::from_millis(200);
 
 /// Creates the leader key if there is none: `Some((fence, lease, when the lease was asked
 /// for))` when this node now leads.

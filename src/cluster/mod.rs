@@ -10,11 +10,17 @@ pub mod etcd;
 pub mod leader;
 pub mod node;
 mod proxy;
+mod replica;
 
 /// The header a follower adds to what it forwards: an HMAC, under a secret every node derives
 /// from the shared API key, of the client address it appended to `X-Forwarded-For`. The leader
 /// believes that address when the tag is right, whatever `--trusted-proxies` says.
 pub const NODE_HEADER: &str = "x-gatehouse-forwarded";
+
+/// The header the leader adds to its answers of requests a follower forwarded: the last batch
+/// it had published when it answered. The follower holds the answer until its replica has that
+/// batch, so a client that stays on one node reads its own writes.
+pub const LSN_HEADER: &str = "x-gatehouse-lsn";
 
 /// The nodes' shared secret, derived from the (shared) API key.
 pub fn node_secret(api_key: &str) -> [u8; 32] {

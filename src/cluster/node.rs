@@ -1,22 +1,23 @@
 //! A node in cluster mode (`serve --store etcd`).
 //!
-//! The app drives a node's life ([`Node`]: join, follow, take over, step down). Every node
-//! campaigns (`leader.rs`). A follower forwards every request to the leader (`proxy.rs`). The node that wins takes over: it rebuilds its local store from what the
-//! cluster committed (every batch record under `<prefix>wal/`, replayed by the store's own
-//! recovery into a fresh data dir), then runs the whole server — writer, deadlines, webhooks,
-//! housekeeping — with one change: each batch is committed to etcd, in a transaction fenced by
-//! the leader key, before anyone is answered (`Replicate`). So a 2xx means the change and its
-//! events are committed by an etcd quorum, and a deposed leader cannot commit anything. A
-//! leader that loses the lead, or cannot commit, exits (status 75) and is restarted as a
-//! follower by its supervisor.
+//! The app drives a node's life ([`Node`]: join, load, follow, take over, step down). Every node
+//! campaigns (`leader.rs`). At start a node rebuilds its local store from what the cluster
+//! committed (the latest snapshot, then every batch record after it under `<prefix>wal/`,
+//! replayed by the store's own recovery into a fresh data dir) and keeps it current as a
+//! replica (`replica.rs`), answering reads from it and forwarding the rest to the leader
+//! (`proxy.rs`). The node that wins applies the records it does not hold yet and promotes its
+//! store: it runs the whole server — writer, deadlines, webhooks, housekeeping — with one
+//! change: each batch is committed to etcd, in a transaction fenced by the leader key, before
+//! anyone is answered (`Replicate`). So a 2xx means the change and its events are committed by
+//! an etcd quorum, and a deposed leader cannot commit anything. A leader that loses the lead,
+//! or cannot commit, exits (status 75) and is restarted as a follower by its supervisor.
 //!
 //! Records: `wal/<lsn 016x>` holds a framed journal record, or, for one over the size a
 //! transaction may carry, `P` + its part count (u32 BE), the parts under `wap/<lsn>/<k 04x>`
 //! written (fenced) before it. Every `--etcd-snapshot-every` records the leader writes a
 //! snapshot (a backup file, in parts under `snap/<id>/`), names it in `snap/current` with its
-//! last batch, and in that same transaction drops the records it covers and the previous
-//! snapshot; then it compacts etcd's history. A takeover restores the snapshot, then replays
-//! the records after it.
+//! last batch, and in that same transaction drops the records it covers that no replica still
+//! needs (`replica/<node>`) and the previous snapshot; then it compacts etcd's history.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -62,29 +63,47 @@ async fn domain_id(etcd: &Etcd) -> Result<uuid::Uuid, EtcdError> {
     uuid::Uuid::from_slice(&v).map_err(|_| EtcdError::Protocol("the cluster's domain_id is unreadable".into()))
 }
 
-/// Every committed batch record after `after`, in lsn order (parts joined).
-async fn committed_records(etcd: &Etcd, after: u64) -> Result<Vec<Vec<u8>>, EtcdError> {
+/// Committed batch records after `after`, in lsn order (parts joined), at most `limit`; and
+/// whether more follow.
+pub(super) async fn records_after(
+    etcd: &Etcd,
+    after: u64,
+    limit: usize,
+) -> Result<(Vec<(u64, Vec<u8>)>, bool), EtcdError> {
     let prefix = etcd.key("wal/");
-    let mut out = Vec::new();
-    for kv in etcd.get_prefix_paged(&prefix, 256).await? {
+    let from = wal_key(etcd, after.saturating_add(1));
+    let (kvs, more) = etcd.range(&from, &super::etcd::prefix_end(&prefix), limit).await?;
+    let mut out = Vec::with_capacity(kvs.len());
+    for kv in kvs {
         let lsn_hex = String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned();
         let lsn = u64::from_str_radix(&lsn_hex, 16)
             .map_err(|_| EtcdError::Protocol(format!("unexpected key under wal/: {lsn_hex}")))?;
-        if lsn <= after {
-            continue; // in the snapshot (left by a trim that did not finish)
-        }
         if kv.value.len() == 5 && kv.value[0] == b'P' {
             let parts = etcd.get_prefix_paged(&etcd.key(&format!("wap/{lsn_hex}/")), 64).await?;
             let want = u32::from_be_bytes([kv.value[1], kv.value[2], kv.value[3], kv.value[4]]) as usize;
             if parts.len() != want {
                 return Err(EtcdError::Protocol(format!("batch {lsn_hex}: {} of {want} parts", parts.len())));
             }
-            out.push(parts.into_iter().flat_map(|p| p.value).collect());
+            out.push((lsn, parts.into_iter().flat_map(|p| p.value).collect()));
         } else {
-            out.push(kv.value);
+            out.push((lsn, kv.value));
         }
     }
-    Ok(out)
+    Ok((out, more))
+}
+
+/// Every committed batch record after `after`, in lsn order.
+async fn committed_records(etcd: &Etcd, after: u64) -> Result<Vec<Vec<u8>>, EtcdError> {
+    let mut out = Vec::new();
+    let mut last = after;
+    loop {
+        let (page, more) = records_after(etcd, last, 256).await?;
+        last = page.last().map_or(last, |(lsn, _)| *lsn);
+        out.extend(page.into_iter().map(|(_, r)| r));
+        if !more {
+            return Ok(out);
+        }
+    }
 }
 
 /// The snapshot `snap/current` names: `{"id", "lsn", "parts"}`.
@@ -114,10 +133,16 @@ async fn snapshot_bytes(etcd: &Etcd, snap: &SnapshotRef) -> Result<Vec<u8>, Etcd
 }
 
 /// Writes a backup file's bytes as the cluster's snapshot at `lsn`, then (in the same
-/// transaction as naming it) drops every record it covers and the previous snapshot; then
-/// compacts etcd's history. `fence`: the leader's, or none for a restore into an empty prefix
-/// (then `snap/current` must not exist yet).
-pub async fn put_snapshot(etcd: &Etcd, fence: Option<&Compare>, bytes: &[u8], lsn: u64) -> Result<(), EtcdError> {
+/// transaction as naming it) drops every record it covers up to `trim` (a replica may still
+/// need the later ones) and the previous snapshot; then compacts etcd's history. `fence`: the
+/// leader's, or none for a restore into an empty prefix (then `snap/current` must not exist yet).
+pub async fn put_snapshot(
+    etcd: &Etcd,
+    fence: Option<&Compare>,
+    bytes: &[u8],
+    lsn: u64,
+    trim: u64,
+) -> Result<(), EtcdError> {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let chunks: Vec<&[u8]> = bytes.chunks(TXN_BYTES).collect();
     let guard: Vec<Compare> = fence.cloned().into_iter().collect();
@@ -132,7 +157,7 @@ pub async fn put_snapshot(etcd: &Etcd, fence: Option<&Compare>, bytes: &[u8], ls
     let previous = current_snapshot(etcd).await?;
     let reference = serde_json::to_vec(&SnapshotRef { id: id.clone(), lsn, parts: chunks.len() })
         .map_err(|e| EtcdError::Protocol(e.to_string()))?;
-    let upto = |p: &str| etcd.key(&format!("{p}{:016x}", lsn.saturating_add(1)));
+    let upto = |p: &str| etcd.key(&format!("{p}{:016x}", trim.min(lsn).saturating_add(1)));
     let mut ops = vec![
         Op::Put { key: etcd.key("snap/current"), value: reference, lease: 0 },
         Op::DeleteRange { key: etcd.key("wal/"), end: upto("wal/") },
@@ -175,7 +200,7 @@ pub async fn restore_into(s: &super::EtcdSettings, file: &std::path::Path) -> Re
     if !etcd.txn(&[Compare::CreateRevision(key, 0)], &[put], &[]).await?.succeeded {
         return Err(taken("domain id"));
     }
-    put_snapshot(&etcd, None, &bytes, 0).await?;
+    put_snapshot(&etcd, None, &bytes, 0, 0).await?;
     Ok(report.records)
 }
 
@@ -204,9 +229,19 @@ async fn snapshots(
     dir: std::path::PathBuf,
     gauges: Arc<crate::metrics::ClusterGauges>,
 ) {
+    // (snapshot lsn, trimmed up to): records a replica still needed when the snapshot was
+    // written are dropped once no replica needs them.
+    let mut trim_left: Option<(u64, u64)> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if since.load(Ordering::Relaxed) < every {
+            if let Some((lsn, done)) = trim_left {
+                match trim_more(&etcd, &fence, lsn, done).await {
+                    Ok(now) if now >= lsn => trim_left = None,
+                    Ok(now) => trim_left = Some((lsn, now)),
+                    Err(e) => tracing::debug!(error = %e, "cluster: trimming the history failed; will retry"),
+                }
+            }
             continue;
         }
         let started = Instant::now();
@@ -216,14 +251,17 @@ async fn snapshots(
             let before = since.load(Ordering::Relaxed);
             let (_, lsn) = store.backup_at(crate::store::BackupSink(Box::new(f)), Vec::new()).await?;
             let bytes = std::fs::read(&file)?;
-            put_snapshot(&etcd, Some(&fence), &bytes, lsn).await?;
+            // Records a live replica has not applied yet stay (it could not go on without them).
+            let trim = super::replica::lowest_needed(&etcd).await?.unwrap_or(lsn);
+            put_snapshot(&etcd, Some(&fence), &bytes, lsn, trim).await?;
             since.fetch_sub(before.min(since.load(Ordering::Relaxed)), Ordering::Relaxed);
-            Ok::<_, SnapshotError>((lsn, bytes.len()))
+            Ok::<_, SnapshotError>((lsn, bytes.len(), trim))
         }
         .await;
         let _ = std::fs::remove_file(&file);
         match taken {
-            Ok((lsn, size)) => {
+            Ok((lsn, size, trim)) => {
+                trim_left = (trim < lsn).then_some((lsn, trim));
                 gauges.snapshot_lsn.store(lsn, Ordering::Relaxed);
                 tracing::info!(
                     lsn,
@@ -238,6 +276,24 @@ async fn snapshots(
             }
         }
     }
+}
+
+/// Drops the records up to the snapshot at `lsn` that no replica needs any more (those up to
+/// `done` are gone already); returns how far the history is now trimmed.
+async fn trim_more(etcd: &Etcd, fence: &Compare, lsn: u64, done: u64) -> Result<u64, EtcdError> {
+    let upto = super::replica::lowest_needed(etcd).await?.unwrap_or(lsn).min(lsn);
+    if upto <= done {
+        return Ok(done);
+    }
+    let end = |p: &str| etcd.key(&format!("{p}{:016x}", upto + 1));
+    let ops = [
+        Op::DeleteRange { key: etcd.key("wal/"), end: end("wal/") },
+        Op::DeleteRange { key: etcd.key("wap/"), end: end("wap/") },
+    ];
+    if !etcd.txn(std::slice::from_ref(fence), &ops, &[]).await?.succeeded {
+        return Err(EtcdError::Protocol("trimming: refused (no longer the leader)".into()));
+    }
+    Ok(upto)
 }
 
 /// Commits batch records to etcd, fenced by this node's leadership.
@@ -357,19 +413,14 @@ pub enum NodeError {
     Store(#[from] crate::store::StoreError),
     #[error("the backup holds no domain id")]
     NoDomainInBackup,
+    #[error("the replica holds batches up to {have} but the cluster's history now starts at {next}; restart the node to rebuild it")]
+    Behind { have: u64, next: u64 },
     #[error("etcd prefix '{prefix}' already holds a cluster's {what}: restore into an empty prefix (a new --etcd-prefix, or delete the old one with etcdctl del --prefix)")]
     PrefixTaken { prefix: String, what: &'static str },
 }
 
-/// What an elected node brings to the server (`app::run_with`): the store's hooks, what to
-/// start once the store is open, and the gauges `/metrics` reports.
-pub struct Takeover {
-    pub hooks: ClusterHooks,
-    pub started: Box<dyn FnOnce(crate::store::Store) + Send>,
-    pub gauges: Arc<crate::metrics::ClusterGauges>,
-}
-
-/// This process as a cluster node: in etcd, campaigning. The app drives its life: [`Node::join`],
+/// This process as a cluster node: in etcd, campaigning. The app drives its life:
+/// [`Node::join`], [`Node::load`] and a replica store kept current ([`Node::replicate_into`]),
 /// [`Node::follow`] until elected, [`Node::take_over`], the server, [`Node::step_down`].
 pub struct Node {
     etcd: Arc<Etcd>,
@@ -380,6 +431,12 @@ pub struct Node {
     keys: Arc<crate::tokens::KeyRing>,
     leadership: Leadership,
     deposed: Option<tokio::task::JoinHandle<()>>,
+    replica: Option<Arc<super::replica::Replica>>,
+    /// The highest batch a forwarded answer named: the replica answers no read before it
+    /// holds it (read-your-writes).
+    acknowledged: Arc<AtomicU64>,
+    /// The lease of this node's progress key (`replica/<node>`).
+    progress_lease: i64,
 }
 
 impl Node {
@@ -417,12 +474,33 @@ impl Node {
             let _ = out.flush();
         }
         let secret = super::node_secret(&settings.api_keys[0]);
-        Ok((Node { etcd, cfg, domain, me, secret, keys, leadership, deposed: None }, listener))
+        Ok((
+            Node {
+                etcd,
+                cfg,
+                domain,
+                me,
+                secret,
+                keys,
+                leadership,
+                deposed: None,
+                replica: None,
+                acknowledged: Arc::default(),
+                progress_lease: 0,
+            },
+            listener,
+        ))
     }
 
     /// How this node's front forwards requests while it follows (`api::Mode::Forward`).
     pub fn forwarder(&self) -> crate::api::Forward {
-        super::proxy::forwarder(self.keys.clone(), self.me.clone(), self.secret, self.leadership.watch())
+        super::proxy::forwarder(
+            self.keys.clone(),
+            self.me.clone(),
+            self.secret,
+            self.leadership.watch(),
+            self.acknowledged.clone(),
+        )
     }
 
     /// Waits until this node is elected: then its fence. `None`: stopped by a signal first
@@ -454,33 +532,126 @@ impl Node {
         }
     }
 
-    /// Elected with `fence`: loads what the cluster committed into the (fresh, empty) data dir
-    /// as the store's journal, and from now on ends the process if the lead is lost.
-    pub async fn take_over(&mut self, settings: &Settings, fence: i64) -> Result<Takeover, NodeError> {
+    /// Loads what the cluster committed into the (fresh, empty) data dir: the snapshot, and
+    /// the records after it as the store's journal. Returns the snapshot's last batch, after
+    /// which the store numbers (see [`Node::replica_hooks`]).
+    pub async fn load(&mut self, data_dir: &std::path::Path) -> Result<u64, NodeError> {
+        self.progress_lease = super::replica::hold_history(&self.etcd, &self.me).await?;
+        // A snapshot that replaces the one being read deletes its parts: read again.
+        let mut attempt = 0;
+        loop {
+            match self.load_once(data_dir).await {
+                Err(NodeError::Etcd(EtcdError::Protocol(why))) if attempt < 5 => {
+                    tracing::warn!(why = %why, "cluster: the state changed while it was read; reading it again");
+                    attempt += 1;
+                    for d in ["store", "wal", "events"] {
+                        let _ = std::fs::remove_dir_all(data_dir.join(d));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn load_once(&self, data_dir: &std::path::Path) -> Result<u64, NodeError> {
         let started = Instant::now();
-        tracing::info!(node = %self.me, "cluster: elected; loading the committed state");
-        let etcd = self.etcd.clone();
-        let snap = current_snapshot(&etcd).await?;
+        let snap = current_snapshot(&self.etcd).await?;
         let floor = match &snap {
             None => 0,
             Some(snap) => {
-                let bytes = snapshot_bytes(&etcd, snap).await?;
-                let file = settings.data_dir.join("cluster-snapshot.tmp");
+                let bytes = snapshot_bytes(&self.etcd, snap).await?;
+                let file = data_dir.join("cluster-snapshot.tmp");
                 std::fs::write(&file, &bytes)
                     .map_err(|err| NodeError::Io { what: format!("writing {}", file.display()), err })?;
-                let restored = crate::store::restore(&file, &settings.data_dir, &mut |_, _| {});
+                let restored = crate::store::restore(&file, data_dir, &mut |_, _| {});
                 let _ = std::fs::remove_file(&file);
                 restored?;
                 snap.lsn
             }
         };
-        let records = committed_records(&etcd, floor).await?;
-        crate::store::seed_journal(&settings.data_dir, &records)?;
+        let records = committed_records(&self.etcd, floor).await?;
+        crate::store::seed_journal(data_dir, &records)?;
         tracing::info!(
             snapshot_lsn = floor,
             batches = records.len(),
             millis = started.elapsed().as_millis() as u64,
             "cluster: committed state loaded"
+        );
+        Ok(floor)
+    }
+
+    /// What the store of this node needs to open as a replica.
+    pub fn replica_hooks(&self, lsn_floor: u64) -> ClusterHooks {
+        ClusterHooks { domain_id: self.domain, replicate: None, lsn_floor }
+    }
+
+    /// Keeps `store` (opened with [`Node::replica_hooks`]) current with what the cluster
+    /// commits, until [`Node::take_over`]; the front answers reads from it while it is fresh.
+    pub fn replicate_into(&mut self, store: crate::store::Store) -> Arc<dyn crate::api::ReplicaReads> {
+        let r = super::replica::Replica::start(
+            self.etcd.clone(),
+            store,
+            self.me.clone(),
+            self.cfg.read_staleness,
+            self.acknowledged.clone(),
+            self.progress_lease,
+        );
+        self.replica = Some(r.clone());
+        r
+    }
+
+    /// Elected with `fence`: the replica applies whatever the previous leader committed that it
+    /// does not hold yet (the previous leader is fenced out: nothing more can come), and the
+    /// store is promoted: from now on it commits each batch to etcd, fenced, before anyone is
+    /// answered. Losing the lead from now on ends the process.
+    pub async fn take_over(
+        &mut self,
+        data_dir: &std::path::Path,
+        fence: i64,
+        store: &crate::store::Store,
+    ) -> Result<Arc<crate::metrics::ClusterGauges>, NodeError> {
+        let started = Instant::now();
+        if let Some(r) = self.replica.take() {
+            r.stop();
+        }
+        let etcd = self.etcd.clone();
+        // A leader needs no record kept for it.
+        let _ = etcd.lease_revoke(self.progress_lease).await;
+        let before = store.published_lsn();
+        loop {
+            let after = store.published_lsn();
+            let (records, more) = records_after(&etcd, after, 256).await?;
+            if let Some((first, _)) = records.first().filter(|(first, _)| *first != after + 1) {
+                return Err(NodeError::Behind { have: after, next: *first });
+            }
+            if !records.is_empty() {
+                store.replicate(records.into_iter().map(|(_, r)| r).collect()).await?;
+            }
+            if !more {
+                break;
+            }
+        }
+        let snapshot_lsn = current_snapshot(&etcd).await?.map_or(0, |s| s.lsn);
+        let fence = Compare::CreateRevision(etcd.key("leader"), fence);
+        let gauges = Arc::new(crate::metrics::ClusterGauges::default());
+        gauges.snapshot_lsn.store(snapshot_lsn, Ordering::Relaxed);
+        let since = gauges.since_snapshot.clone();
+        since.store(store.published_lsn().saturating_sub(snapshot_lsn), Ordering::Relaxed);
+        store
+            .promote(Arc::new(EtcdReplicate {
+                etcd: etcd.clone(),
+                fence: fence.clone(),
+                since_snapshot: since.clone(),
+                rt: tokio::runtime::Handle::current(),
+                patience: Duration::from_secs(self.cfg.lease_ttl_secs),
+            }))
+            .await?;
+        tracing::info!(
+            node = %self.me,
+            caught_up = store.published_lsn() - before,
+            lsn = store.published_lsn(),
+            millis = started.elapsed().as_millis() as u64,
+            "cluster: elected; leading"
         );
         // Losing the lead ends the process; so does the next commit's fence failing.
         let mut watch = self.leadership.watch();
@@ -495,11 +666,6 @@ impl Node {
                 }
             }
         }));
-        let fence = Compare::CreateRevision(etcd.key("leader"), fence);
-        let gauges = Arc::new(crate::metrics::ClusterGauges::default());
-        gauges.snapshot_lsn.store(floor, Ordering::Relaxed);
-        let since = gauges.since_snapshot.clone();
-        since.store(records.len() as u64, Ordering::Relaxed);
         tokio::spawn({
             let (etcd, gauges) = (etcd.clone(), gauges.clone());
             async move {
@@ -514,26 +680,16 @@ impl Node {
                 }
             }
         });
-        let hooks = ClusterHooks {
-            domain_id: self.domain,
-            replicate: Arc::new(EtcdReplicate {
-                etcd: etcd.clone(),
-                fence: fence.clone(),
-                since_snapshot: since.clone(),
-                rt: tokio::runtime::Handle::current(),
-                patience: Duration::from_secs(self.cfg.lease_ttl_secs),
-            }),
-            lsn_floor: floor,
-        };
-        let (every, dir, snapshot_gauges) = (self.cfg.snapshot_every, settings.data_dir.clone(), gauges.clone());
-        let started: Box<dyn FnOnce(crate::store::Store) + Send> = Box::new(move |store| {
-            tokio::spawn(snapshots(store, etcd, fence, since, every, dir, snapshot_gauges));
-        });
-        Ok(Takeover { hooks, started, gauges })
+        let (every, dir) = (self.cfg.snapshot_every, data_dir.to_path_buf());
+        tokio::spawn(snapshots(store.clone(), etcd, fence, since, every, dir, gauges.clone()));
+        Ok(gauges)
     }
 
     /// Stops leading (or campaigning) by choice: the lease is revoked, another node takes over.
     pub async fn step_down(self) {
+        if let Some(r) = &self.replica {
+            r.stop();
+        }
         if let Some(d) = &self.deposed {
             d.abort();
         }

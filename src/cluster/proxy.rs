@@ -4,6 +4,7 @@
 //! proves to the leader a node put it there.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -53,6 +54,7 @@ fn client() -> Client {
 async fn forward(
     client: &Client,
     secret: &[u8; 32],
+    acknowledged: &AtomicU64,
     req: Request<Incoming>,
     peer: SocketAddr,
     leader: Option<String>,
@@ -93,6 +95,11 @@ async fn forward(
             for h in HOP {
                 parts.headers.remove(*h);
             }
+            // The batch the leader had published: this node's replica answers no read before
+            // it holds it (the front strips the header).
+            if let Some(lsn) = parts.headers.get(super::LSN_HEADER).and_then(|v| v.to_str().ok()?.parse::<u64>().ok()) {
+                acknowledged.fetch_max(lsn, Ordering::AcqRel);
+            }
             Response::from_parts(parts, Either::Left(body))
         }
         Err(_) => unavailable("the cluster leader did not answer; retry"),
@@ -104,7 +111,14 @@ async fn forward(
 /// the same deadlines for heads, bodies and idle keep-alives, the same connection cap and
 /// per-address limit of unauthenticated connections as the leader's (a connection that
 /// carries an API key is authenticated here, as there).
-pub fn forwarder(keys: Arc<KeyRing>, me: String, secret: [u8; 32], role: watch::Receiver<Role>) -> crate::api::Forward {
+/// Every batch a forwarded answer names is noted in `acknowledged`.
+pub fn forwarder(
+    keys: Arc<KeyRing>,
+    me: String,
+    secret: [u8; 32],
+    role: watch::Receiver<Role>,
+    acknowledged: Arc<AtomicU64>,
+) -> crate::api::Forward {
     let client = client();
     Arc::new(move |peer: SocketAddr, req: Request<Incoming>| {
         crate::api::authenticate_if_api_key(&req, &keys);
@@ -114,7 +128,7 @@ pub fn forwarder(keys: Arc<KeyRing>, me: String, secret: [u8; 32], role: watch::
             Role::Follower { leader } if leader.as_deref() != Some(me.as_str()) => leader.clone(),
             _ => None,
         };
-        let client = client.clone();
-        Box::pin(async move { forward(&client, &secret, req, peer, leader).await })
+        let (client, acknowledged) = (client.clone(), acknowledged.clone());
+        Box::pin(async move { forward(&client, &secret, &acknowledged, req, peer, leader).await })
     })
 }

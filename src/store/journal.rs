@@ -279,6 +279,14 @@ pub fn frame(payload: &[u8]) -> Result<Vec<u8>, StoreError> {
     Ok(out)
 }
 
+/// A framed record (as [`encode_batch`] writes it, and the cluster commits it) as a batch.
+pub fn decode_framed(record: &[u8]) -> Result<Batch, StoreError> {
+    let Some((payload, _)) = decode_record(record) else {
+        return Err(StoreError::Corrupt { tree: "journal", key: "replicated record".into(), why: "bad frame".into() });
+    };
+    super::records::decode::<Batch>("journal", b"replicated record", BATCH_V2, &payload)
+}
+
 /// A batch as a framed record.
 pub fn encode_batch(batch: &Batch) -> Result<Vec<u8>, StoreError> {
     frame(&super::records::encode(BATCH_V2, batch)?)

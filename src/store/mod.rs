@@ -89,6 +89,12 @@ pub enum StoreError {
     /// until a restart, whose recovery reads the journal.
     #[error("{0}")]
     Durability(String),
+    /// A cluster replica takes no commands (its node forwards writes to the leader).
+    #[error("this cluster node is a replica: it takes no writes (they go to the leader)")]
+    Replica,
+    /// A replica was handed a batch that does not follow the last one it holds.
+    #[error("replica holds batches up to {have}; the next one offered is {offered}")]
+    Gap { have: u64, offered: u64 },
 }
 
 /// Why a batch was not made durable. Every command of the batch is answered with it (a 503:
@@ -134,10 +140,13 @@ pub enum SyncMode {
 }
 
 /// What cluster mode (`src/cluster`) adds to a store: the domain id every node shares, and
-/// the commit of each batch where every node can read it, before anyone is answered.
+/// the commit of each batch where every node can read it, before anyone is answered. Without
+/// `replicate` the store is a *replica*: it takes no commands, fires no deadlines, and applies
+/// the batches the leader committed ([`Store::replicate`]) until it is promoted
+/// ([`Store::promote`]).
 pub struct ClusterHooks {
     pub domain_id: uuid::Uuid,
-    pub replicate: Arc<dyn Replicate>,
+    pub replicate: Option<Arc<dyn Replicate>>,
     /// The last batch of the snapshot the store was restored from: numbering goes on after it.
     pub lsn_floor: u64,
 }
@@ -285,6 +294,11 @@ pub(crate) struct Shared {
     /// Why the store refuses writes until a restart: a journal sync failed (whether the record
     /// is durable is unknown; recovery reads the journal) or a thread it needs is gone.
     poisoned: std::sync::Mutex<Option<String>>,
+    /// Cluster mode: where each batch is committed before anyone is answered (set when the
+    /// store leads; a replica's is empty until it is promoted).
+    replicate: std::sync::OnceLock<Arc<dyn Replicate>>,
+    /// A cluster replica: it applies the leader's batches and takes no commands.
+    replica: AtomicBool,
     #[cfg(feature = "test-clock")]
     applier_frozen_until: Arc<std::sync::atomic::AtomicI64>,
     #[cfg(feature = "test-clock")]
@@ -383,6 +397,11 @@ impl Store {
             health: health.clone(),
             applied: applied.clone(),
             poisoned: std::sync::Mutex::new(None),
+            replicate: match cluster.as_ref().and_then(|c| c.replicate.clone()) {
+                Some(r) => std::sync::OnceLock::from(r),
+                None => std::sync::OnceLock::new(),
+            },
+            replica: AtomicBool::new(cluster.as_ref().is_some_and(|c| c.replicate.is_none())),
             #[cfg(feature = "test-clock")]
             applier_frozen_until: frozen.clone(),
             #[cfg(feature = "test-clock")]
@@ -415,13 +434,8 @@ impl Store {
             last_rotation: std::time::Instant::now(),
             last_lsn_in_file: lsn,
         };
-        let syncer = syncer::Syncer {
-            shared: shared.clone(),
-            stats: env.stats.clone(),
-            sync: opts.sync,
-            applier: apply_tx,
-            replicate: cluster.map(|c| c.replicate),
-        };
+        let syncer =
+            syncer::Syncer { shared: shared.clone(), stats: env.stats.clone(), sync: opts.sync, applier: apply_tx };
         let applier = applier::Applier {
             trees,
             shared: Some(shared.clone()),
@@ -506,6 +520,31 @@ impl Store {
     /// server's own work (deliveries, housekeeping), which must not be shed.
     pub async fn submit_wait<C: Command>(&self, cmd: C) -> Result<C::Reply, StoreError> {
         self.run(cmd, false).await
+    }
+
+    /// A replica: applies `records` (framed batch records the leader committed, in lsn order),
+    /// each as a batch of its own through the journal, the event log and the applier, as if
+    /// the writer had made them; returns the last batch it now holds. A record it holds already
+    /// is skipped; one after a gap is refused ([`StoreError::Gap`]).
+    pub async fn replicate(&self, records: Vec<Vec<u8>>) -> Result<u64, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Msg::Replicated { records, reply: tx }, false).await?;
+        rx.await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+
+    /// A replica becomes the store that leads: once everything it applied is in sled, its
+    /// deadlines and sessions are loaded as at an open (every session gets a fresh lease), and
+    /// from its next batch on it takes commands, fires deadlines and commits each batch through
+    /// `replicate` before anyone is answered.
+    pub async fn promote(&self, replicate: Arc<dyn Replicate>) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.send(writer::Msg::Promote { replicate, reply: tx }, false).await?;
+        rx.await.map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?
+    }
+
+    /// Whether this store is a cluster replica (not promoted).
+    pub fn is_replica(&self) -> bool {
+        self.shared.replica.load(Ordering::Acquire)
     }
 
     /// Asks the writer to look at the clock again (the test clock moved).

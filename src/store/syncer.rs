@@ -56,8 +56,6 @@ pub struct Syncer {
     pub stats: Arc<StoreStats>,
     pub sync: SyncMode,
     pub applier: flume::Sender<Applied>,
-    /// Cluster mode: batches are committed to etcd too before anyone is answered.
-    pub replicate: Option<Arc<dyn super::Replicate>>,
 }
 
 impl Syncer {
@@ -118,7 +116,8 @@ impl Syncer {
 
     /// Cluster mode: commits the group's batches (in order) where every node reads them.
     fn replicate(&self, group: &[ToSyncer]) -> Result<(), NotDurable> {
-        let Some(r) = &self.replicate else { return Ok(()) };
+        // Cluster mode: batches are committed to etcd too before anyone is answered.
+        let Some(r) = self.shared.replicate.get() else { return Ok(()) };
         let mut records = Vec::new();
         for m in group {
             if let ToSyncer::Batch(Appended { batch: Some(b), outcome: Ok(()), .. }) = m {

@@ -53,6 +53,17 @@ pub enum Msg {
         files: Vec<(&'static str, Vec<u8>)>,
         reply: oneshot::Sender<Result<(u64, u64), StoreError>>,
     },
+    /// A replica: the leader's batch records, applied in order (see [`Writer::replicated`]);
+    /// replies the last batch held.
+    Replicated {
+        records: Vec<Vec<u8>>,
+        reply: oneshot::Sender<Result<u64, StoreError>>,
+    },
+    /// A replica becomes the writer that leads (see [`Writer::promote`]).
+    Promote {
+        replicate: Arc<dyn super::Replicate>,
+        reply: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Sync, answer, and stop.
     Shutdown(oneshot::Sender<()>),
     /// Test builds only: the writer stops for this long, as if a dependency hung.
@@ -123,8 +134,9 @@ impl Writer {
     fn next_message(&mut self, rx: &flume::Receiver<Msg>) -> Option<Option<Msg>> {
         let now = self.env.clock.now_ms();
         let wait = match self.private.timers.first() {
-            Some(at) => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_WAIT),
-            None => MAX_WAIT,
+            // A replica fires nothing: the leader's firings come as batches.
+            Some(at) if !self.replica() => Duration::from_millis(u64::try_from(at - now).unwrap_or(0)).min(MAX_WAIT),
+            _ => MAX_WAIT,
         };
         match rx.recv_timeout(wait) {
             Ok(m) => Some(Some(m)),
@@ -133,13 +145,17 @@ impl Writer {
         }
     }
 
-    /// Runs one batch; returns the shutdown reply if a shutdown came.
+    fn replica(&self) -> bool {
+        self.shared.replica.load(Ordering::Acquire)
+    }
+
+    /// Runs one batch; returns the shutdown reply if a shutdown came. A replica's batches
+    /// (and a promotion) end the batch being built: each has its own lsn.
     fn batch(&mut self, msgs: Vec<Msg>) -> Option<oneshot::Sender<()>> {
         self.forget_applied();
         self.wait_for_applier();
-        let base = self.state.clone();
-        let lsn = self.state.lsn + 1;
-        let mut buf = BatchBuf::new(lsn);
+        let mut base = self.state.clone();
+        let mut buf = BatchBuf::new(self.state.lsn + 1);
         let now = self.env.clock.now_ms();
         let mut answers: Vec<Box<dyn Answer>> = Vec::new();
         let mut stop = None;
@@ -150,16 +166,151 @@ impl Writer {
                 Msg::Tick => {}
                 Msg::Backup { sink, files, reply } => backups.push((sink, files, reply)),
                 Msg::Shutdown(done) => stop = Some(done),
+                Msg::Replicated { records, reply } => {
+                    self.commit(std::mem::take(&mut buf), base, std::mem::take(&mut answers));
+                    self.replicated(records, reply);
+                    (base, buf) = (self.state.clone(), BatchBuf::new(self.state.lsn + 1));
+                }
+                Msg::Promote { replicate, reply } => {
+                    self.commit(std::mem::take(&mut buf), base, std::mem::take(&mut answers));
+                    let _ = reply.send(self.promote(replicate));
+                    (base, buf) = (self.state.clone(), BatchBuf::new(self.state.lsn + 1));
+                }
                 #[cfg(feature = "test-clock")]
                 Msg::Freeze(ms) => std::thread::sleep(Duration::from_millis(ms)),
             }
         }
-        self.fire_due(&mut buf, now);
+        if !self.replica() {
+            self.fire_due(&mut buf, now);
+        }
         self.commit(buf, base, answers);
         for (sink, files, reply) in backups {
             let _ = reply.send(self.backup(sink, &files));
         }
         stop
+    }
+
+    /// A replica applies the leader's batch records: each becomes a batch of this store with
+    /// the leader's lsn, ops and events (their seqs), through the journal, the event log, the
+    /// published state and the applier, as the writer's own batches go. The state follows
+    /// the writes: the overlay, who is present (the sessions tree), the counters (meta).
+    /// Replicated batches are not synced: the cluster holds them, and a node rebuilds its
+    /// store from the cluster at every start.
+    fn replicated(&mut self, records: Vec<Vec<u8>>, reply: oneshot::Sender<Result<u64, StoreError>>) {
+        let mut reply = Some(reply);
+        let count = records.len();
+        for (i, record) in records.into_iter().enumerate() {
+            let last = i + 1 == count;
+            let batch = match journal::decode_framed(&record) {
+                Ok(b) => b,
+                Err(e) => {
+                    let _ = reply.take().map(|r| r.send(Err(e)));
+                    return;
+                }
+            };
+            if batch.lsn <= self.state.lsn {
+                if last {
+                    let _ = reply.take().map(|r| r.send(Ok(self.state.lsn)));
+                }
+                continue;
+            }
+            if batch.lsn != self.state.lsn + 1 {
+                let gap = StoreError::Gap { have: self.state.lsn, offered: batch.lsn };
+                let _ = reply.take().map(|r| r.send(Err(gap)));
+                return;
+            }
+            self.forget_applied();
+            self.wait_for_applier();
+            let base = self.state.clone();
+            if let Err(e) = self.follow(&batch) {
+                self.state = base;
+                let _ = reply.take().map(|r| r.send(Err(e)));
+                return;
+            }
+            let answers: Vec<Box<dyn Answer>> = match (last, reply.take()) {
+                (true, Some(r)) => vec![Box::new(ReplicatedAnswer(r, batch.lsn))],
+                (_, r) => {
+                    reply = r;
+                    Vec::new()
+                }
+            };
+            let mut buf = BatchBuf::new(batch.lsn);
+            (buf.ops, buf.events) = (batch.ops, batch.events);
+            self.commit_as(buf, base, answers, true);
+            self.rotate(false);
+        }
+    }
+
+    /// The state after a replicated batch's writes: each in the overlay (tagged with the
+    /// batch, as the writer's own), a session written or removed in `live`, the counters from
+    /// the meta rows the leader wrote with the batch, the next seq after its events.
+    fn follow(&mut self, batch: &journal::Batch) -> Result<(), StoreError> {
+        use super::{keys, records};
+        for (t, key, value) in &batch.ops {
+            let Some(tree) = Tree::from_index(*t) else {
+                return Err(StoreError::Corrupt {
+                    tree: "journal",
+                    key: format!("batch {}", batch.lsn),
+                    why: format!("unknown tree {t}"),
+                });
+            };
+            let slot = super::state::Slot { lsn: batch.lsn, value: value.as_deref().map(Arc::from) };
+            self.state.overlay.set(tree, key, slot);
+            match (tree, value) {
+                (Tree::Sessions, Some(v)) => {
+                    let rec: records::SessionRecord = records::decode("sessions", key, records::SESSION_V2, v)?;
+                    self.state.live.insert(Arc::new(super::live::Entry::from_record(rec)));
+                }
+                (Tree::Sessions, None) => {
+                    self.state.live.remove(&String::from_utf8_lossy(key));
+                }
+                (Tree::Meta, Some(v)) if key.as_slice() == keys::META_ROOMS => {
+                    self.state.room_count = keys::u64_of(v).unwrap_or(self.state.room_count);
+                }
+                (Tree::Meta, Some(v)) if key.as_slice() == keys::META_EVENTS_OLDEST => {
+                    self.state.events_oldest = keys::u64_of(v).unwrap_or(self.state.events_oldest);
+                }
+                _ => {}
+            }
+        }
+        if let Some(e) = batch.events.last() {
+            self.state.next_seq = e.seq + 1;
+        }
+        Ok(())
+    }
+
+    /// The replica becomes the writer that leads: every batch handed to the syncer is
+    /// finished and in sled, then the state is loaded from sled as an open loads it (sessions
+    /// with fresh leases and their deadlines, room and ban deadlines), and from the next batch
+    /// each is committed through `replicate` before it is finished.
+    fn promote(&mut self, replicate: Arc<dyn super::Replicate>) -> Result<(), StoreError> {
+        if !self.replica() {
+            return Err(StoreError::Setup("the store leads already".into()));
+        }
+        self.drain_syncer();
+        while self.shared.applied.load(Ordering::Acquire) < self.state.lsn {
+            if let Some(why) = self.shared.poisoned() {
+                return Err(StoreError::Unavailable(why));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.forget_applied();
+        let st = &self.state;
+        let (state, private) = super::load_state(
+            &self.trees,
+            st.lsn,
+            st.next_seq,
+            st.room_count,
+            st.events_oldest,
+            self.env.clock.now_ms(),
+            self.env.lease_ms,
+        )?;
+        (self.state, self.private) = (state, private);
+        if self.shared.replicate.set(replicate).is_err() {
+            return Err(StoreError::Setup("the store has a replication hook already".into()));
+        }
+        self.shared.replica.store(false, Ordering::Release);
+        Ok(())
     }
 
     fn ctx<'a>(&'a mut self, buf: &'a mut BatchBuf, now: i64) -> Ctx<'a> {
@@ -170,6 +321,9 @@ impl Writer {
     fn run_job(&mut self, job: Box<dyn Job>, buf: &mut BatchBuf, now: i64) -> Box<dyn Answer> {
         if let Some(why) = self.shared.poisoned() {
             return Box::new(Refused(StoreError::Unavailable(why), job));
+        }
+        if self.replica() {
+            return Box::new(Refused(StoreError::Replica, job));
         }
         let mark = buf.mark(&self.state);
         let answer = job.run(&mut self.ctx(buf, now));
@@ -205,7 +359,13 @@ impl Writer {
     /// makes it durable and visible. Every batch goes through the syncer, even an empty one,
     /// so no answer overtakes an earlier batch that is not durable yet. On a journal write
     /// failure the batch is undone and refused.
-    fn commit(&mut self, mut buf: BatchBuf, base: State, answers: Vec<Box<dyn Answer>>) {
+    fn commit(&mut self, buf: BatchBuf, base: State, answers: Vec<Box<dyn Answer>>) {
+        self.commit_as(buf, base, answers, false);
+    }
+
+    /// [`Writer::commit`]; `replicated`: a replica's batch, whose meta rows came with it and
+    /// which is not synced.
+    fn commit_as(&mut self, mut buf: BatchBuf, base: State, answers: Vec<Box<dyn Answer>>, replicated: bool) {
         let oldest_before = base.events_oldest;
         let mut out = Appended {
             file: None,
@@ -220,7 +380,7 @@ impl Writer {
         if let Some(why) = self.shared.poisoned() {
             out.outcome = Err(NotDurable::Refusing(why));
         } else if !(buf.ops.is_empty() && buf.events.is_empty()) {
-            if self.state.room_count != base.room_count {
+            if self.state.room_count != base.room_count && !replicated {
                 let key = super::keys::META_ROOMS.to_vec();
                 let value = self.state.room_count.to_be_bytes().to_vec();
                 buf.ops.push((Tree::Meta.index(), key, Some(value)));
@@ -259,7 +419,7 @@ impl Writer {
                     out.file = Some(self.journal.file());
                     // Every batch that writes is synced before it is finished: one that is not
                     // durable must reach neither sled nor the event log's retention.
-                    out.hard = true;
+                    out.hard = !replicated;
                     out.state = Some(self.state.clone());
                     out.batch = Some(batch);
                 }
@@ -326,6 +486,19 @@ impl Writer {
         self.forget_applied();
         let records = super::backup::write(&self.trees, &self.shared.events, files, sink.0.as_mut())?;
         Ok((records, self.state.lsn))
+    }
+}
+
+/// The reply to a replica's batches, once the last is published.
+struct ReplicatedAnswer(oneshot::Sender<Result<u64, StoreError>>, u64);
+
+impl Answer for ReplicatedAnswer {
+    fn failed(&self) -> bool {
+        false
+    }
+
+    fn send(self: Box<Self>, synced: Result<(), NotDurable>) {
+        let _ = self.0.send(synced.map(|()| self.1).map_err(|e| StoreError::Unavailable(e.to_string())));
     }
 }
 

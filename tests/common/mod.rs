@@ -252,6 +252,11 @@ impl Server {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Sends `sig` (`"STOP"`, `"CONT"`…) to the server.
+    pub fn signal(&self, sig: &str) {
+        unsafe_kill(self.pid(), sig);
+    }
+
     /// SIGKILL, then wait for the process to be gone.
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
