@@ -204,6 +204,9 @@ async fn run_with(settings: Settings, cluster: Option<Cluster>) -> anyhow::Resul
         if let Err(front) = bound {
             front.close(settings.shutdown_grace).await;
         }
+        if let Some(n) = &node {
+            n.stop_following();
+        }
         store.close().await;
         if let Some(n) = node {
             n.step_down().await;

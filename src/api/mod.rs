@@ -215,12 +215,20 @@ impl Front {
                         handle(state.clone(), peer, req).await.map(|r| r.map(http_body_util::Either::Left))
                     }
                     Mode::Forward(forward) => {
+                        let from_a_node = req.headers().contains_key(crate::cluster::NODE_HEADER);
                         let mut res = forward(peer, req).await;
-                        res.headers_mut().remove(crate::cluster::LSN_HEADER);
+                        if !from_a_node {
+                            res.headers_mut().remove(crate::cluster::LSN_HEADER);
+                        }
                         Ok(res.map(http_body_util::Either::Right))
                     }
                     Mode::Replica { state, forward, replica } => {
-                        let local = routes::find(req.method(), req.uri().path()).is_ok_and(|(r, _)| r.replica_reads())
+                        // A request another node forwarded here (it takes this node for the
+                        // leader: a failover is under way) is passed on, with the leader's
+                        // batch, so that the node it came from keeps its promise.
+                        let from_a_node = req.headers().contains_key(crate::cluster::NODE_HEADER);
+                        let local = !from_a_node
+                            && routes::find(req.method(), req.uri().path()).is_ok_and(|(r, _)| r.replica_reads())
                             && replica.fresh();
                         if local {
                             return handle(state.clone(), peer, req).await.map(|r| r.map(http_body_util::Either::Left));
@@ -229,7 +237,10 @@ impl Front {
                         // not (the forwarder noted the batch: no local read goes back before it).
                         let write = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
                         let mut res = forward(peer, req).await;
-                        let lsn = res.headers_mut().remove(crate::cluster::LSN_HEADER);
+                        let lsn = match from_a_node {
+                            true => res.headers().get(crate::cluster::LSN_HEADER).cloned(),
+                            false => res.headers_mut().remove(crate::cluster::LSN_HEADER),
+                        };
                         if let Some(lsn) = lsn.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).filter(|_| write) {
                             replica.wait_for(lsn).await;
                         }

@@ -92,14 +92,21 @@ pub(super) async fn records_after(
     Ok((out, more))
 }
 
-/// Every committed batch record after `after`, in lsn order.
+/// Every committed batch record after `after`, in lsn order. They must follow `after` without
+/// a hole: a snapshot written while they were read may have dropped some (then the caller
+/// reads the new snapshot).
 async fn committed_records(etcd: &Etcd, after: u64) -> Result<Vec<Vec<u8>>, EtcdError> {
     let mut out = Vec::new();
     let mut last = after;
     loop {
         let (page, more) = records_after(etcd, last, 256).await?;
-        last = page.last().map_or(last, |(lsn, _)| *lsn);
-        out.extend(page.into_iter().map(|(_, r)| r));
+        for (lsn, record) in page {
+            if lsn != last + 1 {
+                return Err(EtcdError::Protocol(format!("the history after batch {last} starts at {lsn}")));
+            }
+            last = lsn;
+            out.push(record);
+        }
         if !more {
             return Ok(out);
         }
@@ -413,6 +420,8 @@ pub enum NodeError {
     Store(#[from] crate::store::StoreError),
     #[error("the backup holds no domain id")]
     NoDomainInBackup,
+    #[error("listening on {addr}, the node needs --etcd-advertise-url http://<its address>:{port} (how the other nodes reach it)", port = addr.port())]
+    NoAdvertiseUrl { addr: std::net::SocketAddr },
     #[error("the replica holds batches up to {have} but the cluster's history now starts at {next}; restart the node to rebuild it")]
     Behind { have: u64, next: u64 },
     #[error("etcd prefix '{prefix}' already holds a cluster's {what}: restore into an empty prefix (a new --etcd-prefix, or delete the old one with etcdctl del --prefix)")]
@@ -435,8 +444,10 @@ pub struct Node {
     /// The highest batch a forwarded answer named: the replica answers no read before it
     /// holds it (read-your-writes).
     acknowledged: Arc<AtomicU64>,
-    /// The lease of this node's progress key (`replica/<node>`).
+    /// The lease of this node's progress key (`replica/<node>`), and what keeps it alive until
+    /// the replica runs.
     progress_lease: i64,
+    progress_held: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Node {
@@ -463,7 +474,13 @@ impl Node {
         let listener =
             tokio::net::TcpListener::bind(listen).await.map_err(|err| NodeError::Listen { addr: listen, err })?;
         let addr = listener.local_addr().map_err(|err| NodeError::Listen { addr: listen, err })?;
-        let me = cfg.advertise_url.clone().unwrap_or_else(|| format!("http://{addr}"));
+        // Nodes know each other (and themselves) by this name: one every node would share
+        // (0.0.0.0) would have each take the others' leadership for its own previous life.
+        let me = match &cfg.advertise_url {
+            Some(u) => u.clone(),
+            None if addr.ip().is_unspecified() => return Err(NodeError::NoAdvertiseUrl { addr }),
+            None => format!("http://{addr}"),
+        };
         let leadership = Leadership::start(etcd.clone(), me.clone(), cfg.lease_ttl_secs);
         tracing::info!(node = %me, "cluster: following until elected");
         {
@@ -487,6 +504,7 @@ impl Node {
                 replica: None,
                 acknowledged: Arc::default(),
                 progress_lease: 0,
+                progress_held: None,
             },
             listener,
         ))
@@ -537,6 +555,14 @@ impl Node {
     /// which the store numbers (see [`Node::replica_hooks`]).
     pub async fn load(&mut self, data_dir: &std::path::Path) -> Result<u64, NodeError> {
         self.progress_lease = super::replica::hold_history(&self.etcd, &self.me).await?;
+        // Kept alive however long the load and the store's open take (the replica takes over).
+        let (etcd, lease) = (self.etcd.clone(), self.progress_lease);
+        self.progress_held = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = etcd.lease_keepalive(lease, Duration::from_secs(1)).await;
+            }
+        }));
         // A snapshot that replaces the one being read deletes its parts: read again.
         let mut attempt = 0;
         loop {
@@ -588,6 +614,9 @@ impl Node {
     /// Keeps `store` (opened with [`Node::replica_hooks`]) current with what the cluster
     /// commits, until [`Node::take_over`]; the front answers reads from it while it is fresh.
     pub fn replicate_into(&mut self, store: crate::store::Store) -> Arc<dyn crate::api::ReplicaReads> {
+        if let Some(held) = self.progress_held.take() {
+            held.abort();
+        }
         let r = super::replica::Replica::start(
             self.etcd.clone(),
             store,
@@ -611,16 +640,44 @@ impl Node {
         store: &crate::store::Store,
     ) -> Result<Arc<crate::metrics::ClusterGauges>, NodeError> {
         let started = Instant::now();
-        if let Some(r) = self.replica.take() {
-            r.stop();
-        }
+        // Losing the lead from here on ends the process (the takeover too: it may take a
+        // moment); so does the next commit's fence failing.
+        let mut watch = self.leadership.watch();
+        self.deposed = Some(tokio::spawn(async move {
+            loop {
+                if !matches!(*watch.borrow_and_update(), Role::Leader { fence: f, .. } if f == fence) {
+                    tracing::error!(
+                        "cluster: this node lost the leadership; exiting so that it restarts as a follower"
+                    );
+                    eprintln!("gatehouse: lost the cluster leadership; exiting");
+                    std::process::exit(EXIT_DEPOSED);
+                }
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        }));
+        self.stop_following();
+        self.replica = None;
         let etcd = self.etcd.clone();
         // A leader needs no record kept for it.
         let _ = etcd.lease_revoke(self.progress_lease).await;
         let before = store.published_lsn();
         loop {
             let after = store.published_lsn();
-            let (records, more) = records_after(&etcd, after, 256).await?;
+            // etcd may be electing a member: ask again for as long as the lease lasts.
+            let (records, more) = loop {
+                match records_after(&etcd, after, 256).await {
+                    Ok(r) => break r,
+                    Err(e @ (EtcdError::Unreachable(_) | EtcdError::Server { .. }))
+                        if started.elapsed() < Duration::from_secs(self.cfg.lease_ttl_secs) =>
+                    {
+                        tracing::warn!(error = %e, "cluster: reading the last records failed; retrying");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            };
             if let Some((first, _)) = records.first().filter(|(first, _)| *first != after + 1) {
                 return Err(NodeError::Behind { have: after, next: *first });
             }
@@ -653,19 +710,6 @@ impl Node {
             millis = started.elapsed().as_millis() as u64,
             "cluster: elected; leading"
         );
-        // Losing the lead ends the process; so does the next commit's fence failing.
-        let mut watch = self.leadership.watch();
-        self.deposed = Some(tokio::spawn(async move {
-            while watch.changed().await.is_ok() {
-                if !matches!(*watch.borrow(), Role::Leader { .. }) {
-                    tracing::error!(
-                        "cluster: this node lost the leadership; exiting so that it restarts as a follower"
-                    );
-                    eprintln!("gatehouse: lost the cluster leadership; exiting");
-                    std::process::exit(EXIT_DEPOSED);
-                }
-            }
-        }));
         tokio::spawn({
             let (etcd, gauges) = (etcd.clone(), gauges.clone());
             async move {
@@ -685,11 +729,20 @@ impl Node {
         Ok(gauges)
     }
 
-    /// Stops leading (or campaigning) by choice: the lease is revoked, another node takes over.
-    pub async fn step_down(self) {
+    /// Stops the replica's loop (before its store closes: a batch it brought then could not be
+    /// applied, which ends the process).
+    pub fn stop_following(&self) {
         if let Some(r) = &self.replica {
             r.stop();
         }
+        if let Some(held) = &self.progress_held {
+            held.abort();
+        }
+    }
+
+    /// Stops leading (or campaigning) by choice: the lease is revoked, another node takes over.
+    pub async fn step_down(self) {
+        self.stop_following();
         if let Some(d) = &self.deposed {
             d.abort();
         }
