@@ -769,7 +769,7 @@ fn needs_etcd_mixed_load_through_failovers_keeps_limits_order_and_streams() {
 /// the head deadline, one address cannot hold more unauthenticated connections than its cap,
 /// an API key lifts it, and the follower still forwards to the leader meanwhile.
 #[test]
-fn needs_etcd_a_follower_holds_slow_clients_to_the_same_deadlines_and_caps() {
+fn needs_etcd_every_node_holds_slow_clients_to_the_same_deadlines_and_caps() {
     use std::io::{Read, Write};
     let c = EtcdCluster::start(1, None);
     let tmp = tempfile::tempdir().unwrap();
@@ -778,39 +778,48 @@ fn needs_etcd_a_follower_holds_slow_clients_to_the_same_deadlines_and_caps() {
     acked(&a, "/v1/rooms", serde_json::json!({"name": "first"}), Duration::from_secs(15));
     let b = node_with(&c, &tmp.path().join("b"), common::free_port(), &env);
     acked(&b, "/v1/rooms", serde_json::json!({"name": "via-b"}), Duration::from_secs(10));
-    // Slow heads from 15 addresses, 20 each (not from 127.0.0.1, a trusted proxy for the nodes,
-    // exempt from the per-address cap): every one closed at the head deadline.
-    let mut slow: Vec<std::net::TcpStream> = Vec::new();
-    for i in 0..300 {
-        let mut conn = b.connect_from([127, 0, 3, 1 + (i % 15) as u8]);
-        conn.write_all(b"GET /v1/rooms HTTP/1.1\r\nHost: x\r\n").unwrap();
-        slow.push(conn);
+    // Every node, leader and follower (which answers some reads itself, forwards the rest).
+    for (k, (role, n)) in [("leader", &a), ("follower", &b)].into_iter().enumerate() {
+        let k = k as u8;
+        // Slow heads from 15 addresses, 20 each (not from 127.0.0.1, a trusted proxy for the
+        // nodes, exempt from the per-address cap): every one closed at the head deadline.
+        let mut slow: Vec<std::net::TcpStream> = Vec::new();
+        for i in 0..300 {
+            let mut conn = n.connect_from([127, 3 + k, 3, 1 + (i % 15) as u8]);
+            conn.write_all(b"GET /v1/rooms HTTP/1.1\r\nHost: x\r\n").unwrap();
+            slow.push(conn);
+        }
+        // Meanwhile the node answers.
+        assert_eq!(n.get("/v1/rooms/first").status, 200);
+        assert_eq!(n.get("/v1/rooms/via-b").status, 200);
+        std::thread::sleep(Duration::from_secs(3));
+        let open = slow
+            .iter_mut()
+            .map(|conn| common::closed_within(conn, Duration::from_millis(300)))
+            .filter(|closed| !closed)
+            .count();
+        assert_eq!(open, 0, "{open} of 300 half-sent request heads still open on the {role} after the 2 s deadline");
+        // The per-address cap: 20 idle connections from one address, the 21st closed at once.
+        let from = [127, 3 + k, 3, 100];
+        let mut twenty: Vec<std::net::TcpStream> = (0..20).map(|_| n.connect_from(from)).collect();
+        std::thread::sleep(Duration::from_millis(200));
+        let mut over = n.connect_from(from);
+        assert!(
+            common::closed_within(&mut over, Duration::from_secs(1)),
+            "a 21st unauthenticated connection was kept by the {role}"
+        );
+        // A connection that carries the API key no longer counts against its address.
+        write!(twenty[0], "GET /v1/rooms/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", n.key)
+            .unwrap();
+        let mut head = [0u8; 12];
+        twenty[0].read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200", "the API key's request on the {role}");
+        let mut next = n.connect_from(from);
+        next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut buf = Vec::new();
+        next.read_to_end(&mut buf).unwrap();
+        assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{role}: {}", String::from_utf8_lossy(&buf));
     }
-    // Meanwhile the follower forwards.
-    assert_eq!(b.get("/v1/rooms/first").status, 200);
-    std::thread::sleep(Duration::from_secs(3));
-    let open = slow
-        .iter_mut()
-        .map(|conn| common::closed_within(conn, Duration::from_millis(300)))
-        .filter(|closed| !closed)
-        .count();
-    assert_eq!(open, 0, "{open} of 300 half-sent request heads still open on the follower after the 2 s deadline");
-    // The per-address cap: 20 idle connections from one address, the 21st closed at once.
-    let from = [127, 0, 3, 100];
-    let mut twenty: Vec<std::net::TcpStream> = (0..20).map(|_| b.connect_from(from)).collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut over = b.connect_from(from);
-    assert!(common::closed_within(&mut over, Duration::from_secs(1)), "a 21st unauthenticated connection was kept");
-    // A connection that carries the API key no longer counts against its address.
-    write!(twenty[0], "GET /v1/rooms/first HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", b.key).unwrap();
-    let mut head = [0u8; 12];
-    twenty[0].read_exact(&mut head).unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200", "the API key's request through the follower");
-    let mut next = b.connect_from(from);
-    next.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-    let mut buf = Vec::new();
-    next.read_to_end(&mut buf).unwrap();
-    assert!(String::from_utf8_lossy(&buf).starts_with("HTTP/1.1 200"), "{}", String::from_utf8_lossy(&buf));
 }
 
 /// Waits until `node` answers `path` with 200 (its replica has it, or it forwards).
