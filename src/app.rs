@@ -36,14 +36,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     // on the same connections, once it leads.
     let limits = conn_limits(&settings);
     let front = api::Front::start(listener, api::Mode::Forward(node.forwarder()), limits, Arc::default(), None)?;
-    // A fresh local store, rebuilt from what the cluster committed: whatever a previous life
-    // of this node wrote locally may hold batches the cluster never committed.
-    for d in ["store", "wal", "events"] {
-        let p = settings.data_dir.join(d);
-        if p.exists() {
-            std::fs::remove_dir_all(&p).with_context(|| format!("clearing {}", p.display()))?;
-        }
-    }
+    // A fresh local store, rebuilt from what the cluster committed.
     create_data_dir(&settings.data_dir)?;
     let floor = node.load(&settings.data_dir).await?;
     run_with(settings, Some(Cluster { node, front, floor })).await

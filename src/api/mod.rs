@@ -217,9 +217,7 @@ impl Front {
                     Mode::Forward(forward) => {
                         let from_a_node = req.headers().contains_key(crate::cluster::NODE_HEADER);
                         let mut res = forward(peer, req).await;
-                        if !from_a_node {
-                            res.headers_mut().remove(crate::cluster::LSN_HEADER);
-                        }
+                        leader_batch(&mut res, from_a_node);
                         Ok(res.map(http_body_util::Either::Right))
                     }
                     Mode::Replica { state, forward, replica } => {
@@ -237,11 +235,7 @@ impl Front {
                         // not (the forwarder noted the batch: no local read goes back before it).
                         let write = !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD);
                         let mut res = forward(peer, req).await;
-                        let lsn = match from_a_node {
-                            true => res.headers().get(crate::cluster::LSN_HEADER).cloned(),
-                            false => res.headers_mut().remove(crate::cluster::LSN_HEADER),
-                        };
-                        if let Some(lsn) = lsn.and_then(|v| v.to_str().ok()?.parse::<u64>().ok()).filter(|_| write) {
+                        if let Some(lsn) = leader_batch(&mut res, from_a_node).filter(|_| write) {
                             replica.wait_for(lsn).await;
                         }
                         Ok(res.map(http_body_util::Either::Right))
@@ -363,6 +357,16 @@ where
         });
     }
     listener
+}
+
+/// The batch the leader names in a forwarded answer (`cluster::LSN_HEADER`). The header is
+/// for nodes: it is taken off unless the request came from another node (which needs it).
+fn leader_batch(res: &mut Response<Forwarded>, from_a_node: bool) -> Option<u64> {
+    let v = match from_a_node {
+        true => res.headers().get(crate::cluster::LSN_HEADER).cloned(),
+        false => res.headers_mut().remove(crate::cluster::LSN_HEADER),
+    };
+    v?.to_str().ok()?.parse().ok()
 }
 
 /// Marks the request's connection authenticated when it carries one of `keys` (a cluster

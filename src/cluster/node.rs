@@ -92,6 +92,19 @@ pub(super) async fn records_after(
     Ok((out, more))
 }
 
+/// The first of `records` that does not follow `after` (or the one before it) without a hole:
+/// a snapshot dropped the records between.
+pub(super) fn hole(after: u64, records: &[(u64, Vec<u8>)]) -> Option<u64> {
+    let mut last = after;
+    for (lsn, _) in records {
+        if *lsn != last + 1 {
+            return Some(*lsn);
+        }
+        last = *lsn;
+    }
+    None
+}
+
 /// Every committed batch record after `after`, in lsn order. They must follow `after` without
 /// a hole: a snapshot written while they were read may have dropped some (then the caller
 /// reads the new snapshot).
@@ -100,13 +113,11 @@ async fn committed_records(etcd: &Etcd, after: u64) -> Result<Vec<Vec<u8>>, Etcd
     let mut last = after;
     loop {
         let (page, more) = records_after(etcd, last, 256).await?;
-        for (lsn, record) in page {
-            if lsn != last + 1 {
-                return Err(EtcdError::Protocol(format!("the history after batch {last} starts at {lsn}")));
-            }
-            last = lsn;
-            out.push(record);
+        if let Some(next) = hole(last, &page) {
+            return Err(EtcdError::Protocol(format!("the history after batch {last} starts at {next}")));
         }
+        last = page.last().map_or(last, |(lsn, _)| *lsn);
+        out.extend(page.into_iter().map(|(_, r)| r));
         if !more {
             return Ok(out);
         }
@@ -164,12 +175,8 @@ pub async fn put_snapshot(
     let previous = current_snapshot(etcd).await?;
     let reference = serde_json::to_vec(&SnapshotRef { id: id.clone(), lsn, parts: chunks.len() })
         .map_err(|e| EtcdError::Protocol(e.to_string()))?;
-    let upto = |p: &str| etcd.key(&format!("{p}{:016x}", trim.min(lsn).saturating_add(1)));
-    let mut ops = vec![
-        Op::Put { key: etcd.key("snap/current"), value: reference, lease: 0 },
-        Op::DeleteRange { key: etcd.key("wal/"), end: upto("wal/") },
-        Op::DeleteRange { key: etcd.key("wap/"), end: upto("wap/") },
-    ];
+    let mut ops = vec![Op::Put { key: etcd.key("snap/current"), value: reference, lease: 0 }];
+    ops.extend(trim_ops(etcd, trim.min(lsn)));
     if let Some(old) = &previous {
         let p = etcd.key(&format!("snap/{}/", old.id));
         ops.push(Op::DeleteRange { end: super::etcd::prefix_end(&p), key: p });
@@ -285,6 +292,15 @@ async fn snapshots(
     }
 }
 
+/// What drops every record (and record part) up to batch `upto`.
+fn trim_ops(etcd: &Etcd, upto: u64) -> [Op; 2] {
+    let end = |p: &str| etcd.key(&format!("{p}{:016x}", upto.saturating_add(1)));
+    [
+        Op::DeleteRange { key: etcd.key("wal/"), end: end("wal/") },
+        Op::DeleteRange { key: etcd.key("wap/"), end: end("wap/") },
+    ]
+}
+
 /// Drops the records up to the snapshot at `lsn` that no replica needs any more (those up to
 /// `done` are gone already); returns how far the history is now trimmed.
 async fn trim_more(etcd: &Etcd, fence: &Compare, lsn: u64, done: u64) -> Result<u64, EtcdError> {
@@ -292,12 +308,7 @@ async fn trim_more(etcd: &Etcd, fence: &Compare, lsn: u64, done: u64) -> Result<
     if upto <= done {
         return Ok(done);
     }
-    let end = |p: &str| etcd.key(&format!("{p}{:016x}", upto + 1));
-    let ops = [
-        Op::DeleteRange { key: etcd.key("wal/"), end: end("wal/") },
-        Op::DeleteRange { key: etcd.key("wap/"), end: end("wap/") },
-    ];
-    if !etcd.txn(std::slice::from_ref(fence), &ops, &[]).await?.succeeded {
+    if !etcd.txn(std::slice::from_ref(fence), &trim_ops(etcd, upto), &[]).await?.succeeded {
         return Err(EtcdError::Protocol("trimming: refused (no longer the leader)".into()));
     }
     Ok(upto)
@@ -444,10 +455,8 @@ pub struct Node {
     /// The highest batch a forwarded answer named: the replica answers no read before it
     /// holds it (read-your-writes).
     acknowledged: Arc<AtomicU64>,
-    /// The lease of this node's progress key (`replica/<node>`), and what keeps it alive until
-    /// the replica runs.
-    progress_lease: i64,
-    progress_held: Option<tokio::task::JoinHandle<()>>,
+    /// This node's progress key (`replica/<node>`), from its load until it leads or stops.
+    progress: Option<super::replica::Progress>,
 }
 
 impl Node {
@@ -503,8 +512,7 @@ impl Node {
                 deposed: None,
                 replica: None,
                 acknowledged: Arc::default(),
-                progress_lease: 0,
-                progress_held: None,
+                progress: None,
             },
             listener,
         ))
@@ -554,15 +562,7 @@ impl Node {
     /// the records after it as the store's journal. Returns the snapshot's last batch, after
     /// which the store numbers (see [`Node::replica_hooks`]).
     pub async fn load(&mut self, data_dir: &std::path::Path) -> Result<u64, NodeError> {
-        self.progress_lease = super::replica::hold_history(&self.etcd, &self.me).await?;
-        // Kept alive however long the load and the store's open take (the replica takes over).
-        let (etcd, lease) = (self.etcd.clone(), self.progress_lease);
-        self.progress_held = Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = etcd.lease_keepalive(lease, Duration::from_secs(1)).await;
-            }
-        }));
+        self.progress = Some(super::replica::Progress::start(self.etcd.clone(), &self.me).await?);
         // A snapshot that replaces the one being read deletes its parts: read again.
         let mut attempt = 0;
         loop {
@@ -570,9 +570,6 @@ impl Node {
                 Err(NodeError::Etcd(EtcdError::Protocol(why))) if attempt < 5 => {
                     tracing::warn!(why = %why, "cluster: the state changed while it was read; reading it again");
                     attempt += 1;
-                    for d in ["store", "wal", "events"] {
-                        let _ = std::fs::remove_dir_all(data_dir.join(d));
-                    }
                 }
                 other => return other,
             }
@@ -581,6 +578,15 @@ impl Node {
 
     async fn load_once(&self, data_dir: &std::path::Path) -> Result<u64, NodeError> {
         let started = Instant::now();
+        // A fresh local store: whatever a previous life of this node (or a load cut short)
+        // wrote locally may hold batches the cluster never committed.
+        for d in ["store", "wal", "events"] {
+            let p = data_dir.join(d);
+            if p.exists() {
+                std::fs::remove_dir_all(&p)
+                    .map_err(|err| NodeError::Io { what: format!("clearing {}", p.display()), err })?;
+            }
+        }
         let snap = current_snapshot(&self.etcd).await?;
         let floor = match &snap {
             None => 0,
@@ -614,16 +620,12 @@ impl Node {
     /// Keeps `store` (opened with [`Node::replica_hooks`]) current with what the cluster
     /// commits, until [`Node::take_over`]; the front answers reads from it while it is fresh.
     pub fn replicate_into(&mut self, store: crate::store::Store) -> Arc<dyn crate::api::ReplicaReads> {
-        if let Some(held) = self.progress_held.take() {
-            held.abort();
-        }
         let r = super::replica::Replica::start(
             self.etcd.clone(),
             store,
-            self.me.clone(),
             self.cfg.read_staleness,
             self.acknowledged.clone(),
-            self.progress_lease,
+            self.progress.as_ref().map_or_else(Arc::default, |p| p.held.clone()),
         );
         self.replica = Some(r.clone());
         r
@@ -660,8 +662,9 @@ impl Node {
         self.stop_following();
         self.replica = None;
         let etcd = self.etcd.clone();
-        // A leader needs no record kept for it.
-        let _ = etcd.lease_revoke(self.progress_lease).await;
+        if let Some(p) = self.progress.take() {
+            p.end(&etcd).await;
+        }
         let before = store.published_lsn();
         loop {
             let after = store.published_lsn();
@@ -678,8 +681,8 @@ impl Node {
                     Err(e) => return Err(e.into()),
                 }
             };
-            if let Some((first, _)) = records.first().filter(|(first, _)| *first != after + 1) {
-                return Err(NodeError::Behind { have: after, next: *first });
+            if let Some(next) = hole(after, &records) {
+                return Err(NodeError::Behind { have: after, next });
             }
             if !records.is_empty() {
                 store.replicate(records.into_iter().map(|(_, r)| r).collect()).await?;
@@ -735,8 +738,8 @@ impl Node {
         if let Some(r) = &self.replica {
             r.stop();
         }
-        if let Some(held) = &self.progress_held {
-            held.abort();
+        if let Some(p) = &self.progress {
+            p.stop();
         }
     }
 

@@ -13,7 +13,7 @@
 //!
 //! *Progress*: the replica names the last batch it holds under `<prefix>replica/<node>`, bound
 //! to a lease of its own ([`PROGRESS_TTL`]; batch 0 from before the node loads the state,
-//! [`hold_history`]); the leader's snapshots drop no record a live replica still needs. A replica that finds its next record gone anyway (it was cut off from
+//! [`Progress`]); the leader's snapshots drop no record a live replica still needs. A replica that finds its next record gone anyway (it was cut off from
 //! etcd longer than that) cannot go on: the process ends (status 75) and, restarted by its
 //! supervisor, rebuilds from the snapshot.
 
@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 use super::etcd::{Etcd, EtcdError, Op};
-use super::node::{records_after, EXIT_DEPOSED};
+use super::node::{hole, records_after, EXIT_DEPOSED};
 use crate::store::Store;
 
 /// How often the replica asks etcd for new records when nobody wakes it.
@@ -52,21 +52,23 @@ pub struct Replica {
     late_said_ms: AtomicU64,
     wake: Notify,
     held: watch::Sender<u64>,
-    tasks: std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// The last batch held, for the progress key.
+    progress: Arc<AtomicU64>,
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Replica {
-    /// Starts following what the cluster commits into `store` (a replica store), as node `me`.
-    /// `lease`: the one [`hold_history`] bound the progress key to.
+    /// Starts following what the cluster commits into `store` (a replica store); the last
+    /// batch it holds goes to `progress` ([`Progress::held`]).
     pub fn start(
         etcd: Arc<Etcd>,
         store: Store,
-        me: String,
         bound: Duration,
         acknowledged: Arc<AtomicU64>,
-        lease: i64,
+        progress: Arc<AtomicU64>,
     ) -> Arc<Replica> {
         let held = watch::channel(store.published_lsn()).0;
+        progress.store(store.published_lsn(), Ordering::Relaxed);
         let r = Arc::new(Replica {
             store,
             etcd,
@@ -77,22 +79,20 @@ impl Replica {
             late_said_ms: AtomicU64::new(u64::MAX),
             wake: Notify::new(),
             held,
-            tasks: std::sync::Mutex::default(),
+            progress,
+            task: std::sync::Mutex::default(),
         });
         let follow = tokio::spawn(r.clone().follow());
-        let progress = tokio::spawn(r.clone().progress(me, lease));
-        if let Ok(mut t) = r.tasks.lock() {
-            t.extend([follow, progress]);
+        if let Ok(mut t) = r.task.lock() {
+            *t = Some(follow);
         }
         r
     }
 
     /// Stops following (the node takes over, or stops).
     pub fn stop(&self) {
-        if let Ok(mut t) = self.tasks.lock() {
-            for task in t.drain(..) {
-                task.abort();
-            }
+        if let Some(task) = self.task.lock().ok().and_then(|mut t| t.take()) {
+            task.abort();
         }
     }
 
@@ -110,13 +110,14 @@ impl Replica {
                     if failing_since.take().is_some() {
                         tracing::info!("cluster: the replica reaches etcd again");
                     }
-                    if let Some((first, _)) = records.first().filter(|(first, _)| *first != after + 1) {
-                        self.fell_behind(after, *first);
+                    if let Some(next) = hole(after, &records) {
+                        self.fell_behind(after, next);
                     }
                     if !records.is_empty() {
                         match self.store.replicate(records.into_iter().map(|(_, r)| r).collect()).await {
                             Ok(lsn) => {
                                 self.held.send_replace(lsn);
+                                self.progress.store(lsn, Ordering::Relaxed);
                             }
                             Err(e) => {
                                 // A record the store cannot apply: this replica can no longer
@@ -159,26 +160,6 @@ impl Replica {
         eprintln!("gatehouse: the replica holds batches up to {have}, the cluster's history starts at {next}; exiting to rebuild");
         std::process::exit(EXIT_DEPOSED)
     }
-
-    /// Names the last batch held under `replica/<me>`, every second, bound to a lease.
-    async fn progress(self: Arc<Self>, me: String, mut lease: i64) {
-        let key = self.etcd.key(&format!("replica/{me}"));
-        loop {
-            let put = async {
-                if lease == 0 || self.etcd.lease_keepalive(lease, Duration::from_secs(1)).await? <= 0 {
-                    lease = self.etcd.lease_grant(PROGRESS_TTL).await?;
-                }
-                let value = self.store.published_lsn().to_string().into_bytes();
-                self.etcd.txn(&[], &[Op::Put { key: key.clone(), value, lease }], &[]).await?;
-                Ok::<_, EtcdError>(())
-            };
-            if let Err(e) = put.await {
-                tracing::debug!(error = %e, "cluster: could not record the replica's progress");
-                lease = 0;
-            }
-            tokio::time::sleep(Duration::from_secs(1)).await;
-        }
-    }
 }
 
 impl crate::api::ReplicaReads for Replica {
@@ -211,14 +192,63 @@ impl crate::api::ReplicaReads for Replica {
     }
 }
 
-/// Before a node loads the cluster's state: its progress key says it needs every record
-/// (batch 0), so that no snapshot drops one between its load and its replica's first report.
-/// Returns the key's lease.
-pub async fn hold_history(etcd: &Etcd, me: &str) -> Result<i64, EtcdError> {
-    let lease = etcd.lease_grant(PROGRESS_TTL).await?;
-    let put = Op::Put { key: etcd.key(&format!("replica/{me}")), value: b"0".to_vec(), lease };
-    etcd.txn(&[], &[put], &[]).await?;
-    Ok(lease)
+/// This node's progress key, `replica/<node>`: the last batch its replica holds ([`held`]),
+/// on a lease of its own, written every second by one task. It starts before the node loads
+/// the cluster's state, saying batch 0 (every record), so that no snapshot drops one between
+/// the load and the replica's first report; it ends when the node leads or stops.
+///
+/// [`held`]: Progress::held
+pub struct Progress {
+    pub held: Arc<AtomicU64>,
+    /// The key's lease (a new one is granted if it lapsed).
+    lease: Arc<std::sync::atomic::AtomicI64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Progress {
+    pub async fn start(etcd: Arc<Etcd>, me: &str) -> Result<Progress, EtcdError> {
+        let key = etcd.key(&format!("replica/{me}"));
+        let lease = etcd.lease_grant(PROGRESS_TTL).await?;
+        put_progress(&etcd, &key, 0, lease).await?;
+        let held = Arc::new(AtomicU64::new(0));
+        let lease = Arc::new(std::sync::atomic::AtomicI64::new(lease));
+        let task = tokio::spawn(report(etcd, key, held.clone(), lease.clone()));
+        Ok(Progress { held, lease, task })
+    }
+
+    /// Stops reporting (the key lapses with its lease).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+
+    /// Stops reporting and drops the key now (a leader needs no record kept for it).
+    pub async fn end(&self, etcd: &Etcd) {
+        self.stop();
+        let _ = etcd.lease_revoke(self.lease.load(Ordering::Relaxed)).await;
+    }
+}
+
+async fn put_progress(etcd: &Etcd, key: &[u8], lsn: u64, lease: i64) -> Result<(), EtcdError> {
+    let put = Op::Put { key: key.to_vec(), value: lsn.to_string().into_bytes(), lease };
+    etcd.txn(&[], &[put], &[]).await.map(|_| ())
+}
+
+/// Every second: keeps the lease alive (a new one if it lapsed) and writes the batch held.
+async fn report(etcd: Arc<Etcd>, key: Vec<u8>, held: Arc<AtomicU64>, lease: Arc<std::sync::atomic::AtomicI64>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let put = async {
+            let mut current = lease.load(Ordering::Relaxed);
+            if etcd.lease_keepalive(current, Duration::from_secs(1)).await? <= 0 {
+                current = etcd.lease_grant(PROGRESS_TTL).await?;
+                lease.store(current, Ordering::Relaxed);
+            }
+            put_progress(&etcd, &key, held.load(Ordering::Relaxed), current).await
+        };
+        if let Err(e) = put.await {
+            tracing::debug!(error = %e, "cluster: could not record the replica's progress");
+        }
+    }
 }
 
 /// The lowest batch any live replica still needs (`None`: no replica said).
